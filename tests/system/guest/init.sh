@@ -1,0 +1,59 @@
+#!/bin/sh
+# PID 1 of the User-Mode Linux test guest. The guest's root is this machine's filesystem
+# (hostfs), so everything the guest could write is first hidden behind tmpfs or an overlay:
+# the host is never changed, except the work directory XENLVM_WORK that the host gave us.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+WORK=$XENLVM_WORK
+exec >"$WORK/guest-init.log" 2>&1
+set -x
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t tmpfs -o mode=0755 tmpfs /run
+# The checkout (work directory, virtual environment) and the Python installation may lie
+# below a directory we hide (a CI clone under /tmp, pyenv under /root): keep a handle on
+# each through a bind mount and put it back in place afterwards.
+mkdir -p /run/keep
+keep_index=0
+for path in $(echo "$XENLVM_KEEP" | tr ':' ' '); do
+    keep_index=$((keep_index + 1))
+    mkdir -p "/run/keep/$keep_index" && mount --bind "$path" "/run/keep/$keep_index"
+done
+for dir in /tmp /var/log /opt /mnt /srv /var/tmp /root /home; do
+    mount -t tmpfs -o mode=0755 tmpfs "$dir" || { echo "tmpfs $dir failed"; halt -f; }
+done
+keep_index=0
+for path in $(echo "$XENLVM_KEEP" | tr ':' ' '); do
+    keep_index=$((keep_index + 1))
+    if [ ! -d "$path" ] || [ -z "$(ls -A "$path" 2>/dev/null)" ]; then
+        mkdir -p "$path" && mount --bind "/run/keep/$keep_index" "$path"
+    fi
+done
+MODULES=/usr/lib/uml/modules/$(uname -r)/kernel
+for module in fs/overlayfs/overlay.ko drivers/md/dm-mod.ko drivers/md/dm-bufio.ko \
+        drivers/md/dm-snapshot.ko drivers/md/persistent-data/dm-persistent-data.ko \
+        drivers/md/dm-bio-prison.ko drivers/md/dm-thin-pool.ko drivers/md/dm-flakey.ko \
+        drivers/block/loop.ko; do
+    insmod "$MODULES/$module" || echo "insmod $module failed"
+done
+# /etc and /var/lib hold files the system needs: overlay them so writes land on tmpfs.
+for dir in etc var/lib; do
+    mkdir -p "/run/overlay/$dir/upper" "/run/overlay/$dir/work"
+    mount -t overlay overlay -o "lowerdir=/$dir,upperdir=/run/overlay/$dir/upper,workdir=/run/overlay/$dir/work" "/$dir" \
+        || { echo "overlay /$dir failed"; halt -f; }
+done
+mkdir -p /etc/lvm
+cat >/etc/lvm/lvm.conf <<'CONF'
+# No udev in the guest: LVM creates /dev nodes itself.
+activation { udev_sync = 0 udev_rules = 0 verify_udev_operations = 1 monitoring = 0 }
+backup { backup = 0 archive = 0 }
+global { use_lvmetad = 0 }
+devices { obtain_device_list_from_udev = 0 }
+CONF
+rm -rf /etc/xenlvm
+pvcreate -q /dev/ubda && vgcreate -q system /dev/ubda
+set +x
+echo ready > "$WORK/guest-ready"
+"$XENLVM_PYTHON" "$XENLVM_TESTS/guest/agent.py" "$WORK/mailbox"
+echo "agent exited with $?"
+sync
+halt -f

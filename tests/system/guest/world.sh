@@ -1,0 +1,38 @@
+#!/bin/sh
+# Build the vendor manual's world inside the test guest, from scratch:
+#   VG "system" (made at boot), LV "xenvm" holding FSTYPE, mounted at /srv/xenvm, one VM
+#   folder inside, an empty /mnt/vmbackup, and the hooks installed where sesam keeps them.
+# Usage: world.sh FSTYPE(ext4|xfs) LAYOUT(thick|thin) PYTHON HOOK_SOURCE_DIR
+set -eu
+FSTYPE=$1 LAYOUT=$2 PYTHON=$3 SOURCE=$4
+
+# Undo whatever the previous test left: mounts below /mnt and /srv, every LV, xenlvm's files.
+for mount in $(awk '$2 ~ "^/(mnt|srv)/" {print $2}' /proc/mounts | sort -r); do
+    umount "$mount" 2>/dev/null || umount -l "$mount"
+done
+for pid in $(ls /proc | grep -E '^[0-9]+$'); do
+    [ "$(cat /proc/$pid/comm 2>/dev/null)" = xenlvm-hold ] && kill -9 "$pid" 2>/dev/null || true
+done
+lvremove -q -f system >/dev/null 2>&1 || lvremove -q -f system
+rm -rf /etc/xenlvm /run/xenlvm /var/lib/xenlvm /var/log/xenlvm.log /opt/sesam /mnt/* /srv/*
+
+if [ "$LAYOUT" = thin ]; then
+    lvcreate -q -L 700M -T system/pool >/dev/null 2>&1
+    lvcreate -q -V 320M -T system/pool -n xenvm >/dev/null 2>&1
+else
+    lvcreate -q -y -L 320M -n xenvm system >/dev/null
+fi
+mkfs -t "$FSTYPE" -q /dev/system/xenvm >/dev/null 2>&1 || mkfs -t "$FSTYPE" -f -q /dev/system/xenvm
+mkdir -p /srv/xenvm /mnt/vmbackup
+mount /dev/system/xenvm /srv/xenvm
+mkdir -p /srv/xenvm/vm1
+head -c 4194304 /dev/urandom > /srv/xenvm/vm1/disk.img
+printf 'name = "vm1"\ndisk = [ "file:/srv/xenvm/vm1/disk.img,xvda,w" ]\n' > /srv/xenvm/vm1/vm1.cfg
+
+# The hooks as sesam has them: executables in /opt/sesam/bin/sesam bound to our interpreter.
+mkdir -p /opt/sesam/bin/sesam /etc/xenlvm
+for hook in sbc_pre sbc_post; do
+    { echo "#!$PYTHON"; tail -n +2 "$SOURCE/$hook"; } > "/opt/sesam/bin/sesam/$hook"
+    chmod 0755 "/opt/sesam/bin/sesam/$hook"
+done
+sync

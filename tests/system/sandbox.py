@@ -1,0 +1,169 @@
+"""The real-kernel sandbox: a User-Mode Linux guest with real LVM, driven from this machine.
+
+The guest's root is this machine's filesystem, with everything writable hidden behind tmpfs
+or overlays (see guest/init.sh); it talks to us through a mailbox directory inside our own
+work directory. Used by the system tests, ``make demo`` and ``make bench``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TESTS = REPO / "tests" / "system"
+GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+LINUX = "/usr/bin/linux.uml"
+
+
+class SandboxError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Completed:
+    argv: list
+    rc: int | None
+    stdout: str
+    stderr: str
+    duration: float
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def __str__(self) -> str:
+        return (f"$ {' '.join(map(str, self.argv))}\nexit {self.rc} after {self.duration:.2f}s\n"
+                f"--- stdout\n{self.stdout}--- stderr\n{self.stderr}")
+
+
+def work_root() -> Path:
+    return REPO / ".work"
+
+
+class Guest:
+    """One booted guest. Not thread-safe: one request at a time."""
+
+    def __init__(self, name: str, *, disk_size: int = 2 << 30, memory: str = "768M") -> None:
+        self.work = work_root() / f"{name}-{os.getpid()}"
+        shutil.rmtree(self.work, ignore_errors=True)
+        (self.work / "mailbox").mkdir(parents=True)
+        self.disk = self.work / "disk.img"
+        with open(self.disk, "wb") as handle:
+            handle.truncate(disk_size)
+        self.memory = memory
+        self.proc: subprocess.Popen | None = None
+        self._next = 0
+        self.python = sys.executable
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def boot(self, timeout: float = 90.0) -> None:
+        if not os.path.exists(LINUX):
+            raise SandboxError(f"{LINUX} is missing: install the Debian package user-mode-linux "
+                               "(make test does this)")
+        keep = {str(REPO), os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}
+        argv = [LINUX, f"mem={self.memory}", "root=/dev/root", "rootfstype=hostfs", "rootflags=/", "rw",
+                f"ubd0={self.disk}", f"init={TESTS / 'guest' / 'init.sh'}", "con=null",
+                "con0=fd:0,fd:1", f"XENLVM_WORK={self.work}", f"XENLVM_TESTS={TESTS}",
+                f"XENLVM_PYTHON={self.python}", f"XENLVM_KEEP={':'.join(sorted(keep))}"]
+        self.console = open(self.work / "console.log", "wb")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.console,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not (self.work / "guest-ready").exists():
+            self._check_alive()
+            if time.monotonic() > deadline:
+                self.kill()
+                raise SandboxError(f"the guest did not come up within {timeout:.0f}s; see {self.work}")
+            time.sleep(0.05)
+
+    def halt(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            if self.proc.poll() is None:
+                self._request({"op": "halt"}, timeout=30)
+                self.proc.wait(timeout=30)
+        except (SandboxError, subprocess.TimeoutExpired):
+            self.kill()
+        finally:
+            self.proc = None
+            self.console.close()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait()
+
+    def _check_alive(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            log = (self.work / "guest-init.log")
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no init log)"
+            raise SandboxError(f"the guest has stopped; init log:\n{tail}")
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _request(self, request: dict, timeout: float) -> dict:
+        number = self._next
+        self._next += 1
+        mailbox = self.work / "mailbox"
+        tmp = mailbox / f".req-{number}.tmp"
+        tmp.write_text(json.dumps(request))
+        tmp.rename(mailbox / f"req-{number}.json")
+        answer = mailbox / f"resp-{number}.json"
+        deadline = time.monotonic() + timeout + 30
+        while not answer.exists():
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise SandboxError(f"the guest did not answer {request} within {timeout + 30:.0f}s")
+            time.sleep(0.005)
+        payload = json.loads(answer.read_text())
+        answer.unlink()
+        if "error" in payload:
+            raise SandboxError(f"the guest agent failed on {request}: {payload['error']}")
+        return payload
+
+    def run(self, argv: list, *, env: dict | None = None, input: str | None = None,
+            timeout: float = 300, check: bool = False) -> Completed:
+        """Run argv in the guest and wait for it. env=None gives a plain root environment."""
+        argv = [str(a) for a in argv]
+        env = {"PATH": GUEST_PATH, "HOME": "/root", "LC_ALL": "C"} if env is None else env
+        payload = self._request({"op": "run", "argv": argv, "env": env, "input": input,
+                                 "timeout": timeout}, timeout)
+        done = Completed(argv, payload["rc"], payload["stdout"], payload["stderr"], payload["duration"])
+        if check and done.rc != 0:
+            raise SandboxError(f"guest command failed:\n{done}")
+        return done
+
+    def sh(self, script: str, *, check: bool = True, timeout: float = 300) -> Completed:
+        """Run a shell snippet in the guest (test scaffolding only; xenlvm itself never uses a shell)."""
+        return self.run(["/bin/sh", "-ec", script], check=check, timeout=timeout)
+
+    def spawn(self, argv: list, *, env: dict | None = None, log: str | None = None) -> int:
+        env = {"PATH": GUEST_PATH, "HOME": "/root", "LC_ALL": "C"} if env is None else env
+        return self._request({"op": "spawn", "argv": [str(a) for a in argv], "env": env,
+                              "log": log}, 30)["pid"]
+
+    def wait(self, pid: int, timeout: float = 300) -> int | None:
+        return self._request({"op": "wait", "pid": pid, "timeout": timeout}, timeout)["rc"]
+
+    def signal(self, pid: int, signum: int) -> bool:
+        return self._request({"op": "signal", "pid": pid, "sig": signum}, 30)["ok"]
+
+    def reap(self) -> None:
+        """Kill every process spawned so far (between tests)."""
+        self._request({"op": "reap"}, 60)
+
+    def read(self, path: str) -> str:
+        return self.run(["cat", path], check=True).stdout
+
+    def write(self, path: str, text: str, mode: str = "0644") -> None:
+        self.run(["/bin/sh", "-ec", 'mkdir -p "$(dirname "$1")"; cat > "$1"; chmod "$2" "$1"', "sh",
+                  path, mode], input=text, check=True)

@@ -1,0 +1,3 @@
+from xenlvm.cli import main
+
+main(prog_name="xenlvm")

@@ -1,0 +1,375 @@
+"""Configuration: read the YAML file once, validate all of it, return frozen dataclasses.
+
+Nothing else in xenlvm looks at raw YAML. Every mistake is reported with the file, the line
+YAML gives for it, the key and what is wrong, before any command runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import yaml
+
+from xenlvm.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = "/etc/xenlvm/config.yaml"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# LVM's own rules for VG and LV names (lvm(8), "VALID NAMES"), plus the suffixes it reserves.
+_LVM_NAME = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$")
+_LVM_RESERVED_PARTS = ("_cdata", "_cmeta", "_corig", "_mlog", "_mimage", "_pmspare", "_rimage",
+                       "_rmeta", "_tdata", "_tmeta", "_vorigin", "_vdata")
+# Job names end up in LVM tags, lock and state file names: keep them plain.
+_JOB_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGTP])(?:I?B)?$", re.IGNORECASE)
+_PERCENT = re.compile(r"^(\d{1,3})%(ORIGIN|FREE|VG)$", re.IGNORECASE)
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$")
+_UNIT_BYTES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+_DURATION_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}
+# Mounting a snapshot over one of these would hide part of the running system.
+_SYSTEM_DIRS = {"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc",
+                "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/mnt", "/media"}
+_NO_MOUNT_BELOW = ("/proc/", "/sys/", "/dev/", "/run/")
+
+
+@dataclass(frozen=True)
+class Size:
+    """A snapshot size: an absolute byte count, or a percentage of the origin, VG free space or VG."""
+
+    text: str
+    bytes: int | None = None
+    percent: int | None = None
+    of: str | None = None  # "ORIGIN", "FREE" or "VG" when percent is set
+
+    def lvcreate_args(self) -> list[str]:
+        """Given a size, return the lvcreate option that asks LVM for exactly it."""
+        if self.bytes is not None:
+            return ["--size", f"{self.bytes}b"]
+        return ["--extents", f"{self.percent}%{self.of}"]
+
+    def resolve(self, origin_bytes: int, vg_free_bytes: int, vg_bytes: int) -> int:
+        """Given the origin and VG sizes, return how many bytes this size asks for."""
+        if self.bytes is not None:
+            return self.bytes
+        base = {"ORIGIN": origin_bytes, "FREE": vg_free_bytes, "VG": vg_bytes}[self.of or ""]
+        return base * (self.percent or 0) // 100
+
+
+@dataclass(frozen=True)
+class Volume:
+    """An LVM logical volume named as VG/LV."""
+
+    vg: str
+    lv: str
+
+    def __str__(self) -> str:
+        return f"{self.vg}/{self.lv}"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One backup job: which volume to snapshot, where to mount it, which sesam tasks it serves."""
+
+    name: str
+    origin: Volume
+    snapshot: str
+    mountpoint: str
+    size: Size | None = None  # None: thin snapshot of a thin origin
+    tasks: tuple[str, ...] = ()
+    unmount_timeout: float = 300.0
+    fill_warning: int = 80
+
+    @property
+    def snapshot_volume(self) -> Volume:
+        return Volume(self.origin.vg, self.snapshot)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Host-wide settings that apply to every job."""
+
+    path: str = DEFAULT_PATH
+    log_file: str | None = "/var/log/xenlvm.log"
+    lock_dir: str = "/run/xenlvm"
+    lock_timeout: float = 120.0
+    command_timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    settings: Settings
+    jobs: dict[str, Job] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Value parsers: each takes the raw value and returns the typed one or raises ValueError with a
+# sentence that finishes "<file>:<line>: <key>: ...".
+
+
+def parse_size(value: Any) -> Size:
+    """Given '512M', '1G', '1.5GiB', '20%ORIGIN', '50%FREE', return a Size."""
+    text = str(value).strip()
+    match = _SIZE.match(text)
+    if match:
+        number, unit = float(match.group(1)), match.group(2).upper()
+        size_bytes = int(number * _UNIT_BYTES[unit])
+        if size_bytes < 1 << 20:
+            raise ValueError(f"{text!r} is smaller than 1M, too small for a snapshot")
+        return Size(text=text, bytes=size_bytes)
+    match = _PERCENT.match(text)
+    if match:
+        percent = int(match.group(1))
+        if not 1 <= percent <= 100:
+            raise ValueError(f"{text!r}: the percentage must be between 1 and 100")
+        return Size(text=text, percent=percent, of=match.group(2).upper())
+    raise ValueError(f"{text!r} is not a size: write e.g. 512M, 1G, 20%ORIGIN or 50%FREE")
+
+
+def parse_duration(value: Any) -> float:
+    """Given 30, '30s', '500ms', '5m' or '1h', return seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration: write e.g. 30s, 5m")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value).strip())
+        if not match:
+            raise ValueError(f"{value!r} is not a duration: write e.g. 30s, 500ms, 5m")
+        seconds = float(match.group(1)) * _DURATION_SECONDS[match.group(2)]
+    if seconds <= 0 or seconds > 7 * 86400:
+        raise ValueError(f"{value!r}: a duration must be more than 0 and at most 7 days")
+    return seconds
+
+
+def check_lvm_name(name: str, what: str = "name") -> str:
+    """Return name if LVM accepts it as a VG or LV name, else raise ValueError saying why."""
+    if not isinstance(name, str) or not _LVM_NAME.match(name) or name in (".", ".."):
+        raise ValueError(f"{name!r} is not a valid LVM {what}: use letters, digits and + _ . - "
+                         "(not starting with -), at most 127 characters")
+    if name == "snapshot" or name.startswith("pvmove") or any(p in name for p in _LVM_RESERVED_PARTS):
+        raise ValueError(f"{name!r} is reserved by LVM and cannot be used as a {what}")
+    return name
+
+
+def parse_volume(value: Any) -> Volume:
+    """Given 'VG/LV' or '/dev/VG/LV', return a Volume."""
+    text = str(value)
+    rest = text[len("/dev/"):] if text.startswith("/dev/") else text
+    parts = rest.split("/")
+    if len(parts) != 2:
+        raise ValueError(f"{text!r} is not a logical volume: write VG/LV (e.g. system/xenvm) "
+                         "or /dev/VG/LV")
+    return Volume(check_lvm_name(parts[0], "volume group name"),
+                  check_lvm_name(parts[1], "logical volume name"))
+
+
+def parse_mountpoint(value: Any) -> str:
+    """Given an absolute, normalized directory path, return it; refuse system directories."""
+    text = str(value)
+    if not text.startswith("/"):
+        raise ValueError(f"{text!r} must be an absolute path such as /mnt/vmbackup")
+    if any(ch.isspace() or not ch.isprintable() for ch in text) or "\\" in text:
+        raise ValueError(f"{text!r} contains whitespace, control characters or backslashes")
+    if os.path.normpath(text) != text or "//" in text:
+        raise ValueError(f"{text!r} is not a normalized path: write it without '..', '.', "
+                         "doubled or trailing slashes")
+    if len(text) > 1024:
+        raise ValueError("the path is longer than 1024 characters")
+    if text in _SYSTEM_DIRS or text.startswith(_NO_MOUNT_BELOW):
+        raise ValueError(f"{text!r} is a system directory; mounting a snapshot there would hide "
+                         "part of the running system: use a directory of its own, e.g. /mnt/vmbackup")
+    return text
+
+
+def parse_task(value: Any) -> str:
+    text = str(value)
+    if not text or len(text) > 255 or not text.isprintable():
+        raise ValueError(f"{text!r} is not a sesam task name (1 to 255 printable characters)")
+    return text
+
+
+def parse_percent_int(value: Any) -> int:
+    text = str(value).strip().rstrip("%")
+    if isinstance(value, bool) or not text.isdigit() or not 1 <= int(text) <= 100:
+        raise ValueError(f"{value!r} is not a percentage between 1 and 100")
+    return int(text)
+
+
+def parse_search_path(value: Any) -> str:
+    text = str(value)
+    dirs = text.split(":")
+    if not all(d.startswith("/") and d.isprintable() for d in dirs):
+        raise ValueError(f"{text!r} must be a colon-separated list of absolute directories")
+    return text
+
+
+def parse_absolute_path(value: Any) -> str:
+    text = str(value)
+    if not text.startswith("/") or not text.isprintable() or os.path.normpath(text) != text:
+        raise ValueError(f"{text!r} must be an absolute, normalized path")
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# The walk over YAML nodes. Working on nodes (not on yaml.safe_load's dicts) keeps line numbers.
+
+
+class _Reader:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._constructor = yaml.constructor.SafeConstructor()
+
+    def error(self, node: yaml.Node | None, key: str, message: str) -> ConfigError:
+        line = f":{node.start_mark.line + 1}" if node is not None else ""
+        where = f" {key}:" if key else ""
+        return ConfigError(f"{self.path}{line}:{where} {message}")
+
+    def mapping(self, node: yaml.Node, key: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, key, "must be a mapping of keys to values")
+        items: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key_node, value_node in node.value:
+            name = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if not isinstance(name, str) or not name:
+                raise self.error(key_node, key, "keys must be plain names")
+            if name in items:
+                raise self.error(key_node, f"{key}.{name}".lstrip("."), "is given twice")
+            items[name] = (key_node, value_node)
+        return items
+
+    def value(self, node: yaml.Node) -> Any:
+        return self._constructor.construct_object(node, deep=True)
+
+    def fields(self, node: yaml.Node, key: str, parsers: dict[str, Callable[[Any], Any]],
+               required: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Given a mapping node and a parser per allowed key, return the parsed values."""
+        items = self.mapping(node, key)
+        for name, (key_node, _) in items.items():
+            if name not in parsers:
+                allowed = ", ".join(sorted(parsers))
+                raise self.error(key_node, f"{key}.{name}", f"unknown key (allowed here: {allowed})")
+        for name in required:
+            if name not in items:
+                raise self.error(node, key, f"the key {name!r} is required")
+        parsed = {}
+        for name, (_, value_node) in items.items():
+            raw = self.value(value_node)
+            if raw is None:
+                if name in required:
+                    raise self.error(value_node, f"{key}.{name}", "must not be empty")
+                parsed[name] = None
+                continue
+            try:
+                parsed[name] = parsers[name](raw)
+            except (ValueError, TypeError) as exc:
+                raise self.error(value_node, f"{key}.{name}", str(exc)) from None
+        return parsed
+
+
+def _tasks(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise ValueError("must be a list of sesam task names, e.g. [xen_vm1]")
+    return tuple(parse_task(item) for item in value)
+
+
+def _optional_path(value: Any) -> str | None:
+    return None if value in (False, "") else parse_absolute_path(value)
+
+
+_SETTINGS_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "path": parse_search_path,
+    "log_file": _optional_path,
+    "lock_dir": parse_absolute_path,
+    "lock_timeout": parse_duration,
+    "command_timeout": parse_duration,
+}
+
+_JOB_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "volume": parse_volume,
+    "snapshot": lambda v: check_lvm_name(str(v), "snapshot name"),
+    "size": parse_size,
+    "mountpoint": parse_mountpoint,
+    "tasks": _tasks,
+    "unmount_timeout": parse_duration,
+    "fill_warning": parse_percent_int,
+}
+
+
+def parse_config(text: str, path: str = "<config>") -> Config:
+    """Given the text of a configuration file, return the validated Config or raise ConfigError."""
+    reader = _Reader(path)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}{line}: YAML syntax error: {problem}") from None
+    if root is None:
+        raise ConfigError(f"{path}: the file is empty; it needs at least a 'jobs:' section "
+                          "(see config.example.yaml)")
+    top = reader.fields(root, "", {"settings": lambda v: v, "jobs": lambda v: v}, required=("jobs",))
+    items = reader.mapping(root, "")
+
+    settings = Settings()
+    if top.get("settings") is not None:
+        values = reader.fields(items["settings"][1], "settings", _SETTINGS_PARSERS)
+        settings = Settings(**{k: v for k, v in values.items() if v is not None or k == "log_file"})
+
+    jobs: dict[str, Job] = {}
+    jobs_node = items["jobs"][1]
+    job_items = reader.mapping(jobs_node, "jobs")
+    if not job_items:
+        raise reader.error(jobs_node, "jobs", "defines no job")
+    for name, (key_node, value_node) in job_items.items():
+        if not _JOB_NAME.match(name):
+            raise reader.error(key_node, f"jobs.{name}", "a job name may contain letters, digits, "
+                               "_ . - (not starting with . or -), at most 64 characters")
+        values = reader.fields(value_node, f"jobs.{name}", _JOB_PARSERS,
+                               required=("volume", "snapshot", "mountpoint"))
+        values["origin"] = values.pop("volume")
+        job = Job(name=name, **{k: v for k, v in values.items() if v is not None})
+        if job.snapshot == job.origin.lv:
+            raise reader.error(value_node, f"jobs.{name}.snapshot", "must differ from the volume's name")
+        jobs[name] = job
+    _check_jobs_apart(reader, jobs_node, list(jobs.values()))
+    return Config(path=path, settings=settings, jobs=jobs)
+
+
+def _check_jobs_apart(reader: _Reader, node: yaml.Node, jobs: list[Job]) -> None:
+    """Two jobs must never share a mountpoint (or nest them) or a snapshot LV."""
+    for i, a in enumerate(jobs):
+        for b in jobs[i + 1:]:
+            pair = f"jobs {a.name!r} and {b.name!r}"
+            if a.mountpoint == b.mountpoint:
+                raise reader.error(node, "jobs", f"{pair} use the same mountpoint {a.mountpoint}")
+            if (a.mountpoint + "/").startswith(b.mountpoint + "/") or \
+                    (b.mountpoint + "/").startswith(a.mountpoint + "/"):
+                raise reader.error(node, "jobs", f"{pair} have nested mountpoints "
+                                   f"{a.mountpoint} and {b.mountpoint}")
+            if a.snapshot_volume == b.snapshot_volume:
+                raise reader.error(node, "jobs", f"{pair} use the same snapshot {a.snapshot_volume}")
+
+
+def load_config(path: str) -> Config:
+    """Read and validate the configuration file at path."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found; copy config.example.yaml there "
+                          "and adapt it, or pass --config") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc}") from None
+    return parse_config(text, path)
+
+
+def config_path(option: str | None) -> str:
+    """The configuration file to use: --config, else $XENLVM_CONFIG, else the default."""
+    return option or os.environ.get("XENLVM_CONFIG") or DEFAULT_CONFIG_PATH

@@ -1,0 +1,80 @@
+"""The errors xenlvm raises, each with a message written for the admin who reads the log.
+
+Every error maps to one process exit code in exactly one place (``exit_code``):
+0 success, 1 the operation failed, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class XenlvmError(Exception):
+    """Base class: an operation failed; the message says what and what to do."""
+
+    exit_code = EXIT_FAILED
+
+
+class ConfigError(XenlvmError):
+    """The configuration file is missing, unreadable or invalid."""
+
+    exit_code = EXIT_USAGE
+
+
+class UsageError(XenlvmError):
+    """The command line or the sesam arguments do not make sense."""
+
+    exit_code = EXIT_USAGE
+
+
+class CommandFailed(XenlvmError):
+    """An external program exited non-zero, timed out or could not be started."""
+
+    def __init__(self, argv: Sequence[str], returncode: int | None, stderr: str, *, timed_out: bool = False,
+                 not_found: bool = False, timeout: float | None = None) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stderr = stderr.strip()
+        self.timed_out = timed_out
+        self.not_found = not_found
+        if not_found:
+            what = f"could not run {argv[0]}: program not found (install it or check PATH)"
+        elif timed_out:
+            what = f"{' '.join(argv)} did not finish within {timeout:g} s and was killed"
+        else:
+            what = f"{' '.join(argv)} failed with exit status {returncode}"
+        if self.stderr:
+            what += f": {self.stderr}"
+        super().__init__(what)
+
+
+class SafetyRefusal(XenlvmError):
+    """xenlvm refuses to touch something it cannot prove it created."""
+
+
+class PreflightFailed(XenlvmError):
+    """A check before any change found the host not ready; nothing was changed."""
+
+
+class MountError(XenlvmError):
+    """Mounting or unmounting the snapshot failed."""
+
+
+class SnapshotOverflowed(XenlvmError):
+    """The classic snapshot filled up and became invalid: the backup read bad data."""
+
+
+class LockTimeout(XenlvmError):
+    """Another xenlvm run holds the job's lock for longer than we are willing to wait."""
+
+
+class CleanupFailed(XenlvmError):
+    """Undoing a step failed; carries the original error when there was one."""
+
+    def __init__(self, message: str, original: BaseException | None = None) -> None:
+        self.original = original
+        super().__init__(message)

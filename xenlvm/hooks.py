@@ -1,0 +1,210 @@
+"""The pre and post orchestration: what sesam's sbc_pre and sbc_post do for each job.
+
+pre:  lock, sweep leftovers of a crashed run, preflight, create the snapshot, mount it.
+      Each change registers its undo as soon as it succeeded; any failure unwinds them all.
+post: lock, read the snapshot's state, unmount (patiently), remove; report an overflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from xenlvm import lvm as lvm_mod
+from xenlvm import mounts as mounts_mod
+from xenlvm import preflight
+from xenlvm.config import Config, Job
+from xenlvm.errors import CleanupFailed, MountError, PreflightFailed, SafetyRefusal, SnapshotOverflowed, XenlvmError
+from xenlvm.lock import JobLock
+from xenlvm.logs import set_job
+from xenlvm.lvm import Lvm, LogicalVolume
+from xenlvm.runner import Runner
+from xenlvm.undo import UndoStack
+
+log = logging.getLogger("xenlvm")
+
+# Unwinding a failed pre must not wait as long as post does for a busy mount.
+UNDO_UNMOUNT_TIMEOUT = 30.0
+
+
+@dataclass
+class Context:
+    """What one xenlvm run works with."""
+
+    config: Config
+    runner: Runner
+    started: float = field(default_factory=time.time)
+
+    @property
+    def lvm(self) -> Lvm:
+        return Lvm(self.runner)
+
+    @property
+    def dry_run(self) -> bool:
+        return self.runner.dry_run
+
+    def lock(self, job: Job) -> JobLock:
+        settings = self.config.settings
+        return JobLock(settings.lock_dir, job.name, settings.lock_timeout)
+
+
+# ---------------------------------------------------------------------------------------------
+# pre
+
+
+def run_pre(ctx: Context, jobs: Sequence[Job]) -> None:
+    """Create and mount the snapshot of every job, or leave nothing behind and raise."""
+    undo = UndoStack()
+    with ExitStack() as locks:
+        try:
+            for job in jobs:
+                set_job(job.name)
+                locks.enter_context(ctx.lock(job))
+                prepare_snapshot(ctx, job, undo)
+        except BaseException as exc:
+            failed = undo.unwind()
+            if failed:
+                raise CleanupFailed(f"{exc}\nUndoing pre ALSO failed, so something may be left "
+                                    f"behind: {'; '.join(failed)}. Run 'xenlvm post' for the job to "
+                                    "clean up, then 'xenlvm status'.", exc) from exc
+            raise
+        undo.discard()
+
+
+def prepare_snapshot(ctx: Context, job: Job, undo: UndoStack) -> None:
+    vg = ctx.lvm.volume_group(job.origin.vg)
+    mounts = mounts_mod.read_mounts()
+    existing = vg.get(job.snapshot)
+    if existing is not None and existing.owned_by(job):
+        log.warning("found %s left over by an earlier run (%s, created %s); removing it first",
+                    existing, existing.run_tag() or "unknown run", existing.created or "at an unknown time")
+        mountpoint_finding = preflight.check_mountpoint(job, mounts, existing)
+        if mountpoint_finding.level == "fail":
+            raise PreflightFailed(mountpoint_finding.message)
+        remove_job_snapshot(ctx, job, existing, mounts, UNDO_UNMOUNT_TIMEOUT)
+        if not ctx.dry_run:
+            vg = ctx.lvm.volume_group(job.origin.vg)
+            mounts = mounts_mod.read_mounts()
+
+    findings = preflight.check_volumes(job, vg) + [preflight.check_mountpoint(job, mounts)]
+    if ctx.dry_run:
+        findings = [f for f in findings if f.check != "snapshot name"]  # the sweep was not run
+    problems = preflight.failures(findings)
+    if problems:
+        raise PreflightFailed("; ".join(p.message for p in problems) + ". Nothing was changed.")
+    origin = vg.lvs[job.origin.lv]
+    fstype = mounts_mod.filesystem_type(ctx.runner, origin, mounts)
+
+    tags = [lvm_mod.OWNER_TAG, lvm_mod.job_tag(job.name), lvm_mod.run_tag(ctx.started, os.getpid())]
+    ctx.lvm.create_snapshot(job, origin, tags)
+    undo.push(f"remove snapshot {job.snapshot_volume}", lambda: _remove_after_failure(ctx, job))
+    device = lvm_mod.device_path(job.origin.vg, job.snapshot)
+
+    mounts_mod.mount_snapshot(ctx.runner, device, fstype, job.mountpoint)
+    if ctx.dry_run:
+        return
+    undo.push(f"unmount {job.mountpoint}",
+              lambda: mounts_mod.unmount_with_retry(ctx.runner, job.mountpoint, UNDO_UNMOUNT_TIMEOUT))
+    _verify_mounted(job, device)
+    kind = "thin snapshot" if job.size is None else f"snapshot of {job.size.text}"
+    log.info("%s of %s is mounted read-only at %s (%s)", kind, job.origin, job.mountpoint, fstype)
+
+
+def _verify_mounted(job: Job, device: str) -> None:
+    """mount said yes; make sure the kernel shows exactly our device at the mountpoint."""
+    rdev = os.stat(device).st_rdev
+    entry = mounts_mod.mounted_at(job.mountpoint, mounts_mod.read_mounts())
+    if entry is None or (entry.major, entry.minor) != (os.major(rdev), os.minor(rdev)):
+        raise MountError(f"after mounting, {job.mountpoint} does not show the snapshot {device}; "
+                         "something else changed the mount table")
+    if "ro" not in entry.options:
+        raise MountError(f"{job.mountpoint} is mounted read-write although xenlvm asked for read-only")
+
+
+def _remove_after_failure(ctx: Context, job: Job) -> None:
+    vg = ctx.lvm.volume_group(job.origin.vg)
+    snapshot = vg.get(job.snapshot)
+    if snapshot is not None:
+        ctx.lvm.remove_snapshot(job, snapshot)
+
+
+# ---------------------------------------------------------------------------------------------
+# post
+
+
+def run_post(ctx: Context, jobs: Sequence[Job]) -> None:
+    """Clean up every job; one job's failure does not stop the others. Raise the first failure."""
+    errors: list[XenlvmError] = []
+    for job in jobs:
+        set_job(job.name)
+        try:
+            with ctx.lock(job):
+                clean_up(ctx, job)
+        except XenlvmError as exc:
+            log.error("%s", exc)
+            errors.append(exc)
+    set_job("")
+    if errors:
+        raise errors[0] if len(errors) == 1 else XenlvmError(
+            f"post failed for {len(errors)} jobs: " + " | ".join(str(e) for e in errors))
+
+
+def clean_up(ctx: Context, job: Job) -> None:
+    """Unmount and remove the job's snapshot if xenlvm created it; tell whether the backup is valid."""
+    try:
+        vg = ctx.lvm.volume_group(job.origin.vg)
+    except PreflightFailed as exc:
+        log.warning("%s; so there is no snapshot to clean up", exc)
+        return
+    snapshot = vg.get(job.snapshot)
+    mounts = mounts_mod.read_mounts()
+    if snapshot is None:
+        entry = mounts_mod.mounted_at(job.mountpoint, mounts)
+        if entry is not None:
+            log.warning("%s has %s mounted on it, which is not xenlvm's snapshot; left alone",
+                        job.mountpoint, entry.source)
+        log.info("nothing to clean up: %s does not exist", job.snapshot_volume)
+        return
+    if not snapshot.owned_by(job):
+        log.warning("%s exists but xenlvm did not create it (no xenlvm tags); left untouched",
+                    snapshot)
+        return
+
+    overflowed = snapshot.invalid  # read before unmounting: this is what the backup saw
+    remove_job_snapshot(ctx, job, snapshot, mounts, job.unmount_timeout)
+    if ctx.dry_run:
+        return
+    if overflowed:
+        raise SnapshotOverflowed(
+            f"the snapshot {snapshot} overflowed during the backup: its {preflight.human_size(snapshot.size)} "
+            "of copy-on-write space filled up and it became invalid, so the backup of this run read "
+            "inconsistent data and cannot be trusted. The snapshot has been removed. Make it larger "
+            f"('size:' of job {job.name!r}, e.g. 20%ORIGIN, checking 'vgs' for free space) or run "
+            "the backup when the VMs write less.")
+    if snapshot.data_percent is not None and not snapshot.is_thin:
+        level = logging.WARNING if snapshot.data_percent >= job.fill_warning else logging.INFO
+        log.log(level, "the snapshot was %.1f%% full before removal%s", snapshot.data_percent,
+                " - close to overflowing: consider a larger 'size:'" if level == logging.WARNING else "")
+    log.info("snapshot %s unmounted and removed", snapshot)
+
+
+def remove_job_snapshot(ctx: Context, job: Job, snapshot: LogicalVolume,
+                        mounts: list[mounts_mod.MountEntry], unmount_timeout: float) -> None:
+    """Unmount the job's snapshot from the job's mountpoint, then remove it."""
+    if not snapshot.owned_by(job):
+        raise SafetyRefusal(f"{snapshot} is not xenlvm's; refusing to touch it")
+    for entry in mounts_mod.mounts_of(snapshot, mounts):
+        if entry.mountpoint != job.mountpoint:
+            raise MountError(f"{snapshot} is also mounted at {entry.mountpoint}, which xenlvm did not "
+                             "do; unmount it yourself, then run 'xenlvm post' again")
+    if mounts_mod.mounts_of(snapshot, mounts):
+        top = mounts_mod.mounted_at(job.mountpoint, mounts)
+        if top is None or not top.is_device(snapshot):
+            raise MountError(f"something else is mounted on top of the snapshot at {job.mountpoint}; "
+                             "unmount it yourself, then run 'xenlvm post' again")
+        mounts_mod.unmount_with_retry(ctx.runner, job.mountpoint, unmount_timeout)
+    ctx.lvm.remove_snapshot(job, snapshot)

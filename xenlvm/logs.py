@@ -1,0 +1,92 @@
+"""Where xenlvm's messages go: a short summary on the console (sesam keeps hook output in its
+logs), everything including each command to syslog and to the log file.
+
+Console: info on stdout, warnings and errors on stderr; the per-command lines only with
+--verbose. Syslog (when /dev/log exists) and the log file get every line with the job name.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import logging.handlers
+import os
+import sys
+
+_job: contextvars.ContextVar[str] = contextvars.ContextVar("xenlvm_job", default="")
+_PREFIX_FORMAT = "%(jobprefix)s%(message)s"
+
+
+class _JobFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        job = _job.get()
+        record.jobprefix = f"job {job}: " if job else ""
+        return True
+
+
+class _ConsoleFilter(logging.Filter):
+    def __init__(self, verbose: bool, errors: bool) -> None:
+        super().__init__()
+        self.verbose = verbose
+        self.errors = errors
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (record.levelno >= logging.WARNING) != self.errors:
+            return False
+        return self.verbose or not record.name.startswith("xenlvm.command") or record.levelno >= logging.WARNING
+
+
+def set_job(name: str) -> None:
+    """Name the job that the following messages are about."""
+    _job.set(name)
+
+
+def setup(*, verbose: bool = False, debug: bool = False, syslog: bool = True) -> None:
+    """Console and syslog handlers; call once per process, before the configuration is read."""
+    logging.raiseExceptions = False  # a broken syslog must never break a backup
+    logger = logging.getLogger("xenlvm")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    job_filter = _JobFilter()
+    for stream, errors in ((sys.stdout, False), (sys.stderr, True)):
+        console = logging.StreamHandler(stream)
+        console.setLevel(logging.DEBUG if debug else logging.INFO)
+        console.addFilter(job_filter)
+        console.addFilter(_ConsoleFilter(verbose or debug, errors))
+        console.setFormatter(logging.Formatter("xenlvm: %(levelname_short)s" + _PREFIX_FORMAT))
+        console.addFilter(_short_level)
+        logger.addHandler(console)
+    if syslog and os.path.exists("/dev/log"):
+        try:
+            handler = logging.handlers.SysLogHandler("/dev/log", logging.handlers.SysLogHandler.LOG_DAEMON)
+        except OSError:
+            return
+        handler.setLevel(logging.INFO)
+        handler.addFilter(job_filter)
+        handler.setFormatter(logging.Formatter(f"xenlvm[{os.getpid()}]: {_PREFIX_FORMAT}"))
+        logger.addHandler(handler)
+
+
+def _short_level(record: logging.LogRecord) -> bool:
+    record.levelname_short = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+    return True
+
+
+def add_log_file(path: str) -> None:
+    """Also write every message, with time and pid, to path (created 0640 if missing)."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        os.close(fd)
+        handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")
+    except OSError as exc:
+        logging.getLogger("xenlvm").warning("cannot write the log file %s (%s); logging to syslog "
+                                            "and the console only", path, exc.strerror)
+        return
+    handler.setLevel(logging.DEBUG)
+    handler.addFilter(_JobFilter())
+    handler.setFormatter(logging.Formatter(
+        f"%(asctime)s xenlvm[{os.getpid()}] %(levelname)s {_PREFIX_FORMAT}"))
+    logging.getLogger("xenlvm").addHandler(handler)

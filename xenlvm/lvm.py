@@ -1,0 +1,197 @@
+"""LVM: ask lvs in its JSON form, create xenlvm's snapshots, and remove only those.
+
+Ownership is proven by LVM tags that xenlvm adds at creation: ``xenlvm`` and
+``xenlvm_job_<job>``. An LV without both is never removed, whatever its name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+from xenlvm.config import Job, Volume
+from xenlvm.errors import CommandFailed, PreflightFailed, SafetyRefusal, XenlvmError
+from xenlvm.runner import Runner
+
+log = logging.getLogger("xenlvm")
+
+OWNER_TAG = "xenlvm"
+_JSON = ["--reportformat", "json", "--units", "b", "--nosuffix"]
+LV_FIELDS = ("lv_name", "vg_name", "lv_attr", "lv_size", "origin", "pool_lv", "lv_tags",
+             "data_percent", "lv_snapshot_invalid", "lv_active", "lv_kernel_major",
+             "lv_kernel_minor", "lv_dm_path", "lv_time", "vg_free", "vg_size", "vg_extent_size")
+
+
+def job_tag(job_name: str) -> str:
+    return f"xenlvm_job_{job_name}"
+
+
+def run_tag(started: float, pid: int) -> str:
+    return f"xenlvm_run_{time.strftime('%Y%m%dT%H%M%S', time.localtime(started))}_{pid}"
+
+
+@dataclass(frozen=True)
+class LogicalVolume:
+    """One row of lvs, typed."""
+
+    vg: str
+    name: str
+    attr: str
+    size: int
+    origin: str
+    pool: str
+    tags: frozenset[str]
+    data_percent: float | None
+    snapshot_invalid: bool
+    active: bool
+    major: int | None
+    minor: int | None
+    dm_path: str
+    created: str
+
+    @property
+    def is_thin(self) -> bool:
+        return self.attr[:1] == "V"
+
+    @property
+    def is_snapshot(self) -> bool:
+        return bool(self.origin)
+
+    @property
+    def invalid(self) -> bool:
+        """A classic snapshot that overflowed: lvs shows 'I' as the 5th attribute character."""
+        return self.snapshot_invalid or self.attr[4:5] == "I"
+
+    def owned_by(self, job: Job) -> bool:
+        """True when xenlvm created this LV for the job, as the snapshot of the job's volume."""
+        return (OWNER_TAG in self.tags and job_tag(job.name) in self.tags
+                and self.origin == job.origin.lv and self.name == job.snapshot)
+
+    def run_tag(self) -> str | None:
+        return next((t for t in sorted(self.tags) if t.startswith("xenlvm_run_")), None)
+
+    def __str__(self) -> str:
+        return f"{self.vg}/{self.name}"
+
+
+@dataclass(frozen=True)
+class VolumeGroup:
+    """A VG as one lvs call reports it: its LVs and its space."""
+
+    name: str
+    free: int
+    size: int
+    extent_size: int
+    lvs: dict[str, LogicalVolume]
+
+    def get(self, name: str) -> LogicalVolume | None:
+        return self.lvs.get(name)
+
+
+def _int(text: str) -> int | None:
+    return int(text) if text not in ("", "-1") else None
+
+
+def parse_lvs_json(text: str) -> list[tuple[LogicalVolume, dict[str, str]]]:
+    """Given the stdout of ``lvs --reportformat json``, return each LV and its raw row."""
+    try:
+        rows = json.loads(text)["report"][0]["lv"]
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise XenlvmError(f"cannot understand the output of lvs ({exc}); is this LVM 2.02.158 "
+                          "or newer (needed for --reportformat json)?") from None
+    parsed = []
+    for row in rows:
+        percent = row.get("data_percent", "")
+        parsed.append((LogicalVolume(
+            vg=row["vg_name"], name=row["lv_name"], attr=row.get("lv_attr", ""),
+            size=int(row.get("lv_size") or 0), origin=row.get("origin", ""),
+            pool=row.get("pool_lv", ""),
+            tags=frozenset(t for t in row.get("lv_tags", "").split(",") if t),
+            data_percent=float(percent) if percent else None,
+            snapshot_invalid=row.get("lv_snapshot_invalid", "") == "invalid",
+            active=row.get("lv_active", "") == "active",
+            major=_int(row.get("lv_kernel_major", "")), minor=_int(row.get("lv_kernel_minor", "")),
+            dm_path=row.get("lv_dm_path", ""), created=row.get("lv_time", ""),
+        ), row))
+    return parsed
+
+
+def parse_volume_group(text: str, vg_name: str) -> VolumeGroup:
+    """Given lvs JSON for one VG (with the vg_* fields), return the VolumeGroup."""
+    rows = parse_lvs_json(text)
+    if not rows:
+        # A VG without LVs: lvs prints no rows, so its free space is unknown here.
+        return VolumeGroup(vg_name, 0, 0, 0, {})
+    raw = rows[0][1]
+    return VolumeGroup(name=vg_name, free=int(raw.get("vg_free") or 0), size=int(raw.get("vg_size") or 0),
+                       extent_size=int(raw.get("vg_extent_size") or 0),
+                       lvs={lv.name: lv for lv, _ in rows})
+
+
+class Lvm:
+    """The LVM operations xenlvm needs, all through the runner."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    def volume_group(self, vg: str) -> VolumeGroup:
+        """One lvs call that returns every LV of the VG and the VG's free space."""
+        try:
+            result = self.runner.query(["lvs", *_JSON, "--options", ",".join(LV_FIELDS), vg])
+        except CommandFailed as exc:
+            if "not found" in exc.stderr:
+                raise PreflightFailed(f"volume group {vg!r} not found: check 'volume:' in the "
+                                      "configuration against the output of 'vgs'") from None
+            raise
+        return parse_volume_group(result.stdout, vg)
+
+    def create_snapshot(self, job: Job, origin: LogicalVolume, tags: Sequence[str]) -> None:
+        """Create the job's snapshot of origin: thin (no size) or classic (with job.size)."""
+        argv = ["lvcreate", "--snapshot", "--name", job.snapshot]
+        for tag in tags:
+            argv += ["--addtag", tag]
+        if job.size is None:
+            # Thin snapshots carry the activation-skip flag; -K activates this one anyway.
+            argv.append("--ignoreactivationskip")
+        else:
+            argv += job.size.lvcreate_args()
+        argv.append(f"{origin.vg}/{origin.name}")
+        self.runner.change(argv)
+
+    def remove_snapshot(self, job: Job, snapshot: LogicalVolume, *, retry_for: float = 15.0) -> None:
+        """Remove the job's snapshot after proving it is xenlvm's; retry while it is in use.
+
+        The --select guard makes LVM itself check the tags at the moment of removal, so an LV
+        that was replaced behind our back between the check and the removal is not touched.
+        """
+        if not snapshot.owned_by(job):
+            raise SafetyRefusal(
+                f"{snapshot} does not carry xenlvm's tags for job {job.name!r} (tags: "
+                f"{','.join(sorted(snapshot.tags)) or 'none'}); xenlvm did not create it and will "
+                "not remove it. Rename or remove it yourself, or choose another 'snapshot:' name.")
+        argv = ["lvremove", "--force", "--select", f"lv_tags={job_tag(job.name)}",
+                f"{snapshot.vg}/{snapshot.name}"]
+        deadline = time.monotonic() + retry_for
+        delay = 0.5
+        while True:
+            try:
+                result = self.runner.change(argv)
+            except CommandFailed as exc:
+                if "in use" not in exc.stderr or time.monotonic() >= deadline:
+                    raise
+                log.warning("%s is still in use, retrying lvremove in %.1f s", snapshot, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 4.0)
+                continue
+            if result is not None and "successfully removed" not in result.stdout:
+                raise SafetyRefusal(f"{snapshot} lost xenlvm's tags just before removal; it was "
+                                    "left untouched. Check who changed it ('lvs -o+lv_tags').")
+            return
+
+
+def device_path(vg: str, lv: str) -> str:
+    """The device-mapper node of VG/LV (hyphens inside names are doubled by device-mapper)."""
+    return f"/dev/mapper/{vg.replace('-', '--')}-{lv.replace('-', '--')}"

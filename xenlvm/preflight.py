@@ -1,0 +1,108 @@
+"""Checks before any change: given what lvs and the mount table report, decide whether pre may
+create and mount the snapshot. Pure decisions over typed records, so they are unit-tested
+with recorded lvs output and reused by ``xenlvm check``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+from xenlvm.config import Job
+from xenlvm.lvm import LogicalVolume, VolumeGroup
+from xenlvm.mounts import MountEntry, mounted_at
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str  # "ok", "warn" or "fail"
+    check: str
+    message: str
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{size} B"
+        value /= 1024
+    return f"{size} B"
+
+
+def check_volumes(job: Job, vg: VolumeGroup) -> list[Finding]:
+    """Origin present, active and not a snapshot; snapshot name free; room for the snapshot."""
+    origin = vg.get(job.origin.lv)
+    if origin is None:
+        return [Finding("fail", "origin", f"logical volume {job.origin} not found: check 'volume:' "
+                        f"for job {job.name!r} against 'lvs {job.origin.vg}'")]
+    findings = []
+    if not origin.active:
+        findings.append(Finding("fail", "origin", f"{job.origin} is not active: activate it with "
+                                f"'lvchange -ay {job.origin}'"))
+    elif origin.is_snapshot:
+        findings.append(Finding("fail", "origin", f"{job.origin} is itself a snapshot of "
+                                f"{origin.origin}; point 'volume:' at the real volume"))
+    else:
+        findings.append(Finding("ok", "origin", f"{job.origin} is present and active"))
+    findings.append(check_snapshot_name(job, vg.get(job.snapshot)))
+    findings.append(check_space(job, vg, origin))
+    return findings
+
+
+def check_snapshot_name(job: Job, existing: LogicalVolume | None) -> Finding:
+    if existing is None:
+        return Finding("ok", "snapshot name", f"{job.snapshot_volume} does not exist yet")
+    if existing.owned_by(job):
+        return Finding("warn", "snapshot name", f"{existing} is a leftover of an earlier xenlvm run; "
+                       "pre removes it first ('xenlvm cleanup' or 'xenlvm post' removes it now)")
+    return Finding("fail", "snapshot name", f"an LV {existing} exists that xenlvm did not create (it "
+                   "lacks xenlvm's tags); xenlvm will not touch it. Remove or rename it, or set "
+                   "another 'snapshot:' name")
+
+
+def check_space(job: Job, vg: VolumeGroup, origin: LogicalVolume) -> Finding:
+    if job.size is None:
+        if origin.is_thin:
+            return Finding("ok", "space", f"{job.origin} is thin: the snapshot shares its pool "
+                           f"{origin.pool}, no size needed")
+        return Finding("fail", "space", f"{job.origin} is a classic (thick) volume: set 'size:' for "
+                       f"job {job.name!r} (e.g. 20%ORIGIN); only thin volumes take snapshots without one")
+    wanted = job.size.resolve(origin.size, vg.free, vg.size)
+    extent = vg.extent_size or 1
+    wanted = max(extent, -(-wanted // extent) * extent)  # LVM rounds up to whole extents
+    if wanted > vg.free:
+        return Finding("fail", "space", f"the snapshot needs {human_size(wanted)} ({job.size.text}) but "
+                       f"volume group {vg.name} has only {human_size(vg.free)} free: extend the VG "
+                       "(vgextend) or set a smaller 'size:'")
+    return Finding("ok", "space", f"{human_size(wanted)} for the snapshot, {human_size(vg.free)} free in {vg.name}")
+
+
+def check_mountpoint(job: Job, mounts: list[MountEntry], snapshot: LogicalVolume | None = None) -> Finding:
+    """The mountpoint must be a real directory (no symlink anywhere) with nothing mounted on it
+    (except the job's own snapshot, which pre sweeps first)."""
+    path = job.mountpoint
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return Finding("fail", "mountpoint", f"{path} does not exist: create it with 'mkdir -p {path}'")
+    except OSError as exc:
+        return Finding("fail", "mountpoint", f"cannot inspect {path}: {exc.strerror}")
+    if stat.S_ISLNK(info.st_mode):
+        return Finding("fail", "mountpoint", f"{path} is a symbolic link; xenlvm mounts only on a "
+                       "real directory: replace the link with 'mkdir'")
+    if not stat.S_ISDIR(info.st_mode):
+        return Finding("fail", "mountpoint", f"{path} is not a directory")
+    if os.path.realpath(path) != path:
+        return Finding("fail", "mountpoint", f"{path} lies below a symbolic link (it resolves to "
+                       f"{os.path.realpath(path)}); use the real path in 'mountpoint:'")
+    entry = mounted_at(path, mounts)
+    if entry is not None and not (snapshot is not None and entry.is_device(snapshot)):
+        return Finding("fail", "mountpoint", f"{path} already has {entry.source} ({entry.fstype}) "
+                       f"mounted on it, which is not this job's snapshot; unmount it or choose "
+                       "another 'mountpoint:'")
+    return Finding("ok", "mountpoint", f"{path} is a directory with nothing mounted on it")
+
+
+def failures(findings: list[Finding]) -> list[Finding]:
+    return [f for f in findings if f.level == "fail"]

@@ -1,0 +1,110 @@
+"""The one door through which xenlvm runs external programs.
+
+Every call is an argv list (never a shell string), runs with a fixed PATH and a clean
+environment, has a timeout, and is logged with its exact argv, exit status and duration.
+Each call is marked as a query or a change: in a dry run, queries still run for real and
+changes are only logged, so the dry run shows exactly what would happen.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+from xenlvm import interrupts
+from xenlvm.config import DEFAULT_PATH
+from xenlvm.errors import CommandFailed
+
+log = logging.getLogger("xenlvm.command")
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    duration: float
+
+
+def quote(argv: Sequence[str]) -> str:
+    """Given an argv, return it as one line an admin can paste into a shell."""
+    return " ".join(shlex.quote(arg) for arg in argv)
+
+
+def clean_environment(path: str) -> dict[str, str]:
+    """The environment every command gets: C locale, our PATH, no inherited LVM/DM settings."""
+    return {
+        "PATH": path,
+        "LC_ALL": "C",
+        "LANG": "C",
+        # lvm warns about every inherited file descriptor; we pass none on purpose.
+        "LVM_SUPPRESS_FD_WARNINGS": "1",
+    }
+
+
+class Runner:
+    """Runs commands for xenlvm; see the module docstring for the rules it keeps."""
+
+    def __init__(self, *, path: str = DEFAULT_PATH, timeout: float = 120.0, dry_run: bool = False) -> None:
+        self.env = clean_environment(path)
+        self.timeout = timeout
+        self.dry_run = dry_run
+        self.count = 0
+
+    def query(self, argv: Sequence[str], *, timeout: float | None = None,
+              ok_codes: Sequence[int] = (0,)) -> Result:
+        """Run a command that changes nothing; it runs even in a dry run."""
+        return self._run(argv, timeout, ok_codes)
+
+    def change(self, argv: Sequence[str], *, timeout: float | None = None,
+               ok_codes: Sequence[int] = (0,)) -> Result | None:
+        """Run a command that changes the system; in a dry run, only log it and return None.
+
+        A signal that arrives while it runs is held back until it has finished, so xenlvm
+        always knows whether the change happened and can undo it.
+        """
+        if self.dry_run:
+            log.warning("dry run, would run: %s", quote(argv))
+            return None
+        with interrupts.deferred():
+            return self._run(argv, timeout, ok_codes)
+
+    def _run(self, argv: Sequence[str], timeout: float | None, ok_codes: Sequence[int]) -> Result:
+        argv = tuple(argv)
+        limit = timeout if timeout is not None else self.timeout
+        self.count += 1
+        log.info("run: %s", quote(argv))
+        start = time.monotonic()
+        try:
+            proc = subprocess.run(argv, env=self.env, stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=limit, check=False, text=True, errors="replace")
+        except FileNotFoundError:
+            log.error("not found: %s (PATH=%s)", argv[0], self.env["PATH"])
+            raise CommandFailed(argv, None, "", not_found=True) from None
+        except subprocess.TimeoutExpired as exc:
+            log.error("timed out after %.1f s: %s", limit, quote(argv))
+            stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+            raise CommandFailed(argv, None, stderr, timed_out=True, timeout=limit) from None
+        duration = time.monotonic() - start
+        result = Result(argv, proc.returncode, proc.stdout, proc.stderr, duration)
+        stderr_line = " ".join(proc.stderr.split())
+        log.info("exit %d after %.3f s: %s%s", proc.returncode, duration, argv[0],
+                 f" (stderr: {stderr_line[:2000]})" if stderr_line else "")
+        if proc.returncode not in ok_codes:
+            raise CommandFailed(argv, proc.returncode, proc.stderr)
+        return result
+
+
+def which(program: str, path: str) -> str | None:
+    """Return the full path of program on the given PATH, or None."""
+    for directory in path.split(os.pathsep):
+        candidate = os.path.join(directory, program)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
