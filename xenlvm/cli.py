@@ -64,8 +64,8 @@ def _hook_command(phase: str, run: Callable[[hooks.Context, list], None]) -> cli
         if config_file:
             ctx.obj["config"] = config_file
         def work() -> None:
+            config = _load(ctx)  # first, so that the log file gets everything below
             log.info("%s called with arguments: %s", phase, describe_arguments(sesam_args))
-            config = _load(ctx)
             jobs = select_jobs(config, sesam_args, job_names)
             if not jobs:
                 log.info("no job is configured for these arguments; nothing to do")

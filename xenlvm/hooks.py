@@ -145,7 +145,8 @@ def run_post(ctx: Context, jobs: Sequence[Job]) -> None:
             with ctx.lock(job):
                 clean_up(ctx, job)
         except XenlvmError as exc:
-            log.error("%s", exc)
+            if len(jobs) > 1:
+                log.error("%s", exc)
             errors.append(exc)
     set_job("")
     if errors:

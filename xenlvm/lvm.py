@@ -111,7 +111,7 @@ def parse_lvs_json(text: str) -> list[tuple[LogicalVolume, dict[str, str]]]:
             pool=row.get("pool_lv", ""),
             tags=frozenset(t for t in row.get("lv_tags", "").split(",") if t),
             data_percent=float(percent) if percent else None,
-            snapshot_invalid=row.get("lv_snapshot_invalid", "") == "invalid",
+            snapshot_invalid="invalid" in row.get("lv_snapshot_invalid", ""),  # "snapshot invalid"
             active=row.get("lv_active", "") == "active",
             major=_int(row.get("lv_kernel_major", "")), minor=_int(row.get("lv_kernel_minor", "")),
             dm_path=row.get("lv_dm_path", ""), created=row.get("lv_time", ""),

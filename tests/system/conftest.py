@@ -17,6 +17,8 @@ CONFIG = "/etc/xenlvm/config.yaml"
 # sesam's argument order is not documented; these are shaped like a sesam task's details.
 SESAM_ARGS = ["xen_vm1", "/mnt/vmbackup", "FULL", "20261129-213000", "backup-host"]
 
+FAULT_PATH = "/run/faults/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
 DEFAULT_CONFIG = """\
 settings:
   lock_timeout: 5s
@@ -44,8 +46,20 @@ class World:
         if config is not None:
             self.write_config(config)
 
-    def write_config(self, text: str) -> None:
-        self.guest.write(CONFIG, textwrap.dedent(text), mode="0600")
+    def write_config(self, text: str, *, faults: bool = False) -> None:
+        text = textwrap.dedent(text)
+        if faults:
+            text = text.replace("settings:\n", f"settings:\n  path: {FAULT_PATH}\n", 1)
+        self.guest.write(CONFIG, text, mode="0600")
+
+    def inject(self, tool: str, rule: str) -> None:
+        """Make xenlvm's next calls of tool misbehave (see guest/fault); switches the config to
+        the fault-injecting PATH."""
+        self.guest.write(f"/run/faults/{tool}", rule + "\n")
+
+    def fault_calls(self) -> list[str]:
+        done = self.guest.run(["cat", "/run/faults/calls.log"])
+        return done.stdout.splitlines()
 
     def hook(self, name: str, *args: str, env: dict | None = None, timeout: float = 120) -> Completed:
         """Call a hook as sesam does: the executable with the task's arguments, no environment."""
@@ -94,3 +108,11 @@ def world(guest) -> World:
     manual = World(guest)
     manual.build()
     return manual
+
+
+def assert_nothing_left(world: World) -> None:
+    """No snapshot, no mount of ours, no process holding the job's lock."""
+    lvs = world.lvs()
+    assert "vmbackup" not in lvs, lvs
+    assert "/mnt/vmbackup" not in world.mounts()
+    assert not [name for name, row in lvs.items() if "xenlvm" in row["lv_tags"].split(",")]

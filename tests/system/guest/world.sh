@@ -36,3 +36,10 @@ for hook in sbc_pre sbc_post; do
     chmod 0755 "/opt/sesam/bin/sesam/$hook"
 done
 sync
+
+# Fault injection wrappers (see guest/fault); inert until a test writes a rule.
+rm -rf /run/faults
+mkdir -p /run/faults/bin
+for tool in lvs lvcreate lvremove lvchange mount umount blkid xl; do
+    ln -s "$(dirname "$0")/fault" "/run/faults/bin/$tool"
+done

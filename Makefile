@@ -1,0 +1,55 @@
+# xenlvm: `make demo` shows the hooks on real LVM in a sandbox; `make test` runs every test.
+# Both work on a fresh Debian machine as root: they install what they need first.
+
+PYTHON     ?= python3
+VENV       ?= .venv
+VPY        := $(VENV)/bin/python
+# Debian packages the sandbox needs: a real Linux kernel as a process (user-mode-linux),
+# LVM and the filesystems it tests with. Installed only when missing.
+DEB_PACKAGES := user-mode-linux lvm2 kmod xfsprogs e2fsprogs thin-provisioning-tools \
+                util-linux psmisc python3-venv
+
+.PHONY: help deps test unit system demo bench lint dist clean
+
+help:
+	@echo "make demo   - run sbc_pre, a tar backup and sbc_post on real LVM in a sandbox"
+	@echo "make test   - install what is needed, then run unit and system tests"
+	@echo "make unit   - unit tests only (no sandbox)"
+	@echo "make lint   - ruff"
+
+deps: $(VENV)/.installed .work/.debian-packages
+
+.work/.debian-packages:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@mkdir -p .work && touch $@
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	@touch $@
+
+test: deps
+	$(VPY) -m ruff check xenlvm tests
+	$(VPY) -m pytest -q tests
+
+unit: deps
+	$(VPY) -m pytest -q tests/unit
+
+system: deps
+	$(VPY) -m pytest -q tests/system
+
+demo: deps
+	$(VPY) -m tests.system.demo
+
+lint: deps
+	$(VPY) -m ruff check xenlvm tests
+
+clean:
+	rm -rf .work build dist *.egg-info
