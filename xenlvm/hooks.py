@@ -99,36 +99,54 @@ def prepare_snapshot(ctx: Context, job: Job, undo: UndoStack) -> None:
     origin = vg.lvs[job.origin.lv]
     fstype = mounts_mod.filesystem_type(ctx.runner, origin, mounts)
 
-    tags = [lvm_mod.OWNER_TAG, lvm_mod.job_tag(job.name), lvm_mod.run_tag(ctx.started, os.getpid())]
-    ctx.lvm.create_snapshot(job, origin, tags)
-    undo.push(f"remove snapshot {job.snapshot_volume}", lambda: _remove_after_failure(ctx, job))
+    run_tag = lvm_mod.run_tag(ctx.started, os.getpid())
+    # Each undo is registered before its change and checks what really happened: a command
+    # that fails (or times out) after doing its work must not leave that work behind.
+    undo.push(f"remove snapshot {job.snapshot_volume} if this run created it",
+              lambda: _remove_if_created(ctx, job, run_tag))
+    ctx.lvm.create_snapshot(job, origin, [lvm_mod.OWNER_TAG, lvm_mod.job_tag(job.name), run_tag])
     device = lvm_mod.device_path(job.origin.vg, job.snapshot)
 
+    undo.push(f"unmount {job.mountpoint} if the snapshot is mounted there",
+              lambda: _unmount_if_mounted(ctx, job, device))
     mounts_mod.mount_snapshot(ctx.runner, device, fstype, job.mountpoint)
     if ctx.dry_run:
         return
-    undo.push(f"unmount {job.mountpoint}",
-              lambda: mounts_mod.unmount_with_retry(ctx.runner, job.mountpoint, UNDO_UNMOUNT_TIMEOUT))
     _verify_mounted(job, device)
     kind = "thin snapshot" if job.size is None else f"snapshot of {job.size.text}"
     log.info("%s of %s is mounted read-only at %s (%s)", kind, job.origin, job.mountpoint, fstype)
 
 
+def _device_numbers(device: str) -> tuple[int, int] | None:
+    try:
+        rdev = os.stat(device).st_rdev
+    except FileNotFoundError:
+        return None
+    return os.major(rdev), os.minor(rdev)
+
+
 def _verify_mounted(job: Job, device: str) -> None:
     """mount said yes; make sure the kernel shows exactly our device at the mountpoint."""
-    rdev = os.stat(device).st_rdev
     entry = mounts_mod.mounted_at(job.mountpoint, mounts_mod.read_mounts())
-    if entry is None or (entry.major, entry.minor) != (os.major(rdev), os.minor(rdev)):
+    if entry is None or (entry.major, entry.minor) != _device_numbers(device):
         raise MountError(f"after mounting, {job.mountpoint} does not show the snapshot {device}; "
                          "something else changed the mount table")
     if "ro" not in entry.options:
         raise MountError(f"{job.mountpoint} is mounted read-write although xenlvm asked for read-only")
 
 
-def _remove_after_failure(ctx: Context, job: Job) -> None:
-    vg = ctx.lvm.volume_group(job.origin.vg)
-    snapshot = vg.get(job.snapshot)
-    if snapshot is not None:
+def _unmount_if_mounted(ctx: Context, job: Job, device: str) -> None:
+    entry = mounts_mod.mounted_at(job.mountpoint, mounts_mod.read_mounts())
+    if ctx.dry_run or entry is None or (entry.major, entry.minor) != _device_numbers(device):
+        return
+    mounts_mod.unmount_with_retry(ctx.runner, job.mountpoint, UNDO_UNMOUNT_TIMEOUT)
+
+
+def _remove_if_created(ctx: Context, job: Job, run_tag: str) -> None:
+    if ctx.dry_run:
+        return
+    snapshot = ctx.lvm.volume_group(job.origin.vg).get(job.snapshot)
+    if snapshot is not None and snapshot.owned_by(job) and run_tag in snapshot.tags:
         ctx.lvm.remove_snapshot(job, snapshot)
 
 

@@ -146,10 +146,12 @@ class Guest:
         """Run a shell snippet in the guest (test scaffolding only; xenlvm itself never uses a shell)."""
         return self.run(["/bin/sh", "-ec", script], check=check, timeout=timeout)
 
-    def spawn(self, argv: list, *, env: dict | None = None, log: str | None = None) -> int:
+    def spawn(self, argv: list, *, env: dict | None = None, log: str | None = None,
+              cwd: str | None = None) -> int:
+        """Start argv in the guest without waiting; output goes to the guest file log."""
         env = {"PATH": GUEST_PATH, "HOME": "/root", "LC_ALL": "C"} if env is None else env
         return self._request({"op": "spawn", "argv": [str(a) for a in argv], "env": env,
-                              "log": log}, 30)["pid"]
+                              "log": log, "cwd": cwd}, 30)["pid"]
 
     def wait(self, pid: int, timeout: float = 300) -> int | None:
         return self._request({"op": "wait", "pid": pid, "timeout": timeout}, timeout)["rc"]
