@@ -485,7 +485,8 @@ def test_missing_required_key_names_the_job_and_the_key():
     assert "'mountpoint' is required" in message
 
 
-SECOND_JOB = "  data:\n    volume: system/data\n    snapshot: {snapshot}\n    size: 1G\n    mountpoint: {mountpoint}\n"
+SECOND_JOB = ("  data:\n    volume: system/data\n    snapshot: {snapshot}\n    size: 1G\n"
+              "    mountpoint: {mountpoint}\n")
 
 
 def test_two_jobs_on_one_mountpoint_are_refused():

@@ -10,9 +10,7 @@ FSTYPE=$1 LAYOUT=$2 PYTHON=$3 SOURCE=$4
 for mount in $(awk '$2 ~ "^/(mnt|srv)/" {print $2}' /proc/mounts | sort -r); do
     umount "$mount" 2>/dev/null || umount -l "$mount"
 done
-for pid in $(ls /proc | grep -E '^[0-9]+$'); do
-    [ "$(cat /proc/$pid/comm 2>/dev/null)" = xenlvm-hold ] && kill -9 "$pid" 2>/dev/null || true
-done
+pkill -9 -x xenlvm-hold || true
 lvremove -q -f system >/dev/null 2>&1 || lvremove -q -f system
 rm -rf /etc/xenlvm /run/xenlvm /var/lib/xenlvm /var/log/xenlvm.log /opt/sesam /mnt/* /srv/*
 

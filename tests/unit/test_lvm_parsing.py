@@ -1,0 +1,385 @@
+"""lvs JSON, parsed from output recorded on real LVM 2.03, and the LVM commands xenlvm builds
+from it (checked through a fake runner that records every argv)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from xenlvm import lvm
+from xenlvm.config import Job, Volume, parse_size
+from xenlvm.errors import CommandFailed, PreflightFailed, SafetyRefusal, XenlvmError
+from xenlvm.lvm import LogicalVolume, Lvm, device_path, job_tag, parse_lvs_json, parse_volume_group
+from xenlvm.runner import Result
+
+DATA = Path(__file__).parent / "data"
+
+
+def recorded(name: str) -> str:
+    return (DATA / f"lvs_{name}.json").read_text(encoding="utf-8")
+
+
+def lvs_of(name: str) -> dict[str, LogicalVolume]:
+    return {lv.name: lv for lv, _ in parse_lvs_json(recorded(name))}
+
+
+def recorded_with(name: str, lv_name: str, **changes: str) -> str:
+    """The recorded report with some fields of one row changed."""
+    report = json.loads(recorded(name))
+    for row in report["report"][0]["lv"]:
+        if row["lv_name"] == lv_name:
+            row.update(changes)
+    return json.dumps(report)
+
+
+JOB = Job(name="xenvm", origin=Volume("system", "xenvm"), snapshot="vmbackup", mountpoint="/mnt/vmbackup",
+          size=parse_size("1G"), tasks=("xen_vm1",))
+
+
+class FakeRunner:
+    """Stands in for xenlvm.runner.Runner: records each call, answers from a script.
+
+    Each answer is stdout text (a successful Result), an exception to raise, or None (what
+    change() returns in a dry run)."""
+
+    def __init__(self, *answers: object, dry_run: bool = False) -> None:
+        self.answers = list(answers)
+        self.calls: list[tuple[str, list[str]]] = []
+        self.dry_run = dry_run
+
+    def _answer(self, kind: str, argv: list[str]) -> Result | None:
+        self.calls.append((kind, list(argv)))
+        answer = self.answers.pop(0) if self.answers else ""
+        if isinstance(answer, BaseException):
+            raise answer
+        if answer is None:
+            return None
+        return Result(tuple(argv), 0, str(answer), "", 0.01)
+
+    def query(self, argv, *, timeout=None, ok_codes=(0,)):
+        return self._answer("query", argv)
+
+    def change(self, argv, *, timeout=None, ok_codes=(0,)):
+        return self._answer("change", argv)
+
+    @property
+    def argvs(self) -> list[list[str]]:
+        return [argv for _, argv in self.calls]
+
+
+@pytest.fixture
+def no_sleep(monkeypatch):
+    """Retry loops run without waiting; the delays they asked for are recorded."""
+    delays: list[float] = []
+    monkeypatch.setattr(lvm.time, "sleep", delays.append)
+    return delays
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing recorded lvs output
+
+
+def test_mounted_snapshot_row_becomes_a_typed_record():
+    snapshot = lvs_of("snapshot_mounted")["vmbackup"]
+    assert snapshot == LogicalVolume(
+        vg="system", name="vmbackup", attr="swi-aos---", size=67108864, origin="xenvm", pool="",
+        tags=frozenset({"xenlvm", "xenlvm_job_xenvm", "xenlvm_run_20261129T213500_829"}),
+        data_percent=0.02, snapshot_invalid=False, active=True, major=254, minor=3,
+        dm_path="/dev/mapper/system-vmbackup", created="2026-11-29 21:35:00 +0000")
+    assert str(snapshot) == "system/vmbackup"
+    assert snapshot.is_snapshot
+    assert not snapshot.invalid
+    assert not snapshot.is_thin
+    assert snapshot.run_tag() == "xenlvm_run_20261129T213500_829"
+
+
+def test_origin_row_has_no_fill_level_and_is_not_a_snapshot():
+    origin = lvs_of("snapshot_mounted")["xenvm"]
+    assert origin.attr == "owi-aos---"
+    assert origin.size == 335544320
+    assert origin.data_percent is None
+    assert origin.tags == frozenset()
+    assert not origin.is_snapshot
+    assert not origin.invalid  # lv_snapshot_invalid is "unknown" for a non-snapshot
+    assert origin.run_tag() is None
+    assert (origin.major, origin.minor) == (254, 0)
+
+
+def test_overflowed_snapshot_is_invalid():
+    snapshot = lvs_of("snapshot_overflowed")["vmbackup"]
+    assert snapshot.attr == "swi-Ios---"
+    assert snapshot.snapshot_invalid
+    assert snapshot.data_percent == 100.0
+    assert snapshot.invalid
+
+
+def test_snapshot_marked_invalid_only_in_lv_attr_is_invalid():
+    # LVM versions without lv_snapshot_invalid still show the 'I' in lv_attr.
+    text = recorded_with("snapshot_overflowed", "vmbackup", lv_snapshot_invalid="")
+    snapshot = {lv.name: lv for lv, _ in parse_lvs_json(text)}["vmbackup"]
+    assert snapshot.invalid
+
+
+def test_thin_pool_report_keeps_pool_and_classic_snapshot_apart():
+    lvs = lvs_of("thin_pool_with_thick_snapshot")
+    assert set(lvs) == {"pool", "xenvm", "vmbackup"}
+    assert lvs["xenvm"].pool == "pool"
+    assert lvs["xenvm"].data_percent == 4.14
+    assert not lvs["xenvm"].is_snapshot
+    assert not lvs["pool"].is_thin  # the pool holds thin volumes; it is not one
+    snapshot = lvs["vmbackup"]
+    assert snapshot.origin == "xenvm" and snapshot.pool == ""
+    assert not snapshot.is_thin  # a classic (COW) snapshot of a thin volume
+    assert snapshot.owned_by(JOB)
+
+
+def test_thin_volume_is_thin():
+    text = recorded_with("thin_pool_with_thick_snapshot", "xenvm", lv_attr="Vwi-aotz--")
+    assert {lv.name: lv for lv, _ in parse_lvs_json(text)}["xenvm"].is_thin
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: LogicalVolume.is_thin only looks at lv_attr[0] == 'V'; a "
+                   "thin volume that has a classic snapshot shows 'o' there (owi-aotz--, recorded), so "
+                   "it is taken for thick; lv_attr[6] == 't' or pool_lv says it is thin")
+def test_thin_origin_with_a_classic_snapshot_is_thin():
+    origin = lvs_of("thin_pool_with_thick_snapshot")["xenvm"]
+    assert origin.attr == "owi-aotz--"
+    assert origin.is_thin
+
+
+def test_snapshot_is_owned_by_the_job_whose_tags_origin_and_name_it_carries():
+    snapshot = lvs_of("snapshot_mounted")["vmbackup"]
+    assert snapshot.owned_by(JOB)
+
+
+@pytest.mark.parametrize("change", [
+    {"name": "other"},
+    {"snapshot": "other"},
+    {"origin": Volume("system", "otherorigin")},
+])
+def test_snapshot_is_not_owned_by_another_job_snapshot_name_or_volume(change):
+    snapshot = lvs_of("snapshot_mounted")["vmbackup"]
+    assert not snapshot.owned_by(dataclasses.replace(JOB, **change))
+
+
+@pytest.mark.parametrize("tags", [
+    "",                                   # an admin's LV of the same name
+    "xenlvm_job_xenvm",                   # lacks the owner tag
+    "xenlvm,xenlvm_job_other",            # another job's snapshot
+    "xenlvm,xenlvm_job_xenvm2",           # a job whose name merely starts alike
+])
+def test_snapshot_without_both_tags_is_not_owned(tags):
+    text = recorded_with("snapshot_mounted", "vmbackup", lv_tags=tags)
+    snapshot = {lv.name: lv for lv, _ in parse_lvs_json(text)}["vmbackup"]
+    assert not snapshot.owned_by(JOB)
+
+
+def test_origin_is_never_owned():
+    assert not lvs_of("snapshot_mounted")["xenvm"].owned_by(JOB)
+
+
+def test_snapshot_of_another_origin_with_our_tags_is_not_owned():
+    text = recorded_with("snapshot_mounted", "vmbackup", origin="othervm")
+    snapshot = {lv.name: lv for lv, _ in parse_lvs_json(text)}["vmbackup"]
+    assert not snapshot.owned_by(JOB)
+
+
+def test_volume_group_carries_its_space_and_its_volumes():
+    vg = parse_volume_group(recorded("snapshot_mounted"), "system")
+    assert vg.name == "system"
+    assert vg.free == 1740636160
+    assert vg.size == 2143289344
+    assert vg.extent_size == 4194304
+    assert set(vg.lvs) == {"vmbackup", "xenvm"}
+    assert vg.get("xenvm") is vg.lvs["xenvm"]
+    assert vg.get("nosuch") is None
+
+
+def test_volume_group_of_the_thin_report_has_less_free_space():
+    vg = parse_volume_group(recorded("thin_pool_with_thick_snapshot"), "system")
+    assert vg.free == 1333788672
+    assert vg.get("pool") is not None
+
+
+def test_volume_group_without_volumes_has_no_lvs():
+    vg = parse_volume_group('{"report": [{"lv": []}]}', "empty")
+    assert vg.name == "empty"
+    assert vg.lvs == {}
+    assert vg.get("xenvm") is None
+
+
+@pytest.mark.parametrize("text", [
+    "", "not json", "null", "[]", "{}", '{"report": []}', '{"report": [{}]}',
+    '{"report": [{"vg": []}]}', "  Volume group \"system\" not found\n",
+])
+def test_garbage_instead_of_lvs_json_says_what_is_wrong(text):
+    with pytest.raises(XenlvmError) as caught:
+        parse_lvs_json(text)
+    message = str(caught.value)
+    assert "cannot understand the output of lvs" in message
+    assert "--reportformat json" in message
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: parse_lvs_json only guards json.loads and the report "
+                   "lookup; a row without lv_name/vg_name, a non-object row or a non-numeric size "
+                   "escapes as KeyError/AttributeError/ValueError, which cli reports as a bug in xenlvm")
+@pytest.mark.parametrize("text", [
+    '{"report": [{"lv": [{}]}]}',
+    '{"report": [{"lv": [1]}]}',
+    '{"report": [{"lv": [{"lv_name": "x", "vg_name": "system", "lv_size": "1.00g"}]}]}',
+])
+def test_lvs_rows_of_the_wrong_shape_say_what_is_wrong(text):
+    with pytest.raises(XenlvmError, match="cannot understand the output of lvs"):
+        parse_lvs_json(text)
+
+
+def test_device_path_doubles_hyphens_like_device_mapper():
+    assert device_path("system", "vmbackup") == "/dev/mapper/system-vmbackup"
+    assert device_path("my-vg", "vm-backup") == "/dev/mapper/my--vg-vm--backup"
+
+
+def test_job_tag_names_the_job():
+    assert job_tag("xenvm") == "xenlvm_job_xenvm"
+
+
+# ---------------------------------------------------------------------------------------------
+# The commands Lvm runs
+
+
+def test_volume_group_asks_lvs_for_json_in_bytes_with_explicit_fields():
+    runner = FakeRunner(recorded("snapshot_mounted"))
+    vg = Lvm(runner).volume_group("system")
+
+    assert vg.free == 1740636160
+    [(kind, argv)] = runner.calls
+    assert kind == "query"
+    assert argv[0] == "lvs"
+    assert argv[-1] == "system"
+    for option in ("--reportformat", "json", "--units", "b", "--nosuffix"):
+        assert option in argv
+    fields = argv[argv.index("--options") + 1].split(",")
+    assert {"lv_name", "lv_attr", "lv_tags", "origin", "lv_snapshot_invalid", "vg_free"} <= set(fields)
+
+
+def test_missing_volume_group_fails_preflight_naming_it():
+    missing = CommandFailed(["lvs", "nosuch"], 5, '  Volume group "nosuch" not found\n'
+                                                  "  Cannot process volume group nosuch\n")
+    with pytest.raises(PreflightFailed) as caught:
+        Lvm(FakeRunner(missing)).volume_group("nosuch")
+    assert "'nosuch'" in str(caught.value)
+    assert "vgs" in str(caught.value)
+
+
+def test_other_lvs_failure_is_reported_as_it_is():
+    broken = CommandFailed(["lvs"], 5, "  /dev/sdb: read failed after 0 of 4096: Input/output error")
+    with pytest.raises(CommandFailed) as caught:
+        Lvm(FakeRunner(broken)).volume_group("system")
+    assert "Input/output error" in caught.value.stderr
+
+
+def test_classic_snapshot_is_created_with_its_size_in_bytes_and_tags():
+    runner = FakeRunner()
+    origin = lvs_of("snapshot_mounted")["xenvm"]
+    Lvm(runner).create_snapshot(JOB, origin, ["xenlvm", "xenlvm_job_xenvm", "xenlvm_run_1_2"])
+
+    assert runner.calls == [("change", [
+        "lvcreate", "--snapshot", "--name", "vmbackup",
+        "--addtag", "xenlvm", "--addtag", "xenlvm_job_xenvm", "--addtag", "xenlvm_run_1_2",
+        "--size", "1073741824b", "system/xenvm"])]
+
+
+def test_snapshot_sized_by_percent_is_created_with_extents():
+    runner = FakeRunner()
+    origin = lvs_of("snapshot_mounted")["xenvm"]
+    Lvm(runner).create_snapshot(dataclasses.replace(JOB, size=parse_size("20%ORIGIN")), origin, ["xenlvm"])
+
+    [argv] = runner.argvs
+    assert argv[argv.index("--extents") + 1] == "20%ORIGIN"
+    assert "--size" not in argv
+    assert argv[-1] == "system/xenvm"
+
+
+def test_thin_snapshot_is_created_without_size_and_activated():
+    runner = FakeRunner()
+    origin = lvs_of("thin_pool_with_thick_snapshot")["xenvm"]
+    Lvm(runner).create_snapshot(dataclasses.replace(JOB, size=None), origin, ["xenlvm"])
+
+    [argv] = runner.argvs
+    assert argv[:4] == ["lvcreate", "--snapshot", "--name", "vmbackup"]
+    assert "--ignoreactivationskip" in argv
+    assert "--size" not in argv and "--extents" not in argv
+    assert argv[-1] == "system/xenvm"
+
+
+def test_remove_refuses_a_volume_without_xenlvm_tags_and_runs_nothing():
+    text = recorded_with("snapshot_mounted", "vmbackup", lv_tags="")
+    foreign = {lv.name: lv for lv, _ in parse_lvs_json(text)}["vmbackup"]
+    runner = FakeRunner()
+
+    with pytest.raises(SafetyRefusal) as caught:
+        Lvm(runner).remove_snapshot(JOB, foreign)
+    assert runner.calls == []
+    assert "system/vmbackup" in str(caught.value)
+    assert "tags: none" in str(caught.value)
+
+
+def test_remove_refuses_the_origin_and_runs_nothing():
+    runner = FakeRunner()
+    with pytest.raises(SafetyRefusal):
+        Lvm(runner).remove_snapshot(JOB, lvs_of("snapshot_mounted")["xenvm"])
+    assert runner.calls == []
+
+
+REMOVED = '  Logical volume "vmbackup" successfully removed.\n'
+IN_USE = CommandFailed(["lvremove"], 5, "  Logical volume system/vmbackup in use.\n")
+
+
+def test_remove_lets_lvm_check_the_job_tag_at_removal(no_sleep):
+    runner = FakeRunner(REMOVED)
+    Lvm(runner).remove_snapshot(JOB, lvs_of("snapshot_mounted")["vmbackup"])
+
+    assert runner.calls == [("change", ["lvremove", "--force", "--select", "lv_tags=xenlvm_job_xenvm",
+                                        "system/vmbackup"])]
+
+
+def test_remove_retries_while_the_snapshot_is_in_use(no_sleep):
+    runner = FakeRunner(IN_USE, IN_USE, REMOVED)
+    Lvm(runner).remove_snapshot(JOB, lvs_of("snapshot_mounted")["vmbackup"], retry_for=60)
+
+    assert len(runner.calls) == 3
+    assert len(no_sleep) == 2
+    assert no_sleep[1] > no_sleep[0]  # backs off
+
+
+def test_remove_gives_up_when_still_in_use_after_retry_time(no_sleep):
+    runner = FakeRunner(IN_USE, REMOVED)
+    with pytest.raises(CommandFailed) as caught:
+        Lvm(runner).remove_snapshot(JOB, lvs_of("snapshot_mounted")["vmbackup"], retry_for=0)
+    assert "in use" in caught.value.stderr
+    assert len(runner.calls) == 1
+
+
+def test_remove_does_not_retry_other_failures(no_sleep):
+    failure = CommandFailed(["lvremove"], 5, "  Failed to update pool system/pool.")
+    runner = FakeRunner(failure, REMOVED)
+    with pytest.raises(CommandFailed):
+        Lvm(runner).remove_snapshot(JOB, lvs_of("snapshot_mounted")["vmbackup"], retry_for=60)
+    assert len(runner.calls) == 1
+    assert no_sleep == []
+
+
+def test_remove_refuses_when_lvm_selected_nothing_to_remove(no_sleep):
+    # The --select guard matched nothing: the LV lost its tags between lvs and lvremove.
+    runner = FakeRunner("")
+    with pytest.raises(SafetyRefusal) as caught:
+        Lvm(runner).remove_snapshot(JOB, lvs_of("snapshot_mounted")["vmbackup"])
+    assert "left untouched" in str(caught.value)
+
+
+def test_remove_in_a_dry_run_only_announces_the_command(no_sleep):
+    runner = FakeRunner(None, dry_run=True)
+    Lvm(runner).remove_snapshot(JOB, lvs_of("snapshot_mounted")["vmbackup"])
+    assert [kind for kind, _ in runner.calls] == ["change"]
