@@ -28,6 +28,7 @@ _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGTP])(?:I?B)?$", re.IGNORECASE)
 _PERCENT = re.compile(r"^(\d{1,3})%(ORIGIN|FREE|VG)$", re.IGNORECASE)
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$")
 _UNIT_BYTES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+_XEN_DOMAIN = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}$")
 _DURATION_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}
 # Mounting a snapshot over one of these would hide part of the running system.
 _SYSTEM_DIRS = {"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc",
@@ -70,6 +71,18 @@ class Volume:
 
 
 @dataclass(frozen=True)
+class XenSettings:
+    """How a job quiesces the Xen domains whose disks live on its volume."""
+
+    domains: tuple[str, ...] | str  # names, or "auto": every running domain with a disk on the volume
+    mode: str = "pause"  # "none" or "pause"
+    missing: str = "warn"  # a configured domain that is not running: "warn" and go on, or "fail"
+    timeout: float = 30.0  # for every xl call: xl can hang
+    export_dir: str | None = ""  # "" means /var/lib/xenlvm/<job>/xen-config; None disables
+    config_dir: str = "/etc/xen"
+
+
+@dataclass(frozen=True)
 class Job:
     """One backup job: which volume to snapshot, where to mount it, which sesam tasks it serves."""
 
@@ -81,6 +94,7 @@ class Job:
     tasks: tuple[str, ...] = ()
     unmount_timeout: float = 300.0
     fill_warning: int = 80
+    xen: XenSettings | None = None
 
     @property
     def snapshot_volume(self) -> Volume:
@@ -257,6 +271,9 @@ class _Reader:
                 raise self.error(node, key, f"the key {name!r} is required")
         parsed = {}
         for name, (_, value_node) in items.items():
+            if isinstance(parsers[name], Section):
+                parsed[name] = parsers[name].parse(self, value_node, f"{key}.{name}".lstrip("."))
+                continue
             raw = self.value(value_node)
             if raw is None:
                 if name in required:
@@ -270,16 +287,67 @@ class _Reader:
         return parsed
 
 
+def _optional_path(value: Any) -> str | None:
+    return None if value in (False, "") else parse_absolute_path(value)
+
+
+class Section:
+    """A parser for a nested mapping, so that its keys get their own line numbers."""
+
+    def __init__(self, parse: Callable[[_Reader, yaml.Node, str], Any]) -> None:
+        self.parse = parse
+
+
+def _domain_name(value: Any) -> str:
+    text = str(value)
+    if not _XEN_DOMAIN.match(text):
+        raise ValueError(f"{text!r} is not a Xen domain name (letters, digits, _ . - ; "
+                         "not starting with -)")
+    return text
+
+
+def _domains(value: Any) -> tuple[str, ...] | str:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ValueError("must be 'auto' or a list of domain names, e.g. [vm1, vm2]")
+    names = tuple(_domain_name(v) for v in value)
+    if len(set(names)) != len(names):
+        raise ValueError("names a domain twice")
+    return names
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in allowed:
+            raise ValueError(f"{value!r} is not one of: {', '.join(allowed)}")
+        return str(value)
+    return parse
+
+
+_XEN_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "domains": _domains,
+    "mode": _choice("none", "pause"),
+    "missing": _choice("warn", "fail"),
+    "timeout": parse_duration,
+    "export_dir": _optional_path,
+    "config_dir": parse_absolute_path,
+}
+
+
+def _xen_section(reader: _Reader, node: yaml.Node, key: str) -> XenSettings:
+    values = reader.fields(node, key, _XEN_PARSERS, required=("domains",))
+    return XenSettings(**{k: v for k, v in values.items() if v is not None or k == "export_dir"})
+
+
 def _tasks(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list):
         raise ValueError("must be a list of sesam task names, e.g. [xen_vm1]")
     return tuple(parse_task(item) for item in value)
-
-
-def _optional_path(value: Any) -> str | None:
-    return None if value in (False, "") else parse_absolute_path(value)
 
 
 _SETTINGS_PARSERS: dict[str, Callable[[Any], Any]] = {
@@ -298,6 +366,7 @@ _JOB_PARSERS: dict[str, Callable[[Any], Any]] = {
     "tasks": _tasks,
     "unmount_timeout": parse_duration,
     "fill_warning": parse_percent_int,
+    "xen": Section(_xen_section),
 }
 
 

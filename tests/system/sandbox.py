@@ -96,6 +96,7 @@ class Guest:
         finally:
             self.proc = None
             self.console.close()
+            self.disk.unlink(missing_ok=True)  # 2 GiB sparse; the logs stay in the work directory
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
