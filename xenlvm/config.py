@@ -33,7 +33,8 @@ _DURATION_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}
 # Mounting a snapshot over one of these would hide part of the running system.
 _SYSTEM_DIRS = {"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc",
                 "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/mnt", "/media"}
-_NO_MOUNT_BELOW = ("/proc/", "/sys/", "/dev/", "/run/")
+_NO_MOUNT_BELOW = ("/proc/", "/sys/", "/dev/", "/run/", "/usr/", "/etc/", "/boot/", "/bin/", "/sbin/",
+                   "/lib/", "/lib32/", "/lib64/", "/libx32/")
 
 
 @dataclass(frozen=True)
@@ -127,14 +128,15 @@ class Config:
 def parse_size(value: Any) -> Size:
     """Given '512M', '1G', '1.5GiB', '20%ORIGIN', '50%FREE', return a Size."""
     text = str(value).strip()
-    match = _SIZE.match(text)
+    match = _SIZE.fullmatch(text)
     if match:
         number, unit = float(match.group(1)), match.group(2).upper()
         size_bytes = int(number * _UNIT_BYTES[unit])
+        size_bytes = -(-size_bytes // 512) * 512  # lvcreate takes whole 512-byte sectors only
         if size_bytes < 1 << 20:
             raise ValueError(f"{text!r} is smaller than 1M, too small for a snapshot")
         return Size(text=text, bytes=size_bytes)
-    match = _PERCENT.match(text)
+    match = _PERCENT.fullmatch(text)
     if match:
         percent = int(match.group(1))
         if not 1 <= percent <= 100:
@@ -150,18 +152,18 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, (int, float)):
         seconds = float(value)
     else:
-        match = _DURATION.match(str(value).strip())
+        match = _DURATION.fullmatch(str(value).strip())
         if not match:
             raise ValueError(f"{value!r} is not a duration: write e.g. 30s, 500ms, 5m")
         seconds = float(match.group(1)) * _DURATION_SECONDS[match.group(2)]
-    if seconds <= 0 or seconds > 7 * 86400:
+    if not 0 < seconds <= 7 * 86400:  # also refuses NaN
         raise ValueError(f"{value!r}: a duration must be more than 0 and at most 7 days")
     return seconds
 
 
 def check_lvm_name(name: str, what: str = "name") -> str:
     """Return name if LVM accepts it as a VG or LV name, else raise ValueError saying why."""
-    if not isinstance(name, str) or not _LVM_NAME.match(name) or name in (".", ".."):
+    if not isinstance(name, str) or not _LVM_NAME.fullmatch(name) or name in (".", ".."):
         raise ValueError(f"{name!r} is not a valid LVM {what}: use letters, digits and + _ . - "
                          "(not starting with -), at most 127 characters")
     if name == "snapshot" or name.startswith("pvmove") or any(p in name for p in _LVM_RESERVED_PARTS):
@@ -200,6 +202,8 @@ def parse_mountpoint(value: Any) -> str:
 
 
 def parse_task(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"{value!r} is not a sesam task name")
     text = str(value)
     if not text or len(text) > 255 or not text.isprintable():
         raise ValueError(f"{text!r} is not a sesam task name (1 to 255 printable characters)")
@@ -239,6 +243,7 @@ class _Reader:
 
     def error(self, node: yaml.Node | None, key: str, message: str) -> ConfigError:
         line = f":{node.start_mark.line + 1}" if node is not None else ""
+        key = key.lstrip(".")
         where = f" {key}:" if key else ""
         return ConfigError(f"{self.path}{line}:{where} {message}")
 
@@ -271,10 +276,15 @@ class _Reader:
                 raise self.error(node, key, f"the key {name!r} is required")
         parsed = {}
         for name, (_, value_node) in items.items():
-            if isinstance(parsers[name], Section):
-                parsed[name] = parsers[name].parse(self, value_node, f"{key}.{name}".lstrip("."))
+            parser = parsers[name]
+            if isinstance(parser, Section):
+                empty = isinstance(value_node, yaml.ScalarNode) and value_node.tag.endswith(":null")
+                parsed[name] = None if empty else parser.parse(self, value_node, f"{key}.{name}".lstrip("."))
                 continue
-            raw = self.value(value_node)
+            try:
+                raw = self.value(value_node)
+            except (yaml.YAMLError, ValueError, TypeError, AttributeError, OverflowError) as exc:
+                raise self.error(value_node, f"{key}.{name}", f"cannot read this value: {exc}") from None
             if raw is None:
                 if name in required:
                     raise self.error(value_node, f"{key}.{name}", "must not be empty")
@@ -282,7 +292,7 @@ class _Reader:
                 continue
             try:
                 parsed[name] = parsers[name](raw)
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, OverflowError) as exc:
                 raise self.error(value_node, f"{key}.{name}", str(exc)) from None
         return parsed
 
@@ -300,7 +310,7 @@ class Section:
 
 def _domain_name(value: Any) -> str:
     text = str(value)
-    if not _XEN_DOMAIN.match(text):
+    if not _XEN_DOMAIN.fullmatch(text):
         raise ValueError(f"{text!r} is not a Xen domain name (letters, digits, _ . - ; "
                          "not starting with -)")
     return text
@@ -383,21 +393,25 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     if root is None:
         raise ConfigError(f"{path}: the file is empty; it needs at least a 'jobs:' section "
                           "(see config.example.yaml)")
-    top = reader.fields(root, "", {"settings": lambda v: v, "jobs": lambda v: v}, required=("jobs",))
-    items = reader.mapping(root, "")
+    top = reader.fields(root, "", {"settings": Section(_settings_section), "jobs": Section(_jobs_section)},
+                        required=("jobs",))
+    if top["jobs"] is None:
+        raise reader.error(root, "jobs", "must not be empty")
+    return Config(path=path, settings=top.get("settings") or Settings(), jobs=top["jobs"])
 
-    settings = Settings()
-    if top.get("settings") is not None:
-        values = reader.fields(items["settings"][1], "settings", _SETTINGS_PARSERS)
-        settings = Settings(**{k: v for k, v in values.items() if v is not None or k == "log_file"})
 
+def _settings_section(reader: _Reader, node: yaml.Node, key: str) -> Settings:
+    values = reader.fields(node, key, _SETTINGS_PARSERS)
+    return Settings(**{k: v for k, v in values.items() if v is not None or k == "log_file"})
+
+
+def _jobs_section(reader: _Reader, node: yaml.Node, key: str) -> dict[str, Job]:
     jobs: dict[str, Job] = {}
-    jobs_node = items["jobs"][1]
-    job_items = reader.mapping(jobs_node, "jobs")
+    job_items = reader.mapping(node, key)
     if not job_items:
-        raise reader.error(jobs_node, "jobs", "defines no job")
+        raise reader.error(node, key, "defines no job")
     for name, (key_node, value_node) in job_items.items():
-        if not _JOB_NAME.match(name):
+        if not _JOB_NAME.fullmatch(name):
             raise reader.error(key_node, f"jobs.{name}", "a job name may contain letters, digits, "
                                "_ . - (not starting with . or -), at most 64 characters")
         values = reader.fields(value_node, f"jobs.{name}", _JOB_PARSERS,
@@ -407,8 +421,8 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         if job.snapshot == job.origin.lv:
             raise reader.error(value_node, f"jobs.{name}.snapshot", "must differ from the volume's name")
         jobs[name] = job
-    _check_jobs_apart(reader, jobs_node, list(jobs.values()))
-    return Config(path=path, settings=settings, jobs=jobs)
+    _check_jobs_apart(reader, node, list(jobs.values()))
+    return jobs
 
 
 def _check_jobs_apart(reader: _Reader, node: yaml.Node, jobs: list[Job]) -> None:

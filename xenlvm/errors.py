@@ -6,7 +6,7 @@ Every error maps to one process exit code in exactly one place (``exit_code``):
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 EXIT_OK = 0
 EXIT_FAILED = 1

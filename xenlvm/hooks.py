@@ -10,18 +10,25 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from xenlvm import lvm as lvm_mod
 from xenlvm import mounts as mounts_mod
 from xenlvm import preflight
 from xenlvm.config import Config, Job
-from xenlvm.errors import CleanupFailed, MountError, PreflightFailed, SafetyRefusal, SnapshotOverflowed, XenlvmError
+from xenlvm.errors import (
+    CleanupFailed,
+    MountError,
+    PreflightFailed,
+    SafetyRefusal,
+    SnapshotOverflowed,
+    XenlvmError,
+)
 from xenlvm.lock import JobLock
 from xenlvm.logs import set_job
-from xenlvm.lvm import Lvm, LogicalVolume
+from xenlvm.lvm import LogicalVolume, Lvm
 from xenlvm.runner import Runner
 from xenlvm.undo import UndoStack
 
@@ -195,15 +202,18 @@ def clean_up(ctx: Context, job: Job) -> None:
 
     overflowed = snapshot.invalid  # read before unmounting: this is what the backup saw
     remove_job_snapshot(ctx, job, snapshot, mounts, job.unmount_timeout)
-    if ctx.dry_run:
-        return
     if overflowed:
         raise SnapshotOverflowed(
-            f"the snapshot {snapshot} overflowed during the backup: its {preflight.human_size(snapshot.size)} "
+            f"the snapshot {snapshot} overflowed during the backup: its "
+            f"{preflight.human_size(snapshot.size)} "
             "of copy-on-write space filled up and it became invalid, so the backup of this run read "
-            "inconsistent data and cannot be trusted. The snapshot has been removed. Make it larger "
+            "inconsistent data and cannot be trusted. "
+            f"{'(dry run: it was left in place.)' if ctx.dry_run else 'The snapshot has been removed.'} "
+            "Make it larger "
             f"('size:' of job {job.name!r}, e.g. 20%ORIGIN, checking 'vgs' for free space) or run "
             "the backup when the VMs write less.")
+    if ctx.dry_run:
+        return
     if snapshot.data_percent is not None and not snapshot.is_thin:
         level = logging.WARNING if snapshot.data_percent >= job.fill_warning else logging.INFO
         log.log(level, "the snapshot was %.1f%% full before removal%s", snapshot.data_percent,

@@ -33,7 +33,8 @@ class _ConsoleFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if (record.levelno >= logging.WARNING) != self.errors:
             return False
-        return self.verbose or not record.name.startswith("xenlvm.command") or record.levelno >= logging.WARNING
+        is_command = record.name.startswith("xenlvm.command")
+        return self.verbose or not is_command or record.levelno >= logging.WARNING
 
 
 def set_job(name: str) -> None:

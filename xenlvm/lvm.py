@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
-from xenlvm.config import Job, Volume
+from xenlvm.config import Job
 from xenlvm.errors import CommandFailed, PreflightFailed, SafetyRefusal, XenlvmError
 from xenlvm.runner import Runner
 
@@ -54,7 +54,8 @@ class LogicalVolume:
 
     @property
     def is_thin(self) -> bool:
-        return self.attr[:1] == "V"
+        """A thin volume (also when it is the origin of a snapshot: lv_attr 'owi-aotz--')."""
+        return bool(self.pool) and self.attr[6:7] == "t"
 
     @property
     def is_snapshot(self) -> bool:
@@ -102,21 +103,25 @@ def parse_lvs_json(text: str) -> list[tuple[LogicalVolume, dict[str, str]]]:
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise XenlvmError(f"cannot understand the output of lvs ({exc}); is this LVM 2.02.158 "
                           "or newer (needed for --reportformat json)?") from None
-    parsed = []
-    for row in rows:
-        percent = row.get("data_percent", "")
-        parsed.append((LogicalVolume(
-            vg=row["vg_name"], name=row["lv_name"], attr=row.get("lv_attr", ""),
-            size=int(row.get("lv_size") or 0), origin=row.get("origin", ""),
-            pool=row.get("pool_lv", ""),
-            tags=frozenset(t for t in row.get("lv_tags", "").split(",") if t),
-            data_percent=float(percent) if percent else None,
-            snapshot_invalid="invalid" in row.get("lv_snapshot_invalid", ""),  # "snapshot invalid"
-            active=row.get("lv_active", "") == "active",
-            major=_int(row.get("lv_kernel_major", "")), minor=_int(row.get("lv_kernel_minor", "")),
-            dm_path=row.get("lv_dm_path", ""), created=row.get("lv_time", ""),
-        ), row))
-    return parsed
+    try:
+        return [(_logical_volume(row), row) for row in rows]
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise XenlvmError(f"cannot understand the output of lvs: a row has {type(exc).__name__}: {exc}; "
+                          "please report this with the output of 'lvs --reportformat json'") from None
+
+
+def _logical_volume(row: dict[str, str]) -> LogicalVolume:
+    percent = row.get("data_percent", "")
+    return LogicalVolume(
+        vg=row["vg_name"], name=row["lv_name"], attr=row.get("lv_attr", ""),
+        size=int(row.get("lv_size") or 0), origin=row.get("origin", ""),
+        pool=row.get("pool_lv", ""),
+        tags=frozenset(t for t in row.get("lv_tags", "").split(",") if t),
+        data_percent=float(percent) if percent else None,
+        snapshot_invalid="invalid" in row.get("lv_snapshot_invalid", ""),  # "snapshot invalid"
+        active=row.get("lv_active", "") == "active",
+        major=_int(row.get("lv_kernel_major", "")), minor=_int(row.get("lv_kernel_minor", "")),
+        dm_path=row.get("lv_dm_path", ""), created=row.get("lv_time", ""))
 
 
 def parse_volume_group(text: str, vg_name: str) -> VolumeGroup:

@@ -101,6 +101,7 @@ def mount_snapshot(runner: Runner, device: str, fstype: str, mountpoint: str) ->
 
 def holders(path: str, proc: str = "/proc") -> list[str]:
     """Describe the processes that keep path busy (cwd, root, open files or mapped files)."""
+    path = path.rstrip("/") or "/"
     prefix = path.rstrip("/") + "/"
     found = []
     for pid in filter(str.isdigit, os.listdir(proc)):

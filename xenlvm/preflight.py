@@ -75,7 +75,8 @@ def check_space(job: Job, vg: VolumeGroup, origin: LogicalVolume) -> Finding:
         return Finding("fail", "space", f"the snapshot needs {human_size(wanted)} ({job.size.text}) but "
                        f"volume group {vg.name} has only {human_size(vg.free)} free: extend the VG "
                        "(vgextend) or set a smaller 'size:'")
-    return Finding("ok", "space", f"{human_size(wanted)} for the snapshot, {human_size(vg.free)} free in {vg.name}")
+    return Finding("ok", "space",
+                   f"{human_size(wanted)} for the snapshot, {human_size(vg.free)} free in {vg.name}")
 
 
 def check_mountpoint(job: Job, mounts: list[MountEntry], snapshot: LogicalVolume | None = None) -> Finding:

@@ -13,8 +13,8 @@ import os
 import shlex
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from xenlvm import interrupts
 from xenlvm.config import DEFAULT_PATH
@@ -87,9 +87,14 @@ class Runner:
         except FileNotFoundError:
             log.error("not found: %s (PATH=%s)", argv[0], self.env["PATH"])
             raise CommandFailed(argv, None, "", not_found=True) from None
+        except OSError as exc:  # found but not executable, bad interpreter, ...
+            log.error("cannot run %s: %s", argv[0], exc.strerror)
+            raise CommandFailed(argv, None, f"cannot execute: {exc.strerror}") from None
         except subprocess.TimeoutExpired as exc:
             log.error("timed out after %.1f s: %s", limit, quote(argv))
-            stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+            stderr = exc.stderr or ""
+            if isinstance(stderr, bytes):
+                stderr = stderr.decode(errors="replace")
             raise CommandFailed(argv, None, stderr, timed_out=True, timeout=limit) from None
         duration = time.monotonic() - start
         result = Result(argv, proc.returncode, proc.stdout, proc.stderr, duration)

@@ -8,7 +8,7 @@ tasks on the same client are never disturbed.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from xenlvm.config import Config, Job
 from xenlvm.errors import UsageError

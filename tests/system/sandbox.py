@@ -73,7 +73,7 @@ class Guest:
                 f"ubd0={self.disk}", f"init={TESTS / 'guest' / 'init.sh'}", "con=null",
                 "con0=fd:0,fd:1", f"XENLVM_WORK={self.work}", f"XENLVM_TESTS={TESTS}",
                 f"XENLVM_PYTHON={self.python}", f"XENLVM_KEEP={':'.join(sorted(keep))}"]
-        self.console = open(self.work / "console.log", "wb")
+        self.console = open(self.work / "console.log", "wb")  # noqa: SIM115 (closed in halt)
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.console,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout

@@ -108,7 +108,8 @@ def test_busy_mountpoint_released_during_the_wait_lets_post_succeed(world):
     holder = _hold_mountpoint(world)
     post_pid = world.guest.spawn(["/opt/sesam/bin/sesam/sbc_post", *SESAM_ARGS], env={},
                                  log="/run/post.out")
-    world.guest.sh("for i in $(seq 100); do grep -q 'is busy' /run/post.out && exit 0; sleep 0.1; done; exit 1")
+    world.guest.sh("for i in $(seq 100); do grep -q 'is busy' /run/post.out && exit 0; sleep 0.1; done;"
+                   " exit 1")
     world.guest.signal(holder, signal.SIGKILL)
     assert world.guest.wait(post_pid) == 0, world.guest.read("/run/post.out")
     assert "retrying" in world.guest.read("/run/post.out")

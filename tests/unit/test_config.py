@@ -229,18 +229,12 @@ def test_absolute_size_resolves_to_itself_whatever_the_volumes():
     assert parse_size("512M").resolve(origin_bytes=1, vg_free_bytes=2, vg_bytes=3) == 512 << 20
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: fractional sizes are not rounded to 512-byte sectors; "
-                   "lvcreate refuses '--size <n>b' that is not a multiple of 512 "
-                   "('Size is not a multiple of 512'), so pre fails after the config was accepted")
 @pytest.mark.parametrize("text", ["1.1G", "1.3M", "0.7T"])
 def test_fractional_size_is_a_whole_number_of_sectors(text):
     size = parse_size(text)
     assert size.bytes is not None and size.bytes % 512 == 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a huge number raises OverflowError (parse_size: float "
-                   "infinity to int; parse_duration: float() of a huge YAML int) instead of ValueError, "
-                   "so parse_config crashes instead of raising ConfigError")
 @pytest.mark.parametrize(("text", "where"), [
     (job_yaml(size="9" * 400 + "P"), f"{SIZE_LINE}: jobs.xenvm.size:"),
     (job_yaml(extra="    unmount_timeout: 1" + "0" * 400 + "\n"), "8: jobs.xenvm.unmount_timeout:"),
@@ -268,9 +262,6 @@ def test_invalid_durations_are_refused(value):
         parse_duration(value)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: parse_duration accepts NaN (YAML '.nan'): NaN fails "
-                   "both range comparisons, so a NaN unmount_timeout/lock_timeout makes the wait "
-                   "loops run forever")
 def test_nan_duration_is_refused():
     message = config_error(job_yaml(extra="    unmount_timeout: .nan\n"))
     assert f"{PATH}:8: jobs.xenvm.unmount_timeout:" in message
@@ -338,9 +329,6 @@ def test_volume_must_be_vg_slash_lv(volume):
     assert "VG/LV" in message
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the name regexes end in '$', which also matches before a "
-                   "trailing newline, so 'vmbackup\\n' (and 'system/xenvm\\n') pass check_lvm_name; "
-                   "use \\Z or re.fullmatch")
 @pytest.mark.parametrize(("key", "value", "line"), [
     ("snapshot", "vmbackup\n", SNAPSHOT_LINE),
     ("volume", "system/xenvm\n", VOLUME_LINE),
@@ -397,9 +385,6 @@ def test_unusable_mountpoint_names_file_line_key_and_reason(mountpoint, why):
     assert why in message
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: system directories are refused only as exact paths; "
-                   "a directory below /usr, /etc, /boot or /lib is accepted, and mounting the snapshot "
-                   "there hides part of the running system just the same")
 @pytest.mark.parametrize("mountpoint", ["/usr/lib", "/etc/xen", "/boot/efi", "/lib/modules"])
 def test_mountpoint_below_a_system_directory_is_refused(mountpoint):
     message = config_error(job_yaml(mountpoint=mountpoint))
@@ -421,9 +406,6 @@ def test_unknown_settings_key_names_file_line_and_key():
     assert message.startswith(f"{PATH}:2: settings.lock_timeuot: unknown key")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: top-level keys are reported with a leading dot ('.job: "
-                   "unknown key', '.jobs: must not be empty'): _Reader.fields builds f'{key}.{name}' "
-                   "without stripping the dot when key is ''")
 @pytest.mark.parametrize(("text", "expected"), [
     ("job:\n  xenvm: {}\n" + job_yaml(), f"{PATH}:1: job: unknown key"),
     ("jobs:\n", f"{PATH}:1: jobs: must not be empty"),
@@ -456,9 +438,6 @@ def test_configuration_that_is_not_a_mapping_is_refused():
     assert config_error("- jobs\n").startswith(f"{PATH}:1: must be a mapping")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: task names are stringified whatever their YAML type, so "
-                   "'tasks: [[xen_vm1], null]' gives the tasks \"['xen_vm1']\" and 'None' instead "
-                   "of a ConfigError")
 @pytest.mark.parametrize("tasks", ["[[xen_vm1]]", "[xen_vm1, null]", "[{xen: vm1}]"])
 def test_task_names_must_be_plain_values(tasks):
     message = config_error(job_yaml(tasks=tasks))
@@ -543,9 +522,6 @@ def test_yaml_error_without_a_line_still_names_the_file():
     assert config_error("jobs:\x00\n").startswith(f"{PATH}: YAML syntax error: ")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: values are constructed outside the try in _Reader.fields "
-                   "(and in parse_config's top level), so YAML tags the SafeConstructor cannot build "
-                   "raise ConstructorError/ValueError/AttributeError instead of ConfigError")
 @pytest.mark.parametrize("value", ["!local xen_vm1", "!!int xen", "!!timestamp xen", "!!binary x",
                                    "!!python/name:os.system ''"])
 def test_yaml_tag_that_cannot_be_built_is_a_config_error(value):

@@ -227,9 +227,6 @@ def test_holders_ignores_paths_that_only_share_a_prefix(proc):
     assert "sshd[300]" not in holders("/mnt/vmbackup", str(proc))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (latent: configured mountpoints are normalized): holders() "
-                   "strips the trailing slash for the prefix test but compares 'link == path' with the "
-                   "slash, so processes whose cwd/root is the mountpoint itself are missed")
 def test_holders_accepts_a_trailing_slash(proc):
     assert sorted(holders("/mnt/vmbackup/", str(proc))) == sorted(holders("/mnt/vmbackup", str(proc)))
 

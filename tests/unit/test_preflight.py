@@ -183,9 +183,6 @@ def test_thin_origin_without_size_needs_no_space_of_its_own():
     assert "pool" in finding.message
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a thin origin that has a classic snapshot (owi-aotz--, "
-                   "recorded) is taken for thick because LogicalVolume.is_thin only checks lv_attr[0]; "
-                   "a thin job is then refused with 'set size:'")
 def test_thin_origin_with_a_classic_snapshot_needs_no_size():
     vg = recorded_vg("thin_pool_with_thick_snapshot")
     job = dataclasses.replace(JOB, snapshot="thinbackup", size=None)

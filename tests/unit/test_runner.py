@@ -104,9 +104,6 @@ def test_missing_program_is_reported_as_not_found():
     assert "program not found" in str(caught.value)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Runner._run catches only FileNotFoundError; a program it "
-                   "cannot execute (PermissionError, ENOEXEC) escapes as a raw OSError instead of "
-                   "CommandFailed, and cli reports it as 'a bug in xenlvm'")
 def test_program_that_cannot_be_executed_is_a_command_failure(tmp_path):
     script = tmp_path / "lvs"
     script.write_text("#!/bin/sh\necho hi\n")

@@ -43,7 +43,8 @@ def handle(request):
         return {"rc": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr,
                 "duration": time.monotonic() - start}
     if op == "spawn":
-        out = open(request["log"], "w") if request.get("log") else subprocess.DEVNULL
+        # The child inherits the file; it must outlive this request, so no context manager.
+        out = open(request["log"], "w") if request.get("log") else subprocess.DEVNULL  # noqa: SIM115
         proc = subprocess.Popen(request["argv"], env=request.get("env"), stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, cwd=request.get("cwd") or "/")
