@@ -7,16 +7,17 @@ post: lock, read the snapshot's state, unmount (patiently), remove; report an ov
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 
 from xenlvm import lvm as lvm_mod
 from xenlvm import mounts as mounts_mod
-from xenlvm import preflight
+from xenlvm import preflight, xen
 from xenlvm.config import Config, Job
 from xenlvm.errors import (
     CleanupFailed,
@@ -34,6 +35,7 @@ from xenlvm.undo import UndoStack
 
 log = logging.getLogger("xenlvm")
 
+STATE_DIR = "/var/lib/xenlvm"
 # Unwinding a failed pre must not wait as long as post does for a busy mount.
 UNDO_UNMOUNT_TIMEOUT = 30.0
 
@@ -105,13 +107,15 @@ def prepare_snapshot(ctx: Context, job: Job, undo: UndoStack) -> None:
         raise PreflightFailed("; ".join(p.message for p in problems) + ". Nothing was changed.")
     origin = vg.lvs[job.origin.lv]
     fstype = mounts_mod.filesystem_type(ctx.runner, origin, mounts)
+    quiesce = _prepare_xen(ctx, job, origin, mounts)
 
     run_tag = lvm_mod.run_tag(ctx.started, os.getpid())
     # Each undo is registered before its change and checks what really happened: a command
     # that fails (or times out) after doing its work must not leave that work behind.
     undo.push(f"remove snapshot {job.snapshot_volume} if this run created it",
               lambda: _remove_if_created(ctx, job, run_tag))
-    ctx.lvm.create_snapshot(job, origin, [lvm_mod.OWNER_TAG, lvm_mod.job_tag(job.name), run_tag])
+    with quiesce():  # the pause window: nothing but lvcreate happens inside it
+        ctx.lvm.create_snapshot(job, origin, [lvm_mod.OWNER_TAG, lvm_mod.job_tag(job.name), run_tag])
     device = lvm_mod.device_path(job.origin.vg, job.snapshot)
 
     undo.push(f"unmount {job.mountpoint} if the snapshot is mounted there",
@@ -122,6 +126,25 @@ def prepare_snapshot(ctx: Context, job: Job, undo: UndoStack) -> None:
     _verify_mounted(job, device)
     kind = "thin snapshot" if job.size is None else f"snapshot of {job.size.text}"
     log.info("%s of %s is mounted read-only at %s (%s)", kind, job.origin, job.mountpoint, fstype)
+
+
+def _prepare_xen(ctx: Context, job: Job, origin: LogicalVolume,
+                 mounts: list[mounts_mod.MountEntry]) -> Callable[[], AbstractContextManager[None]]:
+    """Everything Xen needs before the pause window: resume what a killed run left paused, pick
+    the domains, export their configuration. Returns the pause window's context manager."""
+    if job.xen is None:
+        return contextlib.nullcontext
+    xl = xen.Xl(ctx.runner, job.xen.timeout)
+    record = xen.PauseRecord(ctx.config.settings.lock_dir, job.name)
+    xen.resume_leftovers(xl, record)
+    origin_paths = [e.mountpoint for e in mounts_mod.mounts_of(origin, mounts)]
+    domains = xen.select_domains(job, xl, origin_paths)
+    if job.xen.export_dir is not None and not ctx.dry_run:
+        directory = job.xen.export_dir or f"{STATE_DIR}/{job.name}/xen-config"
+        xen.export_configuration(job, domains, directory, job.xen.config_dir)
+    if job.xen.mode != "pause":
+        return contextlib.nullcontext
+    return lambda: xen.paused(xl, domains, record)
 
 
 def _device_numbers(device: str) -> tuple[int, int] | None:
@@ -181,6 +204,10 @@ def run_post(ctx: Context, jobs: Sequence[Job]) -> None:
 
 def clean_up(ctx: Context, job: Job) -> None:
     """Unmount and remove the job's snapshot if xenlvm created it; tell whether the backup is valid."""
+    if job.xen is not None:
+        record = xen.PauseRecord(ctx.config.settings.lock_dir, job.name)
+        if record.read():
+            xen.resume_leftovers(xen.Xl(ctx.runner, job.xen.timeout), record)
     try:
         vg = ctx.lvm.volume_group(job.origin.vg)
     except PreflightFailed as exc:

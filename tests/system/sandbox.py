@@ -157,8 +157,9 @@ class Guest:
     def wait(self, pid: int, timeout: float = 300) -> int | None:
         return self._request({"op": "wait", "pid": pid, "timeout": timeout}, timeout)["rc"]
 
-    def signal(self, pid: int, signum: int) -> bool:
-        return self._request({"op": "signal", "pid": pid, "sig": signum}, 30)["ok"]
+    def signal(self, pid: int, signum: int, *, group: bool = False) -> bool:
+        """Send signum to a spawned process (group=True: to its whole process group)."""
+        return self._request({"op": "signal", "pid": pid, "sig": signum, "group": group}, 30)["ok"]
 
     def reap(self) -> None:
         """Kill every process spawned so far (between tests)."""

@@ -60,7 +60,10 @@ def handle(request):
         return {"rc": rc}
     if op == "signal":
         try:
-            os.kill(request["pid"], request["sig"])
+            if request.get("group"):
+                os.killpg(request["pid"], request["sig"])
+            else:
+                os.kill(request["pid"], request["sig"])
         except ProcessLookupError:
             return {"ok": False}
         return {"ok": True}

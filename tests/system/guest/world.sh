@@ -38,6 +38,11 @@ sync
 # Fault injection wrappers (see guest/fault); inert until a test writes a rule.
 rm -rf /run/faults
 mkdir -p /run/faults/bin
-for tool in lvs lvcreate lvremove lvchange mount umount blkid xl; do
+for tool in lvs lvcreate lvremove lvchange mount umount blkid; do
     ln -s "$(dirname "$0")/fault" "/run/faults/bin/$tool"
 done
+
+# Xen: the stand-in xl (see guest/xl) in a directory of its own, with its state reset.
+rm -rf /opt/xen /run/fake-xl /etc/xen
+mkdir -p /opt/xen/bin /etc/xen
+ln -s "$(dirname "$0")/xl" /opt/xen/bin/xl

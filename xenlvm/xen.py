@@ -1,0 +1,286 @@
+"""Xen: find the domains whose disks live on a job's volume, export their configuration, and
+pause them for the instant of the snapshot, resuming them whatever happens.
+
+xl's own exit status is not enough: ``xl pause`` and ``xl unpause`` exit 0 even when libxl
+fails (tools/xl/xl_vmcontrol.c ignores the result), so failures are read from stderr and the
+outcome is checked with ``xl list``. Before pausing, the names of the domains about to be
+paused are written to /run/xenlvm/<job>.paused; a later run that finds this file (the earlier
+one was killed with -9 inside the pause window) resumes them first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from xenlvm import interrupts
+from xenlvm.config import Job
+from xenlvm.errors import CommandFailed, PreflightFailed, XenlvmError
+from xenlvm.runner import Runner
+
+log = logging.getLogger("xenlvm")
+
+UNPAUSE_ATTEMPTS = 4
+_CONFIG_NAME = re.compile(r"""^\s*name\s*=\s*["']([^"']+)["']""", re.MULTILINE)
+_MAX_CONFIG_FILE = 1 << 20
+
+
+class XenError(XenlvmError):
+    """An xl call failed, or a domain could not be paused or resumed."""
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    domid: int
+    paused: bool
+    disks: tuple[str, ...] = ()
+    record: dict | None = None  # the domain's object from `xl list -l`
+
+
+def parse_xl_list(text: str) -> dict[str, tuple[int, bool]]:
+    """Given `xl list` output, return name -> (domid, paused). Names may contain spaces, so the
+    five numeric/state columns are taken from the right."""
+    domains = {}
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 6:
+            continue
+        name = " ".join(fields[:-5])
+        domains[name] = (int(fields[-5]), "p" in fields[-2])
+    return domains
+
+
+def parse_xl_list_long(text: str) -> dict[str, dict]:
+    """Given `xl list -l` JSON, return name -> the domain's record."""
+    try:
+        records = json.loads(text) if text.strip() else []
+        return {r["config"]["c_info"]["name"]: r for r in records}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise XenError(f"cannot understand the output of 'xl list -l' ({exc})") from None
+
+
+def disk_paths(record: dict) -> tuple[str, ...]:
+    return tuple(d["pdev_path"] for d in record.get("config", {}).get("disks", []) if d.get("pdev_path"))
+
+
+def is_below(path: str, directory: str) -> bool:
+    return os.path.normpath(path).startswith(directory.rstrip("/") + "/")
+
+
+class Xl:
+    """The xl calls xenlvm makes, each with the job's timeout."""
+
+    def __init__(self, runner: Runner, timeout: float) -> None:
+        self.runner = runner
+        self.timeout = timeout
+
+    def states(self) -> dict[str, tuple[int, bool]]:
+        return parse_xl_list(self.runner.query(["xl", "list"], timeout=self.timeout).stdout)
+
+    def records(self) -> dict[str, dict]:
+        return parse_xl_list_long(self.runner.query(["xl", "list", "-l"], timeout=self.timeout).stdout)
+
+    def _control(self, verb: str, name: str) -> None:
+        result = self.runner.change(["xl", verb, name], timeout=self.timeout)
+        if result is not None and "error" in result.stderr.lower():
+            raise XenError(f"xl {verb} {name} reported: {result.stderr.strip()}")
+
+    def pause(self, name: str) -> None:
+        self._control("pause", name)
+
+    def unpause(self, name: str) -> None:
+        self._control("unpause", name)
+
+
+def select_domains(job: Job, xl: Xl, origin_mountpoints: Sequence[str]) -> list[Domain]:
+    """The running domains the job quiesces; configured ones that are missing or not running
+    are reported, and fail pre when the job says so."""
+    assert job.xen is not None
+    states = xl.states()
+    records = xl.records()
+    chosen: list[Domain] = []
+    if job.xen.domains == "auto":
+        if not origin_mountpoints:
+            raise PreflightFailed(f"xen.domains is 'auto' but {job.origin} is not mounted, so no "
+                                  "domain disk can be matched to it; list the domains by name")
+        for name, record in records.items():
+            if name == "Domain-0" or name not in states:
+                continue
+            disks = disk_paths(record)
+            if any(is_below(d, m) for d in disks for m in origin_mountpoints):
+                chosen.append(Domain(name, states[name][0], states[name][1], disks, record))
+        log.info("xen.domains auto: %s", ", ".join(d.name for d in chosen) or "no running domain has a "
+                 f"disk below {', '.join(origin_mountpoints)}")
+        return chosen
+    problems = []
+    for name in job.xen.domains:
+        if name not in states:
+            problems.append(f"domain {name!r} does not exist or is not running")
+            continue
+        chosen.append(Domain(name, states[name][0], states[name][1], disk_paths(records.get(name, {})),
+                             records.get(name)))
+    if problems:
+        message = "; ".join(problems)
+        if job.xen.missing == "fail":
+            raise PreflightFailed(f"{message} (xen.missing is 'fail'). Start it, or remove it from "
+                                  "xen.domains. Nothing was changed.")
+        log.warning("%s; continuing without it (set xen.missing: fail to stop instead)", message)
+    return chosen
+
+
+def export_configuration(job: Job, domains: Sequence[Domain], directory: str, config_dir: str) -> None:
+    """Write each domain's live configuration (xl list -l) and copies of its config files from
+    /etc/xen into directory, for the admin to include in the backup."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    for domain in domains:
+        target = os.path.join(directory, f"{domain.name}.xl-list-l.json")
+        _write_atomically(target, json.dumps(domain.record, indent=4) + "\n")
+    copied = []
+    for path in _config_files(config_dir, {d.name for d in domains}):
+        shutil.copy2(path, os.path.join(directory, os.path.basename(path)))
+        copied.append(os.path.basename(path))
+    log.info("exported the configuration of %s to %s (config files: %s)",
+             ", ".join(d.name for d in domains) or "no domain", directory, ", ".join(copied) or "none found")
+
+
+def _config_files(config_dir: str, names: set[str]) -> list[str]:
+    """Files directly in config_dir (or its auto/ folder) whose `name = "..."` is one of names."""
+    found = []
+    for folder in (config_dir, os.path.join(config_dir, "auto")):
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            if not entry.is_file(follow_symlinks=False) or entry.stat().st_size > _MAX_CONFIG_FILE:
+                continue
+            try:
+                with open(entry.path, encoding="utf-8", errors="replace") as handle:
+                    match = _CONFIG_NAME.search(handle.read())
+            except OSError:
+                continue
+            if match and match.group(1) in names:
+                found.append(entry.path)
+    return found
+
+
+def _write_atomically(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+class PauseRecord:
+    """/run/xenlvm/<job>.paused: the domains this job may have left paused."""
+
+    def __init__(self, lock_dir: str, job: str) -> None:
+        self.path = os.path.join(lock_dir, f"{job}.paused")
+
+    def write(self, names: Sequence[str]) -> None:
+        _write_atomically(self.path, json.dumps(list(names)))
+
+    def read(self) -> list[str]:
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                return [str(n) for n in json.load(handle)]
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError):
+            return []
+
+    def clear(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def resume_leftovers(xl: Xl, record: PauseRecord) -> None:
+    """Resume domains an earlier, killed run left paused (the record says which)."""
+    names = record.read()
+    if not names:
+        return
+    states = xl.states()
+    stuck = [n for n in names if states.get(n, (0, False))[1]]
+    if stuck:
+        log.error("an earlier run was killed while domains were paused: resuming %s", ", ".join(stuck))
+        resume(xl, stuck)
+    record.clear()
+
+
+def resume(xl: Xl, names: Sequence[str]) -> None:
+    """Check with xl list which of names are still paused, unpause those, and retry; raise if
+    any stays paused."""
+    pending = list(names)
+    for attempt in range(1, UNPAUSE_ATTEMPTS + 1):
+        if xl.runner.dry_run:
+            return
+        try:
+            states = xl.states()
+        except CommandFailed as exc:
+            log.error("cannot check whether the domains run again: %s", exc)
+            states = {n: (0, True) for n in pending}
+        pending = [n for n in pending if states.get(n, (0, False))[1]]
+        if not pending or attempt == UNPAUSE_ATTEMPTS:
+            break
+        log.error("domain(s) %s still paused; resuming again (attempt %d)", ", ".join(pending), attempt + 1)
+        time.sleep(0.5 * attempt)
+        for name in pending:
+            try:
+                xl.unpause(name)
+            except (CommandFailed, XenError) as exc:
+                log.error("could not resume domain %s: %s", name, exc)
+    if pending:
+        raise XenError(f"domain(s) {', '.join(pending)} are STILL PAUSED after {UNPAUSE_ATTEMPTS} "
+                       f"attempts to resume them: run 'xl unpause {pending[0]}' now and check 'xl list'")
+
+
+@contextlib.contextmanager
+def paused(xl: Xl, domains: Sequence[Domain], record: PauseRecord) -> Iterator[None]:
+    """Pause the running domains for the body of the with-block and resume them in every case:
+    an exception, a timeout, SIGTERM or SIGINT. Domains that were already paused are left as
+    they are (and not resumed afterwards: we leave the host as we found it)."""
+    to_pause = [d.name for d in domains if not d.paused]
+    for domain in domains:
+        if domain.paused:
+            log.warning("domain %s was already paused; it stays paused", domain.name)
+    if not to_pause:
+        yield
+        return
+    if not xl.runner.dry_run:
+        record.write(to_pause)
+    started = time.monotonic()
+    attempted: list[str] = []
+    original: BaseException | None = None
+    try:
+        for name in to_pause:
+            attempted.append(name)
+            xl.pause(name)
+        yield
+    except BaseException as exc:
+        original = exc
+        raise
+    finally:
+        # No signal may cut the resume short: hold them until every domain is asked to run.
+        with interrupts.deferred():
+            for name in attempted:
+                try:
+                    xl.unpause(name)
+                except (CommandFailed, XenError) as exc:
+                    log.error("could not resume domain %s: %s", name, exc)
+            log.info("pause window: %.0f ms (domains %s)", (time.monotonic() - started) * 1000,
+                     ", ".join(attempted))
+            try:
+                resume(xl, attempted)
+                record.clear()
+            except XenError as exc:
+                if original is None:
+                    raise
+                log.error("%s", exc)  # reported beside the original error, which goes on
