@@ -116,8 +116,7 @@ def test_recovers_from_a_run_killed_after_creating_the_snapshot(world):
     world.write_config(world_config_with_faults(), faults=True)
     world.inject("mount", "sleep 30")
     pid = world.guest.spawn(["/opt/sesam/bin/sesam/sbc_pre", "xen_vm1"], env={})
-    world.guest.sh("for i in $(seq 100); do grep -q ' mount ' /run/faults/calls.log 2>/dev/null && exit 0;"
-                   " sleep 0.1; done; exit 1")
+    world.wait_for(" mount ")
     world.guest.signal(pid, 9)
     world.guest.wait(pid)
     world.guest.run(["pkill", "-9", "-f", "/run/faults/bin/mount"])

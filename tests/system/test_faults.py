@@ -58,8 +58,7 @@ def test_signal_during_pre_leaves_nothing_behind(world, signum):
     world.inject("mount", "sleep 3")
     pid = world.guest.spawn(["/opt/sesam/bin/sesam/sbc_pre", *SESAM_ARGS], env={},
                             log="/run/pre.out")
-    world.guest.sh("for i in $(seq 100); do grep -q ' mount ' /run/faults/calls.log 2>/dev/null && exit 0;"
-                   " sleep 0.1; done; exit 1")
+    world.wait_for(" mount ")
     world.guest.signal(pid, signum)
     assert world.guest.wait(pid) == 1
     output = world.guest.read("/run/pre.out")
@@ -79,8 +78,9 @@ def test_post_fails_when_snapshot_overflowed_and_still_cleans_up(world):
 
 
 def test_post_reports_how_full_the_snapshot_was(world):
+    world.write_config(DEFAULT_CONFIG.replace("unmount_timeout: 4s", "unmount_timeout: 4s\n    fill_warning: 50"))
     assert world.pre().rc == 0
-    world.guest.sh("head -c 56623104 /dev/urandom > /srv/xenvm/vm1/new; sync")  # 54M of 64M
+    world.guest.sh("head -c 41943040 /dev/urandom > /srv/xenvm/vm1/new; sync")  # 40M of 64M: over 50%
     post = world.post()
     assert post.rc == 0, post
     assert "full before removal - close to overflowing" in post.stderr
@@ -108,8 +108,7 @@ def test_busy_mountpoint_released_during_the_wait_lets_post_succeed(world):
     holder = _hold_mountpoint(world)
     post_pid = world.guest.spawn(["/opt/sesam/bin/sesam/sbc_post", *SESAM_ARGS], env={},
                                  log="/run/post.out")
-    world.guest.sh("for i in $(seq 100); do grep -q 'is busy' /run/post.out && exit 0; sleep 0.1; done;"
-                   " exit 1")
+    world.wait_for("is busy", "/run/post.out")
     world.guest.signal(holder, signal.SIGKILL)
     assert world.guest.wait(post_pid) == 0, world.guest.read("/run/post.out")
     assert "retrying" in world.guest.read("/run/post.out")
@@ -120,8 +119,7 @@ def test_concurrent_run_waits_for_the_lock_then_fails_clearly(world):
     world.write_config(DEFAULT_CONFIG.replace("lock_timeout: 5s", "lock_timeout: 1s"), faults=True)
     world.inject("lvcreate", "sleep 4")
     first = world.guest.spawn(["/opt/sesam/bin/sesam/sbc_pre", *SESAM_ARGS], env={}, log="/run/first.out")
-    world.guest.sh("for i in $(seq 100); do grep -q ' lvcreate ' /run/faults/calls.log 2>/dev/null && exit 0;"
-                   " sleep 0.1; done; exit 1")
+    world.wait_for(" lvcreate ")
     second = world.pre()
     assert second.rc == 1, second
     assert "is busy: another xenlvm run" in second.stderr

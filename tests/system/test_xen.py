@@ -39,7 +39,8 @@ def xen(world):
     world.guest.sh(
         "mkdir -p /srv/xenvm/vm2 /var/lib/other && head -c 1048576 /dev/urandom > /srv/xenvm/vm2/disk.img\n"
         f"{XL} fake-create vm1 --disk /srv/xenvm/vm1/disk.img,xvda >/dev/null\n"
-        f"{XL} fake-create vm2 --disk /srv/xenvm/vm2/disk.img,xvda --disk /srv/xenvm/vm2/data.img,xvdb >/dev/null\n"
+        f"{XL} fake-create vm2 --disk /srv/xenvm/vm2/disk.img,xvda"
+        " --disk /srv/xenvm/vm2/data.img,xvdb >/dev/null\n"
         f"{XL} fake-create vm3 --disk /var/lib/other/disk.img,xvda >/dev/null\n"
         "printf 'name = \"vm1\"\\nmemory = 1024\\n' > /etc/xen/vm1.cfg\n"
         "printf 'name = \"vm3\"\\n' > /etc/xen/vm3.cfg\n")
@@ -116,8 +117,7 @@ def test_lvcreate_failing_while_paused_leaves_domains_running(xen):
 def test_sigterm_while_paused_leaves_domains_running_and_nothing_behind(xen):
     xen.inject("lvcreate", "sleep 3")
     pid = xen.guest.spawn(["/opt/sesam/bin/sesam/sbc_pre", *SESAM_ARGS], env={}, log="/run/pre.out")
-    xen.guest.sh("for i in $(seq 100); do grep -q 'start lvcreate' /run/faults/calls.log 2>/dev/null && exit 0;"
-                 " sleep 0.1; done; exit 1")
+    xen.wait_for("start lvcreate")
     assert "p" in states(xen)["vm1"]  # inside the pause window
     xen.guest.signal(pid, signal.SIGTERM)
     assert xen.guest.wait(pid) == 1
@@ -160,8 +160,7 @@ def test_domain_that_cannot_be_resumed_fails_pre_loudly_and_post_resumes_it(xen)
 def test_domains_left_paused_by_a_killed_pre_are_resumed_by_post(xen):
     xen.inject("lvcreate", "sleep 30")
     pid = xen.guest.spawn(["/opt/sesam/bin/sesam/sbc_pre", *SESAM_ARGS], env={})
-    xen.guest.sh("for i in $(seq 100); do grep -q 'start lvcreate' /run/faults/calls.log 2>/dev/null && exit 0;"
-                 " sleep 0.1; done; exit 1")
+    xen.wait_for("start lvcreate")
     xen.guest.signal(pid, signal.SIGKILL, group=True)
     xen.guest.wait(pid)
     assert "p" in states(xen)["vm1"] and "p" in states(xen)["vm2"]
