@@ -8,6 +8,7 @@ data as of the snapshot. Nothing on this machine is changed outside .work/.
 
 from __future__ import annotations
 
+import re
 import sys
 import textwrap
 import time
@@ -16,6 +17,8 @@ from tests.system.conftest import SESAM_ARGS, World
 from tests.system.sandbox import Guest
 
 CONFIG = """\
+settings:
+  path: /opt/xen/bin:/usr/sbin:/usr/bin:/sbin:/bin   # the stand-in xl lives in /opt/xen/bin
 jobs:
   xenvm:
     volume: system/xenvm
@@ -23,6 +26,9 @@ jobs:
     size: 128M
     mountpoint: /mnt/vmbackup
     tasks: [xen_vm1]
+    xen:
+      domains: auto
+      mode: pause
 """
 MANIFEST = "cd {root} && find . -type f | sort | xargs sha256sum"
 
@@ -50,13 +56,21 @@ def main() -> int:
         world.build(config=CONFIG)
         print(textwrap.indent(CONFIG, "   | "))
         show(guest.run(["lvs", "system"]))
+        guest.run(["/opt/xen/bin/xl", "fake-create", "vm1", "--disk", "/srv/xenvm/vm1/disk.img,xvda"],
+                  check=True)
+        print("   | Xen cannot run here, so a stand-in 'xl' plays the hypervisor, with domain vm1 running:")
+        show(guest.run(["/opt/xen/bin/xl", "list"]))
 
         guest.sh(f"{MANIFEST.format(root='/srv/xenvm')} > /run/manifest-at-snapshot")
         say("3. sbc_pre", "sesam runs the pre hook with the task's details and an empty environment. "
-            "It creates the snapshot 'vmbackup' (tagged as xenlvm's) and mounts it read-only at "
-            "/mnt/vmbackup:")
+            "It finds the domains whose disks are on the volume (auto), saves their configuration, "
+            "pauses them only while lvcreate makes the snapshot 'vmbackup' (tagged as xenlvm's), "
+            "resumes them, and mounts the snapshot read-only at /mnt/vmbackup:")
         pre = world.pre()
         show(pre)
+        window = re.search(r"pause window: (\d+) ms", world.log())
+        print(f"   | => vm1 was paused for {window.group(1) if window else '?'} ms "
+              "(first pause to last unpause, measured by xenlvm and logged on every run)")
         if pre.rc != 0:
             print(f"sbc_pre failed with exit status {pre.rc}")
             return 1
