@@ -1,4 +1,5 @@
-"""The command line: ``xenlvm pre|post ...``, and the sesam entrypoints sbc_pre/sbc_post.
+"""The command line: ``xenlvm pre|post|check|status|cleanup|install-hooks``, and the sesam
+entrypoints sbc_pre/sbc_post.
 
 This is the one place where errors become exit codes: 0 success, 1 the operation failed,
 2 usage or configuration error.
@@ -6,16 +7,17 @@ This is the one place where errors become exit codes: 0 success, 1 the operation
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
-from typing import Callable
+import time
+from collections.abc import Callable, Sequence
 
 import click
 
-from xenlvm import __version__, hooks, interrupts, logs
-from xenlvm.config import Config, config_path, load_config
+from xenlvm import __version__, hooks, install, interrupts, logs, state
+from xenlvm.config import Config, Job, config_path, load_config
 from xenlvm.errors import EXIT_FAILED, EXIT_OK, UsageError, XenlvmError
 from xenlvm.runner import Runner
 from xenlvm.sesam import describe_arguments, select_jobs
@@ -46,44 +48,6 @@ def main(ctx: click.Context, config_file: str | None, verbose: bool, debug: bool
     ctx.obj = {"config": config_path(config_file), "debug": debug}
 
 
-def _hook_command(phase: str, run: Callable[[hooks.Context, list], None]) -> click.Command:
-    @click.command(phase, context_settings={"ignore_unknown_options": True}, help=(
-        f"Run the sesam {phase} hook: " + ("create and mount the snapshot of each selected job."
-                                           if phase == "pre" else
-                                           "unmount and remove each selected job's snapshot.")
-        + "\n\n" + HOOK_HELP))
-    @click.option("--job", "job_names", multiple=True, metavar="NAME",
-                  help="Run this job whatever sesam passed (repeatable).")
-    @click.option("--config", "config_file", metavar="FILE",
-                  help="Configuration file (overrides the one given before the command).")
-    @click.option("--dry-run", is_flag=True,
-                  help="Run every query for real; only print the commands that would change something.")
-    @click.argument("sesam_args", nargs=-1, type=click.UNPROCESSED)
-    @click.pass_context
-    def command(ctx: click.Context, job_names: tuple[str, ...], config_file: str | None,
-                dry_run: bool, sesam_args: tuple[str, ...]) -> None:
-        if config_file:
-            ctx.obj["config"] = config_file
-        def work() -> None:
-            config = _load(ctx)  # first, so that the log file gets everything below
-            log.info("%s called with arguments: %s", phase, describe_arguments(sesam_args))
-            jobs = select_jobs(config, sesam_args, job_names)
-            if not jobs:
-                log.info("no job is configured for these arguments; nothing to do")
-                return
-            if not dry_run and os.geteuid() != 0:
-                raise UsageError(f"{phase} changes LVM volumes and mounts and must run as root "
-                                 "(use --dry-run to see what it would do)")
-            runner = Runner(path=config.settings.path, timeout=config.settings.command_timeout,
-                            dry_run=dry_run)
-            interrupts.install()
-            run(hooks.Context(config, runner), jobs)
-            log.info("%s finished%s: %s", phase, " (dry run, nothing changed)" if dry_run else "",
-                     ", ".join(j.name for j in jobs))
-        ctx.exit(_exit_code(work, ctx.obj["debug"]))
-    return command
-
-
 def _load(ctx: click.Context) -> Config:
     config = load_config(ctx.obj["config"])
     if config.settings.log_file:
@@ -91,25 +55,205 @@ def _load(ctx: click.Context) -> Config:
     return config
 
 
-def _exit_code(work: Callable[[], None], debug: bool) -> int:
+def _runner(config: Config, dry_run: bool = False) -> Runner:
+    return Runner(path=config.settings.path, timeout=config.settings.command_timeout, dry_run=dry_run)
+
+
+def _finish(ctx: click.Context, work: Callable[[], int | None]) -> None:
     """Run work; turn its outcome into the exit code, with a human message on failure."""
     try:
-        work()
+        code = work() or EXIT_OK
     except XenlvmError as exc:
-        log.error("%s", exc, exc_info=debug)
-        return exc.exit_code
+        log.error("%s", exc, exc_info=ctx.obj["debug"])
+        code = exc.exit_code
     except Exception as exc:  # a bug: still say something useful and fail the run
         log.error("unexpected error (a bug in xenlvm, please report it): %s: %s",
                   type(exc).__name__, exc, exc_info=True)
-        return EXIT_FAILED
-    return EXIT_OK
+        code = EXIT_FAILED
+    ctx.exit(code)
 
 
-main.add_command(_hook_command("pre", hooks.run_pre))
-main.add_command(_hook_command("post", hooks.run_post))
+def _require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise UsageError(f"{what} changes LVM volumes and mounts and must run as root "
+                         "(use --dry-run to see what it would do)")
 
 
-def run_hook(phase: str, argv: Sequence[str] | None = None) -> None:
+# ---------------------------------------------------------------------------------------------
+# pre and post
+
+
+def _run_phase(config: Config, phase: str, job_names: Sequence[str], dry_run: bool,
+               sesam_args: Sequence[str], run: Callable[[hooks.Context, list[Job]], None]) -> None:
+    jobs = select_jobs(config, sesam_args, job_names)
+    if not jobs:
+        log.info("no job is configured for these arguments; nothing to do")
+        return
+    if not dry_run:
+        _require_root(phase)
+    interrupts.install()
+    context = hooks.Context(config, _runner(config, dry_run))
+    started, clock = time.time(), time.monotonic()
+    names = [j.name for j in jobs]
+    try:
+        run(context, jobs)
+    except BaseException as exc:
+        if not dry_run:
+            record = state.RunRecord(phase, False, getattr(exc, "exit_code", EXIT_FAILED), started,
+                                     time.monotonic() - clock, str(exc))
+            state.record_run(config, names, record, context.notes)
+        raise
+    if not dry_run:
+        state.record_run(config, names, state.RunRecord(phase, True, EXIT_OK, started,
+                                                        time.monotonic() - clock), context.notes)
+    log.info("%s finished%s: %s", phase, " (dry run, nothing changed)" if dry_run else "", ", ".join(names))
+
+
+def _hook_command(phase: str, run: Callable[[hooks.Context, list[Job]], None], summary: str) -> click.Command:
+    @click.command(phase, context_settings={"ignore_unknown_options": True}, help=f"{summary}\n\n{HOOK_HELP}")
+    @click.option("--job", "job_names", multiple=True, metavar="NAME",
+                  help="Run this job whatever sesam passed (repeatable).")
+    @click.option("--config", "config_file", metavar="FILE",
+                  help="Configuration file (overrides the one given before the command).")
+    @click.option("--dry-run", is_flag=True,
+                  help="Run every query for real; only print the commands that would change something.")
+    @click.option("--chain", metavar="HOOK", hidden=True,
+                  help="The admin's own hook that install-hooks kept (sbc_pre.local); run with it.")
+    @click.argument("sesam_args", nargs=-1, type=click.UNPROCESSED)
+    @click.pass_context
+    def command(ctx: click.Context, job_names: tuple[str, ...], config_file: str | None, dry_run: bool,
+                chain: str | None, sesam_args: tuple[str, ...]) -> None:
+        if config_file:
+            ctx.obj["config"] = config_file
+
+        def work() -> int:
+            config = _load(ctx)  # first, so that the log file gets everything below
+            log.info("%s called with arguments: %s", phase, describe_arguments(sesam_args))
+            if chain and phase == "pre" and not dry_run:
+                local = install.run_local_hook(chain, sesam_args)
+                if local != 0:
+                    log.error("your own pre hook %s failed (exit %d); xenlvm's pre does not run",
+                              chain, local)
+                    return local
+            try:
+                _run_phase(config, phase, job_names, dry_run, sesam_args, run)
+            finally:
+                if chain and phase == "post" and not dry_run:
+                    local = install.run_local_hook(chain, sesam_args)
+            if chain and phase == "post" and not dry_run and local != 0:
+                log.error("your own post hook %s failed (exit %d)", chain, local)
+                return local
+            return EXIT_OK
+        _finish(ctx, work)
+    return command
+
+
+main.add_command(_hook_command("pre", hooks.run_pre, "Run the sesam pre hook: create and mount the "
+                               "snapshot of each selected job. Exit 0 only when all are ready."))
+main.add_command(_hook_command("post", hooks.run_post, "Run the sesam post hook: unmount and remove each "
+                               "selected job's snapshot. Exit 0 only when all is cleaned up and no "
+                               "snapshot overflowed."))
+
+
+def run_hook(phase: str, argv: Sequence[str] | None = None, chain: str | None = None) -> None:
     """Entry for the sesam hook scripts: ``sbc_pre ARGS`` behaves like ``xenlvm pre ARGS``."""
     args = list(sys.argv[1:] if argv is None else argv)
-    main.main(args=[phase, *args], prog_name=f"sbc_{phase}")
+    chained = ["--chain", chain] if chain else []
+    main.main(args=[phase, *chained, *args], prog_name=f"sbc_{phase}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Admin commands
+
+
+def _selected(config: Config, names: Sequence[str]) -> list[Job]:
+    return select_jobs(config, (), names) if names else list(config.jobs.values())
+
+
+@main.command()
+@click.option("--job", "job_names", multiple=True, metavar="NAME", help="Only this job (repeatable).")
+@click.option("--hooks-dir", default=install.DEFAULT_HOOK_DIR, show_default=True,
+              help="Where sesam's hooks live.")
+@click.pass_context
+def check(ctx: click.Context, job_names: tuple[str, ...], hooks_dir: str) -> None:
+    """Check everything pre needs, and more, without changing anything.
+
+    Configuration (valid, owned by root, not writable by others), tools, hooks, and per job:
+    origin present and active, VG free space against the snapshot size, mountpoint usable,
+    Xen domains, leftovers. Exit 0 when nothing failed, else 1.
+    """
+    from xenlvm.check import check_host, check_job
+
+    def work() -> int:
+        config = load_config(ctx.obj["config"], strict=False)  # check reports permissions itself
+        runner = _runner(config)
+        findings = [("", f) for f in check_host(config, hooks_dir)]
+        for job in _selected(config, job_names):
+            findings += [(job.name, f) for f in check_job(config, runner, job)]
+        for job_name, finding in findings:
+            where = f"[{job_name}] " if job_name else ""
+            click.echo(f"{finding.level.upper():4} {where}{finding.check}: {finding.message}")
+        failed = sum(f.level == "fail" for _, f in findings)
+        click.echo(f"{failed} check(s) failed" if failed else "all checks passed")
+        return EXIT_FAILED if failed else EXIT_OK
+    _finish(ctx, work)
+
+
+@main.command()
+@click.option("--job", "job_names", multiple=True, metavar="NAME", help="Only this job (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per job, in a list).")
+@click.pass_context
+def status(ctx: click.Context, job_names: tuple[str, ...], as_json: bool) -> None:
+    """Show per job: snapshot present or not, fill, valid or overflowed, where it is mounted,
+    its age and the run that created it, whether it is stale, paused domains, last runs."""
+    from xenlvm.status import describe, job_status
+
+    def work() -> None:
+        config = load_config(ctx.obj["config"])
+        runner = _runner(config)
+        reports = [job_status(config, runner, job) for job in _selected(config, job_names)]
+        if as_json:
+            click.echo(json.dumps(reports, indent=2))
+        else:
+            for report in reports:
+                click.echo("\n".join(describe(report)))
+    _finish(ctx, work)
+
+
+@main.command()
+@click.option("--job", "job_names", multiple=True, metavar="NAME", help="Only this job (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
+@click.pass_context
+def cleanup(ctx: click.Context, job_names: tuple[str, ...], dry_run: bool) -> None:
+    """Remove xenlvm's leftovers: unmount and remove the jobs' snapshots (only those carrying
+    xenlvm's tags) and resume domains a killed run left paused. Like post, without judging
+    the backup."""
+
+    def work() -> None:
+        config = _load(ctx)
+        if not dry_run:
+            _require_root("cleanup")
+        interrupts.install()
+        hooks.run_post(hooks.Context(config, _runner(config, dry_run)), _selected(config, job_names),
+                       judge_backup=False)
+    _finish(ctx, work)
+
+
+@main.command("install-hooks")
+@click.option("--dir", "directory", default=install.DEFAULT_HOOK_DIR, show_default=True,
+              help="sesam's hook directory.")
+@click.option("--uninstall", is_flag=True, help="Remove xenlvm's hooks and restore the ones they replaced.")
+@click.pass_context
+def install_hooks(ctx: click.Context, directory: str, uninstall: bool) -> None:
+    """Write sbc_pre and sbc_post into sesam's directory, bound to this installation.
+
+    An existing hook that is not xenlvm's is kept as sbc_pre.local / sbc_post.local and
+    called by xenlvm's: pre runs yours first (if it fails, xenlvm's pre does not run and its
+    exit status is returned); post runs xenlvm's first, then yours, and fails if either did.
+    Running it again changes nothing; --uninstall restores the directory as it was.
+    """
+    def work() -> None:
+        done = install.uninstall_hooks(directory) if uninstall else install.install_hooks(directory)
+        for line in done:
+            log.info("%s", line)
+    _finish(ctx, work)

@@ -111,6 +111,9 @@ class Settings:
     lock_dir: str = "/run/xenlvm"
     lock_timeout: float = 120.0
     command_timeout: float = 120.0
+    state_dir: str = "/var/lib/xenlvm"  # per job: state.json, the Xen configuration export
+    metrics_file: str | None = None  # node_exporter textfile, e.g. /var/lib/node_exporter/xenlvm.prom
+    stale_after: float = 86400.0  # status calls a snapshot older than this stale
 
 
 @dataclass(frozen=True)
@@ -366,6 +369,9 @@ _SETTINGS_PARSERS: dict[str, Callable[[Any], Any]] = {
     "lock_dir": parse_absolute_path,
     "lock_timeout": parse_duration,
     "command_timeout": parse_duration,
+    "state_dir": parse_absolute_path,
+    "metrics_file": _optional_path,
+    "stale_after": parse_duration,
 }
 
 _JOB_PARSERS: dict[str, Callable[[Any], Any]] = {
@@ -402,7 +408,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
 
 def _settings_section(reader: _Reader, node: yaml.Node, key: str) -> Settings:
     values = reader.fields(node, key, _SETTINGS_PARSERS)
-    return Settings(**{k: v for k, v in values.items() if v is not None or k == "log_file"})
+    return Settings(**{k: v for k, v in values.items() if v is not None or k in ("log_file", "metrics_file")})
 
 
 def _jobs_section(reader: _Reader, node: yaml.Node, key: str) -> dict[str, Job]:
@@ -440,10 +446,27 @@ def _check_jobs_apart(reader: _Reader, node: yaml.Node, jobs: list[Job]) -> None
                 raise reader.error(node, "jobs", f"{pair} use the same snapshot {a.snapshot_volume}")
 
 
-def load_config(path: str) -> Config:
-    """Read and validate the configuration file at path."""
+def permission_problem(path: str, info: os.stat_result) -> str | None:
+    """Like sshd's StrictModes: a root job must not read a file that someone else can change."""
+    if info.st_uid != 0:
+        return (f"{path} is owned by uid {info.st_uid}, not root, so that user could make xenlvm run "
+                f"what they want as root. Fix: chown root:root {path}")
+    if info.st_mode & 0o022:
+        return (f"{path} is writable by its group or by everyone (mode {info.st_mode & 0o777:o}), so "
+                f"others could make xenlvm run what they want as root. Fix: chmod 600 {path}")
+    return None
+
+
+def load_config(path: str, *, strict: bool | None = None) -> Config:
+    """Read and validate the configuration file at path. When strict (default: when running as
+    root), refuse a file that a user other than root could change."""
+    strict = os.geteuid() == 0 if strict is None else strict
     try:
         with open(path, encoding="utf-8") as handle:
+            if strict:
+                problem = permission_problem(path, os.fstat(handle.fileno()))
+                if problem:
+                    raise ConfigError(problem)
             text = handle.read()
     except FileNotFoundError:
         raise ConfigError(f"{path}: configuration file not found; copy config.example.yaml there "

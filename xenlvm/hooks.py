@@ -35,7 +35,6 @@ from xenlvm.undo import UndoStack
 
 log = logging.getLogger("xenlvm")
 
-STATE_DIR = "/var/lib/xenlvm"
 # Unwinding a failed pre must not wait as long as post does for a busy mount.
 UNDO_UNMOUNT_TIMEOUT = 30.0
 
@@ -47,6 +46,11 @@ class Context:
     config: Config
     runner: Runner
     started: float = field(default_factory=time.time)
+    # What each job's run measured, for the state file and metrics: pause_window_ms, fill_percent.
+    notes: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def note(self, job: Job, key: str, value: float) -> None:
+        self.notes.setdefault(job.name, {})[key] = value
 
     @property
     def lvm(self) -> Lvm:
@@ -140,11 +144,11 @@ def _prepare_xen(ctx: Context, job: Job, origin: LogicalVolume,
     origin_paths = [e.mountpoint for e in mounts_mod.mounts_of(origin, mounts)]
     domains = xen.select_domains(job, xl, origin_paths)
     if job.xen.export_dir is not None and not ctx.dry_run:
-        directory = job.xen.export_dir or f"{STATE_DIR}/{job.name}/xen-config"
+        directory = job.xen.export_dir or os.path.join(ctx.config.settings.state_dir, job.name, "xen-config")
         xen.export_configuration(job, domains, directory, job.xen.config_dir)
     if job.xen.mode != "pause":
         return contextlib.nullcontext
-    return lambda: xen.paused(xl, domains, record)
+    return lambda: xen.paused(xl, domains, record, lambda ms: ctx.note(job, "pause_window_ms", ms))
 
 
 def _device_numbers(device: str) -> tuple[int, int] | None:
@@ -184,14 +188,15 @@ def _remove_if_created(ctx: Context, job: Job, run_tag: str) -> None:
 # post
 
 
-def run_post(ctx: Context, jobs: Sequence[Job]) -> None:
-    """Clean up every job; one job's failure does not stop the others. Raise the first failure."""
+def run_post(ctx: Context, jobs: Sequence[Job], *, judge_backup: bool = True) -> None:
+    """Clean up every job; one job's failure does not stop the others. Raise the first failure.
+    judge_backup=False (xenlvm cleanup) reports an overflowed snapshot as a warning only."""
     errors: list[XenlvmError] = []
     for job in jobs:
         set_job(job.name)
         try:
             with ctx.lock(job):
-                clean_up(ctx, job)
+                clean_up(ctx, job, judge_backup)
         except XenlvmError as exc:
             if len(jobs) > 1:
                 log.error("%s", exc)
@@ -202,7 +207,7 @@ def run_post(ctx: Context, jobs: Sequence[Job]) -> None:
             f"post failed for {len(errors)} jobs: " + " | ".join(str(e) for e in errors))
 
 
-def clean_up(ctx: Context, job: Job) -> None:
+def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
     """Unmount and remove the job's snapshot if xenlvm created it; tell whether the backup is valid."""
     if job.xen is not None:
         record = xen.PauseRecord(ctx.config.settings.lock_dir, job.name)
@@ -228,8 +233,12 @@ def clean_up(ctx: Context, job: Job) -> None:
         return
 
     overflowed = snapshot.invalid  # read before unmounting: this is what the backup saw
+    if snapshot.data_percent is not None and not snapshot.is_thin:
+        ctx.note(job, "fill_percent", 100.0 if overflowed else snapshot.data_percent)
     remove_job_snapshot(ctx, job, snapshot, mounts, job.unmount_timeout)
-    if overflowed:
+    if overflowed and not judge_backup:
+        log.warning("the removed snapshot %s had overflowed", snapshot)
+    elif overflowed:
         raise SnapshotOverflowed(
             f"the snapshot {snapshot} overflowed during the backup: its "
             f"{preflight.human_size(snapshot.size)} "

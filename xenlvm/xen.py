@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from xenlvm import interrupts
@@ -243,7 +243,8 @@ def resume(xl: Xl, names: Sequence[str]) -> None:
 
 
 @contextlib.contextmanager
-def paused(xl: Xl, domains: Sequence[Domain], record: PauseRecord) -> Iterator[None]:
+def paused(xl: Xl, domains: Sequence[Domain], record: PauseRecord,
+           on_window: Callable[[float], None] = lambda ms: None) -> Iterator[None]:
     """Pause the running domains for the body of the with-block and resume them in every case:
     an exception, a timeout, SIGTERM or SIGINT. Domains that were already paused are left as
     they are (and not resumed afterwards: we leave the host as we found it)."""
@@ -275,8 +276,9 @@ def paused(xl: Xl, domains: Sequence[Domain], record: PauseRecord) -> Iterator[N
                     xl.unpause(name)
                 except (CommandFailed, XenError) as exc:
                     log.error("could not resume domain %s: %s", name, exc)
-            log.info("pause window: %.0f ms (domains %s)", (time.monotonic() - started) * 1000,
-                     ", ".join(attempted))
+            window_ms = (time.monotonic() - started) * 1000
+            log.info("pause window: %.0f ms (domains %s)", window_ms, ", ".join(attempted))
+            on_window(window_ms)
             try:
                 resume(xl, attempted)
                 record.clear()

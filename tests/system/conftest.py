@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from tests.system.sandbox import REPO, TESTS, Completed, Guest
+from tests.system.sandbox import TESTS, Completed, Guest
 
 HOOKS = "/opt/sesam/bin/sesam"
 CONFIG = "/etc/xenlvm/config.yaml"
@@ -41,8 +41,7 @@ class World:
 
     def build(self, fstype: str = "ext4", layout: str = "thick", config: str | None = DEFAULT_CONFIG) -> None:
         self.guest.reap()
-        self.guest.run([TESTS / "guest" / "world.sh", fstype, layout, self.guest.python, REPO],
-                       check=True)
+        self.guest.run([TESTS / "guest" / "world.sh", fstype, layout, self.guest.python], check=True)
         if config is not None:
             self.write_config(config)
 

@@ -78,7 +78,8 @@ def test_post_fails_when_snapshot_overflowed_and_still_cleans_up(world):
 
 
 def test_post_reports_how_full_the_snapshot_was(world):
-    world.write_config(DEFAULT_CONFIG.replace("unmount_timeout: 4s", "unmount_timeout: 4s\n    fill_warning: 50"))
+    world.write_config(DEFAULT_CONFIG.replace("unmount_timeout: 4s",
+                                              "unmount_timeout: 4s\n    fill_warning: 50"))
     assert world.pre().rc == 0
     world.guest.sh("head -c 41943040 /dev/urandom > /srv/xenvm/vm1/new; sync")  # 40M of 64M: over 50%
     post = world.post()

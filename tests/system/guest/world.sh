@@ -2,9 +2,9 @@
 # Build the vendor manual's world inside the test guest, from scratch:
 #   VG "system" (made at boot), LV "xenvm" holding FSTYPE, mounted at /srv/xenvm, one VM
 #   folder inside, an empty /mnt/vmbackup, and the hooks installed where sesam keeps them.
-# Usage: world.sh FSTYPE(ext4|xfs) LAYOUT(thick|thin) PYTHON HOOK_SOURCE_DIR
+# Usage: world.sh FSTYPE(ext4|xfs) LAYOUT(thick|thin) PYTHON
 set -eu
-FSTYPE=$1 LAYOUT=$2 PYTHON=$3 SOURCE=$4
+FSTYPE=$1 LAYOUT=$2 PYTHON=$3
 
 # Undo whatever the previous test left: mounts below /mnt and /srv, every LV, xenlvm's files.
 for mount in $(awk '$2 ~ "^/(mnt|srv)/" {print $2}' /proc/mounts | sort -r); do
@@ -27,12 +27,9 @@ mkdir -p /srv/xenvm/vm1
 head -c 4194304 /dev/urandom > /srv/xenvm/vm1/disk.img
 printf 'name = "vm1"\ndisk = [ "file:/srv/xenvm/vm1/disk.img,xvda,w" ]\n' > /srv/xenvm/vm1/vm1.cfg
 
-# The hooks as sesam has them: executables in /opt/sesam/bin/sesam bound to our interpreter.
+# The hooks as sesam has them: installed by xenlvm itself into /opt/sesam/bin/sesam.
 mkdir -p /opt/sesam/bin/sesam /etc/xenlvm
-for hook in sbc_pre sbc_post; do
-    { echo "#!$PYTHON"; tail -n +2 "$SOURCE/$hook"; } > "/opt/sesam/bin/sesam/$hook"
-    chmod 0755 "/opt/sesam/bin/sesam/$hook"
-done
+"$PYTHON" -m xenlvm install-hooks >/dev/null
 sync
 
 # Fault injection wrappers (see guest/fault); inert until a test writes a rule.

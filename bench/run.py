@@ -1,0 +1,596 @@
+"""`make bench`: what xenlvm's sesam hooks cost, on real LVM in the sandbox, against plain shell.
+
+xenlvm replaces the vendor manual's two shell lines (bench/baseline_pre.sh, baseline_post.sh)
+with a Python program that checks, tags, locks, logs and pauses the Xen domains. This measures
+what that care costs, so that changes to xenlvm can be judged by numbers, not by feel:
+
+1. sbc_pre and sbc_post (called as sesam calls them: the executable, the task's arguments, an
+   empty environment) against the manual's shell, in the same world (no xen section).
+2. the pause window xenlvm logs (`pause window: N ms`, first `xl pause` to last `xl unpause`)
+   against a bare `lvcreate -s` of the same volume: the least any pause could last.
+3. how sbc_pre, sbc_post and the pause windows grow with 1, 2, 4 and 8 volumes. xenlvm has one
+   volume per job today, so N volumes are N jobs serving the same sesam task.
+4. the hooks' CPU time and peak memory (/usr/bin/time, and getrusage inside the hook's own
+   process to separate it from its LVM commands), Python's import cost (-X importtime), and a
+   hook call that matches no job: the floor that start-up alone costs.
+
+Everything runs in ONE boot of the User-Mode Linux guest (tests/system/sandbox.py). Every
+duration is measured inside the guest by its agent around the process (fork to exit), never as
+the host's round trip. The two sides of each comparison are interleaved (A B A B ...) so that
+drift hits both alike, after one warm-up round that is not counted. Results are medians with
+min-max; nothing here passes or fails. The emulated kernel makes every system call slow, so
+absolute numbers are far above a real Xen dom0's: the ratios and the breakdown are the point.
+
+Run: make bench   (or .venv/bin/python -m bench.run --help). Writes bench/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.system.conftest import SESAM_ARGS, World
+from tests.system.sandbox import Guest
+
+BENCH = Path(__file__).resolve().parent
+HOOKS = "/opt/sesam/bin/sesam"
+XL = "/opt/xen/bin/xl"
+LOG = "/var/log/xenlvm.log"
+XEN_PATH = "/opt/xen/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # the stand-in xl first
+NO_JOB_ARGS = ["other_task", "/mnt/other", "FULL", "20261129-213000", "backup-host"]
+VOLUME_COUNTS = (1, 2, 4, 8)
+
+PLAIN_CONFIG = """\
+jobs:
+  xenvm:
+    volume: system/xenvm
+    snapshot: vmbackup
+    size: 64M
+    mountpoint: /mnt/vmbackup
+    tasks: [xen_vm1]
+"""
+
+XEN_CONFIG = f"""\
+settings:
+  path: {XEN_PATH}
+jobs:
+  xenvm:
+    volume: system/xenvm
+    snapshot: vmbackup
+    size: 64M
+    mountpoint: /mnt/vmbackup
+    tasks: [xen_vm1]
+    xen:
+      domains: [vm1]
+      mode: pause
+"""
+
+# Runs a hook inside this Python process, then reports the CPU time and peak memory of the
+# process itself apart from those of the commands it ran (its children), on its last line.
+OWN_USAGE = """\
+import atexit, resource, runpy, sys
+def report():
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    sys.stderr.write(f"\\nusage {own.ru_utime + own.ru_stime} {own.ru_maxrss} "
+                     f"{kids.ru_utime + kids.ru_stime} {kids.ru_maxrss}\\n")
+atexit.register(report)
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+LOG_LINE = re.compile(r"^\S+ \S+ xenlvm\[(\d+)\] \w+ (?:job [^ :]+: )?(.*)$")
+EXIT_LINE = re.compile(r"^exit -?\d+ after ([\d.]+) s: ")
+WINDOW_LINE = re.compile(r"^pause window: (\d+) ms")
+IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \| ( *)(\S+)")
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# What is reported: rows of samples, grouped in sections
+
+
+@dataclass
+class Row:
+    """One measurement: its samples, and optionally the row it is compared with."""
+
+    label: str
+    values: list[float]
+    unit: str = "ms"
+    baseline: Row | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+
+@dataclass
+class Section:
+    title: str
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def number(value: float, unit: str) -> str:
+    return f"{value:.1f}" if unit == "MiB" or abs(value) < 10 else f"{value:.0f}"
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = ["| measurement | median | min–max | n | baseline | ratio of medians | difference |",
+             "|---|--:|--:|--:|---|--:|--:|"]
+    for row in rows:
+        cells = [row.label, f"{number(row.median, row.unit)} {row.unit}",
+                 f"{number(min(row.values), row.unit)}–{number(max(row.values), row.unit)}",
+                 str(len(row.values))]
+        base = row.baseline
+        if base is None:
+            cells += ["", "", ""]
+        else:
+            ratio = f"{row.median / base.median:.2f}×" if base.median else "–"
+            cells += [base.label, ratio, f"{row.median - base.median:+.0f} {row.unit}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running things in the guest and reading what xenlvm logged
+
+
+def timed(guest: Guest, argv: list, env: dict | None = None) -> float:
+    """Run argv in the guest; return its wall time in ms as the guest measured it."""
+    done = guest.run(argv, env=env)
+    if done.rc != 0:
+        raise BenchError(f"a measured command failed, so its timing means nothing:\n{done}")
+    return done.duration * 1000
+
+
+def hook(guest: Guest, name: str, args: list[str] = SESAM_ARGS) -> float:
+    """Call a hook exactly as sesam does: the executable, the task's arguments, no environment."""
+    return timed(guest, [f"{HOOKS}/{name}", *args], env={})
+
+
+def baseline(guest: Guest, name: str) -> float:
+    return timed(guest, ["/bin/sh", BENCH / f"baseline_{name}.sh"], env={})
+
+
+def last_line(done, prefix: str = "") -> list[str]:
+    lines = [line for line in done.stderr.splitlines() if line.startswith(prefix) and line.strip()]
+    if done.rc != 0 or not lines:
+        raise BenchError(f"a measured command failed:\n{done}")
+    return lines[-1].split()
+
+
+def usage_of(guest: Guest, argv: list, env: dict | None = None) -> dict[str, float]:
+    """Run argv under /usr/bin/time in the guest: wall and CPU in ms, peak memory in MiB (for a
+    hook: the largest of itself and the commands it ran)."""
+    done = guest.run(["/usr/bin/time", "-f", "%e %U %S %M", *argv], env={} if env is None else env)
+    wall, user, system, rss_kib = map(float, last_line(done))
+    return {"wall": wall * 1000, "cpu": (user + system) * 1000, "rss": rss_kib / 1024}
+
+
+def own_usage_of(guest: Guest, hook_name: str) -> dict[str, float]:
+    """CPU (ms) and peak memory (MiB) of the hook's own process, and of its child commands."""
+    done = guest.run([guest.python, "-c", OWN_USAGE, f"{HOOKS}/{hook_name}", *SESAM_ARGS], env={})
+    own_cpu, own_rss, kids_cpu, kids_rss = map(float, last_line(done, "usage ")[1:])
+    return {"cpu": own_cpu * 1000, "rss": own_rss / 1024, "kids_cpu": kids_cpu * 1000,
+            "kids_rss": kids_rss / 1024}
+
+
+@dataclass
+class Invocation:
+    """One hook run as its lines in xenlvm's log show it."""
+
+    phase: str = ""
+    commands: list[tuple[str, float]] = field(default_factory=list)  # (command, ms) in order
+    windows: list[float] = field(default_factory=list)  # pause windows, ms
+
+    @property
+    def command_ms(self) -> float:
+        return sum(ms for _, ms in self.commands)
+
+
+def command_name(argv: list[str]) -> str:
+    """'lvcreate', 'mount', or for xl its subcommand: 'xl pause', 'xl list -l'."""
+    if argv[0] != "xl":
+        return argv[0]
+    return " ".join(argv[:3]) if argv[2:3] == ["-l"] else " ".join(argv[:2])
+
+
+def read_log(guest: Guest) -> list[Invocation]:
+    """Every hook run logged since the log was last removed, in order (one pid per run)."""
+    runs: dict[str, Invocation] = {}
+    pending = ""
+    for line in guest.run(["cat", LOG]).stdout.splitlines():
+        match = LOG_LINE.match(line)
+        if not match:
+            continue
+        run = runs.setdefault(match.group(1), Invocation())
+        message = match.group(2)
+        if " called with arguments: " in message:
+            run.phase = message.split()[0]
+        elif message.startswith("run: "):
+            pending = command_name(message[len("run: "):].split())
+        elif EXIT_LINE.match(message):
+            run.commands.append((pending, float(EXIT_LINE.match(message).group(1)) * 1000))
+        elif WINDOW_LINE.match(message):
+            run.windows.append(float(WINDOW_LINE.match(message).group(1)))
+    return list(runs.values())
+
+
+def logged_runs(guest: Guest, phases: list[str]) -> list[Invocation]:
+    """The logged hook runs, checked against the calls the bench made (pre, post, ...)."""
+    runs = read_log(guest)
+    if [r.phase for r in runs] != phases:
+        raise BenchError(f"expected the log to show the runs {phases}, found {[r.phase for r in runs]}")
+    return runs
+
+
+def progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The measurements
+
+
+@dataclass
+class Bench:
+    guest: Guest
+    world: World
+    rounds: int
+    cpu_rounds: int
+    scaling_rounds: int
+    commands: dict[str, list[float]] = field(default_factory=dict)  # every logged command, ms
+    sequences: dict[str, list[str]] = field(default_factory=dict)  # what each kind of run ran
+    pre_row: Row | None = None  # sbc_pre without xen (section 1), the baseline of pre with xen
+    import_profile: str = ""
+
+    def measured_rounds(self, title: str, count: int):
+        """Yield 0, a warm-up round whose samples the caller drops, then 1 to count; xenlvm's log
+        starts afresh with round 1, so it holds exactly the counted runs."""
+        for number_ in range(count + 1):
+            progress(f"{title}: round {number_}/{count}" + (" (warm-up)" if number_ == 0 else ""))
+            if number_ == 1:
+                self.guest.run(["rm", "-f", LOG], check=True)
+            yield number_
+
+    def remember(self, kind: str, runs: list[Invocation]) -> None:
+        for run in runs:
+            for name, ms in run.commands:
+                self.commands.setdefault(name, []).append(ms)
+        self.sequences[kind] = [name for name, _ in runs[-1].commands]
+
+    def against_the_manual(self) -> Section:
+        """1. sbc_pre/sbc_post against the manual's shell, no xen section, interleaved."""
+        self.world.write_config(PLAIN_CONFIG)
+        pre, post, sh_pre, sh_post = [], [], [], []
+        for _ in self.measured_rounds("1. hooks against the manual's shell", self.rounds):
+            pre.append(hook(self.guest, "sbc_pre"))
+            post.append(hook(self.guest, "sbc_post"))
+            sh_pre.append(baseline(self.guest, "pre"))
+            sh_post.append(baseline(self.guest, "post"))
+        pre, post, sh_pre, sh_post = pre[1:], post[1:], sh_pre[1:], sh_post[1:]  # drop the warm-up
+        runs = logged_runs(self.guest, ["pre", "post"] * self.rounds)
+        pre_runs, post_runs = runs[0::2], runs[1::2]
+        self.remember("sbc_pre", pre_runs)
+        self.remember("sbc_post", post_runs)
+        base_pre = Row("baseline_pre.sh", sh_pre)
+        base_post = Row("baseline_post.sh", sh_post)
+        base_both = Row("baseline pre + post", [a + b for a, b in zip(sh_pre, sh_post)])
+        self.pre_row = Row("sbc_pre", pre, baseline=base_pre)
+        section = Section("1. sbc_pre and sbc_post against the manual's shell (no xen section)", [
+            base_pre, self.pre_row,
+            Row("sbc_pre: time in its external commands", [r.command_ms for r in pre_runs],
+                baseline=base_pre),
+            Row("sbc_pre: time outside them (Python)", [t - r.command_ms for t, r in zip(pre, pre_runs)]),
+            base_post, Row("sbc_post", post, baseline=base_post),
+            Row("sbc_post: time in its external commands", [r.command_ms for r in post_runs],
+                baseline=base_post),
+            Row("sbc_post: time outside them (Python)", [t - r.command_ms for t, r in zip(post, post_runs)]),
+            base_both, Row("sbc_pre + sbc_post", [a + b for a, b in zip(pre, post)], baseline=base_both),
+        ])
+        section.notes.append("'time in its external commands' adds up the durations xenlvm logs for "
+                             "each command it runs ('exit 0 after N s'); the rest is the Python "
+                             "process: interpreter start-up, imports, configuration, logging, checks.")
+        return section
+
+    def cpu_and_memory(self) -> Section:
+        """4. CPU and peak memory; import cost; the floor of a run that matches no job."""
+        self.world.write_config(PLAIN_CONFIG)
+        python = self.guest.python
+        samples: dict[str, list[dict[str, float]]] = {}
+        for number_ in self.measured_rounds("4. CPU and memory", self.cpu_rounds):
+            measured = {
+                "start": usage_of(self.guest, [python, "-c", "pass"]),
+                "import": usage_of(self.guest, [python, "-c", "import xenlvm.cli"]),
+                "noop": usage_of(self.guest, [f"{HOOKS}/sbc_pre", *NO_JOB_ARGS]),
+                "pre": usage_of(self.guest, [f"{HOOKS}/sbc_pre", *SESAM_ARGS]),
+                "post": usage_of(self.guest, [f"{HOOKS}/sbc_post", *SESAM_ARGS]),
+                "own pre": own_usage_of(self.guest, "sbc_pre"),
+                "own post": own_usage_of(self.guest, "sbc_post"),
+                "true": {"wall": timed(self.guest, ["/bin/true"])},
+                "system python": {"wall": timed(self.guest, ["/usr/bin/python3", "-c", "pass"])},
+                "xl list": {"wall": timed(self.guest, [XL, "list"])},
+                "lvs": {"wall": timed(self.guest, ["lvs", "system"])},
+            }
+            if number_ > 0:
+                for key, value in measured.items():
+                    samples.setdefault(key, []).append(value)
+
+        def row(key: str, metric: str, label: str, unit: str = "ms", base: Row | None = None) -> Row:
+            return Row(label, [s[metric] for s in samples[key]], unit, base)
+
+        start_wall = row("start", "wall", "python -c pass: wall")
+        start_cpu = row("start", "cpu", "python -c pass: CPU")
+        start_rss = row("start", "rss", "python -c pass: peak RSS", "MiB")
+        noop_cpu = row("noop", "cpu", "sbc_pre, no job matches: CPU", base=start_cpu)
+        noop_rss = row("noop", "rss", "sbc_pre, no job matches: peak RSS", "MiB", start_rss)
+        true = row("true", "wall", "/bin/true (spawning a process at all)")
+        system_python = row("system python", "wall", "/usr/bin/python3 -c pass (the stand-in xl's "
+                            "interpreter)")
+        section = Section("4. CPU time and peak memory; the pure-Python floor", [
+            start_wall, start_cpu, start_rss,
+            row("import", "wall", "python -c 'import xenlvm.cli': wall", base=start_wall),
+            row("import", "cpu", "python -c 'import xenlvm.cli': CPU", base=start_cpu),
+            row("import", "rss", "python -c 'import xenlvm.cli': peak RSS", "MiB", start_rss),
+            row("noop", "wall", "sbc_pre, no job matches: wall", base=start_wall), noop_cpu, noop_rss,
+            row("pre", "wall", "sbc_pre: wall"),
+            row("pre", "cpu", "sbc_pre: CPU, with its commands", base=noop_cpu),
+            row("pre", "rss", "sbc_pre: peak RSS, with its commands", "MiB", noop_rss),
+            row("own pre", "cpu", "sbc_pre: CPU of its own process", base=noop_cpu),
+            row("own pre", "kids_cpu", "sbc_pre: CPU of its commands"),
+            row("own pre", "rss", "sbc_pre: peak RSS of its own process", "MiB", noop_rss),
+            row("own pre", "kids_rss", "sbc_pre: peak RSS of its largest command", "MiB"),
+            row("post", "wall", "sbc_post: wall"),
+            row("post", "cpu", "sbc_post: CPU, with its commands", base=noop_cpu),
+            row("post", "rss", "sbc_post: peak RSS, with its commands", "MiB", noop_rss),
+            row("own post", "cpu", "sbc_post: CPU of its own process", base=noop_cpu),
+            row("own post", "kids_cpu", "sbc_post: CPU of its commands"),
+            row("own post", "rss", "sbc_post: peak RSS of its own process", "MiB", noop_rss),
+            row("own post", "kids_rss", "sbc_post: peak RSS of its largest command", "MiB"),
+            true, system_python,
+            row("xl list", "wall", "xl list (stand-in), run directly", base=system_python),
+            row("lvs", "wall", "lvs system, run directly", base=true),
+        ])
+        section.notes += [
+            "Wall, CPU (user + system) and peak RSS come from `/usr/bin/time -f '%e %U %S %M'` in the "
+            "guest; for a hook, CPU includes the LVM commands it waits for and peak RSS is the largest "
+            "of the hook and those commands. 'Own process' and 'its commands' come from "
+            "getrusage(RUSAGE_SELF) and getrusage(RUSAGE_CHILDREN) in the hook's own process (the "
+            "hook run in-process by a short runpy wrapper, OWN_USAGE in bench/run.py).",
+            "User-Mode Linux runs the guest's processes under ptrace and charges nearly all their time "
+            "as user time, so CPU here is close to wall time and says little about user versus system.",
+        ]
+        self.import_profile = import_profile(self.guest)
+        return section
+
+    def pause_window(self) -> Section:
+        """2. The pause window against a bare lvcreate, interleaved."""
+        self.world.write_config(XEN_CONFIG)
+        self.guest.run([XL, "fake-create", "vm1", "--disk", "/srv/xenvm/vm1/disk.img,xvda"], check=True)
+        pre, post, bare, bare_remove = [], [], [], []
+        for _ in self.measured_rounds("2. pause window against a bare lvcreate", self.rounds):
+            pre.append(hook(self.guest, "sbc_pre"))
+            post.append(hook(self.guest, "sbc_post"))
+            bare.append(timed(self.guest, ["lvcreate", "-L64M", "-s", "-n", "vmbackup", "system/xenvm"]))
+            bare_remove.append(timed(self.guest, ["lvremove", "-f", "system/vmbackup"]))
+        pre, post, bare, bare_remove = pre[1:], post[1:], bare[1:], bare_remove[1:]
+        runs = logged_runs(self.guest, ["pre", "post"] * self.rounds)
+        pre_runs = runs[0::2]
+        if any(len(r.windows) != 1 for r in pre_runs):
+            raise BenchError("every sbc_pre with mode: pause should log exactly one pause window")
+        self.remember("sbc_pre with xen pause", pre_runs)
+        self.remember("sbc_post with the xen section", runs[1::2])
+        bare_row = Row("bare lvcreate -L64M -s", bare)
+        in_window = [ms for r in pre_runs for name, ms in r.commands if name == "lvcreate"]
+        section = Section("2. The pause window against a bare lvcreate (xen: domains [vm1], mode: pause)", [
+            bare_row,
+            Row("pause window (xenlvm's log)", [r.windows[0] for r in pre_runs], baseline=bare_row),
+            Row("lvcreate inside the window (xenlvm's log)", in_window, baseline=bare_row),
+            Row("bare lvremove -f", bare_remove),
+            Row("sbc_pre with xen pause", pre, baseline=self.pre_row),
+            Row("sbc_post with the xen section", post),
+        ])
+        section.notes.append("The window runs from the first `xl pause` to the last `xl unpause` "
+                             "(xenlvm/xen.py); its lvcreate carries three --addtag options. The "
+                             "baseline of 'sbc_pre with xen pause' is sbc_pre without a xen section, "
+                             "from section 1.")
+        return section
+
+    def growth(self) -> Section:
+        """3. N volumes as N jobs of one sesam task, each pausing its own domain."""
+        progress("3. growth with volumes: creating 8 volumes of 32M and their domains")
+        self.guest.sh(
+            'for k in 1 2 3 4 5 6 7 8; do\n'
+            '  lvcreate -q -y -L 32M -n "vol$k" system >/dev/null\n'
+            '  mkfs.ext4 -q "/dev/system/vol$k"\n'
+            '  mkdir -p "/srv/vol$k" "/mnt/backup$k"\n'
+            '  mount "/dev/system/vol$k" "/srv/vol$k"\n'
+            '  head -c 1048576 /dev/urandom > "/srv/vol$k/disk.img"\n'
+            f'  {XL} fake-create "dom$k" --disk "/srv/vol$k/disk.img,xvda" >/dev/null\n'
+            'done\n')
+        pre: dict[int, list[float]] = {n: [] for n in VOLUME_COUNTS}
+        post: dict[int, list[float]] = {n: [] for n in VOLUME_COUNTS}
+        order = []  # the volume count of each counted pre/post pair, in the order run
+        for number_ in self.measured_rounds("3. growth with volumes", self.scaling_rounds):
+            for volumes in VOLUME_COUNTS if number_ > 0 else (1,):
+                self.world.write_config(scaling_config(volumes))
+                pre_ms, post_ms = hook(self.guest, "sbc_pre"), hook(self.guest, "sbc_post")
+                if number_ > 0:
+                    pre[volumes].append(pre_ms)
+                    post[volumes].append(post_ms)
+                    order.append(volumes)
+        runs = logged_runs(self.guest, ["pre", "post"] * len(order))
+        windows: dict[int, list[list[float]]] = {n: [] for n in VOLUME_COUNTS}
+        for volumes, run in zip(order, runs[0::2]):
+            if len(run.windows) != volumes:
+                raise BenchError(f"sbc_pre with {volumes} jobs logged {len(run.windows)} pause windows")
+            windows[volumes].append(run.windows)
+        # The last pair of runs had the most volumes: its commands are the ones listed.
+        self.remember(f"sbc_pre, {VOLUME_COUNTS[-1]} volumes", runs[0::2])
+        self.remember(f"sbc_post, {VOLUME_COUNTS[-1]} volumes", runs[1::2])
+        section = Section("3. Growth with the number of volumes (N jobs of one sesam task, each "
+                          "pausing one domain)")
+        first: dict[str, Row] = {}
+        for volumes in VOLUME_COUNTS:
+            rows = {
+                "pre": Row(f"sbc_pre, {volumes} volume(s)", pre[volumes]),
+                "post": Row(f"sbc_post, {volumes} volume(s)", post[volumes]),
+                "sum": Row(f"pause windows added up, {volumes} volume(s)",
+                           [sum(run) for run in windows[volumes]]),
+                "each": Row(f"one pause window, {volumes} volume(s)",
+                            [ms for run in windows[volumes] for ms in run]),
+            }
+            for key, row in rows.items():
+                row.baseline = first.get(key)  # each kind of row against its 1-volume row
+                first.setdefault(key, row)
+            section.rows += rows.values()
+        section.notes += [
+            "The pause window is per job today: N jobs give N separate windows, one after the other, "
+            "each pausing its own domain for its own lvcreate; 'one pause window' pools every job's "
+            "window. When multi-volume jobs land, the N snapshots will share ONE window around N "
+            "lvcreates, and the volumes will be captured at one instant.",
+            "Each volume is a 32M ext4 LV mounted at /srv/volK with one domain domK on it; its job "
+            "snapshots it as volKbackup (32M) at /mnt/backupK.",
+        ]
+        return section
+
+    def command_costs(self) -> Section:
+        rows = [Row(name, values) for name, values in sorted(self.commands.items())]
+        section = Section("5. What one command costs inside xenlvm (every command it logged above)", rows)
+        section.notes.append("The commands each kind of hook run ran, in order:")
+        section.notes += [f"{kind}: {describe_sequence(names)}" for kind, names in self.sequences.items()]
+        return section
+
+
+def describe_sequence(names: list[str]) -> str:
+    """'lvs, lvcreate, mount (3 commands)'; a long list is summarized by count."""
+    if len(names) <= 12:
+        return f"{', '.join(names)} ({len(names)} commands)"
+    counts = {name: names.count(name) for name in dict.fromkeys(names)}
+    return f"{len(names)} commands: " + ", ".join(f"{name} ×{n}" for name, n in counts.items())
+
+
+def scaling_config(volumes: int) -> str:
+    jobs = "".join(
+        f"  vol{k}:\n"
+        f"    volume: system/vol{k}\n"
+        f"    snapshot: vol{k}backup\n"
+        f"    size: 32M\n"
+        f"    mountpoint: /mnt/backup{k}\n"
+        f"    tasks: [xen_vm1]\n"
+        f"    xen:\n"
+        f"      domains: [dom{k}]\n"
+        f"      mode: pause\n"
+        for k in range(1, volumes + 1))
+    return f"settings:\n  path: {XEN_PATH}\njobs:\n{jobs}"
+
+
+def import_profile(guest: Guest, top: int = 12) -> str:
+    """The largest entries of `python -X importtime -c 'import xenlvm.cli'` (second of two runs),
+    at the top two levels of nesting, as a markdown table."""
+    argv = [guest.python, "-X", "importtime", "-c", "import xenlvm.cli"]
+    guest.run(argv, env={})
+    entries = []
+    for line in guest.run(argv, env={}).stderr.splitlines():
+        match = IMPORT_LINE.match(line)
+        if match:
+            own, cumulative, indent, name = match.groups()
+            entries.append((int(cumulative) / 1000, int(own) / 1000, len(indent) // 2, name))
+    total = sum(cumulative for cumulative, _, depth, _ in entries if depth == 0)
+    lines = [f"All imports at interpreter start and of xenlvm.cli: {total:.0f} ms in all (one run, "
+             "after a warm-up run). The largest, at the top two levels (level 1 is imported by the "
+             "level-0 module above it in Python's output):", "",
+             "| module | level | cumulative | self |", "|---|--:|--:|--:|"]
+    shallow = sorted((e for e in entries if e[2] <= 1), reverse=True)[:top]
+    lines += [f"| {name} | {depth} | {cumulative:.0f} ms | {own:.0f} ms |"
+              for cumulative, own, depth, name in shallow]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The machine, the report
+
+
+def machine(guest: Guest) -> list[str]:
+    model = "unknown"
+    with open("/proc/cpuinfo", encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    guest_kernel = guest.run(["uname", "-r"]).stdout.strip()
+    guest_cpus = guest.run(["nproc"]).stdout.strip()
+    lvm = guest.run(["lvm", "version"]).stdout.splitlines()
+    return [f"host: Linux {platform.release()}, {os.cpu_count()} CPUs, {model}",
+            f"guest: User-Mode Linux {guest_kernel}, {guest_cpus} CPU, {guest.memory} memory, "
+            f"{lvm[0].strip() if lvm else 'LVM version unknown'}",
+            f"Python {platform.python_version()} ({guest.python}); the stand-in xl runs /usr/bin/python3"]
+
+
+def report(sections: list[Section], about: list[str], imports: str, took: float, argv: list[str]) -> str:
+    command = "make bench" if not argv else f".venv/bin/python -m bench.run {' '.join(argv)}"
+    parts = [
+        "# xenlvm benchmark: the sesam hooks on real LVM in the sandbox", "",
+        f"Generated by `{command}` (same as `.venv/bin/python -m bench.run`) on "
+        f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}; the whole run took {took / 60:.1f} min.",
+        "", *[f"- {line}" for line in about], "",
+        "What is measured and how: see the docstring of bench/run.py. In short: one boot of the "
+        "sandbox; each duration measured inside the guest around the process; the two sides of a "
+        "comparison interleaved, after one warm-up round; median and min–max of the rounds; ratio "
+        "and difference of the medians against the row named as baseline. The emulated kernel makes "
+        "every process start and system call slow: absolute numbers are far above a real dom0's.",
+    ]
+    for section in sections:
+        parts += ["", f"## {section.title}", "", markdown_table(section.rows)]
+        if section.notes:
+            parts += [""] + [f"- {note}" if not note.endswith(":") else note for note in section.notes]
+    parts += ["", "## Import time of `xenlvm.cli`", "", imports, ""]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=15, help="rounds of sections 1 and 2 [15]")
+    parser.add_argument("--cpu-rounds", type=int, default=5, help="rounds of section 4 [5]")
+    parser.add_argument("--scaling-rounds", type=int, default=4, help="rounds of section 3 [4]")
+    parser.add_argument("--output", type=Path, default=BENCH / "results.md", help="[bench/results.md]")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    guest = Guest("bench")
+    progress("booting the sandbox")
+    guest.boot()
+    try:
+        world = World(guest)
+        world.build(config=None)
+        bench = Bench(guest, world, args.rounds, args.cpu_rounds, args.scaling_rounds)
+        about = machine(guest)
+        # Section 4 runs second, in the plain world; section 3 last, as it adds volumes.
+        manual = bench.against_the_manual()
+        cpu = bench.cpu_and_memory()
+        window = bench.pause_window()
+        growth = bench.growth()
+        sections = [manual, window, growth, cpu, bench.command_costs()]
+    finally:
+        guest.halt()
+    text = report(sections, about, bench.import_profile, time.monotonic() - started,
+                  sys.argv[1:] if argv is None else argv)
+    args.output.write_text(text, encoding="utf-8")
+    print(text)
+    progress(f"written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""``xenlvm check``: pre's preflight and more, without changing anything. One finding per
+line with ok/warn/fail and what to do."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from xenlvm import install, preflight, xen
+from xenlvm import mounts as mounts_mod
+from xenlvm.config import Config, Job, permission_problem
+from xenlvm.errors import CommandFailed, XenlvmError
+from xenlvm.lvm import Lvm
+from xenlvm.preflight import Finding
+from xenlvm.runner import Runner, which
+
+LVM_TOOLS = ("lvs", "lvcreate", "lvremove", "mount", "umount", "blkid")
+
+
+def check_host(config: Config, hook_dir: str) -> list[Finding]:
+    findings = []
+    problem = permission_problem(config.path, os.stat(config.path))
+    findings.append(Finding("fail", "config", problem) if problem else
+                    Finding("ok", "config", f"{config.path} is valid, owned by root, writable only by root"))
+    if os.geteuid() != 0:
+        findings.append(Finding("warn", "root", "not running as root: some checks may be incomplete, and "
+                                "pre/post must run as root"))
+    tools = list(LVM_TOOLS) + (["xl"] if any(j.xen for j in config.jobs.values()) else [])
+    missing = [t for t in tools if which(t, config.settings.path) is None]
+    findings.append(Finding("fail", "tools", f"not found on {config.settings.path}: {', '.join(missing)}; "
+                            "install them (lvm2, util-linux, xen-utils) or set settings.path")
+                    if missing else Finding("ok", "tools", f"found {', '.join(tools)}"))
+    findings += check_hooks(hook_dir)
+    return findings
+
+
+def check_hooks(hook_dir: str) -> list[Finding]:
+    findings = []
+    for phase in install.HOOKS:
+        state = install.inspect_hook(hook_dir, phase)
+        if not state.exists:
+            findings.append(Finding("fail", "hooks", f"{state.path} is missing: run 'xenlvm install-hooks'"))
+        elif not state.ours:
+            findings.append(Finding("fail", "hooks", f"{state.path} is not xenlvm's: "
+                                    "run 'xenlvm install-hooks' "
+                                    "(it keeps the existing hook and calls it)"))
+        elif os.path.realpath(state.interpreter or "") != os.path.realpath(sys.executable):
+            findings.append(Finding("warn", "hooks", f"{state.path} runs {state.interpreter}, not this "
+                                    f"installation ({sys.executable}): run 'xenlvm install-hooks' again"))
+        else:
+            chained = f", chaining {state.local}" if state.local else ""
+            findings.append(Finding("ok", "hooks",
+                                    f"{state.path} is xenlvm's, bound to this installation{chained}"))
+    return findings
+
+
+def check_job(config: Config, runner: Runner, job: Job) -> list[Finding]:
+    try:
+        vg = Lvm(runner).volume_group(job.origin.vg)
+    except XenlvmError as exc:
+        return [Finding("fail", "origin", str(exc))]
+    mounts = mounts_mod.read_mounts()
+    findings = preflight.check_volumes(job, vg)
+    findings.append(preflight.check_mountpoint(job, mounts, vg.get(job.snapshot)))
+    if job.xen is not None:
+        xl = xen.Xl(runner, job.xen.timeout)
+        try:
+            origin = vg.get(job.origin.lv)
+            paths = [e.mountpoint for e in mounts_mod.mounts_of(origin, mounts)] if origin else []
+            domains = xen.select_domains(job, xl, paths)
+            findings.append(Finding("ok", "xen", f"domains to {job.xen.mode}: "
+                                    f"{', '.join(d.name for d in domains) or 'none'}"))
+        except (CommandFailed, XenlvmError) as exc:
+            findings.append(Finding("fail", "xen", str(exc)))
+        left = xen.PauseRecord(config.settings.lock_dir, job.name).read()
+        if left:
+            findings.append(Finding("fail", "xen", f"a killed run may have left {', '.join(left)} paused: "
+                                    "run 'xenlvm cleanup'"))
+    return findings

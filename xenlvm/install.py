@@ -1,0 +1,136 @@
+"""Installing the sesam hooks, and chaining an admin's own hooks that were there before.
+
+``xenlvm install-hooks`` writes sbc_pre/sbc_post into sesam's directory, bound to the Python
+that runs xenlvm (sesam may call hooks with no PATH). A hook that is not xenlvm's is never
+lost: it is renamed to sbc_pre.local / sbc_post.local and called by xenlvm's hook:
+
+- pre:  the local hook first; if it fails, xenlvm's pre does not run and its exit status is
+        returned (sesam aborts the backup). Then xenlvm's pre.
+- post: xenlvm's post first, then the local hook, always. The exit status is xenlvm's when it
+        failed, else the local hook's.
+
+``--uninstall`` removes xenlvm's hooks and renames the local ones back: the directory is as
+it was before.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from xenlvm.errors import SafetyRefusal, XenlvmError
+
+log = logging.getLogger("xenlvm")
+
+DEFAULT_HOOK_DIR = "/opt/sesam/bin/sesam"
+HOOKS = {"pre": "sbc_pre", "post": "sbc_post"}
+MARKER = "xenlvm-hook"
+LOCAL_SUFFIX = ".local"
+
+_TEMPLATE = '''#!{python}
+"""SEP sesam {phase} hook, written by 'xenlvm install-hooks' ({marker}).
+
+Remove with 'xenlvm install-hooks --uninstall'; see 'xenlvm {phase} --help'.
+"""
+from xenlvm.cli import run_hook
+
+run_hook("{phase}", chain={chain!r})
+'''
+
+
+@dataclass(frozen=True)
+class HookState:
+    path: str
+    exists: bool
+    ours: bool
+    interpreter: str | None
+    local: str | None  # the chained local hook, when there is one
+
+
+def hook_text(phase: str, python: str, chain: str | None) -> str:
+    return _TEMPLATE.format(python=python, phase=phase, marker=MARKER, chain=chain)
+
+
+def inspect_hook(directory: str, phase: str) -> HookState:
+    path = os.path.join(directory, HOOKS[phase])
+    local = path + LOCAL_SUFFIX
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            head = handle.read(4096)
+    except FileNotFoundError:
+        return HookState(path, False, False, None, local if os.path.lexists(local) else None)
+    except OSError as exc:
+        raise XenlvmError(f"cannot read {path}: {exc.strerror}") from None
+    first = head.splitlines()[0] if head else ""
+    interpreter = first[2:].strip() if first.startswith("#!") else None
+    return HookState(path, True, MARKER in head, interpreter, local if os.path.lexists(local) else None)
+
+
+def _write_hook(path: str, text: str) -> None:
+    tmp = f"{path}.xenlvm-tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o755)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, path)
+
+
+def install_hooks(directory: str, python: str = sys.executable) -> list[str]:
+    """Write xenlvm's hooks into directory, keeping foreign hooks as .local; return what was done."""
+    if not os.path.isdir(directory):
+        raise XenlvmError(f"{directory} does not exist: is the SEP sesam client installed? "
+                          "(or pass --dir)")
+    done = []
+    for phase, name in HOOKS.items():
+        state = inspect_hook(directory, phase)
+        if state.exists and not state.ours:
+            if state.local:
+                raise SafetyRefusal(f"{state.path} is not xenlvm's and {state.local} already exists; "
+                                    "xenlvm will not overwrite either. Merge them by hand, then run "
+                                    "install-hooks again.")
+            os.rename(state.path, state.path + LOCAL_SUFFIX)
+            done.append(f"kept your {name} as {name}{LOCAL_SUFFIX}; xenlvm's {name} calls it")
+            state = inspect_hook(directory, phase)
+        _write_hook(state.path, hook_text(phase, python, state.local))
+        done.append(f"wrote {state.path} (interpreter {python}"
+                    f"{', chaining ' + state.local if state.local else ''})")
+    return done
+
+
+def uninstall_hooks(directory: str) -> list[str]:
+    """Remove xenlvm's hooks and put back the ones they chained."""
+    done = []
+    for phase, name in HOOKS.items():
+        state = inspect_hook(directory, phase)
+        if state.exists and not state.ours:
+            done.append(f"left {state.path} alone: it is not xenlvm's")
+            continue
+        if state.exists:
+            os.unlink(state.path)
+            done.append(f"removed {state.path}")
+        if state.local:
+            os.rename(state.local, state.path)
+            done.append(f"restored your {name} from {name}{LOCAL_SUFFIX}")
+    return done
+
+
+def run_local_hook(path: str, args: Sequence[str]) -> int:
+    """Run the admin's own hook with sesam's arguments and environment; return its exit status.
+    Its output goes straight to sesam, like before xenlvm was installed."""
+    if not os.path.lexists(path):
+        log.warning("the chained hook %s is gone; skipping it", path)
+        return 0
+    log.info("run local hook: %s", path)
+    start = time.monotonic()
+    try:
+        status = subprocess.run([path, *args], check=False).returncode
+    except OSError as exc:
+        log.error("cannot run the local hook %s: %s", path, exc.strerror)
+        return 1
+    log.info("local hook %s exited %d after %.3f s", path, status, time.monotonic() - start)
+    return status

@@ -1,0 +1,98 @@
+"""What the last runs did, for admins and monitoring: a small JSON state file per job
+(<state_dir>/<job>/state.json, the last pre and the last post) and, when configured, one
+Prometheus node_exporter textfile for all jobs. Both are written atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+
+from xenlvm.config import Config
+
+log = logging.getLogger("xenlvm")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    phase: str  # "pre" or "post"
+    ok: bool
+    exit_code: int
+    started: float  # Unix time
+    duration: float  # seconds
+    message: str = ""
+    notes: dict[str, float] = field(default_factory=dict)  # pause_window_ms, fill_percent
+
+
+def state_path(config: Config, job: str) -> str:
+    return os.path.join(config.settings.state_dir, job, "state.json")
+
+
+def read_state(config: Config, job: str) -> dict[str, dict]:
+    """The job's last runs, {"pre": {...}, "post": {...}}; empty when none was recorded."""
+    try:
+        with open(state_path(config, job), encoding="utf-8") as handle:
+            data = json.load(handle)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_atomically(path: str, text: str, mode: int = 0o644) -> None:
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def record_run(config: Config, jobs: list[str], record: RunRecord,
+               notes: dict[str, dict[str, float]]) -> None:
+    """Store record as each job's last run of its phase, then refresh the metrics file.
+    Never fails the run: a monitoring problem is logged, not raised."""
+    try:
+        for job in jobs:
+            state = read_state(config, job)
+            state[record.phase] = asdict(RunRecord(**{**asdict(record), "notes": notes.get(job, {})}))
+            _write_atomically(state_path(config, job), json.dumps(state, indent=2) + "\n")
+        if config.settings.metrics_file:
+            _write_atomically(config.settings.metrics_file, render_metrics(config))
+    except OSError as exc:
+        log.warning("could not write the state or metrics file: %s", exc)
+
+
+_METRICS = (
+    ("xenlvm_last_run_success", "1 if the job's last pre/post succeeded, else 0"),
+    ("xenlvm_last_run_exit_code", "exit status of the job's last pre/post"),
+    ("xenlvm_last_run_timestamp_seconds", "when the job's last pre/post started (Unix time)"),
+    ("xenlvm_last_run_duration_seconds", "how long the job's last pre/post took"),
+    ("xenlvm_pause_window_seconds", "how long the Xen domains were paused in the last pre"),
+    ("xenlvm_snapshot_fill_ratio",
+     "how full the snapshot was when the last post removed it (1 = overflowed)"),
+)
+
+
+def render_metrics(config: Config) -> str:
+    """The node_exporter textfile for every job, from the state files."""
+    samples: dict[str, list[str]] = {name: [] for name, _ in _METRICS}
+    for job in config.jobs:
+        for phase, run in sorted(read_state(config, job).items()):
+            labels = f'job="{job}",phase="{phase}"'
+            samples["xenlvm_last_run_success"].append(f"{{{labels}}} {int(bool(run.get('ok')))}")
+            samples["xenlvm_last_run_exit_code"].append(f"{{{labels}}} {run.get('exit_code', -1)}")
+            samples["xenlvm_last_run_timestamp_seconds"].append(f"{{{labels}}} {run.get('started', 0):.3f}")
+            samples["xenlvm_last_run_duration_seconds"].append(f"{{{labels}}} {run.get('duration', 0):.3f}")
+            notes = run.get("notes") or {}
+            job_label = f'{{job="{job}"}}'
+            if "pause_window_ms" in notes:
+                window = notes["pause_window_ms"] / 1000
+                samples["xenlvm_pause_window_seconds"].append(f"{job_label} {window:.3f}")
+            if "fill_percent" in notes:
+                samples["xenlvm_snapshot_fill_ratio"].append(f"{job_label} {notes['fill_percent'] / 100:.4f}")
+    lines = []
+    for name, text in _METRICS:
+        if samples[name]:
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge"] + [name + s for s in samples[name]]
+    return "\n".join(lines) + "\n"

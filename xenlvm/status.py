@@ -1,0 +1,104 @@
+"""``xenlvm status``: what xenlvm has on the host now, per job. Queries only."""
+
+from __future__ import annotations
+
+import datetime
+import time
+from typing import Any
+
+from xenlvm import mounts as mounts_mod
+from xenlvm import state, xen
+from xenlvm.config import Config, Job
+from xenlvm.errors import CommandFailed, XenlvmError
+from xenlvm.lvm import Lvm
+from xenlvm.runner import Runner
+
+
+def lv_age(created: str, now: float) -> float | None:
+    """Seconds since lvs' lv_time ('2026-11-29 21:35:00 +0000'), or None if unknown."""
+    try:
+        stamp = datetime.datetime.strptime(created, "%Y-%m-%d %H:%M:%S %z")
+    except ValueError:
+        return None
+    return max(0.0, now - stamp.timestamp())
+
+
+def job_status(config: Config, runner: Runner, job: Job, now: float | None = None) -> dict[str, Any]:
+    """Given a job, return its snapshot, mounts, domains and last runs as plain data."""
+    now = time.time() if now is None else now
+    report: dict[str, Any] = {"job": job.name, "volume": str(job.origin),
+                              "snapshot": str(job.snapshot_volume), "mountpoint": job.mountpoint,
+                              "present": False, "problems": []}
+    try:
+        vg = Lvm(runner).volume_group(job.origin.vg)
+    except XenlvmError as exc:
+        report["problems"].append(str(exc))
+        vg = None
+    snapshot = vg.get(job.snapshot) if vg else None
+    if snapshot is not None:
+        age = lv_age(snapshot.created, now)
+        report.update({
+            "present": True,
+            "owned_by_xenlvm": snapshot.owned_by(job),
+            "thin": snapshot.is_thin,
+            "size_bytes": snapshot.size,
+            "fill_percent": None if snapshot.is_thin else snapshot.data_percent,
+            "valid": not snapshot.invalid,
+            "mounted_at": [e.mountpoint for e in mounts_mod.mounts_of(snapshot, mounts_mod.read_mounts())],
+            "created": snapshot.created,
+            "age_seconds": None if age is None else round(age),
+            "created_by_run": snapshot.run_tag(),
+            "stale": age is not None and age > config.settings.stale_after,
+        })
+    if job.xen is not None:
+        report["domains"] = _domains(config, runner, job)
+    report["last_runs"] = state.read_state(config, job.name)
+    return report
+
+
+def _domains(config: Config, runner: Runner, job: Job) -> dict[str, Any]:
+    assert job.xen is not None
+    left = xen.PauseRecord(config.settings.lock_dir, job.name).read()
+    try:
+        states = xen.Xl(runner, job.xen.timeout).states()
+    except CommandFailed as exc:
+        return {"error": str(exc), "left_paused_by_a_killed_run": left}
+    names = list(states) if job.xen.domains == "auto" else list(job.xen.domains)
+    return {"paused": sorted(n for n in names if n in states and states[n][1] and n != "Domain-0"),
+            "missing": sorted(n for n in names if n not in states),
+            "left_paused_by_a_killed_run": left}
+
+
+def describe(report: dict[str, Any]) -> list[str]:
+    """The report as lines for a person."""
+    lines = [f"job {report['job']}: {report['volume']} -> {report['snapshot']} at {report['mountpoint']}"]
+    if not report["present"]:
+        lines.append("  snapshot: none (nothing to clean up)")
+    else:
+        owner = "xenlvm's" if report["owned_by_xenlvm"] else "NOT xenlvm's (no xenlvm tags)"
+        fill = "thin" if report["thin"] else f"{report['fill_percent']:.1f}% full"
+        validity = "valid" if report["valid"] else "OVERFLOWED (invalid)"
+        age = report["age_seconds"]
+        lines.append(f"  snapshot: present, {owner}, {fill}, {validity}")
+        stale = " - STALE: run xenlvm cleanup" if report["stale"] else ""
+        lines.append(f"  created {report['created']} ({'?' if age is None else f'{age // 60} min ago'}) by "
+                     f"{report['created_by_run'] or 'unknown run'}{stale}")
+        lines.append(f"  mounted at: {', '.join(report['mounted_at']) or 'not mounted'}")
+    domains = report.get("domains")
+    if domains is not None:
+        if "error" in domains:
+            lines.append(f"  domains: cannot ask xl: {domains['error']}")
+        else:
+            lines.append(f"  domains paused: {', '.join(domains['paused']) or 'none'}"
+                         + (f"; not running: {', '.join(domains['missing'])}" if domains["missing"] else ""))
+        if domains["left_paused_by_a_killed_run"]:
+            lines.append(f"  LEFT PAUSED by a killed run: {', '.join(domains['left_paused_by_a_killed_run'])}"
+                         " - run xenlvm cleanup")
+    for phase in ("pre", "post"):
+        run = report["last_runs"].get(phase)
+        if run:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["started"]))
+            result = "ok" if run["ok"] else f"FAILED (exit {run['exit_code']}): {run['message']}"
+            lines.append(f"  last {phase}: {when}, {run['duration']:.1f} s, {result}")
+    lines += [f"  problem: {p}" for p in report["problems"]]
+    return lines
