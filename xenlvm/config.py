@@ -84,6 +84,17 @@ class XenSettings:
 
 
 @dataclass(frozen=True)
+class WatchdogSettings:
+    """Keep a classic snapshot from overflowing during a long backup by extending it."""
+
+    threshold: int = 70  # percent full that triggers an extension
+    step: int = 50  # grow by this percentage of the snapshot's current size
+    max_size: Size = Size(text="50%ORIGIN", percent=50, of="ORIGIN")  # never larger (also VG free)
+    interval: float = 2.0  # seconds between two looks at the fill
+    max_lifetime: float = 86400.0  # the monitor exits by itself after this long
+
+
+@dataclass(frozen=True)
 class Job:
     """One backup job: which volume to snapshot, where to mount it, which sesam tasks it serves."""
 
@@ -96,6 +107,7 @@ class Job:
     unmount_timeout: float = 300.0
     fill_warning: int = 80
     xen: XenSettings | None = None
+    watchdog: WatchdogSettings | None = None
 
     @property
     def snapshot_volume(self) -> Volume:
@@ -350,6 +362,20 @@ _XEN_PARSERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+_WATCHDOG_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "threshold": parse_percent_int,
+    "step": parse_percent_int,
+    "max_size": parse_size,
+    "interval": parse_duration,
+    "max_lifetime": parse_duration,
+}
+
+
+def _watchdog_section(reader: _Reader, node: yaml.Node, key: str) -> WatchdogSettings:
+    values = reader.fields(node, key, _WATCHDOG_PARSERS)
+    return WatchdogSettings(**{k: v for k, v in values.items() if v is not None})
+
+
 def _xen_section(reader: _Reader, node: yaml.Node, key: str) -> XenSettings:
     values = reader.fields(node, key, _XEN_PARSERS, required=("domains",))
     return XenSettings(**{k: v for k, v in values.items() if v is not None or k == "export_dir"})
@@ -383,6 +409,7 @@ _JOB_PARSERS: dict[str, Callable[[Any], Any]] = {
     "unmount_timeout": parse_duration,
     "fill_warning": parse_percent_int,
     "xen": Section(_xen_section),
+    "watchdog": Section(_watchdog_section),
 }
 
 
