@@ -49,6 +49,11 @@ system: deps
 demo: deps
 	$(VPY) -m tests.system.demo
 
+# Timings of the hooks against the manual's shell, in one sandbox boot (about 9 minutes);
+# prints a table and writes bench/results.md.
+bench: deps
+	$(VPY) -m bench.run
+
 lint: deps
 	$(VPY) -m ruff check xenlvm tests
 

@@ -10,7 +10,7 @@ from xenlvm import install, preflight, xen
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Config, Job, permission_problem
 from xenlvm.errors import CommandFailed, XenlvmError
-from xenlvm.lvm import Lvm
+from xenlvm.lvm import LogicalVolume, Lvm
 from xenlvm.preflight import Finding
 from xenlvm.runner import Runner, which
 
@@ -55,18 +55,23 @@ def check_hooks(hook_dir: str) -> list[Finding]:
 
 
 def check_job(config: Config, runner: Runner, job: Job) -> list[Finding]:
-    try:
-        vg = Lvm(runner).volume_group(job.origin.vg)
-    except XenlvmError as exc:
-        return [Finding("fail", "origin", str(exc))]
+    findings = []
     mounts = mounts_mod.read_mounts()
-    findings = preflight.check_volumes(job, vg)
-    findings.append(preflight.check_mountpoint(job, mounts, vg.get(job.snapshot)))
+    findings.append(preflight.check_mountpoint(job.mountpoint, mounts, _own_snapshot_at(job, runner)))
+    origins = []
+    for spec in job.volumes:
+        try:
+            vg = Lvm(runner).volume_group(spec.origin.vg)
+        except XenlvmError as exc:
+            findings.append(Finding("fail", "origin", str(exc)))
+            continue
+        findings += preflight.check_volumes(job, spec, vg)
+        if vg.get(spec.origin.lv):
+            origins.append(vg.lvs[spec.origin.lv])
     if job.xen is not None:
         xl = xen.Xl(runner, job.xen.timeout)
         try:
-            origin = vg.get(job.origin.lv)
-            paths = [e.mountpoint for e in mounts_mod.mounts_of(origin, mounts)] if origin else []
+            paths = [e.mountpoint for origin in origins for e in mounts_mod.mounts_of(origin, mounts)]
             domains = xen.select_domains(job, xl, paths)
             findings.append(Finding("ok", "xen", f"domains to {job.xen.mode}: "
                                     f"{', '.join(d.name for d in domains) or 'none'}"))
@@ -77,3 +82,16 @@ def check_job(config: Config, runner: Runner, job: Job) -> list[Finding]:
             findings.append(Finding("fail", "xen", f"a killed run may have left {', '.join(left)} paused: "
                                     "run 'xenlvm cleanup'"))
     return findings
+
+
+def _own_snapshot_at(job: Job, runner: Runner) -> LogicalVolume | None:
+    """The job's snapshot mounted directly at the job's mountpoint (single-volume jobs), if any:
+    a mount there is then expected, not a problem."""
+    spec = job.volumes[0]
+    if len(job.volumes) != 1:
+        return None
+    try:
+        snapshot = Lvm(runner).volume_group(spec.origin.vg).get(spec.snapshot)
+    except XenlvmError:
+        return None
+    return snapshot if snapshot is not None and snapshot.owned_by(job, spec) else None

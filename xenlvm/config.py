@@ -95,23 +95,34 @@ class WatchdogSettings:
 
 
 @dataclass(frozen=True)
-class Job:
-    """One backup job: which volume to snapshot, where to mount it, which sesam tasks it serves."""
+class SnapshotSpec:
+    """One volume of a job: its origin, the snapshot's name and size, where it is mounted."""
 
-    name: str
     origin: Volume
     snapshot: str
     mountpoint: str
     size: Size | None = None  # None: thin snapshot of a thin origin
+
+    @property
+    def snapshot_volume(self) -> Volume:
+        return Volume(self.origin.vg, self.snapshot)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One backup job: which volumes to snapshot, where to mount them, which sesam tasks it serves.
+
+    A job with one volume mounts its snapshot at the mountpoint itself; with several, each
+    snapshot is mounted at <mountpoint>/<name>, all created in one Xen pause window."""
+
+    name: str
+    mountpoint: str
+    volumes: tuple[SnapshotSpec, ...]
     tasks: tuple[str, ...] = ()
     unmount_timeout: float = 300.0
     fill_warning: int = 80
     xen: XenSettings | None = None
     watchdog: WatchdogSettings | None = None
-
-    @property
-    def snapshot_volume(self) -> Volume:
-        return Volume(self.origin.vg, self.snapshot)
 
 
 @dataclass(frozen=True)
@@ -400,10 +411,32 @@ _SETTINGS_PARSERS: dict[str, Callable[[Any], Any]] = {
     "stale_after": parse_duration,
 }
 
-_JOB_PARSERS: dict[str, Callable[[Any], Any]] = {
+def _volume_name(value: Any) -> str:
+    text = str(value)
+    if not _JOB_NAME.fullmatch(text):
+        raise ValueError(f"{text!r} is not a directory name for the mount (letters, digits, _ . -)")
+    return text
+
+
+_VOLUME_PARSERS: dict[str, Callable[[Any], Any]] = {
     "volume": parse_volume,
     "snapshot": lambda v: check_lvm_name(str(v), "snapshot name"),
     "size": parse_size,
+}
+
+
+def _volumes_section(reader: _Reader, node: yaml.Node,
+                     key: str) -> tuple[tuple[dict[str, Any], yaml.Node], ...]:
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        raise reader.error(node, key, "must be a list of volumes, each with volume:, snapshot: and size:")
+    parsers = {**_VOLUME_PARSERS, "name": _volume_name}
+    return tuple((reader.fields(item, f"{key}[{i}]", parsers, required=("volume", "snapshot")), item)
+                 for i, item in enumerate(node.value))
+
+
+_JOB_PARSERS: dict[str, Callable[[Any], Any]] = {
+    **_VOLUME_PARSERS,
+    "volumes": Section(_volumes_section),
     "mountpoint": parse_mountpoint,
     "tasks": _tasks,
     "unmount_timeout": parse_duration,
@@ -447,15 +480,46 @@ def _jobs_section(reader: _Reader, node: yaml.Node, key: str) -> dict[str, Job]:
         if not _JOB_NAME.fullmatch(name):
             raise reader.error(key_node, f"jobs.{name}", "a job name may contain letters, digits, "
                                "_ . - (not starting with . or -), at most 64 characters")
-        values = reader.fields(value_node, f"jobs.{name}", _JOB_PARSERS,
-                               required=("volume", "snapshot", "mountpoint"))
-        values["origin"] = values.pop("volume")
-        job = Job(name=name, **{k: v for k, v in values.items() if v is not None})
-        if job.snapshot == job.origin.lv:
-            raise reader.error(value_node, f"jobs.{name}.snapshot", "must differ from the volume's name")
+        values = reader.fields(value_node, f"jobs.{name}", _JOB_PARSERS, required=("mountpoint",))
+        volumes = _job_volumes(reader, value_node, f"jobs.{name}", values)
+        values = {k: v for k, v in values.items() if k not in (*_VOLUME_PARSERS, "volumes") and v is not None}
+        job = Job(name=name, volumes=volumes, **values)
         jobs[name] = job
     _check_jobs_apart(reader, node, list(jobs.values()))
     return jobs
+
+
+def _job_volumes(reader: _Reader, node: yaml.Node, key: str,
+                 values: dict[str, Any]) -> tuple[SnapshotSpec, ...]:
+    """The job's volumes: either volume/snapshot/size on the job itself, or a volumes: list."""
+    single = [k for k in _VOLUME_PARSERS if k in values]
+    if values.get("volumes") is not None:
+        if single:
+            raise reader.error(node, f"{key}.{single[0]}", "give either volume/snapshot/size or a "
+                               "'volumes:' list, not both")
+        specs, names = [], set()
+        for i, (item, item_node) in enumerate(values["volumes"]):
+            origin = item["volume"]
+            name = item.get("name") or origin.lv
+            if name in names:
+                raise reader.error(item_node, f"{key}.volumes[{i}].name", f"{name!r} is used twice in "
+                                   "this job (each volume is mounted at <mountpoint>/<name>)")
+            names.add(name)
+            specs.append(SnapshotSpec(origin, item["snapshot"], f"{values['mountpoint']}/{name}",
+                                      item.get("size")))
+    else:
+        for required in ("volume", "snapshot"):
+            if values.get(required) is None:
+                raise reader.error(node, key, f"the key {required!r} (or a 'volumes:' list) is required")
+        specs = [SnapshotSpec(values["volume"], values["snapshot"], values["mountpoint"], values.get("size"))]
+    all_origins = {spec.origin for spec in specs}
+    for spec in specs:
+        if spec.snapshot_volume in all_origins:
+            raise reader.error(node, key, f"the snapshot {spec.snapshot_volume} would have the name of "
+                               "a volume it backs up")
+    if len({spec.snapshot_volume for spec in specs}) != len(specs):
+        raise reader.error(node, key, "two volumes use the same snapshot name")
+    return tuple(specs)
 
 
 def _check_jobs_apart(reader: _Reader, node: yaml.Node, jobs: list[Job]) -> None:
@@ -469,8 +533,9 @@ def _check_jobs_apart(reader: _Reader, node: yaml.Node, jobs: list[Job]) -> None
                     (b.mountpoint + "/").startswith(a.mountpoint + "/"):
                 raise reader.error(node, "jobs", f"{pair} have nested mountpoints "
                                    f"{a.mountpoint} and {b.mountpoint}")
-            if a.snapshot_volume == b.snapshot_volume:
-                raise reader.error(node, "jobs", f"{pair} use the same snapshot {a.snapshot_volume}")
+            shared = {v.snapshot_volume for v in a.volumes} & {v.snapshot_volume for v in b.volumes}
+            if shared:
+                raise reader.error(node, "jobs", f"{pair} use the same snapshot {min(map(str, shared))}")
 
 
 def permission_problem(path: str, info: os.stat_result) -> str | None:

@@ -8,6 +8,7 @@ post: lock, read the snapshot's state, unmount (patiently), remove; report an ov
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from xenlvm import lvm as lvm_mod
 from xenlvm import mounts as mounts_mod
 from xenlvm import preflight, xen
-from xenlvm.config import Config, Job
+from xenlvm.config import Config, Job, SnapshotSpec
 from xenlvm.errors import (
     CleanupFailed,
     MountError,
@@ -29,7 +30,7 @@ from xenlvm.errors import (
 )
 from xenlvm.lock import JobLock
 from xenlvm.logs import set_job
-from xenlvm.lvm import LogicalVolume, Lvm
+from xenlvm.lvm import LogicalVolume, Lvm, VolumeGroup
 from xenlvm.runner import Runner
 from xenlvm.undo import UndoStack
 
@@ -70,14 +71,14 @@ class Context:
 
 
 def run_pre(ctx: Context, jobs: Sequence[Job]) -> None:
-    """Create and mount the snapshot of every job, or leave nothing behind and raise."""
+    """Create and mount the snapshots of every job, or leave nothing behind and raise."""
     undo = UndoStack()
     with ExitStack() as locks:
         try:
             for job in jobs:
                 set_job(job.name)
                 locks.enter_context(ctx.lock(job))
-                prepare_snapshot(ctx, job, undo)
+                prepare_snapshots(ctx, job, undo)
         except BaseException as exc:
             failed = undo.unwind()
             if failed:
@@ -88,51 +89,93 @@ def run_pre(ctx: Context, jobs: Sequence[Job]) -> None:
         undo.discard()
 
 
-def prepare_snapshot(ctx: Context, job: Job, undo: UndoStack) -> None:
-    vg = ctx.lvm.volume_group(job.origin.vg)
+def _volume_groups(ctx: Context, job: Job) -> dict[str, VolumeGroup]:
+    """One lvs call per VG the job's volumes live in."""
+    return {vg: ctx.lvm.volume_group(vg) for vg in dict.fromkeys(s.origin.vg for s in job.volumes)}
+
+
+def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
+    """pre for one job: everything that can be done before the pause window is done before it,
+    the snapshots of all the job's volumes are created inside it, and mounted after it."""
+    vgs = _volume_groups(ctx, job)
     mounts = mounts_mod.read_mounts()
-    existing = vg.get(job.snapshot)
-    if existing is not None and existing.owned_by(job):
+    if _sweep_leftovers(ctx, job, vgs, mounts) and not ctx.dry_run:
+        vgs = _volume_groups(ctx, job)
+        mounts = mounts_mod.read_mounts()
+    _preflight(ctx, job, vgs, mounts)
+    origins = [vgs[spec.origin.vg].lvs[spec.origin.lv] for spec in job.volumes]
+    fstypes = [mounts_mod.filesystem_type(ctx.runner, origin, mounts) for origin in origins]
+    quiesce = _prepare_xen(ctx, job, origins, mounts)
+
+    run_tag = lvm_mod.run_tag(ctx.started, os.getpid())
+    tags = [lvm_mod.OWNER_TAG, lvm_mod.job_tag(job.name), run_tag]
+    # Each undo is registered before its change and checks what really happened: a command
+    # that fails (or times out) after doing its work must not leave that work behind.
+    for spec in job.volumes:
+        undo.push(f"remove snapshot {spec.snapshot_volume} if this run created it",
+                  functools.partial(_remove_if_created, ctx, job, spec, run_tag))
+    with quiesce():  # the pause window: nothing but lvcreate happens inside it
+        for spec, origin in zip(job.volumes, origins):
+            ctx.lvm.create_snapshot(spec, origin, tags)
+
+    for spec, fstype in zip(job.volumes, fstypes):
+        _mount(ctx, job, spec, fstype, undo)
+
+
+def _sweep_leftovers(ctx: Context, job: Job, vgs: dict[str, VolumeGroup],
+                     mounts: list[mounts_mod.MountEntry]) -> bool:
+    """Remove snapshots an earlier run of this job left behind; return whether there were any."""
+    swept = False
+    for spec in job.volumes:
+        existing = vgs[spec.origin.vg].get(spec.snapshot)
+        if existing is None or not existing.owned_by(job, spec):
+            continue
         log.warning("found %s left over by an earlier run (%s, created %s); removing it first",
                     existing, existing.run_tag() or "unknown run", existing.created or "at an unknown time")
-        mountpoint_finding = preflight.check_mountpoint(job, mounts, existing)
-        if mountpoint_finding.level == "fail":
-            raise PreflightFailed(mountpoint_finding.message)
-        remove_job_snapshot(ctx, job, existing, mounts, UNDO_UNMOUNT_TIMEOUT)
-        if not ctx.dry_run:
-            vg = ctx.lvm.volume_group(job.origin.vg)
-            mounts = mounts_mod.read_mounts()
+        if os.path.isdir(spec.mountpoint):
+            finding = preflight.check_mountpoint(spec.mountpoint, mounts, existing)
+            if finding.level == "fail":
+                raise PreflightFailed(finding.message)
+        remove_job_snapshot(ctx, job, spec, existing, mounts, UNDO_UNMOUNT_TIMEOUT)
+        swept = True
+    return swept
 
-    findings = preflight.check_volumes(job, vg) + [preflight.check_mountpoint(job, mounts)]
+
+def _preflight(ctx: Context, job: Job, vgs: dict[str, VolumeGroup],
+               mounts: list[mounts_mod.MountEntry]) -> None:
+    findings = [preflight.check_mountpoint(job.mountpoint, mounts)]
+    reserved: dict[str, int] = {}
+    for spec in job.volumes:
+        vg = vgs[spec.origin.vg]
+        findings += preflight.check_volumes(job, spec, vg, reserved.get(vg.name, 0))
+        origin = vg.get(spec.origin.lv)
+        if origin is not None:
+            reserved[vg.name] = reserved.get(vg.name, 0) + preflight.snapshot_bytes(spec, vg, origin)
+        if spec.mountpoint != job.mountpoint and os.path.lexists(spec.mountpoint):
+            findings.append(preflight.check_mountpoint(spec.mountpoint, mounts))
     if ctx.dry_run:
         findings = [f for f in findings if f.check != "snapshot name"]  # the sweep was not run
     problems = preflight.failures(findings)
     if problems:
         raise PreflightFailed("; ".join(p.message for p in problems) + ". Nothing was changed.")
-    origin = vg.lvs[job.origin.lv]
-    fstype = mounts_mod.filesystem_type(ctx.runner, origin, mounts)
-    quiesce = _prepare_xen(ctx, job, origin, mounts)
 
-    run_tag = lvm_mod.run_tag(ctx.started, os.getpid())
-    # Each undo is registered before its change and checks what really happened: a command
-    # that fails (or times out) after doing its work must not leave that work behind.
-    undo.push(f"remove snapshot {job.snapshot_volume} if this run created it",
-              lambda: _remove_if_created(ctx, job, run_tag))
-    with quiesce():  # the pause window: nothing but lvcreate happens inside it
-        ctx.lvm.create_snapshot(job, origin, [lvm_mod.OWNER_TAG, lvm_mod.job_tag(job.name), run_tag])
-    device = lvm_mod.device_path(job.origin.vg, job.snapshot)
 
-    undo.push(f"unmount {job.mountpoint} if the snapshot is mounted there",
-              lambda: _unmount_if_mounted(ctx, job, device))
-    mounts_mod.mount_snapshot(ctx.runner, device, fstype, job.mountpoint)
+def _mount(ctx: Context, job: Job, spec: SnapshotSpec, fstype: str, undo: UndoStack) -> None:
+    device = lvm_mod.device_path(spec.origin.vg, spec.snapshot)
+    if not os.path.isdir(spec.mountpoint) and not ctx.dry_run:
+        os.mkdir(spec.mountpoint, 0o755)  # <mountpoint>/<name> of a job with several volumes
+        undo.push(f"remove the directory {spec.mountpoint}", functools.partial(os.rmdir, spec.mountpoint))
+    undo.push(f"unmount {spec.mountpoint} if the snapshot is mounted there",
+              functools.partial(_unmount_if_mounted, ctx, spec.mountpoint, device))
+    mounts_mod.mount_snapshot(ctx.runner, device, fstype, spec.mountpoint)
     if ctx.dry_run:
         return
-    _verify_mounted(job, device)
-    kind = "thin snapshot" if job.size is None else f"snapshot of {job.size.text}"
-    log.info("%s of %s is mounted read-only at %s (%s)", kind, job.origin, job.mountpoint, fstype)
+    _verify_mounted(spec.mountpoint, device)
+    kind = "thin snapshot" if spec.size is None else f"snapshot of {spec.size.text}"
+    log.info("%s of %s is mounted read-only at %s (%s)", kind, spec.origin, spec.mountpoint, fstype)
 
 
-def _prepare_xen(ctx: Context, job: Job, origin: LogicalVolume,
+def _prepare_xen(ctx: Context, job: Job, origins: list[LogicalVolume],
                  mounts: list[mounts_mod.MountEntry]) -> Callable[[], AbstractContextManager[None]]:
     """Everything Xen needs before the pause window: resume what a killed run left paused, pick
     the domains, export their configuration. Returns the pause window's context manager."""
@@ -141,7 +184,7 @@ def _prepare_xen(ctx: Context, job: Job, origin: LogicalVolume,
     xl = xen.Xl(ctx.runner, job.xen.timeout)
     record = xen.PauseRecord(ctx.config.settings.lock_dir, job.name)
     xen.resume_leftovers(xl, record)
-    origin_paths = [e.mountpoint for e in mounts_mod.mounts_of(origin, mounts)]
+    origin_paths = [e.mountpoint for origin in origins for e in mounts_mod.mounts_of(origin, mounts)]
     domains = xen.select_domains(job, xl, origin_paths)
     if job.xen.export_dir is not None and not ctx.dry_run:
         directory = job.xen.export_dir or os.path.join(ctx.config.settings.state_dir, job.name, "xen-config")
@@ -159,29 +202,29 @@ def _device_numbers(device: str) -> tuple[int, int] | None:
     return os.major(rdev), os.minor(rdev)
 
 
-def _verify_mounted(job: Job, device: str) -> None:
+def _verify_mounted(mountpoint: str, device: str) -> None:
     """mount said yes; make sure the kernel shows exactly our device at the mountpoint."""
-    entry = mounts_mod.mounted_at(job.mountpoint, mounts_mod.read_mounts())
+    entry = mounts_mod.mounted_at(mountpoint, mounts_mod.read_mounts())
     if entry is None or (entry.major, entry.minor) != _device_numbers(device):
-        raise MountError(f"after mounting, {job.mountpoint} does not show the snapshot {device}; "
+        raise MountError(f"after mounting, {mountpoint} does not show the snapshot {device}; "
                          "something else changed the mount table")
     if "ro" not in entry.options:
-        raise MountError(f"{job.mountpoint} is mounted read-write although xenlvm asked for read-only")
+        raise MountError(f"{mountpoint} is mounted read-write although xenlvm asked for read-only")
 
 
-def _unmount_if_mounted(ctx: Context, job: Job, device: str) -> None:
-    entry = mounts_mod.mounted_at(job.mountpoint, mounts_mod.read_mounts())
+def _unmount_if_mounted(ctx: Context, mountpoint: str, device: str) -> None:
+    entry = mounts_mod.mounted_at(mountpoint, mounts_mod.read_mounts())
     if ctx.dry_run or entry is None or (entry.major, entry.minor) != _device_numbers(device):
         return
-    mounts_mod.unmount_with_retry(ctx.runner, job.mountpoint, UNDO_UNMOUNT_TIMEOUT)
+    mounts_mod.unmount_with_retry(ctx.runner, mountpoint, UNDO_UNMOUNT_TIMEOUT)
 
 
-def _remove_if_created(ctx: Context, job: Job, run_tag: str) -> None:
+def _remove_if_created(ctx: Context, job: Job, spec: SnapshotSpec, run_tag: str) -> None:
     if ctx.dry_run:
         return
-    snapshot = ctx.lvm.volume_group(job.origin.vg).get(job.snapshot)
-    if snapshot is not None and snapshot.owned_by(job) and run_tag in snapshot.tags:
-        ctx.lvm.remove_snapshot(job, snapshot)
+    snapshot = ctx.lvm.volume_group(spec.origin.vg).get(spec.snapshot)
+    if snapshot is not None and snapshot.owned_by(job, spec) and run_tag in snapshot.tags:
+        ctx.lvm.remove_snapshot(job, spec, snapshot)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,37 +251,28 @@ def run_post(ctx: Context, jobs: Sequence[Job], *, judge_backup: bool = True) ->
 
 
 def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
-    """Unmount and remove the job's snapshot if xenlvm created it; tell whether the backup is valid."""
+    """Unmount and remove the job's snapshots that xenlvm created (in reverse order), then tell
+    whether the backup is valid. Every volume gets its turn even when one fails."""
     if job.xen is not None:
         record = xen.PauseRecord(ctx.config.settings.lock_dir, job.name)
         if record.read():
             xen.resume_leftovers(xen.Xl(ctx.runner, job.xen.timeout), record)
-    try:
-        vg = ctx.lvm.volume_group(job.origin.vg)
-    except PreflightFailed as exc:
-        log.warning("%s; so there is no snapshot to clean up", exc)
-        return
-    snapshot = vg.get(job.snapshot)
-    mounts = mounts_mod.read_mounts()
-    if snapshot is None:
-        entry = mounts_mod.mounted_at(job.mountpoint, mounts)
-        if entry is not None:
-            log.warning("%s has %s mounted on it, which is not xenlvm's snapshot; left alone",
-                        job.mountpoint, entry.source)
-        log.info("nothing to clean up: %s does not exist", job.snapshot_volume)
-        return
-    if not snapshot.owned_by(job):
-        log.warning("%s exists but xenlvm did not create it (no xenlvm tags); left untouched",
-                    snapshot)
-        return
-
-    overflowed = snapshot.invalid  # read before unmounting: this is what the backup saw
-    if snapshot.data_percent is not None and not snapshot.is_thin:
-        ctx.note(job, "fill_percent", 100.0 if overflowed else snapshot.data_percent)
-    remove_job_snapshot(ctx, job, snapshot, mounts, job.unmount_timeout)
-    if overflowed and not judge_backup:
-        log.warning("the removed snapshot %s had overflowed", snapshot)
-    elif overflowed:
+    overflowed: list[LogicalVolume] = []
+    errors: list[XenlvmError] = []
+    for spec in reversed(job.volumes):
+        try:
+            snapshot = _clean_up_volume(ctx, job, spec)
+        except XenlvmError as exc:
+            errors.append(exc)
+            continue
+        if snapshot is not None and snapshot.invalid:
+            overflowed.append(snapshot)
+    if errors:
+        raise errors[0] if len(errors) == 1 else XenlvmError(" | ".join(str(e) for e in errors))
+    for snapshot in overflowed:
+        if not judge_backup:
+            log.warning("the removed snapshot %s had overflowed", snapshot)
+            continue
         raise SnapshotOverflowed(
             f"the snapshot {snapshot} overflowed during the backup: its "
             f"{preflight.human_size(snapshot.size)} "
@@ -248,28 +282,57 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
             "Make it larger "
             f"('size:' of job {job.name!r}, e.g. 20%ORIGIN, checking 'vgs' for free space) or run "
             "the backup when the VMs write less.")
+
+
+def _clean_up_volume(ctx: Context, job: Job, spec: SnapshotSpec) -> LogicalVolume | None:
+    """Unmount and remove spec's snapshot if it is xenlvm's; return it as it was before."""
+    try:
+        vg = ctx.lvm.volume_group(spec.origin.vg)
+    except PreflightFailed as exc:
+        log.warning("%s; so there is no snapshot to clean up", exc)
+        return None
+    snapshot = vg.get(spec.snapshot)
+    mounts = mounts_mod.read_mounts()
+    if snapshot is None:
+        entry = mounts_mod.mounted_at(spec.mountpoint, mounts)
+        if entry is not None:
+            log.warning("%s has %s mounted on it, which is not xenlvm's snapshot; left alone",
+                        spec.mountpoint, entry.source)
+        log.info("nothing to clean up: %s does not exist", spec.snapshot_volume)
+        return None
+    if not snapshot.owned_by(job, spec):
+        log.warning("%s exists but xenlvm did not create it (no xenlvm tags); left untouched",
+                    snapshot)
+        return None
+    # Read before unmounting: this is what the backup saw.
+    fill = snapshot.data_percent if not snapshot.is_thin else None
+    if fill is not None:
+        ctx.note(job, "fill_percent", max(ctx.notes.get(job.name, {}).get("fill_percent", 0.0),
+                                          100.0 if snapshot.invalid else fill))
+    remove_job_snapshot(ctx, job, spec, snapshot, mounts, job.unmount_timeout)
     if ctx.dry_run:
-        return
-    if snapshot.data_percent is not None and not snapshot.is_thin:
-        level = logging.WARNING if snapshot.data_percent >= job.fill_warning else logging.INFO
-        log.log(level, "the snapshot was %.1f%% full before removal%s", snapshot.data_percent,
+        return snapshot
+    if fill is not None and not snapshot.invalid:
+        level = logging.WARNING if fill >= job.fill_warning else logging.INFO
+        log.log(level, "the snapshot %s was %.1f%% full before removal%s", snapshot, fill,
                 " - close to overflowing: consider a larger 'size:'" if level == logging.WARNING else "")
     log.info("snapshot %s unmounted and removed", snapshot)
+    return snapshot
 
 
-def remove_job_snapshot(ctx: Context, job: Job, snapshot: LogicalVolume,
+def remove_job_snapshot(ctx: Context, job: Job, spec: SnapshotSpec, snapshot: LogicalVolume,
                         mounts: list[mounts_mod.MountEntry], unmount_timeout: float) -> None:
-    """Unmount the job's snapshot from the job's mountpoint, then remove it."""
-    if not snapshot.owned_by(job):
+    """Unmount spec's snapshot from its mountpoint, then remove it."""
+    if not snapshot.owned_by(job, spec):
         raise SafetyRefusal(f"{snapshot} is not xenlvm's; refusing to touch it")
     for entry in mounts_mod.mounts_of(snapshot, mounts):
-        if entry.mountpoint != job.mountpoint:
+        if entry.mountpoint != spec.mountpoint:
             raise MountError(f"{snapshot} is also mounted at {entry.mountpoint}, which xenlvm did not "
                              "do; unmount it yourself, then run 'xenlvm post' again")
     if mounts_mod.mounts_of(snapshot, mounts):
-        top = mounts_mod.mounted_at(job.mountpoint, mounts)
+        top = mounts_mod.mounted_at(spec.mountpoint, mounts)
         if top is None or not top.is_device(snapshot):
-            raise MountError(f"something else is mounted on top of the snapshot at {job.mountpoint}; "
+            raise MountError(f"something else is mounted on top of the snapshot at {spec.mountpoint}; "
                              "unmount it yourself, then run 'xenlvm post' again")
-        mounts_mod.unmount_with_retry(ctx.runner, job.mountpoint, unmount_timeout)
-    ctx.lvm.remove_snapshot(job, snapshot)
+        mounts_mod.unmount_with_retry(ctx.runner, spec.mountpoint, unmount_timeout)
+    ctx.lvm.remove_snapshot(job, spec, snapshot)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from xenlvm.config import Job
+from xenlvm.config import Job, SnapshotSpec
 from xenlvm.errors import CommandFailed, PreflightFailed, SafetyRefusal, XenlvmError
 from xenlvm.runner import Runner
 
@@ -66,10 +66,10 @@ class LogicalVolume:
         """A classic snapshot that overflowed: lvs shows 'I' as the 5th attribute character."""
         return self.snapshot_invalid or self.attr[4:5] == "I"
 
-    def owned_by(self, job: Job) -> bool:
-        """True when xenlvm created this LV for the job, as the snapshot of the job's volume."""
-        return (OWNER_TAG in self.tags and job_tag(job.name) in self.tags
-                and self.origin == job.origin.lv and self.name == job.snapshot)
+    def owned_by(self, job: Job, spec: SnapshotSpec) -> bool:
+        """True when xenlvm created this LV for the job, as the snapshot of spec's volume."""
+        return (OWNER_TAG in self.tags and job_tag(job.name) in self.tags and self.vg == spec.origin.vg
+                and self.origin == spec.origin.lv and self.name == spec.snapshot)
 
     def run_tag(self) -> str | None:
         return next((t for t in sorted(self.tags) if t.startswith("xenlvm_run_")), None)
@@ -153,26 +153,27 @@ class Lvm:
             raise
         return parse_volume_group(result.stdout, vg)
 
-    def create_snapshot(self, job: Job, origin: LogicalVolume, tags: Sequence[str]) -> None:
-        """Create the job's snapshot of origin: thin (no size) or classic (with job.size)."""
-        argv = ["lvcreate", "--snapshot", "--name", job.snapshot]
+    def create_snapshot(self, spec: SnapshotSpec, origin: LogicalVolume, tags: Sequence[str]) -> None:
+        """Create spec's snapshot of origin: thin (no size) or classic (with spec.size)."""
+        argv = ["lvcreate", "--snapshot", "--name", spec.snapshot]
         for tag in tags:
             argv += ["--addtag", tag]
-        if job.size is None:
+        if spec.size is None:
             # Thin snapshots carry the activation-skip flag; -K activates this one anyway.
             argv.append("--ignoreactivationskip")
         else:
-            argv += job.size.lvcreate_args()
+            argv += spec.size.lvcreate_args()
         argv.append(f"{origin.vg}/{origin.name}")
         self.runner.change(argv)
 
-    def remove_snapshot(self, job: Job, snapshot: LogicalVolume, *, retry_for: float = 15.0) -> None:
+    def remove_snapshot(self, job: Job, spec: SnapshotSpec, snapshot: LogicalVolume, *,
+                        retry_for: float = 15.0) -> None:
         """Remove the job's snapshot after proving it is xenlvm's; retry while it is in use.
 
         The --select guard makes LVM itself check the tags at the moment of removal, so an LV
         that was replaced behind our back between the check and the removal is not touched.
         """
-        if not snapshot.owned_by(job):
+        if not snapshot.owned_by(job, spec):
             raise SafetyRefusal(
                 f"{snapshot} does not carry xenlvm's tags for job {job.name!r} (tags: "
                 f"{','.join(sorted(snapshot.tags)) or 'none'}); xenlvm did not create it and will "

@@ -9,7 +9,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from xenlvm.config import Job
+from xenlvm.config import Job, SnapshotSpec
 from xenlvm.lvm import LogicalVolume, VolumeGroup
 from xenlvm.mounts import MountEntry, mounted_at
 
@@ -30,30 +30,31 @@ def human_size(size: int) -> str:
     return f"{size} B"
 
 
-def check_volumes(job: Job, vg: VolumeGroup) -> list[Finding]:
-    """Origin present, active and not a snapshot; snapshot name free; room for the snapshot."""
-    origin = vg.get(job.origin.lv)
+def check_volumes(job: Job, spec: SnapshotSpec, vg: VolumeGroup, reserved: int = 0) -> list[Finding]:
+    """Origin present, active and not a snapshot; snapshot name free; room for the snapshot
+    besides the reserved bytes that the job's other snapshots in this VG take."""
+    origin = vg.get(spec.origin.lv)
     if origin is None:
-        return [Finding("fail", "origin", f"logical volume {job.origin} not found: check 'volume:' "
-                        f"for job {job.name!r} against 'lvs {job.origin.vg}'")]
+        return [Finding("fail", "origin", f"logical volume {spec.origin} not found: check 'volume:' "
+                        f"for job {job.name!r} against 'lvs {spec.origin.vg}'")]
     findings = []
     if not origin.active:
-        findings.append(Finding("fail", "origin", f"{job.origin} is not active: activate it with "
-                                f"'lvchange -ay {job.origin}'"))
+        findings.append(Finding("fail", "origin", f"{spec.origin} is not active: activate it with "
+                                f"'lvchange -ay {spec.origin}'"))
     elif origin.is_snapshot:
-        findings.append(Finding("fail", "origin", f"{job.origin} is itself a snapshot of "
+        findings.append(Finding("fail", "origin", f"{spec.origin} is itself a snapshot of "
                                 f"{origin.origin}; point 'volume:' at the real volume"))
     else:
-        findings.append(Finding("ok", "origin", f"{job.origin} is present and active"))
-    findings.append(check_snapshot_name(job, vg.get(job.snapshot)))
-    findings.append(check_space(job, vg, origin))
+        findings.append(Finding("ok", "origin", f"{spec.origin} is present and active"))
+    findings.append(check_snapshot_name(job, spec, vg.get(spec.snapshot)))
+    findings.append(check_space(job, spec, vg, origin, reserved))
     return findings
 
 
-def check_snapshot_name(job: Job, existing: LogicalVolume | None) -> Finding:
+def check_snapshot_name(job: Job, spec: SnapshotSpec, existing: LogicalVolume | None) -> Finding:
     if existing is None:
-        return Finding("ok", "snapshot name", f"{job.snapshot_volume} does not exist yet")
-    if existing.owned_by(job):
+        return Finding("ok", "snapshot name", f"{spec.snapshot_volume} does not exist yet")
+    if existing.owned_by(job, spec):
         return Finding("warn", "snapshot name", f"{existing} is a leftover of an earlier xenlvm run; "
                        "pre removes it first ('xenlvm cleanup' or 'xenlvm post' removes it now)")
     return Finding("fail", "snapshot name", f"an LV {existing} exists that xenlvm did not create (it "
@@ -61,28 +62,37 @@ def check_snapshot_name(job: Job, existing: LogicalVolume | None) -> Finding:
                    "another 'snapshot:' name")
 
 
-def check_space(job: Job, vg: VolumeGroup, origin: LogicalVolume) -> Finding:
-    if job.size is None:
-        if origin.is_thin:
-            return Finding("ok", "space", f"{job.origin} is thin: the snapshot shares its pool "
-                           f"{origin.pool}, no size needed")
-        return Finding("fail", "space", f"{job.origin} is a classic (thick) volume: set 'size:' for "
-                       f"job {job.name!r} (e.g. 20%ORIGIN); only thin volumes take snapshots without one")
-    wanted = job.size.resolve(origin.size, vg.free, vg.size)
+def snapshot_bytes(spec: SnapshotSpec, vg: VolumeGroup, origin: LogicalVolume) -> int:
+    """What spec's snapshot takes from the VG, rounded up to whole extents as LVM does (0 if thin)."""
+    if spec.size is None:
+        return 0
+    wanted = spec.size.resolve(origin.size, vg.free, vg.size)
     extent = vg.extent_size or 1
-    wanted = max(extent, -(-wanted // extent) * extent)  # LVM rounds up to whole extents
-    if wanted > vg.free:
-        return Finding("fail", "space", f"the snapshot needs {human_size(wanted)} ({job.size.text}) but "
-                       f"volume group {vg.name} has only {human_size(vg.free)} free: extend the VG "
+    return max(extent, -(-wanted // extent) * extent)
+
+
+def check_space(job: Job, spec: SnapshotSpec, vg: VolumeGroup, origin: LogicalVolume,
+                reserved: int = 0) -> Finding:
+    if spec.size is None:
+        if origin.is_thin:
+            return Finding("ok", "space", f"{spec.origin} is thin: the snapshot shares its pool "
+                           f"{origin.pool}, no size needed")
+        return Finding("fail", "space", f"{spec.origin} is a classic (thick) volume: set 'size:' for "
+                       f"job {job.name!r} (e.g. 20%ORIGIN); only thin volumes take snapshots without one")
+    wanted = snapshot_bytes(spec, vg, origin)
+    free = vg.free - reserved
+    if wanted > free:
+        others = f" after {human_size(reserved)} for the job's other snapshots" if reserved else ""
+        return Finding("fail", "space", f"the snapshot needs {human_size(wanted)} ({spec.size.text}) but "
+                       f"volume group {vg.name} has only {human_size(free)} free{others}: extend the VG "
                        "(vgextend) or set a smaller 'size:'")
     return Finding("ok", "space",
-                   f"{human_size(wanted)} for the snapshot, {human_size(vg.free)} free in {vg.name}")
+                   f"{human_size(wanted)} for the snapshot, {human_size(free)} free in {vg.name}")
 
 
-def check_mountpoint(job: Job, mounts: list[MountEntry], snapshot: LogicalVolume | None = None) -> Finding:
+def check_mountpoint(path: str, mounts: list[MountEntry], snapshot: LogicalVolume | None = None) -> Finding:
     """The mountpoint must be a real directory (no symlink anywhere) with nothing mounted on it
     (except the job's own snapshot, which pre sweeps first)."""
-    path = job.mountpoint
     try:
         info = os.lstat(path)
     except FileNotFoundError:

@@ -8,9 +8,9 @@ from typing import Any
 
 from xenlvm import mounts as mounts_mod
 from xenlvm import state, xen
-from xenlvm.config import Config, Job
+from xenlvm.config import Config, Job, SnapshotSpec
 from xenlvm.errors import CommandFailed, XenlvmError
-from xenlvm.lvm import Lvm
+from xenlvm.lvm import Lvm, VolumeGroup
 from xenlvm.runner import Runner
 
 
@@ -24,35 +24,45 @@ def lv_age(created: str, now: float) -> float | None:
 
 
 def job_status(config: Config, runner: Runner, job: Job, now: float | None = None) -> dict[str, Any]:
-    """Given a job, return its snapshot, mounts, domains and last runs as plain data."""
+    """Given a job, return its snapshots, mounts, domains and last runs as plain data."""
     now = time.time() if now is None else now
-    report: dict[str, Any] = {"job": job.name, "volume": str(job.origin),
-                              "snapshot": str(job.snapshot_volume), "mountpoint": job.mountpoint,
-                              "present": False, "problems": []}
-    try:
-        vg = Lvm(runner).volume_group(job.origin.vg)
-    except XenlvmError as exc:
-        report["problems"].append(str(exc))
-        vg = None
-    snapshot = vg.get(job.snapshot) if vg else None
-    if snapshot is not None:
-        age = lv_age(snapshot.created, now)
-        report.update({
-            "present": True,
-            "owned_by_xenlvm": snapshot.owned_by(job),
-            "thin": snapshot.is_thin,
-            "size_bytes": snapshot.size,
-            "fill_percent": None if snapshot.is_thin else snapshot.data_percent,
-            "valid": not snapshot.invalid,
-            "mounted_at": [e.mountpoint for e in mounts_mod.mounts_of(snapshot, mounts_mod.read_mounts())],
-            "created": snapshot.created,
-            "age_seconds": None if age is None else round(age),
-            "created_by_run": snapshot.run_tag(),
-            "stale": age is not None and age > config.settings.stale_after,
-        })
+    report: dict[str, Any] = {"job": job.name, "mountpoint": job.mountpoint, "problems": []}
+    mounts = mounts_mod.read_mounts()
+    groups: dict[str, Any] = {}
+    for vg_name in dict.fromkeys(spec.origin.vg for spec in job.volumes):
+        try:
+            groups[vg_name] = Lvm(runner).volume_group(vg_name)
+        except XenlvmError as exc:
+            report["problems"].append(str(exc))
+    report["volumes"] = [_volume_status(config, job, spec, groups.get(spec.origin.vg), mounts, now)
+                         for spec in job.volumes]
     if job.xen is not None:
         report["domains"] = _domains(config, runner, job)
     report["last_runs"] = state.read_state(config, job.name)
+    return report
+
+
+def _volume_status(config: Config, job: Job, spec: SnapshotSpec, vg: VolumeGroup | None,
+                   mounts: list[mounts_mod.MountEntry], now: float) -> dict[str, Any]:
+    report: dict[str, Any] = {"volume": str(spec.origin), "snapshot": str(spec.snapshot_volume),
+                              "mountpoint": spec.mountpoint, "present": False}
+    snapshot = vg.get(spec.snapshot) if vg else None
+    if snapshot is None:
+        return report
+    age = lv_age(snapshot.created, now)
+    report.update({
+        "present": True,
+        "owned_by_xenlvm": snapshot.owned_by(job, spec),
+        "thin": snapshot.is_thin,
+        "size_bytes": snapshot.size,
+        "fill_percent": None if snapshot.is_thin else snapshot.data_percent,
+        "valid": not snapshot.invalid,
+        "mounted_at": [e.mountpoint for e in mounts_mod.mounts_of(snapshot, mounts)],
+        "created": snapshot.created,
+        "age_seconds": None if age is None else round(age),
+        "created_by_run": snapshot.run_tag(),
+        "stale": age is not None and age > config.settings.stale_after,
+    })
     return report
 
 
@@ -71,19 +81,9 @@ def _domains(config: Config, runner: Runner, job: Job) -> dict[str, Any]:
 
 def describe(report: dict[str, Any]) -> list[str]:
     """The report as lines for a person."""
-    lines = [f"job {report['job']}: {report['volume']} -> {report['snapshot']} at {report['mountpoint']}"]
-    if not report["present"]:
-        lines.append("  snapshot: none (nothing to clean up)")
-    else:
-        owner = "xenlvm's" if report["owned_by_xenlvm"] else "NOT xenlvm's (no xenlvm tags)"
-        fill = "thin" if report["thin"] else f"{report['fill_percent']:.1f}% full"
-        validity = "valid" if report["valid"] else "OVERFLOWED (invalid)"
-        age = report["age_seconds"]
-        lines.append(f"  snapshot: present, {owner}, {fill}, {validity}")
-        stale = " - STALE: run xenlvm cleanup" if report["stale"] else ""
-        lines.append(f"  created {report['created']} ({'?' if age is None else f'{age // 60} min ago'}) by "
-                     f"{report['created_by_run'] or 'unknown run'}{stale}")
-        lines.append(f"  mounted at: {', '.join(report['mounted_at']) or 'not mounted'}")
+    lines = [f"job {report['job']} (mounted at {report['mountpoint']}):"]
+    for volume in report["volumes"]:
+        lines += _describe_volume(volume)
     domains = report.get("domains")
     if domains is not None:
         if "error" in domains:
@@ -102,3 +102,18 @@ def describe(report: dict[str, Any]) -> list[str]:
             lines.append(f"  last {phase}: {when}, {run['duration']:.1f} s, {result}")
     lines += [f"  problem: {p}" for p in report["problems"]]
     return lines
+
+
+def _describe_volume(volume: dict[str, Any]) -> list[str]:
+    head = f"  {volume['volume']} -> {volume['snapshot']} at {volume['mountpoint']}"
+    if not volume["present"]:
+        return [f"{head}: no snapshot (nothing to clean up)"]
+    owner = "xenlvm's" if volume["owned_by_xenlvm"] else "NOT xenlvm's (no xenlvm tags)"
+    fill = "thin" if volume["thin"] else f"{volume['fill_percent']:.1f}% full"
+    validity = "valid" if volume["valid"] else "OVERFLOWED (invalid)"
+    age = volume["age_seconds"]
+    stale = " - STALE: run xenlvm cleanup" if volume["stale"] else ""
+    return [f"{head}: snapshot present, {owner}, {fill}, {validity}",
+            f"    created {volume['created']} ({'?' if age is None else f'{age // 60} min ago'}) by "
+            f"{volume['created_by_run'] or 'unknown run'}{stale}",
+            f"    mounted at: {', '.join(volume['mounted_at']) or 'not mounted'}"]

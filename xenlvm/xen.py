@@ -109,7 +109,8 @@ def select_domains(job: Job, xl: Xl, origin_mountpoints: Sequence[str]) -> list[
     chosen: list[Domain] = []
     if job.xen.domains == "auto":
         if not origin_mountpoints:
-            raise PreflightFailed(f"xen.domains is 'auto' but {job.origin} is not mounted, so no "
+            volumes = ", ".join(str(spec.origin) for spec in job.volumes)
+            raise PreflightFailed(f"xen.domains is 'auto' but {volumes} is not mounted, so no "
                                   "domain disk can be matched to it; list the domains by name")
         for name, record in records.items():
             if name == "Domain-0" or name not in states:

@@ -7,6 +7,7 @@ record any call (a dry run must make none).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -177,6 +178,74 @@ def test_pre_dry_run_shows_the_changes_and_makes_none(host):
     assert "dry run, nothing changed" in result.output
     calls = (host / "calls").read_text().splitlines()
     assert calls and all(call.startswith("lvs ") for call in calls)
+
+
+MULTI_JOB = """\
+  xenvm:
+    mountpoint: {mountpoint}
+    tasks: [xen_vm1]
+    volumes:
+      - volume: system/xenvm
+        snapshot: vmbackup
+        size: {size}
+      - volume: system/data
+        snapshot: databackup
+        size: {size}
+"""
+
+
+def write_multi_config(host: Path, size: str) -> str:
+    """A configuration whose job xenvm has two volumes in the VG system."""
+    path = Path(write_config(host))
+    text = path.read_text()
+    text = text[:text.index("  xenvm:\n")] + MULTI_JOB.format(mountpoint=host / "vmbackup", size=size)
+    path.write_text(text)
+    return str(path)
+
+
+def fake_lvs_with_data_volume(host: Path) -> None:
+    """lvs of the recorded VG (origin xenvm, 1.6 GiB free, no snapshot) plus a second origin, data."""
+    report = json.loads((DATA / "lvs_snapshot_mounted.json").read_text())
+    rows = report["report"][0]["lv"]
+    origin = next(row for row in rows if row["lv_name"] == "xenvm")
+    data = {**origin, "lv_name": "data", "lv_attr": "-wi-a-----", "lv_kernel_minor": "5",
+            "lv_dm_path": "/dev/mapper/system-data"}
+    report["report"][0]["lv"] = [{**origin, "lv_attr": "-wi-a-----"}, data]
+    (host / "lvs.json").write_text(json.dumps(report))
+    write_tool(host / "bin" / "lvs", f'echo "lvs $*" >> {host / "calls"}\n/bin/cat {host / "lvs.json"}\n')
+
+
+def test_pre_dry_run_of_a_job_with_two_volumes_snapshots_both_and_mounts_each_below(host):
+    fake_lvs_with_data_volume(host)
+    result = invoke("--config", write_multi_config(host, "512M"), "pre", "--dry-run", "--job", "xenvm")
+
+    assert result.exit_code == 0, result.output
+    would = [line.split("would run: ", 1)[1] for line in result.output.splitlines() if "would run: " in line]
+    assert len(would) == 4
+    tags = "--addtag xenlvm --addtag xenlvm_job_xenvm --addtag xenlvm_run_"
+    assert would[0].startswith(f"lvcreate --snapshot --name vmbackup {tags}")
+    assert would[0].endswith(f" --size {512 << 20}b system/xenvm")
+    assert would[1].startswith(f"lvcreate --snapshot --name databackup {tags}")
+    assert would[1].endswith(f" --size {512 << 20}b system/data")
+    assert would[2] == ("mount -t ext4 -o ro,nodev,nosuid,noexec /dev/mapper/system-vmbackup "
+                        f"{host}/vmbackup/xenvm")
+    assert would[3] == ("mount -t ext4 -o ro,nodev,nosuid,noexec /dev/mapper/system-databackup "
+                        f"{host}/vmbackup/data")
+    calls = (host / "calls").read_text().splitlines()
+    assert calls and all(call.startswith("lvs ") for call in calls)
+    assert not (host / "vmbackup" / "xenvm").exists()  # a dry run creates no directory either
+
+
+def test_pre_refuses_two_snapshots_that_fit_the_volume_group_only_one_at_a_time(host):
+    fake_lvs_with_data_volume(host)  # 1.6 GiB free: one 1G snapshot fits, two do not
+    result = invoke("--config", write_multi_config(host, "1G"), "pre", "--dry-run", "--job", "xenvm")
+
+    assert result.exit_code == 1
+    assert "after 1.0 GiB for the job's other snapshots" in result.output
+    assert "Nothing was changed" in result.output
+    assert "would run: " not in result.output
+    calls = (host / "calls").read_text().splitlines()
+    assert all(call.startswith("lvs ") for call in calls)
 
 
 def test_missing_volume_group_exits_1_with_advice(host):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from xenlvm import lvm
-from xenlvm.config import Job, Volume, parse_size
+from xenlvm.config import Job, SnapshotSpec, Volume, parse_size
 from xenlvm.errors import CommandFailed, PreflightFailed, SafetyRefusal, XenlvmError
 from xenlvm.lvm import LogicalVolume, Lvm, device_path, job_tag, parse_lvs_json, parse_volume_group
 from xenlvm.runner import Result
@@ -35,8 +35,9 @@ def recorded_with(name: str, lv_name: str, **changes: str) -> str:
     return json.dumps(report)
 
 
-JOB = Job(name="xenvm", origin=Volume("system", "xenvm"), snapshot="vmbackup", mountpoint="/mnt/vmbackup",
-          size=parse_size("1G"), tasks=("xen_vm1",))
+SPEC = SnapshotSpec(origin=Volume("system", "xenvm"), snapshot="vmbackup", mountpoint="/mnt/vmbackup",
+                    size=parse_size("1G"))
+JOB = Job(name="xenvm", mountpoint="/mnt/vmbackup", volumes=(SPEC,), tasks=("xen_vm1",))
 
 
 class FakeRunner:
@@ -133,7 +134,7 @@ def test_thin_pool_report_keeps_pool_and_classic_snapshot_apart():
     snapshot = lvs["vmbackup"]
     assert snapshot.origin == "xenvm" and snapshot.pool == ""
     assert not snapshot.is_thin  # a classic (COW) snapshot of a thin volume
-    assert snapshot.owned_by(JOB)
+    assert snapshot.owned_by(JOB, SPEC)
 
 
 def test_thin_volume_is_thin():
@@ -149,17 +150,32 @@ def test_thin_origin_with_a_classic_snapshot_is_thin():
 
 def test_snapshot_is_owned_by_the_job_whose_tags_origin_and_name_it_carries():
     snapshot = lvs_of("snapshot_mounted")["vmbackup"]
-    assert snapshot.owned_by(JOB)
+    assert snapshot.owned_by(JOB, SPEC)
+
+
+def test_snapshot_is_not_owned_by_another_job():
+    snapshot = lvs_of("snapshot_mounted")["vmbackup"]
+    other = dataclasses.replace(JOB, name="other")
+    assert not snapshot.owned_by(other, SPEC)
 
 
 @pytest.mark.parametrize("change", [
-    {"name": "other"},
     {"snapshot": "other"},
     {"origin": Volume("system", "otherorigin")},
+    {"origin": Volume("data", "xenvm")},  # same LV name, another volume group
 ])
-def test_snapshot_is_not_owned_by_another_job_snapshot_name_or_volume(change):
+def test_snapshot_is_not_owned_for_another_snapshot_name_or_volume(change):
     snapshot = lvs_of("snapshot_mounted")["vmbackup"]
-    assert not snapshot.owned_by(dataclasses.replace(JOB, **change))
+    spec = dataclasses.replace(SPEC, **change)
+    assert not snapshot.owned_by(dataclasses.replace(JOB, volumes=(spec,)), spec)
+
+
+def test_snapshot_in_another_volume_group_is_not_owned():
+    # Tags, origin and name all match, but the LV lives in another VG than the spec's volume.
+    text = recorded_with("snapshot_mounted", "vmbackup", vg_name="data")
+    snapshot = {lv.name: lv for lv, _ in parse_lvs_json(text)}["vmbackup"]
+    assert snapshot.vg == "data"
+    assert not snapshot.owned_by(JOB, SPEC)
 
 
 @pytest.mark.parametrize("tags", [
@@ -171,17 +187,17 @@ def test_snapshot_is_not_owned_by_another_job_snapshot_name_or_volume(change):
 def test_snapshot_without_both_tags_is_not_owned(tags):
     text = recorded_with("snapshot_mounted", "vmbackup", lv_tags=tags)
     snapshot = {lv.name: lv for lv, _ in parse_lvs_json(text)}["vmbackup"]
-    assert not snapshot.owned_by(JOB)
+    assert not snapshot.owned_by(JOB, SPEC)
 
 
 def test_origin_is_never_owned():
-    assert not lvs_of("snapshot_mounted")["xenvm"].owned_by(JOB)
+    assert not lvs_of("snapshot_mounted")["xenvm"].owned_by(JOB, SPEC)
 
 
 def test_snapshot_of_another_origin_with_our_tags_is_not_owned():
     text = recorded_with("snapshot_mounted", "vmbackup", origin="othervm")
     snapshot = {lv.name: lv for lv, _ in parse_lvs_json(text)}["vmbackup"]
-    assert not snapshot.owned_by(JOB)
+    assert not snapshot.owned_by(JOB, SPEC)
 
 
 def test_volume_group_carries_its_space_and_its_volumes():
@@ -277,7 +293,7 @@ def test_other_lvs_failure_is_reported_as_it_is():
 def test_classic_snapshot_is_created_with_its_size_in_bytes_and_tags():
     runner = FakeRunner()
     origin = lvs_of("snapshot_mounted")["xenvm"]
-    Lvm(runner).create_snapshot(JOB, origin, ["xenlvm", "xenlvm_job_xenvm", "xenlvm_run_1_2"])
+    Lvm(runner).create_snapshot(SPEC, origin, ["xenlvm", "xenlvm_job_xenvm", "xenlvm_run_1_2"])
 
     assert runner.calls == [("change", [
         "lvcreate", "--snapshot", "--name", "vmbackup",
@@ -288,7 +304,7 @@ def test_classic_snapshot_is_created_with_its_size_in_bytes_and_tags():
 def test_snapshot_sized_by_percent_is_created_with_extents():
     runner = FakeRunner()
     origin = lvs_of("snapshot_mounted")["xenvm"]
-    Lvm(runner).create_snapshot(dataclasses.replace(JOB, size=parse_size("20%ORIGIN")), origin, ["xenlvm"])
+    Lvm(runner).create_snapshot(dataclasses.replace(SPEC, size=parse_size("20%ORIGIN")), origin, ["xenlvm"])
 
     [argv] = runner.argvs
     assert argv[argv.index("--extents") + 1] == "20%ORIGIN"
@@ -299,7 +315,7 @@ def test_snapshot_sized_by_percent_is_created_with_extents():
 def test_thin_snapshot_is_created_without_size_and_activated():
     runner = FakeRunner()
     origin = lvs_of("thin_pool_with_thick_snapshot")["xenvm"]
-    Lvm(runner).create_snapshot(dataclasses.replace(JOB, size=None), origin, ["xenlvm"])
+    Lvm(runner).create_snapshot(dataclasses.replace(SPEC, size=None), origin, ["xenlvm"])
 
     [argv] = runner.argvs
     assert argv[:4] == ["lvcreate", "--snapshot", "--name", "vmbackup"]
@@ -314,7 +330,7 @@ def test_remove_refuses_a_volume_without_xenlvm_tags_and_runs_nothing():
     runner = FakeRunner()
 
     with pytest.raises(SafetyRefusal) as caught:
-        Lvm(runner).remove_snapshot(JOB, foreign)
+        Lvm(runner).remove_snapshot(JOB, SPEC, foreign)
     assert runner.calls == []
     assert "system/vmbackup" in str(caught.value)
     assert "tags: none" in str(caught.value)
@@ -323,8 +339,30 @@ def test_remove_refuses_a_volume_without_xenlvm_tags_and_runs_nothing():
 def test_remove_refuses_the_origin_and_runs_nothing():
     runner = FakeRunner()
     with pytest.raises(SafetyRefusal):
-        Lvm(runner).remove_snapshot(JOB, lvs_of("snapshot_mounted")["xenvm"])
+        Lvm(runner).remove_snapshot(JOB, SPEC, lvs_of("snapshot_mounted")["xenvm"])
     assert runner.calls == []
+
+
+def test_remove_refuses_a_tagged_snapshot_in_another_volume_group_and_runs_nothing():
+    text = recorded_with("snapshot_mounted", "vmbackup", vg_name="data")
+    elsewhere = {lv.name: lv for lv, _ in parse_lvs_json(text)}["vmbackup"]
+    runner = FakeRunner()
+
+    with pytest.raises(SafetyRefusal) as caught:
+        Lvm(runner).remove_snapshot(JOB, SPEC, elsewhere)
+    assert runner.calls == []
+    assert "data/vmbackup" in str(caught.value)
+
+
+def test_each_volume_of_a_job_gets_its_own_snapshot_name_and_size():
+    runner = FakeRunner()
+    origin = lvs_of("snapshot_mounted")["xenvm"]
+    second = SnapshotSpec(Volume("system", "data"), "databackup", "/mnt/vmbackup/data", parse_size("512M"))
+    data = dataclasses.replace(origin, name="data")
+    Lvm(runner).create_snapshot(second, data, ["xenlvm"])
+
+    assert runner.argvs == [["lvcreate", "--snapshot", "--name", "databackup", "--addtag", "xenlvm",
+                             "--size", f"{512 << 20}b", "system/data"]]
 
 
 REMOVED = '  Logical volume "vmbackup" successfully removed.\n'
@@ -333,7 +371,7 @@ IN_USE = CommandFailed(["lvremove"], 5, "  Logical volume system/vmbackup in use
 
 def test_remove_lets_lvm_check_the_job_tag_at_removal(no_sleep):
     runner = FakeRunner(REMOVED)
-    Lvm(runner).remove_snapshot(JOB, lvs_of("snapshot_mounted")["vmbackup"])
+    Lvm(runner).remove_snapshot(JOB, SPEC, lvs_of("snapshot_mounted")["vmbackup"])
 
     assert runner.calls == [("change", ["lvremove", "--force", "--select", "lv_tags=xenlvm_job_xenvm",
                                         "system/vmbackup"])]
@@ -341,7 +379,7 @@ def test_remove_lets_lvm_check_the_job_tag_at_removal(no_sleep):
 
 def test_remove_retries_while_the_snapshot_is_in_use(no_sleep):
     runner = FakeRunner(IN_USE, IN_USE, REMOVED)
-    Lvm(runner).remove_snapshot(JOB, lvs_of("snapshot_mounted")["vmbackup"], retry_for=60)
+    Lvm(runner).remove_snapshot(JOB, SPEC, lvs_of("snapshot_mounted")["vmbackup"], retry_for=60)
 
     assert len(runner.calls) == 3
     assert len(no_sleep) == 2
@@ -351,7 +389,7 @@ def test_remove_retries_while_the_snapshot_is_in_use(no_sleep):
 def test_remove_gives_up_when_still_in_use_after_retry_time(no_sleep):
     runner = FakeRunner(IN_USE, REMOVED)
     with pytest.raises(CommandFailed) as caught:
-        Lvm(runner).remove_snapshot(JOB, lvs_of("snapshot_mounted")["vmbackup"], retry_for=0)
+        Lvm(runner).remove_snapshot(JOB, SPEC, lvs_of("snapshot_mounted")["vmbackup"], retry_for=0)
     assert "in use" in caught.value.stderr
     assert len(runner.calls) == 1
 
@@ -360,7 +398,7 @@ def test_remove_does_not_retry_other_failures(no_sleep):
     failure = CommandFailed(["lvremove"], 5, "  Failed to update pool system/pool.")
     runner = FakeRunner(failure, REMOVED)
     with pytest.raises(CommandFailed):
-        Lvm(runner).remove_snapshot(JOB, lvs_of("snapshot_mounted")["vmbackup"], retry_for=60)
+        Lvm(runner).remove_snapshot(JOB, SPEC, lvs_of("snapshot_mounted")["vmbackup"], retry_for=60)
     assert len(runner.calls) == 1
     assert no_sleep == []
 
@@ -369,11 +407,11 @@ def test_remove_refuses_when_lvm_selected_nothing_to_remove(no_sleep):
     # The --select guard matched nothing: the LV lost its tags between lvs and lvremove.
     runner = FakeRunner("")
     with pytest.raises(SafetyRefusal) as caught:
-        Lvm(runner).remove_snapshot(JOB, lvs_of("snapshot_mounted")["vmbackup"])
+        Lvm(runner).remove_snapshot(JOB, SPEC, lvs_of("snapshot_mounted")["vmbackup"])
     assert "left untouched" in str(caught.value)
 
 
 def test_remove_in_a_dry_run_only_announces_the_command(no_sleep):
     runner = FakeRunner(None, dry_run=True)
-    Lvm(runner).remove_snapshot(JOB, lvs_of("snapshot_mounted")["vmbackup"])
+    Lvm(runner).remove_snapshot(JOB, SPEC, lvs_of("snapshot_mounted")["vmbackup"])
     assert [kind for kind, _ in runner.calls] == ["change"]

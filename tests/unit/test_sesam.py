@@ -83,6 +83,36 @@ def test_unknown_job_name_is_a_usage_error_listing_the_configured_jobs():
     assert caught.value.exit_code == 2
 
 
+MULTI_CONFIG = parse_config("""\
+jobs:
+  xenvm:
+    mountpoint: /mnt/vmbackup
+    tasks: [xen_all]
+    volumes:
+      - volume: system/xenvm
+        snapshot: vmbackup
+        size: 1G
+      - volume: system/data
+        snapshot: databackup
+        size: 1G
+  web:
+    volume: system/web
+    snapshot: webbackup
+    size: 1G
+    mountpoint: /mnt/webbackup
+""", "/etc/xenlvm/config.yaml")
+
+
+@pytest.mark.parametrize("args", [["xen_all", "FULL"], ["-s", "/mnt/vmbackup", "C"], ["/mnt/vmbackup/"]])
+def test_job_with_several_volumes_is_selected_by_its_task_or_its_mountpoint(args):
+    assert names(select_jobs(MULTI_CONFIG, args)) == ["xenvm"]
+
+
+def test_job_with_several_volumes_runs_once_for_both_its_task_and_its_mountpoint():
+    args = ["xen_all", "/mnt/vmbackup", "/mnt/webbackup"]
+    assert names(select_jobs(MULTI_CONFIG, args)) == ["xenvm", "web"]
+
+
 # ---------------------------------------------------------------------------------------------
 # describe_arguments: whatever sesam passes, one printable line, never an exception
 

@@ -1,0 +1,176 @@
+"""The snapshot watchdog on real LVM: it extends a filling classic snapshot in time, says why
+when the VG has no room left, and never outlives its snapshot or its max_lifetime.
+
+The monitor is started and stopped from a small guest-side Python call, exactly as pre and
+post call xenlvm.watchdog.start and stop."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.system.conftest import CONFIG, assert_nothing_left
+
+pytestmark = pytest.mark.system
+
+MiB = 1 << 20
+
+# tests.system.conftest.DEFAULT_CONFIG, with a watchdog for the job.
+WATCHDOG_CONFIG = """\
+settings:
+  lock_timeout: 5s
+jobs:
+  xenvm:
+    volume: system/xenvm
+    snapshot: vmbackup
+    size: 64M
+    mountpoint: /mnt/vmbackup
+    tasks: [xen_vm1]
+    unmount_timeout: 4s
+    watchdog:
+      threshold: 50%
+      step: 100%
+      max_size: 100%ORIGIN
+      interval: {interval}
+      max_lifetime: {lifetime}
+"""
+
+START = f"""
+from xenlvm.config import load_config
+from xenlvm.lvm import Lvm
+from xenlvm.runner import Runner
+from xenlvm.watchdog import Watched, start
+
+config = load_config({CONFIG!r})
+origin = Lvm(Runner(path=config.settings.path)).volume_group('system').get('xenvm')
+print(start(config, 'xenvm', [Watched('system', 'vmbackup', origin.size)], config.jobs['xenvm'].watchdog))
+"""
+
+STOP = f"""
+import dataclasses, json
+from xenlvm.config import load_config
+from xenlvm.watchdog import stop
+
+summary = stop(load_config({CONFIG!r}), 'xenvm')
+print(json.dumps(summary and dataclasses.asdict(summary)))
+"""
+
+
+def start_watchdog(world, *, interval: str = "1s", lifetime: str = "1h") -> int:
+    world.write_config(WATCHDOG_CONFIG.format(interval=interval, lifetime=lifetime))
+    done = world.guest.run([world.guest.python, "-c", START], timeout=60)
+    assert done.rc == 0, done
+    return int(done.stdout)
+
+
+def stop_watchdog(world) -> dict | None:
+    done = world.guest.run([world.guest.python, "-c", STOP], timeout=60)
+    assert done.rc == 0, done
+    return json.loads(done.stdout)
+
+
+def snapshot(world) -> dict:
+    out = world.guest.run(["lvs", "--reportformat", "json", "--units", "b", "--nosuffix", "-o",
+                           "lv_name,lv_attr,lv_size,data_percent,lv_snapshot_invalid", "system/vmbackup"],
+                          check=True).stdout
+    row = json.loads(out)["report"][0]["lv"][0]
+    return {"size": int(row["lv_size"]), "fill": float(row["data_percent"] or 0),
+            "invalid": row["lv_attr"][4] == "I" or bool(row["lv_snapshot_invalid"])}
+
+
+def write_to_origin(world, mib: int, chunk_mib: int = 8, pause: float = 1.0) -> float:
+    """Write mib MiB of new files to the origin in chunks, each synced, with a pause after each;
+    return the rate in MiB/s. Paced well below what the watchdog keeps up with at interval 1s
+    (about 15 MiB/s in this slow, emulated kernel), also when the sandbox shares a busy machine."""
+    done = world.guest.sh(f"for i in $(seq {mib // chunk_mib}); do dd if=/dev/zero of=/srv/xenvm/fill.$i "
+                          f"bs=1M count={chunk_mib} 2>/dev/null; sync; sleep {pause}; done", timeout=600)
+    return mib / done.duration
+
+
+ALIVE = 'grep -q "^State:[[:space:]]*[^Z]" "/proc/$1/status" 2>/dev/null'  # a zombie has exited
+
+
+def running(world, pid: int) -> bool:
+    return world.guest.run(["/bin/sh", "-c", ALIVE, "sh", str(pid)]).rc == 0
+
+
+def wait_until_gone(world, pid: int, timeout: float) -> bool:
+    done = world.guest.run(["/bin/sh", "-c", f'i=0; while [ "$i" -lt "$2" ]; do {ALIVE} || exit 0; '
+                            'sleep 0.2; i=$((i + 1)); done; exit 1', "sh", str(pid), str(int(timeout * 5))],
+                           timeout=timeout + 30)
+    return done.rc == 0
+
+
+def test_watchdog_extends_a_filling_snapshot_so_it_stays_valid(world):
+    assert world.pre().rc == 0
+    pid = start_watchdog(world)
+    assert running(world, pid)
+
+    rate = write_to_origin(world, 200)  # into a 64 MiB snapshot
+    state = snapshot(world)
+    print(f"wrote 200 MiB at {rate:.1f} MiB/s; the snapshot is {state['size'] // MiB} MiB, "
+          f"{state['fill']:.1f}% full")
+    assert not state["invalid"], state
+    assert state["size"] > 200 * MiB
+
+    summary = stop_watchdog(world)
+    assert not running(world, pid)
+    assert summary is not None
+    sizes = [(e["from"], e["to"]) for e in summary["extensions"]]
+    assert sizes[0] == (64 * MiB, 128 * MiB)
+    assert all(to > before for before, to in sizes) and sizes[-1][1] == state["size"]
+    assert all(e["fill"] >= 50 and e["lv"] == "system/vmbackup" for e in summary["extensions"])
+    assert summary["max_fill"]["system/vmbackup"] >= 50
+    # The snapshot may reach max_size (100% of the 320 MiB origin) at the end; it must not overflow.
+    assert not [p for p in summary["problems"] if "max_size" not in p], summary["problems"]
+    assert "extended the snapshot system/vmbackup from 64.0 MiB to 128.0 MiB" in world.log()
+
+    assert world.post().rc == 0
+    assert_nothing_left(world)
+    assert stop_watchdog(world) is None  # stop is idempotent
+
+
+def test_watchdog_says_why_when_the_vg_has_no_room_to_extend(world):
+    assert world.pre().rc == 0
+    world.guest.sh("free=$(vgs --noheadings -o vg_free_count system | tr -d ' '); "
+                   "lvcreate -q -y -l $((free - 2)) -n filler system >/dev/null")  # 8 MiB stay free
+    pid = start_watchdog(world)
+
+    write_to_origin(world, 96)  # into at most 72 MiB
+    assert snapshot(world)["invalid"]
+    assert wait_until_gone(world, pid, timeout=30)  # nothing left to watch
+
+    summary = stop_watchdog(world)
+    assert [(e["from"], e["to"]) for e in summary["extensions"]] == [(64 * MiB, 72 * MiB)]
+    assert summary["max_fill"] == {"system/vmbackup": 100.0}
+    problems = summary["problems"]
+    assert problems[0].startswith("system/vmbackup could only be extended to 72.0 MiB instead of 128.0 MiB: "
+                                  "VG system has no more free space"), problems
+    assert problems[-1].startswith("system/vmbackup overflowed at 72.0 MiB and became invalid"), problems
+    assert world.post().rc == 1  # the backup of this run cannot be trusted
+    assert_nothing_left(world)
+
+
+def test_watchdog_exits_by_itself_after_max_lifetime(world):
+    assert world.pre().rc == 0
+    pid = start_watchdog(world, lifetime="3s")
+    assert wait_until_gone(world, pid, timeout=20)
+
+    summary = stop_watchdog(world)
+    assert summary["problems"] == [
+        "the watchdog stopped after max_lifetime (3 s) while the backup still ran: system/vmbackup no "
+        "longer extended"]
+    assert world.post().rc == 0
+
+
+def test_watchdog_exits_by_itself_when_its_snapshot_is_removed(world):
+    assert world.pre().rc == 0
+    pid = start_watchdog(world)
+    world.guest.sh("umount /mnt/vmbackup && lvremove -q -f system/vmbackup >/dev/null")
+    assert wait_until_gone(world, pid, timeout=20)
+
+    summary = stop_watchdog(world)
+    assert summary["problems"] == ["system/vmbackup was removed while the watchdog watched it"]
+    assert world.post().rc == 0
+    assert_nothing_left(world)
