@@ -16,6 +16,7 @@ help:
 	@echo "make test   - install what is needed, then run unit and system tests"
 	@echo "make unit   - unit tests only (no sandbox)"
 	@echo "make lint   - ruff"
+	@echo "make dist   - dist/xenlvm.pyz, one file for offline hosts (python3 >= 3.9)"
 
 deps: $(VENV)/.installed .work/.debian-packages
 
@@ -56,6 +57,18 @@ bench: deps
 
 lint: deps
 	$(VPY) -m ruff check xenlvm tests
+
+# One file for hosts without network access: xenlvm with click and PyYAML (pure Python; click
+# below 8.2 still runs on Python 3.9). Copy dist/xenlvm.pyz to the host and run it with python3.
+dist: deps
+	rm -rf build/zipapp && mkdir -p build/zipapp dist
+	$(VPY) -m pip install -q --no-compile --target build/zipapp 'click>=8.0,<8.2' 'PyYAML>=5.4,<7'
+	find build/zipapp -name '*.so' -delete
+	rm -rf build/zipapp/bin build/zipapp/*.dist-info
+	cp -r xenlvm build/zipapp/
+	find build/zipapp -name __pycache__ -prune -exec rm -rf {} +
+	$(VPY) -m zipapp build/zipapp --python '/usr/bin/env python3' --main 'xenlvm.cli:main' --output dist/xenlvm.pyz
+	@echo "built dist/xenlvm.pyz: on the host, python3 xenlvm.pyz --help"
 
 clean:
 	rm -rf .work build dist *.egg-info

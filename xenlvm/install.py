@@ -37,7 +37,7 @@ _TEMPLATE = '''#!{python}
 
 Remove with 'xenlvm install-hooks --uninstall'; see 'xenlvm {phase} --help'.
 """
-from xenlvm.cli import run_hook
+{path_line}from xenlvm.cli import run_hook
 
 run_hook("{phase}", chain={chain!r})
 '''
@@ -52,8 +52,16 @@ class HookState:
     local: str | None  # the chained local hook, when there is one
 
 
+def _zipapp() -> str | None:
+    """The xenlvm.pyz this code runs from (make dist), or None for an ordinary installation."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return here if os.path.isfile(here) else None
+
+
 def hook_text(phase: str, python: str, chain: str | None) -> str:
-    return _TEMPLATE.format(python=python, phase=phase, marker=MARKER, chain=chain)
+    archive = _zipapp()
+    path_line = f"import sys\nsys.path.insert(0, {archive!r})\n" if archive else ""
+    return _TEMPLATE.format(python=python, phase=phase, marker=MARKER, chain=chain, path_line=path_line)
 
 
 def inspect_hook(directory: str, phase: str) -> HookState:

@@ -129,6 +129,25 @@ def test_another_jobs_snapshot_of_the_same_name_fails():
     assert check_snapshot_name(dataclasses.replace(JOB, name="other"), SPEC, snapshot).level == "fail"
 
 
+def test_tagged_snapshot_of_the_same_name_in_another_volume_group_is_not_our_leftover():
+    # The job's tags, origin and name, but in VG data while the spec's volume is in system.
+    elsewhere = dataclasses.replace(recorded_vg("snapshot_mounted").lvs["vmbackup"], vg="data")
+    finding = check_snapshot_name(JOB, SPEC, elsewhere)
+    assert finding.level == "fail"
+    assert "data/vmbackup" in finding.message
+
+
+def test_leftover_of_the_jobs_second_volume_is_a_warning():
+    second = SnapshotSpec(Volume("system", "data"), "databackup", "/mnt/vmbackup/data", parse_size("1G"))
+    job = dataclasses.replace(JOB, volumes=(SPEC, second))
+    leftover = dataclasses.replace(recorded_vg("snapshot_mounted").lvs["vmbackup"], name="databackup",
+                                   origin="data")
+    finding = check_snapshot_name(job, second, leftover)
+    assert finding.level == "warn"
+    assert "system/databackup" in finding.message
+    assert check_snapshot_name(job, SPEC, leftover).level == "fail"  # not the first volume's snapshot
+
+
 def test_origin_named_like_the_snapshot_fails():
     origin = recorded_vg("snapshot_mounted").lvs["xenvm"]
     spec = spec_with(snapshot="xenvm")
