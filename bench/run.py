@@ -461,10 +461,10 @@ class Bench:
                 first.setdefault(key, row)
             section.rows += rows.values()
         section.notes += [
-            "The pause window is per job today: N jobs give N separate windows, one after the other, "
-            "each pausing its own domain for its own lvcreate; 'one pause window' pools every job's "
-            "window. When multi-volume jobs land, the N snapshots will share ONE window around N "
-            "lvcreates, and the volumes will be captured at one instant.",
+            "The pause window is per job: N jobs give N separate windows, one after the other, each "
+            "pausing its own domain for its own lvcreate, so the volumes are NOT captured at one "
+            "instant; 'one pause window' pools every job's window. With multi-volume jobs (one job, "
+            "a 'volumes:' list) the N snapshots share ONE window around N lvcreates.",
             "Each volume is a 32M ext4 LV mounted at /srv/volK with one domain domK on it; its job "
             "snapshots it as volKbackup (32M) at /mnt/backupK.",
         ]
@@ -541,9 +541,17 @@ def machine(guest: Guest) -> list[str]:
     return [f"host: Linux {platform.release()}, {os.cpu_count()} CPUs, {model}",
             f"guest: User-Mode Linux {guest_kernel}, {guest_cpus} CPU, {guest.memory} memory, "
             f"{lvm[0].strip() if lvm else 'LVM version unknown'}",
-            f"Python {platform.python_version()} ({guest.python}); the stand-in xl runs /usr/bin/python3",
-            f"xenlvm {xenlvm.__version__}, source fingerprint {source_fingerprint()} (sha256 of "
-            "xenlvm/*.py, sbc_pre and sbc_post: the code measured)"]
+            f"Python {platform.python_version()} ({guest.python}); the stand-in xl runs /usr/bin/python3"]
+
+
+def code_measured(before: str, after: str) -> str:
+    """Which code was measured: a fingerprint of it, taken before and after the run."""
+    line = (f"xenlvm {xenlvm.__version__}, source fingerprint {before} (sha256 of xenlvm/*.py, "
+            "sbc_pre and sbc_post)")
+    if after != before:
+        line += (f"; WARNING: the source changed during the run (now {after}), so some rounds may "
+                 "have measured different code")
+    return line
 
 
 def source_fingerprint() -> str:
@@ -583,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=BENCH / "results.md", help="[bench/results.md]")
     args = parser.parse_args(argv)
     started = time.monotonic()
+    fingerprint = source_fingerprint()
     guest = Guest("bench")
     progress("booting the sandbox")
     guest.boot()
@@ -599,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
         sections = [manual, window, growth, cpu, bench.command_costs()]
     finally:
         guest.halt()
+    about.append(code_measured(fingerprint, source_fingerprint()))
     text = report(sections, about, bench.import_profile, time.monotonic() - started,
                   sys.argv[1:] if argv is None else argv)
     args.output.write_text(text, encoding="utf-8")

@@ -10,7 +10,7 @@ from xenlvm import install, preflight, xen
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Config, Job, permission_problem
 from xenlvm.errors import CommandFailed, XenlvmError
-from xenlvm.lvm import LogicalVolume, Lvm
+from xenlvm.lvm import LogicalVolume, Lvm, VolumeGroup
 from xenlvm.preflight import Finding
 from xenlvm.runner import Runner, which
 
@@ -55,19 +55,23 @@ def check_hooks(hook_dir: str) -> list[Finding]:
 
 
 def check_job(config: Config, runner: Runner, job: Job) -> list[Finding]:
-    findings = []
     mounts = mounts_mod.read_mounts()
-    findings.append(preflight.check_mountpoint(job.mountpoint, mounts, _own_snapshot_at(job, runner)))
-    origins = []
-    for spec in job.volumes:
+    vgs = {}
+    findings = []
+    for vg_name in dict.fromkeys(spec.origin.vg for spec in job.volumes):
         try:
-            vg = Lvm(runner).volume_group(spec.origin.vg)
+            vgs[vg_name] = Lvm(runner).volume_group(vg_name)
         except XenlvmError as exc:
             findings.append(Finding("fail", "origin", str(exc)))
-            continue
-        findings += preflight.check_volumes(job, spec, vg)
-        if vg.get(spec.origin.lv):
-            origins.append(vg.lvs[spec.origin.lv])
+    if len(vgs) < len({spec.origin.vg for spec in job.volumes}):
+        return findings
+    findings.append(preflight.check_mountpoint(job.mountpoint, mounts, _own_snapshot_at(job, vgs)))
+    findings += preflight.check_job_volumes(job, vgs)
+    for spec in job.volumes:
+        if spec.mountpoint != job.mountpoint and os.path.lexists(spec.mountpoint):
+            own = vgs[spec.origin.vg].get(spec.snapshot)
+            findings.append(preflight.check_mountpoint(spec.mountpoint, mounts, own))
+    origins = [vgs[s.origin.vg].lvs[s.origin.lv] for s in job.volumes if vgs[s.origin.vg].get(s.origin.lv)]
     if job.xen is not None:
         xl = xen.Xl(runner, job.xen.timeout)
         try:
@@ -84,14 +88,11 @@ def check_job(config: Config, runner: Runner, job: Job) -> list[Finding]:
     return findings
 
 
-def _own_snapshot_at(job: Job, runner: Runner) -> LogicalVolume | None:
+def _own_snapshot_at(job: Job, vgs: dict[str, VolumeGroup]) -> LogicalVolume | None:
     """The job's snapshot mounted directly at the job's mountpoint (single-volume jobs), if any:
     a mount there is then expected, not a problem."""
     spec = job.volumes[0]
     if len(job.volumes) != 1:
         return None
-    try:
-        snapshot = Lvm(runner).volume_group(spec.origin.vg).get(spec.snapshot)
-    except XenlvmError:
-        return None
+    snapshot = vgs[spec.origin.vg].get(spec.snapshot)
     return snapshot if snapshot is not None and snapshot.owned_by(job, spec) else None

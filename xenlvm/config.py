@@ -262,6 +262,14 @@ def parse_absolute_path(value: Any) -> str:
 # The walk over YAML nodes. Working on nodes (not on yaml.safe_load's dicts) keeps line numbers.
 
 
+class Fields(dict):
+    """Parsed values by key, with the YAML node each came from (for errors found later)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nodes: dict[str, yaml.Node] = {}
+
+
 class _Reader:
     def __init__(self, path: str) -> None:
         self.path = path
@@ -290,8 +298,10 @@ class _Reader:
         return self._constructor.construct_object(node, deep=True)
 
     def fields(self, node: yaml.Node, key: str, parsers: dict[str, Callable[[Any], Any]],
-               required: tuple[str, ...] = ()) -> dict[str, Any]:
-        """Given a mapping node and a parser per allowed key, return the parsed values."""
+               required: tuple[str, ...] = (), not_empty: tuple[str, ...] = ()) -> Fields:
+        """Given a mapping node and a parser per allowed key, return the parsed values (with the
+        node of each, for later errors). Keys in required must be there; keys in required or
+        not_empty must not be empty."""
         items = self.mapping(node, key)
         for name, (key_node, _) in items.items():
             if name not in parsers:
@@ -300,11 +310,14 @@ class _Reader:
         for name in required:
             if name not in items:
                 raise self.error(node, key, f"the key {name!r} is required")
-        parsed = {}
+        parsed = Fields()
         for name, (_, value_node) in items.items():
+            parsed.nodes[name] = value_node
             parser = parsers[name]
             if isinstance(parser, Section):
                 empty = isinstance(value_node, yaml.ScalarNode) and value_node.tag.endswith(":null")
+                if empty and name in (*required, *not_empty):
+                    raise self.error(value_node, f"{key}.{name}", "must not be empty")
                 parsed[name] = None if empty else parser.parse(self, value_node, f"{key}.{name}".lstrip("."))
                 continue
             try:
@@ -312,7 +325,7 @@ class _Reader:
             except (yaml.YAMLError, ValueError, TypeError, AttributeError, OverflowError) as exc:
                 raise self.error(value_node, f"{key}.{name}", f"cannot read this value: {exc}") from None
             if raw is None:
-                if name in required:
+                if name in (*required, *not_empty):
                     raise self.error(value_node, f"{key}.{name}", "must not be empty")
                 parsed[name] = None
                 continue
@@ -428,9 +441,11 @@ _VOLUME_PARSERS: dict[str, Callable[[Any], Any]] = {
 def _volumes_section(reader: _Reader, node: yaml.Node,
                      key: str) -> tuple[tuple[dict[str, Any], yaml.Node], ...]:
     if not isinstance(node, yaml.SequenceNode) or not node.value:
-        raise reader.error(node, key, "must be a list of volumes, each with volume:, snapshot: and size:")
+        raise reader.error(node, key, "must be a list of volumes, each with volume: and snapshot: "
+                           "(and size: unless the volume is thin)")
     parsers = {**_VOLUME_PARSERS, "name": _volume_name}
-    return tuple((reader.fields(item, f"{key}[{i}]", parsers, required=("volume", "snapshot")), item)
+    return tuple((reader.fields(item, f"{key}[{i}]", parsers, required=("volume", "snapshot"),
+                                not_empty=tuple(parsers)), item)
                  for i, item in enumerate(node.value))
 
 
@@ -480,7 +495,8 @@ def _jobs_section(reader: _Reader, node: yaml.Node, key: str) -> dict[str, Job]:
         if not _JOB_NAME.fullmatch(name):
             raise reader.error(key_node, f"jobs.{name}", "a job name may contain letters, digits, "
                                "_ . - (not starting with . or -), at most 64 characters")
-        values = reader.fields(value_node, f"jobs.{name}", _JOB_PARSERS, required=("mountpoint",))
+        values = reader.fields(value_node, f"jobs.{name}", _JOB_PARSERS, required=("mountpoint",),
+                               not_empty=("volume", "snapshot", "volumes"))
         volumes = _job_volumes(reader, value_node, f"jobs.{name}", values)
         values = {k: v for k, v in values.items() if k not in (*_VOLUME_PARSERS, "volumes") and v is not None}
         job = Job(name=name, volumes=volumes, **values)
@@ -489,37 +505,43 @@ def _jobs_section(reader: _Reader, node: yaml.Node, key: str) -> dict[str, Job]:
     return jobs
 
 
-def _job_volumes(reader: _Reader, node: yaml.Node, key: str,
-                 values: dict[str, Any]) -> tuple[SnapshotSpec, ...]:
+def _job_volumes(reader: _Reader, node: yaml.Node, key: str, values: Fields) -> tuple[SnapshotSpec, ...]:
     """The job's volumes: either volume/snapshot/size on the job itself, or a volumes: list."""
     single = [k for k in _VOLUME_PARSERS if k in values]
+    # Each spec with the key and node that named its snapshot, for errors.
+    specs: list[tuple[SnapshotSpec, str, yaml.Node]] = []
     if values.get("volumes") is not None:
         if single:
-            raise reader.error(node, f"{key}.{single[0]}", "give either volume/snapshot/size or a "
-                               "'volumes:' list, not both")
-        specs, names = [], set()
+            raise reader.error(values.nodes[single[0]], f"{key}.{single[0]}", "give either "
+                               "volume/snapshot/size or a 'volumes:' list, not both")
+        names: set[str] = set()
         for i, (item, item_node) in enumerate(values["volumes"]):
             origin = item["volume"]
             name = item.get("name") or origin.lv
             if name in names:
-                raise reader.error(item_node, f"{key}.volumes[{i}].name", f"{name!r} is used twice in "
-                                   "this job (each volume is mounted at <mountpoint>/<name>)")
+                raise reader.error(item.nodes.get("name", item_node), f"{key}.volumes[{i}].name",
+                                   f"{name!r} is used twice in this job (each volume is mounted at "
+                                   "<mountpoint>/<name>)")
             names.add(name)
-            specs.append(SnapshotSpec(origin, item["snapshot"], f"{values['mountpoint']}/{name}",
-                                      item.get("size")))
+            specs.append((SnapshotSpec(origin, item["snapshot"], f"{values['mountpoint']}/{name}",
+                                       item.get("size")),
+                          f"{key}.volumes[{i}].snapshot", item.nodes["snapshot"]))
     else:
         for required in ("volume", "snapshot"):
-            if values.get(required) is None:
+            if required not in values:
                 raise reader.error(node, key, f"the key {required!r} (or a 'volumes:' list) is required")
-        specs = [SnapshotSpec(values["volume"], values["snapshot"], values["mountpoint"], values.get("size"))]
-    all_origins = {spec.origin for spec in specs}
-    for spec in specs:
-        if spec.snapshot_volume in all_origins:
-            raise reader.error(node, key, f"the snapshot {spec.snapshot_volume} would have the name of "
-                               "a volume it backs up")
-    if len({spec.snapshot_volume for spec in specs}) != len(specs):
-        raise reader.error(node, key, "two volumes use the same snapshot name")
-    return tuple(specs)
+        specs.append((SnapshotSpec(values["volume"], values["snapshot"], values["mountpoint"],
+                                   values.get("size")), f"{key}.snapshot", values.nodes["snapshot"]))
+    origins = {spec.origin for spec, _, _ in specs}
+    seen: set[Volume] = set()
+    for spec, where, snapshot_node in specs:
+        if spec.snapshot_volume in origins:
+            raise reader.error(snapshot_node, where, f"must differ from the name of the volume "
+                               f"{spec.snapshot_volume} that the job backs up")
+        if spec.snapshot_volume in seen:
+            raise reader.error(snapshot_node, where, f"{spec.snapshot_volume} is used twice in this job")
+        seen.add(spec.snapshot_volume)
+    return tuple(spec for spec, _, _ in specs)
 
 
 def _check_jobs_apart(reader: _Reader, node: yaml.Node, jobs: list[Job]) -> None:

@@ -144,15 +144,9 @@ def _sweep_leftovers(ctx: Context, job: Job, vgs: dict[str, VolumeGroup],
 def _preflight(ctx: Context, job: Job, vgs: dict[str, VolumeGroup],
                mounts: list[mounts_mod.MountEntry]) -> None:
     findings = [preflight.check_mountpoint(job.mountpoint, mounts)]
-    reserved: dict[str, int] = {}
-    for spec in job.volumes:
-        vg = vgs[spec.origin.vg]
-        findings += preflight.check_volumes(job, spec, vg, reserved.get(vg.name, 0))
-        origin = vg.get(spec.origin.lv)
-        if origin is not None:
-            reserved[vg.name] = reserved.get(vg.name, 0) + preflight.snapshot_bytes(spec, vg, origin)
-        if spec.mountpoint != job.mountpoint and os.path.lexists(spec.mountpoint):
-            findings.append(preflight.check_mountpoint(spec.mountpoint, mounts))
+    findings += preflight.check_job_volumes(job, vgs)
+    findings += [preflight.check_mountpoint(spec.mountpoint, mounts) for spec in job.volumes
+                 if spec.mountpoint != job.mountpoint and os.path.lexists(spec.mountpoint)]
     if ctx.dry_run:
         findings = [f for f in findings if f.check != "snapshot name"]  # the sweep was not run
     problems = preflight.failures(findings)

@@ -62,11 +62,28 @@ def check_snapshot_name(job: Job, spec: SnapshotSpec, existing: LogicalVolume | 
                    "another 'snapshot:' name")
 
 
-def snapshot_bytes(spec: SnapshotSpec, vg: VolumeGroup, origin: LogicalVolume) -> int:
-    """What spec's snapshot takes from the VG, rounded up to whole extents as LVM does (0 if thin)."""
+def check_job_volumes(job: Job, vgs: dict[str, VolumeGroup]) -> list[Finding]:
+    """check_volumes for every volume of the job, counting the space that the job's earlier
+    snapshots in the same VG will take (as LVM will when it creates them one after another)."""
+    findings = []
+    reserved: dict[str, int] = {}
+    for spec in job.volumes:
+        vg = vgs[spec.origin.vg]
+        volume_findings = check_volumes(job, spec, vg, reserved.get(vg.name, 0))
+        findings += volume_findings
+        origin = vg.get(spec.origin.lv)
+        if origin is not None and not failures(volume_findings):
+            taken = reserved.get(vg.name, 0)
+            reserved[vg.name] = taken + snapshot_bytes(spec, vg, origin, taken)
+    return findings
+
+
+def snapshot_bytes(spec: SnapshotSpec, vg: VolumeGroup, origin: LogicalVolume, reserved: int = 0) -> int:
+    """What spec's snapshot takes from the VG, rounded up to whole extents as LVM does (0 if thin).
+    N%FREE counts what is free after the reserved bytes, as LVM sees it at that moment."""
     if spec.size is None:
         return 0
-    wanted = spec.size.resolve(origin.size, vg.free, vg.size)
+    wanted = spec.size.resolve(origin.size, vg.free - reserved, vg.size)
     extent = vg.extent_size or 1
     return max(extent, -(-wanted // extent) * extent)
 
@@ -79,15 +96,16 @@ def check_space(job: Job, spec: SnapshotSpec, vg: VolumeGroup, origin: LogicalVo
                            f"{origin.pool}, no size needed")
         return Finding("fail", "space", f"{spec.origin} is a classic (thick) volume: set 'size:' for "
                        f"job {job.name!r} (e.g. 20%ORIGIN); only thin volumes take snapshots without one")
-    wanted = snapshot_bytes(spec, vg, origin)
+    wanted = snapshot_bytes(spec, vg, origin, reserved)
     free = vg.free - reserved
     if wanted > free:
         others = f" after {human_size(reserved)} for the job's other snapshots" if reserved else ""
-        return Finding("fail", "space", f"the snapshot needs {human_size(wanted)} ({spec.size.text}) but "
+        return Finding("fail", "space", f"the snapshot {spec.snapshot_volume} needs {human_size(wanted)} "
+                       f"({spec.size.text}) but "
                        f"volume group {vg.name} has only {human_size(free)} free{others}: extend the VG "
                        "(vgextend) or set a smaller 'size:'")
-    return Finding("ok", "space",
-                   f"{human_size(wanted)} for the snapshot, {human_size(free)} free in {vg.name}")
+    return Finding("ok", "space", f"{human_size(wanted)} for the snapshot {spec.snapshot_volume}, "
+                   f"{human_size(free)} free in {vg.name}")
 
 
 def check_mountpoint(path: str, mounts: list[MountEntry], snapshot: LogicalVolume | None = None) -> Finding:

@@ -1,9 +1,9 @@
 """sesam's calling convention: which jobs an sbc_pre/sbc_post invocation is for.
 
 sesam passes the task's details as positional arguments in an order that is not documented
-publicly, so nothing here depends on positions: a job runs when one of its ``tasks`` or its
-``mountpoint`` appears among the arguments. No match is a logged no-op, so backups of other
-tasks on the same client are never disturbed.
+publicly, so nothing here depends on positions: a job runs when one of its ``tasks``, its
+``mountpoint`` or one of its volumes' mount directories appears among the arguments. No match
+is a logged no-op, so backups of other tasks on the same client are never disturbed.
 """
 
 from __future__ import annotations
@@ -32,4 +32,5 @@ def select_jobs(config: Config, args: Sequence[str], job_names: Sequence[str] = 
         return [job for name, job in config.jobs.items() if name in job_names]
     given = {arg.rstrip("/") or arg for arg in args}
     return [job for job in config.jobs.values()
-            if given.intersection(job.tasks) or job.mountpoint in given]
+            if given.intersection(job.tasks) or job.mountpoint in given
+            or given.intersection(spec.mountpoint for spec in job.volumes)]

@@ -315,10 +315,6 @@ def test_names_lvm_reserves_are_refused(name):
     assert "reserved by LVM" in message
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library regression: since 'snapshot' is no longer a required job key, an empty value is "
-    "reported as \"<file>:3: jobs.xenvm: the key 'snapshot' (or a 'volumes:' list) is required\" "
-    "(the job's line, and wrong: the key is there) instead of at its own line and key"))
 def test_empty_snapshot_value_is_refused():
     message = config_error(job_yaml(snapshot=""))
     assert message.startswith(f"{PATH}:{SNAPSHOT_LINE}: jobs.xenvm.snapshot: ")
@@ -358,9 +354,8 @@ def test_invalid_job_name_names_file_line_and_key(name):
 
 def test_snapshot_named_like_its_volume_is_refused():
     message = config_error(job_yaml(snapshot="xenvm"))
-    # The check now spans all the job's volumes, so it names the job, at the job's first line.
-    assert message.startswith(f"{PATH}:3: jobs.xenvm: ")  # line 3: the job's first line
-    assert "the snapshot system/xenvm would have the name of a volume it backs up" in message
+    assert message.startswith(f"{PATH}:{SNAPSHOT_LINE}: jobs.xenvm.snapshot: ")
+    assert "must differ from the name of the volume system/xenvm that the job backs up" in message
 
 
 # ---------------------------------------------------------------------------------------------
@@ -639,12 +634,15 @@ def test_single_volume_and_multi_volume_jobs_live_side_by_side():
 
 
 def test_volumes_list_and_single_volume_keys_together_are_refused():
-    message = config_error(MULTI + "    size: 1G\n")
-    assert message.startswith(f"{PATH}:{JOB_LINE}: jobs.xenvm.size: ")  # at the job's first line
+    text = MULTI + "    size: 1G\n"
+    message = config_error(text)
+    size_line = text.count("\n")  # the line the stray key is on
+    assert message.startswith(f"{PATH}:{size_line}: jobs.xenvm.size: ")
     assert "either volume/snapshot/size or a 'volumes:' list, not both" in message
     text = MULTI.replace("    tasks: [xen_vm1]\n", "    volume: system/xenvm\n    snapshot: vmbackup\n")
     message = config_error(text)
-    assert message.startswith(f"{PATH}:{JOB_LINE}: jobs.xenvm.volume: ")
+    volume_line = text.split("\n").index("    volume: system/xenvm") + 1
+    assert message.startswith(f"{PATH}:{volume_line}: jobs.xenvm.volume: ")
     assert "not both" in message
 
 
@@ -666,15 +664,15 @@ def test_explicit_name_that_repeats_another_volumes_name_is_refused():
     message = config_error(multi_yaml("volume: system/xenvm\nsnapshot: vmbackup",
                                       "volume: system/data\nsnapshot: databackup",
                                       "volume: system/other\nsnapshot: otherbackup\nname: data"))
-    assert message.startswith(f"{PATH}:10: jobs.xenvm.volumes[2].name: ")
+    assert message.startswith(f"{PATH}:12: jobs.xenvm.volumes[2].name: ")  # the repeated name's line
     assert "'data' is used twice" in message
 
 
 def test_two_volumes_with_the_same_snapshot_are_refused():
     message = config_error(multi_yaml("volume: system/xenvm\nsnapshot: vmbackup",
                                       "volume: system/data\nsnapshot: vmbackup"))
-    assert message.startswith(f"{PATH}:{JOB_LINE}: jobs.xenvm: ")
-    assert "two volumes use the same snapshot name" in message
+    assert message.startswith(f"{PATH}:9: jobs.xenvm.volumes[1].snapshot: ")  # the second snapshot: line
+    assert "system/vmbackup is used twice in this job" in message
 
 
 @pytest.mark.parametrize("items", [
@@ -683,9 +681,13 @@ def test_two_volumes_with_the_same_snapshot_are_refused():
     ("volume: system/xenvm\nsnapshot: xenvm",),
 ])
 def test_snapshot_named_like_one_of_the_jobs_volumes_is_refused(items):
-    message = config_error(multi_yaml(*items))
-    assert message.startswith(f"{PATH}:{JOB_LINE}: jobs.xenvm: ")
-    assert "would have the name of a volume it backs up" in message
+    text = multi_yaml(*items)
+    message = config_error(text)
+    offender = next(i for i, item in enumerate(items)
+                    if item.split("snapshot: ")[1] in ("xenvm", "data"))
+    snapshot_lines = [n for n, line in enumerate(text.split("\n"), 1) if "snapshot:" in line]
+    assert message.startswith(f"{PATH}:{snapshot_lines[offender]}: jobs.xenvm.volumes[{offender}].snapshot: ")
+    assert "must differ from the name of the volume" in message
 
 
 def test_two_jobs_sharing_a_snapshot_of_their_volumes_lists_are_refused():
