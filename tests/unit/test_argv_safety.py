@@ -1,0 +1,79 @@
+"""No configuration value can smuggle an option or a second command into any argv xenlvm runs:
+whatever the text, it either fails to load as a ConfigError or ends up as one plain argument."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xenlvm.config import parse_config
+from xenlvm.errors import ConfigError
+from xenlvm.lvm import LogicalVolume, Lvm, job_tag
+from xenlvm.mounts import mount_snapshot
+from xenlvm.runner import Result
+
+OUR_OPTIONS = {"--snapshot", "--name", "--addtag", "--size", "--extents", "--ignoreactivationskip",
+               "--force", "--select", "-t", "-o"}
+nasty = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(["-rf", "--force", "-o", "a b", "a\nb", "..", "a;rm -rf /", "$(reboot)", "`id`",
+                     "x\x00y", "/mnt/../etc", "-", "--", "vm backup", "a" * 300]),
+)
+
+
+class RecordingRunner:
+    dry_run = False
+
+    def __init__(self) -> None:
+        self.argvs: list[list[str]] = []
+
+    def change(self, argv, **_):
+        self.argvs.append(list(argv))
+        return Result(tuple(argv), 0, 'Logical volume "x" successfully removed.\n', "", 0.0)
+
+    query = change
+
+
+def _argvs_for(text: str) -> list[list[str]] | None:
+    try:
+        config = parse_config(text, "config.yaml")
+    except ConfigError:
+        return None
+    runner = RecordingRunner()
+    for job in config.jobs.values():
+        for spec in job.volumes:
+            origin = LogicalVolume(spec.origin.vg, spec.origin.lv, "owi-a-----", 1 << 30, "", "", frozenset(),
+                                   None, False, True, 254, 0, "", "")
+            Lvm(runner).create_snapshot(spec, origin, ["xenlvm", job_tag(job.name)])
+            mine = LogicalVolume(spec.origin.vg, spec.snapshot, "swi-a-s---", 1 << 26, spec.origin.lv, "",
+                                 frozenset({"xenlvm", job_tag(job.name)}), 0.0, False, True, 254, 3, "", "")
+            Lvm(runner).remove_snapshot(job, spec, mine)
+            mount_snapshot(runner, f"/dev/mapper/{spec.origin.vg}-{spec.snapshot}", "ext4", spec.mountpoint)
+    return runner.argvs
+
+
+def _assert_plain(argvs: list[list[str]]) -> None:
+    for argv in argvs:
+        for arg in argv[1:]:
+            assert not arg.startswith("-") or arg in OUR_OPTIONS, argv
+            assert "\n" not in arg and "\x00" not in arg and " " not in arg, argv
+
+
+@settings(max_examples=400, deadline=None)
+@given(job=nasty, volume_group=nasty, volume=nasty, snapshot=nasty, mountpoint=nasty, size=nasty)
+def test_no_configuration_value_becomes_an_option_or_a_second_command(job, volume_group, volume, snapshot,
+                                                                      mountpoint, size):
+    text = json.dumps({"jobs": {job: {"volume": f"{volume_group}/{volume}", "snapshot": snapshot,
+                                      "mountpoint": mountpoint, "size": size}}})
+    argvs = _argvs_for(text)
+    if argvs is not None:
+        _assert_plain(argvs)
+
+
+def test_a_valid_configuration_really_produces_the_commands_checked_above():
+    argvs = _argvs_for(json.dumps({"jobs": {"j": {"volume": "system/xenvm", "snapshot": "vmbackup",
+                                                  "mountpoint": "/mnt/vmbackup", "size": "1G"}}}))
+    assert argvs is not None and [a[0] for a in argvs] == ["lvcreate", "lvremove", "mount"]
+    _assert_plain(argvs)
