@@ -259,12 +259,16 @@ class Bench:
     sequences: dict[str, list[str]] = field(default_factory=dict)  # what each kind of run ran
     pre_row: Row | None = None  # sbc_pre without xen (section 1), the baseline of pre with xen
     import_profile: str = ""
+    rounds_run: int = 0
+    rounds_beside_others: int = 0  # rounds that began while another sandbox ran on this host
 
     def measured_rounds(self, title: str, count: int):
         """Yield 0, a warm-up round whose samples the caller drops, then 1 to count; xenlvm's log
         starts afresh with round 1, so it holds exactly the counted runs."""
         for number_ in range(count + 1):
             progress(f"{title}: round {number_}/{count}" + (" (warm-up)" if number_ == 0 else ""))
+            self.rounds_run += 1
+            self.rounds_beside_others += bool(other_sandboxes(self.guest))
             if number_ == 1:
                 self.guest.run(["rm", "-f", LOG], check=True)
             yield number_
@@ -544,6 +548,20 @@ def machine(guest: Guest) -> list[str]:
             f"Python {platform.python_version()} ({guest.python}); the stand-in xl runs /usr/bin/python3"]
 
 
+def other_sandboxes(guest: Guest) -> set[str]:
+    """The disk images of other User-Mode Linux guests running on this host now: they compete
+    for the same CPUs and make every timing slower and noisier."""
+    disks = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if argv[0].endswith("linux.uml"):
+            disks.update(a for a in argv if a.startswith("ubd0=") and a != f"ubd0={guest.disk}")
+    return disks
+
+
 def code_measured(before: str, after: str) -> str:
     """Which code was measured: a fingerprint of it, taken before and after the run."""
     line = (f"xenlvm {xenlvm.__version__}, source fingerprint {before} (sha256 of xenlvm/*.py, "
@@ -609,6 +627,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         guest.halt()
     about.append(code_measured(fingerprint, source_fingerprint()))
+    about.append(f"host load: {bench.rounds_beside_others} of {bench.rounds_run} rounds began while "
+                 "another sandbox ran on this host" + (
+                     " (competing for its CPUs: that slows both sides of a comparison alike, "
+                     "but widens the spread and raises absolute times)"
+                     if bench.rounds_beside_others else ""))
     text = report(sections, about, bench.import_profile, time.monotonic() - started,
                   sys.argv[1:] if argv is None else argv)
     args.output.write_text(text, encoding="utf-8")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from xenlvm import lvm as lvm_mod
 from xenlvm import mounts as mounts_mod
-from xenlvm import preflight, xen
+from xenlvm import preflight, watchdog, xen
 from xenlvm.config import Config, Job, SnapshotSpec
 from xenlvm.errors import (
     CleanupFailed,
@@ -120,6 +120,45 @@ def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
 
     for spec, fstype in zip(job.volumes, fstypes):
         _mount(ctx, job, spec, fstype, undo)
+    _start_watchdog(ctx, job, origins, undo)
+
+
+def _start_watchdog(ctx: Context, job: Job, origins: list[LogicalVolume], undo: UndoStack) -> None:
+    """Watch the job's classic snapshots through the backup, extending them before they overflow.
+    Thin snapshots take their space from the pool and are not watched."""
+    watched = [watchdog.Watched(spec.origin.vg, spec.snapshot, origin.size)
+               for spec, origin in zip(job.volumes, origins) if spec.size is not None]
+    if job.watchdog is None or not watched or ctx.dry_run:
+        return
+    undo.push("stop the snapshot watchdog", functools.partial(watchdog.stop, ctx.config, job.name))
+    try:
+        pid = watchdog.start(ctx.config, job.name, watched, job.watchdog)
+    except XenlvmError as exc:
+        # The backup is still sound without it: post detects an overflow either way.
+        log.error("%s; the backup goes on without the watchdog", exc)
+        return
+    log.info("snapshot watchdog started (pid %s): extends by %d%% at %d%% full", pid, job.watchdog.step,
+             job.watchdog.threshold)
+
+
+def _stop_watchdog(ctx: Context, job: Job) -> None:
+    """Stop the job's watchdog before unmounting, and report what it saw."""
+    if ctx.dry_run:
+        return
+    summary = watchdog.stop(ctx.config, job.name)
+    if summary is None:
+        return
+    for extension in summary.extensions:
+        log.warning("the watchdog extended %s from %s to %s when it was %.1f%% full", extension["lv"],
+                    preflight.human_size(extension["from"]), preflight.human_size(extension["to"]),
+                    extension["fill"])
+    for lv, fill in summary.max_fill.items():
+        log.info("the watchdog saw %s at most %.1f%% full", lv, fill)
+    for problem in summary.problems:
+        log.warning("watchdog: %s", problem)
+    if summary.max_fill:
+        ctx.note(job, "fill_percent", max(summary.max_fill.values()))
+    ctx.note(job, "watchdog_extensions", float(len(summary.extensions)))
 
 
 def _sweep_leftovers(ctx: Context, job: Job, vgs: dict[str, VolumeGroup],
@@ -251,6 +290,7 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
         record = xen.PauseRecord(ctx.config.settings.lock_dir, job.name)
         if record.read():
             xen.resume_leftovers(xen.Xl(ctx.runner, job.xen.timeout), record)
+    _stop_watchdog(ctx, job)
     overflowed: list[LogicalVolume] = []
     errors: list[XenlvmError] = []
     for spec in reversed(job.volumes):

@@ -75,8 +75,8 @@ def _short_level(record: logging.LogRecord) -> bool:
     return True
 
 
-def add_log_file(path: str) -> None:
-    """Also write every message, with time and pid, to path (created 0640 if missing)."""
+def add_log_file(path: str, level: int = logging.DEBUG) -> None:
+    """Also write every message from level up, with time and pid, to path (created 0640 if missing)."""
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
@@ -86,7 +86,7 @@ def add_log_file(path: str) -> None:
         logging.getLogger("xenlvm").warning("cannot write the log file %s (%s); logging to syslog "
                                             "and the console only", path, exc.strerror)
         return
-    handler.setLevel(logging.DEBUG)
+    handler.setLevel(level)
     handler.addFilter(_JobFilter())
     handler.setFormatter(logging.Formatter(
         f"%(asctime)s xenlvm[{os.getpid()}] %(levelname)s {_PREFIX_FORMAT}"))

@@ -51,16 +51,19 @@ def clean_environment(path: str) -> dict[str, str]:
 class Runner:
     """Runs commands for xenlvm; see the module docstring for the rules it keeps."""
 
-    def __init__(self, *, path: str = DEFAULT_PATH, timeout: float = 120.0, dry_run: bool = False) -> None:
+    def __init__(self, *, path: str = DEFAULT_PATH, timeout: float = 120.0, dry_run: bool = False,
+                 quiet_queries: bool = False) -> None:
         self.env = clean_environment(path)
         self.timeout = timeout
         self.dry_run = dry_run
+        # A poller (the watchdog) logs its queries at debug level only: not 2 lines every 2 s.
+        self.query_level = logging.DEBUG if quiet_queries else logging.INFO
         self.count = 0
 
     def query(self, argv: Sequence[str], *, timeout: float | None = None,
               ok_codes: Sequence[int] = (0,)) -> Result:
         """Run a command that changes nothing; it runs even in a dry run."""
-        return self._run(argv, timeout, ok_codes)
+        return self._run(argv, timeout, ok_codes, self.query_level)
 
     def change(self, argv: Sequence[str], *, timeout: float | None = None,
                ok_codes: Sequence[int] = (0,)) -> Result | None:
@@ -73,13 +76,13 @@ class Runner:
             log.warning("dry run, would run: %s", quote(argv))
             return None
         with interrupts.deferred():
-            return self._run(argv, timeout, ok_codes)
+            return self._run(argv, timeout, ok_codes, logging.INFO)
 
-    def _run(self, argv: Sequence[str], timeout: float | None, ok_codes: Sequence[int]) -> Result:
+    def _run(self, argv: Sequence[str], timeout: float | None, ok_codes: Sequence[int], level: int) -> Result:
         argv = tuple(argv)
         limit = timeout if timeout is not None else self.timeout
         self.count += 1
-        log.info("run: %s", quote(argv))
+        log.log(level, "run: %s", quote(argv))
         start = time.monotonic()
         try:
             proc = subprocess.run(argv, env=self.env, stdin=subprocess.DEVNULL, capture_output=True,
@@ -99,9 +102,10 @@ class Runner:
         duration = time.monotonic() - start
         result = Result(argv, proc.returncode, proc.stdout, proc.stderr, duration)
         stderr_line = " ".join(proc.stderr.split())
-        log.info("exit %d after %.3f s: %s%s", proc.returncode, duration, argv[0],
-                 f" (stderr: {stderr_line[:2000]})" if stderr_line else "")
-        if proc.returncode not in ok_codes:
+        failed = proc.returncode not in ok_codes
+        log.log(logging.INFO if failed else level, "exit %d after %.3f s: %s%s", proc.returncode, duration,
+                argv[0], f" (stderr: {stderr_line[:2000]})" if stderr_line else "")
+        if failed:
             raise CommandFailed(argv, proc.returncode, proc.stderr)
         return result
 

@@ -157,9 +157,12 @@ class Monitor:
             write_atomically(self.summary_path, text)
             self._written = text
 
-    def problem(self, message: str) -> None:
-        if message not in self.problems:
-            self.problems.append(message)
+    def problem(self, message: str) -> bool:
+        """Record a problem; return False if it was already recorded."""
+        if message in self.problems:
+            return False
+        self.problems.append(message)
+        return True
 
     def look(self) -> None:
         """One lvs call per VG, then each watched snapshot of it."""
@@ -167,8 +170,8 @@ class Monitor:
             try:
                 vg = self.lvm.volume_group(vg_name)
             except XenlvmError as exc:
-                log.warning("the watchdog cannot look at VG %s: %s", vg_name, exc)
-                self.problem(f"could not always look at VG {vg_name}: {exc}")
+                if self.problem(f"could not always look at VG {vg_name}: {exc}"):  # not at every look
+                    log.warning("the watchdog cannot look at VG %s: %s", vg_name, exc)
                 continue
             for watched in [w for w in self.watching.values() if w.vg == vg_name]:
                 self._check(watched, vg)
@@ -177,6 +180,11 @@ class Monitor:
     def _check(self, watched: Watched, vg: VolumeGroup) -> None:
         key = str(watched)
         lv = vg.get(watched.snapshot)
+        if lv is not None and lv.is_thin:
+            log.warning("%s is a thin snapshot, which takes its space from the pool; the watchdog watches "
+                        "classic snapshots only", key)
+            del self.watching[key]
+            return
         if lv is not None and not self._is_ours(lv):
             log.error("%s is no longer the snapshot the watchdog started with (tags %s); it is not "
                       "touched and no longer watched", key, ",".join(sorted(lv.tags)) or "none")
@@ -219,7 +227,7 @@ class Monitor:
     def _is_ours(self, lv: LogicalVolume) -> bool:
         """Only a classic snapshot that xenlvm created for this job, and the same one as at the
         first look (not one re-created under the same name), is ever extended."""
-        if not lv.is_snapshot or lv.is_thin or not {OWNER_TAG, job_tag(self.job_name)} <= lv.tags:
+        if not lv.is_snapshot or not {OWNER_TAG, job_tag(self.job_name)} <= lv.tags:
             return False
         identity = (lv.created, lv.run_tag())
         return self.identity.setdefault(str(lv), identity) == identity
@@ -337,13 +345,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         if config.settings.log_file:
-            logs.add_log_file(config.settings.log_file)
+            logs.add_log_file(config.settings.log_file, logging.INFO)
         watched, settings = read_spec(args.spec)
     except XenlvmError as exc:
         log.error("the snapshot watchdog cannot start: %s", exc)
         return 2
-    paths = files(config.settings.lock_dir, args.job)
-    runner = Runner(path=config.settings.path, timeout=config.settings.command_timeout)
+    # Beside the spec, which start wrote into the lock directory (even if the file changed since).
+    paths = files(os.path.dirname(os.path.abspath(args.spec)), args.job)
+    runner = Runner(path=config.settings.path, timeout=config.settings.command_timeout, quiet_queries=True)
     monitor = Monitor(args.job, watched, settings, Lvm(runner), paths.summary)
     status = 0
     try:

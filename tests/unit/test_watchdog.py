@@ -116,13 +116,16 @@ def test_less_than_one_extent_of_room_is_no_room():
 class FakeRunner:
     """Answers each lvs with the next report; records every lvextend."""
 
-    def __init__(self, *reports: str, extend_error: CommandFailed | None = None) -> None:
+    def __init__(self, *reports: str | Exception, extend_error: CommandFailed | None = None) -> None:
         self.reports = list(reports)
         self.extended: list[list[str]] = []
         self.extend_error = extend_error
 
     def query(self, argv, **_kwargs) -> Result:
-        return Result(tuple(argv), 0, self.reports.pop(0), "", 0.01)
+        report = self.reports.pop(0)
+        if isinstance(report, Exception):
+            raise report
+        return Result(tuple(argv), 0, report, "", 0.01)
 
     def change(self, argv, **_kwargs) -> Result:
         if self.extend_error:
@@ -240,6 +243,19 @@ def test_a_failed_lvextend_is_a_problem_and_watching_goes_on(tmp_path):
     assert "Insufficient free space" in monitor.summary().problems[0]
 
 
+def test_a_failing_lvs_is_one_problem_and_watching_goes_on(tmp_path):
+    error = CommandFailed(["lvs"], 5, "Volume group system is locked")
+    runner = FakeRunner(error, error, recorded("snapshot_mounted", data_percent="10.00"))
+    monitor = monitor_over(tmp_path, runner)
+    for _ in range(3):
+        monitor.look()
+
+    assert monitor.watching
+    assert monitor.summary().max_fill == {"system/vmbackup": 10.0}
+    assert len(monitor.summary().problems) == 1
+    assert "could not always look at VG system" in monitor.summary().problems[0]
+
+
 # ---------------------------------------------------------------------------------------------
 # start and stop
 
@@ -348,10 +364,13 @@ def test_start_and_stop_a_real_monitor_against_stand_in_lvm_tools(tmp_path):
     pid = watchdog.start(config, "xenvm", [Watched("system", "vmbackup", ORIGIN_SIZE)],
                          settings(interval=0.2))
     assert pid is not None and watchdog.is_watchdog(pid, "xenvm")
+    os.kill(pid, signal.SIGINT)  # meant for the pre that started it
+    os.kill(pid, signal.SIGHUP)
     deadline = time.monotonic() + 20
     while not calls.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
 
+    assert watchdog.is_watchdog(pid, "xenvm")
     summary = watchdog.stop(config, "xenvm")
     assert calls.read_text() == f"--size {128 * MiB}b system/vmbackup\n"
     assert summary is not None and summary.problems == []
@@ -361,3 +380,4 @@ def test_start_and_stop_a_real_monitor_against_stand_in_lvm_tools(tmp_path):
     assert os.listdir(config.settings.lock_dir) == []
     log = (tmp_path / "xenlvm.log").read_text()
     assert "job xenvm: extended the snapshot system/vmbackup from 64.0 MiB to 128.0 MiB" in log
+    assert "the watchdog was asked to stop; exiting" in log  # SIGTERM: a clean exit
