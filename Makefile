@@ -50,7 +50,7 @@ system: deps
 demo: deps
 	$(VPY) -m tests.system.demo
 
-# Timings of the hooks against the manual's shell, in one sandbox boot (about 9 minutes);
+# Timings of the hooks against the manual's shell, in one sandbox boot (about 10 minutes);
 # prints a table and writes bench/results.md.
 bench: deps
 	$(VPY) -m bench.run

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import xenlvm
 from tests.system.conftest import SESAM_ARGS, World
-from tests.system.sandbox import REPO, Guest
+from tests.system.sandbox import REPO, Completed, Guest
 
 BENCH = Path(__file__).resolve().parent
 HOOKS = "/opt/sesam/bin/sesam"
@@ -168,7 +168,9 @@ def baseline(guest: Guest, name: str) -> float:
     return timed(guest, ["/bin/sh", BENCH / f"baseline_{name}.sh"], env={})
 
 
-def last_line(done, prefix: str = "") -> list[str]:
+def last_line(done: Completed, prefix: str = "") -> list[str]:
+    """The words of the last line of stderr that starts with prefix (where /usr/bin/time and
+    OWN_USAGE report)."""
     lines = [line for line in done.stderr.splitlines() if line.startswith(prefix) and line.strip()]
     if done.rc != 0 or not lines:
         raise BenchError(f"a measured command failed:\n{done}")
@@ -225,10 +227,10 @@ def read_log(guest: Guest) -> list[Invocation]:
             run.phase = message.split()[0]
         elif message.startswith("run: "):
             pending = command_name(message[len("run: "):].split())
-        elif EXIT_LINE.match(message):
-            run.commands.append((pending, float(EXIT_LINE.match(message).group(1)) * 1000))
-        elif WINDOW_LINE.match(message):
-            run.windows.append(float(WINDOW_LINE.match(message).group(1)))
+        elif exited := EXIT_LINE.match(message):
+            run.commands.append((pending, float(exited.group(1)) * 1000))
+        elif window := WINDOW_LINE.match(message):
+            run.windows.append(float(window.group(1)))
     return list(runs.values())
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import click
 
-from xenlvm import __version__, hooks, install, interrupts, logs, state
+from xenlvm import __version__, install, interrupts, logs, state
 from xenlvm.config import Config, Job, config_path, load_config
 from xenlvm.errors import EXIT_FAILED, EXIT_OK, UsageError, XenlvmError
 from xenlvm.runner import Runner
@@ -84,14 +84,17 @@ def _require_root(what: str) -> None:
 
 
 def _run_phase(config: Config, phase: str, job_names: Sequence[str], dry_run: bool,
-               sesam_args: Sequence[str], run: Callable[[hooks.Context, list[Job]], None]) -> None:
+               sesam_args: Sequence[str]) -> None:
     jobs = select_jobs(config, sesam_args, job_names)
     if not jobs:
         log.info("no job is configured for these arguments; nothing to do")
         return
     if not dry_run:
         _require_root(phase)
+    from xenlvm import hooks  # only now: a call for another task never pays for these imports
+
     interrupts.install()
+    run = hooks.run_pre if phase == "pre" else hooks.run_post
     context = hooks.Context(config, _runner(config, dry_run))
     started, clock = time.time(), time.monotonic()
     names = [j.name for j in jobs]
@@ -109,7 +112,7 @@ def _run_phase(config: Config, phase: str, job_names: Sequence[str], dry_run: bo
     log.info("%s finished%s: %s", phase, " (dry run, nothing changed)" if dry_run else "", ", ".join(names))
 
 
-def _hook_command(phase: str, run: Callable[[hooks.Context, list[Job]], None], summary: str) -> click.Command:
+def _hook_command(phase: str, summary: str) -> click.Command:
     @click.command(phase, context_settings={"ignore_unknown_options": True}, help=f"{summary}\n\n{HOOK_HELP}")
     @click.option("--job", "job_names", multiple=True, metavar="NAME",
                   help="Run this job whatever sesam passed (repeatable).")
@@ -136,7 +139,7 @@ def _hook_command(phase: str, run: Callable[[hooks.Context, list[Job]], None], s
                               chain, local)
                     return local
             try:
-                _run_phase(config, phase, job_names, dry_run, sesam_args, run)
+                _run_phase(config, phase, job_names, dry_run, sesam_args)
             finally:
                 if chain and phase == "post" and not dry_run:
                     local = install.run_local_hook(chain, sesam_args)
@@ -148,9 +151,9 @@ def _hook_command(phase: str, run: Callable[[hooks.Context, list[Job]], None], s
     return command
 
 
-main.add_command(_hook_command("pre", hooks.run_pre, "Run the sesam pre hook: create and mount the "
+main.add_command(_hook_command("pre", "Run the sesam pre hook: create and mount the "
                                "snapshot of each selected job. Exit 0 only when all are ready."))
-main.add_command(_hook_command("post", hooks.run_post, "Run the sesam post hook: unmount and remove each "
+main.add_command(_hook_command("post", "Run the sesam post hook: unmount and remove each "
                                "selected job's snapshot. Exit 0 only when all is cleaned up and no "
                                "snapshot overflowed."))
 
@@ -234,6 +237,8 @@ def cleanup(ctx: click.Context, job_names: tuple[str, ...], dry_run: bool) -> No
         if not dry_run:
             _require_root("cleanup")
         interrupts.install()
+        from xenlvm import hooks
+
         hooks.run_post(hooks.Context(config, _runner(config, dry_run)), _selected(config, job_names),
                        judge_backup=False)
     _finish(ctx, work)

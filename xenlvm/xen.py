@@ -88,16 +88,17 @@ class Xl:
     def records(self) -> dict[str, dict]:
         return parse_xl_list_long(self.runner.query(["xl", "list", "-l"], timeout=self.timeout).stdout)
 
-    def _control(self, verb: str, name: str) -> None:
-        result = self.runner.change(["xl", verb, name], timeout=self.timeout)
-        if result is not None and "error" in result.stderr.lower():
-            raise XenError(f"xl {verb} {name} reported: {result.stderr.strip()}")
-
-    def pause(self, name: str) -> None:
-        self._control("pause", name)
-
-    def unpause(self, name: str) -> None:
-        self._control("unpause", name)
+    def control(self, verb: str, names: Sequence[str]) -> dict[str, XenlvmError]:
+        """Run `xl pause|unpause NAME` for all names at once; return the failures by name.
+        xl exits 0 even when libxl fails, so an error on stderr counts as a failure too."""
+        outcomes = self.runner.change_all([["xl", verb, name] for name in names], timeout=self.timeout)
+        failures: dict[str, XenlvmError] = {}
+        for name, outcome in zip(names, outcomes):
+            if isinstance(outcome, CommandFailed):
+                failures[name] = outcome
+            elif outcome is not None and "error" in outcome.stderr.lower():
+                failures[name] = XenError(f"xl {verb} {name} reported: {outcome.stderr.strip()}")
+        return failures
 
 
 def select_domains(job: Job, xl: Xl, origin_mountpoints: Sequence[str]) -> list[Domain]:
@@ -233,11 +234,8 @@ def resume(xl: Xl, names: Sequence[str]) -> None:
             break
         log.error("domain(s) %s still paused; resuming again (attempt %d)", ", ".join(pending), attempt + 1)
         time.sleep(0.5 * attempt)
-        for name in pending:
-            try:
-                xl.unpause(name)
-            except (CommandFailed, XenError) as exc:
-                log.error("could not resume domain %s: %s", name, exc)
+        for name, exc in xl.control("unpause", pending).items():
+            log.error("could not resume domain %s: %s", name, exc)
     if pending:
         raise XenError(f"domain(s) {', '.join(pending)} are STILL PAUSED after {UNPAUSE_ATTEMPTS} "
                        f"attempts to resume them: run 'xl unpause {pending[0]}' now and check 'xl list'")
@@ -259,12 +257,12 @@ def paused(xl: Xl, domains: Sequence[Domain], record: PauseRecord,
     if not xl.runner.dry_run:
         record.write(to_pause)
     started = time.monotonic()
-    attempted: list[str] = []
     original: BaseException | None = None
     try:
-        for name in to_pause:
-            attempted.append(name)
-            xl.pause(name)
+        failed = xl.control("pause", to_pause)  # all at once: the window does not grow with K
+        if failed:
+            raise XenError("could not pause " + "; ".join(f"{n}: {e}" for n, e in failed.items())
+                           + ". Nothing was snapshotted; the domains are resumed.")
         yield
     except BaseException as exc:
         original = exc
@@ -272,16 +270,13 @@ def paused(xl: Xl, domains: Sequence[Domain], record: PauseRecord,
     finally:
         # No signal may cut the resume short: hold them until every domain is asked to run.
         with interrupts.deferred():
-            for name in attempted:
-                try:
-                    xl.unpause(name)
-                except (CommandFailed, XenError) as exc:
-                    log.error("could not resume domain %s: %s", name, exc)
+            for name, exc in xl.control("unpause", to_pause).items():
+                log.error("could not resume domain %s: %s", name, exc)
             window_ms = (time.monotonic() - started) * 1000
-            log.info("pause window: %.0f ms (domains %s)", window_ms, ", ".join(attempted))
+            log.info("pause window: %.0f ms (domains %s)", window_ms, ", ".join(to_pause))
             on_window(window_ms)
             try:
-                resume(xl, attempted)
+                resume(xl, to_pause)
                 record.clear()
             except XenError as exc:
                 if original is None:
