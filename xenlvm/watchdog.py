@@ -305,7 +305,10 @@ def _read_small(path: str) -> str | None:
     except OSError:
         return None
     with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
-        return handle.read(1 << 20)
+        try:
+            return handle.read(1 << 20)
+        except OSError:  # e.g. ESRCH: the /proc entry's process ended between open and read
+            return None
 
 
 def read_pid(path: str) -> int | None:
