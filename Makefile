@@ -39,13 +39,13 @@ $(VENV)/.installed: pyproject.toml
 # Two sandboxes side by side (one per core): the system tests take half the time.
 test: deps
 	$(VPY) -m ruff check xenlvm tests
-	$(VPY) -m pytest -q -n 2 --dist loadfile tests
+	$(VPY) -m pytest -q -n 2 --dist load tests
 
 unit: deps
 	$(VPY) -m pytest -q tests/unit
 
 system: deps
-	$(VPY) -m pytest -q -n 2 --dist loadfile tests/system
+	$(VPY) -m pytest -q -n 2 --dist load tests/system
 
 demo: deps
 	$(VPY) -m tests.system.demo
