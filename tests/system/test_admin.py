@@ -77,8 +77,8 @@ def test_check_passes_on_a_ready_host(world):
 @pytest.mark.parametrize("provoke, expected", [
     ("chmod 0664 /etc/xenlvm/config.yaml", "FAIL config: /etc/xenlvm/config.yaml is writable by its group"),
     ("rmdir /mnt/vmbackup", "FAIL [xenvm] mountpoint: /mnt/vmbackup does not exist"),
-    ("lvcreate -q -L 8M -n vmbackup system", "FAIL [xenvm] snapshot name: an LV system/vmbackup exists"),
-    ("lvcreate -q -l 100%FREE -n filler system",
+    ("lvcreate -q -y -L 8M -n vmbackup system", "FAIL [xenvm] snapshot name: an LV system/vmbackup exists"),
+    ("lvcreate -q -y -l 100%FREE -n filler system",
      "FAIL [xenvm] space: the snapshot system/vmbackup needs 64.0 MiB"),
     ("rm /opt/sesam/bin/sesam/sbc_post", "FAIL hooks: /opt/sesam/bin/sesam/sbc_post is missing"),
     ("umount /srv/xenvm && lvchange -an system/xenvm", "FAIL [xenvm] origin: system/xenvm is not active"),
@@ -144,7 +144,7 @@ def test_status_marks_an_old_snapshot_stale(world):
 
 def test_cleanup_removes_only_tagged_leftovers(world):
     assert world.pre().rc == 0
-    world.guest.run(["lvcreate", "-q", "-L", "8M", "-n", "other", "system"], check=True)
+    world.guest.run(["lvcreate", "-q", "-y", "-L", "8M", "-n", "other", "system"], check=True)
     done = world.xenlvm("cleanup")
     assert done.rc == 0, done
     assert set(world.lvs()) == {"xenvm", "other"}

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.system
 
 
 def test_foreign_lv_with_the_snapshot_name_is_never_touched(world):
-    world.guest.run(["lvcreate", "-q", "-L", "8M", "-n", "vmbackup", "system"], check=True)
+    world.guest.run(["lvcreate", "-q", "-y", "-L", "8M", "-n", "vmbackup", "system"], check=True)
     pre = world.pre()
     assert pre.rc == 1, pre
     assert "xenlvm did not create" in pre.stderr
@@ -23,7 +23,7 @@ def test_foreign_lv_with_the_snapshot_name_is_never_touched(world):
 
 
 def test_pre_fails_without_changes_when_the_vg_has_no_room(world):
-    world.guest.run(["lvcreate", "-q", "-l", "100%FREE", "-n", "filler", "system"], check=True)
+    world.guest.run(["lvcreate", "-q", "-y", "-l", "100%FREE", "-n", "filler", "system"], check=True)
     pre = world.pre()
     assert pre.rc == 1, pre
     assert "free" in pre.stderr and "system" in pre.stderr

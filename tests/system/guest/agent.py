@@ -32,7 +32,10 @@ def handle(request):
     if op == "run":
         start = time.monotonic()
         try:
-            proc = subprocess.run(request["argv"], env=request.get("env"), input=request.get("input"),
+            # No input means an empty stdin: a tool that asks a question must not wait forever.
+            stdin = {"input": request["input"]} if request.get("input") is not None else \
+                {"stdin": subprocess.DEVNULL}
+            proc = subprocess.run(request["argv"], env=request.get("env"), **stdin,
                                   capture_output=True, text=True, errors="replace",
                                   timeout=request.get("timeout", 300), cwd=request.get("cwd") or "/")
         except subprocess.TimeoutExpired as exc:

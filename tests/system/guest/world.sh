@@ -15,8 +15,8 @@ lvremove -q -f system >/dev/null 2>&1 || lvremove -q -f system
 rm -rf /etc/xenlvm /run/xenlvm /var/lib/xenlvm /var/log/xenlvm.log /opt/sesam /mnt/* /srv/*
 
 if [ "$LAYOUT" = thin ]; then
-    lvcreate -q -L 700M -T system/pool >/dev/null 2>&1
-    lvcreate -q -V 320M -T system/pool -n xenvm >/dev/null 2>&1
+    lvcreate -q -y -L 700M -T system/pool >/dev/null 2>&1
+    lvcreate -q -y -V 320M -T system/pool -n xenvm >/dev/null 2>&1
 else
     lvcreate -q -y -L 320M -n xenvm system >/dev/null
 fi
