@@ -56,7 +56,7 @@ class World:
         the fault-injecting PATH."""
         self.guest.write(f"/run/faults/{tool}", rule + "\n")
 
-    def wait_for(self, text: str, path: str = "/run/faults/calls.log", timeout: float = 10) -> None:
+    def wait_for(self, text: str, path: str = "/run/faults/calls.log", timeout: float = 60) -> None:
         """Wait until the guest file path contains text (e.g. a tool started by xenlvm)."""
         self.guest.run(["/bin/sh", "-c", 'i=0; while [ "$i" -lt "$3" ]; do grep -qF -- "$1" "$2" 2>/dev/null '
                         '&& exit 0; sleep 0.1; i=$((i + 1)); done; exit 1', "sh", text, path,

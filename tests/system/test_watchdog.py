@@ -108,12 +108,12 @@ def test_watchdog_extends_a_filling_snapshot_so_it_stays_valid(world):
     pid = start_watchdog(world)
     assert running(world, pid)
 
-    rate = write_to_origin(world, 200)  # into a 64 MiB snapshot
+    rate = write_to_origin(world, 128)  # twice the 64 MiB snapshot: it must grow at least twice
     state = snapshot(world)
-    print(f"wrote 200 MiB at {rate:.1f} MiB/s; the snapshot is {state['size'] // MiB} MiB, "
+    print(f"wrote 128 MiB at {rate:.1f} MiB/s; the snapshot is {state['size'] // MiB} MiB, "
           f"{state['fill']:.1f}% full")
     assert not state["invalid"], state
-    assert state["size"] > 200 * MiB
+    assert state["size"] > 128 * MiB
 
     summary = stop_watchdog(world)
     assert not running(world, pid)
@@ -191,7 +191,7 @@ def test_pre_starts_the_watchdog_and_post_stops_it_and_reports_the_extensions(wo
     assert pid is not None and running(world, pid)
     assert "snapshot watchdog started" in pre.stdout
 
-    write_to_origin(world, 200)  # into a 64 MiB snapshot
+    write_to_origin(world, 128)  # into a 64 MiB snapshot
     post = world.post()
     assert post.rc == 0, post
     assert "the watchdog extended system/vmbackup from 64.0 MiB to 128.0 MiB" in post.stderr
