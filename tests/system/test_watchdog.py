@@ -191,7 +191,7 @@ def test_pre_starts_the_watchdog_and_post_stops_it_and_reports_the_extensions(wo
     assert pid is not None and running(world, pid)
     assert "snapshot watchdog started" in pre.stdout
 
-    write_to_origin(world, 128)  # into a 64 MiB snapshot
+    write_to_origin(world, 200)  # into a 64 MiB snapshot
     post = world.post()
     assert post.rc == 0, post
     assert "the watchdog extended system/vmbackup from 64.0 MiB to 128.0 MiB" in post.stderr
