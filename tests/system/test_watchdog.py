@@ -109,14 +109,14 @@ def test_watchdog_extends_a_filling_snapshot_so_it_stays_valid(world):
     assert running(world, pid)
 
     rate = write_to_origin(world, 128)  # twice the 64 MiB snapshot: it must grow at least twice
+    summary = stop_watchdog(world)  # first: it may still extend while we look
+    assert not running(world, pid)
     state = snapshot(world)
     print(f"wrote 128 MiB at {rate:.1f} MiB/s; the snapshot is {state['size'] // MiB} MiB, "
           f"{state['fill']:.1f}% full")
     assert not state["invalid"], state
     assert state["size"] > 128 * MiB
 
-    summary = stop_watchdog(world)
-    assert not running(world, pid)
     assert summary is not None
     sizes = [(e["from"], e["to"]) for e in summary["extensions"]]
     assert sizes[0] == (64 * MiB, 128 * MiB)
