@@ -16,6 +16,7 @@ help:
 	@echo "make test   - install what is needed, then run unit and system tests"
 	@echo "make unit   - unit tests only (no sandbox)"
 	@echo "make lint   - ruff"
+	@echo "make bench  - measure the hooks against the manual's shell in the sandbox (bench/results.md)"
 	@echo "make dist   - dist/xenlvm.pyz, one file for offline hosts (python3 >= 3.9)"
 
 deps: $(VENV)/.installed .work/.debian-packages
