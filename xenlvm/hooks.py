@@ -293,9 +293,20 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
     _stop_watchdog(ctx, job)
     overflowed: list[LogicalVolume] = []
     errors: list[XenlvmError] = []
-    for spec in reversed(job.volumes):
+    vgs: dict[str, VolumeGroup | None] = {}  # one lvs per VG, not one per volume
+    for vg_name in dict.fromkeys(spec.origin.vg for spec in job.volumes):
         try:
-            snapshot = _clean_up_volume(ctx, job, spec)
+            vgs[vg_name] = ctx.lvm.volume_group(vg_name)
+        except PreflightFailed as exc:
+            log.warning("%s; so there is no snapshot to clean up there", exc)
+            vgs[vg_name] = None
+        except XenlvmError as exc:
+            errors.append(exc)
+    for spec in reversed(job.volumes):
+        if spec.origin.vg not in vgs:
+            continue  # its lvs failed: reported above
+        try:
+            snapshot = _clean_up_volume(ctx, job, spec, vgs[spec.origin.vg])
         except XenlvmError as exc:
             errors.append(exc)
             continue
@@ -318,12 +329,10 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
             "the backup when the VMs write less.")
 
 
-def _clean_up_volume(ctx: Context, job: Job, spec: SnapshotSpec) -> LogicalVolume | None:
+def _clean_up_volume(ctx: Context, job: Job, spec: SnapshotSpec,
+                     vg: VolumeGroup | None) -> LogicalVolume | None:
     """Unmount and remove spec's snapshot if it is xenlvm's; return it as it was before."""
-    try:
-        vg = ctx.lvm.volume_group(spec.origin.vg)
-    except PreflightFailed as exc:
-        log.warning("%s; so there is no snapshot to clean up", exc)
+    if vg is None:  # the VG does not exist, so neither does the snapshot
         return None
     snapshot = vg.get(spec.snapshot)
     mounts = mounts_mod.read_mounts()
