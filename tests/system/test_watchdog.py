@@ -10,24 +10,14 @@ import json
 
 import pytest
 
-from tests.system.conftest import CONFIG, assert_nothing_left
+from tests.system.conftest import CONFIG, DEFAULT_CONFIG, assert_nothing_left
 
 pytestmark = pytest.mark.system
 
 MiB = 1 << 20
 
 # tests.system.conftest.DEFAULT_CONFIG, with a watchdog for the job.
-WATCHDOG_CONFIG = """\
-settings:
-  lock_timeout: 5s
-jobs:
-  xenvm:
-    volume: system/xenvm
-    snapshot: vmbackup
-    size: 64M
-    mountpoint: /mnt/vmbackup
-    tasks: [xen_vm1]
-    unmount_timeout: 4s
+WATCHDOG_CONFIG = DEFAULT_CONFIG.replace("{", "{{").replace("}", "}}") + """\
     watchdog:
       threshold: 50%
       step: 100%
