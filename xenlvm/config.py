@@ -18,6 +18,7 @@ from xenlvm.errors import ConfigError
 DEFAULT_CONFIG_PATH = "/etc/xenlvm/config.yaml"
 # libyaml's parser where PyYAML has it (several times faster), else the pure-Python one.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+XL_TIMEOUT = 30.0
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # LVM's own rules for VG and LV names (lvm(8), "VALID NAMES"), plus the suffixes it reserves.
@@ -80,7 +81,7 @@ class XenSettings:
     domains: tuple[str, ...] | str  # names, or "auto": every running domain with a disk on the volume
     mode: str = "pause"  # "none" or "pause"
     missing: str = "warn"  # a configured domain that is not running: "warn" and go on, or "fail"
-    timeout: float = 30.0  # for every xl call: xl can hang
+    timeout: float = XL_TIMEOUT  # for every xl call: xl can hang
     export_dir: str | None = ""  # "" means /var/lib/xenlvm/<job>/xen-config; None disables
     config_dir: str = "/etc/xen"
 
@@ -97,13 +98,28 @@ class WatchdogSettings:
 
 
 @dataclass(frozen=True)
+class VmDiskSettings:
+    """VM disks on logical volumes of their own (phy: disks), found through xl at each pre."""
+
+    domains: tuple[str, ...] | str  # names, or "auto": every running domain but Domain-0
+    size: Size  # of each classic disk's snapshot; thin disks get thin snapshots
+    expose: str = "files"  # "files": mount the guest's filesystems; "image": a sparse image file
+    missing: str = "warn"  # a named domain not running, or a disk not on an LV: "warn" or "fail"
+    image_dir: str | None = None  # where expose: image writes the image files (on disk, not tmpfs)
+
+
+@dataclass(frozen=True)
 class SnapshotSpec:
-    """One volume of a job: its origin, the snapshot's name and size, where it is mounted."""
+    """One volume of a job: its origin, the snapshot's name and size, where it is mounted.
+    A VM disk (found at pre time) also names its domain and disk, and how it is exposed."""
 
     origin: Volume
     snapshot: str
     mountpoint: str
     size: Size | None = None  # None: thin snapshot of a thin origin
+    expose: str | None = None  # None: a volume, mounted; "files" or "image": a VM disk
+    domain: str = ""
+    disk: str = ""
 
     @property
     def snapshot_volume(self) -> Volume:
@@ -125,6 +141,7 @@ class Job:
     fill_warning: int = 80
     xen: XenSettings | None = None
     watchdog: WatchdogSettings | None = None
+    vmdisks: VmDiskSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -407,6 +424,24 @@ def _xen_section(reader: _Reader, node: yaml.Node, key: str) -> XenSettings:
     return XenSettings(**{k: v for k, v in values.items() if v is not None or k == "export_dir"})
 
 
+_VMDISK_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "domains": _domains,
+    "size": parse_size,
+    "expose": _choice("files", "image"),
+    "missing": _choice("warn", "fail"),
+    "image_dir": parse_absolute_path,
+}
+
+
+def _vmdisks_section(reader: _Reader, node: yaml.Node, key: str) -> VmDiskSettings:
+    values = reader.fields(node, key, _VMDISK_PARSERS, required=("domains", "size"))
+    settings = VmDiskSettings(**{k: v for k, v in values.items() if v is not None})
+    if settings.expose == "image" and settings.image_dir is None:
+        raise reader.error(node, key, "expose: image needs 'image_dir:', a directory on a disk "
+                           "with room for the images (not a tmpfs)")
+    return settings
+
+
 def _tasks(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
@@ -460,6 +495,7 @@ _JOB_PARSERS: dict[str, Callable[[Any], Any]] = {
     "fill_warning": parse_percent_int,
     "xen": Section(_xen_section),
     "watchdog": Section(_watchdog_section),
+    "vmdisks": Section(_vmdisks_section),
 }
 
 
@@ -502,6 +538,10 @@ def _jobs_section(reader: _Reader, node: yaml.Node, key: str) -> dict[str, Job]:
         volumes = _job_volumes(reader, value_node, f"jobs.{name}", values)
         values = {k: v for k, v in values.items() if k not in (*_VOLUME_PARSERS, "volumes") and v is not None}
         job = Job(name=name, volumes=volumes, **values)
+        image_dir = job.vmdisks.image_dir if job.vmdisks is not None else None
+        if image_dir is not None and _nested(image_dir, job.mountpoint):
+            raise reader.error(values.nodes["vmdisks"], f"jobs.{name}.vmdisks.image_dir",
+                               f"{image_dir} must lie outside the job's mountpoint {job.mountpoint}")
         jobs[name] = job
     _check_jobs_apart(reader, node, list(jobs.values()))
     return jobs
@@ -528,10 +568,16 @@ def _job_volumes(reader: _Reader, node: yaml.Node, key: str, values: Fields) -> 
             specs.append((SnapshotSpec(origin, item["snapshot"], f"{values['mountpoint']}/{name}",
                                        item.get("size")),
                           f"{key}.volumes[{i}].snapshot", item.nodes["snapshot"]))
+    elif values.get("vmdisks") is not None:
+        if single:
+            raise reader.error(values.nodes[single[0]], f"{key}.{single[0]}", "a job with 'vmdisks:' "
+                               "exposes them below its mountpoint: give its volumes as a 'volumes:' "
+                               "list (each is mounted at <mountpoint>/<name>)")
     else:
         for required in ("volume", "snapshot"):
             if required not in values:
-                raise reader.error(node, key, f"the key {required!r} (or a 'volumes:' list) is required")
+                raise reader.error(node, key, f"the key {required!r} (or a 'volumes:' list, or "
+                                   "'vmdisks:') is required")
         specs.append((SnapshotSpec(values["volume"], values["snapshot"], values["mountpoint"],
                                    values.get("size")), f"{key}.snapshot", values.nodes["snapshot"]))
     origins = {spec.origin for spec, _, _ in specs}
@@ -546,6 +592,11 @@ def _job_volumes(reader: _Reader, node: yaml.Node, key: str, values: Fields) -> 
     return tuple(spec for spec, _, _ in specs)
 
 
+def _nested(a: str, b: str) -> bool:
+    """True when a and b are the same directory or one lies below the other."""
+    return (a + "/").startswith(b + "/") or (b + "/").startswith(a + "/")
+
+
 def _check_jobs_apart(reader: _Reader, node: yaml.Node, jobs: list[Job]) -> None:
     """Two jobs must never share a mountpoint (or nest them) or a snapshot LV."""
     for i, a in enumerate(jobs):
@@ -553,8 +604,7 @@ def _check_jobs_apart(reader: _Reader, node: yaml.Node, jobs: list[Job]) -> None
             pair = f"jobs {a.name!r} and {b.name!r}"
             if a.mountpoint == b.mountpoint:
                 raise reader.error(node, "jobs", f"{pair} use the same mountpoint {a.mountpoint}")
-            if (a.mountpoint + "/").startswith(b.mountpoint + "/") or \
-                    (b.mountpoint + "/").startswith(a.mountpoint + "/"):
+            if _nested(a.mountpoint, b.mountpoint):
                 raise reader.error(node, "jobs", f"{pair} have nested mountpoints "
                                    f"{a.mountpoint} and {b.mountpoint}")
             shared = {v.snapshot_volume for v in a.volumes} & {v.snapshot_volume for v in b.volumes}

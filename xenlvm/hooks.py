@@ -8,9 +8,13 @@ post: lock, read the snapshot's state, unmount (patiently), remove; report an ov
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import functools
 import logging
+import mmap
 import os
+import struct
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
@@ -18,8 +22,8 @@ from dataclasses import dataclass, field
 
 from xenlvm import lvm as lvm_mod
 from xenlvm import mounts as mounts_mod
-from xenlvm import preflight, watchdog, xen
-from xenlvm.config import Config, Job, SnapshotSpec
+from xenlvm import preflight, vmdisks, watchdog, xen
+from xenlvm.config import XL_TIMEOUT, Config, Job, SnapshotSpec
 from xenlvm.errors import (
     CleanupFailed,
     MountError,
@@ -90,22 +94,43 @@ def run_pre(ctx: Context, jobs: Sequence[Job]) -> None:
 
 
 def _volume_groups(ctx: Context, job: Job) -> dict[str, VolumeGroup]:
-    """One lvs call per VG the job's volumes live in."""
-    return {vg: ctx.lvm.volume_group(vg) for vg in dict.fromkeys(s.origin.vg for s in job.volumes)}
+    """One lvs call per VG the job's volumes live in; one for all VGs if it has VM disks."""
+    named = dict.fromkeys(s.origin.vg for s in job.volumes)
+    if job.vmdisks is None:
+        return {vg: ctx.lvm.volume_group(vg) for vg in named}
+    vgs = ctx.lvm.all_volume_groups()
+    for vg in named:
+        if vg not in vgs:  # says clearly that it does not exist (or has no LV)
+            vgs[vg] = ctx.lvm.volume_group(vg)
+    return vgs
+
+
+def _xl(ctx: Context, job: Job) -> xen.Xl:
+    return xen.Xl(ctx.runner, job.xen.timeout if job.xen is not None else XL_TIMEOUT)
 
 
 def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
     """pre for one job: everything that can be done before the pause window is done before it,
-    the snapshots of all the job's volumes are created inside it, and mounted after it."""
+    the snapshots of all the job's volumes (and VM disks) are created inside it, and mounted
+    (exposed) after it."""
     vgs = _volume_groups(ctx, job)
     mounts = mounts_mod.read_mounts()
-    if _sweep_leftovers(ctx, job, vgs, mounts) and not ctx.dry_run:
+    swept = _sweep_leftovers(ctx, job, vgs, mounts)
+    swept = _sweep_vmdisks(ctx, job, vgs) or swept
+    if swept and not ctx.dry_run:
         vgs = _volume_groups(ctx, job)
         mounts = mounts_mod.read_mounts()
+    if job.vmdisks is not None:  # from here on, the job's VM disks are volumes of the job too
+        disks = vmdisks.discover(job, _xl(ctx, job), vgs)
+        _check_disk_names(job, disks)
+        job = dataclasses.replace(job, volumes=job.volumes + tuple(disks))
     _preflight(ctx, job, vgs, mounts)
     origins = [vgs[spec.origin.vg].lvs[spec.origin.lv] for spec in job.volumes]
-    fstypes = [mounts_mod.filesystem_type(ctx.runner, origin, mounts) for origin in origins]
+    fstypes = [mounts_mod.filesystem_type(ctx.runner, origin, mounts) if spec.expose is None else ""
+               for spec, origin in zip(job.volumes, origins)]
     quiesce = _prepare_xen(ctx, job, origins, mounts)
+    if job.vmdisks is not None:
+        vmdisks.mount_tree(ctx.runner, job, undo)
 
     run_tag = lvm_mod.run_tag(ctx.started, os.getpid())
     tags = [lvm_mod.OWNER_TAG, lvm_mod.job_tag(job.name), run_tag]
@@ -116,11 +141,44 @@ def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
                   functools.partial(_remove_if_created, ctx, job, spec, run_tag))
     with quiesce():  # the pause window: nothing but lvcreate happens inside it
         for spec, origin in zip(job.volumes, origins):
-            ctx.lvm.create_snapshot(spec, origin, tags)
+            ctx.lvm.create_snapshot(spec, origin, [*tags, lvm_mod.VMDISK_TAG] if spec.expose else tags)
 
     for spec, fstype in zip(job.volumes, fstypes):
-        _mount(ctx, job, spec, fstype, undo)
+        if spec.expose is None:
+            _mount(ctx, job, spec, fstype, undo)
+        else:
+            vmdisks.expose(ctx.runner, job, spec, undo)
     _start_watchdog(ctx, job, origins, undo)
+
+
+def _check_disk_names(job: Job, disks: list[SnapshotSpec]) -> None:
+    if not job.volumes and not disks:
+        raise PreflightFailed(f"job {job.name!r} found no VM disk on a logical volume to back up "
+                              "(see the warnings above). Nothing was changed.")
+    clash = {d.domain for d in disks} & {os.path.basename(v.mountpoint) for v in job.volumes}
+    if clash:
+        raise PreflightFailed(f"domain {min(clash)!r} has the name of one of the job's volumes, and "
+                              "both would be exposed there: rename the volume ('name:'). "
+                              "Nothing was changed.")
+
+
+def _sweep_vmdisks(ctx: Context, job: Job, vgs: dict[str, VolumeGroup]) -> bool:
+    """Tear down what an earlier run of the job exposed for its VM disks, if anything."""
+    if job.vmdisks is None:
+        return False
+    snapshots = vmdisks.job_snapshots(job, vgs)
+    tree = mounts_mod.mounted_at(job.mountpoint, mounts_mod.read_mounts())
+    if not snapshots and (tree is None or tree.source != vmdisks.tree_source(job)):
+        return False
+    log.warning("found VM disk snapshots or their mounts left over by an earlier run (%s); "
+                "removing them first", ", ".join(map(str, snapshots)) or "no snapshot")
+    _tear_down_vmdisks(ctx, job, snapshots, UNDO_UNMOUNT_TIMEOUT)
+    return True
+
+
+def _tear_down_vmdisks(ctx: Context, job: Job, snapshots: list[LogicalVolume], timeout: float) -> None:
+    vmdisks.tear_down(ctx.runner, job, snapshots, timeout,
+                      lambda lv: ctx.lvm.remove_snapshot(job, vmdisks.spec_of(job, lv), lv))
 
 
 def _start_watchdog(ctx: Context, job: Job, origins: list[LogicalVolume], undo: UndoStack) -> None:
@@ -217,7 +275,8 @@ def _prepare_xen(ctx: Context, job: Job, origins: list[LogicalVolume],
     xl = xen.Xl(ctx.runner, job.xen.timeout)
     record = xen.PauseRecord(ctx.config.settings.lock_dir, job.name)
     xen.resume_leftovers(xl, record)
-    origin_paths = [e.mountpoint for origin in origins for e in mounts_mod.mounts_of(origin, mounts)]
+    origin_paths = [e.mountpoint for spec, origin in zip(job.volumes, origins) if spec.expose is None
+                    for e in mounts_mod.mounts_of(origin, mounts)]
     domains = xen.select_domains(job, xl, origin_paths)
     if job.xen.export_dir is not None and not ctx.dry_run:
         directory = job.xen.export_dir or os.path.join(ctx.config.settings.state_dir, job.name, "xen-config")
@@ -302,6 +361,13 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
             vgs[vg_name] = None
         except XenlvmError as exc:
             errors.append(exc)
+    # Why a snapshot became invalid can only be read while it exists, so before removing it.
+    io_failed: dict[str, bool] = {}
+    for spec in job.volumes:
+        vg = vgs.get(spec.origin.vg)
+        lv = vg.get(spec.snapshot) if vg is not None else None
+        if lv is not None and lv.owned_by(job, spec) and lv.invalid:
+            io_failed[str(lv)] = _invalidated_by_io_errors(lv)
     for spec in reversed(job.volumes):
         if spec.origin.vg not in vgs:
             continue  # its lvs failed: reported above
@@ -312,21 +378,65 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
             continue
         if snapshot is not None and snapshot.invalid:
             overflowed.append(snapshot)
+    if job.vmdisks is not None:  # after the volumes: their mounts lie inside the VM disk tree
+        try:
+            overflowed += _clean_up_vmdisks(ctx, job)
+        except XenlvmError as exc:
+            errors.append(exc)
     if errors:
+        for name, io_error in io_failed.items():
+            log.error("the snapshot %s is invalid (%s), so the backup of this run cannot be trusted", name,
+                      "because of I/O errors on its copy-on-write device" if io_error else "it overflowed")
         raise errors[0] if len(errors) == 1 else XenlvmError(" | ".join(str(e) for e in errors))
     for snapshot in overflowed:
+        io_error = io_failed.get(str(snapshot), False)
         if not judge_backup:
-            log.warning("the removed snapshot %s had overflowed", snapshot)
+            log.warning("the removed snapshot %s had %s", snapshot,
+                        "become invalid because of I/O errors" if io_error else "overflowed")
             continue
+        removed = '(dry run: it was left in place.)' if ctx.dry_run else 'The snapshot has been removed.'
+        if io_error:
+            raise XenlvmError(
+                f"the snapshot {snapshot} became invalid during the backup because of I/O errors on the "
+                "device that holds its copy-on-write space (it had not run out of space), so the backup "
+                f"of this run read inconsistent data and cannot be trusted. {removed} Check the disks of "
+                f"volume group {snapshot.vg!r} ('dmesg', 'pvs') before the next backup.")
         raise SnapshotOverflowed(
             f"the snapshot {snapshot} overflowed during the backup: its "
             f"{preflight.human_size(snapshot.size)} "
             "of copy-on-write space filled up and it became invalid, so the backup of this run read "
-            "inconsistent data and cannot be trusted. "
-            f"{'(dry run: it was left in place.)' if ctx.dry_run else 'The snapshot has been removed.'} "
+            f"inconsistent data and cannot be trusted. {removed} "
             "Make it larger "
             f"('size:' of job {job.name!r}, e.g. 20%ORIGIN, checking 'vgs' for free space) or run "
             "the backup when the VMs write less.")
+
+
+# dm-snapshot's persistent copy-on-write store begins with this magic ("SnAp"), then a valid flag.
+_COW_MAGIC = 0x70416E53
+
+
+def _invalidated_by_io_errors(snapshot: LogicalVolume) -> bool:
+    """Whether an invalid classic snapshot was invalidated by I/O errors rather than by filling up.
+
+    lvs cannot tell: it shows both as invalid and 100% full. The kernel also marks the
+    invalidation in the header of the snapshot's copy-on-write device, which it can do after an
+    overflow but not while that device fails. So: the device is unreadable now, or its header
+    still says valid, means I/O errors. Anything unexpected means: not known to be I/O errors.
+    """
+    try:
+        fd = os.open(f"{snapshot.dm_path}-cow", os.O_RDONLY | os.O_DIRECT)
+    except OSError:
+        return False  # not active, or no such device: nothing more is known
+    # O_DIRECT (page-aligned buffer) reads what is on the device now, not a cached copy.
+    with mmap.mmap(-1, 4096) as header:
+        try:
+            read = os.preadv(fd, [header], 0)
+        except OSError as exc:
+            return exc.errno == errno.EIO
+        finally:
+            os.close(fd)
+        magic, valid = struct.unpack_from("<II", header)
+    return read >= 8 and magic == _COW_MAGIC and valid == 1
 
 
 def _clean_up_volume(ctx: Context, job: Job, spec: SnapshotSpec,
@@ -361,6 +471,21 @@ def _clean_up_volume(ctx: Context, job: Job, spec: SnapshotSpec,
                 " - close to overflowing: consider a larger 'size:'" if level == logging.WARNING else "")
     log.info("snapshot %s unmounted and removed", snapshot)
     return snapshot
+
+
+def _clean_up_vmdisks(ctx: Context, job: Job) -> list[LogicalVolume]:
+    """Tear down the job's VM disk snapshots and all that exposes them; return the invalid ones."""
+    snapshots = vmdisks.job_snapshots(job, ctx.lvm.all_volume_groups())
+    for snapshot in snapshots:
+        if snapshot.data_percent is not None and not snapshot.is_thin:
+            ctx.note(job, "fill_percent", max(ctx.notes.get(job.name, {}).get("fill_percent", 0.0),
+                                              100.0 if snapshot.invalid else snapshot.data_percent))
+    _tear_down_vmdisks(ctx, job, snapshots, job.unmount_timeout)
+    if snapshots and not ctx.dry_run:
+        log.info("VM disk snapshots unmounted and removed: %s", ", ".join(map(str, snapshots)))
+    elif not snapshots:
+        log.info("no VM disk snapshot of job %s to clean up", job.name)
+    return [s for s in snapshots if s.invalid]
 
 
 def remove_job_snapshot(ctx: Context, job: Job, spec: SnapshotSpec, snapshot: LogicalVolume,

@@ -19,6 +19,7 @@ from xenlvm.runner import Runner
 log = logging.getLogger("xenlvm")
 
 OWNER_TAG = "xenlvm"
+VMDISK_TAG = "xenlvm_vmdisk"  # beside the owner and job tags: the snapshot of a VM disk
 _JSON = ["--reportformat", "json", "--units", "b", "--nosuffix"]
 LV_FIELDS = ("lv_name", "vg_name", "lv_attr", "lv_size", "origin", "pool_lv", "lv_tags",
              "data_percent", "lv_snapshot_invalid", "lv_active", "lv_kernel_major",
@@ -136,6 +137,18 @@ def parse_volume_group(text: str, vg_name: str) -> VolumeGroup:
                        lvs={lv.name: lv for lv, _ in rows})
 
 
+def parse_volume_groups(text: str) -> dict[str, VolumeGroup]:
+    """Given lvs JSON for all VGs (with the vg_* fields), return every VG that has an LV."""
+    groups: dict[str, VolumeGroup] = {}
+    for lv, raw in parse_lvs_json(text):
+        if lv.vg not in groups:
+            groups[lv.vg] = VolumeGroup(name=lv.vg, free=int(raw.get("vg_free") or 0),
+                                        size=int(raw.get("vg_size") or 0),
+                                        extent_size=int(raw.get("vg_extent_size") or 0), lvs={})
+        groups[lv.vg].lvs[lv.name] = lv
+    return groups
+
+
 class Lvm:
     """The LVM operations xenlvm needs, all through the runner."""
 
@@ -152,6 +165,11 @@ class Lvm:
                                       "configuration against the output of 'vgs'") from None
             raise
         return parse_volume_group(result.stdout, vg)
+
+    def all_volume_groups(self) -> dict[str, VolumeGroup]:
+        """One lvs call that returns every LV of every VG (VGs without LVs are left out)."""
+        result = self.runner.query(["lvs", *_JSON, "--options", ",".join(LV_FIELDS)])
+        return parse_volume_groups(result.stdout)
 
     def create_snapshot(self, spec: SnapshotSpec, origin: LogicalVolume, tags: Sequence[str]) -> None:
         """Create spec's snapshot of origin: thin (no size) or classic (with spec.size)."""

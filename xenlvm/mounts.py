@@ -33,6 +33,7 @@ class MountEntry:
     options: tuple[str, ...]
     fstype: str
     source: str
+    root: str = "/"  # the directory of the source filesystem mounted here (a bind mount's source)
 
     def is_device(self, lv: LogicalVolume) -> bool:
         return (self.major, self.minor) == (lv.major, lv.minor)
@@ -52,7 +53,8 @@ def parse_mountinfo(text: str) -> list[MountEntry]:
         sep = fields.index("-")
         major, minor = fields[2].split(":")
         entries.append(MountEntry(int(major), int(minor), _unescape(fields[4]),
-                                  tuple(fields[5].split(",")), fields[sep + 1], _unescape(fields[sep + 2])))
+                                  tuple(fields[5].split(",")), fields[sep + 1], _unescape(fields[sep + 2]),
+                                  _unescape(fields[3])))
     return entries
 
 

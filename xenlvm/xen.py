@@ -109,18 +109,19 @@ def select_domains(job: Job, xl: Xl, origin_mountpoints: Sequence[str]) -> list[
     records = xl.records()
     chosen: list[Domain] = []
     if job.xen.domains == "auto":
-        if not origin_mountpoints:
-            volumes = ", ".join(str(spec.origin) for spec in job.volumes)
-            raise PreflightFailed(f"xen.domains is 'auto' but {volumes} is not mounted, so no "
+        volumes = [str(spec.origin) for spec in job.volumes if spec.expose is None]
+        if volumes and not origin_mountpoints:
+            raise PreflightFailed(f"xen.domains is 'auto' but {', '.join(volumes)} is not mounted, so no "
                                   "domain disk can be matched to it; list the domains by name")
+        disk_domains = {spec.domain for spec in job.volumes if spec.domain}  # VM disks found at pre
         for name, record in records.items():
             if name == "Domain-0" or name not in states:
                 continue
             disks = disk_paths(record)
-            if any(is_below(d, m) for d in disks for m in origin_mountpoints):
+            if name in disk_domains or any(is_below(d, m) for d in disks for m in origin_mountpoints):
                 chosen.append(Domain(name, states[name][0], states[name][1], disks, record))
         log.info("xen.domains auto: %s", ", ".join(d.name for d in chosen) or "no running domain has a "
-                 f"disk below {', '.join(origin_mountpoints)}")
+                 f"disk below {', '.join(origin_mountpoints)} or on the job's VM disks")
         return chosen
     problems = []
     for name in job.xen.domains:

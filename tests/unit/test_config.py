@@ -649,7 +649,7 @@ def test_volumes_list_and_single_volume_keys_together_are_refused():
 def test_job_without_any_volume_is_refused():
     message = config_error("jobs:\n  xenvm:\n    mountpoint: /mnt/vmbackup\n")
     assert message.startswith(f"{PATH}:3: jobs.xenvm: ")
-    assert "the key 'volume' (or a 'volumes:' list) is required" in message
+    assert "the key 'volume' (or a 'volumes:' list, or 'vmdisks:') is required" in message
 
 
 def test_two_volumes_mounted_under_the_same_name_are_refused():

@@ -1,0 +1,408 @@
+"""VM disks on logical volumes of their own: find them through xl, and after their snapshots
+exist, expose what a path backup can read; tear all of it down again in post.
+
+Everything is exposed below the job's mountpoint, on a small tmpfs that xenlvm mounts there
+(source ``xenlvm-<job>``), so nothing is created on the host's own disk:
+
+    <mountpoint>/<domain>/<disk>/p<N>   each partition with a filesystem (expose: files)
+    <mountpoint>/<domain>/<disk>        a disk that holds a filesystem directly (expose: files)
+    <mountpoint>/<domain>/<disk>.img    the whole disk as a sparse image file (expose: image)
+
+A guest's partitions never become block devices on the host unless xenlvm mounts them: the
+partition table is read with partx and each partition probed with blkid at its offset, and only
+a filesystem xenlvm mounts gets a loop device (over the snapshot, at that offset). So a guest's
+swap or LVM physical volume is never seen by the host's LVM or udev. The loop devices are
+writable so that a journal can be replayed on mount: those writes land in the snapshot's
+copy-on-write area, never on the VM's disk.
+
+Ownership, proven before anything is undone: the snapshots carry xenlvm's owner and job tags
+and ``xenlvm_vmdisk``; a loop device is ours when its backing device is one of them; a mount
+below the mountpoint is ours when its device is such a loop device or snapshot, or it is a
+bind of an image file from ``<image_dir>/xenlvm-<job>``; the tmpfs when its source is ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from xenlvm import mounts as mounts_mod
+from xenlvm import xen
+from xenlvm.config import Job, SnapshotSpec, Volume
+from xenlvm.errors import MountError, PreflightFailed
+from xenlvm.lvm import OWNER_TAG, VMDISK_TAG, LogicalVolume, VolumeGroup, device_path, job_tag
+from xenlvm.runner import Runner
+from xenlvm.undo import UndoStack
+
+log = logging.getLogger("xenlvm")
+
+SNAPSHOT_SUFFIX = ".xenlvm"  # the snapshot of VG/LV is VG/LV.xenlvm
+MOUNTABLE = ("ext2", "ext3", "ext4", "xfs", "btrfs")
+EXTENDED = ("0x5", "0xf", "0x85")  # DOS extended partitions: containers, not filesystems
+SECTOR = 512  # partx (libblkid) gives partition starts in 512-byte sectors
+COPY_TIMEOUT = 24 * 3600.0  # copying a large disk into an image may take hours
+# Domain and disk names become directory names: one plain path component, nothing else.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]{0,63}$")
+_SYS_BLOCK = "/sys/block"
+
+
+@dataclass(frozen=True)
+class Partition:
+    number: int
+    offset: int  # bytes
+    size: int  # bytes
+    type: str  # the partition table's type code or GUID
+
+
+# ---------------------------------------------------------------------------------------------
+# finding the disks (pre, before the pause window)
+
+
+def snapshot_name(lv: str) -> str:
+    return f"{lv}{SNAPSHOT_SUFFIX}"
+
+
+def tree_source(job: Job) -> str:
+    """The source name of the tmpfs xenlvm mounts at the job's mountpoint."""
+    return f"xenlvm-{job.name}"
+
+
+def discover(job: Job, xl: xen.Xl, vgs: dict[str, VolumeGroup]) -> list[SnapshotSpec]:
+    """The job's VM disks that are logical volumes, as snapshot specs, from `xl list -l`.
+    What cannot be backed up this way is reported, and fails pre when vmdisks.missing says so."""
+    settings = job.vmdisks
+    assert settings is not None
+    states = xl.states()
+    records = xl.records()
+    problems: list[str] = []
+    if settings.domains == "auto":
+        names = [n for n in records if n != "Domain-0" and n in states]
+    else:
+        names = [n for n in settings.domains if n in states and n in records]
+        problems += [f"domain {n!r} does not exist or is not running" for n in settings.domains
+                     if n not in names]
+    by_device = {(lv.major, lv.minor): lv for vg in vgs.values() for lv in vg.lvs.values()
+                 if lv.major is not None}
+    specs: list[SnapshotSpec] = []
+    taken: set[tuple[str, str]] = set()
+    for name in names:
+        if not _SAFE_NAME.fullmatch(name):
+            problems.append(f"domain {name!r}: its name cannot be used as a directory name")
+            continue
+        for disk in records[name].get("config", {}).get("disks", []):
+            spec = _disk_spec(job, name, disk, by_device, problems)
+            if spec is None:
+                continue
+            if (spec.origin.vg, spec.origin.lv) in taken:
+                log.warning("%s is a disk of more than one domain; it is backed up once", spec.origin)
+                continue
+            taken.add((spec.origin.vg, spec.origin.lv))
+            specs.append(spec)
+    if problems:
+        message = "; ".join(problems)
+        if settings.missing == "fail":
+            raise PreflightFailed(f"{message} (vmdisks.missing is 'fail'). Nothing was changed.")
+        log.warning("%s; going on without (set vmdisks.missing: fail to stop instead)", message)
+    log.info("VM disks of job %s: %s", job.name,
+             ", ".join(f"{s.domain}/{s.disk} ({s.origin})" for s in specs) or "none found")
+    return specs
+
+
+def _disk_spec(job: Job, domain: str, disk: dict, by_device: dict[tuple[int, int], LogicalVolume],
+               problems: list[str]) -> SnapshotSpec | None:
+    """Given one disk of `xl list -l`, return its snapshot spec, or None (reported) if it is not
+    a logical volume xenlvm can snapshot."""
+    settings = job.vmdisks
+    assert settings is not None
+    if disk.get("is_cdrom"):
+        return None
+    path, vdev = str(disk.get("pdev_path") or ""), str(disk.get("vdev") or "")
+    where = f"disk {vdev or '?'} of domain {domain} ({path or 'no path'})"
+    if not _SAFE_NAME.fullmatch(vdev) or not path.startswith("/"):
+        problems.append(f"{where}: not a disk xenlvm understands")
+        return None
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        problems.append(f"{where}: {exc.strerror}")
+        return None
+    lv = by_device.get((os.major(info.st_rdev), os.minor(info.st_rdev))) \
+        if stat.S_ISBLK(info.st_mode) else None
+    if lv is None:
+        problems.append(f"{where}: not a logical volume (back up file disks with 'volume:' instead)")
+        return None
+    if lv.is_snapshot and not lv.is_thin:
+        problems.append(f"{where}: {lv} is itself a classic snapshot, which LVM cannot snapshot")
+        return None
+    return SnapshotSpec(Volume(lv.vg, lv.name), snapshot_name(lv.name),
+                        os.path.join(job.mountpoint, domain, vdev),
+                        None if lv.is_thin else settings.size, expose=settings.expose,
+                        domain=domain, disk=vdev)
+
+
+def check_image_room(job: Job, specs: Sequence[SnapshotSpec], vgs: dict[str, VolumeGroup]) -> str | None:
+    """For expose: image, a problem with image_dir (missing, or without room for every disk at
+    its full size: sparse images often take less, but that cannot be known before), or None."""
+    settings = job.vmdisks
+    if settings is None or settings.expose != "image" or settings.image_dir is None:
+        return None
+    directory = settings.image_dir
+    if os.path.islink(directory) or not os.path.isdir(directory):
+        return f"vmdisks.image_dir {directory} must be an existing directory (not a symbolic link)"
+    needed = sum(vgs[s.origin.vg].lvs[s.origin.lv].size for s in specs if s.expose == "image")
+    info = os.statvfs(directory)
+    free = info.f_bavail * info.f_frsize
+    if needed > free:
+        return (f"vmdisks.image_dir {directory} has {free >> 20} MiB free but the images of "
+                f"{len(specs)} disk(s) may need up to {needed >> 20} MiB: make room or choose "
+                "another image_dir")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# exposing (pre, after the pause window)
+
+
+def mount_tree(runner: Runner, job: Job, undo: UndoStack) -> None:
+    """Mount the small tmpfs that holds the job's exposure tree at its mountpoint."""
+    undo.push(f"unmount the tmpfs at {job.mountpoint}", lambda: _unmount_tree(runner, job, 30.0))
+    runner.change(["mount", "-t", "tmpfs", "-o", "mode=0755,size=1m,nodev,nosuid,noexec",
+                   tree_source(job), job.mountpoint])
+
+
+def expose(runner: Runner, job: Job, spec: SnapshotSpec, undo: UndoStack) -> None:
+    """Make spec's disk snapshot readable below the job's mountpoint, registering each undo."""
+    device = device_path(spec.origin.vg, spec.snapshot)
+    what = f"{spec.domain}/{spec.disk}"
+    if runner.dry_run:
+        log.info("dry run: would expose %s (%s) as %s", what, spec.snapshot_volume, spec.expose)
+        return
+    os.makedirs(os.path.dirname(spec.mountpoint), mode=0o755, exist_ok=True)
+    if spec.expose == "image":
+        _expose_image(runner, job, spec, device, undo)
+        return
+    undo.push(f"detach the loop devices of {spec.snapshot_volume}",
+              lambda: detach_loops(runner, [_device_numbers(device)]))
+    whole = probe(runner, device)
+    if whole.get("PTTYPE"):
+        partitions = read_partitions(runner, device)
+        log.info("%s has a %s partition table with %d partition(s)", what, whole["PTTYPE"], len(partitions))
+        os.makedirs(spec.mountpoint, mode=0o755, exist_ok=True)
+        for part in partitions:
+            label = f"{what} partition {part.number}"
+            if part.type.lower() in EXTENDED:
+                log.info("%s: an extended partition (holds the logical ones); skipped", label)
+                continue
+            fstype = _usable(label, probe(runner, device, part.offset, part.size))
+            if fstype is not None:
+                loop = runner.change(["losetup", "--find", "--show", "--offset", str(part.offset),
+                                      "--sizelimit", str(part.size), device])
+                source = loop.stdout.strip() if loop is not None else "/dev/loop?"
+                _mount(runner, source, fstype, os.path.join(spec.mountpoint, f"p{part.number}"), undo)
+    else:
+        fstype = _usable(what, whole)
+        if fstype is not None:
+            _mount(runner, device, fstype, spec.mountpoint, undo)
+
+
+def _usable(label: str, probed: dict[str, str]) -> str | None:
+    """The filesystem type to mount, or None with the reason logged."""
+    kind = probed.get("TYPE", "")
+    if kind in MOUNTABLE:
+        return kind
+    if kind == "LVM2_member":
+        log.warning("%s holds guest LVM (a physical volume of the VM's own volume group): not "
+                    "exposed. Activating a guest's volume group on the host is dangerous (its names "
+                    "can clash with the host's); back up its files from inside the VM", label)
+    elif kind == "swap":
+        log.info("%s is swap: nothing to back up", label)
+    elif kind:
+        log.warning("%s holds %s, which xenlvm does not mount (it mounts %s); skipped",
+                    label, kind, ", ".join(MOUNTABLE))
+    else:
+        log.warning("%s: no filesystem found; skipped", label)
+    return None
+
+
+def _mount(runner: Runner, source: str, fstype: str, target: str, undo: UndoStack) -> None:
+    os.makedirs(target, mode=0o755, exist_ok=True)
+    undo.push(f"unmount {target}", lambda: _unmount_if_ours(runner, target, source))
+    mounts_mod.mount_snapshot(runner, source, fstype, target)
+    entry = mounts_mod.mounted_at(target, mounts_mod.read_mounts())
+    if entry is None or (entry.major, entry.minor) != _device_numbers(source):
+        raise MountError(f"after mounting, {target} does not show {source}")
+    log.info("mounted %s (%s) read-only at %s", source, fstype, target)
+
+
+def _unmount_if_ours(runner: Runner, target: str, source: str) -> None:
+    entry = mounts_mod.mounted_at(target, mounts_mod.read_mounts())
+    if entry is not None and (entry.major, entry.minor) == _device_numbers(source):
+        mounts_mod.unmount_with_retry(runner, target, 30.0)
+
+
+def _expose_image(runner: Runner, job: Job, spec: SnapshotSpec, device: str, undo: UndoStack) -> None:
+    """Copy the snapshot into a sparse image file in image_dir and bind it, read-only, into
+    the tree. The undo of the tree (and post) remove both."""
+    staging = image_staging(job)
+    os.makedirs(staging, mode=0o700, exist_ok=True)
+    image = os.path.join(staging, f"{spec.domain}.{spec.disk}.img")
+    undo.push(f"remove {image}", lambda: _remove_file(image))
+    runner.change(["cp", "--sparse=always", "--", device, image], timeout=COPY_TIMEOUT)
+    target = f"{spec.mountpoint}.img"
+    with open(target, "x"):
+        pass
+    undo.push(f"unmount {target}", lambda: _unmount_image(runner, target, staging))
+    runner.change(["mount", "--bind", image, target])
+    runner.change(["mount", "-o", "remount,bind,ro", target])
+    log.info("%s/%s: image of %s at %s (%d MiB on disk)", spec.domain, spec.disk, spec.snapshot_volume,
+             target, os.stat(image).st_blocks * 512 >> 20)
+
+
+def _remove_file(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _unmount_image(runner: Runner, target: str, staging: str) -> None:
+    entry = mounts_mod.mounted_at(target, mounts_mod.read_mounts())
+    if entry is not None and _is_image_bind(entry, staging):
+        mounts_mod.unmount_with_retry(runner, target, 30.0)
+
+
+def image_staging(job: Job) -> str:
+    assert job.vmdisks is not None and job.vmdisks.image_dir is not None
+    return os.path.join(job.vmdisks.image_dir, f"xenlvm-{job.name}")
+
+
+def probe(runner: Runner, device: str, offset: int | None = None, size: int | None = None) -> dict[str, str]:
+    """What blkid finds on device (at offset, within size): TYPE=ext4, PTTYPE=gpt, ..."""
+    argv = ["blkid", "--probe", "--output", "export"]
+    if offset is not None and size is not None:
+        argv += ["--offset", str(offset), "--size", str(size)]
+    result = runner.query([*argv, device], ok_codes=(0, 2))
+    return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+
+
+def parse_partx(text: str) -> list[Partition]:
+    """Given `partx --raw --bytes --noheadings --output NR,START,SIZE,TYPE`, return the partitions."""
+    partitions = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        partitions.append(Partition(int(fields[0]), int(fields[1]) * SECTOR, int(fields[2]),
+                                    fields[3] if len(fields) > 3 else ""))
+    return partitions
+
+
+def read_partitions(runner: Runner, device: str) -> list[Partition]:
+    result = runner.query(["partx", "--raw", "--bytes", "--noheadings", "--output", "NR,START,SIZE,TYPE",
+                           device])
+    return parse_partx(result.stdout)
+
+
+# ---------------------------------------------------------------------------------------------
+# tearing down (post, and pre before it starts over)
+
+
+def job_snapshots(job: Job, vgs: dict[str, VolumeGroup]) -> list[LogicalVolume]:
+    """The job's VM disk snapshots: they carry all three of xenlvm's tags for them."""
+    wanted = {OWNER_TAG, VMDISK_TAG, job_tag(job.name)}
+    return [lv for vg in vgs.values() for lv in vg.lvs.values() if wanted <= lv.tags and lv.origin]
+
+
+def spec_of(job: Job, snapshot: LogicalVolume) -> SnapshotSpec:
+    return SnapshotSpec(Volume(snapshot.vg, snapshot.origin), snapshot.name, job.mountpoint)
+
+
+def loops_of(devices: Sequence[tuple[int, int] | None],
+             sys_block: str = _SYS_BLOCK) -> dict[str, tuple[int, int]]:
+    """The loop devices whose backing device is one of devices: /dev/loopN -> its numbers."""
+    wanted = {d for d in devices if d is not None}
+    found: dict[str, tuple[int, int]] = {}
+    try:
+        names = sorted(n for n in os.listdir(sys_block) if n.startswith("loop"))
+    except OSError:
+        return found
+    for name in names:
+        try:
+            with open(os.path.join(sys_block, name, "loop", "backing_file"), encoding="utf-8",
+                      errors="surrogateescape") as handle:
+                backing = handle.read().rstrip("\n")
+            with open(os.path.join(sys_block, name, "dev"), encoding="ascii") as handle:
+                major, minor = handle.read().strip().split(":")
+        except (OSError, ValueError):
+            continue  # not bound to anything
+        if _device_numbers(backing) in wanted:
+            found[f"/dev/{name}"] = (int(major), int(minor))
+    return found
+
+
+def detach_loops(runner: Runner, devices: Sequence[tuple[int, int] | None]) -> None:
+    for loop in loops_of(devices):
+        runner.change(["losetup", "--detach", loop])
+
+
+def tear_down(runner: Runner, job: Job, snapshots: Sequence[LogicalVolume], timeout: float,
+              remove: Callable[[LogicalVolume], None]) -> None:
+    """Unmount what xenlvm exposed for the job's disk snapshots, detach their loop devices,
+    remove the snapshots (with remove), the image files and the tree. Raise if something that
+    is not xenlvm's is in the way; it is left alone."""
+    ours = {(s.major, s.minor) for s in snapshots if s.major is not None}
+    loops = loops_of(list(ours))
+    devices = ours | set(loops.values())
+    staging = image_staging(job) if job.vmdisks is not None and job.vmdisks.image_dir else None
+    foreign = []
+    for entry in reversed(mounts_mod.read_mounts()):
+        if not xen.is_below(entry.mountpoint, job.mountpoint):
+            continue
+        if (entry.major, entry.minor) in devices or _is_image_bind(entry, staging):
+            mounts_mod.unmount_with_retry(runner, entry.mountpoint, timeout)
+        else:
+            foreign.append(entry.mountpoint)
+    if foreign:
+        raise MountError(f"something xenlvm did not mount is mounted below {job.mountpoint} "
+                         f"({', '.join(foreign)}); unmount it yourself, then run 'xenlvm post' again")
+    for loop in loops:
+        runner.change(["losetup", "--detach", loop])
+    for snapshot in snapshots:
+        remove(snapshot)
+    if staging is not None and os.path.isdir(staging) and not runner.dry_run:
+        shutil.rmtree(staging)
+        log.info("removed the image files in %s", staging)
+    _unmount_tree(runner, job, timeout)
+
+
+def _is_image_bind(entry: mounts_mod.MountEntry, staging: str | None) -> bool:
+    """A bind mount of one of the job's image files: its root is a file in the staging
+    directory (relative to that filesystem's root, so compare the tail)."""
+    if staging is None:
+        return False
+    folder = "/" + os.path.basename(staging) + "/"
+    return entry.fstype != "tmpfs" and folder in entry.root and entry.root.endswith(".img")
+
+
+def _unmount_tree(runner: Runner, job: Job, timeout: float) -> None:
+    entry = mounts_mod.mounted_at(job.mountpoint, mounts_mod.read_mounts())
+    if entry is None:
+        return
+    if entry.fstype != "tmpfs" or entry.source != tree_source(job):
+        log.warning("%s has %s mounted on it, which is not xenlvm's tree; left alone",
+                    job.mountpoint, entry.source)
+        return
+    mounts_mod.unmount_with_retry(runner, job.mountpoint, timeout)
+
+
+def _device_numbers(path: str) -> tuple[int, int] | None:
+    with contextlib.suppress(OSError):
+        info = os.stat(path)
+        if stat.S_ISBLK(info.st_mode):
+            return os.major(info.st_rdev), os.minor(info.st_rdev)
+    return None
+
