@@ -3,18 +3,19 @@ line with ok/warn/fail and what to do."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
-from xenlvm import install, preflight, xen
+from xenlvm import install, preflight, vmdisks, xen
 from xenlvm import mounts as mounts_mod
-from xenlvm.config import Config, Job, permission_problem
+from xenlvm.config import XL_TIMEOUT, Config, Job, permission_problem
 from xenlvm.errors import CommandFailed, XenlvmError
 from xenlvm.lvm import LogicalVolume, Lvm, VolumeGroup
 from xenlvm.preflight import Finding
 from xenlvm.runner import Runner, which
 
-LVM_TOOLS = ("lvs", "lvcreate", "lvremove", "mount", "umount", "blkid")
+LVM_TOOLS = ("lvs", "lvcreate", "lvremove", "mount", "umount", "blkid", "losetup", "partx")
 
 
 def check_host(config: Config, hook_dir: str) -> list[Finding]:
@@ -25,7 +26,7 @@ def check_host(config: Config, hook_dir: str) -> list[Finding]:
     if os.geteuid() != 0:
         findings.append(Finding("warn", "root", "not running as root: some checks may be incomplete, and "
                                 "pre/post must run as root"))
-    tools = list(LVM_TOOLS) + (["xl"] if any(j.xen for j in config.jobs.values()) else [])
+    tools = list(LVM_TOOLS) + (["xl"] if any(j.xen or j.vmdisks for j in config.jobs.values()) else [])
     missing = [t for t in tools if which(t, config.settings.path) is None]
     findings.append(Finding("fail", "tools", f"not found on {config.settings.path}: {', '.join(missing)}; "
                             "install them (lvm2, util-linux, xen-utils) or set settings.path")
@@ -72,6 +73,8 @@ def check_job(config: Config, runner: Runner, job: Job) -> list[Finding]:
             own = vgs[spec.origin.vg].get(spec.snapshot)
             findings.append(preflight.check_mountpoint(spec.mountpoint, mounts, own))
     origins = [vgs[s.origin.vg].lvs[s.origin.lv] for s in job.volumes if vgs[s.origin.vg].get(s.origin.lv)]
+    if job.vmdisks is not None:
+        findings += _check_vmdisks(runner, job)
     if job.xen is not None:
         xl = xen.Xl(runner, job.xen.timeout)
         try:
@@ -88,11 +91,29 @@ def check_job(config: Config, runner: Runner, job: Job) -> list[Finding]:
     return findings
 
 
+def _check_vmdisks(runner: Runner, job: Job) -> list[Finding]:
+    """Which VM disks pre would snapshot now, and whether image_dir has room for them."""
+    assert job.vmdisks is not None
+    timeout = job.xen.timeout if job.xen is not None else XL_TIMEOUT
+    try:
+        every = Lvm(runner).all_volume_groups()
+        disks = vmdisks.discover(job, xen.Xl(runner, timeout), every)
+    except (CommandFailed, XenlvmError) as exc:
+        return [Finding("fail", "vmdisks", str(exc))]
+    findings = [Finding("ok" if disks else "fail", "vmdisks", "VM disks to snapshot: " + (", ".join(
+        f"{d.domain}/{d.disk} ({d.origin})" for d in disks) or "none found"))]
+    findings += preflight.check_job_volumes(dataclasses.replace(job, volumes=tuple(disks)), every)
+    room = vmdisks.check_image_room(job, disks, every)
+    if room is not None:
+        findings.append(Finding("fail", "vmdisks", room))
+    return findings
+
+
 def _own_snapshot_at(job: Job, vgs: dict[str, VolumeGroup]) -> LogicalVolume | None:
     """The job's snapshot mounted directly at the job's mountpoint (single-volume jobs), if any:
     a mount there is then expected, not a problem."""
-    spec = job.volumes[0]
-    if len(job.volumes) != 1:
+    if len(job.volumes) != 1 or job.vmdisks is not None:
         return None
+    spec = job.volumes[0]
     snapshot = vgs[spec.origin.vg].get(spec.snapshot)
     return snapshot if snapshot is not None and snapshot.owned_by(job, spec) else None

@@ -536,11 +536,12 @@ def _jobs_section(reader: _Reader, node: yaml.Node, key: str) -> dict[str, Job]:
         values = reader.fields(value_node, f"jobs.{name}", _JOB_PARSERS, required=("mountpoint",),
                                not_empty=("volume", "snapshot", "volumes"))
         volumes = _job_volumes(reader, value_node, f"jobs.{name}", values)
+        nodes = values.nodes
         values = {k: v for k, v in values.items() if k not in (*_VOLUME_PARSERS, "volumes") and v is not None}
         job = Job(name=name, volumes=volumes, **values)
         image_dir = job.vmdisks.image_dir if job.vmdisks is not None else None
         if image_dir is not None and _nested(image_dir, job.mountpoint):
-            raise reader.error(values.nodes["vmdisks"], f"jobs.{name}.vmdisks.image_dir",
+            raise reader.error(nodes["vmdisks"], f"jobs.{name}.vmdisks.image_dir",
                                f"{image_dir} must lie outside the job's mountpoint {job.mountpoint}")
         jobs[name] = job
     _check_jobs_apart(reader, node, list(jobs.values()))

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from xenlvm import mounts as mounts_mod
-from xenlvm import state, xen
+from xenlvm import state, vmdisks, xen
 from xenlvm.config import Config, Job, SnapshotSpec
 from xenlvm.errors import CommandFailed, XenlvmError
 from xenlvm.lvm import Lvm, VolumeGroup
@@ -36,6 +36,14 @@ def job_status(config: Config, runner: Runner, job: Job, now: float | None = Non
             report["problems"].append(str(exc))
     report["volumes"] = [_volume_status(config, job, spec, groups.get(spec.origin.vg), mounts, now)
                          for spec in job.volumes]
+    if job.vmdisks is not None:  # the VM disk snapshots that exist now, found by their tags
+        try:
+            every = Lvm(runner).all_volume_groups()
+        except XenlvmError as exc:
+            report["problems"].append(str(exc))
+            every = {}
+        report["volumes"] += [_volume_status(config, job, vmdisks.spec_of(job, lv), every[lv.vg], mounts, now)
+                              for lv in vmdisks.job_snapshots(job, every)]
     if job.xen is not None:
         report["domains"] = _domains(config, runner, job)
     report["last_runs"] = state.read_state(config, job.name)

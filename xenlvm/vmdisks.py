@@ -48,7 +48,7 @@ EXTENDED = ("0x5", "0xf", "0x85")  # DOS extended partitions: containers, not fi
 SECTOR = 512  # partx (libblkid) gives partition starts in 512-byte sectors
 COPY_TIMEOUT = 24 * 3600.0  # copying a large disk into an image may take hours
 # Domain and disk names become directory names: one plain path component, nothing else.
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]{0,63}$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,63}$")
 _SYS_BLOCK = "/sys/block"
 
 
@@ -127,13 +127,8 @@ def _disk_spec(job: Job, domain: str, disk: dict, by_device: dict[tuple[int, int
     if not _SAFE_NAME.fullmatch(vdev) or not path.startswith("/"):
         problems.append(f"{where}: not a disk xenlvm understands")
         return None
-    try:
-        info = os.stat(path)
-    except OSError as exc:
-        problems.append(f"{where}: {exc.strerror}")
-        return None
-    lv = by_device.get((os.major(info.st_rdev), os.minor(info.st_rdev))) \
-        if stat.S_ISBLK(info.st_mode) else None
+    numbers = _device_numbers(path)
+    lv = by_device.get(numbers) if numbers is not None else None
     if lv is None:
         problems.append(f"{where}: not a logical volume (back up file disks with 'volume:' instead)")
         return None
@@ -380,12 +375,17 @@ def tear_down(runner: Runner, job: Job, snapshots: Sequence[LogicalVolume], time
 
 
 def _is_image_bind(entry: mounts_mod.MountEntry, staging: str | None) -> bool:
-    """A bind mount of one of the job's image files: its root is a file in the staging
-    directory (relative to that filesystem's root, so compare the tail)."""
+    """A bind mount of one of the job's image files: it comes from the staging directory's
+    filesystem, and its root (relative to that filesystem) is an image file in that directory."""
     if staging is None:
         return False
-    folder = "/" + os.path.basename(staging) + "/"
-    return entry.fstype != "tmpfs" and folder in entry.root and entry.root.endswith(".img")
+    try:
+        device = os.stat(staging).st_dev
+    except OSError:
+        return False
+    return ((entry.major, entry.minor) == (os.major(device), os.minor(device))
+            and os.path.dirname(entry.root).endswith("/" + os.path.basename(staging))
+            and entry.root.endswith(".img"))
 
 
 def _unmount_tree(runner: Runner, job: Job, timeout: float) -> None:

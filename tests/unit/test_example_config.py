@@ -26,3 +26,4 @@ def test_commented_optional_sections_load_when_uncommented():
     assert [spec.mountpoint for spec in job.volumes] == ["/mnt/vmbackup/xenvm", "/mnt/vmbackup/vms2"]
     assert job.xen is not None and job.xen.domains == "auto"
     assert job.watchdog is not None and job.watchdog.threshold == 70
+    assert job.vmdisks is not None and job.vmdisks.domains == "auto" and job.vmdisks.expose == "files"

@@ -32,15 +32,21 @@ mkdir -p /srv/xenvm/vm1
 head -c 4194304 /dev/urandom > /srv/xenvm/vm1/disk.img
 printf 'name = "vm1"\ndisk = [ "file:/srv/xenvm/vm1/disk.img,xvda,w" ]\n' > /srv/xenvm/vm1/vm1.cfg
 
-# The hooks as sesam has them: installed by xenlvm itself into /opt/sesam/bin/sesam.
+# The hooks as sesam has them: installed by xenlvm itself into /opt/sesam/bin/sesam, once per
+# boot; later worlds get a copy of what it wrote (a Python start costs a second in the guest).
 mkdir -p /opt/sesam/bin/sesam /etc/xenlvm
-"$PYTHON" -m xenlvm install-hooks >/dev/null
+if [ -d /run/installed-hooks ]; then
+    cp -p /run/installed-hooks/* /opt/sesam/bin/sesam/
+else
+    "$PYTHON" -m xenlvm install-hooks >/dev/null
+    mkdir -p /run/installed-hooks && cp -p /opt/sesam/bin/sesam/* /run/installed-hooks/
+fi
 sync
 
 # Fault injection wrappers (see guest/fault); inert until a test writes a rule.
 rm -rf /run/faults
 mkdir -p /run/faults/bin
-for tool in lvs lvcreate lvremove lvchange mount umount blkid; do
+for tool in lvs lvcreate lvremove lvchange mount umount blkid losetup partx cp; do
     ln -s "$(dirname "$0")/fault" "/run/faults/bin/$tool"
 done
 

@@ -1,0 +1,185 @@
+"""VMs on logical volumes of their own: each VM disk is snapshotted in the pause window and its
+filesystems (or an image of it) exposed below the job's mountpoint; post tears all of it down.
+
+The disks (guest/vmdisks.sh): vm2/xvda MBR with ext4, swap, XFS; vm3/xvda GPT with ext4 and a
+guest LVM physical volume; vm3/xvdb a bare ext4 filesystem.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from tests.system.conftest import SESAM_ARGS, TESTS
+from tests.system.test_xen import XL, lvcreate_times, xl_calls
+
+pytestmark = pytest.mark.system
+
+TREE = "/mnt/vmbackup"
+VMDISK_CONFIG = """\
+settings:
+  path: /opt/xen/bin:/run/faults/bin:/usr/sbin:/usr/bin:/sbin:/bin
+  lock_timeout: 5s
+jobs:
+  disks:
+    mountpoint: /mnt/vmbackup
+    tasks: [xen_vm1]
+    unmount_timeout: 4s
+    vmdisks:
+      domains: [vm2, vm3]
+      size: 16M
+{extra}    xen:
+      domains: auto
+      timeout: 3s
+"""
+MARKERS = {  # what the backup finds, path below the tree -> content
+    "vm2/xvda/p1/marker": "vm2 xvda p1",
+    "vm2/xvda/p3/marker": "vm2 xvda p3",
+    "vm3/xvda/p1/marker": "vm3 xvda p1",
+    "vm3/xvdb/marker": "vm3 xvdb",
+}
+
+
+@pytest.fixture
+def disks(world):
+    world.guest.run([TESTS / "guest" / "vmdisks.sh"], check=True)
+    world.write_config(VMDISK_CONFIG.format(extra=""))
+    return world
+
+
+def tree_mounts(world) -> dict[str, str]:
+    """Mount point -> 'source fstype options' for the tree and everything below it."""
+    table = {}
+    for line in world.guest.read("/proc/mounts").splitlines():
+        source, mountpoint, fstype, options = line.split()[:4]
+        if mountpoint == TREE or mountpoint.startswith(TREE + "/"):
+            table[mountpoint] = f"{source} {fstype} {options}"
+    return table
+
+
+def loop_devices(world) -> list[str]:
+    return world.guest.run(["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"],
+                           check=True).stdout.splitlines()
+
+
+def assert_disks_clean(world) -> None:
+    """No snapshot, loop device, mount or tree left, and every domain running."""
+    lvs = world.lvs()
+    assert not [name for name in lvs if name.endswith(".xenlvm")], lvs
+    assert not [name for name, row in lvs.items() if "xenlvm" in row["lv_tags"].split(",")]
+    assert loop_devices(world) == []
+    assert tree_mounts(world) == {}
+    assert world.guest.run(["ls", "-A", TREE], check=True).stdout == ""  # the host's own directory
+    states = world.guest.run([XL, "list"], check=True).stdout.splitlines()[1:]
+    assert not [line for line in states if "p" in line.split()[4]], states
+
+
+def test_every_filesystem_of_every_disk_is_exposed_read_only_as_of_the_snapshot(disks):
+    pre = disks.pre()
+    assert pre.rc == 0, pre
+    mounts = tree_mounts(disks)
+    assert mounts.pop(TREE).startswith("xenlvm-disks tmpfs ")
+    assert sorted(mounts) == sorted(f"{TREE}/{path.rsplit('/', 1)[0]}" for path in MARKERS)
+    for options in (m.split()[2].split(",") for m in mounts.values()):
+        assert {"ro", "nodev", "nosuid", "noexec"} <= set(options), mounts
+    assert mounts[f"{TREE}/vm2/xvda/p3"].split()[1:2] == ["xfs"]
+    # The VM goes on writing: its disk changes, the backup still sees the snapshot's state.
+    disks.guest.sh("loop=$(losetup -f --show -o 1048576 --sizelimit 16777216 /dev/system/vm2-disk)\n"
+                   'mkdir -p /run/vm2 && mount "$loop" /run/vm2 && echo changed > /run/vm2/marker\n'
+                   'umount /run/vm2 && losetup --detach "$loop" && sync')
+    for path, content in MARKERS.items():
+        assert disks.guest.read(f"{TREE}/{path}").strip() == content
+    # Swap and the guest's LVM never became devices on the host; both were reported.
+    assert disks.guest.run(["test", "-e", f"{TREE}/vm2/xvda/p2"]).rc == 1
+    assert disks.guest.run(["test", "-e", f"{TREE}/vm3/xvda/p2"]).rc == 1
+    assert "vm2/xvda partition 2 is swap" in pre.stdout
+    assert "vm3/xvda partition 2 holds guest LVM" in pre.stderr
+    assert len(loop_devices(disks)) == 3  # vm2 p1, vm2 p3, vm3 p1: nothing for swap or LVM
+    pvs = disks.guest.run(["pvs", "--noheadings", "-o", "pv_name"], check=True).stdout.split()
+    assert pvs == ["/dev/ubda"]
+    # All three disks were snapshotted while both domains were paused.
+    calls = xl_calls(disks)
+    paused = max(t for t, phase, call in calls if phase == "end" and call.startswith("pause"))
+    resumed = min(t for t, phase, call in calls if phase == "start" and call.startswith("unpause"))
+    first, last = lvcreate_times(disks)
+    assert {call for _, _, call in calls} == {"pause vm2", "pause vm3", "unpause vm2", "unpause vm3"}
+    assert paused < first and last < resumed
+    assert sum(" lvcreate " in c and "start" in c for c in disks.fault_calls()) == 3
+
+    post = disks.post()
+    assert post.rc == 0, post
+    assert_disks_clean(disks)
+    assert disks.post().rc == 0  # post twice, or without pre, is harmless
+
+
+def test_failure_while_exposing_the_third_partition_rolls_everything_back(disks):
+    # mount calls: 1 the tree, 2 vm2 p1, 3 vm2 p3, 4 vm3 p1 (the third partition)
+    disks.inject("mount", "fail-call 4 32")
+    pre = disks.pre()
+    assert pre.rc == 1, pre
+    assert "could not mount the snapshot /dev/loop" in pre.stderr and "injected failure" in pre.stderr
+    assert "Undoing pre ALSO failed" not in pre.stderr
+    assert_disks_clean(disks)
+
+
+def test_post_after_a_killed_pre_removes_loop_devices_mounts_and_snapshots(disks):
+    disks.inject("mount", "hold-call 3")  # vm2 p1 is mounted, the loop device of p3 exists
+    pid = disks.guest.spawn(["/opt/sesam/bin/sesam/sbc_pre", *SESAM_ARGS], env={})
+    disks.wait_for("start mount ")
+    disks.wait_for("vm2/xvda/p3")
+    disks.guest.signal(pid, signal.SIGKILL, group=True)
+    disks.guest.wait(pid)
+    assert len(loop_devices(disks)) == 2 and f"{TREE}/vm2/xvda/p1" in tree_mounts(disks)
+    disks.inject("mount", "")
+    post = disks.post()
+    assert post.rc == 0, post
+    assert_disks_clean(disks)
+
+
+def test_pre_after_a_killed_pre_starts_over_cleanly(disks):
+    disks.inject("mount", "hold-call 3")
+    pid = disks.guest.spawn(["/opt/sesam/bin/sesam/sbc_pre", *SESAM_ARGS], env={})
+    disks.wait_for("vm2/xvda/p3")
+    disks.guest.signal(pid, signal.SIGKILL, group=True)
+    disks.guest.wait(pid)
+    disks.inject("mount", "")
+    pre = disks.pre()
+    assert pre.rc == 0, pre
+    assert "left over by an earlier run" in pre.stderr
+    assert len(loop_devices(disks)) == 3
+    for path, content in MARKERS.items():
+        assert disks.guest.read(f"{TREE}/{path}").strip() == content
+    assert disks.post().rc == 0
+    assert_disks_clean(disks)
+
+
+def test_expose_image_gives_each_disk_as_a_read_only_image_file(disks):
+    disks.guest.sh("mkdir -p /var/tmp/images")
+    disks.write_config(VMDISK_CONFIG.format(extra="      expose: image\n      image_dir: /var/tmp/images\n"))
+    checksums = disks.guest.sh("sha256sum /dev/system/vm2-disk /dev/system/vm3-disk /dev/system/vm3-data"
+                               " | cut -d' ' -f1").stdout.split()
+    pre = disks.pre()
+    assert pre.rc == 0, pre
+    images = [f"{TREE}/vm2/xvda.img", f"{TREE}/vm3/xvda.img", f"{TREE}/vm3/xvdb.img"]
+    disks.guest.sh("echo changed | dd of=/dev/system/vm2-disk bs=512 seek=4000 conv=notrunc 2>/dev/null")
+    found = disks.guest.run(["sha256sum", *images], check=True).stdout.split()[::2]
+    assert found == checksums
+    for image in images:
+        assert disks.guest.run(["test", "-f", image, "-a", "!", "-L", image]).rc == 0
+        assert disks.guest.sh(f"echo x >> {image}", check=False).rc != 0  # read-only
+    assert loop_devices(disks) == []
+    post = disks.post()
+    assert post.rc == 0, post
+    assert_disks_clean(disks)
+    assert disks.guest.run(["ls", "-A", "/var/tmp/images"], check=True).stdout == ""
+
+
+def test_a_domain_that_is_not_running_is_reported_and_the_others_backed_up(disks):
+    disks.guest.run([XL, "fake-destroy", "vm3"], check=True)
+    pre = disks.pre()
+    assert pre.rc == 0, pre
+    assert "domain 'vm3' does not exist or is not running" in pre.stderr
+    assert sorted(tree_mounts(disks)) == [TREE, f"{TREE}/vm2/xvda/p1", f"{TREE}/vm2/xvda/p3"]
+    assert disks.post().rc == 0
+    assert_disks_clean(disks)

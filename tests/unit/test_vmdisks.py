@@ -1,0 +1,250 @@
+"""VM disks: which disks a job finds, how partitions are read and judged, what counts as
+xenlvm's when tearing down. (The real thing runs in tests/system/test_vmdisks.py.)"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import pytest
+
+from xenlvm import vmdisks
+from xenlvm.config import Job, VmDiskSettings, parse_config, parse_size
+from xenlvm.errors import ConfigError, PreflightFailed
+from xenlvm.lvm import LogicalVolume, VolumeGroup
+from xenlvm.mounts import MountEntry
+from xenlvm.runner import Result
+from xenlvm.undo import UndoStack
+
+# Real partx output (util-linux 2.38) for the system tests' disks, taken in the guest.
+PARTX_DOS = "1 2048 16777216 0x83\n2 34816 4194304 0x82\n3 43008 45088768 0x83\n"
+PARTX_GPT = ("1 2048 16777216 0fc63daf-8483-4772-8e79-3d69d8477de4\n"
+             "2 34816 23051776 e6d6d379-f507-44c2-a23c-238f2a3df928\n")
+PARTX_EXTENDED = "1 2048 8388608 0x83\n2 18432 33554432 0x5\n5 20480 16777216 0x83\n"
+
+
+def lv(name: str, major_minor: tuple[int, int] | None, *, vg: str = "system", pool: str = "",
+       attr: str = "-wi-ao----", origin: str = "", tags: frozenset[str] = frozenset()) -> LogicalVolume:
+    major, minor = major_minor if major_minor else (None, None)
+    return LogicalVolume(vg=vg, name=name, attr=attr, size=64 << 20, origin=origin, pool=pool, tags=tags,
+                         data_percent=None, snapshot_invalid=False, active=True, major=major, minor=minor,
+                         dm_path=f"/dev/mapper/{vg}-{name}", created="")
+
+
+VGS = {"system": VolumeGroup("system", 1 << 30, 2 << 30, 4 << 20, {
+    "vm2-disk": lv("vm2-disk", (254, 1)),
+    "vm3-disk": lv("vm3-disk", (254, 2)),
+    "thin-disk": lv("thin-disk", (254, 3), pool="pool", attr="Vwi-aotz--"),
+    "xenvm": lv("xenvm", (254, 0)),
+})}
+DEVICES = {"/dev/system/vm2-disk": (254, 1), "/dev/system/vm3-disk": (254, 2),
+           "/dev/system/thin-disk": (254, 3), "/dev/sdb": (8, 16)}
+
+
+def disk(path: str, vdev: str, **extra) -> dict:
+    return {"pdev_path": path, "vdev": vdev, "backend": "phy", "format": "raw", "is_cdrom": 0, **extra}
+
+
+class FakeXl:
+    def __init__(self, domains: dict[str, list[dict]]) -> None:
+        self.domains = domains
+
+    def states(self):
+        return {"Domain-0": (0, False), **{n: (i + 1, False) for i, n in enumerate(self.domains)}}
+
+    def records(self):
+        return {n: {"domid": i + 1, "config": {"c_info": {"name": n}, "disks": d}}
+                for i, (n, d) in enumerate({"Domain-0": [], **self.domains}.items())}
+
+
+def job(domains="auto", missing="warn", expose="files") -> Job:
+    return Job(name="disks", mountpoint="/mnt/vmdisks", volumes=(),
+               vmdisks=VmDiskSettings(domains=domains, size=parse_size("16M"), missing=missing,
+                                      expose=expose))
+
+
+@pytest.fixture(autouse=True)
+def devices(monkeypatch):
+    monkeypatch.setattr(vmdisks, "_device_numbers", DEVICES.get)
+
+
+def test_each_disk_on_an_lv_becomes_a_snapshot_spec_below_domain_and_disk():
+    xl = FakeXl({"vm2": [disk("/dev/system/vm2-disk", "xvda")],
+                 "vm3": [disk("/dev/system/vm3-disk", "xvda"), disk("/dev/system/thin-disk", "xvdb")]})
+    specs = vmdisks.discover(job(), xl, VGS)
+    assert [(s.domain, s.disk, str(s.origin), s.snapshot, s.mountpoint) for s in specs] == [
+        ("vm2", "xvda", "system/vm2-disk", "vm2-disk.xenlvm", "/mnt/vmdisks/vm2/xvda"),
+        ("vm3", "xvda", "system/vm3-disk", "vm3-disk.xenlvm", "/mnt/vmdisks/vm3/xvda"),
+        ("vm3", "xvdb", "system/thin-disk", "thin-disk.xenlvm", "/mnt/vmdisks/vm3/xvdb"),
+    ]
+    assert [s.size.text if s.size else None for s in specs] == ["16M", "16M", None]  # thin: no size
+    assert {s.expose for s in specs} == {"files"}
+
+
+def test_disks_that_are_not_lvs_are_reported_and_fail_pre_when_asked(caplog):
+    xl = FakeXl({"vm2": [disk("/dev/system/vm2-disk", "xvda"), disk("/dev/sdb", "xvdb"),
+                         disk("/srv/vm2/disk.img", "xvdc", backend="qdisk"),
+                         disk("/dev/sr0", "xvdd", is_cdrom=1)]})
+    with caplog.at_level(logging.WARNING, "xenlvm"):
+        specs = vmdisks.discover(job(), xl, VGS)
+    assert [s.disk for s in specs] == ["xvda"]
+    assert "disk xvdb of domain vm2 (/dev/sdb): not a logical volume" in caplog.text
+    assert "disk xvdc of domain vm2 (/srv/vm2/disk.img): not a logical volume" in caplog.text
+    assert "xvdd" not in caplog.text  # a CD-ROM is no disk to back up
+    with pytest.raises(PreflightFailed, match="vmdisks.missing is 'fail'"):
+        vmdisks.discover(job(missing="fail"), xl, VGS)
+
+
+def test_named_domains_only_and_missing_ones_reported():
+    xl = FakeXl({"vm2": [disk("/dev/system/vm2-disk", "xvda")],
+                 "vm3": [disk("/dev/system/vm3-disk", "xvda")]})
+    assert [s.domain for s in vmdisks.discover(job(domains=("vm3",)), xl, VGS)] == ["vm3"]
+    with pytest.raises(PreflightFailed, match="domain 'vm9' does not exist or is not running"):
+        vmdisks.discover(job(domains=("vm3", "vm9"), missing="fail"), xl, VGS)
+
+
+def test_a_disk_shared_by_two_domains_is_backed_up_once():
+    xl = FakeXl({"vm2": [disk("/dev/system/vm2-disk", "xvda")],
+                 "vm3": [disk("/dev/system/vm2-disk", "xvdb")]})
+    assert [(s.domain, s.disk) for s in vmdisks.discover(job(), xl, VGS)] == [("vm2", "xvda")]
+
+
+@pytest.mark.parametrize("name", ["..", ".hidden", "a/b", "-rf", "vm 2", "x" * 65])
+def test_names_that_are_not_one_plain_directory_name_are_refused(name):
+    xl = FakeXl({name: [disk("/dev/system/vm2-disk", "xvda")], "vm3": [disk("/dev/system/vm3-disk", name)]})
+    specs = vmdisks.discover(job(), xl, VGS)
+    assert specs == []
+    with pytest.raises(PreflightFailed):
+        vmdisks.discover(job(missing="fail"), xl, VGS)
+
+
+def test_partx_output_gives_byte_offsets_and_sizes():
+    assert [(p.number, p.offset, p.size, p.type) for p in vmdisks.parse_partx(PARTX_DOS)] == [
+        (1, 1048576, 16777216, "0x83"), (2, 17825792, 4194304, "0x82"), (3, 22020096, 45088768, "0x83")]
+    gpt = vmdisks.parse_partx(PARTX_GPT)
+    assert [p.offset for p in gpt] == [1048576, 17825792]
+    assert gpt[1].type == "e6d6d379-f507-44c2-a23c-238f2a3df928"
+    assert vmdisks.parse_partx("") == []
+
+
+class ProbeRunner:
+    """Answers blkid probes by offset, records every command; mounts nothing (no loop devices
+    are created when nothing is mountable)."""
+
+    dry_run = False
+
+    def __init__(self, whole: str, by_offset: dict[int, str], partx: str) -> None:
+        self.whole, self.by_offset, self.partx = whole, by_offset, partx
+        self.argvs: list[list[str]] = []
+
+    def query(self, argv, *, timeout=None, ok_codes=(0,)):
+        self.argvs.append(list(argv))
+        if argv[0] == "partx":
+            out = self.partx
+        elif "--offset" in argv:
+            out = self.by_offset.get(int(argv[argv.index("--offset") + 1]), "")
+        else:
+            out = self.whole
+        return Result(tuple(argv), 0, out, "", 0.01)
+
+    def change(self, argv, *, timeout=None, ok_codes=(0,)):
+        self.argvs.append(list(argv))
+        raise AssertionError(f"nothing should be changed here: {argv}")
+
+
+def test_swap_guest_lvm_extended_and_unknown_partitions_never_get_a_device(tmp_path, caplog):
+    runner = ProbeRunner("PTTYPE=dos\n", {1048576: "TYPE=swap\n", 9437184: "TYPE=LVM2_member\n",
+                                          10485760: "TYPE=crypto_LUKS\n"}, PARTX_EXTENDED)
+    spec = vmdisks.discover(job(), FakeXl({"vm2": [disk("/dev/system/vm2-disk", "xvda")]}), VGS)[0]
+    spec = dataclasses.replace(spec, mountpoint=str(tmp_path / "vm2" / "xvda"))
+    with caplog.at_level(logging.INFO, "xenlvm"):
+        vmdisks.expose(runner, job(), spec, UndoStack())
+    assert not [a for a in runner.argvs if a[0] in ("losetup", "mount")]
+    assert "vm2/xvda partition 1 is swap: nothing to back up" in caplog.text
+    assert "vm2/xvda partition 2: an extended partition" in caplog.text
+    assert "vm2/xvda partition 5 holds crypto_LUKS, which xenlvm does not mount" in caplog.text
+    runner = ProbeRunner("TYPE=LVM2_member\n", {}, "")
+    with caplog.at_level(logging.WARNING, "xenlvm"):
+        vmdisks.expose(runner, job(), spec, UndoStack())
+    assert "vm2/xvda holds guest LVM" in caplog.text and "dangerous" in caplog.text
+
+
+@pytest.mark.parametrize("probed, expected", [
+    ({"TYPE": "ext4"}, "ext4"), ({"TYPE": "ext3"}, "ext3"), ({"TYPE": "xfs"}, "xfs"),
+    ({"TYPE": "btrfs"}, "btrfs"), ({"TYPE": "swap"}, None), ({"TYPE": "LVM2_member"}, None),
+    ({"TYPE": "ntfs"}, None), ({}, None),
+])
+def test_only_filesystems_xenlvm_can_mount_read_only_are_mounted(probed, expected):
+    assert vmdisks._usable("vm2/xvda", probed) == expected
+
+
+def test_only_lvs_with_all_three_tags_are_the_jobs_disk_snapshots():
+    tags = frozenset({"xenlvm", "xenlvm_vmdisk", "xenlvm_job_disks"})
+    group = VolumeGroup("system", 0, 0, 0, {
+        "a.xenlvm": lv("a.xenlvm", (254, 5), origin="a", tags=tags),
+        "b.xenlvm": lv("b.xenlvm", (254, 6), origin="b", tags=tags - {"xenlvm_vmdisk"}),
+        "c.xenlvm": lv("c.xenlvm", (254, 7), origin="c", tags=tags - {"xenlvm"}),
+        "d.xenlvm": lv("d.xenlvm", (254, 8), origin="d", tags=frozenset({"xenlvm", "xenlvm_vmdisk",
+                                                                           "xenlvm_job_other"})),
+    })
+    found = vmdisks.job_snapshots(job(), {"system": group})
+    assert [s.name for s in found] == ["a.xenlvm"]
+    spec = vmdisks.spec_of(job(), found[0])
+    assert found[0].owned_by(job(), spec)
+
+
+def test_loop_devices_are_ours_only_when_backed_by_our_snapshot(tmp_path, monkeypatch):
+    sys_block = tmp_path / "block"
+    for name, backing, dev in [("loop0", "/dev/mapper/system-a.xenlvm", "7:0"),
+                               ("loop1", "/srv/other.img", "7:1"), ("loop2", None, "7:2")]:
+        (sys_block / name).mkdir(parents=True)
+        (sys_block / name / "dev").write_text(dev + "\n")
+        if backing:
+            (sys_block / name / "loop").mkdir()
+            (sys_block / name / "loop" / "backing_file").write_text(backing + "\n")
+    (sys_block / "sda").mkdir()
+    numbers = {"/dev/mapper/system-a.xenlvm": (254, 5), "/srv/other.img": None}
+    monkeypatch.setattr(vmdisks, "_device_numbers", numbers.get)
+    assert vmdisks.loops_of([(254, 5)], str(sys_block)) == {"/dev/loop0": (7, 0)}
+    assert vmdisks.loops_of([(254, 9)], str(sys_block)) == {}
+
+
+def test_an_image_bind_is_recognised_by_its_filesystem_and_directory(tmp_path, monkeypatch):
+    staging = tmp_path / "xenlvm-disks"
+    staging.mkdir()
+    device = staging.stat().st_dev
+    major, minor = os.major(device), os.minor(device)
+    entry = MountEntry(major, minor, "/mnt/vmdisks/vm2/xvda.img", ("ro",), "ext4", "/dev/sda1",
+                       "/images/xenlvm-disks/vm2.xvda.img")
+    assert vmdisks._is_image_bind(entry, str(staging))
+    assert not vmdisks._is_image_bind(dataclasses.replace(entry, minor=minor + 1), str(staging))
+    elsewhere = MountEntry(major, minor, "/mnt/vmdisks/vm2/xvda.img", ("ro",), "ext4", "/dev/sda1",
+                           "/images/other/vm2.xvda.img")
+    assert not vmdisks._is_image_bind(elsewhere, str(staging))
+    assert not vmdisks._is_image_bind(entry, None)
+
+
+def config_error(text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "/etc/xenlvm/config.yaml")
+    return str(info.value)
+
+
+BASE = "jobs:\n  disks:\n    mountpoint: /mnt/vmdisks\n    vmdisks:\n      domains: auto\n      size: 16M\n"
+
+
+def test_vmdisks_configuration():
+    config = parse_config(BASE + "      expose: image\n      image_dir: /var/tmp/images\n")
+    settings = config.jobs["disks"].vmdisks
+    assert settings == VmDiskSettings("auto", parse_size("16M"), "image", "warn", "/var/tmp/images")
+    assert config.jobs["disks"].volumes == ()
+    assert "expose: image needs 'image_dir:'" in config_error(BASE + "      expose: image\n")
+    assert "must lie outside the job's mountpoint" in config_error(
+        BASE + "      expose: image\n      image_dir: /mnt/vmdisks/images\n")
+    assert "'blocks' is not one of: files, image" in config_error(BASE + "      expose: blocks\n")
+    assert "the key 'size' is required" in config_error(BASE.replace("      size: 16M\n", ""))
+    assert "give its volumes as a 'volumes:' list" in config_error(
+        BASE + "    volume: system/xenvm\n    snapshot: vmbackup\n    size: 1G\n")
+    both = parse_config(BASE + "    volumes:\n      - {volume: system/xenvm, snapshot: vmbackup, size: 1G}\n")
+    assert [s.mountpoint for s in both.jobs["disks"].volumes] == ["/mnt/vmdisks/xenvm"]
