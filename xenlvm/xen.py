@@ -258,12 +258,14 @@ def paused(xl: Xl, domains: Sequence[Domain], record: PauseRecord,
     if not xl.runner.dry_run:
         record.write(to_pause)
     started = time.monotonic()
+    paused_at: float | None = None
     original: BaseException | None = None
     try:
         failed = xl.control("pause", to_pause)  # all at once: the window does not grow with K
         if failed:
             raise XenError("could not pause " + "; ".join(f"{n}: {e}" for n, e in failed.items())
                            + ". Nothing was snapshotted; the domains are resumed.")
+        paused_at = time.monotonic()
         yield
     except BaseException as exc:
         original = exc
@@ -271,10 +273,14 @@ def paused(xl: Xl, domains: Sequence[Domain], record: PauseRecord,
     finally:
         # No signal may cut the resume short: hold them until every domain is asked to run.
         with interrupts.deferred():
+            resuming_at = time.monotonic()
             for name, exc in xl.control("unpause", to_pause).items():
                 log.error("could not resume domain %s: %s", name, exc)
             window_ms = (time.monotonic() - started) * 1000
-            log.info("pause window: %.0f ms (domains %s)", window_ms, ", ".join(to_pause))
+            # The part xenlvm itself decides: from xl pause returning to xl unpause starting.
+            own = "" if paused_at is None else \
+                f"; {(resuming_at - paused_at) * 1000:.0f} ms from xl pause returning to xl unpause starting"
+            log.info("pause window: %.0f ms (domains %s%s)", window_ms, ", ".join(to_pause), own)
             on_window(window_ms)
             try:
                 resume(xl, to_pause)

@@ -123,27 +123,26 @@ def test_failure_while_exposing_the_third_partition_rolls_everything_back(disks)
     assert_disks_clean(disks)
 
 
-def test_post_after_a_killed_pre_removes_loop_devices_mounts_and_snapshots(disks):
-    disks.inject("mount", "hold-call 3")  # vm2 p1 is mounted, the loop device of p3 exists
-    pid = disks.guest.spawn(["/opt/sesam/bin/sesam/sbc_pre", *SESAM_ARGS], env={})
-    disks.wait_for("start mount ")
-    disks.wait_for("vm2/xvda/p3")
-    disks.guest.signal(pid, signal.SIGKILL, group=True)
-    disks.guest.wait(pid)
-    assert len(loop_devices(disks)) == 2 and f"{TREE}/vm2/xvda/p1" in tree_mounts(disks)
-    disks.inject("mount", "")
+def kill_pre_while_exposing(world) -> None:
+    """Start pre and kill -9 it (and its commands) once vm2 p1 is mounted and the loop device of
+    vm2 p3 exists, as mount call 3 (vm2 p3) starts."""
+    world.reset_faults()
+    world.inject("mount", "hold-call 3")  # calls: 1 the tree, 2 vm2 p1, 3 vm2 p3
+    pid = world.guest.spawn(["/opt/sesam/bin/sesam/sbc_pre", *SESAM_ARGS], env={})
+    world.wait_for("vm2/xvda/p3")
+    world.guest.signal(pid, signal.SIGKILL, group=True)
+    world.guest.wait(pid)
+    assert len(loop_devices(world)) == 2 and f"{TREE}/vm2/xvda/p1" in tree_mounts(world)
+    world.reset_faults()
+
+
+def test_a_killed_pre_is_cleaned_up_by_post_and_recovered_by_the_next_pre(disks):
+    kill_pre_while_exposing(disks)
     post = disks.post()
     assert post.rc == 0, post
     assert_disks_clean(disks)
 
-
-def test_pre_after_a_killed_pre_starts_over_cleanly(disks):
-    disks.inject("mount", "hold-call 3")
-    pid = disks.guest.spawn(["/opt/sesam/bin/sesam/sbc_pre", *SESAM_ARGS], env={})
-    disks.wait_for("vm2/xvda/p3")
-    disks.guest.signal(pid, signal.SIGKILL, group=True)
-    disks.guest.wait(pid)
-    disks.inject("mount", "")
+    kill_pre_while_exposing(disks)
     pre = disks.pre()
     assert pre.rc == 0, pre
     assert "left over by an earlier run" in pre.stderr
