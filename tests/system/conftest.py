@@ -18,6 +18,10 @@ CONFIG = "/etc/xenlvm/config.yaml"
 SESAM_ARGS = ["xen_vm1", "/mnt/vmbackup", "FULL", "20261129-213000", "backup-host"]
 
 FAULT_PATH = "/run/faults/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The commands pre and post run, in order: the steps at which they can fail or be stopped.
+# pre runs blkid only when the origin is not mounted (otherwise the mount table names the type).
+PRE_STEPS = ("lvs", "blkid", "lvcreate", "mount")
+POST_STEPS = ("lvs", "umount", "lvremove")
 
 DEFAULT_CONFIG = """\
 settings:
@@ -61,6 +65,24 @@ class World:
         self.guest.run(["/bin/sh", "-c", 'i=0; while [ "$i" -lt "$3" ]; do grep -qF -- "$1" "$2" 2>/dev/null '
                         '&& exit 0; sleep 0.1; i=$((i + 1)); done; exit 1', "sh", text, path,
                         str(int(timeout * 10))], check=True)
+
+    def release(self, tool: str) -> None:
+        """Let the calls of tool held by the fault rule 'hold' go on."""
+        self.guest.write(f"/run/faults/{tool}.go", "")
+
+    def reset_faults(self) -> None:
+        """No fault rule, no released hold, an empty call log (between the steps of one test)."""
+        self.guest.sh("cd /run/faults && rm -f -- lvs lvcreate lvremove lvchange mount umount blkid "
+                      "*.go *.count && : > calls.log")
+
+    def start_held(self, hook: str, tool: str, *args: str, log: str | None = None) -> int:
+        """Start hook (sbc_pre or sbc_post) as sesam does, with every fault rule cleared except
+        'hold' on tool; return its pid once it has started tool and is held there (see release)."""
+        self.reset_faults()
+        self.inject(tool, "hold")
+        pid = self.guest.spawn([f"{HOOKS}/{hook}", *(args or SESAM_ARGS)], env={}, log=log)
+        self.wait_for(f"start {tool} ")
+        return pid
 
     def fault_calls(self) -> list[str]:
         done = self.guest.run(["cat", "/run/faults/calls.log"])
@@ -113,6 +135,13 @@ def world(guest) -> World:
     manual = World(guest)
     manual.build()
     return manual
+
+
+def assert_lock_free(world: World, job: str = "xenvm") -> None:
+    """No process holds the job's lock (flock -n succeeds at once)."""
+    lock = f"/run/xenlvm/{job}.lock"
+    done = world.guest.run(["/bin/sh", "-c", '[ ! -e "$1" ] || flock -n "$1" true', "sh", lock])
+    assert done.rc == 0, f"{lock} is still held: {done}"
 
 
 def assert_nothing_left(world: World) -> None:
