@@ -27,7 +27,6 @@ import contextlib
 import logging
 import os
 import re
-import shutil
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -229,15 +228,22 @@ def _mount(runner: Runner, source: str, fstype: str, target: str, undo: UndoStac
     os.makedirs(target, mode=0o755, exist_ok=True)
     undo.push(f"unmount {target}", lambda: _unmount_if_ours(runner, target, source))
     mounts_mod.mount_snapshot(runner, source, fstype, target)
-    entry = mounts_mod.mounted_at(target, mounts_mod.read_mounts())
-    if entry is None or (entry.major, entry.minor) != _device_numbers(source):
+    if not _shows(mounts_mod.mounted_at(target, mounts_mod.read_mounts()), source):
         raise MountError(f"after mounting, {target} does not show {source}")
     log.info("mounted %s (%s) read-only at %s", source, fstype, target)
 
 
+def _shows(entry: mounts_mod.MountEntry | None, source: str) -> bool:
+    """True when the mount entry is source's filesystem (btrfs: by name, see tear_down)."""
+    if entry is None:
+        return False
+    if entry.fstype == "btrfs":
+        return entry.source == source
+    return (entry.major, entry.minor) == _device_numbers(source)
+
+
 def _unmount_if_ours(runner: Runner, target: str, source: str) -> None:
-    entry = mounts_mod.mounted_at(target, mounts_mod.read_mounts())
-    if entry is not None and (entry.major, entry.minor) == _device_numbers(source):
+    if _shows(mounts_mod.mounted_at(target, mounts_mod.read_mounts()), source):
         mounts_mod.unmount_with_retry(runner, target, 30.0)
 
 
@@ -352,12 +358,15 @@ def tear_down(runner: Runner, job: Job, snapshots: Sequence[LogicalVolume], time
     ours = {(s.major, s.minor) for s in snapshots if s.major is not None}
     loops = loops_of(list(ours))
     devices = ours | set(loops.values())
+    # btrfs shows an anonymous device number in mountinfo: match its source device by name
+    sources = set(loops) | {device_path(s.vg, s.name) for s in snapshots}
     staging = image_staging(job) if job.vmdisks is not None and job.vmdisks.image_dir else None
     foreign = []
     for entry in reversed(mounts_mod.read_mounts()):
         if not xen.is_below(entry.mountpoint, job.mountpoint):
             continue
-        if (entry.major, entry.minor) in devices or _is_image_bind(entry, staging):
+        if (entry.major, entry.minor) in devices or _is_image_bind(entry, staging) or \
+                (entry.fstype == "btrfs" and entry.source in sources):
             mounts_mod.unmount_with_retry(runner, entry.mountpoint, timeout)
         else:
             foreign.append(entry.mountpoint)
@@ -368,10 +377,27 @@ def tear_down(runner: Runner, job: Job, snapshots: Sequence[LogicalVolume], time
         runner.change(["losetup", "--detach", loop])
     for snapshot in snapshots:
         remove(snapshot)
-    if staging is not None and os.path.isdir(staging) and not runner.dry_run:
-        shutil.rmtree(staging)
-        log.info("removed the image files in %s", staging)
+    if staging is not None and not runner.dry_run:
+        _remove_images(staging)
     _unmount_tree(runner, job, timeout)
+
+
+def _remove_images(staging: str) -> None:
+    """Delete the image files xenlvm wrote into its staging directory, then the directory; a
+    file it did not write (not a regular *.img file) is left, and so is the directory."""
+    try:
+        entries = list(os.scandir(staging))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.name.endswith(".img") and entry.is_file(follow_symlinks=False):
+            os.unlink(entry.path)
+    try:
+        os.rmdir(staging)
+    except OSError as exc:
+        log.warning("%s was not removed (%s): it holds files xenlvm did not write", staging, exc.strerror)
+        return
+    log.info("removed the image files and %s", staging)
 
 
 def _is_image_bind(entry: mounts_mod.MountEntry, staging: str | None) -> bool:

@@ -248,3 +248,31 @@ def test_vmdisks_configuration():
         BASE + "    volume: system/xenvm\n    snapshot: vmbackup\n    size: 1G\n")
     both = parse_config(BASE + "    volumes:\n      - {volume: system/xenvm, snapshot: vmbackup, size: 1G}\n")
     assert [s.mountpoint for s in both.jobs["disks"].volumes] == ["/mnt/vmdisks/xenvm"]
+
+
+def test_post_deletes_only_the_image_files_it_wrote(tmp_path):
+    staging = tmp_path / "xenlvm-disks"
+    staging.mkdir()
+    (staging / "vm2.xvda.img").write_bytes(b"\0" * 10)
+    vmdisks._remove_images(str(staging))
+    assert not staging.exists()
+    staging.mkdir()
+    (staging / "vm2.xvda.img").write_bytes(b"\0")
+    (staging / "notes.txt").write_text("an admin's file")
+    (staging / "link.img").symlink_to(tmp_path / "elsewhere.img")
+    (tmp_path / "elsewhere.img").write_text("not ours")
+    vmdisks._remove_images(str(staging))
+    assert sorted(p.name for p in staging.iterdir()) == ["link.img", "notes.txt"]
+    assert (tmp_path / "elsewhere.img").read_text() == "not ours"
+    vmdisks._remove_images(str(tmp_path / "missing"))  # nothing there: nothing to do
+
+
+def test_a_btrfs_mount_is_recognised_by_its_source_device_not_its_anonymous_number(monkeypatch):
+    monkeypatch.setattr(vmdisks, "_device_numbers", {"/dev/loop3": (7, 3)}.get)
+    btrfs = MountEntry(0, 52, "/mnt/vmdisks/vm2/xvda/p1", ("ro",), "btrfs", "/dev/loop3")
+    assert vmdisks._shows(btrfs, "/dev/loop3")
+    assert not vmdisks._shows(dataclasses.replace(btrfs, source="/dev/loop4"), "/dev/loop3")
+    ext4 = MountEntry(7, 3, "/mnt/vmdisks/vm2/xvda/p1", ("ro",), "ext4", "/dev/loop3")
+    assert vmdisks._shows(ext4, "/dev/loop3")
+    assert not vmdisks._shows(dataclasses.replace(ext4, minor=4), "/dev/loop3")
+    assert not vmdisks._shows(None, "/dev/loop3")
