@@ -68,18 +68,19 @@ class World:
 
     def release(self, tool: str) -> None:
         """Let the calls of tool held by the fault rule 'hold' go on."""
-        self.guest.write(f"/run/faults/{tool}.go", "")
+        self.guest.run(["touch", f"/run/faults/{tool}.go"], check=True)
 
-    def reset_faults(self) -> None:
-        """No fault rule, no released hold, an empty call log (between the steps of one test)."""
-        self.guest.sh("cd /run/faults && rm -f -- lvs lvcreate lvremove lvchange mount umount blkid "
-                      "*.go *.count && : > calls.log")
+    def reset_faults(self, *, hold: str = "") -> None:
+        """No fault rule, no released hold, an empty call log (between the steps of one test);
+        with hold=TOOL, the rule 'hold' on TOOL."""
+        self.guest.run(["/bin/sh", "-ec", 'cd /run/faults; rm -f -- lvs lvcreate lvremove lvchange mount '
+                        'umount blkid *.go *.count; : > calls.log; [ -z "$1" ] || echo hold > "$1"',
+                        "sh", hold], check=True)
 
     def start_held(self, hook: str, tool: str, *args: str, log: str | None = None) -> int:
         """Start hook (sbc_pre or sbc_post) as sesam does, with every fault rule cleared except
         'hold' on tool; return its pid once it has started tool and is held there (see release)."""
-        self.reset_faults()
-        self.inject(tool, "hold")
+        self.reset_faults(hold=tool)
         pid = self.guest.spawn([f"{HOOKS}/{hook}", *(args or SESAM_ARGS)], env={}, log=log)
         self.wait_for(f"start {tool} ")
         return pid

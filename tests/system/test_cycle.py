@@ -109,27 +109,3 @@ def test_pre_twice_replaces_the_first_snapshot_and_one_post_cleans_up(world):
     assert world.lvs()["vmbackup"]["lv_tags"] != first_tags  # a fresh snapshot of this run
     assert world.post().rc == 0
     assert_nothing_left(world)
-
-
-def test_recovers_from_a_run_killed_after_creating_the_snapshot(world):
-    # pre is killed (-9) while mount runs: the snapshot exists, nothing is mounted.
-    world.write_config(world_config_with_faults(), faults=True)
-    world.inject("mount", "sleep 30")
-    pid = world.guest.spawn(["/opt/sesam/bin/sesam/sbc_pre", "xen_vm1"], env={})
-    world.wait_for(" mount ")
-    world.guest.signal(pid, 9)
-    world.guest.wait(pid)
-    world.guest.run(["pkill", "-9", "-f", "/run/faults/bin/mount"])
-    assert "vmbackup" in world.lvs()  # the crash left the snapshot behind
-
-    world.inject("mount", "")
-    pre = world.pre()
-    assert pre.rc == 0, pre
-    assert "left over by an earlier run" in pre.stderr
-    assert world.post().rc == 0
-    assert_nothing_left(world)
-
-
-def world_config_with_faults() -> str:
-    from tests.system.conftest import DEFAULT_CONFIG
-    return DEFAULT_CONFIG

@@ -7,7 +7,13 @@ import signal
 
 import pytest
 
-from tests.system.conftest import DEFAULT_CONFIG, SESAM_ARGS, assert_nothing_left
+from tests.system.conftest import (
+    DEFAULT_CONFIG,
+    PRE_STEPS,
+    SESAM_ARGS,
+    assert_lock_free,
+    assert_nothing_left,
+)
 
 pytestmark = pytest.mark.system
 
@@ -54,16 +60,22 @@ def test_failed_undo_is_reported_beside_the_original_error(world):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_during_pre_leaves_nothing_behind(world, signum):
+    """The signal arrives while each of pre's commands runs in turn: a query is cut short, a
+    change (lvcreate, mount) finishes first; either way pre undoes everything and exits 1."""
     world.write_config(DEFAULT_CONFIG, faults=True)
-    world.inject("mount", "sleep 3")
-    pid = world.guest.spawn(["/opt/sesam/bin/sesam/sbc_pre", *SESAM_ARGS], env={},
-                            log="/run/pre.out")
-    world.wait_for(" mount ")
-    world.guest.signal(pid, signum)
-    assert world.guest.wait(pid) == 1
-    output = world.guest.read("/run/pre.out")
-    assert f"interrupted by {signal.Signals(signum).name}" in output
-    assert_nothing_left(world)
+    for step in PRE_STEPS:
+        if step == "blkid":  # pre runs it only for an origin that is not mounted
+            world.guest.run(["umount", "/srv/xenvm"], check=True)
+        pid = world.start_held("sbc_pre", step, log="/run/pre.out")
+        world.guest.signal(pid, signum)
+        world.release(step)
+        assert world.guest.wait(pid) == 1, step
+        output = world.guest.read("/run/pre.out")
+        assert f"interrupted by {signal.Signals(signum).name}" in output, (step, output)
+        assert_nothing_left(world)
+        assert_lock_free(world)
+        if step == "blkid":
+            world.guest.run(["mount", "/dev/system/xenvm", "/srv/xenvm"], check=True)
 
 
 def test_post_fails_when_snapshot_overflowed_and_still_cleans_up(world):
