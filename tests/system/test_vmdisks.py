@@ -176,9 +176,14 @@ def test_expose_image_gives_each_disk_as_a_read_only_image_file(disks):
 
 def test_a_domain_that_is_not_running_is_reported_and_the_others_backed_up(disks):
     disks.guest.run([XL, "fake-destroy", "vm3"], check=True)
+    check = disks.xenlvm("check")
+    assert "OK   [disks] vmdisks: VM disks to snapshot: vm2/xvda (system/vm2-disk)" in check.stdout, check
     pre = disks.pre()
     assert pre.rc == 0, pre
     assert "domain 'vm3' does not exist or is not running" in pre.stderr
     assert sorted(tree_mounts(disks)) == [TREE, f"{TREE}/vm2/xvda/p1", f"{TREE}/vm2/xvda/p3"]
+    status = disks.xenlvm("status")
+    assert "system/vm2-disk -> system/vm2-disk.xenlvm at /mnt/vmbackup: snapshot present, xenlvm's" \
+        in status.stdout, status
     assert disks.post().rc == 0
     assert_disks_clean(disks)
