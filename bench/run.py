@@ -333,7 +333,7 @@ class Bench:
                 "own pre": own_usage_of(self.guest, "sbc_pre"),
                 "own post": own_usage_of(self.guest, "sbc_post"),
                 "true": {"wall": timed(self.guest, ["/bin/true"])},
-                "system python": {"wall": timed(self.guest, ["/usr/bin/python3", "-c", "pass"])},
+                "xl python": {"wall": timed(self.guest, [self.guest.python, "-S", "-c", "pass"])},
                 "xl list": {"wall": timed(self.guest, [XL, "list"])},
                 "lvs": {"wall": timed(self.guest, ["lvs", "system"])},
             }
@@ -350,8 +350,8 @@ class Bench:
         noop_cpu = row("noop", "cpu", "sbc_pre, no job matches: CPU", base=start_cpu)
         noop_rss = row("noop", "rss", "sbc_pre, no job matches: peak RSS", "MiB", start_rss)
         true = row("true", "wall", "/bin/true (spawning a process at all)")
-        system_python = row("system python", "wall", "/usr/bin/python3 -c pass (the stand-in xl's "
-                            "interpreter)")
+        system_python = row("xl python", "wall", "python -S -c pass (the stand-in xl's interpreter "
+                            "start)")
         section = Section("4. CPU time and peak memory; the pure-Python floor", [
             start_wall, start_cpu, start_rss,
             row("import", "wall", "python -c 'import xenlvm.cli': wall", base=start_wall),
@@ -549,7 +549,7 @@ def machine(guest: Guest) -> list[str]:
     return [f"host: Linux {platform.release()}, {os.cpu_count()} CPUs, {model}",
             f"guest: User-Mode Linux {guest_kernel}, {guest_cpus} CPU, {guest.memory} memory, "
             f"{lvm[0].strip() if lvm else 'LVM version unknown'}",
-            f"Python {platform.python_version()} ({guest.python}); the stand-in xl runs /usr/bin/python3"]
+            f"Python {platform.python_version()} ({guest.python}); the stand-in xl runs it with -S"]
 
 
 def other_sandboxes(guest: Guest) -> set[str]:

@@ -380,7 +380,7 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
             overflowed.append(snapshot)
     if job.vmdisks is not None:  # after the volumes: their mounts lie inside the VM disk tree
         try:
-            overflowed += _clean_up_vmdisks(ctx, job)
+            overflowed += _clean_up_vmdisks(ctx, job, io_failed)
         except XenlvmError as exc:
             errors.append(exc)
     if errors:
@@ -473,10 +473,13 @@ def _clean_up_volume(ctx: Context, job: Job, spec: SnapshotSpec,
     return snapshot
 
 
-def _clean_up_vmdisks(ctx: Context, job: Job) -> list[LogicalVolume]:
-    """Tear down the job's VM disk snapshots and all that exposes them; return the invalid ones."""
+def _clean_up_vmdisks(ctx: Context, job: Job, io_failed: dict[str, bool]) -> list[LogicalVolume]:
+    """Tear down the job's VM disk snapshots and all that exposes them; return the invalid ones,
+    noting in io_failed which of them I/O errors invalidated."""
     snapshots = vmdisks.job_snapshots(job, ctx.lvm.all_volume_groups())
     for snapshot in snapshots:
+        if snapshot.invalid:
+            io_failed[str(snapshot)] = _invalidated_by_io_errors(snapshot)
         if snapshot.data_percent is not None and not snapshot.is_thin:
             ctx.note(job, "fill_percent", max(ctx.notes.get(job.name, {}).get("fill_percent", 0.0),
                                               100.0 if snapshot.invalid else snapshot.data_percent))

@@ -137,6 +137,7 @@ def kill_pre_while_exposing(world) -> None:
 
 
 def test_a_killed_pre_is_cleaned_up_by_post_and_recovered_by_the_next_pre(disks):
+    disks.write_config(VMDISK_CONFIG.replace("domains: [vm2, vm3]", "domains: [vm2]"))  # one disk will do
     kill_pre_while_exposing(disks)
     post = disks.post()
     assert post.rc == 0, post
@@ -146,9 +147,10 @@ def test_a_killed_pre_is_cleaned_up_by_post_and_recovered_by_the_next_pre(disks)
     pre = disks.pre()
     assert pre.rc == 0, pre
     assert "left over by an earlier run" in pre.stderr
-    assert len(loop_devices(disks)) == 3
+    assert len(loop_devices(disks)) == 2
     for path, content in MARKERS.items():
-        assert disks.guest.read(f"{TREE}/{path}").strip() == content
+        if path.startswith("vm2/"):
+            assert disks.guest.read(f"{TREE}/{path}").strip() == content
     assert disks.post().rc == 0
     assert_disks_clean(disks)
 
