@@ -45,13 +45,13 @@ $(VENV)/.installed: pyproject.toml
 # well and the system tests take about a third of the time.
 test: deps
 	$(VPY) -m ruff check xenlvm tests
-	$(VPY) -m pytest -q -n 3 --dist load tests
+	$(VPY) -m pytest -q -n 4 --dist load tests
 
 unit: deps
 	$(VPY) -m pytest -q tests/unit
 
 system: deps
-	$(VPY) -m pytest -q -n 3 --dist load tests/system
+	$(VPY) -m pytest -q -n 4 --dist load tests/system
 
 demo: deps
 	$(VPY) -m tests.system.demo

@@ -1,26 +1,24 @@
 """The command line: ``xenlvm pre|post|check|status|cleanup|install-hooks``, and the sesam
 entrypoints sbc_pre/sbc_post.
 
-This is the one place where errors become exit codes: 0 success, 1 the operation failed,
-2 usage or configuration error.
+Here and in xenlvm.hook_entry (the hooks' click-free entry) errors become exit codes:
+0 success, 1 the operation failed, 2 usage or configuration error.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
-import time
 from collections.abc import Callable, Sequence
 
 import click
 
-from xenlvm import __version__, install, interrupts, logs, state
+from xenlvm import __version__, install, interrupts, logs
 from xenlvm.config import Config, Job, config_path, load_config
-from xenlvm.errors import EXIT_FAILED, EXIT_OK, UsageError, XenlvmError
-from xenlvm.runner import Runner
-from xenlvm.sesam import describe_arguments, select_jobs
+from xenlvm.errors import EXIT_FAILED, EXIT_OK
+from xenlvm.hook_entry import finish, hook_work, load, make_runner, require_root
+from xenlvm.hook_entry import run_hook as run_hook  # the name older installed hooks import
+from xenlvm.sesam import select_jobs
 
 log = logging.getLogger("xenlvm")
 
@@ -49,67 +47,16 @@ def main(ctx: click.Context, config_file: str | None, verbose: bool, debug: bool
 
 
 def _load(ctx: click.Context) -> Config:
-    config = load_config(ctx.obj["config"])
-    if config.settings.log_file:
-        logs.add_log_file(config.settings.log_file)
-    return config
-
-
-def _runner(config: Config, dry_run: bool = False) -> Runner:
-    return Runner(path=config.settings.path, timeout=config.settings.command_timeout, dry_run=dry_run)
+    return load(ctx.obj["config"])
 
 
 def _finish(ctx: click.Context, work: Callable[[], int | None]) -> None:
     """Run work; turn its outcome into the exit code, with a human message on failure."""
-    try:
-        code = work() or EXIT_OK
-    except XenlvmError as exc:
-        log.error("%s", exc, exc_info=ctx.obj["debug"])
-        code = exc.exit_code
-    except Exception as exc:  # a bug: still say something useful and fail the run
-        log.error("unexpected error (a bug in xenlvm, please report it): %s: %s",
-                  type(exc).__name__, exc, exc_info=True)
-        code = EXIT_FAILED
-    ctx.exit(code)
-
-
-def _require_root(what: str) -> None:
-    if os.geteuid() != 0:
-        raise UsageError(f"{what} changes LVM volumes and mounts and must run as root "
-                         "(use --dry-run to see what it would do)")
+    ctx.exit(finish(work, ctx.obj["debug"]))
 
 
 # ---------------------------------------------------------------------------------------------
-# pre and post
-
-
-def _run_phase(config: Config, phase: str, job_names: Sequence[str], dry_run: bool,
-               sesam_args: Sequence[str]) -> None:
-    jobs = select_jobs(config, sesam_args, job_names)
-    if not jobs:
-        log.info("no job is configured for these arguments; nothing to do")
-        return
-    if not dry_run:
-        _require_root(phase)
-    from xenlvm import hooks  # only now: a call for another task never pays for these imports
-
-    interrupts.install()
-    run = hooks.run_pre if phase == "pre" else hooks.run_post
-    context = hooks.Context(config, _runner(config, dry_run))
-    started, clock = time.time(), time.monotonic()
-    names = [j.name for j in jobs]
-    try:
-        run(context, jobs)
-    except BaseException as exc:
-        if not dry_run:
-            record = state.RunRecord(phase, False, getattr(exc, "exit_code", EXIT_FAILED), started,
-                                     time.monotonic() - clock, str(exc))
-            state.record_run(config, names, record, context.notes)
-        raise
-    if not dry_run:
-        state.record_run(config, names, state.RunRecord(phase, True, EXIT_OK, started,
-                                                        time.monotonic() - clock), context.notes)
-    log.info("%s finished%s: %s", phase, " (dry run, nothing changed)" if dry_run else "", ", ".join(names))
+# pre and post (sesam's hooks enter through xenlvm.hook_entry, without click)
 
 
 def _hook_command(phase: str, summary: str) -> click.Command:
@@ -128,26 +75,7 @@ def _hook_command(phase: str, summary: str) -> click.Command:
                 chain: str | None, sesam_args: tuple[str, ...]) -> None:
         if config_file:
             ctx.obj["config"] = config_file
-
-        def work() -> int:
-            config = _load(ctx)  # first, so that the log file gets everything below
-            log.info("%s called with arguments: %s", phase, describe_arguments(sesam_args))
-            if chain and phase == "pre" and not dry_run:
-                local = install.run_local_hook(chain, sesam_args)
-                if local != 0:
-                    log.error("your own pre hook %s failed (exit %d); xenlvm's pre does not run",
-                              chain, local)
-                    return local
-            try:
-                _run_phase(config, phase, job_names, dry_run, sesam_args)
-            finally:
-                if chain and phase == "post" and not dry_run:
-                    local = install.run_local_hook(chain, sesam_args)
-            if chain and phase == "post" and not dry_run and local != 0:
-                log.error("your own post hook %s failed (exit %d)", chain, local)
-                return local
-            return EXIT_OK
-        _finish(ctx, work)
+        _finish(ctx, lambda: hook_work(phase, ctx.obj["config"], job_names, dry_run, chain, sesam_args))
     return command
 
 
@@ -156,13 +84,6 @@ main.add_command(_hook_command("pre", "Run the sesam pre hook: create and mount 
 main.add_command(_hook_command("post", "Run the sesam post hook: unmount and remove each "
                                "selected job's snapshot. Exit 0 only when all is cleaned up and no "
                                "snapshot overflowed."))
-
-
-def run_hook(phase: str, argv: Sequence[str] | None = None, chain: str | None = None) -> None:
-    """Entry for the sesam hook scripts: ``sbc_pre ARGS`` behaves like ``xenlvm pre ARGS``."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    chained = ["--chain", chain] if chain else []
-    main.main(args=[phase, *chained, *args], prog_name=f"sbc_{phase}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +110,7 @@ def check(ctx: click.Context, job_names: tuple[str, ...], hooks_dir: str) -> Non
 
     def work() -> int:
         config = load_config(ctx.obj["config"], strict=False)  # check reports permissions itself
-        runner = _runner(config)
+        runner = make_runner(config)
         findings = [("", f) for f in check_host(config, hooks_dir)]
         for job in _selected(config, job_names):
             findings += [(job.name, f) for f in check_job(config, runner, job)]
@@ -213,7 +134,7 @@ def status(ctx: click.Context, job_names: tuple[str, ...], as_json: bool) -> Non
 
     def work() -> None:
         config = load_config(ctx.obj["config"])
-        runner = _runner(config)
+        runner = make_runner(config)
         reports = [job_status(config, runner, job) for job in _selected(config, job_names)]
         if as_json:
             click.echo(json.dumps(reports, indent=2))
@@ -235,11 +156,11 @@ def cleanup(ctx: click.Context, job_names: tuple[str, ...], dry_run: bool) -> No
     def work() -> None:
         config = _load(ctx)
         if not dry_run:
-            _require_root("cleanup")
+            require_root("cleanup")
         interrupts.install()
         from xenlvm import hooks
 
-        hooks.run_post(hooks.Context(config, _runner(config, dry_run)), _selected(config, job_names),
+        hooks.run_post(hooks.Context(config, make_runner(config, dry_run)), _selected(config, job_names),
                        judge_backup=False)
     _finish(ctx, work)
 

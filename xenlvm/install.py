@@ -37,7 +37,7 @@ _TEMPLATE = '''#!{python}
 
 Remove with 'xenlvm install-hooks --uninstall'; see 'xenlvm {phase} --help'.
 """
-{path_line}from xenlvm.cli import run_hook
+{path_line}from xenlvm.hook_entry import run_hook
 
 run_hook("{phase}", chain={chain!r})
 '''

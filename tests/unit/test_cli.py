@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from xenlvm import __version__, cli, interrupts
+from xenlvm import __version__, cli, hook_entry, interrupts
 from xenlvm.cli import main
 
 DATA = Path(__file__).parent / "data"
@@ -149,7 +149,7 @@ def test_unknown_job_exits_2_listing_the_configured_jobs(host):
 
 @pytest.mark.parametrize("args", [["--job", "xenvm"], ["xen_vm1"], ["{host}/vmbackup/"]])
 def test_selected_job_refuses_to_run_without_root(host, monkeypatch, args):
-    monkeypatch.setattr(cli.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(hook_entry.os, "geteuid", lambda: 1000)
     args = [a.replace("{host}", str(host)) for a in args]
     result = invoke("--config", write_config(host), "pre", *args)
     assert result.exit_code == 2
@@ -260,7 +260,7 @@ def test_unexpected_error_exits_1_and_asks_for_a_report(host, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cli, "select_jobs", broken)
+    monkeypatch.setattr(hook_entry, "select_jobs", broken)
     result = invoke("--config", write_config(host), "post", "xen_vm1")
     assert result.exit_code == 1
     assert "a bug in xenlvm" in result.output
