@@ -125,11 +125,15 @@ def test_failure_while_exposing_the_third_partition_rolls_everything_back(disks)
 
 def kill_pre_while_exposing(world) -> None:
     """Start pre and kill -9 it (and its commands) once vm2 p1 is mounted and the loop device of
-    vm2 p3 exists, as mount call 3 (vm2 p3) starts."""
+    vm2 p3 exists, as the mount of vm2 p3 starts."""
     world.reset_faults()
-    world.inject("mount", "hold-call 3")  # calls: 1 the tree, 2 vm2 p1, 3 vm2 p3
-    pid = world.guest.spawn(["/opt/sesam/bin/sesam/sbc_pre", *SESAM_ARGS], env={})
-    world.wait_for("vm2/xvda/p3")
+    world.inject("mount", "hold-match vm2/xvda/p3")
+    pid = world.guest.spawn(["/opt/sesam/bin/sesam/sbc_pre", *SESAM_ARGS], env={}, log="/run/killed-pre.out")
+    try:
+        world.wait_for("vm2/xvda/p3")
+    except Exception:
+        print(world.guest.read("/run/killed-pre.out"), world.fault_calls(), world.log()[-3000:])
+        raise
     world.guest.signal(pid, signal.SIGKILL, group=True)
     world.guest.wait(pid)
     assert len(loop_devices(world)) == 2 and f"{TREE}/vm2/xvda/p1" in tree_mounts(world)
@@ -137,7 +141,7 @@ def kill_pre_while_exposing(world) -> None:
 
 
 def test_a_killed_pre_is_cleaned_up_by_post_and_recovered_by_the_next_pre(disks):
-    disks.write_config(VMDISK_CONFIG.replace("domains: [vm2, vm3]", "domains: [vm2]"))  # one disk will do
+    disks.write_config(VMDISK_CONFIG.format(extra="").replace("[vm2, vm3]", "[vm2]"))  # one disk will do
     kill_pre_while_exposing(disks)
     post = disks.post()
     assert post.rc == 0, post
