@@ -45,7 +45,7 @@ $(VENV)/.installed: pyproject.toml
 # well and the system tests take about a third of the time.
 test: deps
 	$(VPY) -m ruff check xenlvm tests
-	$(VPY) -m pytest -q -n 5 --dist load tests
+	$(VPY) -m pytest -q -n 4 --dist load tests
 
 unit: deps
 	$(VPY) -m pytest -q tests/unit
