@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass
 
@@ -61,6 +62,15 @@ def parse_mountinfo(text: str) -> list[MountEntry]:
 def read_mounts() -> list[MountEntry]:
     with open(MOUNTINFO, encoding="utf-8", errors="surrogateescape") as handle:
         return parse_mountinfo(handle.read())
+
+
+def device_numbers(path: str) -> tuple[int, int] | None:
+    """(major, minor) of the block device at path, or None when it is missing or not one."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (os.major(info.st_rdev), os.minor(info.st_rdev)) if stat.S_ISBLK(info.st_mode) else None
 
 
 def mounted_at(path: str, mounts: list[MountEntry]) -> MountEntry | None:

@@ -27,7 +27,6 @@ import contextlib
 import logging
 import os
 import re
-import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -126,7 +125,7 @@ def _disk_spec(job: Job, domain: str, disk: dict, by_device: dict[tuple[int, int
     if not _SAFE_NAME.fullmatch(vdev) or not path.startswith("/"):
         problems.append(f"{where}: not a disk xenlvm understands")
         return None
-    numbers = _device_numbers(path)
+    numbers = mounts_mod.device_numbers(path)
     lv = by_device.get(numbers) if numbers is not None else None
     if lv is None:
         problems.append(f"{where}: not a logical volume (back up file disks with 'volume:' instead)")
@@ -182,7 +181,7 @@ def expose(runner: Runner, job: Job, spec: SnapshotSpec, undo: UndoStack) -> Non
         _expose_image(runner, job, spec, device, undo)
         return
     undo.push(f"detach the loop devices of {spec.snapshot_volume}",
-              lambda: detach_loops(runner, [_device_numbers(device)]))
+              lambda: detach_loops(runner, [mounts_mod.device_numbers(device)]))
     whole = probe(runner, device)
     if whole.get("PTTYPE"):
         partitions = read_partitions(runner, device)
@@ -239,7 +238,7 @@ def _shows(entry: mounts_mod.MountEntry | None, source: str) -> bool:
         return False
     if entry.fstype == "btrfs":
         return entry.source == source
-    return (entry.major, entry.minor) == _device_numbers(source)
+    return (entry.major, entry.minor) == mounts_mod.device_numbers(source)
 
 
 def _unmount_if_ours(runner: Runner, target: str, source: str) -> None:
@@ -340,7 +339,7 @@ def loops_of(devices: Sequence[tuple[int, int] | None],
                 major, minor = handle.read().strip().split(":")
         except (OSError, ValueError):
             continue  # not bound to anything
-        if _device_numbers(backing) in wanted:
+        if mounts_mod.device_numbers(backing) in wanted:
             found[f"/dev/{name}"] = (int(major), int(minor))
     return found
 
@@ -423,12 +422,3 @@ def _unmount_tree(runner: Runner, job: Job, timeout: float) -> None:
                     job.mountpoint, entry.source)
         return
     mounts_mod.unmount_with_retry(runner, job.mountpoint, timeout)
-
-
-def _device_numbers(path: str) -> tuple[int, int] | None:
-    with contextlib.suppress(OSError):
-        info = os.stat(path)
-        if stat.S_ISBLK(info.st_mode):
-            return os.major(info.st_rdev), os.minor(info.st_rdev)
-    return None
-

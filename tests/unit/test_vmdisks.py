@@ -66,7 +66,7 @@ def job(domains="auto", missing="warn", expose="files") -> Job:
 
 @pytest.fixture(autouse=True)
 def devices(monkeypatch):
-    monkeypatch.setattr(vmdisks, "_device_numbers", DEVICES.get)
+    monkeypatch.setattr(vmdisks.mounts_mod, "device_numbers", DEVICES.get)
 
 
 def test_each_disk_on_an_lv_becomes_a_snapshot_spec_below_domain_and_disk():
@@ -205,7 +205,7 @@ def test_loop_devices_are_ours_only_when_backed_by_our_snapshot(tmp_path, monkey
             (sys_block / name / "loop" / "backing_file").write_text(backing + "\n")
     (sys_block / "sda").mkdir()
     numbers = {"/dev/mapper/system-a.xenlvm": (254, 5), "/srv/other.img": None}
-    monkeypatch.setattr(vmdisks, "_device_numbers", numbers.get)
+    monkeypatch.setattr(vmdisks.mounts_mod, "device_numbers", numbers.get)
     assert vmdisks.loops_of([(254, 5)], str(sys_block)) == {"/dev/loop0": (7, 0)}
     assert vmdisks.loops_of([(254, 9)], str(sys_block)) == {}
 
@@ -268,7 +268,7 @@ def test_post_deletes_only_the_image_files_it_wrote(tmp_path):
 
 
 def test_a_btrfs_mount_is_recognised_by_its_source_device_not_its_anonymous_number(monkeypatch):
-    monkeypatch.setattr(vmdisks, "_device_numbers", {"/dev/loop3": (7, 3)}.get)
+    monkeypatch.setattr(vmdisks.mounts_mod, "device_numbers", {"/dev/loop3": (7, 3)}.get)
     btrfs = MountEntry(0, 52, "/mnt/vmdisks/vm2/xvda/p1", ("ro",), "btrfs", "/dev/loop3")
     assert vmdisks._shows(btrfs, "/dev/loop3")
     assert not vmdisks._shows(dataclasses.replace(btrfs, source="/dev/loop4"), "/dev/loop3")
