@@ -88,6 +88,15 @@ class World:
         self.wait_for(f"start {tool} ")
         return pid
 
+    def interrupt_at(self, hook: str, step: str, signum: int) -> str:
+        """Run hook (sbc_pre or sbc_post), send it signum while its command step runs, let that
+        command finish; check that the hook exited 1 and return its output."""
+        pid = self.start_held(hook, step, log="/run/interrupted.out")
+        self.guest.signal(pid, signum)
+        self.release(step)
+        assert self.guest.wait(pid) == 1, step
+        return self.guest.read("/run/interrupted.out")
+
     def fault_calls(self) -> list[str]:
         done = self.guest.run(["cat", "/run/faults/calls.log"])
         return done.stdout.splitlines()

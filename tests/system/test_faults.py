@@ -66,11 +66,7 @@ def test_signal_during_pre_leaves_nothing_behind(world, signum):
     for step in PRE_STEPS:
         if step == "blkid":  # pre runs it only for an origin that is not mounted
             world.guest.run(["umount", "/srv/xenvm"], check=True)
-        pid = world.start_held("sbc_pre", step, log="/run/pre.out")
-        world.guest.signal(pid, signum)
-        world.release(step)
-        assert world.guest.wait(pid) == 1, step
-        output = world.guest.read("/run/pre.out")
+        output = world.interrupt_at("sbc_pre", step, signum)
         assert f"interrupted by {signal.Signals(signum).name}" in output, (step, output)
         assert_nothing_left(world)
         assert_lock_free(world)

@@ -84,11 +84,7 @@ def test_signal_during_post_is_reported_and_the_next_post_finishes(world, signum
     world.write_config(DEFAULT_CONFIG, faults=True)
     assert world.pre().rc == 0
     for step in POST_STEPS:
-        pid = world.start_held("sbc_post", step, log="/run/post.out")
-        world.guest.signal(pid, signum)
-        world.release(step)
-        assert world.guest.wait(pid) == 1, step
-        output = world.guest.read("/run/post.out")
+        output = world.interrupt_at("sbc_post", step, signum)
         assert f"interrupted by {signal.Signals(signum).name}" in output, (step, output)
         assert _snapshot_state(world) == LEFT_BY_STOPPED_POST[step], step
         assert_lock_free(world)
