@@ -69,14 +69,27 @@ def snapshot(world) -> dict:
             "invalid": row["lv_attr"][4] == "I" or bool(row["lv_snapshot_invalid"])}
 
 
-def write_to_origin(world, mib: int, chunk_mib: int = 8, pause: float = 1.0) -> float:
-    """Write mib MiB of new files to the origin in chunks, each synced, with a pause after each;
+def write_to_origin(world, mib: int, chunk_mib: int = 8, pause: float = 1.0, name: str = "fill") -> float:
+    """Write mib MiB of new files (name.1, name.2, ...) to the origin in chunks, each synced, with
+    a pause after each;
     return the rate in MiB/s. Paced (about 5 MiB/s) well below what the watchdog keeps up with at
     interval 1s in this emulated kernel (15 to 24 MiB/s measured), so that it passes also when
     the sandbox shares a busy machine: writing unpaced, 64 MiB can fill before the first look."""
-    done = world.guest.sh(f"for i in $(seq {mib // chunk_mib}); do dd if=/dev/zero of=/srv/xenvm/fill.$i "
-                          f"bs=1M count={chunk_mib} 2>/dev/null; sync; sleep {pause}; done", timeout=600)
+    wait = f" sleep {pause};" if pause else ""
+    done = world.guest.sh(f"for i in $(seq {mib // chunk_mib}); do dd if=/dev/zero of=/srv/xenvm/{name}.$i "
+                          f"bs=1M count={chunk_mib} 2>/dev/null; sync;{wait} done", timeout=600)
     return mib / done.duration
+
+
+def write_then_wait_for_extension(world, mib: int, size_mib: int) -> None:
+    """Write mib MiB at once, less than the snapshot holds but past the watchdog's threshold, and
+    wait until the watchdog has extended the snapshot to size_mib MiB (it looks every second)."""
+    write_to_origin(world, mib, pause=0)
+    done = world.guest.run(["/bin/sh", "-c", 'i=0; while [ "$i" -lt 60 ]; do '
+                            'size=$(lvs --noheadings --units b --nosuffix -o lv_size system/vmbackup) && '
+                            '[ "$size" -ge "$1" ] && exit 0; sleep 0.5; i=$((i + 1)); done; exit 1',
+                            "sh", str(size_mib * MiB)], timeout=90)
+    assert done.rc == 0, f"the watchdog did not extend the snapshot to {size_mib} MiB: {snapshot(world)}"
 
 
 ALIVE = 'grep -q "^State:[[:space:]]*[^Z]" "/proc/$1/status" 2>/dev/null'  # a zombie has exited
@@ -128,7 +141,8 @@ def test_watchdog_says_why_when_the_vg_has_no_room_to_extend(world):
                    "lvcreate -q -y -l $((free - 2)) -n filler system >/dev/null")  # 8 MiB stay free
     pid = start_watchdog(world)
 
-    write_to_origin(world, 96)  # into at most 72 MiB
+    write_then_wait_for_extension(world, 40, 72)  # all the VG had left
+    write_to_origin(world, 40, pause=0, name="more")  # 80 MiB into 72
     assert snapshot(world)["invalid"]
     assert wait_until_gone(world, pid, timeout=30)  # nothing left to watch
 
@@ -181,7 +195,8 @@ def test_pre_starts_the_watchdog_and_post_stops_it_and_reports_the_extensions(wo
     assert pid is not None and running(world, pid)
     assert "snapshot watchdog started" in pre.stdout
 
-    write_to_origin(world, 200)  # into a 64 MiB snapshot
+    write_then_wait_for_extension(world, 40, 128)
+    write_to_origin(world, 40, pause=0, name="more")  # 80 MiB into what was a 64 MiB snapshot
     post = world.post()
     assert post.rc == 0, post
     assert "the watchdog extended system/vmbackup from 64.0 MiB to 128.0 MiB" in post.stderr
@@ -198,7 +213,8 @@ def test_post_fails_and_says_why_when_the_vg_is_too_small_to_extend(world):
     world.guest.sh("free=$(vgs --noheadings -o vg_free_count system | tr -d ' '); "
                    "lvcreate -q -y -l $((free - 18)) -n filler system >/dev/null")  # 72 MiB stay free
     assert world.pre().rc == 0  # the 64 MiB snapshot fits; 8 MiB remain to grow
-    write_to_origin(world, 96)
+    write_then_wait_for_extension(world, 40, 72)
+    write_to_origin(world, 40, pause=0, name="more")  # 80 MiB into 72
     post = world.post()
     assert post.rc == 1, post
     assert "overflowed" in post.stderr and "cannot be trusted" in post.stderr
