@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import functools
 import logging
-import mmap
 import os
-import struct
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
@@ -359,7 +356,7 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
         vg = vgs.get(spec.origin.vg)
         lv = vg.get(spec.snapshot) if vg is not None else None
         if lv is not None and lv.owned_by(job, spec) and lv.invalid:
-            io_failed[str(lv)] = _invalidated_by_io_errors(lv)
+            io_failed[str(lv)] = lvm_mod.invalidated_by_io_errors(lv)
     for spec in reversed(job.volumes):
         if spec.origin.vg not in vgs:
             continue  # its lvs failed: reported above
@@ -403,34 +400,6 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
             "the backup when the VMs write less.")
 
 
-# dm-snapshot's persistent copy-on-write store begins with this magic ("SnAp"), then a valid flag.
-_COW_MAGIC = 0x70416E53
-
-
-def _invalidated_by_io_errors(snapshot: LogicalVolume) -> bool:
-    """Whether an invalid classic snapshot was invalidated by I/O errors rather than by filling up.
-
-    lvs cannot tell: it shows both as invalid and 100% full. The kernel also marks the
-    invalidation in the header of the snapshot's copy-on-write device, which it can do after an
-    overflow but not while that device fails. So: the device is unreadable now, or its header
-    still says valid, means I/O errors. Anything unexpected means: not known to be I/O errors.
-    """
-    try:
-        fd = os.open(f"{snapshot.dm_path}-cow", os.O_RDONLY | os.O_DIRECT)
-    except OSError:
-        return False  # not active, or no such device: nothing more is known
-    # O_DIRECT (page-aligned buffer) reads what is on the device now, not a cached copy.
-    with mmap.mmap(-1, 4096) as header:
-        try:
-            read = os.preadv(fd, [header], 0)
-        except OSError as exc:
-            return exc.errno == errno.EIO
-        finally:
-            os.close(fd)
-        magic, valid = struct.unpack_from("<II", header)
-    return read >= 8 and magic == _COW_MAGIC and valid == 1
-
-
 def _clean_up_volume(ctx: Context, job: Job, spec: SnapshotSpec,
                      vg: VolumeGroup | None) -> LogicalVolume | None:
     """Unmount and remove spec's snapshot if it is xenlvm's; return it as it was before."""
@@ -471,7 +440,7 @@ def _clean_up_vmdisks(ctx: Context, job: Job, io_failed: dict[str, bool]) -> lis
     snapshots = vmdisks.job_snapshots(job, ctx.lvm.all_volume_groups())
     for snapshot in snapshots:
         if snapshot.invalid:
-            io_failed[str(snapshot)] = _invalidated_by_io_errors(snapshot)
+            io_failed[str(snapshot)] = lvm_mod.invalidated_by_io_errors(snapshot)
         if snapshot.data_percent is not None and not snapshot.is_thin:
             ctx.note(job, "fill_percent", max(ctx.notes.get(job.name, {}).get("fill_percent", 0.0),
                                               100.0 if snapshot.invalid else snapshot.data_percent))

@@ -1,4 +1,5 @@
-"""LVM: ask lvs in its JSON form, create xenlvm's snapshots, and remove only those.
+"""LVM: ask lvs in its JSON form, create xenlvm's snapshots, remove only those, and tell why
+one became invalid.
 
 Ownership is proven by LVM tags that xenlvm adds at creation: ``xenlvm`` and
 ``xenlvm_job_<job>``. An LV without both is never removed, whatever its name.
@@ -6,8 +7,12 @@ Ownership is proven by LVM tags that xenlvm adds at creation: ``xenlvm`` and
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import mmap
+import os
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -214,6 +219,34 @@ class Lvm:
                 raise SafetyRefusal(f"{snapshot} lost xenlvm's tags just before removal; it was "
                                     "left untouched. Check who changed it ('lvs -o+lv_tags').")
             return
+
+
+# dm-snapshot's persistent copy-on-write store begins with this magic ("SnAp"), then a valid flag.
+_COW_MAGIC = 0x70416E53
+
+
+def invalidated_by_io_errors(snapshot: LogicalVolume) -> bool:
+    """Whether an invalid classic snapshot was invalidated by I/O errors rather than by filling up.
+
+    lvs cannot tell: it shows both as invalid and 100% full. The kernel also marks the
+    invalidation in the header of the snapshot's copy-on-write device, which it can do after an
+    overflow but not while that device fails. So: the device is unreadable now, or its header
+    still says valid, means I/O errors. Anything unexpected means: not known to be I/O errors.
+    """
+    try:
+        fd = os.open(f"{snapshot.dm_path}-cow", os.O_RDONLY | os.O_DIRECT)
+    except OSError:
+        return False  # not active, or no such device: nothing more is known
+    # O_DIRECT (page-aligned buffer) reads what is on the device now, not a cached copy.
+    with mmap.mmap(-1, 4096) as header:
+        try:
+            read = os.preadv(fd, [header], 0)
+        except OSError as exc:
+            return exc.errno == errno.EIO
+        finally:
+            os.close(fd)
+        magic, valid = struct.unpack_from("<II", header)
+    return read >= 8 and magic == _COW_MAGIC and valid == 1
 
 
 def device_path(vg: str, lv: str) -> str:

@@ -6,8 +6,8 @@ import datetime
 import time
 from typing import Any
 
+from xenlvm import lvm, state, vmdisks, xen
 from xenlvm import mounts as mounts_mod
-from xenlvm import state, vmdisks, xen
 from xenlvm.config import Config, Job, SnapshotSpec
 from xenlvm.errors import CommandFailed, XenlvmError
 from xenlvm.lvm import Lvm, VolumeGroup
@@ -65,6 +65,9 @@ def _volume_status(config: Config, job: Job, spec: SnapshotSpec, vg: VolumeGroup
         "size_bytes": snapshot.size,
         "fill_percent": None if snapshot.is_thin else snapshot.data_percent,
         "valid": not snapshot.invalid,
+        # lvs shows both alike; the copy-on-write device's header tells them apart
+        "invalid_cause": None if not snapshot.invalid else
+        "io_errors" if lvm.invalidated_by_io_errors(snapshot) else "overflow",
         "mounted_at": [e.mountpoint for e in mounts_mod.mounts_of(snapshot, mounts)],
         "created": snapshot.created,
         "age_seconds": None if age is None else round(age),
@@ -118,7 +121,12 @@ def _describe_volume(volume: dict[str, Any]) -> list[str]:
         return [f"{head}: no snapshot (nothing to clean up)"]
     owner = "xenlvm's" if volume["owned_by_xenlvm"] else "NOT xenlvm's (no xenlvm tags)"
     fill = "thin" if volume["thin"] else f"{volume['fill_percent']:.1f}% full"
-    validity = "valid" if volume["valid"] else "OVERFLOWED (invalid)"
+    if volume["valid"]:
+        validity = "valid"
+    elif volume["invalid_cause"] == "io_errors":
+        validity = "INVALID (I/O errors on its copy-on-write device)"
+    else:
+        validity = "OVERFLOWED (invalid)"
     age = volume["age_seconds"]
     stale = " - STALE: run xenlvm cleanup" if volume["stale"] else ""
     return [f"{head}: snapshot present, {owner}, {fill}, {validity}",

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from xenlvm import logs
 from xenlvm.config import Config, Size, WatchdogSettings, load_config
 from xenlvm.errors import CommandFailed, XenlvmError
-from xenlvm.lvm import OWNER_TAG, LogicalVolume, Lvm, VolumeGroup, job_tag
+from xenlvm.lvm import OWNER_TAG, LogicalVolume, Lvm, VolumeGroup, invalidated_by_io_errors, job_tag
 from xenlvm.runner import Runner, quote
 
 log = logging.getLogger("xenlvm")
@@ -199,10 +199,16 @@ class Monitor:
         fill = 100.0 if lv.invalid else (lv.data_percent or 0.0)
         self.max_fill[key] = max(self.max_fill.get(key, 0.0), fill)
         if lv.invalid:
-            log.error("%s overflowed: its %s of copy-on-write space filled up and it became invalid; "
-                      "the backup of this run cannot be trusted", key, size_text(lv.size))
-            self.problem(f"{key} overflowed at {size_text(lv.size)} and became invalid: the backup of "
-                         "this run cannot be trusted")
+            if invalidated_by_io_errors(lv):
+                log.error("%s became invalid because of I/O errors on its copy-on-write device; the "
+                          "backup of this run cannot be trusted", key)
+                self.problem(f"{key} became invalid because of I/O errors on its copy-on-write device: "
+                             "the backup of this run cannot be trusted")
+            else:
+                log.error("%s overflowed: its %s of copy-on-write space filled up and it became invalid; "
+                          "the backup of this run cannot be trusted", key, size_text(lv.size))
+                self.problem(f"{key} overflowed at {size_text(lv.size)} and became invalid: the backup of "
+                             "this run cannot be trusted")
             del self.watching[key]
             return
         if fill < self.settings.threshold:

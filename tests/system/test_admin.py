@@ -123,7 +123,9 @@ def test_status_json_follows_a_whole_cycle(world):
     assert report["last_runs"]["pre"]["ok"] is True
 
     world.guest.sh("head -c 83886080 /dev/urandom > /srv/xenvm/vm1/big; sync")
-    assert _status(world)["valid"] is False
+    report = _status(world)
+    assert (report["valid"], report["invalid_cause"]) == (False, "overflow")
+    assert "OVERFLOWED (invalid)" in world.xenlvm("status").stdout
     assert world.post().rc == 1
     report = _status(world)
     assert report["present"] is False

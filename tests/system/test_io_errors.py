@@ -147,6 +147,7 @@ def flaky(world):
 
 
 def test_cow_device_failing_during_the_backup_is_reported_as_io_errors_not_as_an_overflow(flaky):
+    flaky.world.write_config(CONFIG + "    watchdog:\n      interval: 1s\n", faults=True)
     assert flaky.pre().rc == 0
     flaky.fail("xl-cow")
     # The VMs write: dm-snapshot must first copy the old blocks to the failing device.
@@ -154,10 +155,15 @@ def test_cow_device_failing_during_the_backup_is_reported_as_io_errors_not_as_an
     snapshot = flaky.lvs()["vmsnap"]
     assert snapshot["lv_attr"][4] == "I", snapshot
     assert snapshot["data_percent"] == "100.00", snapshot  # as after an overflow: lvs cannot tell
+    flaky.world.wait_for("flaky/vmsnap became invalid because of I/O errors", path="/var/log/xenlvm.log")
+    status = flaky.world.xenlvm("status")
+    assert "INVALID (I/O errors on its copy-on-write device)" in status.stdout, status
+    assert "OVERFLOWED" not in status.stdout
 
     post = flaky.post()  # sesam runs post at once, while the device still fails
     assert post.rc == 1, post
     assert "invalid (because of I/O errors on its copy-on-write device)" in post.stderr
+    assert "watchdog: flaky/vmsnap became invalid because of I/O errors" in post.stderr
     assert "lvremove" in post.stderr and "overflow" not in post.output
     assert "vmsnap" in flaky.lvs() and "/mnt/flaky" not in flaky.world.mounts()  # LVM refused
 
