@@ -111,6 +111,11 @@ def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
     the snapshots of all the job's volumes (and VM disks) are created inside it, and mounted
     (exposed) after it."""
     vgs = _volume_groups(ctx, job)
+    # Before the sweep, which would change them: LVM refuses any change to a VG missing a PV.
+    partial = preflight.failures(preflight.check_volume_groups(
+        [s.origin.vg for s in job.volumes] + [lv.vg for lv in vmdisks.job_snapshots(job, vgs)], vgs))
+    if partial:
+        raise PreflightFailed("; ".join(p.message for p in partial) + ". Nothing was changed.")
     mounts = mounts_mod.read_mounts()
     swept = _sweep_leftovers(ctx, job, vgs, mounts)
     swept = _sweep_vmdisks(ctx, job, vgs) or swept
@@ -373,6 +378,10 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
         except XenlvmError as exc:
             errors.append(exc)
     if errors:
+        for vg in vgs.values():
+            if vg is not None and vg.partial:
+                log.error("%s. What could not be removed stays; once the disk is back, run 'xenlvm post' "
+                          "again.", preflight.partial_vg_message(vg.name))
         for name, io_error in io_failed.items():
             log.error("the snapshot %s is invalid (%s), so the backup of this run cannot be trusted", name,
                       "because of I/O errors on its copy-on-write device" if io_error else "it overflowed")

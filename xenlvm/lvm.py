@@ -7,6 +7,7 @@ Ownership is proven by LVM tags that xenlvm adds at creation: ``xenlvm`` and
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -28,7 +29,7 @@ VMDISK_TAG = "xenlvm_vmdisk"  # beside the owner and job tags: the snapshot of a
 _JSON = ["--reportformat", "json", "--units", "b", "--nosuffix"]
 LV_FIELDS = ("lv_name", "vg_name", "lv_attr", "lv_size", "origin", "pool_lv", "lv_tags",
              "data_percent", "lv_snapshot_invalid", "lv_active", "lv_kernel_major",
-             "lv_kernel_minor", "lv_dm_path", "lv_time", "vg_free", "vg_size", "vg_extent_size")
+             "lv_kernel_minor", "lv_dm_path", "lv_time", "vg_free", "vg_size", "vg_extent_size", "vg_attr")
 
 
 def job_tag(job_name: str) -> str:
@@ -93,6 +94,7 @@ class VolumeGroup:
     size: int
     extent_size: int
     lvs: dict[str, LogicalVolume]
+    partial: bool = False  # a PV is missing (vg_attr 'p'): LVM refuses every change to the VG
 
     def get(self, name: str) -> LogicalVolume | None:
         return self.lvs.get(name)
@@ -136,22 +138,22 @@ def parse_volume_group(text: str, vg_name: str) -> VolumeGroup:
     if not rows:
         # A VG without LVs: lvs prints no rows, so its free space is unknown here.
         return VolumeGroup(vg_name, 0, 0, 0, {})
-    raw = rows[0][1]
-    return VolumeGroup(name=vg_name, free=int(raw.get("vg_free") or 0), size=int(raw.get("vg_size") or 0),
-                       extent_size=int(raw.get("vg_extent_size") or 0),
-                       lvs={lv.name: lv for lv, _ in rows})
+    return dataclasses.replace(_volume_group(vg_name, rows[0][1]), lvs={lv.name: lv for lv, _ in rows})
 
 
 def parse_volume_groups(text: str) -> dict[str, VolumeGroup]:
     """Given lvs JSON for all VGs (with the vg_* fields), return every VG that has an LV."""
     groups: dict[str, VolumeGroup] = {}
     for lv, raw in parse_lvs_json(text):
-        if lv.vg not in groups:
-            groups[lv.vg] = VolumeGroup(name=lv.vg, free=int(raw.get("vg_free") or 0),
-                                        size=int(raw.get("vg_size") or 0),
-                                        extent_size=int(raw.get("vg_extent_size") or 0), lvs={})
-        groups[lv.vg].lvs[lv.name] = lv
+        groups.setdefault(lv.vg, _volume_group(lv.vg, raw)).lvs[lv.name] = lv
     return groups
+
+
+def _volume_group(name: str, raw: dict[str, str]) -> VolumeGroup:
+    """The VG of an lvs row (its vg_* fields), with no LVs yet."""
+    return VolumeGroup(name=name, free=int(raw.get("vg_free") or 0), size=int(raw.get("vg_size") or 0),
+                       extent_size=int(raw.get("vg_extent_size") or 0), lvs={},
+                       partial=raw.get("vg_attr", "")[3:4] == "p")
 
 
 class Lvm:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from xenlvm.config import Job, SnapshotSpec
@@ -62,10 +63,24 @@ def check_snapshot_name(job: Job, spec: SnapshotSpec, existing: LogicalVolume | 
                    "another 'snapshot:' name")
 
 
+def check_volume_groups(names: Iterable[str], vgs: dict[str, VolumeGroup]) -> list[Finding]:
+    """A VG that is missing a PV cannot be changed: say so before anything is tried."""
+    return [Finding("fail", "volume group", partial_vg_message(name))
+            for name in dict.fromkeys(names) if name in vgs and vgs[name].partial]
+
+
+def partial_vg_message(vg: str) -> str:
+    return (f"volume group {vg} is missing a physical volume (a disk failed or is not attached: see "
+            f"'pvs' and 'dmesg'), and LVM refuses to create or remove any LV in it until the disk is "
+            "back. Do not run 'vgreduce --removemissing' for a disk that can come back: it drops "
+            "every LV with extents on that disk")
+
+
 def check_job_volumes(job: Job, vgs: dict[str, VolumeGroup]) -> list[Finding]:
     """check_volumes for every volume of the job, counting the space that the job's earlier
-    snapshots in the same VG will take (as LVM will when it creates them one after another)."""
-    findings = []
+    snapshots in the same VG will take (as LVM will when it creates them one after another);
+    first, whether each of its VGs can be changed at all."""
+    findings = check_volume_groups((spec.origin.vg for spec in job.volumes), vgs)
     reserved: dict[str, int] = {}
     for spec in job.volumes:
         vg = vgs[spec.origin.vg]

@@ -6,7 +6,7 @@ import datetime
 import time
 from typing import Any
 
-from xenlvm import lvm, state, vmdisks, xen
+from xenlvm import lvm, preflight, state, vmdisks, xen
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Config, Job, SnapshotSpec
 from xenlvm.errors import CommandFailed, XenlvmError
@@ -34,6 +34,7 @@ def job_status(config: Config, runner: Runner, job: Job, now: float | None = Non
             groups[vg_name] = Lvm(runner).volume_group(vg_name)
         except XenlvmError as exc:
             report["problems"].append(str(exc))
+    report["problems"] += [f.message for f in preflight.check_volume_groups(groups, groups)]
     report["volumes"] = [_volume_status(config, job, spec, groups.get(spec.origin.vg), mounts, now)
                          for spec in job.volumes]
     if job.vmdisks is not None:  # the VM disk snapshots that exist now, found by their tags

@@ -199,7 +199,9 @@ def test_origin_device_failing_at_post_time_fails_post_clearly_and_a_later_post_
     post = flaky.post()
     assert post.rc == 1, post
     assert "lvremove --force --select lv_tags=xenlvm_job_flaky flaky/vmsnap failed" in post.stderr
-    assert "missing PV" in post.stderr  # LVM's reason, passed on
+    assert "missing PV" in post.stderr  # LVM's reason, passed on, and xenlvm's advice
+    assert "volume group flaky is missing a physical volume" in post.stderr
+    assert "once the disk is back, run 'xenlvm post' again" in post.stderr
     assert "vmsnap" in flaky.lvs()
     flaky.assert_origin_untouched()
 
@@ -211,12 +213,18 @@ def test_origin_device_failing_at_post_time_fails_post_clearly_and_a_later_post_
 
 
 def test_io_errors_during_pre_fail_it_and_the_next_post_cleans_up_once_the_device_is_back(flaky):
-    # The origin's PV failing before pre: LVM refuses lvcreate; nothing is created.
+    # The origin's PV failing before pre: lvs shows the VG partial, and pre refuses before any
+    # change (LVM would refuse lvcreate anyway), as check and status tell.
     flaky.guest.sh("sync")
     flaky.fail("xl-origin")
     pre = flaky.pre()
     assert pre.rc == 1, pre
-    assert "lvcreate --snapshot" in pre.stderr and "PVs are missing" in pre.stderr
+    assert "volume group flaky is missing a physical volume" in pre.stderr
+    assert "'vgreduce --removemissing'" in pre.stderr and "Nothing was changed" in pre.stderr
+    assert not [call for call in flaky.world.fault_calls() if " lvcreate " in call]
+    check = flaky.world.xenlvm("check")
+    assert check.rc == 1 and "FAIL [flaky] volume group: volume group flaky is missing" in check.stdout, check
+    assert "problem: volume group flaky is missing a physical volume" in flaky.world.xenlvm("status").stdout
     flaky.heal("xl-origin")
     flaky.assert_nothing_left()
 

@@ -415,3 +415,19 @@ def test_remove_in_a_dry_run_only_announces_the_command(no_sleep):
     runner = FakeRunner(None, dry_run=True)
     Lvm(runner).remove_snapshot(JOB, SPEC, lvs_of("snapshot_mounted")["vmbackup"])
     assert [kind for kind, _ in runner.calls] == ["change"]
+
+
+@pytest.mark.parametrize(("vg_attr", "partial"), [
+    ("wz-pn-", True),   # as lvs printed it in the guest while one of the VG's PVs failed (LVM 2.03.16)
+    ("wz--n-", False),  # the same VG once the PV was back
+    (None, False),      # a report without the field
+])
+def test_a_volume_group_missing_a_pv_is_partial(vg_attr, partial):
+    report = json.loads(recorded("snapshot_mounted"))
+    for row in report["report"][0]["lv"]:
+        row.pop("vg_attr", None)
+        if vg_attr is not None:
+            row["vg_attr"] = vg_attr
+    text = json.dumps(report)
+    assert parse_volume_group(text, "system").partial is partial
+    assert lvm.parse_volume_groups(text)["system"].partial is partial

@@ -14,6 +14,7 @@ from xenlvm.lvm import VolumeGroup, parse_volume_group
 from xenlvm.mounts import MountEntry
 from xenlvm.preflight import (
     Finding,
+    check_job_volumes,
     check_mountpoint,
     check_snapshot_name,
     check_space,
@@ -431,3 +432,12 @@ def test_mounts_elsewhere_do_not_matter(real_tmp):
 def test_failures_keeps_only_the_failed_findings():
     findings = [Finding("ok", "a", ""), Finding("warn", "b", ""), Finding("fail", "c", "x")]
     assert failures(findings) == [findings[2]]
+
+
+def test_a_volume_group_missing_a_pv_fails_first_and_warns_against_vgreduce(vg_before_pre):
+    partial = dataclasses.replace(vg_before_pre, partial=True)
+    findings = check_job_volumes(JOB, {"system": partial})
+    assert (findings[0].level, findings[0].check) == ("fail", "volume group")
+    assert findings[0].message.startswith("volume group system is missing a physical volume")
+    assert "Do not run 'vgreduce --removemissing' for a disk that can come back" in findings[0].message
+    assert "volume group" not in by_check(check_job_volumes(JOB, {"system": vg_before_pre}))
