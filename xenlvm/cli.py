@@ -83,7 +83,7 @@ main.add_command(_hook_command("pre", "Run the sesam pre hook: create and mount 
                                "snapshot of each selected job. Exit 0 only when all are ready."))
 main.add_command(_hook_command("post", "Run the sesam post hook: unmount and remove each "
                                "selected job's snapshot. Exit 0 only when all is cleaned up and no "
-                               "snapshot overflowed."))
+                               "snapshot became invalid (overflowed or I/O errors)."))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,8 +128,9 @@ def check(ctx: click.Context, job_names: tuple[str, ...], hooks_dir: str) -> Non
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per job, in a list).")
 @click.pass_context
 def status(ctx: click.Context, job_names: tuple[str, ...], as_json: bool) -> None:
-    """Show per job: snapshot present or not, fill, valid or overflowed, where it is mounted,
-    its age and the run that created it, whether it is stale, paused domains, last runs."""
+    """Show per job: snapshot present or not, fill, valid or invalid and why (overflowed or I/O
+    errors), where it is mounted, its age and the run that created it, whether it is stale,
+    paused domains, last runs, problems such as a volume group missing a PV."""
     from xenlvm.status import describe, job_status
 
     def work() -> None:
