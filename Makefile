@@ -42,9 +42,9 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 # Four sandboxes side by side (a sandbox often waits on timeouts and paced writes, so four share
-# two cores well). --maxschedchunk 1: a worker takes the next test only when it is free, so the
-# slowest tests, which tests/conftest.py puts first, spread over all four instead of landing in
-# the first worker's initial chunk (that alone cost 11 min against 8.5).
+# two cores well). --maxschedchunk 1: a worker keeps at most two tests queued and takes the next
+# one as it finishes one, so the slowest tests, which tests/conftest.py puts first, spread over
+# all four instead of landing in the first worker's initial chunk (11 min against 8.5).
 PYTEST_PARALLEL := -n 4 --dist load --maxschedchunk 1
 
 test: deps

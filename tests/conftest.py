@@ -1,11 +1,11 @@
 """Order of the whole suite: the longest system tests first, the unit tests last.
 
-`make test` runs pytest-xdist with `--dist load --maxschedchunk 1`: each worker takes the next
-test in collection order when it is free, so starting the long tests first and ending with the
-many short ones keeps the workers busy to the end instead of leaving one finishing a long test
-alone (longest-first scheduling). Without --maxschedchunk 1 xdist hands each worker a quarter
-of its share up front, in order: the first worker got nearly all the slow modules. Only the
-order changes; every test still runs.
+`make test` runs pytest-xdist with `--dist load --maxschedchunk 1`: each worker keeps at most
+two tests queued and takes the next in collection order as it finishes one, so starting the
+long tests first and ending with the many short ones keeps the workers busy to the end instead
+of leaving one finishing a long test alone (longest-first scheduling). Without
+--maxschedchunk 1 xdist hands each worker a quarter of its share up front, in order: the first
+worker got nearly all the slow modules. Only the order changes; every test still runs.
 """
 
 from __future__ import annotations

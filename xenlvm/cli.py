@@ -103,8 +103,8 @@ def check(ctx: click.Context, job_names: tuple[str, ...], hooks_dir: str) -> Non
     """Check everything pre needs, and more, without changing anything.
 
     Configuration (valid, owned by root, not writable by others), tools, hooks, and per job:
-    origin present and active, VG free space against the snapshot size, mountpoint usable,
-    Xen domains, leftovers. Exit 0 when nothing failed, else 1.
+    origin present and active, VG not missing a PV, VG free space against the snapshot size,
+    mountpoint usable, Xen domains, leftovers. Exit 0 when nothing failed, else 1.
     """
     from xenlvm.check import check_host, check_job
 

@@ -112,10 +112,8 @@ def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
     (exposed) after it."""
     vgs = _volume_groups(ctx, job)
     # Before the sweep, which would change them: LVM refuses any change to a VG missing a PV.
-    partial = preflight.failures(preflight.check_volume_groups(
+    _refuse_on_failures(preflight.check_volume_groups(
         [s.origin.vg for s in job.volumes] + [lv.vg for lv in vmdisks.job_snapshots(job, vgs)], vgs))
-    if partial:
-        raise PreflightFailed("; ".join(p.message for p in partial) + ". Nothing was changed.")
     mounts = mounts_mod.read_mounts()
     swept = _sweep_leftovers(ctx, job, vgs, mounts)
     swept = _sweep_vmdisks(ctx, job, vgs) or swept
@@ -248,6 +246,10 @@ def _preflight(ctx: Context, job: Job, vgs: dict[str, VolumeGroup],
                  if spec.mountpoint != job.mountpoint and os.path.lexists(spec.mountpoint)]
     if ctx.dry_run:
         findings = [f for f in findings if f.check != "snapshot name"]  # the sweep was not run
+    _refuse_on_failures(findings)
+
+
+def _refuse_on_failures(findings: list[preflight.Finding]) -> None:
     problems = preflight.failures(findings)
     if problems:
         raise PreflightFailed("; ".join(p.message for p in problems) + ". Nothing was changed.")
@@ -372,16 +374,19 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
             continue
         if snapshot is not None and snapshot.invalid:
             overflowed.append(snapshot)
+    every: dict[str, VolumeGroup] = {}
     if job.vmdisks is not None:  # after the volumes: their mounts lie inside the VM disk tree
         try:
-            overflowed += _clean_up_vmdisks(ctx, job, io_failed)
+            every = ctx.lvm.all_volume_groups()
+            overflowed += _clean_up_vmdisks(ctx, job, vmdisks.job_snapshots(job, every), io_failed)
         except XenlvmError as exc:
             errors.append(exc)
     if errors:
-        for vg in vgs.values():
-            if vg is not None and vg.partial:
-                log.error("%s. What could not be removed stays; once the disk is back, run 'xenlvm post' "
-                          "again.", preflight.partial_vg_message(vg.name))
+        partial = {vg.name for vg in vgs.values() if vg is not None and vg.partial}
+        partial |= {lv.vg for lv in vmdisks.job_snapshots(job, every) if every[lv.vg].partial}
+        for vg_name in sorted(partial):
+            log.error("%s. What could not be removed stays; once the disk is back, run 'xenlvm post' "
+                      "again.", preflight.partial_vg_message(vg_name))
         for name, io_error in io_failed.items():
             log.error("the snapshot %s is invalid (%s), so the backup of this run cannot be trusted", name,
                       "because of I/O errors on its copy-on-write device" if io_error else "it overflowed")
@@ -443,10 +448,10 @@ def _clean_up_volume(ctx: Context, job: Job, spec: SnapshotSpec,
     return snapshot
 
 
-def _clean_up_vmdisks(ctx: Context, job: Job, io_failed: dict[str, bool]) -> list[LogicalVolume]:
+def _clean_up_vmdisks(ctx: Context, job: Job, snapshots: list[LogicalVolume],
+                      io_failed: dict[str, bool]) -> list[LogicalVolume]:
     """Tear down the job's VM disk snapshots and all that exposes them; return the invalid ones,
     noting in io_failed which of them I/O errors invalidated."""
-    snapshots = vmdisks.job_snapshots(job, ctx.lvm.all_volume_groups())
     for snapshot in snapshots:
         if snapshot.invalid:
             io_failed[str(snapshot)] = lvm_mod.invalidated_by_io_errors(snapshot)

@@ -43,8 +43,11 @@ def job_status(config: Config, runner: Runner, job: Job, now: float | None = Non
         except XenlvmError as exc:
             report["problems"].append(str(exc))
             every = {}
+        snapshots = vmdisks.job_snapshots(job, every)
         report["volumes"] += [_volume_status(config, job, vmdisks.spec_of(job, lv), every[lv.vg], mounts, now)
-                              for lv in vmdisks.job_snapshots(job, every)]
+                              for lv in snapshots]
+        report["problems"] += [f.message for f in preflight.check_volume_groups(
+            (lv.vg for lv in snapshots if lv.vg not in groups), every)]
     if job.xen is not None:
         report["domains"] = _domains(config, runner, job)
     report["last_runs"] = state.read_state(config, job.name)
@@ -67,8 +70,7 @@ def _volume_status(config: Config, job: Job, spec: SnapshotSpec, vg: VolumeGroup
         "fill_percent": None if snapshot.is_thin else snapshot.data_percent,
         "valid": not snapshot.invalid,
         # lvs shows both alike; the copy-on-write device's header tells them apart
-        "invalid_cause": None if not snapshot.invalid else
-        "io_errors" if lvm.invalidated_by_io_errors(snapshot) else "overflow",
+        "invalid_cause": lvm.invalid_cause(snapshot) if snapshot.invalid else None,
         "mounted_at": [e.mountpoint for e in mounts_mod.mounts_of(snapshot, mounts)],
         "created": snapshot.created,
         "age_seconds": None if age is None else round(age),
@@ -126,8 +128,10 @@ def _describe_volume(volume: dict[str, Any]) -> list[str]:
         validity = "valid"
     elif volume["invalid_cause"] == "io_errors":
         validity = "INVALID (I/O errors on its copy-on-write device)"
-    else:
+    elif volume["invalid_cause"] == "overflow":
         validity = "OVERFLOWED (invalid)"
+    else:
+        validity = "INVALID (overflowed or I/O errors: its copy-on-write header cannot be read)"
     age = volume["age_seconds"]
     stale = " - STALE: run xenlvm cleanup" if volume["stale"] else ""
     return [f"{head}: snapshot present, {owner}, {fill}, {validity}",

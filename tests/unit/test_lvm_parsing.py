@@ -431,3 +431,20 @@ def test_a_volume_group_missing_a_pv_is_partial(vg_attr, partial):
     text = json.dumps(report)
     assert parse_volume_group(text, "system").partial is partial
     assert lvm.parse_volume_groups(text)["system"].partial is partial
+
+
+# dm-snapshot's persistent header: magic "SnAp", then the valid flag (drivers/md/dm-snap-persistent.c)
+@pytest.mark.parametrize(("header", "cause"), [
+    (b"SnAp" + (1).to_bytes(4, "little") + bytes(4088), "io_errors"),  # the kernel could not mark it
+    (b"SnAp" + (0).to_bytes(4, "little") + bytes(4088), "overflow"),   # marked invalid: it filled up
+    (b"SnAp\x01\x00", "unknown"),                                      # short read
+    (bytes(4096), "unknown"),                                          # not a snapshot header
+])
+def test_the_copy_on_write_header_tells_why_a_snapshot_became_invalid(header, cause):
+    assert lvm.cause_from_cow_header(header) == cause
+
+
+def test_the_cause_is_unknown_when_the_copy_on_write_device_cannot_be_opened(tmp_path):
+    snapshot = dataclasses.replace(lvs_of("snapshot_overflowed")["vmbackup"], dm_path=str(tmp_path / "gone"))
+    assert lvm.invalid_cause(snapshot) == "unknown"
+    assert not lvm.invalidated_by_io_errors(snapshot)

@@ -22,6 +22,8 @@ def _report(**volume) -> dict:
     ({"valid": False, "invalid_cause": "overflow"}, "100.0% full, OVERFLOWED (invalid)"),
     ({"valid": False, "invalid_cause": "io_errors"},
      "100.0% full, INVALID (I/O errors on its copy-on-write device)"),
+    ({"valid": False, "invalid_cause": "unknown"},
+     "100.0% full, INVALID (overflowed or I/O errors: its copy-on-write header cannot be read)"),
 ])
 def test_an_invalid_snapshot_is_called_overflowed_only_when_it_overflowed(volume, said):
     first = describe(_report(**volume))[1]

@@ -188,7 +188,14 @@ def test_monitor_grows_a_snapshot_as_far_as_the_vg_allows_and_says_it_is_at_the_
         "free space; free space in the VG or give the snapshot a larger size"]
 
 
-def test_monitor_records_an_overflow_and_stops_watching(tmp_path):
+@pytest.mark.parametrize(("io_errors", "problem"), [
+    (False, "system/vmbackup overflowed at 64.0 MiB and became invalid"),
+    (True, "system/vmbackup became invalid because of I/O errors on its copy-on-write device"),
+])
+def test_monitor_records_an_invalid_snapshot_with_its_cause_and_stops_watching(tmp_path, monkeypatch,
+                                                                                 io_errors, problem):
+    # lvs shows an overflow and an I/O invalidation alike; the copy-on-write header tells them apart
+    monkeypatch.setattr(watchdog, "invalidated_by_io_errors", lambda lv: io_errors)
     runner = FakeRunner((DATA / "lvs_snapshot_overflowed.json").read_text())
     monitor = monitor_over(tmp_path, runner)
     monitor.look()
@@ -196,7 +203,7 @@ def test_monitor_records_an_overflow_and_stops_watching(tmp_path):
     assert not monitor.watching
     summary = monitor.summary()
     assert summary.max_fill == {"system/vmbackup": 100.0}
-    assert "system/vmbackup overflowed" in summary.problems[0]
+    assert summary.problems[0].startswith(problem), summary.problems
     assert runner.extended == []
 
 
