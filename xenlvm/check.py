@@ -9,7 +9,7 @@ import sys
 
 from xenlvm import install, preflight, vmdisks, xen
 from xenlvm import mounts as mounts_mod
-from xenlvm.config import XL_TIMEOUT, Config, Job, permission_problem
+from xenlvm.config import Config, Job, permission_problem
 from xenlvm.errors import CommandFailed, XenlvmError
 from xenlvm.lvm import LogicalVolume, Lvm, VolumeGroup
 from xenlvm.preflight import Finding
@@ -76,7 +76,7 @@ def check_job(config: Config, runner: Runner, job: Job) -> list[Finding]:
     if job.vmdisks is not None:
         findings += _check_vmdisks(runner, job)
     if job.xen is not None:
-        xl = xen.Xl(runner, job.xen.timeout)
+        xl = xen.Xl.for_job(runner, job)
         try:
             paths = [e.mountpoint for origin in origins for e in mounts_mod.mounts_of(origin, mounts)]
             domains = xen.select_domains(job, xl, paths)
@@ -94,10 +94,9 @@ def check_job(config: Config, runner: Runner, job: Job) -> list[Finding]:
 def _check_vmdisks(runner: Runner, job: Job) -> list[Finding]:
     """Which VM disks pre would snapshot now, and whether image_dir has room for them."""
     assert job.vmdisks is not None
-    timeout = job.xen.timeout if job.xen is not None else XL_TIMEOUT
     try:
         every = Lvm(runner).all_volume_groups()
-        disks = vmdisks.discover(job, xen.Xl(runner, timeout), every)
+        disks = vmdisks.discover(job, xen.Xl.for_job(runner, job), every)
     except (CommandFailed, XenlvmError) as exc:
         return [Finding("fail", "vmdisks", str(exc))]
     findings = [Finding("ok" if disks else "fail", "vmdisks", "VM disks to snapshot: " + (", ".join(

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from xenlvm import lvm as lvm_mod
 from xenlvm import mounts as mounts_mod
 from xenlvm import preflight, vmdisks, watchdog, xen
-from xenlvm.config import XL_TIMEOUT, Config, Job, SnapshotSpec
+from xenlvm.config import Config, Job, SnapshotSpec
 from xenlvm.errors import (
     CleanupFailed,
     MountError,
@@ -102,10 +102,6 @@ def _volume_groups(ctx: Context, job: Job) -> dict[str, VolumeGroup]:
     return vgs
 
 
-def _xl(ctx: Context, job: Job) -> xen.Xl:
-    return xen.Xl(ctx.runner, job.xen.timeout if job.xen is not None else XL_TIMEOUT)
-
-
 def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
     """pre for one job: everything that can be done before the pause window is done before it,
     the snapshots of all the job's volumes (and VM disks) are created inside it, and mounted
@@ -121,7 +117,7 @@ def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
         vgs = _volume_groups(ctx, job)
         mounts = mounts_mod.read_mounts()
     if job.vmdisks is not None:  # from here on, the job's VM disks are volumes of the job too
-        disks = vmdisks.discover(job, _xl(ctx, job), vgs)
+        disks = vmdisks.discover(job, xen.Xl.for_job(ctx.runner, job), vgs)
         _check_disk_names(job, disks)
         job = dataclasses.replace(job, volumes=job.volumes + tuple(disks))
     _preflight(ctx, job, vgs, mounts)
@@ -276,7 +272,7 @@ def _prepare_xen(ctx: Context, job: Job, origins: list[LogicalVolume],
     the domains, export their configuration. Returns the pause window's context manager."""
     if job.xen is None:
         return contextlib.nullcontext
-    xl = xen.Xl(ctx.runner, job.xen.timeout)
+    xl = xen.Xl.for_job(ctx.runner, job)
     record = xen.PauseRecord(ctx.config.settings.lock_dir, job.name)
     xen.resume_leftovers(xl, record)
     origin_paths = [e.mountpoint for spec, origin in zip(job.volumes, origins) if spec.expose is None
@@ -344,7 +340,7 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
     if job.xen is not None:
         record = xen.PauseRecord(ctx.config.settings.lock_dir, job.name)
         if record.read():
-            xen.resume_leftovers(xen.Xl(ctx.runner, job.xen.timeout), record)
+            xen.resume_leftovers(xen.Xl.for_job(ctx.runner, job), record)
     _stop_watchdog(ctx, job)
     overflowed: list[LogicalVolume] = []
     errors: list[XenlvmError] = []

@@ -84,7 +84,7 @@ def _domains(config: Config, runner: Runner, job: Job) -> dict[str, Any]:
     assert job.xen is not None
     left = xen.PauseRecord(config.settings.lock_dir, job.name).read()
     try:
-        states = xen.Xl(runner, job.xen.timeout).states()
+        states = xen.Xl.for_job(runner, job).states()
     except CommandFailed as exc:
         return {"error": str(exc), "left_paused_by_a_killed_run": left}
     names = list(states) if job.xen.domains == "auto" else list(job.xen.domains)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from xenlvm import interrupts
-from xenlvm.config import Job
+from xenlvm.config import XL_TIMEOUT, Job
 from xenlvm.errors import CommandFailed, PreflightFailed, XenlvmError
 from xenlvm.runner import Runner
 
@@ -81,6 +81,11 @@ class Xl:
     def __init__(self, runner: Runner, timeout: float) -> None:
         self.runner = runner
         self.timeout = timeout
+
+    @classmethod
+    def for_job(cls, runner: Runner, job: Job) -> Xl:
+        """The job's xl: its xen.timeout, or the default for a job with VM disks and no xen."""
+        return cls(runner, job.xen.timeout if job.xen is not None else XL_TIMEOUT)
 
     def states(self) -> dict[str, tuple[int, bool]]:
         return parse_xl_list(self.runner.query(["xl", "list"], timeout=self.timeout).stdout)
