@@ -289,7 +289,7 @@ def _prepare_xen(ctx: Context, job: Job, origins: list[LogicalVolume],
 def _verify_mounted(mountpoint: str, device: str) -> None:
     """mount said yes; make sure the kernel shows exactly our device at the mountpoint."""
     entry = mounts_mod.mounted_at(mountpoint, mounts_mod.read_mounts())
-    if entry is None or (entry.major, entry.minor) != mounts_mod.device_numbers(device):
+    if entry is None or not mounts_mod.shows_device(entry, device):
         raise MountError(f"after mounting, {mountpoint} does not show the snapshot {device}; "
                          "something else changed the mount table")
     if "ro" not in entry.options:
@@ -298,7 +298,7 @@ def _verify_mounted(mountpoint: str, device: str) -> None:
 
 def _unmount_if_mounted(ctx: Context, mountpoint: str, device: str) -> None:
     entry = mounts_mod.mounted_at(mountpoint, mounts_mod.read_mounts())
-    if ctx.dry_run or entry is None or (entry.major, entry.minor) != mounts_mod.device_numbers(device):
+    if ctx.dry_run or not mounts_mod.shows_device(entry, device):
         return
     mounts_mod.unmount_with_retry(ctx.runner, mountpoint, UNDO_UNMOUNT_TIMEOUT)
 

@@ -73,6 +73,11 @@ def device_numbers(path: str) -> tuple[int, int] | None:
     return (os.major(info.st_rdev), os.minor(info.st_rdev)) if stat.S_ISBLK(info.st_mode) else None
 
 
+def shows_device(entry: MountEntry | None, path: str) -> bool:
+    """True when the mount entry is of the block device at path (by device number)."""
+    return entry is not None and (entry.major, entry.minor) == device_numbers(path)
+
+
 def mounted_at(path: str, mounts: list[MountEntry]) -> MountEntry | None:
     """The mount visible at exactly path (the last one mounted there), or None."""
     return next((e for e in reversed(mounts) if e.mountpoint == path), None)

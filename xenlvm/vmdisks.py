@@ -234,11 +234,9 @@ def _mount(runner: Runner, source: str, fstype: str, target: str, undo: UndoStac
 
 def _shows(entry: mounts_mod.MountEntry | None, source: str) -> bool:
     """True when the mount entry is source's filesystem (btrfs: by name, see tear_down)."""
-    if entry is None:
-        return False
-    if entry.fstype == "btrfs":
+    if entry is not None and entry.fstype == "btrfs":
         return entry.source == source
-    return (entry.major, entry.minor) == mounts_mod.device_numbers(source)
+    return mounts_mod.shows_device(entry, source)
 
 
 def _unmount_if_ours(runner: Runner, target: str, source: str) -> None:
