@@ -344,8 +344,17 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
     _stop_watchdog(ctx, job)
     overflowed: list[LogicalVolume] = []
     errors: list[XenlvmError] = []
+    every: dict[str, VolumeGroup] | None = None  # all VGs: where the VM disk snapshots are
+    if job.vmdisks is not None:
+        try:
+            every = ctx.lvm.all_volume_groups()
+        except XenlvmError as exc:
+            errors.append(exc)
     vgs: dict[str, VolumeGroup | None] = {}  # one lvs per VG, not one per volume
     for vg_name in dict.fromkeys(spec.origin.vg for spec in job.volumes):
+        if every is not None and vg_name in every:
+            vgs[vg_name] = every[vg_name]
+            continue
         try:
             vgs[vg_name] = ctx.lvm.volume_group(vg_name)
         except PreflightFailed as exc:
@@ -353,13 +362,15 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
             vgs[vg_name] = None
         except XenlvmError as exc:
             errors.append(exc)
+    disk_snapshots = vmdisks.job_snapshots(job, every or {})
     # Why a snapshot became invalid can only be read while it exists, so before removing it.
-    io_failed: dict[str, bool] = {}
+    invalid = [lv for lv in disk_snapshots if lv.invalid]
     for spec in job.volumes:
         vg = vgs.get(spec.origin.vg)
         lv = vg.get(spec.snapshot) if vg is not None else None
         if lv is not None and lv.owned_by(job, spec) and lv.invalid:
-            io_failed[str(lv)] = lvm_mod.invalidated_by_io_errors(lv)
+            invalid.append(lv)
+    io_failed = {str(lv): lvm_mod.invalidated_by_io_errors(lv) for lv in invalid}
     for spec in reversed(job.volumes):
         if spec.origin.vg not in vgs:
             continue  # its lvs failed: reported above
@@ -370,16 +381,14 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
             continue
         if snapshot is not None and snapshot.invalid:
             overflowed.append(snapshot)
-    every: dict[str, VolumeGroup] = {}
-    if job.vmdisks is not None:  # after the volumes: their mounts lie inside the VM disk tree
+    if every is not None:  # after the volumes: their mounts lie inside the VM disk tree
         try:
-            every = ctx.lvm.all_volume_groups()
-            overflowed += _clean_up_vmdisks(ctx, job, vmdisks.job_snapshots(job, every), io_failed)
+            overflowed += _clean_up_vmdisks(ctx, job, disk_snapshots)
         except XenlvmError as exc:
             errors.append(exc)
     if errors:
         partial = {vg.name for vg in vgs.values() if vg is not None and vg.partial}
-        partial |= {lv.vg for lv in vmdisks.job_snapshots(job, every) if every[lv.vg].partial}
+        partial |= {lv.vg for lv in disk_snapshots if every is not None and every[lv.vg].partial}
         for vg_name in sorted(partial):
             log.error("%s. What could not be removed stays; once the disk is back, run 'xenlvm post' "
                       "again.", preflight.partial_vg_message(vg_name))
@@ -444,13 +453,9 @@ def _clean_up_volume(ctx: Context, job: Job, spec: SnapshotSpec,
     return snapshot
 
 
-def _clean_up_vmdisks(ctx: Context, job: Job, snapshots: list[LogicalVolume],
-                      io_failed: dict[str, bool]) -> list[LogicalVolume]:
-    """Tear down the job's VM disk snapshots and all that exposes them; return the invalid ones,
-    noting in io_failed which of them I/O errors invalidated."""
+def _clean_up_vmdisks(ctx: Context, job: Job, snapshots: list[LogicalVolume]) -> list[LogicalVolume]:
+    """Tear down the job's VM disk snapshots and all that exposes them; return the invalid ones."""
     for snapshot in snapshots:
-        if snapshot.invalid:
-            io_failed[str(snapshot)] = lvm_mod.invalidated_by_io_errors(snapshot)
         if snapshot.data_percent is not None and not snapshot.is_thin:
             ctx.note(job, "fill_percent", max(ctx.notes.get(job.name, {}).get("fill_percent", 0.0),
                                               100.0 if snapshot.invalid else snapshot.data_percent))
