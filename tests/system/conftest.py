@@ -18,6 +18,14 @@ CONFIG = "/etc/xenlvm/config.yaml"
 SESAM_ARGS = ["xen_vm1", "/mnt/vmbackup", "FULL", "20261129-213000", "backup-host"]
 
 FAULT_PATH = "/run/faults/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+XL = "/opt/xen/bin/xl"  # the stand-in xl (see guest/xl), found first on XEN_SETTINGS' path
+# The head of a configuration whose jobs use the stand-in xl and the fault wrappers.
+XEN_SETTINGS = f"""\
+settings:
+  path: /opt/xen/bin:{FAULT_PATH}
+  lock_timeout: 5s
+jobs:
+"""
 # The commands pre and post run, in order: the steps at which they can fail or be stopped.
 # pre runs blkid only when the origin is not mounted (otherwise the mount table names the type).
 PRE_STEPS = ("lvs", "blkid", "lvcreate", "mount")
@@ -158,7 +166,7 @@ def assert_lock_free(world: World, job: str = "xenvm") -> None:
 
 
 def assert_nothing_left(world: World) -> None:
-    """No snapshot, no mount of ours, no process holding the job's lock."""
+    """No snapshot, no mount of ours, no LV with xenlvm's tag (the lock: see assert_lock_free)."""
     lvs = world.lvs()
     assert "vmbackup" not in lvs, lvs
     assert "/mnt/vmbackup" not in world.mounts()

@@ -7,16 +7,11 @@ import json
 
 import pytest
 
-from tests.system.conftest import assert_nothing_left
+from tests.system.conftest import XEN_SETTINGS, XL, assert_nothing_left
 
 pytestmark = pytest.mark.system
 
-XL = "/opt/xen/bin/xl"
-MULTI_CONFIG = """\
-settings:
-  path: /opt/xen/bin:/run/faults/bin:/usr/sbin:/usr/bin:/sbin:/bin
-  lock_timeout: 5s
-jobs:
+MULTI_CONFIG = XEN_SETTINGS + """\
   xenvm:
     mountpoint: /mnt/vmbackup
     tasks: [xen_vm1]

@@ -11,17 +11,13 @@ import signal
 
 import pytest
 
-from tests.system.conftest import SESAM_ARGS, TESTS
-from tests.system.test_xen import XL, lvcreate_times, xl_calls
+from tests.system.conftest import SESAM_ARGS, TESTS, XEN_SETTINGS, XL
+from tests.system.test_xen import lvcreate_times, xl_calls
 
 pytestmark = pytest.mark.system
 
 TREE = "/mnt/vmbackup"
-VMDISK_CONFIG = """\
-settings:
-  path: /opt/xen/bin:/run/faults/bin:/usr/sbin:/usr/bin:/sbin:/bin
-  lock_timeout: 5s
-jobs:
+VMDISK_CONFIG = XEN_SETTINGS + """\
   disks:
     mountpoint: /mnt/vmbackup
     tasks: [xen_vm1]

@@ -9,16 +9,11 @@ import signal
 
 import pytest
 
-from tests.system.conftest import SESAM_ARGS, assert_nothing_left
+from tests.system.conftest import SESAM_ARGS, XEN_SETTINGS, XL, assert_nothing_left
 
 pytestmark = pytest.mark.system
 
-XL = "/opt/xen/bin/xl"
-XEN_CONFIG = """\
-settings:
-  path: /opt/xen/bin:/run/faults/bin:/usr/sbin:/usr/bin:/sbin:/bin
-  lock_timeout: 5s
-jobs:
+XEN_CONFIG = XEN_SETTINGS + """\
   xenvm:
     volume: system/xenvm
     snapshot: vmbackup
