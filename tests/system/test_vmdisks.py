@@ -27,7 +27,7 @@ VMDISK_CONFIG = XEN_SETTINGS + """\
       size: 16M
 {extra}    xen:
       domains: auto
-      timeout: 3s
+      timeout: 20s
 """
 MARKERS = {  # what the backup finds, path below the tree -> content
     "vm2/xvda/p1/marker": "vm2 xvda p1",
