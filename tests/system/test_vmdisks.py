@@ -189,3 +189,21 @@ def test_a_domain_that_is_not_running_is_reported_and_the_others_backed_up(disks
         in status.stdout, status
     assert disks.post().rc == 0
     assert_disks_clean(disks)
+
+
+def test_a_job_with_a_volume_and_vm_disks_exposes_both_and_post_asks_lvs_once(disks):
+    volume = ("    volumes:\n      - volume: system/xenvm\n        snapshot: vmbackup\n        size: 64M\n"
+              "        name: files\n")
+    disks.write_config(VMDISK_CONFIG.format(extra="").replace("    vmdisks:\n", volume + "    vmdisks:\n", 1))
+    pre = disks.pre()
+    assert pre.rc == 0, pre
+    assert disks.guest.read(f"{TREE}/files/vm1/vm1.cfg").startswith('name = "vm1"')
+    assert disks.guest.read(f"{TREE}/vm3/xvdb/marker").strip() == MARKERS["vm3/xvdb/marker"]
+
+    disks.reset_faults()  # from here on, the calls log is post's
+    post = disks.post()
+    assert post.rc == 0, post
+    queries = [call for call in disks.fault_calls() if " start lvs " in call]
+    assert len(queries) == 1, queries  # one lvs of all VGs serves the volume and the VM disks
+    assert "vmbackup" not in disks.lvs()
+    assert_disks_clean(disks)
