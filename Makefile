@@ -6,9 +6,15 @@ VENV       ?= .venv
 VPY        := $(VENV)/bin/python
 # Debian packages the sandbox needs: a real Linux kernel as a process (user-mode-linux),
 # LVM and the filesystems it tests with; fdisk (sfdisk) writes the test VM disks' partition
-# tables. Installed only when missing.
+# tables; gcc and libc6-dev build the sandbox's vector-register check and, for hosts with
+# AVX-512 or AMX, its XSTATE shim for UML (tests/system/uml/). Installed only when missing.
 DEB_PACKAGES := user-mode-linux lvm2 kmod xfsprogs e2fsprogs thin-provisioning-tools \
-                util-linux fdisk psmisc python3-venv
+                util-linux fdisk psmisc python3-venv gcc libc6-dev
+
+# auto (default): UML runs with the XSTATE shim where the host CPU needs it (AVX-512, AMX);
+# on: always (to exercise it on any host); off: never. See README, Development.
+XENLVM_UML_SHIM ?= auto
+export XENLVM_UML_SHIM
 
 .PHONY: help deps test unit system demo bench lint dist clean
 
@@ -22,13 +28,15 @@ help:
 
 deps: $(VENV)/.installed .work/.debian-packages
 
-.work/.debian-packages:
+# Checked again whenever the Makefile (and so the list) changes.
+.work/.debian-packages: Makefile
 	@missing=""; for p in $(DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    -o DPkg::Lock::Timeout=600 --no-install-recommends $$missing; \
 	fi
 	@mkdir -p .work && touch $@
 

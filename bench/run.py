@@ -40,7 +40,7 @@ from pathlib import Path
 
 import xenlvm
 from tests.system.conftest import SESAM_ARGS, World
-from tests.system.sandbox import REPO, Completed, Guest
+from tests.system.sandbox import REPO, Completed, Guest, SandboxError
 
 BENCH = Path(__file__).resolve().parent
 HOOKS = "/opt/sesam/bin/sesam"
@@ -616,7 +616,11 @@ def main(argv: list[str] | None = None) -> int:
     fingerprint = source_fingerprint()
     guest = Guest("bench")
     progress("booting the sandbox")
-    guest.boot()
+    try:
+        guest.boot()
+    except SandboxError as exc:
+        print(f"make bench: {exc}", file=sys.stderr)
+        return 1
     try:
         world = World(guest)
         world.build(config=None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 # Slowest first, by the median duration of their tests (see `pytest --durations`).
 SLOW_FIRST = ("test_watchdog", "test_vmdisks", "test_io_errors", "test_xen", "test_multivolume",
-              "test_hardening", "test_faults", "test_admin", "test_cycle", "test_refusals")
+              "test_hardening", "test_faults", "test_admin", "test_cycle", "test_sandbox", "test_refusals")
 
 
 def _rank(item) -> int:

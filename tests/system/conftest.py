@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from tests.system.sandbox import TESTS, Completed, Guest
+from tests.system.sandbox import TESTS, Completed, Guest, SandboxError
 
 HOOKS = "/opt/sesam/bin/sesam"
 CONFIG = "/etc/xenlvm/config.yaml"
@@ -146,7 +146,11 @@ class World:
 @pytest.fixture(scope="session")
 def guest():
     machine = Guest("system")
-    machine.boot()
+    try:
+        machine.boot()
+    except SandboxError as exc:
+        # The message says why and what to do; a traceback of the fixture would only hide it.
+        pytest.fail(str(exc), pytrace=False)
     yield machine
     machine.halt()
 

@@ -14,7 +14,7 @@ import textwrap
 import time
 
 from tests.system.conftest import SESAM_ARGS, World
-from tests.system.sandbox import Guest
+from tests.system.sandbox import Guest, SandboxError
 
 CONFIG = """\
 settings:
@@ -47,7 +47,11 @@ def main() -> int:
     say("1. Boot", "Starting a real Linux 6.1 kernel as a process (User-Mode Linux). Inside it LVM, "
         "device-mapper snapshots and ext4 work exactly as on a Xen dom0.")
     guest = Guest("demo")
-    guest.boot()
+    try:
+        guest.boot()
+    except SandboxError as exc:
+        print(f"\nmake demo: {exc}", file=sys.stderr)
+        return 1
     try:
         world = World(guest)
         say("2. The manual's world", "Volume group 'system', logical volume 'xenvm' (ext4) mounted at "

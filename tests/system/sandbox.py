@@ -2,7 +2,9 @@
 
 The guest's root is this machine's filesystem, with everything writable hidden behind tmpfs
 or overlays (see guest/init.sh); it talks to us through a mailbox directory inside our own
-work directory. Used by the system tests, ``make demo`` and ``make bench``.
+work directory. Before anything else the guest proves that its processes keep their vector
+registers (uml/vregcheck.c); on hosts that need it UML runs with the XSTATE shim (uml_host.py).
+Used by the system tests, ``make demo`` and ``make bench``.
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.system import uml_host
+from tests.system.uml_host import SandboxError
+
+__all__ = ["Completed", "Guest", "SandboxError", "REPO", "TESTS", "GUEST_PATH"]
+
 REPO = Path(__file__).resolve().parents[2]
 TESTS = REPO / "tests" / "system"
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-LINUX = "/usr/bin/linux.uml"
-
-
-class SandboxError(RuntimeError):
-    pass
+LINUX = uml_host.LINUX
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,12 @@ def work_root() -> Path:
 class Guest:
     """One booted guest. Not thread-safe: one request at a time."""
 
-    def __init__(self, name: str, *, disk_size: int = 2 << 30, memory: str = "768M") -> None:
+    def __init__(self, name: str, *, disk_size: int = 2 << 30, memory: str = "768M",
+                 shim: str | None = None, shim_uml_bytes: int = 0, vregcheck_args: str = "",
+                 init: Path | None = None) -> None:
+        """shim: auto, on or off (default: $XENLVM_UML_SHIM, else auto). For the sandbox's own
+        tests: shim_uml_bytes (the shim uses only that much of UML's FP buffer, as on a host with
+        a longer XSAVE area), vregcheck_args (--must-fail) and init (another PID 1)."""
         self.work = work_root() / f"{name}-{os.getpid()}"
         shutil.rmtree(self.work, ignore_errors=True)
         (self.work / "mailbox").mkdir(parents=True)
@@ -61,28 +69,55 @@ class Guest:
         self.proc: subprocess.Popen | None = None
         self._next = 0
         self.python = sys.executable
+        self.shim_mode = shim or uml_host.shim_mode()
+        self.shim_uml_bytes = shim_uml_bytes
+        self.vregcheck_args = vregcheck_args
+        self.init = init or TESTS / "guest" / "init.sh"
+        self.tools: uml_host.Tools | None = None
+        self.shim = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    @property
+    def shim_stats(self) -> dict[str, int]:
+        """What the XSTATE shim did in this guest so far ({} when it was not loaded)."""
+        return uml_host.read_shim_stats(self.work / "shim-stats")
+
     def boot(self, timeout: float = 90.0) -> None:
-        if not os.path.exists(LINUX):
-            raise SandboxError(f"{LINUX} is missing: install the Debian package user-mode-linux "
-                               "(make test does this)")
+        uml_host.preflight()
+        self.tools = uml_host.build_tools(work_root())
+        self.shim = uml_host.use_shim(self.shim_mode, self.tools.cpu)
         keep = {str(REPO), os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}
         argv = [LINUX, f"mem={self.memory}", "root=/dev/root", "rootfstype=hostfs", "rootflags=/", "rw",
-                f"ubd0={self.disk}", f"init={TESTS / 'guest' / 'init.sh'}", "con=null",
+                f"ubd0={self.disk}", f"init={self.init}", "con=null",
                 "con0=fd:0,fd:1", f"XENLVM_WORK={self.work}", f"XENLVM_TESTS={TESTS}",
-                f"XENLVM_PYTHON={self.python}", f"XENLVM_KEEP={':'.join(sorted(keep))}"]
+                f"XENLVM_PYTHON={self.python}", f"XENLVM_KEEP={':'.join(sorted(keep))}",
+                f"XENLVM_VREGCHECK={self.tools.vregcheck}"]
+        if self.vregcheck_args:
+            argv.append(f"XENLVM_VREGCHECK_ARGS={self.vregcheck_args}")
+        env = dict(os.environ)
+        if self.shim:
+            env.update(LD_PRELOAD=str(self.tools.shim), XENLVM_UML_SHIM_STATS=str(self.work / "shim-stats"))
+            if self.shim_uml_bytes:
+                env["XENLVM_UML_SHIM_UML_BYTES"] = str(self.shim_uml_bytes)
         self.console = open(self.work / "console.log", "wb")  # noqa: SIM115 (closed in halt)
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.console,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True, env=env)
         deadline = time.monotonic() + timeout
         while not (self.work / "guest-ready").exists():
+            if (self.work / "guest-unsound").exists():
+                self.kill()
+                raise SandboxError(self._explain("its processes lose vector registers"))
             self._check_alive()
             if time.monotonic() > deadline:
                 self.kill()
-                raise SandboxError(f"the guest did not come up within {timeout:.0f}s; see {self.work}")
+                raise SandboxError(self._explain(f"the guest did not come up within {timeout:.0f} s"))
             time.sleep(0.05)
+
+    def _explain(self, what: str) -> str:
+        self.console.flush()
+        return uml_host.explain(self.work, self.tools.cpu if self.tools else None, self.shim_mode,
+                                self.shim, what)
 
     def halt(self) -> None:
         if self.proc is None:
@@ -104,10 +139,11 @@ class Guest:
             self.proc.wait()
 
     def _check_alive(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            log = (self.work / "guest-init.log")
-            tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no init log)"
-            raise SandboxError(f"the guest has stopped; init log:\n{tail}")
+        if self.proc is None:
+            raise SandboxError(f"the guest in {self.work} is not running (it was halted)")
+        if self.proc.poll() is not None:
+            raise SandboxError(self._explain(f"the guest stopped (linux.uml exited with "
+                                             f"{self.proc.returncode})"))
 
     # -- requests ----------------------------------------------------------------------------
 

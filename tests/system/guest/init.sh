@@ -8,6 +8,14 @@ exec >"$WORK/guest-init.log" 2>&1
 set -x
 mount -t proc proc /proc
 mount -t sysfs sys /sys
+# Before anything else, and while the host's paths are all still visible: do this guest's
+# processes keep their vector registers (tests/system/uml/vregcheck.c)? A guest that loses
+# them computes wrong results, so it stops here and tells the host why.
+if ! "$XENLVM_VREGCHECK" $XENLVM_VREGCHECK_ARGS >"$WORK/vregcheck.log" 2>&1; then
+    echo unsound > "$WORK/guest-unsound"
+    halt -f
+    exit 1  # halt itself may not run in such a guest; PID 1 exiting stops the kernel too
+fi
 mount -t tmpfs -o mode=0755 tmpfs /run
 # The checkout (work directory, virtual environment) and the Python installation may lie
 # below a directory we hide (a CI clone under /tmp, pyenv under /root): keep a handle on
