@@ -54,11 +54,12 @@ class Guest:
     """One booted guest. Not thread-safe: one request at a time."""
 
     def __init__(self, name: str, *, disk_size: int = 2 << 30, memory: str = "768M",
-                 shim: str | None = None, shim_uml_bytes: int = 0, vregcheck_args: str = "",
+                 shim: str | None = None, shim_uml_bytes: int | None = None, vregcheck_args: str = "",
                  init: Path | None = None) -> None:
-        """shim: auto, on or off (default: $XENLVM_UML_SHIM, else auto). For the sandbox's own
-        tests: shim_uml_bytes (the shim uses only that much of UML's FP buffer, as on a host with
-        a longer XSAVE area), vregcheck_args (--must-fail) and init (another PID 1)."""
+        """shim: auto, on or off (default: $XENLVM_UML_SHIM, else auto). shim_uml_bytes: the shim
+        uses only that much of UML's FP buffer, as on a host with a longer XSAVE area (default:
+        $XENLVM_UML_SHIM_UML_BYTES, else all of it). For the sandbox's own tests: vregcheck_args
+        (--must-fail) and init (another PID 1)."""
         self.work = work_root() / f"{name}-{os.getpid()}"
         shutil.rmtree(self.work, ignore_errors=True)
         (self.work / "mailbox").mkdir(parents=True)
@@ -70,7 +71,8 @@ class Guest:
         self._next = 0
         self.python = sys.executable
         self.shim_mode = shim or uml_host.shim_mode()
-        self.shim_uml_bytes = shim_uml_bytes
+        self.shim_uml_bytes = int(os.environ.get("XENLVM_UML_SHIM_UML_BYTES") or 0) \
+            if shim_uml_bytes is None else shim_uml_bytes
         self.vregcheck_args = vregcheck_args
         self.init = init or TESTS / "guest" / "init.sh"
         self.tools: uml_host.Tools | None = None
@@ -95,7 +97,7 @@ class Guest:
                 f"XENLVM_VREGCHECK={self.tools.vregcheck}"]
         if self.vregcheck_args:
             argv.append(f"XENLVM_VREGCHECK_ARGS={self.vregcheck_args}")
-        env = dict(os.environ)
+        env = {name: value for name, value in os.environ.items() if not name.startswith("XENLVM_UML_SHIM")}
         if self.shim:
             env.update(LD_PRELOAD=str(self.tools.shim), XENLVM_UML_SHIM_STATS=str(self.work / "shim-stats"))
             if self.shim_uml_bytes:

@@ -81,7 +81,7 @@ def test_shim_resizes_a_short_buffer_as_a_large_xsave_host_needs(tools, tmp_path
 
 
 def test_guest_with_the_shim_forced_on_is_sound(tools) -> None:
-    guest = Guest("shim-on", shim="on")
+    guest = Guest("shim-on", shim="on", shim_uml_bytes=0)
     guest.boot()
     try:
         exercise(guest)
