@@ -36,6 +36,16 @@ def expected_workload_output() -> str:
     return f"{digest} {data.find(bytes([0xf0]) * 4096)}\n"
 
 
+def boot_and_exercise(guest: Guest) -> dict[str, int]:
+    """Boot guest, exercise it, halt it; what its XSTATE shim did."""
+    guest.boot()
+    try:
+        exercise(guest)
+        return guest.shim_stats
+    finally:
+        guest.halt()
+
+
 def exercise(guest: Guest) -> None:
     """What the suite relies on: Python computes what it computes here, modules load, and a
     classic snapshot is made, mounted, read and removed."""
@@ -81,13 +91,7 @@ def test_shim_resizes_a_short_buffer_as_a_large_xsave_host_needs(tools, tmp_path
 
 
 def test_guest_with_the_shim_forced_on_is_sound(tools) -> None:
-    guest = Guest("shim-on", shim="on", shim_uml_bytes=0)
-    guest.boot()
-    try:
-        exercise(guest)
-        stats = guest.shim_stats
-    finally:
-        guest.halt()
+    stats = boot_and_exercise(Guest("shim-on", shim="on", shim_uml_bytes=0))
     assert stats["uml_size"] == uml_host.UML_FP_SIZE, stats
     if tools.cpu.xsave_size <= uml_host.UML_FP_SIZE:
         assert stats["whole"] > 0 and stats["resized"] == 0, stats  # passed through unchanged
@@ -100,13 +104,7 @@ def test_guest_with_the_shim_forced_on_is_sound(tools) -> None:
 def test_guest_on_the_shims_resizing_path_is_sound(tools) -> None:
     """The shim uses only 832 bytes of UML's buffer: every guest stop goes through the path an
     AMX host needs, XSTATE_BV rule included (taking the host's bits instead fails vregcheck)."""
-    guest = Guest("shim-resize", shim="on", shim_uml_bytes=832)
-    guest.boot()
-    try:
-        exercise(guest)
-        stats = guest.shim_stats
-    finally:
-        guest.halt()
+    stats = boot_and_exercise(Guest("shim-resize", shim="on", shim_uml_bytes=832))
     assert stats["uml_size"] == 832 and stats["resized"] > 1000 and stats["whole"] == 0, stats
     assert stats["failures"] == 0, stats
 

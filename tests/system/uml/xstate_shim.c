@@ -178,6 +178,20 @@ static long read_whole(pid_t pid)
     return (long)whole.iov_len;
 }
 
+/* Whether a transfer of iov goes to the host as it is: the host's size could not be learnt,
+ * or UML's buffer is whole (or longer: the kernel clamps it), or too short for the header. */
+static int passes_through(pid_t pid, const struct iovec *iov)
+{
+    if (!host_size && (!scratch || read_whole(pid) < 0))
+        return 1;
+    stats->uml_size = iov->iov_len;
+    if (iov->iov_len >= host_size || iov->iov_len < HEADER_END) {
+        stats->whole++;
+        return 1;
+    }
+    return 0;
+}
+
 /* UML's buffer as far as it is used: all of it, or XENLVM_UML_SHIM_UML_BYTES of it. */
 static struct iovec used_part(const struct iovec *iov)
 {
@@ -190,14 +204,8 @@ static struct iovec used_part(const struct iovec *iov)
 static long get_xstate(pid_t pid, struct iovec *uml)
 {
     struct iovec part = used_part(uml), *iov = &part;
-    struct iovec *unchanged = part.iov_len == uml->iov_len ? uml : iov;
-    if (!host_size && (!scratch || read_whole(pid) < 0))
-        return xstate_call(PTRACE_GETREGSET, pid, unchanged);
-    stats->uml_size = iov->iov_len;
-    if (iov->iov_len >= host_size || iov->iov_len < HEADER_END) {
-        stats->whole++;
-        return xstate_call(PTRACE_GETREGSET, pid, unchanged);
-    }
+    if (passes_through(pid, iov))
+        return xstate_call(PTRACE_GETREGSET, pid, part.iov_len == uml->iov_len ? uml : iov);
     if (read_whole(pid) < 0) {
         stats->failures++;
         return -1;
@@ -210,14 +218,8 @@ static long get_xstate(pid_t pid, struct iovec *uml)
 static long set_xstate(pid_t pid, struct iovec *uml)
 {
     struct iovec part = used_part(uml), *iov = &part;
-    struct iovec *unchanged = part.iov_len == uml->iov_len ? uml : iov;
-    if (!host_size && (!scratch || read_whole(pid) < 0))
-        return xstate_call(PTRACE_SETREGSET, pid, unchanged);
-    stats->uml_size = iov->iov_len;
-    if (iov->iov_len >= host_size || iov->iov_len < HEADER_END) {
-        stats->whole++;
-        return xstate_call(PTRACE_SETREGSET, pid, unchanged);
-    }
+    if (passes_through(pid, iov))
+        return xstate_call(PTRACE_SETREGSET, pid, part.iov_len == uml->iov_len ? uml : iov);
     int saved_errno;
     if (read_whole(pid) < 0) {
         stats->failures++;
