@@ -14,8 +14,12 @@ DEB_PACKAGES := user-mode-linux lvm2 kmod xfsprogs e2fsprogs thin-provisioning-t
 # which checks the result. build-essential is what dpkg-buildpackage requires of every build.
 DEB_BUILD_PACKAGES := build-essential debhelper dh-python pybuild-plugin-pyproject python3-all \
                       python3-setuptools lintian
-# Debian's click and PyYAML: the package depends on them; the sandbox test installs it there.
-DEB_TEST_PACKAGES := python3-click python3-yaml
+# The sandbox test installs the package with dpkg: its dependencies (Debian's click and PyYAML)
+# must be there; man-db (with groff) shows and checks the man page.
+DEB_TEST_PACKAGES := python3-click python3-yaml man-db
+# promtool checks and tests the Prometheus alert rules. It is unpacked from Debian's prometheus
+# package into .work/ only: installing that package would also install and start a server.
+PROMTOOL   := .work/promtool/usr/bin/promtool
 VERSION    := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' xenlvm/__init__.py)
 DEB        := dist/xenlvm_$(VERSION)_all.deb
 # What goes into the Debian source package (git's view, so new files count before a commit).
@@ -33,7 +37,7 @@ help:
 	@echo "make dist   - dist/xenlvm.pyz, one file for offline hosts (python3 >= 3.9)"
 	@echo "make deb    - dist/xenlvm_$(VERSION)_all.deb, checked with lintian"
 
-deps: $(VENV)/.installed .work/.debian-packages
+deps: $(VENV)/.installed .work/.debian-packages $(PROMTOOL)
 
 # Install the Debian packages of a list (only the missing ones): $(call apt_install,LIST)
 define apt_install
@@ -49,6 +53,14 @@ endef
 .work/.debian-packages:
 	$(call apt_install,$(DEB_PACKAGES) $(DEB_TEST_PACKAGES))
 	@mkdir -p .work && touch $@
+
+$(PROMTOOL):
+	rm -rf .work/promtool && mkdir -p .work/promtool
+	cd .work/promtool && { apt-get -qq -o APT::Sandbox::User=root download prometheus \
+	  || { apt-get update -qq && apt-get -qq -o APT::Sandbox::User=root download prometheus; }; }
+	dpkg-deb --fsys-tarfile .work/promtool/prometheus_*.deb | tar -x -C .work/promtool ./usr/bin/promtool
+	rm -f .work/promtool/prometheus_*.deb
+	@$@ --version | head -1
 
 .work/.deb-build-packages:
 	$(call apt_install,$(DEB_BUILD_PACKAGES))
@@ -69,7 +81,8 @@ $(VENV)/.installed: pyproject.toml
 # all four instead of landing in the first worker's initial chunk (11 min against 8.5).
 PYTEST_PARALLEL := -n 4 --dist load --maxschedchunk 1
 
-test: deps
+# The .deb first: tests/system/test_deb.py installs it in the sandbox.
+test: deps deb
 	$(VPY) -m ruff check xenlvm tests
 	$(VPY) -m pytest -q $(PYTEST_PARALLEL) tests
 
