@@ -1,7 +1,7 @@
 """The Debian package, proven in the sandbox: `make deb` builds it; a guest of its own, with
 /usr and /var made private (guest/private-root.sh: this machine's real /usr is never written),
-installs it with dpkg, uses it for a whole sesam cycle with Debian's python3, click and PyYAML,
-and purges it. The admin's own hooks are kept and chained, and given back on purge."""
+installs it with dpkg, upgrades it, uses it for a whole sesam cycle with Debian's python3, click
+and PyYAML, and purges it. The admin's own hooks are kept and chained, and given back on purge."""
 
 from __future__ import annotations
 
@@ -122,6 +122,14 @@ def test_the_package_installs_backs_up_through_sesams_hooks_and_purges_cleanly(p
                                                         "sbc_pre.local"]
     for hook in ("sbc_pre", "sbc_post"):  # bound to Debian's python3, not to a venv
         assert world.guest.read(f"{HOOKS}/{hook}").splitlines()[0] == "#!/usr/bin/python3"
+
+    # An upgrade (here: the same version again) keeps the hooks, which then run the new code,
+    # and no longer asks for install-hooks.
+    hooks_before = world.guest.sh(f"cd {HOOKS} && sha256sum *").stdout
+    upgraded = _run(world, "dpkg", "--path-include=/usr/share/*", "-i", package, check=False)
+    assert upgraded.rc == 0, upgraded
+    assert "install-hooks" not in upgraded.stdout
+    assert world.guest.sh(f"cd {HOOKS} && sha256sum *").stdout == hooks_before
 
     # sesam's cycle: pre, a tar backup of the mounted snapshot while the VM writes, post.
     before = world.guest.run(["sha256sum", "/srv/xenvm/vm1/disk.img"], check=True).stdout.split()[0]
