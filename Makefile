@@ -16,7 +16,23 @@ DEB_PACKAGES := user-mode-linux lvm2 kmod xfsprogs e2fsprogs thin-provisioning-t
 XENLVM_UML_SHIM ?= auto
 export XENLVM_UML_SHIM
 
-.PHONY: help deps test unit system demo bench lint dist clean
+# Debian packages that build the .deb (make deb): debhelper with dh-python/pybuild, and lintian,
+# which checks the result. build-essential is what dpkg-buildpackage requires of every build.
+DEB_BUILD_PACKAGES := build-essential debhelper dh-python pybuild-plugin-pyproject python3-all \
+                      python3-setuptools lintian
+# The sandbox test installs the package with dpkg: its dependencies (Debian's click and PyYAML)
+# must be there; man-db (with groff) shows and checks the man page.
+DEB_TEST_PACKAGES := python3-click python3-yaml man-db
+# promtool checks and tests the Prometheus alert rules. It is unpacked from Debian's prometheus
+# package into .work/ only: installing that package would also install and start a server.
+PROMTOOL   := .work/promtool/usr/bin/promtool
+VERSION    := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' xenlvm/__init__.py)
+DEB        := dist/xenlvm_$(VERSION)_all.deb
+# What goes into the Debian source package (git's view, so new files count before a commit).
+DEB_FILES  := $(shell git ls-files -co --exclude-standard -- xenlvm debian doc contrib \
+                      config.example.yaml pyproject.toml README.md 2>/dev/null)
+
+.PHONY: help deps test unit system demo bench lint dist deb clean
 
 help:
 	@echo "make demo   - run sbc_pre, a tar backup and sbc_post on real LVM in a sandbox"
@@ -25,12 +41,13 @@ help:
 	@echo "make lint   - ruff"
 	@echo "make bench  - measure the hooks against the manual's shell in the sandbox (bench/results.md)"
 	@echo "make dist   - dist/xenlvm.pyz, one file for offline hosts (python3 >= 3.9)"
+	@echo "make deb    - dist/xenlvm_$(VERSION)_all.deb, checked with lintian"
 
-deps: $(VENV)/.installed .work/.debian-packages
+deps: $(VENV)/.installed .work/.debian-packages $(PROMTOOL)
 
-# Checked again whenever the Makefile (and so the list) changes.
-.work/.debian-packages: Makefile
-	@missing=""; for p in $(DEB_PACKAGES); do \
+# Install the Debian packages of a list (only the missing ones): $(call apt_install,LIST)
+define apt_install
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -38,6 +55,23 @@ deps: $(VENV)/.installed .work/.debian-packages
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    -o DPkg::Lock::Timeout=600 --no-install-recommends $$missing; \
 	fi
+endef
+
+# Checked again whenever the Makefile (and so the lists) changes.
+.work/.debian-packages: Makefile
+	$(call apt_install,$(DEB_PACKAGES) $(DEB_TEST_PACKAGES))
+	@mkdir -p .work && touch $@
+
+$(PROMTOOL):
+	rm -rf .work/promtool && mkdir -p .work/promtool
+	cd .work/promtool && { apt-get -qq -o APT::Sandbox::User=root download prometheus \
+	  || { apt-get update -qq && apt-get -qq -o APT::Sandbox::User=root download prometheus; }; }
+	dpkg-deb --fsys-tarfile .work/promtool/prometheus_*.deb | tar -x -C .work/promtool ./usr/bin/promtool
+	rm -f .work/promtool/prometheus_*.deb
+	@$@ --version | head -1
+
+.work/.deb-build-packages: Makefile
+	$(call apt_install,$(DEB_BUILD_PACKAGES))
 	@mkdir -p .work && touch $@
 
 $(VENV)/.installed: pyproject.toml
@@ -55,7 +89,8 @@ $(VENV)/.installed: pyproject.toml
 # all four instead of landing in the first worker's initial chunk (11 min against 8.5).
 PYTEST_PARALLEL := -n 4 --dist load --maxschedchunk 1
 
-test: deps
+# The .deb first: tests/system/test_deb.py installs it in the sandbox.
+test: deps deb
 	$(VPY) -m ruff check xenlvm tests
 	$(VPY) -m pytest -q $(PYTEST_PARALLEL) tests
 
@@ -87,6 +122,25 @@ dist: deps
 	find build/zipapp -name __pycache__ -prune -exec rm -rf {} +
 	$(VPY) -m zipapp build/zipapp --python '/usr/bin/env python3' --main 'xenlvm.cli:main' --output dist/xenlvm.pyz
 	@echo "built dist/xenlvm.pyz: on the host, python3 xenlvm.pyz --help"
+
+# The Debian package, built from a copy of the sources in build/deb with Debian's own tools
+# (source and binary), then checked by lintian: any error or warning fails the build. None is
+# overridden today; one that must be would go, with a comment saying why, into
+# debian/source/lintian-overrides or debian/xenlvm.lintian-overrides.
+deb: $(DEB)
+
+$(DEB): .work/.deb-build-packages $(DEB_FILES)
+	@changelog=$$(dpkg-parsechangelog -l debian/changelog -S Version); [ "$$changelog" = "$(VERSION)" ] \
+	  || { echo "debian/changelog is at $$changelog, xenlvm/__init__.py at $(VERSION): add a changelog entry"; exit 1; }
+	rm -rf build/deb && mkdir -p build/deb/xenlvm-$(VERSION) dist
+	cp --parents -p $(DEB_FILES) build/deb/xenlvm-$(VERSION)/
+	# Debian's own python3 and tools only: no pyenv shim or virtual environment first on PATH.
+	cd build/deb/xenlvm-$(VERSION) && env -u PYTHONPATH -u VIRTUAL_ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+	  dpkg-buildpackage -us -uc >../build.log 2>&1 \
+	  || { tail -40 ../build.log; exit 1; }
+	lintian --fail-on error,warning --display-info build/deb/xenlvm_$(VERSION)_*.changes
+	cp build/deb/xenlvm_$(VERSION)_all.deb $@
+	@echo "built $@"
 
 clean:
 	rm -rf .work build dist *.egg-info

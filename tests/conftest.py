@@ -11,7 +11,7 @@ worker got nearly all the slow modules. Only the order changes; every test still
 from __future__ import annotations
 
 # Slowest first, by the median duration of their tests (see `pytest --durations`).
-SLOW_FIRST = ("test_watchdog", "test_vmdisks", "test_io_errors", "test_xen", "test_multivolume",
+SLOW_FIRST = ("test_deb", "test_watchdog", "test_vmdisks", "test_io_errors", "test_xen", "test_multivolume",
               "test_hardening", "test_faults", "test_admin", "test_cycle", "test_sandbox", "test_refusals")
 
 
