@@ -38,7 +38,7 @@ NAME = "layout.json"
 REASONS = ("swap", "guest-lvm", "extended", "unknown")
 _UUID = re.compile(r"^[0-9A-Fa-f][0-9A-Fa-f-]{0,63}$")  # GUIDs, DOS ids (ext/xfs/swap UUIDs too)
 _LABEL_ID = re.compile(r"^(0x[0-9a-f]{8}|[0-9A-Fa-f-]{36})$")
-_TYPE = re.compile(r"^[0-9A-Za-z-]{1,36}$")
+_TYPE = re.compile(r"^[0-9A-Za-z_-]{1,36}$")
 _TEXT = re.compile(r'^[^"\\\x00-\x1f]{0,72}$')  # a label or GPT name: printable, no quotes
 
 

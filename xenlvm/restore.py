@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from xenlvm import mounts as mounts_mod
@@ -28,7 +27,7 @@ log = logging.getLogger("xenlvm")
 
 COPY_TIMEOUT = 24 * 3600.0
 _LVM_NAME = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$")  # lvm(8): VALID NAMES
-_SYS_DEV_BLOCK = "/sys/dev/block"
+SYS = "/sys"  # loop devices' backing files, device-mapper holders
 
 
 class RestoreFailed(XenlvmError):
@@ -52,9 +51,7 @@ def parse_target(text: str) -> tuple[str, str]:
     return vg, lv
 
 
-def check_target(runner: Runner, text: str, needed: int, xl_timeout: float, *,
-                 mounts: Sequence[mounts_mod.MountEntry] | None = None,
-                 sys_dev_block: str = _SYS_DEV_BLOCK) -> Target:
+def check_target(runner: Runner, text: str, needed: int, xl_timeout: float) -> Target:
     """The target LV named by text, after proving that it can be overwritten with needed bytes;
     raise SafetyRefusal naming the first reason why not. Nothing is changed."""
     vg_name, lv_name = parse_target(text)
@@ -74,13 +71,12 @@ def check_target(runner: Runner, text: str, needed: int, xl_timeout: float, *,
             raise SafetyRefusal(f"the target {text} is a disk of domain {domain!r}, which exists (running"
                                 f" or paused): shut it down first (xl shutdown {domain}). Nothing was "
                                 "changed.")
-    mounted = [e.mountpoint for e in (mounts_mod.read_mounts() if mounts is None else mounts)
-               if (e.major, e.minor) == numbers]
+    mounted = [e.mountpoint for e in mounts_mod.read_mounts() if (e.major, e.minor) == numbers]
     if mounted:
         raise SafetyRefusal(f"the target {text} is mounted at {', '.join(mounted)}: unmount it first. "
                             "Nothing was changed.")
-    loops = vmdisks.loops_of([numbers])
-    holders = _holders(numbers, sys_dev_block)
+    loops = vmdisks.loops_of([numbers], os.path.join(SYS, "block"))
+    holders = _holders(numbers)
     if loops or holders:
         raise SafetyRefusal(f"the target {text} is in use by {', '.join([*loops, *holders])} (a loop device "
                             "or a device-mapper device over it): remove those first (losetup --detach, "
@@ -96,9 +92,10 @@ def check_target(runner: Runner, text: str, needed: int, xl_timeout: float, *,
     return Target(volume, device_path(vg_name, lv_name))
 
 
-def _holders(numbers: tuple[int, int], sys_dev_block: str) -> list[str]:
+def _holders(numbers: tuple[int, int]) -> list[str]:
+    """The device-mapper devices built over the device (kpartx mappings, a crypt, ...)."""
     try:
-        return sorted(os.listdir(os.path.join(sys_dev_block, f"{numbers[0]}:{numbers[1]}", "holders")))
+        return sorted(os.listdir(os.path.join(SYS, "dev", "block", f"{numbers[0]}:{numbers[1]}", "holders")))
     except OSError:
         return []
 
