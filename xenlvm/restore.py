@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import stat
 from dataclasses import dataclass
 
 from xenlvm import mounts as mounts_mod
 from xenlvm import vmdisks, xen
+from xenlvm.config import parse_volume
 from xenlvm.errors import CommandFailed, SafetyRefusal, UsageError, XenlvmError
 from xenlvm.lock import JobLock
 from xenlvm.lvm import LogicalVolume, Lvm, device_path
@@ -26,7 +26,6 @@ from xenlvm.runner import Runner
 log = logging.getLogger("xenlvm")
 
 COPY_TIMEOUT = 24 * 3600.0
-_LVM_NAME = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$")  # lvm(8): VALID NAMES
 SYS = "/sys"  # loop devices' backing files, device-mapper holders
 
 
@@ -44,11 +43,12 @@ class Target:
 
 
 def parse_target(text: str) -> tuple[str, str]:
-    """Given VG/LV from the command line, return (vg, lv), or raise UsageError."""
-    vg, slash, lv = text.partition("/")
-    if not slash or not all(_LVM_NAME.fullmatch(n) and n not in (".", "..") for n in (vg, lv)):
-        raise UsageError(f"--to {text!r}: give the target logical volume as VG/LV, e.g. system/vm2-disk")
-    return vg, lv
+    """Given VG/LV (or /dev/VG/LV) from the command line, return (vg, lv), or raise UsageError."""
+    try:
+        volume = parse_volume(text)
+    except ValueError as exc:
+        raise UsageError(f"--to {exc}") from None
+    return volume.vg, volume.lv
 
 
 def check_target(runner: Runner, text: str, needed: int, xl_timeout: float) -> Target:

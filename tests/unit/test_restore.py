@@ -196,8 +196,9 @@ def test_restore_disk_refuses_a_folder_without_the_files_of_an_exposed_filesyste
 
 @pytest.mark.parametrize("target", ["system", "system/", "/vm2", "system/../x", "system/-rf", "a/b/c"])
 def test_restore_refuses_a_target_that_is_not_vg_slash_lv(target):
-    with pytest.raises(UsageError, match="give the target logical volume as VG/LV"):
+    with pytest.raises(UsageError, match=r"^--to '.*' is not a (logical volume|valid LVM)"):
         restore.parse_target(target)
+    assert restore.parse_target("/dev/system/vm2-disk") == ("system", "vm2-disk")
 
 
 # ---------------------------------------------------------------------------------------------
