@@ -25,6 +25,7 @@ from typing import Any
 from xenlvm import __version__
 from xenlvm.config import SnapshotSpec
 from xenlvm.errors import CommandFailed, UsageError
+from xenlvm.mounts import mount_options
 from xenlvm.runner import Runner
 from xenlvm.xen import Xl
 
@@ -36,6 +37,9 @@ DOMAIN_FORMAT = "xenlvm-domain-layout"
 NAME = "layout.json"
 # Why a partition (or a bare disk) was not exposed; each comes with a sentence in "detail".
 REASONS = ("swap", "guest-lvm", "extended", "unknown")
+# Flags dumpe2fs lists among the features that say how the filesystem is now, not how it was made.
+RUNTIME_FEATURES = ("needs_recovery", "orphan_present")
+_FEATURE = re.compile(r"^[a-z0-9_]{1,32}$")
 _UUID = re.compile(r"^[0-9A-Fa-f][0-9A-Fa-f-]{0,63}$")  # GUIDs, DOS ids (ext/xfs/swap UUIDs too)
 _LABEL_ID = re.compile(r"^(0x[0-9a-f]{8}|[0-9A-Fa-f-]{36})$")
 _TYPE = re.compile(r"^[0-9A-Za-z_-]{1,36}$")
@@ -109,7 +113,8 @@ class DiskLayout:
         return layout
 
     def add(self, number: int | None, probed: dict[str, str], *, exposed_as: str | None,
-            mount_options: str | None = None, reason: str | None = None, detail: str = "") -> None:
+            mount_options: str | None = None, mkfs: dict[str, Any] | None = None, reason: str | None = None,
+            detail: str = "") -> None:
         """Record what partition number (None: the whole disk) holds, and where it is exposed
         (a path relative to the disk's directory) or why not."""
         entry: dict[str, Any] = {"partition": number, "type": probed.get("TYPE") or None,
@@ -117,9 +122,26 @@ class DiskLayout:
                                  "exposed_as": exposed_as}
         if exposed_as is not None:
             entry["mount_options"] = mount_options
+            entry["mkfs"] = mkfs
         else:
             entry["reason"], entry["detail"] = reason, detail
         self.contents.append(entry)
+
+    def record(self, runner: Runner, number: int | None, probed: dict[str, str], mounted: str | None,
+               exposed_as: str) -> None:
+        """Record partition number (None: the whole disk): exposed at exposed_as when xenlvm
+        mounted it from the device mounted, with what mkfs needs to make it again; else why not."""
+        if mounted is not None:
+            fstype = probed["TYPE"]
+            self.add(number, probed, exposed_as=exposed_as, mount_options=mount_options(fstype),
+                     mkfs=ext_parameters(runner, mounted) if fstype.startswith("ext") else None)
+            return
+        kind = probed.get("TYPE", "")
+        reason = {"swap": "swap", "LVM2_member": "guest-lvm"}.get(kind, "unknown")
+        detail = {"swap": "swap: nothing to back up; restore-disk recreates it with its UUID and label",
+                  "guest-lvm": "a physical volume of the guest's own LVM: back it up from inside the VM"
+                  }.get(reason, f"{kind}: xenlvm does not mount it" if kind else "no filesystem found")
+        self.add(number, probed, exposed_as=None, reason=reason, detail=detail)
 
     def as_json(self) -> dict[str, Any]:
         return {"format": DISK_FORMAT, "format_version": FORMAT_VERSION, "xenlvm_version": __version__,
@@ -130,6 +152,25 @@ class DiskLayout:
     def write(self, path: str) -> None:
         _write_new(path, self.as_json())
         log.info("%s/%s: layout written to %s", self.domain, self.disk, path)
+
+
+def ext_parameters(runner: Runner, device: str) -> dict[str, Any] | None:
+    """What mke2fs needs to make the ext2/3/4 filesystem on device again as it is: its features
+    (an older guest's kernel or boot loader may not read the host's defaults), block and inode
+    size; None (logged) if dumpe2fs cannot tell."""
+    try:
+        text = runner.query(["dumpe2fs", "-h", device]).stdout
+    except CommandFailed as exc:
+        log.error("cannot read the parameters of the filesystem on %s: %s", device, exc)
+        return None
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    try:
+        features = [f for f in fields["Filesystem features"].split() if f not in RUNTIME_FEATURES]
+        return {"features": features, "block_size": int(fields["Block size"]),
+                "inode_size": int(fields["Inode size"])}
+    except (KeyError, ValueError):
+        log.error("cannot understand dumpe2fs's output for %s", device)
+        return None
 
 
 def write_domain_layouts(xl: Xl, specs: Sequence[SnapshotSpec], export_dir: str | None) -> None:
@@ -222,6 +263,12 @@ def read_disk_layout(path: str) -> dict[str, Any]:
             pattern = {"type": _TYPE, "uuid": _UUID, "label": _TEXT}[key]
             if value is not None and (not isinstance(value, str) or not pattern.fullmatch(value)):
                 raise bad(f"partition {entry.get('partition')}: {key} {value!r} is not valid")
+        made = entry.get("mkfs")
+        if made is not None and not (
+                isinstance(made, dict) and made.get("block_size") in (1024, 2048, 4096, 65536)
+                and made.get("inode_size") in (128, 256, 512, 1024) and isinstance(made.get("features"), list)
+                and all(isinstance(f, str) and _FEATURE.fullmatch(f) for f in made["features"])):
+            raise bad(f"partition {entry.get('partition')}: mkfs {made!r} is not valid")
         exposed = entry.get("exposed_as")
         if exposed is not None and exposed not in (".", f"p{entry.get('partition')}"):
             raise bad(f"exposed_as {exposed!r} is not a path xenlvm writes")

@@ -37,12 +37,17 @@ COPY = ["cp", "--archive", "--preserve=mode,ownership,timestamps,links,xattr", "
         "--no-target-directory"]
 
 
-def mkfs_argv(fstype: str, uuid: str | None, label: str | None, device: str) -> list[str]:
-    """The mkfs call that makes a filesystem of fstype with the recorded UUID and label."""
+def mkfs_argv(entry: dict[str, Any], device: str) -> list[str]:
+    """The mkfs call that makes the filesystem of a layout's contents entry again: its type,
+    UUID and label, and for ext2/3/4 its features, block and inode size when recorded."""
+    fstype, uuid, label, made = entry["type"], entry["uuid"], entry["label"], entry.get("mkfs")
     if fstype == "xfs":
         argv = ["mkfs.xfs", "-q", "-f"] + (["-m", f"uuid={uuid}"] if uuid else [])
     else:
         argv = [f"mkfs.{fstype}", "-q", "-F"] + (["-U", uuid] if uuid else [])
+        if made:
+            argv += ["-b", str(made["block_size"]), "-I", str(made["inode_size"]),
+                     "-O", ",".join(["none", *made["features"]])]
     return argv + (["-L", label] if label else []) + [device]
 
 
@@ -109,7 +114,7 @@ class DiskRebuild:
         source = os.path.normpath(os.path.join(self.folder, entry["exposed_as"]))
         with _Cleanup() as undo:
             device = self._region(entry["partition"], undo)
-            self.runner.change(mkfs_argv(entry["type"], entry["uuid"], entry["label"], device))
+            self.runner.change(mkfs_argv(entry, device))
             mountpoint = "/tmp/xenlvm-restore-XXXX" if self.runner.dry_run else \
                 tempfile.mkdtemp(prefix="xenlvm-restore-")
             if not self.runner.dry_run:

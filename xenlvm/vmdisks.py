@@ -198,32 +198,19 @@ def expose(runner: Runner, job: Job, spec: SnapshotSpec, undo: UndoStack) -> Non
                 continue
             probed = probe(runner, device, part.offset, part.size)
             fstype = _usable(label, probed)
+            source = None
             if fstype is not None:
                 loop = runner.change(["losetup", "--find", "--show", "--offset", str(part.offset),
                                       "--sizelimit", str(part.size), device])
                 source = loop.stdout.strip() if loop is not None else "/dev/loop?"
                 _mount(runner, source, fstype, os.path.join(spec.mountpoint, f"p{part.number}"), undo)
-            _record(disk, part.number, probed, fstype, f"p{part.number}")
+            disk.record(runner, part.number, probed, source, f"p{part.number}")
     else:
         fstype = _usable(what, whole)
         if fstype is not None:
             _mount(runner, device, fstype, spec.mountpoint, undo)
-        _record(disk, None, whole, fstype, ".")
+        disk.record(runner, None, whole, device if fstype is not None else None, ".")
     disk.write(layout.disk_layout_path(spec.mountpoint, bool(whole.get("PTTYPE"))))
-
-
-def _record(disk: layout.DiskLayout, number: int | None, probed: dict[str, str], fstype: str | None,
-            exposed_as: str) -> None:
-    """Add to disk's layout what _usable decided for one partition (or the whole disk)."""
-    if fstype is not None:
-        disk.add(number, probed, exposed_as=exposed_as, mount_options=mounts_mod.mount_options(fstype))
-        return
-    kind = probed.get("TYPE", "")
-    reason = {"swap": "swap", "LVM2_member": "guest-lvm"}.get(kind, "unknown")
-    detail = {"swap": "swap: nothing to back up; restore-disk recreates it with its UUID and label",
-              "guest-lvm": "a physical volume of the guest's own LVM: back it up from inside the VM"
-              }.get(reason, f"{kind}: xenlvm does not mount it" if kind else "no filesystem found")
-    disk.add(number, probed, exposed_as=None, reason=reason, detail=detail)
 
 
 def _usable(label: str, probed: dict[str, str]) -> str | None:

@@ -70,6 +70,13 @@ def identities(world) -> dict[int, dict[str, str]]:
     return found
 
 
+def ext4_parameters(world) -> list[str]:
+    """The features, block and inode size of the ext4 filesystem in partition 1."""
+    out = with_partition(world, 1, 'dumpe2fs -h "$loop" 2>/dev/null')
+    wanted = ("Filesystem features", "Block size", "Inode size")
+    return [line for line in out.splitlines() if line.startswith(wanted)]
+
+
 def with_partition(world, number: int, script: str) -> str:
     """Run script with $loop a loop device over partition number; return its output."""
     offset, size = partitions(world)[number]
@@ -115,6 +122,8 @@ def test_restore_drill_rebuilds_the_disk_from_the_backed_up_files(world, label):
     build_disk(world, label)
     table, ids, trees = partition_table(world), identities(world), manifests(world)
     assert ids[2]["TYPE"] == "swap" and ids[3]["LABEL"] == "data" and len(trees[3]["tree"]) == 14
+    ext4 = ext4_parameters(world)
+    assert "metadata_csum" not in ext4[0] and len(ext4) == 3, ext4
 
     backup = back_up_and_wipe(world)
     disk_layout = json.loads(world.guest.read(f"{RESTORED}/vm4/xvda/layout.json"))
@@ -140,6 +149,7 @@ def test_restore_drill_rebuilds_the_disk_from_the_backed_up_files(world, label):
            "partition 2: swap; partition 3: xfs with its files" in done.stdout, done
     assert partition_table(world) == table
     assert identities(world) == ids
+    assert ext4_parameters(world) == ext4
     assert manifests(world) == trees
     assert world.guest.run(["losetup", "--list", "--noheadings"], check=True).stdout == ""
 

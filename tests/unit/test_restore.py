@@ -331,3 +331,46 @@ def test_a_partition_name_with_a_quote_cannot_be_written_back(tmp_path):
 def test_no_layout_found_says_what_to_give(tmp_path):
     with pytest.raises(UsageError, match="no layout found"):
         layout.find_disk_layout(str(tmp_path / "vm2" / "xvda"))
+
+
+DUMPE2FS = """Filesystem volume name:   root
+Last mounted on:          /run/drillfs
+Filesystem UUID:          0b7c3b0e-6b7e-4c47-9f7a-2f0c1d1e5a10
+Filesystem magic number:  0xEF53
+Filesystem revision #:    1 (dynamic)
+Filesystem features:      has_journal ext_attr resize_inode dir_index filetype needs_recovery extent 64bit \
+flex_bg sparse_super large_file dir_nlink extra_isize
+Filesystem created:       Tue Dec  1 20:27:01 2026
+Block size:               1024
+Inode size:\t          256
+"""
+
+
+def test_an_ext_filesystems_features_and_sizes_are_recorded_without_its_runtime_flags():
+    class Dumpe2fs:
+        def query(self, argv, **_):
+            assert argv == ["dumpe2fs", "-h", "/dev/loop3"]
+            return Result(tuple(argv), 0, DUMPE2FS, "dumpe2fs 1.47.0 (5-Feb-2023)\n", 0.01)
+
+    assert layout.ext_parameters(Dumpe2fs(), "/dev/loop3") == {
+        "features": ["has_journal", "ext_attr", "resize_inode", "dir_index", "filetype", "extent", "64bit",
+                     "flex_bg", "sparse_super", "large_file", "dir_nlink", "extra_isize"],
+        "block_size": 1024, "inode_size": 256}
+
+
+def test_an_ext_filesystem_is_made_again_with_exactly_its_recorded_features():
+    entry = {"type": "ext4", "uuid": "0b7c3b0e", "label": None,
+             "mkfs": {"features": ["has_journal", "extent"], "block_size": 4096, "inode_size": 256}}
+    assert rebuild.mkfs_argv(entry, "/dev/loop7") == [
+        "mkfs.ext4", "-q", "-F", "-U", "0b7c3b0e", "-b", "4096", "-I", "256", "-O", "none,has_journal,extent",
+        "/dev/loop7"]
+
+
+def test_recorded_mkfs_parameters_that_could_smuggle_options_are_refused(tmp_path):
+    bad = disk_layout()
+    bad["contents"][0]["mkfs"] = {"features": ["has_journal", "^x,-E,root_owner"], "block_size": 4096,
+                                  "inode_size": 256}
+    path = tmp_path / "layout.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(UsageError, match="partition 1: mkfs .* is not valid"):
+        layout.read_disk_layout(str(path))

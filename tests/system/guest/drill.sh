@@ -1,7 +1,8 @@
 #!/bin/sh
 # A VM disk for the restore drill (tests/system/test_restore.py), run after world.sh:
 #   drill.sh dos|gpt LV DOMAIN PYTHON
-# system/LV (340 MiB) gets a partition table of the given type with p1 ext4 "root", p2 swap
+# system/LV (340 MiB) gets a partition table of the given type with p1 ext4 "root" (without
+# metadata_csum and huge_file), p2 swap
 # "swap", p3 XFS "data" (300 MiB: the smallest XFS mkfs.xfs makes outside xfstests), each
 # filesystem filled by drill.py populate; the domain runs on the stand-in xl with it as xvda.
 set -eu
@@ -24,7 +25,8 @@ for part in 1 2 3; do
     set -- $line
     loop=$(losetup --find --show --offset $(($2 * 512)) --sizelimit "$3" "$DISK")
     case $part in
-        1) mkfs.ext4 -q -L root -E lazy_itable_init=0,lazy_journal_init=0 "$loop" ;;
+        # without two of today's default features, as an older guest's mkfs made it
+        1) mkfs.ext4 -q -L root -O ^metadata_csum,^huge_file -E lazy_itable_init=0,lazy_journal_init=0 "$loop" ;;
         2) mkswap -q -L swap "$loop" >/dev/null ;;
         3) mkfs.xfs -q -f -L data "$loop" ;;
     esac
