@@ -40,6 +40,8 @@ REASONS = ("swap", "guest-lvm", "extended", "unknown")
 # Flags dumpe2fs lists among the features that say how the filesystem is now, not how it was made.
 RUNTIME_FEATURES = ("needs_recovery", "orphan_present")
 _FEATURE = re.compile(r"^[a-z0-9_]{1,32}$")
+# The XFS feature flags xfs_info shows and mkfs.xfs takes (-m, -i): recorded when present.
+XFS_FLAGS = ("crc", "finobt", "sparse", "rmapbt", "reflink", "bigtime", "inobtcount", "nrext64")
 _UUID = re.compile(r"^[0-9A-Fa-f][0-9A-Fa-f-]{0,63}$")  # GUIDs, DOS ids (ext/xfs/swap UUIDs too)
 _LABEL_ID = re.compile(r"^(0x[0-9a-f]{8}|[0-9A-Fa-f-]{36})$")
 _TYPE = re.compile(r"^[0-9A-Za-z_-]{1,36}$")
@@ -134,7 +136,8 @@ class DiskLayout:
         if mounted is not None:
             fstype = probed["TYPE"]
             self.add(number, probed, exposed_as=exposed_as, mount_options=mount_options(fstype),
-                     mkfs=ext_parameters(runner, mounted) if fstype.startswith("ext") else None)
+                     mkfs=ext_parameters(runner, mounted) if fstype.startswith("ext") else
+                     xfs_parameters(runner, mounted) if fstype == "xfs" else None)
             return
         kind = probed.get("TYPE", "")
         reason = {"swap": "swap", "LVM2_member": "guest-lvm"}.get(kind, "unknown")
@@ -170,6 +173,31 @@ def ext_parameters(runner: Runner, device: str) -> dict[str, Any] | None:
                 "inode_size": int(fields["Inode size"])}
     except (KeyError, ValueError):
         log.error("cannot understand dumpe2fs's output for %s", device)
+        return None
+
+
+def xfs_parameters(runner: Runner, device: str) -> dict[str, Any] | None:
+    """What mkfs.xfs needs to make the XFS filesystem mounted from device again as it is: block
+    and inode size and its feature flags (as for ext, an older guest may not read the host's
+    defaults); None (logged) if xfs_info cannot tell."""
+    try:
+        text = runner.query(["xfs_info", device]).stdout
+    except CommandFailed as exc:
+        log.error("cannot read the parameters of the filesystem on %s: %s", device, exc)
+        return None
+    sections: dict[str, dict[str, str]] = {}
+    section = ""
+    for line in text.splitlines():
+        head, _, rest = line.partition("=")
+        section = head.strip() or section
+        sections.setdefault(section, {}).update(re.findall(r"([a-z0-9-]+)=([0-9]+)", rest))
+    try:
+        meta, data, naming = sections["meta-data"], sections["data"], sections["naming"]
+        flags = {k: int(meta[k]) for k in XFS_FLAGS if k in meta}
+        return {"block_size": int(data["bsize"]), "inode_size": int(meta["isize"]),
+                "flags": {**flags, "ftype": int(naming["ftype"])}}
+    except (KeyError, ValueError):
+        log.error("cannot understand xfs_info's output for %s", device)
         return None
 
 
@@ -263,16 +291,25 @@ def read_disk_layout(path: str) -> dict[str, Any]:
             pattern = {"type": _TYPE, "uuid": _UUID, "label": _TEXT}[key]
             if value is not None and (not isinstance(value, str) or not pattern.fullmatch(value)):
                 raise bad(f"partition {entry.get('partition')}: {key} {value!r} is not valid")
-        made = entry.get("mkfs")
-        if made is not None and not (
-                isinstance(made, dict) and made.get("block_size") in (1024, 2048, 4096, 65536)
-                and made.get("inode_size") in (128, 256, 512, 1024) and isinstance(made.get("features"), list)
-                and all(isinstance(f, str) and _FEATURE.fullmatch(f) for f in made["features"])):
-            raise bad(f"partition {entry.get('partition')}: mkfs {made!r} is not valid")
+        if entry.get("mkfs") is not None and not _valid_mkfs(entry["mkfs"], entry.get("type")):
+            raise bad(f"partition {entry.get('partition')}: mkfs {entry['mkfs']!r} is not valid")
         exposed = entry.get("exposed_as")
         if exposed is not None and exposed not in (".", f"p{entry.get('partition')}"):
             raise bad(f"exposed_as {exposed!r} is not a path xenlvm writes")
     return layout
+
+
+def _valid_mkfs(made: Any, fstype: Any) -> bool:
+    """True when the recorded mkfs parameters are what ext_parameters or xfs_parameters write."""
+    if not isinstance(made, dict) or made.get("block_size") not in (512, 1024, 2048, 4096, 8192, 65536) \
+            or made.get("inode_size") not in (128, 256, 512, 1024, 2048):
+        return False
+    if fstype == "xfs":
+        flags = made.get("flags")
+        return isinstance(flags, dict) and set(flags) <= {*XFS_FLAGS, "ftype"} and \
+            all(value in (0, 1) for value in flags.values())
+    features = made.get("features")
+    return isinstance(features, list) and all(isinstance(f, str) and _FEATURE.fullmatch(f) for f in features)
 
 
 def _check_table(table: Any, bad) -> None:

@@ -30,6 +30,7 @@ from xenlvm.runner import Runner
 log = logging.getLogger("xenlvm")
 
 RESTORABLE = ("ext2", "ext3", "ext4", "xfs")
+XFS_META = ("crc", "finobt", "rmapbt", "reflink", "bigtime", "inobtcount")  # mkfs.xfs -m
 # cp keeps numeric owners as they are; an explicitly named xattr fails loudly rather than
 # silently, and ACLs come with the mode. -T: the folder's contents, and its own attributes, go
 # onto the filesystem's root.
@@ -39,16 +40,29 @@ COPY = ["cp", "--archive", "--preserve=mode,ownership,timestamps,links,xattr", "
 
 def mkfs_argv(entry: dict[str, Any], device: str) -> list[str]:
     """The mkfs call that makes the filesystem of a layout's contents entry again: its type,
-    UUID and label, and for ext2/3/4 its features, block and inode size when recorded."""
+    UUID and label, and its features, block and inode size when recorded."""
     fstype, uuid, label, made = entry["type"], entry["uuid"], entry["label"], entry.get("mkfs")
     if fstype == "xfs":
-        argv = ["mkfs.xfs", "-q", "-f"] + (["-m", f"uuid={uuid}"] if uuid else [])
-    else:
-        argv = [f"mkfs.{fstype}", "-q", "-F"] + (["-U", uuid] if uuid else [])
-        if made:
-            argv += ["-b", str(made["block_size"]), "-I", str(made["inode_size"]),
-                     "-O", ",".join(["none", *made["features"]])]
+        return _mkfs_xfs(uuid, made) + (["-L", label] if label else []) + [device]
+    argv = [f"mkfs.{fstype}", "-q", "-F"] + (["-U", uuid] if uuid else [])
+    if made:
+        argv += ["-b", str(made["block_size"]), "-I", str(made["inode_size"]),
+                 "-O", ",".join(["none", *made["features"]])]
     return argv + (["-L", label] if label else []) + [device]
+
+
+def _mkfs_xfs(uuid: str | None, made: dict[str, Any] | None) -> list[str]:
+    argv = ["mkfs.xfs", "-q", "-f"]
+    meta = [f"uuid={uuid}"] if uuid else []
+    if made:
+        flags = made["flags"]
+        v5 = flags.get("crc", 1) == 1  # a version 4 filesystem has none of the later features: name only crc
+        meta += [f"{k}={flags[k]}" for k in XFS_META if k in flags and (v5 or k == "crc")]
+        inode = [f"size={made['inode_size']}"] + [f"{k}={flags[k]}" for k in ("sparse", "nrext64")
+                                                  if k in flags and v5]
+        argv += ["-b", f"size={made['block_size']}", "-i", ",".join(inode)]
+        argv += ["-n", f"ftype={flags['ftype']}"] if "ftype" in flags else []
+    return argv + (["-m", ",".join(meta)] if meta else [])
 
 
 class DiskRebuild:

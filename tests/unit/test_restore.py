@@ -374,3 +374,36 @@ def test_recorded_mkfs_parameters_that_could_smuggle_options_are_refused(tmp_pat
     path.write_text(json.dumps(bad))
     with pytest.raises(UsageError, match="partition 1: mkfs .* is not valid"):
         layout.read_disk_layout(str(path))
+
+
+XFS_INFO = """meta-data=/dev/loop1             isize=512    agcount=4, agsize=19200 blks
+         =                       sectsz=512   attr=2, projid32bit=1
+         =                       crc=1        finobt=1, sparse=1, rmapbt=0
+         =                       reflink=0    bigtime=0 inobtcount=0 nrext64=0
+data     =                       bsize=4096   blocks=76800, imaxpct=25
+         =                       sunit=0      swidth=0 blks
+naming   =version 2              bsize=4096   ascii-ci=0, ftype=1
+log      =internal log           bsize=4096   blocks=1368, version=2
+         =                       sectsz=512   sunit=0 blks, lazy-count=1
+realtime =none                   extsz=4096   blocks=0, rtextents=0
+"""
+
+
+def test_an_xfs_filesystem_is_recorded_and_made_again_with_its_flags():
+    class XfsInfo:
+        def query(self, argv, **_):
+            assert argv == ["xfs_info", "/dev/loop1"]
+            return Result(tuple(argv), 0, XFS_INFO, "", 0.01)
+
+    made = layout.xfs_parameters(XfsInfo(), "/dev/loop1")
+    assert made == {"block_size": 4096, "inode_size": 512, "flags": {
+        "crc": 1, "finobt": 1, "sparse": 1, "rmapbt": 0, "reflink": 0, "bigtime": 0, "inobtcount": 0,
+        "nrext64": 0, "ftype": 1}}
+    entry = {"type": "xfs", "uuid": "4e0c", "label": "data", "mkfs": made}
+    assert rebuild.mkfs_argv(entry, "/dev/loop7") == [
+        "mkfs.xfs", "-q", "-f", "-b", "size=4096", "-i", "size=512,sparse=1,nrext64=0", "-n", "ftype=1",
+        "-m", "uuid=4e0c,crc=1,finobt=1,rmapbt=0,reflink=0,bigtime=0,inobtcount=0", "-L", "data",
+        "/dev/loop7"]
+    v4 = {**made, "flags": {"crc": 0, "finobt": 0, "sparse": 0, "ftype": 1}}
+    assert rebuild.mkfs_argv({**entry, "mkfs": v4}, "/dev/loop7")[3:10] == [
+        "-b", "size=4096", "-i", "size=512", "-n", "ftype=1", "-m"]
