@@ -77,6 +77,13 @@ def ext4_parameters(world) -> list[str]:
     return [line for line in out.splitlines() if line.startswith(wanted)]
 
 
+def xfs_parameters(world) -> list[str]:
+    """xfs_info of the XFS filesystem in partition 3, without its device's name."""
+    out = with_partition(world, 3, 'mkdir -p /run/xfs && mount -o ro "$loop" /run/xfs\n'
+                                   'xfs_info /run/xfs; umount /run/xfs')
+    return [line.split("=", 1)[1] if line.startswith("meta-data=") else line for line in out.splitlines()]
+
+
 def with_partition(world, number: int, script: str) -> str:
     """Run script with $loop a loop device over partition number; return its output."""
     offset, size = partitions(world)[number]
@@ -122,8 +129,9 @@ def test_restore_drill_rebuilds_the_disk_from_the_backed_up_files(world, label):
     build_disk(world, label)
     table, ids, trees = partition_table(world), identities(world), manifests(world)
     assert ids[2]["TYPE"] == "swap" and ids[3]["LABEL"] == "data" and len(trees[3]["tree"]) == 14
-    ext4 = ext4_parameters(world)
+    ext4, xfs = ext4_parameters(world), xfs_parameters(world)
     assert "metadata_csum" not in ext4[0] and len(ext4) == 3, ext4
+    assert "reflink=0" in "".join(xfs) and "bigtime=0" in "".join(xfs), xfs
 
     backup = back_up_and_wipe(world)
     disk_layout = json.loads(world.guest.read(f"{RESTORED}/vm4/xvda/layout.json"))
@@ -150,6 +158,7 @@ def test_restore_drill_rebuilds_the_disk_from_the_backed_up_files(world, label):
     assert partition_table(world) == table
     assert identities(world) == ids
     assert ext4_parameters(world) == ext4
+    assert xfs_parameters(world) == xfs
     assert manifests(world) == trees
     assert world.guest.run(["losetup", "--list", "--noheadings"], check=True).stdout == ""
 

@@ -2,9 +2,10 @@
 # A VM disk for the restore drill (tests/system/test_restore.py), run after world.sh:
 #   drill.sh dos|gpt LV DOMAIN PYTHON
 # system/LV (340 MiB) gets a partition table of the given type with p1 ext4 "root" (without
-# metadata_csum and huge_file), p2 swap
-# "swap", p3 XFS "data" (300 MiB: the smallest XFS mkfs.xfs makes outside xfstests), each
-# filesystem filled by drill.py populate; the domain runs on the stand-in xl with it as xvda.
+# metadata_csum and huge_file), p2 swap "swap", p3 XFS "data" (300 MiB: the smallest XFS
+# mkfs.xfs makes outside xfstests; without reflink, bigtime and inobtcount, which older guest
+# kernels refuse), each filesystem filled by drill.py populate; the domain runs on the
+# stand-in xl with it as xvda.
 set -eu
 LABEL=$1 LV=$2 DOMAIN=$3 PYTHON=$4
 XL=/opt/xen/bin/xl
@@ -28,7 +29,7 @@ for part in 1 2 3; do
         # without two of today's default features, as an older guest's mkfs made it
         1) mkfs.ext4 -q -L root -O ^metadata_csum,^huge_file -E lazy_itable_init=0,lazy_journal_init=0 "$loop" ;;
         2) mkswap -q -L swap "$loop" >/dev/null ;;
-        3) mkfs.xfs -q -f -L data "$loop" ;;
+        3) mkfs.xfs -q -f -L data -m reflink=0,bigtime=0,inobtcount=0 "$loop" ;;
     esac
     if [ "$part" != 2 ]; then
         mkdir -p /run/drillfs && mount "$loop" /run/drillfs
