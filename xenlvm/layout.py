@@ -24,7 +24,7 @@ from typing import Any
 
 from xenlvm import __version__
 from xenlvm.config import SnapshotSpec
-from xenlvm.errors import CommandFailed, UsageError
+from xenlvm.errors import CommandFailed, UsageError, XenlvmError
 from xenlvm.mounts import mount_options
 from xenlvm.runner import Runner
 from xenlvm.xen import Xl
@@ -232,9 +232,12 @@ def write_domain_layouts(xl: Xl, specs: Sequence[SnapshotSpec], export_dir: str 
 
 def _write_new(path: str, content: dict[str, Any]) -> None:
     """Write a new file (never over an existing one: a guest's file of that name is not ours)."""
-    with open(path, "x", encoding="utf-8") as handle:
-        handle.write(json.dumps(content, indent=2) + "\n")
-    os.chmod(path, 0o644)
+    try:
+        with open(path, "x", encoding="utf-8") as handle:
+            handle.write(json.dumps(content, indent=2) + "\n")
+        os.chmod(path, 0o644)
+    except OSError as exc:
+        raise XenlvmError(f"cannot write the layout {path}: {exc.strerror}") from None
 
 
 # ---------------------------------------------------------------------------------------------

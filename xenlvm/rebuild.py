@@ -189,7 +189,7 @@ def restore_disk(runner: Runner, source: str, target_text: str, *, yes: bool, xl
                 raise UsageError(f"{files} is missing from the restored folder: restore the whole "
                                  f"{disk['domain']}/{disk['disk']} folder. Nothing was changed.")
     parse_target(target_text)
-    with lock(lock_dir, target_text):
+    with lock(runner, lock_dir, target_text):
         target = check_target(runner, target_text, disk["size"], xl_timeout)
         confirm(target, yes, runner.dry_run, "restore-disk")
         return DiskRebuild(runner, target, disk, folder).run()

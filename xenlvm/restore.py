@@ -9,10 +9,12 @@ snapshot, and the admin said --yes (or asked for a dry run, which changes nothin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import stat
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from xenlvm import mounts as mounts_mod
@@ -66,7 +68,12 @@ def check_target(runner: Runner, text: str, needed: int, xl_timeout: float) -> T
         raise SafetyRefusal(f"the target {text} has {volume.size} bytes but the disk had {needed}: "
                             f"extend it (lvextend -L {needed}b {text}). Nothing was changed.")
     numbers = (volume.major, volume.minor)
-    for domain, record in xen.Xl(runner, xl_timeout).records().items():
+    try:
+        records = xen.Xl(runner, xl_timeout).records()
+    except XenlvmError as exc:
+        raise SafetyRefusal(f"cannot tell whether a domain has {text} as a disk: {exc}. Nothing was "
+                            "changed.") from None
+    for domain, record in records.items():
         if any(mounts_mod.device_numbers(path) == numbers for path in xen.disk_paths(record)):
             raise SafetyRefusal(f"the target {text} is a disk of domain {domain!r}, which exists (running"
                                 f" or paused): shut it down first (xl shutdown {domain}). Nothing was "
@@ -106,8 +113,10 @@ def confirm(target: Target, yes: bool, dry_run: bool, what: str) -> None:
                             "to see every command, then with --yes to do it. Nothing was changed.")
 
 
-def lock(lock_dir: str, target: str) -> JobLock:
-    """One restore per target at a time."""
+def lock(runner: Runner, lock_dir: str, target: str) -> AbstractContextManager:
+    """One restore per target at a time (a dry run changes nothing and takes no lock)."""
+    if runner.dry_run:
+        return contextlib.nullcontext()
     return JobLock(lock_dir, "restore-" + target.replace("/", "-"), 0.0)
 
 
@@ -126,7 +135,7 @@ def restore_image(runner: Runner, image: str, target_text: str, *, yes: bool, xl
     if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
         raise UsageError(f"{image} is not a disk image (not a regular file, or empty)")
     parse_target(target_text)
-    with lock(lock_dir, target_text):
+    with lock(runner, lock_dir, target_text):
         target = check_target(runner, target_text, info.st_size, xl_timeout)
         confirm(target, yes, runner.dry_run, "restore-image")
         conv = "fsync"

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from xenlvm import layout, mounts, rebuild, restore
-from xenlvm.errors import CommandFailed, SafetyRefusal, UsageError
+from xenlvm.errors import CommandFailed, LockTimeout, SafetyRefusal, UsageError
 from xenlvm.mounts import MountEntry
 from xenlvm.runner import Result
 
@@ -144,6 +144,24 @@ def test_restore_disk_refuses_a_target_that_a_domain_has_as_a_disk(restored, tmp
     runner = FakeRunner([lvs_row("vm2-disk")], {"web": "/dev/sdz", "vm2": "/dev/vg/vm2-disk"})
     assert "is a disk of domain 'vm2', which exists (running or paused): shut it down first" in \
         refusal(runner, restored, tmp_path)
+
+
+def test_restore_disk_refuses_when_it_cannot_ask_xl_which_domains_have_which_disks(restored, tmp_path, host):
+    class NoXl(FakeRunner):
+        def query(self, argv, **options):
+            if argv[0] == "xl":
+                raise CommandFailed(argv, None, "", not_found=True)
+            return super().query(argv, **options)
+
+    assert "cannot tell whether a domain has system/vm2-disk as a disk: could not run xl: program not found" \
+        in refusal(NoXl([lvs_row("vm2-disk")]), restored, tmp_path)
+
+
+def test_restore_disk_refuses_a_target_that_another_restore_is_writing(restored, tmp_path, host):
+    runner = FakeRunner([lvs_row("vm2-disk")])
+    with restore.lock(runner, str(tmp_path / "locks"), "system/vm2-disk"), pytest.raises(LockTimeout):
+        run_restore(runner, restored, tmp_path)
+    assert runner.changes == []
 
 
 def test_restore_disk_refuses_a_mounted_target(restored, tmp_path, host, monkeypatch):
