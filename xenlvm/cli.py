@@ -40,6 +40,7 @@ def main(ctx: click.Context, config_file: str | None, verbose: bool, debug: bool
 
     sesam runs 'sbc_pre' before a backup (create and mount the snapshot) and 'sbc_post'
     after it (unmount and remove it); both call 'xenlvm pre' and 'xenlvm post'.
+    'restore-disk' and 'restore-image' put a VM disk backed up from its own LV back onto one.
 
     Exit status: 0 success, 1 the operation failed, 2 usage or configuration error.
     """

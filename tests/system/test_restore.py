@@ -145,7 +145,7 @@ def test_restore_drill_rebuilds_the_disk_from_the_backed_up_files(world, label):
     assert dry.rc == 0, dry
     assert "dry run, would run: sfdisk --wipe always --no-tell-kernel /dev/mapper/system-vm4--disk <<'EOF'" \
         in dry.stderr
-    assert f"label-id: {table['id']}" in dry.stderr and "mkfs.xfs -q -f -m uuid=" in dry.stderr
+    assert f"label-id: {table['id']}" in dry.stderr and f"-m uuid={ids[3]['UUID']},crc=1," in dry.stderr
     assert world.guest.run(["blkid", "--probe", DISK]).rc == 2  # the dry run changed nothing
 
     started = time.monotonic()
