@@ -94,7 +94,7 @@ class DiskRebuild:
         log.info("restore-disk %s: %s", self.target, name)
         try:
             action()
-        except XenlvmError as exc:
+        except (XenlvmError, OSError) as exc:  # OSError: the private mount directory
             state = "; ".join(self.done) or "nothing yet"
             raise RestoreFailed(f"restore-disk stopped at '{name}': {exc}\nDone before: {state}. "
                                 f"{self.target} is not usable as it is: fix the cause and run restore-disk "
