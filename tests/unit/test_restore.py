@@ -4,6 +4,7 @@ tests/system/test_restore.py.)"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -56,10 +57,10 @@ def restored(tmp_path):
 
 
 def lvs_row(name: str, *, attr: str = "-wi-a-----", size: int = SIZE, origin: str = "",
-            numbers: tuple[int, int] | None = NUMBERS) -> dict:
+            numbers: tuple[int, int] | None = NUMBERS, pool: str = "") -> dict:
     major, minor = numbers if numbers else ("-1", "-1")
     return {"lv_name": name, "vg_name": "system", "lv_attr": attr, "lv_size": str(size), "origin": origin,
-            "lv_kernel_major": str(major), "lv_kernel_minor": str(minor), "lv_active": "active"}
+            "pool_lv": pool, "lv_kernel_major": str(major), "lv_kernel_minor": str(minor), "lv_active": "active"}
 
 
 class FakeRunner:
@@ -425,3 +426,60 @@ def test_an_xfs_filesystem_is_recorded_and_made_again_with_its_flags():
     v4 = {**made, "flags": {"crc": 0, "finobt": 0, "sparse": 0, "ftype": 1}}
     assert rebuild.mkfs_argv({**entry, "mkfs": v4}, "/dev/loop7")[3:10] == [
         "-b", "size=4096", "-i", "size=512", "-n", "ftype=1", "-m"]
+
+
+# ---------------------------------------------------------------------------------------------
+# restore-image
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "xvda.img"
+    path.write_bytes(b"\0" * 4096 + b"MBR and more" + b"\0" * 4084)
+    return path
+
+
+def run_image(runner, image, tmp_path, monkeypatch, found="same"):
+    sums = {str(image): "same", DEVICE: found}
+    monkeypatch.setattr(restore, "sha256_of", lambda path, length: sums[path])
+    return restore.restore_image(runner, str(image), "system/vm2-disk", yes=True, xl_timeout=5.0,
+                                 lock_dir=str(tmp_path / "locks"))
+
+
+def test_restore_image_copies_onto_a_classic_lv_every_block_then_compares(image, tmp_path, host, monkeypatch):
+    runner = FakeRunner([lvs_row("vm2-disk", size=8192)])
+    report = run_image(runner, image, tmp_path, monkeypatch)
+    assert runner.changes == [["dd", f"if={image}", f"of={DEVICE}", "bs=4M", "conv=fsync", "status=none"]]
+    assert report == [f"restored {image} onto system/vm2-disk: 8192 bytes, SHA-256 same verified"]
+
+
+def test_restore_image_keeps_a_thin_lv_thin(image, tmp_path, host, monkeypatch):
+    runner = FakeRunner([lvs_row("vm2-disk", attr="Vwi-a-tz--", size=1 << 20, pool="pool")])
+    report = run_image(runner, image, tmp_path, monkeypatch)
+    assert runner.changes == [["blkdiscard", DEVICE],
+                              ["dd", f"if={image}", f"of={DEVICE}", "bs=4M", "conv=sparse,fsync",
+                               "status=none"]]
+    assert "bytes larger than the image; the rest was left as it was" in report[1]
+
+
+def test_restore_image_fails_when_the_lv_does_not_hold_the_image_after_it(image, tmp_path, host, monkeypatch):
+    with pytest.raises(restore.RestoreFailed, match="does not hold the image after the copy .* do not start"):
+        run_image(FakeRunner([lvs_row("vm2-disk")]), image, tmp_path, monkeypatch, found="other")
+
+
+def test_restore_image_makes_the_same_refusals(image, tmp_path, host, monkeypatch):
+    runner = FakeRunner([lvs_row("vm2-disk", size=4096)])
+    with pytest.raises(SafetyRefusal, match="has 4096 bytes but the disk had 8192"):
+        run_image(runner, image, tmp_path, monkeypatch)
+    runner = FakeRunner([lvs_row("vm2-disk")], {"vm2": "/dev/vg/vm2-disk"})
+    with pytest.raises(SafetyRefusal, match="is a disk of domain 'vm2'"):
+        run_image(runner, image, tmp_path, monkeypatch)
+    assert runner.changes == []
+
+
+def test_the_checksum_is_of_the_first_bytes_only(tmp_path):
+    path = tmp_path / "device"
+    path.write_bytes(b"abc" + b"tail")
+    assert restore.sha256_of(str(path), 3) == hashlib.sha256(b"abc").hexdigest()
+    with pytest.raises(restore.RestoreFailed, match="ended 3 bytes short of 10"):
+        restore.sha256_of(str(path), 10)
