@@ -60,7 +60,8 @@ def lvs_row(name: str, *, attr: str = "-wi-a-----", size: int = SIZE, origin: st
             numbers: tuple[int, int] | None = NUMBERS, pool: str = "") -> dict:
     major, minor = numbers if numbers else ("-1", "-1")
     return {"lv_name": name, "vg_name": "system", "lv_attr": attr, "lv_size": str(size), "origin": origin,
-            "pool_lv": pool, "lv_kernel_major": str(major), "lv_kernel_minor": str(minor), "lv_active": "active"}
+            "pool_lv": pool, "lv_kernel_major": str(major), "lv_kernel_minor": str(minor),
+            "lv_active": "active"}
 
 
 class FakeRunner:
