@@ -96,8 +96,8 @@ class FakeRunner:
 
 @pytest.fixture
 def host(tmp_path, monkeypatch):
-    """Nothing mounted, no loop device, no holder; /dev/vg/vm2-disk and /dev/system/vm4 are
-    the target's device numbers."""
+    """Nothing mounted, no loop device, no holder; /dev/vg/vm2-disk (a domain's name for it) and
+    the target's own path have the target's device numbers; a private mount directory."""
     sys_root = tmp_path / "sys"
     (sys_root / "block").mkdir(parents=True)
     (sys_root / "dev" / "block" / "250:7" / "holders").mkdir(parents=True)
