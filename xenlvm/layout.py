@@ -336,24 +336,3 @@ def _check_table(table: Any, bad) -> None:
         for key in ("name", "attrs"):
             if part.get(key) is not None and not _TEXT.fullmatch(str(part[key])):
                 raise bad(f"partition {part['number']}: {key} {part[key]!r} cannot be written back")
-
-
-def sfdisk_script(table: dict[str, Any]) -> str:
-    """The sfdisk input that recreates table exactly: label id, first/last LBA, each partition
-    by number (a gap stays a gap) with its start, size, type, UUID, name, attributes."""
-    lines = [f"label: {table['label']}", f"unit: {table['unit']}", f"sector-size: {table['sector_size']}"]
-    if table.get("id"):
-        lines.append(f"label-id: {table['id']}")
-    for key, header in (("first_lba", "first-lba"), ("last_lba", "last-lba")):
-        if table.get(key) is not None:
-            lines.append(f"{header}: {table[key]}")
-    lines.append("")
-    for part in table["partitions"]:
-        fields = [f"start={part['start']}", f"size={part['size']}", f"type={part['type']}"]
-        fields += [f"uuid={part['uuid']}"] if part.get("uuid") else []
-        fields += [f'name="{part["name"]}"'] if part.get("name") else []
-        fields += [f'attrs="{part["attrs"]}"'] if part.get("attrs") else []
-        fields += ["bootable"] if part.get("bootable") else []
-        # sfdisk takes the partition number from the digits that end the name before ':'
-        lines.append(f"/dev/part{part['number']} : " + ", ".join(fields))
-    return "\n".join(lines) + "\n"

@@ -65,6 +65,27 @@ def _mkfs_xfs(uuid: str | None, made: dict[str, Any] | None) -> list[str]:
     return argv + (["-m", ",".join(meta)] if meta else [])
 
 
+def sfdisk_script(table: dict[str, Any]) -> str:
+    """The sfdisk input that recreates table exactly: label id, first/last LBA, each partition
+    by number (a gap stays a gap) with its start, size, type, UUID, name, attributes."""
+    lines = [f"label: {table['label']}", f"unit: {table['unit']}", f"sector-size: {table['sector_size']}"]
+    if table.get("id"):
+        lines.append(f"label-id: {table['id']}")
+    for key, header in (("first_lba", "first-lba"), ("last_lba", "last-lba")):
+        if table.get(key) is not None:
+            lines.append(f"{header}: {table[key]}")
+    lines.append("")
+    for part in table["partitions"]:
+        fields = [f"start={part['start']}", f"size={part['size']}", f"type={part['type']}"]
+        fields += [f"uuid={part['uuid']}"] if part.get("uuid") else []
+        fields += [f'name="{part["name"]}"'] if part.get("name") else []
+        fields += [f'attrs="{part["attrs"]}"'] if part.get("attrs") else []
+        fields += ["bootable"] if part.get("bootable") else []
+        # sfdisk takes the partition number from the digits that end the name before ':'
+        lines.append(f"/dev/part{part['number']} : " + ", ".join(fields))
+    return "\n".join(lines) + "\n"
+
+
 class DiskRebuild:
     """One restore-disk run: what it did so far, so that a failure can say where it stopped."""
 
@@ -107,7 +128,7 @@ class DiskRebuild:
             self.runner.change(["wipefs", "--all", "--force", self.target.device])
             return
         self.runner.change(["sfdisk", "--wipe", "always", "--no-tell-kernel", self.target.device],
-                           input=layout.sfdisk_script(table))
+                           input=sfdisk_script(table))
 
     def _region(self, number: int | None, undo: _Cleanup) -> str:
         """The device that holds partition number (None: the whole LV): a loop device over it."""

@@ -230,7 +230,7 @@ def test_a_dry_run_checks_everything_and_only_prints_each_command(restored, tmp_
     report = run_restore(runner, restored, tmp_path, yes=False)
     assert [argv[0] for argv in runner.changes] == ["sfdisk", "losetup", "mkfs.ext4", "mount", "cp", "umount",
                                                     "losetup", "mkswap"]
-    assert runner.inputs[0] == layout.sfdisk_script(disk_layout()["table"])
+    assert runner.inputs[0] == rebuild.sfdisk_script(disk_layout()["table"])
     assert runner.changes[2] == ["mkfs.ext4", "-q", "-F", "-U", "0b7c3b0e-6b7e-4c47-9f7a-2f0c1d1e5a10", "-L",
                                  "root", "/dev/loopN (partition 1)"]
     assert runner.changes[-1] == ["mkswap", "-U", "5f1d6c1a-9c7e-4b1e-8d6b-1a2b3c4d5e6f",
@@ -308,7 +308,7 @@ def test_a_bare_filesystem_disk_is_wiped_and_made_on_the_whole_lv(tmp_path, host
 def test_sfdisk_json_becomes_a_script_that_recreates_the_same_table():
     table = layout.parse_sfdisk_json(SFDISK_GPT)
     assert table["partitions"][1]["number"] == 3 and table["id"] == "8CCD5256-3A4E-2D48-BE86-0E40900D95F5"
-    assert layout.sfdisk_script(table) == (
+    assert rebuild.sfdisk_script(table) == (
         "label: gpt\nunit: sectors\nsector-size: 512\nlabel-id: 8CCD5256-3A4E-2D48-BE86-0E40900D95F5\n"
         "first-lba: 2048\nlast-lba: 131038\n\n"
         "/dev/part1 : start=2048, size=32768, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, "
