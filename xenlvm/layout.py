@@ -119,9 +119,10 @@ class DiskLayout:
             detail: str = "") -> None:
         """Record what partition number (None: the whole disk) holds, and where it is exposed
         (a path relative to the disk's directory) or why not."""
+        # blkid --output export escapes what a shell would split on (my\ root): undo that
+        label = re.sub(r"\\(.)", r"\1", probed.get("LABEL", "")) or None
         entry: dict[str, Any] = {"partition": number, "type": probed.get("TYPE") or None,
-                                 "uuid": probed.get("UUID") or None, "label": probed.get("LABEL") or None,
-                                 "exposed_as": exposed_as}
+                                 "uuid": probed.get("UUID") or None, "label": label, "exposed_as": exposed_as}
         if exposed_as is not None:
             entry["mount_options"] = mount_options
             entry["mkfs"] = mkfs

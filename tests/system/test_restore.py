@@ -14,6 +14,7 @@ import time
 import pytest
 
 from tests.system.conftest import TESTS, XEN_SETTINGS, XL
+from tests.system.test_vmdisks import VMDISK_CONFIG
 
 pytestmark = pytest.mark.system
 
@@ -132,6 +133,14 @@ def test_restore_drill_rebuilds_the_disk_from_the_backed_up_files(world, label):
     ext4, xfs = ext4_parameters(world), xfs_parameters(world)
     assert "metadata_csum" not in ext4[0] and len(ext4) == 3, ext4
     assert "reflink=0" in "".join(xfs) and "bigtime=0" in "".join(xfs), xfs
+    for tree in trees.values():  # what the comparison below covers is really there
+        files = tree["tree"]
+        assert tree["hard_links"] == [["etc/data.hardlink", "home/alice/data.bin"]]
+        assert files["sparse.img"]["sparse"] and files["etc/null"]["rdev"] == [1, 3]
+        assert "system.posix_acl_access" in files["etc/secret"]["xattrs"]
+        assert "system.posix_acl_default" in files["home/alice"]["xattrs"]
+        assert {"user.checksum", "trusted.owner"} <= set(files["home/alice/data.bin"]["xattrs"])
+        assert (files["etc/data.symlink"]["uid"], files["etc/secret"]["mode"]) == (1001, "0o104751")
 
     backup = back_up_and_wipe(world)
     disk_layout = json.loads(world.guest.read(f"{RESTORED}/vm4/xvda/layout.json"))
@@ -183,20 +192,21 @@ def test_restore_image_drill_puts_back_every_byte(world):
 
 
 def test_restore_disk_refuses_a_disk_that_a_domain_has_or_a_loop_device_maps(world):
-    build_disk(world, "dos")
-    world.write_config(DRILL_CONFIG.format(extra=""))
+    world.guest.run([TESTS / "guest" / "vmdisks.sh"], check=True)  # smaller disks than the drill's
+    world.write_config(VMDISK_CONFIG.format(extra=""))
     assert world.pre().rc == 0
-    world.guest.run(["cp", "-a", f"{TREE}/vm4", f"{RESTORED}/"], check=True)
+    world.guest.sh(f"mkdir -p /var/tmp/restored && cp -a {TREE}/vm2 /var/tmp/restored/")
     assert world.post().rc == 0
-    before = world.guest.run(["sha256sum", DISK], check=True).stdout
-    restore = ["restore-disk", "--from", f"{RESTORED}/vm4/xvda", "--to", "system/vm4-disk", "--yes"]
+    disk = "/dev/system/vm2-disk"
+    before = world.guest.run(["sha256sum", disk], check=True).stdout
+    restore = ["restore-disk", "--from", "/var/tmp/restored/vm2/xvda", "--to", "system/vm2-disk", "--yes"]
     refused = world.xenlvm(*restore)
     assert refused.rc == 1, refused
-    assert "the target system/vm4-disk is a disk of domain 'vm4', which exists" in refused.stderr
-    world.guest.run([XL, "fake-destroy", "vm4"], check=True)
-    loop = world.guest.run(["losetup", "--find", "--show", DISK], check=True).stdout.strip()
+    assert "the target system/vm2-disk is a disk of domain 'vm2', which exists" in refused.stderr
+    world.guest.run([XL, "fake-destroy", "vm2"], check=True)
+    loop = world.guest.run(["losetup", "--find", "--show", disk], check=True).stdout.strip()
     refused = world.xenlvm(*restore)
     world.guest.run(["losetup", "--detach", loop], check=True)
     assert refused.rc == 1, refused
-    assert f"the target system/vm4-disk is in use by {loop}" in refused.stderr
-    assert world.guest.run(["sha256sum", DISK], check=True).stdout == before
+    assert f"the target system/vm2-disk is in use by {loop}" in refused.stderr
+    assert world.guest.run(["sha256sum", disk], check=True).stdout == before

@@ -484,3 +484,10 @@ def test_the_checksum_is_of_the_first_bytes_only(tmp_path):
     assert restore.sha256_of(str(path), 3) == hashlib.sha256(b"abc").hexdigest()
     with pytest.raises(restore.RestoreFailed, match="ended 3 bytes short of 10"):
         restore.sha256_of(str(path), 10)
+
+
+def test_a_label_that_blkid_escaped_is_recorded_as_it_is():
+    disk = layout.DiskLayout("vm2", "xvda", "system/vm2-disk", SIZE)
+    disk.add(1, {"TYPE": "ext4", "UUID": "0b7c", "LABEL": "my\\ root"}, exposed_as="p1", mount_options="ro")
+    assert disk.contents[0]["label"] == "my root"
+    assert rebuild.mkfs_argv(disk.contents[0], "/dev/loop7")[-3:] == ["-L", "my root", "/dev/loop7"]
