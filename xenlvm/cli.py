@@ -1,5 +1,5 @@
-"""The command line: ``xenlvm pre|post|check|status|cleanup|install-hooks``, and the sesam
-entrypoints sbc_pre/sbc_post.
+"""The command line: ``xenlvm pre|post|check|status|cleanup|install-hooks``, the restore commands
+``restore-disk|restore-image``, and the sesam entrypoints sbc_pre/sbc_post.
 
 Here and in xenlvm.hook_entry (the hooks' click-free entry) errors become exit codes:
 0 success, 1 the operation failed, 2 usage or configuration error.
@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Sequence
 
 import click
 
 from xenlvm import __version__, install, interrupts, logs
-from xenlvm.config import Config, Job, config_path, load_config
+from xenlvm.config import XL_TIMEOUT, Config, Job, Settings, config_path, load_config
 from xenlvm.errors import EXIT_FAILED, EXIT_OK
 from xenlvm.hook_entry import finish, hook_work, load, make_runner, require_root
 from xenlvm.hook_entry import run_hook as run_hook  # the name older installed hooks import
@@ -39,6 +40,7 @@ def main(ctx: click.Context, config_file: str | None, verbose: bool, debug: bool
 
     sesam runs 'sbc_pre' before a backup (create and mount the snapshot) and 'sbc_post'
     after it (unmount and remove it); both call 'xenlvm pre' and 'xenlvm post'.
+    'restore-disk' and 'restore-image' put a VM disk backed up from its own LV back onto one.
 
     Exit status: 0 success, 1 the operation failed, 2 usage or configuration error.
     """
@@ -183,4 +185,70 @@ def install_hooks(ctx: click.Context, directory: str, uninstall: bool) -> None:
         done = install.uninstall_hooks(directory) if uninstall else install.install_hooks(directory)
         for line in done:
             log.info("%s", line)
+    _finish(ctx, work)
+
+
+# ---------------------------------------------------------------------------------------------
+# Restoring VM disks (see README, "Restoring a VM")
+
+_TARGET = click.option("--to", "target", required=True, metavar="VG/LV",
+                       help="The logical volume to overwrite (it must exist and be large enough).")
+_DRY_RUN = click.option("--dry-run", is_flag=True, help="Run every check; only print the commands.")
+_YES = click.option("--yes", is_flag=True, help="Overwrite the target (without it, nothing is changed).")
+
+
+@main.command("restore-disk")
+@click.option("--from", "source", required=True, metavar="DIR",
+              help="The restored <domain>/<disk> folder (with its layout.json, or <disk>.layout.json "
+                   "beside it for a disk without a partition table).")
+@_TARGET
+@_DRY_RUN
+@_YES
+@click.pass_context
+def restore_disk(ctx: click.Context, source: str, target: str, dry_run: bool, yes: bool) -> None:
+    """Rebuild a VM disk on an LV from a restored <domain>/<disk> folder.
+
+    Recreates the partition table exactly as recorded in layout.json (label id, partition
+    UUIDs), makes each filesystem with its recorded type, UUID and label and copies its files
+    back (owners, modes, times, ACLs, xattrs, hard links, sparse files), recreates swap with its
+    UUID. Guest LVM and other partitions xenlvm did not expose are named, not touched.
+
+    Refuses unless the target exists and is at least the recorded size, no domain has it as a
+    disk (xl list -l), it is not mounted, mapped, open or snapshotted, and --yes is given.
+    """
+    from xenlvm.rebuild import restore_disk as rebuild
+
+    _restore(ctx, "restore-disk", rebuild, source, target, dry_run, yes)
+
+
+@main.command("restore-image")
+@click.argument("image", metavar="FILE")
+@_TARGET
+@_DRY_RUN
+@_YES
+@click.pass_context
+def restore_image(ctx: click.Context, image: str, target: str, dry_run: bool, yes: bool) -> None:
+    """Copy a VM disk image (expose: image) back onto an LV, then prove it by SHA-256.
+
+    Makes the same checks as restore-disk. A thin target is discarded first and only the
+    image's data blocks are written (it stays thin); the copy is synced before it is compared.
+    """
+    from xenlvm.restore import restore_image as copy_image
+
+    _restore(ctx, "restore-image", copy_image, image, target, dry_run, yes)
+
+
+def _restore(ctx: click.Context, name: str, run: Callable[..., list[str]], source: str, target: str,
+             dry_run: bool, yes: bool) -> None:
+    """Load the configuration (for PATH and lock_dir; the defaults where there is none), refuse
+    without root unless it is a dry run, run, print the report."""
+    def work() -> None:
+        path = ctx.obj["config"]
+        config = _load(ctx) if os.path.exists(path) else Config(path, Settings())
+        if not dry_run:
+            require_root(name)
+        interrupts.install()
+        for line in run(make_runner(config, dry_run), source, target, yes=yes, xl_timeout=XL_TIMEOUT,
+                        lock_dir=config.settings.lock_dir):
+            click.echo(line)
     _finish(ctx, work)

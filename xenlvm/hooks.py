@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 
+from xenlvm import layout, preflight, vmdisks, watchdog, xen
 from xenlvm import lvm as lvm_mod
 from xenlvm import mounts as mounts_mod
-from xenlvm import preflight, vmdisks, watchdog, xen
 from xenlvm.config import Config, Job, SnapshotSpec
 from xenlvm.errors import (
     CleanupFailed,
@@ -144,6 +144,9 @@ def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
             _mount(ctx, job, spec, fstype, undo)
         else:
             vmdisks.expose(ctx.runner, job, spec, undo)
+    if job.vmdisks is not None and not ctx.dry_run:  # beside the disks: the domains' own layouts
+        layout.write_domain_layouts(xen.Xl.for_job(ctx.runner, job), job.volumes,
+                                    xen.export_directory(job, ctx.config.settings.state_dir))
     _start_watchdog(ctx, job, origins, undo)
 
 
@@ -278,8 +281,8 @@ def _prepare_xen(ctx: Context, job: Job, origins: list[LogicalVolume],
     origin_paths = [e.mountpoint for spec, origin in zip(job.volumes, origins) if spec.expose is None
                     for e in mounts_mod.mounts_of(origin, mounts)]
     domains = xen.select_domains(job, xl, origin_paths)
-    if job.xen.export_dir is not None and not ctx.dry_run:
-        directory = job.xen.export_dir or os.path.join(ctx.config.settings.state_dir, job.name, "xen-config")
+    directory = xen.export_directory(job, ctx.config.settings.state_dir)
+    if directory is not None and not ctx.dry_run:
         xen.export_configuration(job, domains, directory, job.xen.config_dir)
     if job.xen.mode != "pause":
         return contextlib.nullcontext

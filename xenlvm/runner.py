@@ -67,17 +67,18 @@ class Runner:
         return self._run(argv, timeout, ok_codes, self.query_level)
 
     def change(self, argv: Sequence[str], *, timeout: float | None = None,
-               ok_codes: Sequence[int] = (0,)) -> Result | None:
+               ok_codes: Sequence[int] = (0,), input: str | None = None) -> Result | None:
         """Run a command that changes the system; in a dry run, only log it and return None.
+        input, if given, is the command's standard input (sfdisk's script), logged with it.
 
         A signal that arrives while it runs is held back until it has finished, so xenlvm
         always knows whether the change happened and can undo it.
         """
         if self.dry_run:
-            log.warning("dry run, would run: %s", quote(argv))
+            log.warning("dry run, would run: %s%s", quote(argv), _with_input(input))
             return None
         with interrupts.deferred():
-            return self._run(argv, timeout, ok_codes, logging.INFO)
+            return self._run(argv, timeout, ok_codes, logging.INFO, input)
 
     def change_all(self, argvs: Sequence[Sequence[str]], *,
                    timeout: float | None = None) -> list[Result | CommandFailed | None]:
@@ -97,14 +98,16 @@ class Runner:
         with interrupts.deferred(), ThreadPoolExecutor(max_workers=min(len(argvs), 16)) as pool:
             return list(pool.map(attempt, argvs))
 
-    def _run(self, argv: Sequence[str], timeout: float | None, ok_codes: Sequence[int], level: int) -> Result:
+    def _run(self, argv: Sequence[str], timeout: float | None, ok_codes: Sequence[int], level: int,
+             input: str | None = None) -> Result:
         argv = tuple(argv)
         limit = timeout if timeout is not None else self.timeout
         self.count += 1
-        log.log(level, "run: %s", quote(argv))
+        log.log(level, "run: %s%s", quote(argv), _with_input(input))
         start = time.monotonic()
+        stdin: dict = {"stdin": subprocess.DEVNULL} if input is None else {"input": input}
         try:
-            proc = subprocess.run(argv, env=self.env, stdin=subprocess.DEVNULL, capture_output=True,
+            proc = subprocess.run(argv, env=self.env, **stdin, capture_output=True,
                                   timeout=limit, check=False, text=True, errors="replace")
         except FileNotFoundError:
             log.error("not found: %s (PATH=%s)", argv[0], self.env["PATH"])
@@ -127,6 +130,10 @@ class Runner:
         if failed:
             raise CommandFailed(argv, proc.returncode, proc.stderr)
         return result
+
+
+def _with_input(text: str | None) -> str:
+    return "" if text is None else " <<'EOF'\n" + text + ("" if text.endswith("\n") else "\n") + "EOF"
 
 
 def which(program: str, path: str) -> str | None:

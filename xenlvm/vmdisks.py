@@ -30,8 +30,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from xenlvm import layout, xen
 from xenlvm import mounts as mounts_mod
-from xenlvm import xen
 from xenlvm.config import Job, SnapshotSpec, Volume
 from xenlvm.errors import MountError, PreflightFailed
 from xenlvm.lvm import OWNER_TAG, VMDISK_TAG, LogicalVolume, VolumeGroup, device_path, job_tag
@@ -165,7 +165,8 @@ def check_image_room(job: Job, specs: Sequence[SnapshotSpec], vgs: dict[str, Vol
 def mount_tree(runner: Runner, job: Job, undo: UndoStack) -> None:
     """Mount the small tmpfs that holds the job's exposure tree at its mountpoint."""
     undo.push(f"unmount the tmpfs at {job.mountpoint}", lambda: _unmount_tree(runner, job, 30.0))
-    runner.change(["mount", "-t", "tmpfs", "-o", "mode=0755,size=1m,nodev,nosuid,noexec",
+    # size is a cap, not a reservation: directories and layout files take a page each
+    runner.change(["mount", "-t", "tmpfs", "-o", "mode=0755,size=16m,nodev,nosuid,noexec",
                    tree_source(job), job.mountpoint])
 
 
@@ -183,6 +184,8 @@ def expose(runner: Runner, job: Job, spec: SnapshotSpec, undo: UndoStack) -> Non
     undo.push(f"detach the loop devices of {spec.snapshot_volume}",
               lambda: detach_loops(runner, [mounts_mod.device_numbers(device)]))
     whole = probe(runner, device)
+    disk = layout.DiskLayout.read_table(runner, device, spec.domain, spec.disk, str(spec.origin),
+                                        bool(whole.get("PTTYPE")))
     if whole.get("PTTYPE"):
         partitions = read_partitions(runner, device)
         log.info("%s has a %s partition table with %d partition(s)", what, whole["PTTYPE"], len(partitions))
@@ -191,17 +194,23 @@ def expose(runner: Runner, job: Job, spec: SnapshotSpec, undo: UndoStack) -> Non
             label = f"{what} partition {part.number}"
             if part.type.lower() in EXTENDED:
                 log.info("%s: an extended partition (holds the logical ones); skipped", label)
+                disk.add(part.number, {}, exposed_as=None, reason="extended", detail="holds the logical ones")
                 continue
-            fstype = _usable(label, probe(runner, device, part.offset, part.size))
+            probed = probe(runner, device, part.offset, part.size)
+            fstype = _usable(label, probed)
+            source = None
             if fstype is not None:
                 loop = runner.change(["losetup", "--find", "--show", "--offset", str(part.offset),
                                       "--sizelimit", str(part.size), device])
                 source = loop.stdout.strip() if loop is not None else "/dev/loop?"
                 _mount(runner, source, fstype, os.path.join(spec.mountpoint, f"p{part.number}"), undo)
+            disk.record(runner, part.number, probed, source, f"p{part.number}")
     else:
         fstype = _usable(what, whole)
         if fstype is not None:
             _mount(runner, device, fstype, spec.mountpoint, undo)
+        disk.record(runner, None, whole, device if fstype is not None else None, ".")
+    disk.write(layout.disk_layout_path(spec.mountpoint, bool(whole.get("PTTYPE"))))
 
 
 def _usable(label: str, probed: dict[str, str]) -> str | None:

@@ -144,6 +144,13 @@ def select_domains(job: Job, xl: Xl, origin_mountpoints: Sequence[str]) -> list[
     return chosen
 
 
+def export_directory(job: Job, state_dir: str) -> str | None:
+    """Where pre exports the job's domain configuration, or None when it does not."""
+    if job.xen is None or job.xen.export_dir is None:
+        return None
+    return job.xen.export_dir or os.path.join(state_dir, job.name, "xen-config")
+
+
 def export_configuration(job: Job, domains: Sequence[Domain], directory: str, config_dir: str) -> None:
     """Write each domain's live configuration (xl list -l) and copies of its config files from
     /etc/xen into directory, for the admin to include in the backup."""

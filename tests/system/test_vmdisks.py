@@ -7,6 +7,7 @@ guest LVM physical volume; vm3/xvdb a bare ext4 filesystem.
 
 from __future__ import annotations
 
+import json
 import signal
 
 import pytest
@@ -206,4 +207,41 @@ def test_a_job_with_a_volume_and_vm_disks_exposes_both_and_post_asks_lvs_once(di
     queries = [call for call in disks.fault_calls() if " start lvs " in call]
     assert len(queries) == 1, queries  # one lvs of all VGs serves the volume and the VM disks
     assert "vmbackup" not in disks.lvs()
+    assert_disks_clean(disks)
+
+
+def test_pre_writes_each_disks_layout_and_each_domains_on_the_tmpfs(disks):
+    table = json.loads(disks.guest.run(["sfdisk", "--json", "/dev/system/vm2-disk"], check=True).stdout)
+    pre = disks.pre()
+    assert pre.rc == 0, pre
+    vm2 = json.loads(disks.guest.read(f"{TREE}/vm2/xvda/layout.json"))
+    assert (vm2["format"], vm2["format_version"], vm2["domain"], vm2["disk"], vm2["origin"], vm2["size"]) == \
+        ("xenlvm-disk-layout", 1, "vm2", "xvda", "system/vm2-disk", 64 << 20)
+    assert vm2["table"]["label"] == "dos" and vm2["table"]["id"] == table["partitiontable"]["id"]
+    assert [(p["number"], p["start"], p["size"], p["type"]) for p in vm2["table"]["partitions"]] == \
+        [(1, 2048, 32768, "83"), (2, 34816, 8192, "82"), (3, 43008, 88064, "83")]
+    ext4, swap, xfs = vm2["contents"]
+    assert (ext4["type"], ext4["exposed_as"]) == ("ext4", "p1")
+    assert ext4["mount_options"] == "ro,nodev,nosuid,noexec"
+    assert (xfs["type"], xfs["exposed_as"]) == ("xfs", "p3")
+    assert xfs["mount_options"] == "ro,nodev,nosuid,noexec,nouuid"
+    assert (swap["type"], swap["exposed_as"], swap["reason"]) == ("swap", None, "swap") and swap["uuid"]
+    probed = disks.guest.run(["blkid", "--probe", "--output", "value", "--match-tag", "UUID", "--offset",
+                              str(2048 * 512), "--size", str(16 << 20), "/dev/system/vm2-disk"], check=True)
+    assert ext4["uuid"] == probed.stdout.strip()
+    vm3 = json.loads(disks.guest.read(f"{TREE}/vm3/xvda/layout.json"))
+    assert vm3["table"]["label"] == "gpt" and all(p["uuid"] for p in vm3["table"]["partitions"])
+    assert vm3["contents"][1]["reason"] == "guest-lvm" and vm3["contents"][1]["type"] == "LVM2_member"
+    bare = json.loads(disks.guest.read(f"{TREE}/vm3/xvdb.layout.json"))
+    assert bare["table"] is None and bare["contents"][0]["exposed_as"] == "."
+    assert disks.guest.run(["test", "-e", f"{TREE}/vm3/xvdb/layout.json"]).rc == 1  # its own root: untouched
+    domain = json.loads(disks.guest.read(f"{TREE}/vm3/layout.json"))
+    assert domain["disks"] == {"xvda": "xvda/layout.json", "xvdb": "xvdb.layout.json"}
+    assert domain["xl_list_l"]["config"]["c_info"]["name"] == "vm3"
+    assert domain["exported_config"] == "/var/lib/xenlvm/disks/xen-config/vm3.xl-list-l.json"
+    # On xenlvm's tmpfs: the mount that holds each layout file is the tree itself.
+    found = disks.guest.run(["findmnt", "--noheadings", "--output", "TARGET", "--target",
+                             f"{TREE}/vm2/xvda/layout.json"], check=True).stdout.strip()
+    assert found == TREE
+    assert disks.post().rc == 0
     assert_disks_clean(disks)

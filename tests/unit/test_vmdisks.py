@@ -4,6 +4,7 @@ xenlvm's when tearing down. (The real thing runs in tests/system/test_vmdisks.py
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 
@@ -276,3 +277,35 @@ def test_a_btrfs_mount_is_recognised_by_its_source_device_not_its_anonymous_numb
     assert vmdisks._shows(ext4, "/dev/loop3")
     assert not vmdisks._shows(dataclasses.replace(ext4, minor=4), "/dev/loop3")
     assert not vmdisks._shows(None, "/dev/loop3")
+
+
+SFDISK_DOS_EXTENDED = json.dumps({"partitiontable": {
+    "label": "dos", "id": "0x5e1f3a07", "device": "/dev/system/vm2-disk.xenlvm", "unit": "sectors",
+    "sectorsize": 512, "partitions": [
+        {"node": "/dev/system/vm2-disk.xenlvm1", "start": 2048, "size": 16384, "type": "82"},
+        {"node": "/dev/system/vm2-disk.xenlvm2", "start": 18432, "size": 65536, "type": "5"},
+        {"node": "/dev/system/vm2-disk.xenlvm5", "start": 20480, "size": 32768, "type": "83"}]}})
+
+
+def test_the_layout_says_what_each_partition_holds_and_why_it_was_not_exposed(tmp_path):
+    class Runner(ProbeRunner):
+        def query(self, argv, *, timeout=None, ok_codes=(0,)):
+            if argv[0] == "sfdisk":
+                return Result(tuple(argv), 0, SFDISK_DOS_EXTENDED, "", 0.01)
+            return super().query(argv, timeout=timeout, ok_codes=ok_codes)
+
+    runner = Runner("PTTYPE=dos\n", {1048576: "TYPE=swap\nUUID=5f1d6c1a-9c7e\nLABEL=swap\n",
+                                     10485760: "TYPE=LVM2_member\nUUID=abc-123\n"}, PARTX_EXTENDED)
+    spec = vmdisks.discover(job(), FakeXl({"vm2": [disk("/dev/system/vm2-disk", "xvda")]}), VGS)[0]
+    spec = dataclasses.replace(spec, mountpoint=str(tmp_path / "vm2" / "xvda"))
+    vmdisks.expose(runner, job(), spec, UndoStack())
+    written = json.loads((tmp_path / "vm2" / "xvda" / "layout.json").read_text())
+    assert (written["format"], written["format_version"], written["domain"], written["disk"]) == \
+        ("xenlvm-disk-layout", 1, "vm2", "xvda")
+    assert written["table"]["id"] == "0x5e1f3a07"
+    assert [p["number"] for p in written["table"]["partitions"]] == [1, 2, 5]
+    contents = written["contents"]
+    assert [(c["partition"], c["type"], c["uuid"], c["exposed_as"], c["reason"]) for c in contents] == [
+        (1, "swap", "5f1d6c1a-9c7e", None, "swap"), (2, None, None, None, "extended"),
+        (5, "LVM2_member", "abc-123", None, "guest-lvm")]
+    assert written["table_error"] is None and written["size"] is None  # no such device on this machine

@@ -1,0 +1,188 @@
+"""Restoring a VM disk onto a logical volume: the checks that come before any write, and
+restore-image (a whole-disk image file back onto its LV). restore-disk, which rebuilds a disk
+from its layout and files, is in xenlvm.rebuild and makes the same checks first.
+
+The target is refused unless it exists, is active and large enough, no domain has it as a
+disk, nothing has it mounted, mapped (loop device, device-mapper holder) or open, it has no
+snapshot, and the admin said --yes (or asked for a dry run, which changes nothing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import stat
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+from xenlvm import mounts as mounts_mod
+from xenlvm import vmdisks, xen
+from xenlvm.config import parse_volume
+from xenlvm.errors import CommandFailed, SafetyRefusal, UsageError, XenlvmError
+from xenlvm.lock import JobLock
+from xenlvm.lvm import LogicalVolume, Lvm, device_path
+from xenlvm.runner import Runner
+
+log = logging.getLogger("xenlvm")
+
+COPY_TIMEOUT = 24 * 3600.0
+SYS = "/sys"  # loop devices' backing files, device-mapper holders
+
+
+class RestoreFailed(XenlvmError):
+    """A restore step failed; the message says in what state it left the target."""
+
+
+@dataclass(frozen=True)
+class Target:
+    volume: LogicalVolume
+    device: str
+
+    def __str__(self) -> str:
+        return f"{self.volume.vg}/{self.volume.name}"
+
+
+def parse_target(text: str) -> tuple[str, str]:
+    """Given VG/LV (or /dev/VG/LV) from the command line, return (vg, lv), or raise UsageError."""
+    try:
+        volume = parse_volume(text)
+    except ValueError as exc:
+        raise UsageError(f"--to {exc}") from None
+    return volume.vg, volume.lv
+
+
+def check_target(runner: Runner, text: str, needed: int, xl_timeout: float) -> Target:
+    """The target LV named by text, after proving that it can be overwritten with needed bytes;
+    raise SafetyRefusal naming the first reason why not. Nothing is changed."""
+    vg_name, lv_name = parse_target(text)
+    vg = Lvm(runner).volume_group(vg_name)
+    volume = vg.get(lv_name)
+    if volume is None:
+        raise SafetyRefusal(f"the target {text} does not exist: create it first (at least {needed} "
+                            f"bytes: lvcreate -L {needed}b -n {lv_name} {vg_name}). Nothing was changed.")
+    if volume.major is None or volume.minor is None:
+        raise SafetyRefusal(f"the target {text} is not active: lvchange -ay {text}. Nothing was changed.")
+    if volume.size < needed:
+        raise SafetyRefusal(f"the target {text} has {volume.size} bytes but the disk had {needed}: "
+                            f"extend it (lvextend -L {needed}b {text}). Nothing was changed.")
+    numbers = (volume.major, volume.minor)
+    try:
+        records = xen.Xl(runner, xl_timeout).records()
+    except XenlvmError as exc:
+        raise SafetyRefusal(f"cannot tell whether a domain has {text} as a disk: {exc}. Nothing was "
+                            "changed.") from None
+    for domain, record in records.items():
+        if any(mounts_mod.device_numbers(path) == numbers for path in xen.disk_paths(record)):
+            raise SafetyRefusal(f"the target {text} is a disk of domain {domain!r}, which exists (running"
+                                f" or paused): shut it down first (xl shutdown {domain}). Nothing was "
+                                "changed.")
+    mounted = [e.mountpoint for e in mounts_mod.read_mounts() if (e.major, e.minor) == numbers]
+    if mounted:
+        raise SafetyRefusal(f"the target {text} is mounted at {', '.join(mounted)}: unmount it first. "
+                            "Nothing was changed.")
+    loops = vmdisks.loops_of([numbers], os.path.join(SYS, "block"))
+    holders = _holders(numbers)
+    if loops or holders:
+        raise SafetyRefusal(f"the target {text} is in use by {', '.join([*loops, *holders])} (a loop device "
+                            "or a device-mapper device over it): remove those first (losetup --detach, "
+                            "kpartx -d). Nothing was changed.")
+    snapshots = sorted(lv.name for lv in vg.lvs.values() if lv.origin == lv_name)
+    if snapshots:
+        raise SafetyRefusal(f"the target {text} has snapshots ({', '.join(snapshots)}): remove them first "
+                            "(for xenlvm's own: xenlvm post or xenlvm cleanup). Nothing was changed.")
+    if volume.attr[5:6] == "o":
+        raise SafetyRefusal(f"the target {text} is open (lvs shows 'o' in its attributes): a process or "
+                            "a kernel user holds it (see 'fuser -v "
+                            f"{device_path(vg_name, lv_name)}', 'dmsetup info'). Nothing was changed.")
+    return Target(volume, device_path(vg_name, lv_name))
+
+
+def _holders(numbers: tuple[int, int]) -> list[str]:
+    """The device-mapper devices built over the device (kpartx mappings, a crypt, ...)."""
+    try:
+        return sorted(os.listdir(os.path.join(SYS, "dev", "block", f"{numbers[0]}:{numbers[1]}", "holders")))
+    except OSError:
+        return []
+
+
+def confirm(target: Target, yes: bool, dry_run: bool, what: str) -> None:
+    if not yes and not dry_run:
+        raise SafetyRefusal(f"{what} overwrites {target} ({target.device}) entirely. Run it with --dry-run "
+                            "to see every command, then with --yes to do it. Nothing was changed.")
+
+
+def lock(runner: Runner, lock_dir: str, target: str) -> AbstractContextManager:
+    """One restore per target at a time (a dry run changes nothing and takes no lock)."""
+    if runner.dry_run:
+        return contextlib.nullcontext()
+    return JobLock(lock_dir, "restore-" + target.replace("/", "-"), 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# restore-image
+
+
+def restore_image(runner: Runner, image: str, target_text: str, *, yes: bool, xl_timeout: float,
+                  lock_dir: str) -> list[str]:
+    """Copy the disk image file image onto the LV target_text, then prove the LV holds exactly
+    the image (SHA-256). Return the report's lines."""
+    try:
+        info = os.stat(image)
+    except OSError as exc:
+        raise UsageError(f"cannot read the image {image}: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+        raise UsageError(f"{image} is not a disk image (not a regular file, or empty)")
+    parse_target(target_text)
+    with lock(runner, lock_dir, target_text):
+        target = check_target(runner, target_text, info.st_size, xl_timeout)
+        confirm(target, yes, runner.dry_run, "restore-image")
+        conv = "fsync"
+        if target.volume.is_thin:
+            # Only the image's data blocks are written, so the LV stays thin; the rest must read
+            # as zeros, which a thin LV does once discarded.
+            try:
+                runner.change(["blkdiscard", target.device], timeout=COPY_TIMEOUT)
+                conv = "sparse,fsync"
+            except CommandFailed as exc:
+                log.warning("blkdiscard %s failed (%s): every block is written instead", target, exc.stderr)
+        argv = ["dd", f"if={image}", f"of={target.device}", "bs=4M", f"conv={conv}", "status=none"]
+        try:
+            runner.change(argv, timeout=COPY_TIMEOUT)
+        except CommandFailed as exc:
+            raise RestoreFailed(f"copying {image} onto {target} failed: {exc}. {target} now holds a "
+                                "partial copy and is not usable; fix the cause and run restore-image "
+                                "again.") from None
+        if runner.dry_run:
+            return [f"dry run: would compare the SHA-256 of {image} with the first {info.st_size} bytes "
+                    f"of {target.device}"]
+        expected, found = sha256_of(image, info.st_size), sha256_of(target.device, info.st_size)
+        if expected != found:
+            raise RestoreFailed(f"{target} does not hold the image after the copy (SHA-256 {found}, the "
+                                f"image {expected}): the copy is damaged. Check 'dmesg' for I/O errors and "
+                                "run restore-image again; do not start the domain from this disk.")
+        lines = [f"restored {image} onto {target}: {info.st_size} bytes, SHA-256 {found} verified"]
+        if target.volume.size > info.st_size:
+            lines.append(f"note: {target} is {target.volume.size - info.st_size} bytes larger than the "
+                         "image; the rest was left as it was (a GPT guest sees its backup table short of the "
+                         "end: fix it inside the guest with 'sfdisk --relocate gpt-bak-std')")
+        return lines
+
+
+def sha256_of(path: str, length: int) -> str:
+    """SHA-256 of the first length bytes of path, read from the device, not the page cache."""
+    digest = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        remaining = length
+        while remaining:
+            block = os.read(fd, min(remaining, 4 << 20))
+            if not block:
+                raise RestoreFailed(f"{path} ended {remaining} bytes short of {length}")
+            digest.update(block)
+            remaining -= len(block)
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
