@@ -60,7 +60,9 @@ def test_the_man_page_renders_without_a_groff_warning():
 
 @pytest.mark.parametrize(("line", "expected"), [
     ("xenlvm ins", ["install-hooks"]),
-    ("xenlvm ", ["check", "cleanup", "install-hooks", "post", "pre", "status"]),
+    ("xenlvm ", ["check", "cleanup", "install-hooks", "post", "pre", "restore-disk", "restore-image",
+                 "status"]),
+    ("xenlvm restore-disk --", ["--dry-run", "--from", "--help", "--to", "--yes"]),
     ("xenlvm --config /etc/x.yaml st", ["status"]),
     ("xenlvm pre --d", ["--dry-run"]),
     ("xenlvm -v status --j", ["--job", "--json"]),
