@@ -251,6 +251,8 @@ def test_pre_refuses_two_snapshots_that_fit_the_volume_group_only_one_at_a_time(
 def test_missing_volume_group_exits_1_with_advice(host):
     write_tool(host / "bin" / "lvs", "echo '  Volume group \"system\" not found' >&2\n"
                                      "echo '  Cannot process volume group system' >&2\nexit 5\n")
+    # vgs, not lvs' words, tells that the VG does not exist
+    write_tool(host / "bin" / "vgs", """echo '{"report": [{"vg": [{"vg_name":"data"}]}]}'\n""")
     result = invoke("--config", write_config(host), "pre", "--dry-run", "--job", "xenvm")
     assert result.exit_code == 1
     assert "volume group 'system' not found" in result.output
