@@ -95,9 +95,9 @@ def _write_hook(path: str, text: str) -> None:
         raise
 
 
-def _file_error(exc: OSError) -> FileError:
+def _file_error(action: str, exc: OSError) -> FileError:
     root = " (install-hooks must run as root)" if exc.errno in (errno.EACCES, errno.EPERM) else ""
-    return FileError("change", exc, f"What was done before it is listed above{root}; fix the cause "
+    return FileError(action, exc, f"What was done before it is listed above{root}; fix the cause "
                      "and run the command again.")
 
 
@@ -109,7 +109,7 @@ def install_hooks(directory: str, python: str = sys.executable) -> list[str]:
     except OSError as exc:
         for line in done:
             log.info("%s", line)
-        raise _file_error(exc) from None
+        raise _file_error("install the hook file", exc) from None
 
 
 def _install_hooks(directory: str, python: str, done: list[str]) -> list[str]:
@@ -140,7 +140,7 @@ def uninstall_hooks(directory: str) -> list[str]:
     except OSError as exc:
         for line in done:
             log.info("%s", line)
-        raise _file_error(exc) from None
+        raise _file_error("remove or restore the hook file", exc) from None
 
 
 def _uninstall_hooks(directory: str, done: list[str]) -> list[str]:

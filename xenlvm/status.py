@@ -69,7 +69,8 @@ def _volume_status(config: Config, job: Job, spec: SnapshotSpec, vg: VolumeGroup
         "active": snapshot.active,
         "size_bytes": snapshot.size,
         "fill_percent": None if snapshot.is_thin else snapshot.data_percent,
-        "valid": not snapshot.invalid,
+        # an inactive classic snapshot: LVM cannot tell ("unknown") until it is activated
+        "valid": None if not snapshot.active and not snapshot.is_thin else not snapshot.invalid,
         # lvs shows both alike; the copy-on-write device's header tells them apart
         "invalid_cause": lvm.invalid_cause(snapshot) if snapshot.invalid else None,
         "mounted_at": [e.mountpoint for e in mounts_mod.mounts_of(snapshot, mounts)],
@@ -136,7 +137,9 @@ def _describe_volume(volume: dict[str, Any]) -> list[str]:
         fill = f"{volume['fill_percent']:.1f}% full"
     if not volume.get("active", True):
         fill += ", INACTIVE (activate it with 'lvchange -ay', or run xenlvm cleanup)"
-    if volume["valid"]:
+    if volume["valid"] is None:
+        validity = "valid or not: unknown while inactive"
+    elif volume["valid"]:
         validity = "valid"
     elif volume["invalid_cause"] == "io_errors":
         validity = "INVALID (I/O errors on its copy-on-write device)"
@@ -146,7 +149,8 @@ def _describe_volume(volume: dict[str, Any]) -> list[str]:
         validity = "INVALID (overflowed or I/O errors: its copy-on-write header cannot be read)"
     age = volume["age_seconds"]
     stale = " - STALE: run xenlvm cleanup" if volume["stale"] else ""
+    created = volume["created"] or "at an unknown time"
     return [f"{head}: snapshot present, {owner}, {fill}, {validity}",
-            f"    created {volume['created']} ({'?' if age is None else f'{age // 60} min ago'}) by "
+            f"    created {created} ({'?' if age is None else f'{age // 60} min ago'}) by "
             f"{volume['created_by_run'] or 'unknown run'}{stale}",
             f"    mounted at: {', '.join(volume['mounted_at']) or 'not mounted'}"]
