@@ -10,12 +10,13 @@ VPY        := $(VENV)/bin/python
 DEB_PACKAGES := user-mode-linux lvm2 kmod xfsprogs e2fsprogs thin-provisioning-tools \
                 util-linux fdisk psmisc python3-venv
 
-.PHONY: help deps test unit system demo bench lint dist clean
+.PHONY: help deps test unit coverage system demo bench lint dist clean
 
 help:
 	@echo "make demo   - run sbc_pre, a tar backup and sbc_post on real LVM in a sandbox"
 	@echo "make test   - install what is needed, then run unit and system tests"
 	@echo "make unit   - unit tests only (no sandbox)"
+	@echo "make coverage - unit tests with line coverage per module"
 	@echo "make lint   - ruff"
 	@echo "make bench  - measure the hooks against the manual's shell in the sandbox (bench/results.md)"
 	@echo "make dist   - dist/xenlvm.pyz, one file for offline hosts (python3 >= 3.9)"
@@ -53,6 +54,10 @@ test: deps
 
 unit: deps
 	$(VPY) -m pytest -q tests/unit
+
+coverage: deps
+	$(VPY) -m coverage run --source xenlvm -m pytest -q tests/unit
+	$(VPY) -m coverage report
 
 system: deps
 	$(VPY) -m pytest -q $(PYTEST_PARALLEL) tests/system

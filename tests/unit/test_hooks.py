@@ -284,3 +284,71 @@ def test_post_resumes_domains_a_killed_run_left_paused(host):
     hooks.run_post(ctx, list(config.jobs.values()))
     assert host.paused == {"vm3"}
     assert not (host.root / "run" / "xenvm.paused").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Leftovers, the watchdog and VM disks as pre and post see them
+
+VMDISKS = "    vmdisks:\n      domains: auto\n      size: 16M\n"
+
+
+def test_pre_removes_the_leftover_of_a_crashed_run_before_making_a_fresh_snapshot(host):
+    ctx, config = context(host)
+    host.add_snapshot(lv_attr="swi-aos---")  # mounted, tagged by an earlier run
+    hooks.run_pre(ctx, list(config.jobs.values()))
+    assert host.runner.argvs_of("umount") == [["umount", str(host.root / "mnt" / "vmbackup")]]
+    assert len(host.runner.argvs_of("lvremove")) == 1 and len(host.runner.argvs_of("lvcreate")) == 1
+    [row] = [r for r in host.lvs_rows if r["lv_name"] == "vmbackup"]
+    assert "xenlvm_run_20261129T213500_829" not in row["lv_tags"]  # the new run's snapshot
+
+
+def test_pre_goes_on_without_a_watchdog_that_cannot_start(host, monkeypatch, caplog):
+    ctx, config = context(host, host.job_text(extra="    watchdog: {threshold: 50}\n"))
+
+    def cannot_start(*args, **kwargs):
+        raise XenlvmError("the snapshot watchdog did not start within 30 s")
+    monkeypatch.setattr(hooks.watchdog, "start", cannot_start)
+    hooks.run_pre(ctx, list(config.jobs.values()))
+    assert "the backup goes on without the watchdog" in caplog.text
+    assert host.ours == ["vmbackup"]
+
+
+def test_post_reports_what_the_watchdog_did_and_notes_the_fill(host, monkeypatch, caplog):
+    ctx, config = context(host, host.job_text(extra="    watchdog: {threshold: 50}\n"))
+    host.add_snapshot(lv_attr="swi-aos---", data_percent="40.00")
+    summary = hooks.watchdog.Summary({"system/vmbackup": 91.5}, [
+        {"lv": "system/vmbackup", "at": 1.0, "fill": 91.5, "from": 64 << 20, "to": 128 << 20}],
+        ["cannot extend system/vmbackup: VG system has no more free space"])
+    monkeypatch.setattr(hooks.watchdog, "stop", lambda config, job: summary)
+    with caplog.at_level("INFO", "xenlvm"):
+        hooks.run_post(ctx, list(config.jobs.values()))
+    assert ("the watchdog extended system/vmbackup from 64.0 MiB to 128.0 MiB when it was 91.5% full"
+            in caplog.text)
+    assert "watchdog: cannot extend" in caplog.text
+    assert ctx.notes["xenvm"] == {"fill_percent": 91.5, "watchdog_extensions": 1.0}
+
+
+def test_post_warns_about_a_snapshot_that_was_nearly_full(host, caplog):
+    ctx, config = context(host)
+    host.add_snapshot(lv_attr="swi-aos---", data_percent="85.00")
+    hooks.run_post(ctx, list(config.jobs.values()))
+    assert "was 85.0% full before removal - close to overflowing" in caplog.text
+
+
+def test_pre_of_a_vm_disk_job_that_finds_no_disk_on_an_lv_changes_nothing(host):
+    jobs = f"  disks:\n    mountpoint: {host.root / 'mnt' / 'vmbackup'}\n    tasks: [xen_vm1]\n{VMDISKS}"
+    ctx, config = context(host, jobs)
+    with pytest.raises(XenlvmError, match="found no VM disk on a logical volume"):
+        hooks.run_pre(ctx, list(config.jobs.values()))
+    assert host.runner.changes == []
+
+
+def test_post_of_a_vm_disk_job_with_nothing_left_asks_lvs_once_and_changes_nothing(host, monkeypatch):
+    monkeypatch.setattr(hooks.vmdisks, "loops_of", lambda devices: {})
+    jobs = (f"  disks:\n    mountpoint: {host.root / 'mnt' / 'vmbackup'}\n    tasks: [xen_vm1]\n"
+            "    volumes:\n      - volume: system/xenvm\n        snapshot: vmbackup\n        size: 64M\n"
+            f"{VMDISKS}")
+    ctx, config = context(host, jobs)
+    hooks.run_post(ctx, list(config.jobs.values()))
+    assert len(host.runner.argvs_of("lvs")) == 1
+    assert host.runner.changes == []
