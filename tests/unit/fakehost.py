@@ -14,12 +14,14 @@ from __future__ import annotations
 import copy
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
 
+import xenlvm.xen
 from tests.unit.fakes import Answer, FakeRunner, recorded
-from xenlvm import mounts
+from xenlvm import lvm, mounts
 from xenlvm.config import Config, parse_config
 from xenlvm.errors import CommandFailed
 
@@ -28,12 +30,30 @@ _ROOT_LINE = "22 1 254:10 / / rw,relatime shared:1 - ext4 /dev/mapper/system-roo
 _REMOVED = 'Logical volume "{lv}" successfully removed.\n'  # LVM 2.03.16
 
 
+class FakeClock:
+    """time for the modules that wait and retry: sleep() only moves monotonic() on."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+
 def _rows(name: str) -> list[dict[str, str]]:
     return json.loads(recorded(name))["report"][0]["lv"]
 
 
 class FakeHost:
-    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch, xen: str = "4.17") -> None:
+    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch, release: str = "4.17") -> None:
         self.root = root
         self.runner = FakeRunner()
         self.lvs_rows: list[dict[str, str]] = _rows("lvs_no_snapshot.json")  # system/xenvm, 254:0
@@ -44,9 +64,11 @@ class FakeHost:
         self._write_mountinfo()
         monkeypatch.setattr(mounts, "MOUNTINFO", str(self.mountinfo))
         monkeypatch.setattr(mounts, "device_numbers", self.device_numbers)
-        monkeypatch.setattr(mounts.time, "sleep", lambda seconds: None)
-        self.xl_text = recorded(f"xl_list_xen-{xen}.txt")
-        self.xl_records = recorded(f"xl_list_l_xen-{xen}.json")
+        self.clock = FakeClock()
+        for module in (lvm, mounts, xenlvm.xen):  # retries wait on this clock: no real waiting
+            monkeypatch.setattr(module, "time", self.clock)
+        self.xl_text = recorded(f"xl_list_xen-{release}.txt")
+        self.xl_records = recorded(f"xl_list_l_xen-{release}.json")
         self.paused = {line.split()[0] for line in self.xl_text.splitlines()[1:] if "p" in line.split()[-2]}
         self._failures: dict[str, list[object]] = {}
         answer = self._answer
