@@ -36,30 +36,61 @@ COMMANDS = {
 }
 STEPS = ("lvs", "vgs", "lvcreate", "lvremove", "mount", "umount", "blkid", "xl list", "xl list -l",
          "xl pause", "xl unpause")
-RECORDED = ["lvs_snapshot_mounted.json", "lvs_snapshot_overflowed.json", "lvs_snapshot_inactive.json",
-            "lvs_thin_pool_with_thick_snapshot.json", "lvs_no_snapshot.json", "vgs_names.json",
-            "xl_list_xen-4.11.txt", "xl_list_l_xen-4.11.json", "xl_list_l_sxp_xen-4.17.txt"]
-ODD_JSON = ["", "{", "[]", "null", "0", '"text"', '{"report": []}', '{"report": [{}]}',
-            '{"report": [{"lv": {}}]}', '{"report": [{"lv": [{}]}]}',
-            '{"report": [{"lv": [{"lv_name": 1, "vg_name": null}]}]}',
-            '{"report": [{"lv": [{"lv_name": "vmbackup", "vg_name": "system", "lv_size": "x"}]}]}',
-            '[{"config": {}}]', '[{"config": {"c_info": {"name": "vm1"}, "disks": [{"pdev_path": 7}]}}]',
-            "Name ID Mem VCPUs State Time(s)\nvm1 x 1 1 -b---- 1.0\n", "\x00\udcff"]
+# Per step, what a host may really answer (recorded, tests/unit/data) and odd answers of its shape.
+LVS = ["lvs_snapshot_mounted.json", "lvs_snapshot_overflowed.json", "lvs_snapshot_inactive.json",
+       "lvs_thin_pool_with_thick_snapshot.json", "lvs_no_snapshot.json"]
+LVS_ODD = ["", "{", "[]", "null", "0", '"text"', '{"report": []}', '{"report": [{}]}',
+           '{"report": [{"lv": {}}]}', '{"report": [{"lv": [{}]}]}',
+           '{"report": [{"lv": [{"lv_name": 1, "vg_name": null}]}]}',
+           '{"report": [{"lv": [{"lv_name": "vmbackup", "vg_name": "system", "lv_size": "x"}]}]}']
+XL_LIST_ODD = ["", "Name ID Mem VCPUs State Time(s)\nvm1 x 1 1 -b---- 1.0\n", "Name\n\n\n",
+               "Name ID Mem VCPUs State Time(s)\nvm 1 1 1024 1 --p--- 1.0\n"]
+XL_LONG_ODD = ["", "[]", "{}", '[{"config": {}}]',
+               '[{"domid": 1, "config": {"c_info": {"name": "vm1"}, '
+               '"disks": [{"pdev_path": 7}, {"vdev": null}, "text"]}}]',
+               '[{"config": {"c_info": {"name": ["x"]}}}]']
+ANSWERED = {
+    "lvs": st.one_of(st.sampled_from(LVS).map(recorded), st.sampled_from(LVS_ODD)),
+    "vgs": st.sampled_from([recorded("vgs_names.json"), '{"report": [{"vg": []}]}', "{", ""]),
+    "xl list": st.sampled_from([recorded("xl_list_xen-4.11.txt"), *XL_LIST_ODD]),
+    "xl list -l": st.sampled_from([recorded("xl_list_l_xen-4.11.json"),
+                                   recorded("xl_list_l_sxp_xen-4.17.txt"), *XL_LONG_ODD]),
+}
 
 
 def _failure(argv) -> CommandFailed:
     return CommandFailed(argv, None, "", not_found=True)
 
 
-answers = st.one_of(
-    st.sampled_from(RECORDED).map(recorded),
-    st.sampled_from(ODD_JSON),
-    st.text(max_size=80),
-    st.builds(Answer, stdout=st.sampled_from(["", "{"]), stderr=st.text(max_size=60),
-              returncode=st.integers(0, 255)),
-    st.just(Timeout()),
-    st.just(_failure),  # the program is not installed
-)
+def answers_for(step: str) -> st.SearchStrategy:
+    """What the step's command answers: its own kind of output (recorded or odd), any text, a
+    failure with any words, a timeout, or no such program."""
+    own = ANSWERED.get(step, st.just(""))
+    return st.one_of(
+        own, own, own,  # its own kind of output, most often
+        st.text(max_size=80),
+        st.builds(Answer, stdout=st.sampled_from(["", "{"]), stderr=st.text(max_size=60),
+                  returncode=st.integers(0, 255)),
+        st.just(Timeout()),
+        st.just(_failure),
+    )
+
+
+host_answers = st.lists(
+    st.sampled_from(STEPS).flatmap(lambda step: st.tuples(st.just(step), answers_for(step))),
+    max_size=4).map(dict)
+
+# The job's snapshot as a host may have it: lvs fields of the recordings (LVM 2.03.16)
+SNAPSHOTS = {
+    "none": None,
+    "mounted": {"lv_attr": "swi-aos---"},
+    "unmounted": {"lv_attr": "swi-a-s---"},
+    "inactive": {"lv_attr": "swi---s---", "data_percent": "", "lv_snapshot_invalid": "unknown",
+                 "lv_active": "", "lv_kernel_major": "-1", "lv_kernel_minor": "-1"},
+    "overflowed": {"lv_attr": "swi-Ios---", "data_percent": "100.00",
+                   "lv_snapshot_invalid": "snapshot invalid"},
+    "foreign": {"lv_attr": "-wi-a-----", "lv_tags": "", "origin": ""},
+}
 
 # What can be wrong with the files xenlvm reads and writes.
 FILE_FAULTS = ("none", "config missing", "config is a directory", "config not yaml", "config not utf-8",
@@ -127,17 +158,18 @@ def _fake_dom0():
             logger.propagate, logger.level = propagate, level
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(command=st.sampled_from(sorted(COMMANDS)), debug=st.booleans(), leftover=st.booleans(),
-       replaced=st.dictionaries(st.sampled_from(STEPS), answers, max_size=4),
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(command=st.sampled_from(sorted(COMMANDS)), debug=st.booleans(),
+       leftover=st.sampled_from(sorted(SNAPSHOTS)),
+       replaced=host_answers,
        fault=st.sampled_from(FILE_FAULTS))
 def test_every_command_exits_0_1_or_2_and_shows_no_traceback_without_debug(command, debug, leftover,
                                                                           replaced, fault):
     with _fake_dom0() as host:
         extra = f"    xen:\n      domains: auto\n      config_dir: {host.root / 'etc-xen'}\n"
         host.config(host.job_text(extra=extra))
-        if leftover:
-            host.add_snapshot(lv_attr="swi-aos---")
+        if SNAPSHOTS[leftover] is not None:
+            host.add_snapshot(**SNAPSHOTS[leftover])
         for step, answer in replaced.items():
             host.runner.on(step, answer)
         _break(host, fault)
