@@ -192,8 +192,9 @@ def test_status_reports_an_inactive_snapshot_instead_of_crashing(world):
     assert world.lvs()["vmbackup"]["data_percent"] == ""
     report = _status(world)
     assert report["present"] and report["owned_by_xenlvm"] and report["active"] is False
-    assert report["fill_percent"] is None and report["mounted_at"] == []
+    assert report["fill_percent"] is None and report["valid"] is None and report["mounted_at"] == []
     human = world.xenlvm("status")
     assert human.rc == 0, human
     assert "fill unknown, INACTIVE (activate it with 'lvchange -ay'" in human.stdout
+    assert "valid or not: unknown while inactive" in human.stdout
     assert "Traceback" not in human.stderr
