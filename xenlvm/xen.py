@@ -72,6 +72,13 @@ def parse_xl_list_long(text: str) -> dict[str, dict]:
             from None
     if not all(isinstance(name, str) and isinstance(record, dict) for name, record in named.items()):
         raise XenError("cannot understand the output of 'xl list -l': a domain without a name")
+    for name, record in named.items():
+        disks = record["config"].get("disks", [])
+        if not isinstance(disks, list) or not all(
+                isinstance(d, dict) and all(isinstance(d.get(key, ""), str) for key in ("pdev_path", "vdev"))
+                for d in disks):
+            raise XenError(f"cannot understand the output of 'xl list -l': the disks of domain {name!r} are "
+                           "not in libxl's form (a list of objects with the text fields pdev_path and vdev)")
     return named
 
 

@@ -73,7 +73,12 @@ def test_sxp_output_says_to_set_json_in_xl_conf():
 
 
 @pytest.mark.parametrize("text", ["{not json", '{"domid": 1}', '[{"domid": 1}]', "[1, 2]",
-                                  '[{"config": {"c_info": {"name": null}}}]', '"a string"'])
+                                  '[{"config": {"c_info": {"name": null}}}]', '"a string"',
+                                  # found by test_command_line_properties: check crashed on these
+                                  '[{"config": {"c_info": {"name": "vm1"}, "disks": ["text"]}}]',
+                                  '[{"config": {"c_info": {"name": "vm1"}, "disks": [{"pdev_path": 7}]}}]',
+                                  '[{"config": {"c_info": {"name": "vm1"}, "disks": {"vdev": "xvda"}}}]',
+                                  '[{"config": {"c_info": {"name": "vm1"}, "disks": [{"vdev": null}]}}]'])
 def test_xl_list_l_output_that_is_not_xls_is_a_xen_error(text):
     with pytest.raises(xen.XenError, match="cannot understand the output of 'xl list -l'"):
         xen.parse_xl_list_long(text)
