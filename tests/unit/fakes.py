@@ -10,7 +10,7 @@ argv, every call logged, a dry run and change_all as the real runner has them.
 
 An answer is stdout text (exit 0), an Answer (stdout, stderr, exit status), a CommandFailed
 or a Timeout (raised as the runner raises them), or a function of the argv that returns one of
-these. A command nobody scripted fails the test, unless the runner was given a default answer.
+these. A command nobody scripted fails the test.
 The answers come from output recorded on real hosts (tests/unit/data): see recorded().
 """
 
@@ -70,7 +70,7 @@ Scripted = Union[Reply, Callable[[tuple[str, ...]], Reply]]
 
 @dataclass(frozen=True)
 class Call:
-    kind: str  # "query" or "change"
+    kind: str  # "query", "change", or "would change" (announced in a dry run, not run)
     argv: tuple[str, ...]
     timeout: float | None
 
@@ -78,13 +78,11 @@ class Call:
 class FakeRunner:
     """Runner's interface (query, change, change_all, dry_run, count) over scripted answers."""
 
-    def __init__(self, *, dry_run: bool = False, default: Scripted | str = "unscripted",
-                 timeout: float = 120.0) -> None:
+    def __init__(self, *, dry_run: bool = False, timeout: float = 120.0) -> None:
         self.dry_run = dry_run
         self.timeout = timeout
         self.calls: list[Call] = []
         self.count = 0
-        self._default = default
         self._scripts: list[tuple[tuple[str, ...], list[Scripted]]] = []
 
     def on(self, command: str, *answers: Scripted) -> FakeRunner:
@@ -142,12 +140,9 @@ class FakeRunner:
     def _reply(self, argv: tuple[str, ...]) -> Reply:
         matching = [(p, a) for p, a in self._scripts if argv[:len(p)] == p]
         if not matching:
-            if self._default == "unscripted":
-                raise AssertionError(f"the test did not script an answer for {list(argv)}")
-            answer: Scripted = self._default
-        else:
-            _, answers = max(matching, key=lambda item: len(item[0]))
-            answer = answers.pop(0) if len(answers) > 1 else answers[0]
+            raise AssertionError(f"the test did not script an answer for {list(argv)}")
+        _, answers = max(matching, key=lambda item: len(item[0]))
+        answer = answers.pop(0) if len(answers) > 1 else answers[0]
         return answer(argv) if callable(answer) else answer
 
     def _run(self, kind: str, argv: Sequence[str], timeout: float | None,
