@@ -32,12 +32,13 @@ DEB        := dist/xenlvm_$(VERSION)_all.deb
 DEB_FILES  := $(shell git ls-files -co --exclude-standard -- xenlvm debian doc contrib \
                       config.example.yaml pyproject.toml README.md 2>/dev/null)
 
-.PHONY: help deps test unit system demo bench lint dist deb clean
+.PHONY: help deps test unit coverage system demo bench lint dist deb clean
 
 help:
 	@echo "make demo   - run sbc_pre, a tar backup and sbc_post on real LVM in a sandbox"
 	@echo "make test   - install what is needed, then run unit and system tests"
 	@echo "make unit   - unit tests only (no sandbox)"
+	@echo "make coverage - unit tests with line coverage per module"
 	@echo "make lint   - ruff"
 	@echo "make bench  - measure the hooks against the manual's shell in the sandbox (bench/results.md)"
 	@echo "make dist   - dist/xenlvm.pyz, one file for offline hosts (python3 >= 3.9)"
@@ -96,6 +97,10 @@ test: deps deb
 
 unit: deps
 	$(VPY) -m pytest -q tests/unit
+
+coverage: deps
+	$(VPY) -m coverage run --source xenlvm -m pytest -q tests/unit
+	$(VPY) -m coverage report
 
 system: deps
 	$(VPY) -m pytest -q $(PYTEST_PARALLEL) tests/system

@@ -84,7 +84,11 @@ def check_job(config: Config, runner: Runner, job: Job) -> list[Finding]:
                                     f"{', '.join(d.name for d in domains) or 'none'}"))
         except (CommandFailed, XenlvmError) as exc:
             findings.append(Finding("fail", "xen", str(exc)))
-        left = xen.PauseRecord(config.settings.lock_dir, job.name).read()
+        try:
+            left = xen.PauseRecord(config.settings.lock_dir, job.name).read()
+        except XenlvmError as exc:
+            findings.append(Finding("fail", "xen", str(exc)))
+            left = []
         if left:
             findings.append(Finding("fail", "xen", f"a killed run may have left {', '.join(left)} paused: "
                                     "run 'xenlvm cleanup'"))

@@ -72,6 +72,24 @@ class LockTimeout(XenlvmError):
     """Another xenlvm run holds the job's lock for longer than we are willing to wait."""
 
 
+class FileError(XenlvmError):
+    """A file or directory could not be read or written: a missing permission, a full disk, a
+    read-only filesystem. A condition of the host, not a bug in xenlvm."""
+
+    def __init__(self, action: str, exc: OSError, advice: str = "") -> None:
+        self.errno = exc.errno
+        path = exc.filename if exc.filename is not None else "?"
+        also = f" (and {exc.filename2})" if exc.filename2 is not None else ""
+        message = f"cannot {action} {path}{also}: {exc.strerror or exc}"
+        super().__init__(f"{message}. {advice}" if advice else message)
+
+
+def host_file_error(exc: OSError) -> FileError:
+    """An OSError that reached the top unexplained, as the message an admin can act on."""
+    return FileError("use", exc, "Check the path's permissions (xenlvm's commands that change "
+                     "something run as root), the free space and whether its filesystem is writable.")
+
+
 class CleanupFailed(XenlvmError):
     """Undoing a step failed; carries the original error when there was one."""
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from xenlvm import install, interrupts, logs, state
 from xenlvm.config import Config, config_path, load_config
-from xenlvm.errors import EXIT_FAILED, EXIT_OK, UsageError, XenlvmError
+from xenlvm.errors import EXIT_FAILED, EXIT_OK, UsageError, XenlvmError, host_file_error
 from xenlvm.runner import Runner
 from xenlvm.sesam import describe_arguments, select_jobs
 
@@ -94,6 +94,9 @@ def finish(work: Callable[[], int | None], debug: bool) -> int:
     except XenlvmError as exc:
         log.error("%s", exc, exc_info=debug)
         return exc.exit_code
+    except OSError as exc:  # a file the host does not let xenlvm read or write: no bug
+        log.error("%s", host_file_error(exc), exc_info=debug)
+        return EXIT_FAILED
     except Exception as exc:  # a bug: still say something useful and fail the run
         log.error("unexpected error (a bug in xenlvm, please report it): %s: %s",
                   type(exc).__name__, exc, exc_info=True)

@@ -23,11 +23,13 @@ from xenlvm import mounts as mounts_mod
 from xenlvm.config import Config, Job, SnapshotSpec
 from xenlvm.errors import (
     CleanupFailed,
+    FileError,
     MountError,
     PreflightFailed,
     SafetyRefusal,
     SnapshotOverflowed,
     XenlvmError,
+    host_file_error,
 )
 from xenlvm.lock import JobLock
 from xenlvm.logs import set_job
@@ -257,7 +259,12 @@ def _refuse_on_failures(findings: list[preflight.Finding]) -> None:
 def _mount(ctx: Context, job: Job, spec: SnapshotSpec, fstype: str, undo: UndoStack) -> None:
     device = lvm_mod.device_path(spec.origin.vg, spec.snapshot)
     if not os.path.isdir(spec.mountpoint) and not ctx.dry_run:
-        os.mkdir(spec.mountpoint, 0o755)  # <mountpoint>/<name> of a job with several volumes
+        try:
+            os.mkdir(spec.mountpoint, 0o755)  # <mountpoint>/<name> of a job with several volumes
+        except OSError as exc:
+            raise FileError("create the mount point", exc, f"Check that {os.path.dirname(spec.mountpoint)} "
+                            "is a directory root can write to, on a filesystem that is not full or "
+                            "read-only.") from None
         undo.push(f"remove the directory {spec.mountpoint}", functools.partial(os.rmdir, spec.mountpoint))
     undo.push(f"unmount {spec.mountpoint} if the snapshot is mounted there",
               functools.partial(_unmount_if_mounted, ctx, spec.mountpoint, device))
@@ -328,9 +335,19 @@ def run_post(ctx: Context, jobs: Sequence[Job], *, judge_backup: bool = True) ->
             with ctx.lock(job):
                 clean_up(ctx, job, judge_backup)
         except XenlvmError as exc:
-            if len(jobs) > 1:
-                log.error("%s", exc)
-            errors.append(exc)
+            error = exc
+        except OSError as exc:
+            error = host_file_error(exc)
+        except Exception as exc:  # a bug, but the jobs after this one still get cleaned up
+            log.error("unexpected error in job %s (a bug in xenlvm, please report it): %s: %s", job.name,
+                      type(exc).__name__, exc, exc_info=True)
+            error = XenlvmError(f"job {job.name}: unexpected error (a bug in xenlvm, reported above): "
+                                f"{type(exc).__name__}: {exc}")
+        else:
+            continue
+        if len(jobs) > 1:
+            log.error("%s", error)
+        errors.append(error)
     set_job("")
     if errors:
         raise errors[0] if len(errors) == 1 else XenlvmError(
@@ -340,13 +357,21 @@ def run_post(ctx: Context, jobs: Sequence[Job], *, judge_backup: bool = True) ->
 def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
     """Unmount and remove the job's snapshots that xenlvm created (in reverse order), then tell
     whether the backup is valid. Every volume gets its turn even when one fails."""
+    errors: list[XenlvmError] = []
     if job.xen is not None:
         record = xen.PauseRecord(ctx.config.settings.lock_dir, job.name)
-        if record.read():
-            xen.resume_leftovers(xen.Xl.for_job(ctx.runner, job), record)
-    _stop_watchdog(ctx, job)
+        try:
+            if record.read():
+                xen.resume_leftovers(xen.Xl.for_job(ctx.runner, job), record)
+        except XenlvmError as exc:  # the snapshots are still cleaned up
+            errors.append(exc)
+    try:
+        _stop_watchdog(ctx, job)
+    except XenlvmError as exc:
+        errors.append(exc)
+    except OSError as exc:
+        errors.append(host_file_error(exc))
     overflowed: list[LogicalVolume] = []
-    errors: list[XenlvmError] = []
     every: dict[str, VolumeGroup] | None = None  # all VGs: where the VM disk snapshots are
     if job.vmdisks is not None:
         try:
@@ -382,6 +407,9 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
         except XenlvmError as exc:
             errors.append(exc)
             continue
+        except OSError as exc:
+            errors.append(host_file_error(exc))
+            continue
         if snapshot is not None and snapshot.invalid:
             overflowed.append(snapshot)
     if every is not None:  # after the volumes: their mounts lie inside the VM disk tree
@@ -389,6 +417,8 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
             overflowed += _clean_up_vmdisks(ctx, job, disk_snapshots)
         except XenlvmError as exc:
             errors.append(exc)
+        except OSError as exc:
+            errors.append(host_file_error(exc))
     if errors:
         partial = {vg.name for vg in vgs.values() if vg is not None and vg.partial}
         partial |= {lv.vg for lv in disk_snapshots if every is not None and every[lv.vg].partial}

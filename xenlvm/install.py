@@ -15,6 +15,8 @@ it was before.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import subprocess
@@ -23,7 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from xenlvm.errors import SafetyRefusal, XenlvmError
+from xenlvm.errors import FileError, SafetyRefusal, XenlvmError
 
 log = logging.getLogger("xenlvm")
 
@@ -82,18 +84,38 @@ def inspect_hook(directory: str, phase: str) -> HookState:
 def _write_hook(path: str, text: str) -> None:
     tmp = f"{path}.xenlvm-tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o755)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, path)
+    except OSError:  # a full disk: no half-written file is left beside the hooks
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _file_error(action: str, exc: OSError) -> FileError:
+    root = " (install-hooks must run as root)" if exc.errno in (errno.EACCES, errno.EPERM) else ""
+    return FileError(action, exc, f"What was done before it is listed above{root}; fix the cause "
+                     "and run the command again.")
 
 
 def install_hooks(directory: str, python: str = sys.executable) -> list[str]:
     """Write xenlvm's hooks into directory, keeping foreign hooks as .local; return what was done."""
+    done: list[str] = []
+    try:
+        return _install_hooks(directory, python, done)
+    except OSError as exc:
+        for line in done:
+            log.info("%s", line)
+        raise _file_error("install the hook file", exc) from None
+
+
+def _install_hooks(directory: str, python: str, done: list[str]) -> list[str]:
     if not os.path.isdir(directory):
         raise XenlvmError(f"{directory} does not exist: is the SEP sesam client installed? "
                           "(or pass --dir)")
-    done = []
     for phase, name in HOOKS.items():
         state = inspect_hook(directory, phase)
         if state.exists and not state.ours:
@@ -112,7 +134,16 @@ def install_hooks(directory: str, python: str = sys.executable) -> list[str]:
 
 def uninstall_hooks(directory: str) -> list[str]:
     """Remove xenlvm's hooks and put back the ones they chained."""
-    done = []
+    done: list[str] = []
+    try:
+        return _uninstall_hooks(directory, done)
+    except OSError as exc:
+        for line in done:
+            log.info("%s", line)
+        raise _file_error("remove or restore the hook file", exc) from None
+
+
+def _uninstall_hooks(directory: str, done: list[str]) -> list[str]:
     for phase, name in HOOKS.items():
         state = inspect_hook(directory, phase)
         if state.exists and not state.ours:

@@ -13,6 +13,7 @@ import json
 import logging
 import mmap
 import os
+import re
 import struct
 import time
 from collections.abc import Sequence
@@ -67,6 +68,11 @@ class LogicalVolume:
     @property
     def is_snapshot(self) -> bool:
         return bool(self.origin)
+
+    @property
+    def is_open(self) -> bool:
+        """Its device is open (mounted, or held by a process or another device): lv_attr 'o'."""
+        return self.attr[5:6] == "o"
 
     @property
     def invalid(self) -> bool:
@@ -163,15 +169,25 @@ class Lvm:
         self.runner = runner
 
     def volume_group(self, vg: str) -> VolumeGroup:
-        """One lvs call that returns every LV of the VG and the VG's free space."""
+        """One lvs call that returns every LV of the VG and the VG's free space. When it fails,
+        vgs (JSON) tells whether the VG does not exist, not lvs' words."""
         try:
             result = self.runner.query(["lvs", *_JSON, "--options", ",".join(LV_FIELDS), vg])
-        except CommandFailed as exc:
-            if "not found" in exc.stderr:
+        except CommandFailed:
+            names = self.volume_group_names()
+            if names is not None and vg not in names:
                 raise PreflightFailed(f"volume group {vg!r} not found: check 'volume:' in the "
                                       "configuration against the output of 'vgs'") from None
             raise
         return parse_volume_group(result.stdout, vg)
+
+    def volume_group_names(self) -> set[str] | None:
+        """The names of every VG on the host, or None when vgs cannot say."""
+        try:
+            result = self.runner.query(["vgs", *_JSON, "--options", "vg_name"])
+            return {str(row["vg_name"]) for row in json.loads(result.stdout)["report"][0]["vg"]}
+        except (CommandFailed, ValueError, KeyError, IndexError, TypeError):
+            return None
 
     def all_volume_groups(self) -> dict[str, VolumeGroup]:
         """One lvs call that returns every LV of every VG (VGs without LVs are left out)."""
@@ -211,16 +227,71 @@ class Lvm:
             try:
                 result = self.runner.change(argv)
             except CommandFailed as exc:
-                if "in use" not in exc.stderr or time.monotonic() >= deadline:
+                if time.monotonic() >= deadline or not self._in_use(snapshot, exc):
                     raise
                 log.warning("%s is still in use, retrying lvremove in %.1f s", snapshot, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 4.0)
                 continue
-            if result is not None and "successfully removed" not in result.stdout:
+            # lvremove exits 0 also when its --select guard matched nothing: look whether it is gone.
+            if result is not None and self._still_exists(snapshot):
                 raise SafetyRefusal(f"{snapshot} lost xenlvm's tags just before removal; it was "
                                     "left untouched. Check who changed it ('lvs -o+lv_tags').")
             return
+
+    def _in_use(self, snapshot: LogicalVolume, failure: CommandFailed) -> bool:
+        """Whether a failed lvremove of snapshot is worth retrying because the LV is open: lvs
+        says so (lv_attr), or lvremove said so in one of its releases' words (IN_USE_MESSAGES:
+        whatever held it may have let go before lvs looked)."""
+        try:
+            now = self.volume_group(snapshot.vg).get(snapshot.name)
+        except XenlvmError:
+            now = None
+        else:
+            if now is None:
+                return False  # gone: nothing to retry; the failure is reported as it is
+        return (now is not None and now.is_open) or says_in_use(failure.stderr)
+
+    def _still_exists(self, snapshot: LogicalVolume) -> bool:
+        """Whether snapshot still exists after lvremove exited 0. An active LV's device-mapper
+        device tells (the kernel's state, no lvs call); an inactive one is looked up with lvs."""
+        if snapshot.major is not None and snapshot.minor is not None:
+            dm_name = f"{SYS_DEV_BLOCK}/{snapshot.major}:{snapshot.minor}/dm/name"
+            try:
+                with open(dm_name, encoding="utf-8") as handle:
+                    return handle.read().strip() == os.path.basename(device_path(snapshot.vg, snapshot.name))
+            except FileNotFoundError:
+                return False
+            except OSError:
+                pass
+        return self.volume_group(snapshot.vg).get(snapshot.name) is not None
+
+
+SYS_DEV_BLOCK = "/sys/dev/block"
+
+# What lvremove prints on stderr when the LV is open, as each LVM release words it (read from
+# LVM's sources at each release tag: lib/metadata/lv_manip.c, then lib/activate/activate.c).
+# Read only beside lvs' answer (lv_attr 'o'), for an opener that let go before lvs looked; a
+# release that words it otherwise loses only that retry. Entries: releases, message ({vg} {lv}).
+IN_USE_MESSAGES = (
+    ("2.02.50-2.02.88", 'Can\'t remove open logical volume "{lv}"'),  # older than xenlvm needs
+    ("2.02.95-2.03.x", "Logical volume {vg}/{lv} in use."),
+    ("2.02.95-2.03.x", "Logical volume {vg}/{lv} contains a filesystem in use."),
+    ("2.02.95-2.03.x", "Logical volume {vg}/{lv} is used by another device."),
+)
+
+
+def _message_pattern(template: str) -> re.Pattern[str]:
+    parts = re.split(r"\{(?:vg|lv)\}", template)
+    return re.compile(r"\S+".join(re.escape(part) for part in parts))
+
+
+_IN_USE_PATTERNS = tuple(_message_pattern(template) for _, template in IN_USE_MESSAGES)
+
+
+def says_in_use(stderr: str) -> bool:
+    """Whether lvremove's stderr is one of IN_USE_MESSAGES."""
+    return any(pattern.search(stderr) for pattern in _IN_USE_PATTERNS)
 
 
 # dm-snapshot's persistent copy-on-write store begins with this magic ("SnAp"), then a valid flag.

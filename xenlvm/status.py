@@ -9,7 +9,7 @@ from typing import Any
 from xenlvm import lvm, preflight, state, vmdisks, xen
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Config, Job, SnapshotSpec
-from xenlvm.errors import CommandFailed, XenlvmError
+from xenlvm.errors import XenlvmError
 from xenlvm.lvm import Lvm, VolumeGroup
 from xenlvm.runner import Runner
 
@@ -49,7 +49,7 @@ def job_status(config: Config, runner: Runner, job: Job, now: float | None = Non
         report["problems"] += [f.message for f in preflight.check_volume_groups(
             (lv.vg for lv in snapshots if lv.vg not in groups), every)]
     if job.xen is not None:
-        report["domains"] = _domains(config, runner, job)
+        report["domains"] = _domains(config, runner, job, report["problems"])
     report["last_runs"] = state.read_state(config, job.name)
     return report
 
@@ -66,9 +66,11 @@ def _volume_status(config: Config, job: Job, spec: SnapshotSpec, vg: VolumeGroup
         "present": True,
         "owned_by_xenlvm": snapshot.owned_by(job, spec),
         "thin": snapshot.is_thin,
+        "active": snapshot.active,
         "size_bytes": snapshot.size,
         "fill_percent": None if snapshot.is_thin else snapshot.data_percent,
-        "valid": not snapshot.invalid,
+        # an inactive classic snapshot: LVM cannot tell ("unknown") until it is activated
+        "valid": None if not snapshot.active and not snapshot.is_thin else not snapshot.invalid,
         # lvs shows both alike; the copy-on-write device's header tells them apart
         "invalid_cause": lvm.invalid_cause(snapshot) if snapshot.invalid else None,
         "mounted_at": [e.mountpoint for e in mounts_mod.mounts_of(snapshot, mounts)],
@@ -80,12 +82,16 @@ def _volume_status(config: Config, job: Job, spec: SnapshotSpec, vg: VolumeGroup
     return report
 
 
-def _domains(config: Config, runner: Runner, job: Job) -> dict[str, Any]:
+def _domains(config: Config, runner: Runner, job: Job, problems: list[str]) -> dict[str, Any]:
     assert job.xen is not None
-    left = xen.PauseRecord(config.settings.lock_dir, job.name).read()
+    try:
+        left = xen.PauseRecord(config.settings.lock_dir, job.name).read()
+    except XenlvmError as exc:
+        problems.append(str(exc))
+        left = []
     try:
         states = xen.Xl.for_job(runner, job).states()
-    except CommandFailed as exc:
+    except XenlvmError as exc:
         return {"error": str(exc), "left_paused_by_a_killed_run": left}
     names = list(states) if job.xen.domains == "auto" else list(job.xen.domains)
     return {"paused": sorted(n for n in names if n in states and states[n][1] and n != "Domain-0"),
@@ -123,8 +129,17 @@ def _describe_volume(volume: dict[str, Any]) -> list[str]:
     if not volume["present"]:
         return [f"{head}: no snapshot (nothing to clean up)"]
     owner = "xenlvm's" if volume["owned_by_xenlvm"] else "NOT xenlvm's (no xenlvm tags)"
-    fill = "thin" if volume["thin"] else f"{volume['fill_percent']:.1f}% full"
-    if volume["valid"]:
+    if volume["thin"]:
+        fill = "thin"
+    elif volume["fill_percent"] is None:  # lvs knows the fill of an active snapshot only
+        fill = "fill unknown"
+    else:
+        fill = f"{volume['fill_percent']:.1f}% full"
+    if not volume.get("active", True):
+        fill += ", INACTIVE (activate it with 'lvchange -ay', or run xenlvm cleanup)"
+    if volume["valid"] is None:
+        validity = "valid or not: unknown while inactive"
+    elif volume["valid"]:
         validity = "valid"
     elif volume["invalid_cause"] == "io_errors":
         validity = "INVALID (I/O errors on its copy-on-write device)"
@@ -134,7 +149,8 @@ def _describe_volume(volume: dict[str, Any]) -> list[str]:
         validity = "INVALID (overflowed or I/O errors: its copy-on-write header cannot be read)"
     age = volume["age_seconds"]
     stale = " - STALE: run xenlvm cleanup" if volume["stale"] else ""
+    created = volume["created"] or "at an unknown time"
     return [f"{head}: snapshot present, {owner}, {fill}, {validity}",
-            f"    created {volume['created']} ({'?' if age is None else f'{age // 60} min ago'}) by "
+            f"    created {created} ({'?' if age is None else f'{age // 60} min ago'}) by "
             f"{volume['created_by_run'] or 'unknown run'}{stale}",
             f"    mounted at: {', '.join(volume['mounted_at']) or 'not mounted'}"]

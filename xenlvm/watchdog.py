@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 
 from xenlvm import logs
 from xenlvm.config import Config, Size, WatchdogSettings, load_config
-from xenlvm.errors import CommandFailed, XenlvmError
+from xenlvm.errors import EXIT_USAGE, CommandFailed, XenlvmError
 from xenlvm.lvm import OWNER_TAG, LogicalVolume, Lvm, VolumeGroup, invalidated_by_io_errors, job_tag
 from xenlvm.runner import Runner, quote
 
@@ -358,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         watched, settings = read_spec(args.spec)
     except XenlvmError as exc:
         log.error("the snapshot watchdog cannot start: %s", exc)
-        return 2
+        return EXIT_USAGE
     # Beside the spec, which start wrote into the lock directory (even if the file changed since).
     paths = files(os.path.dirname(os.path.abspath(args.spec)), args.job)
     runner = Runner(path=config.settings.path, timeout=config.settings.command_timeout, quiet_queries=True)

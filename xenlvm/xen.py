@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from xenlvm import interrupts
 from xenlvm.config import XL_TIMEOUT, Job
-from xenlvm.errors import CommandFailed, PreflightFailed, XenlvmError
+from xenlvm.errors import CommandFailed, FileError, PreflightFailed, XenlvmError
 from xenlvm.runner import Runner
 
 log = logging.getLogger("xenlvm")
@@ -53,18 +53,33 @@ def parse_xl_list(text: str) -> dict[str, tuple[int, bool]]:
         fields = line.split()
         if len(fields) < 6:
             continue
-        name = " ".join(fields[:-5])
-        domains[name] = (int(fields[-5]), "p" in fields[-2])
+        if not fields[-5].isdigit():
+            raise XenError(f"cannot understand the output of 'xl list': no domain id in {line!r}")
+        domains[" ".join(fields[:-5])] = (int(fields[-5]), "p" in fields[-2])
     return domains
 
 
 def parse_xl_list_long(text: str) -> dict[str, dict]:
     """Given `xl list -l` JSON, return name -> the domain's record."""
+    if text.lstrip().startswith("("):
+        raise XenError("'xl list -l' printed SXP, not JSON: set output_format to json in "
+                       "/etc/xen/xl.conf (output_format=\"json\", xl's default)")
     try:
         records = json.loads(text) if text.strip() else []
-        return {r["config"]["c_info"]["name"]: r for r in records}
-    except (ValueError, KeyError, TypeError) as exc:
-        raise XenError(f"cannot understand the output of 'xl list -l' ({exc})") from None
+        named = {r["config"]["c_info"]["name"]: r for r in records}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise XenError(f"cannot understand the output of 'xl list -l' ({type(exc).__name__}: {exc})") \
+            from None
+    if not all(isinstance(name, str) and isinstance(record, dict) for name, record in named.items()):
+        raise XenError("cannot understand the output of 'xl list -l': a domain without a name")
+    for name, record in named.items():
+        disks = record["config"].get("disks", [])
+        if not isinstance(disks, list) or not all(
+                isinstance(d, dict) and all(isinstance(d.get(key, ""), str) for key in ("pdev_path", "vdev"))
+                for d in disks):
+            raise XenError(f"cannot understand the output of 'xl list -l': the disks of domain {name!r} are "
+                           "not in libxl's form (a list of objects with the text fields pdev_path and vdev)")
+    return named
 
 
 def disk_paths(record: dict) -> tuple[str, ...]:
@@ -154,14 +169,19 @@ def export_directory(job: Job, state_dir: str) -> str | None:
 def export_configuration(job: Job, domains: Sequence[Domain], directory: str, config_dir: str) -> None:
     """Write each domain's live configuration (xl list -l) and copies of its config files from
     /etc/xen into directory, for the admin to include in the backup."""
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    for domain in domains:
-        target = os.path.join(directory, f"{domain.name}.xl-list-l.json")
-        _write_atomically(target, json.dumps(domain.record, indent=4) + "\n")
     copied = []
-    for path in _config_files(config_dir, {d.name for d in domains}):
-        shutil.copy2(path, os.path.join(directory, os.path.basename(path)))
-        copied.append(os.path.basename(path))
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        for domain in domains:
+            target = os.path.join(directory, f"{domain.name}.xl-list-l.json")
+            _write_atomically(target, json.dumps(domain.record, indent=4) + "\n")
+        for path in _config_files(config_dir, {d.name for d in domains}):
+            shutil.copy2(path, os.path.join(directory, os.path.basename(path)))
+            copied.append(os.path.basename(path))
+    except OSError as exc:
+        raise FileError("export the Xen configuration to", exc,
+                        f"Check that xen.export_dir of job {job.name!r} ({directory}) is writable by root "
+                        "and its filesystem not full or read-only.") from None
     log.info("exported the configuration of %s to %s (config files: %s)",
              ", ".join(d.name for d in domains) or "no domain", directory, ", ".join(copied) or "none found")
 
@@ -198,19 +218,36 @@ class PauseRecord:
     """/run/xenlvm/<job>.paused: the domains this job may have left paused."""
 
     def __init__(self, lock_dir: str, job: str) -> None:
+        self.job = job
         self.path = os.path.join(lock_dir, f"{job}.paused")
 
     def write(self, names: Sequence[str]) -> None:
-        _write_atomically(self.path, json.dumps(list(names)))
+        try:
+            _write_atomically(self.path, json.dumps(list(names)))
+        except OSError as exc:
+            raise FileError("write the record of the domains about to be paused,", exc,
+                            "Nothing was paused.") from None
 
     def read(self) -> list[str]:
+        """The domains in the record, [] when there is none. A record that cannot be read is an
+        error, not "no record": the domains a killed run left paused would go unnoticed."""
         try:
             with open(self.path, encoding="utf-8") as handle:
-                return [str(n) for n in json.load(handle)]
+                names = json.load(handle)
         except FileNotFoundError:
             return []
-        except (OSError, ValueError):
-            return []
+        except OSError as exc:
+            problem = exc.strerror
+        except ValueError as exc:  # not JSON, or not UTF-8
+            problem = f"it is not the JSON xenlvm writes: {exc}"
+        else:
+            if isinstance(names, list) and all(isinstance(n, str) for n in names):
+                return names
+            problem = "it is not the list of domain names xenlvm writes"
+        raise XenError(f"the record of the domains job {self.job!r} paused, {self.path}, cannot be read "
+                       f"({problem}), so a killed run may have left domains paused. Look for paused "
+                       "domains in 'xl list' (state 'p') and resume each with 'xl unpause NAME', then "
+                       f"remove {self.path}.")
 
     def clear(self) -> None:
         with contextlib.suppress(FileNotFoundError):

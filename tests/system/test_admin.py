@@ -183,3 +183,18 @@ def test_state_file_and_metrics_textfile_after_each_run(world):
     assert 0.2 < float(fill.split()[-1]) < 0.9  # 16M written into a 64M snapshot
     state = json.loads(world.guest.read("/var/lib/xenlvm/xenvm/state.json"))
     assert state["pre"]["ok"] and state["post"]["ok"]
+
+
+def test_status_reports_an_inactive_snapshot_instead_of_crashing(world):
+    # As after a reboot that does not activate the origin: lvs gives the snapshot no fill.
+    assert world.pre().rc == 0
+    world.guest.sh("umount /mnt/vmbackup && umount /srv/xenvm && lvchange -an system/xenvm")
+    assert world.lvs()["vmbackup"]["data_percent"] == ""
+    report = _status(world)
+    assert report["present"] and report["owned_by_xenlvm"] and report["active"] is False
+    assert report["fill_percent"] is None and report["valid"] is None and report["mounted_at"] == []
+    human = world.xenlvm("status")
+    assert human.rc == 0, human
+    assert "fill unknown, INACTIVE (activate it with 'lvchange -ay'" in human.stdout
+    assert "valid or not: unknown while inactive" in human.stdout
+    assert "Traceback" not in human.stderr

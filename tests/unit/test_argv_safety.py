@@ -8,11 +8,11 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.unit.fakes import FakeRunner
 from xenlvm.config import parse_config
 from xenlvm.errors import ConfigError
 from xenlvm.lvm import LogicalVolume, Lvm, job_tag
 from xenlvm.mounts import mount_snapshot
-from xenlvm.runner import Result
 
 OUR_OPTIONS = {"--snapshot", "--name", "--addtag", "--size", "--extents", "--ignoreactivationskip",
                "--force", "--select", "-t", "-o"}
@@ -23,25 +23,13 @@ nasty = st.one_of(
 )
 
 
-class RecordingRunner:
-    dry_run = False
-
-    def __init__(self) -> None:
-        self.argvs: list[list[str]] = []
-
-    def change(self, argv, **_):
-        self.argvs.append(list(argv))
-        return Result(tuple(argv), 0, 'Logical volume "x" successfully removed.\n', "", 0.0)
-
-    query = change
-
-
 def _argvs_for(text: str) -> list[list[str]] | None:
     try:
         config = parse_config(text, "config.yaml")
     except ConfigError:
         return None
-    runner = RecordingRunner()
+    runner = FakeRunner().on("lvcreate", "").on("lvremove", 'Logical volume "x" successfully removed.\n')
+    runner.on("mount", "")
     for job in config.jobs.values():
         for spec in job.volumes:
             origin = LogicalVolume(spec.origin.vg, spec.origin.lv, "owi-a-----", 1 << 30, "", "", frozenset(),

@@ -7,6 +7,7 @@ record any call (a dry run must make none).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from xenlvm import __version__, cli, hook_entry, interrupts
+from xenlvm import __version__, cli, hook_entry, install, interrupts
 from xenlvm.cli import main
 
 DATA = Path(__file__).parent / "data"
@@ -251,6 +252,8 @@ def test_pre_refuses_two_snapshots_that_fit_the_volume_group_only_one_at_a_time(
 def test_missing_volume_group_exits_1_with_advice(host):
     write_tool(host / "bin" / "lvs", "echo '  Volume group \"system\" not found' >&2\n"
                                      "echo '  Cannot process volume group system' >&2\nexit 5\n")
+    # vgs, not lvs' words, tells that the VG does not exist
+    write_tool(host / "bin" / "vgs", """echo '{"report": [{"vg": [{"vg_name":"data"}]}]}'\n""")
     result = invoke("--config", write_config(host), "pre", "--dry-run", "--job", "xenvm")
     assert result.exit_code == 1
     assert "volume group 'system' not found" in result.output
@@ -289,3 +292,47 @@ def test_sbc_entrypoint_reports_usage_errors_with_exit_2(host, capsys):
         cli.run_hook("pre", ["--config", write_config(host), "--job", "nosuch"])
     assert caught.value.code == 2
     assert "no job named 'nosuch'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# A file the host does not let xenlvm write: exit 1 with the path and the reason, no traceback
+
+
+def test_install_hooks_that_cannot_write_a_hook_names_the_file_and_the_reason(tmp_path):
+    (tmp_path / "sbc_pre.xenlvm-tmp").mkdir()  # where the new hook is written first: open() fails
+    result = invoke("install-hooks", "--dir", str(tmp_path))
+    assert result.exit_code == 1
+    assert f"cannot install the hook file {tmp_path}/sbc_pre.xenlvm-tmp: Is a directory" in result.stderr
+    assert "Traceback" not in result.output and "a bug" not in result.output
+
+
+def test_install_hooks_without_permission_says_it_must_run_as_root(tmp_path, monkeypatch):
+    def denied(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", path)
+    monkeypatch.setattr(install.os, "open", denied)  # what a non-root user gets in /opt/sesam
+    result = invoke("install-hooks", "--dir", str(tmp_path))
+    assert result.exit_code == 1
+    assert f"{tmp_path}/sbc_pre.xenlvm-tmp: Permission denied" in result.stderr
+    assert "install-hooks must run as root" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_uninstall_that_cannot_remove_a_hook_names_it(tmp_path, monkeypatch):
+    install.install_hooks(str(tmp_path))
+
+    def read_only(path):
+        raise OSError(errno.EROFS, "Read-only file system", path)
+    monkeypatch.setattr(install.os, "unlink", read_only)
+    result = invoke("install-hooks", "--uninstall", "--dir", str(tmp_path))
+    assert result.exit_code == 1
+    said = f"cannot remove or restore the hook file {tmp_path}/sbc_pre: Read-only file system"
+    assert said in result.stderr
+
+
+def test_an_os_error_that_reaches_the_top_is_a_host_condition_not_a_bug(caplog):
+    def work():
+        raise OSError(errno.ENOSPC, "No space left on device", "/var/lib/xenlvm/xenvm/state.json")
+    with caplog.at_level(logging.ERROR, "xenlvm"):
+        assert hook_entry.finish(work, debug=False) == 1
+    assert "cannot use /var/lib/xenlvm/xenvm/state.json: No space left on device" in caplog.text
+    assert "a bug" not in caplog.text and "Traceback" not in caplog.text

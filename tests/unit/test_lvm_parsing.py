@@ -9,17 +9,21 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.fakes import Answer, FakeRunner
+from tests.unit.fakes import recorded as recorded_file
 from xenlvm import lvm
 from xenlvm.config import Job, SnapshotSpec, Volume, parse_size
 from xenlvm.errors import CommandFailed, PreflightFailed, SafetyRefusal, XenlvmError
 from xenlvm.lvm import LogicalVolume, Lvm, device_path, job_tag, parse_lvs_json, parse_volume_group
-from xenlvm.runner import Result
 
 DATA = Path(__file__).parent / "data"
 
 
 def recorded(name: str) -> str:
     return (DATA / f"lvs_{name}.json").read_text(encoding="utf-8")
+
+
+MESSAGES = json.loads(recorded_file("lvm_messages.json"))
 
 
 def lvs_of(name: str) -> dict[str, LogicalVolume]:
@@ -38,37 +42,6 @@ def recorded_with(name: str, lv_name: str, **changes: str) -> str:
 SPEC = SnapshotSpec(origin=Volume("system", "xenvm"), snapshot="vmbackup", mountpoint="/mnt/vmbackup",
                     size=parse_size("1G"))
 JOB = Job(name="xenvm", mountpoint="/mnt/vmbackup", volumes=(SPEC,), tasks=("xen_vm1",))
-
-
-class FakeRunner:
-    """Stands in for xenlvm.runner.Runner: records each call, answers from a script.
-
-    Each answer is stdout text (a successful Result), an exception to raise, or None (what
-    change() returns in a dry run)."""
-
-    def __init__(self, *answers: object, dry_run: bool = False) -> None:
-        self.answers = list(answers)
-        self.calls: list[tuple[str, list[str]]] = []
-        self.dry_run = dry_run
-
-    def _answer(self, kind: str, argv: list[str]) -> Result | None:
-        self.calls.append((kind, list(argv)))
-        answer = self.answers.pop(0) if self.answers else ""
-        if isinstance(answer, BaseException):
-            raise answer
-        if answer is None:
-            return None
-        return Result(tuple(argv), 0, str(answer), "", 0.01)
-
-    def query(self, argv, *, timeout=None, ok_codes=(0,)):
-        return self._answer("query", argv)
-
-    def change(self, argv, *, timeout=None, ok_codes=(0,)):
-        return self._answer("change", argv)
-
-    @property
-    def argvs(self) -> list[list[str]]:
-        return [argv for _, argv in self.calls]
 
 
 @pytest.fixture
@@ -260,12 +233,13 @@ def test_job_tag_names_the_job():
 
 
 def test_volume_group_asks_lvs_for_json_in_bytes_with_explicit_fields():
-    runner = FakeRunner(recorded("snapshot_mounted"))
+    runner = FakeRunner().on("lvs", recorded("snapshot_mounted"))
     vg = Lvm(runner).volume_group("system")
 
     assert vg.free == 1740636160
-    [(kind, argv)] = runner.calls
-    assert kind == "query"
+    [call] = runner.calls
+    assert call.kind == "query"
+    argv = list(call.argv)
     assert argv[0] == "lvs"
     assert argv[-1] == "system"
     for option in ("--reportformat", "json", "--units", "b", "--nosuffix"):
@@ -274,35 +248,59 @@ def test_volume_group_asks_lvs_for_json_in_bytes_with_explicit_fields():
     assert {"lv_name", "lv_attr", "lv_tags", "origin", "lv_snapshot_invalid", "vg_free"} <= set(fields)
 
 
-def test_missing_volume_group_fails_preflight_naming_it():
-    missing = CommandFailed(["lvs", "nosuch"], 5, '  Volume group "nosuch" not found\n'
-                                                  "  Cannot process volume group nosuch\n")
+VGS = '{"report": [{"vg": [{"vg_name":"data"}, {"vg_name":"system"}]}]}'
+
+
+@pytest.mark.parametrize("release", sorted(MESSAGES["lvs_missing_vg"]))
+def test_missing_volume_group_fails_preflight_naming_it(release):
+    missing = Answer(stderr=MESSAGES["lvs_missing_vg"][release].format(vg="nosuch"), returncode=5)
+    runner = FakeRunner().on("lvs", missing).on("vgs", VGS)
     with pytest.raises(PreflightFailed) as caught:
-        Lvm(FakeRunner(missing)).volume_group("nosuch")
+        Lvm(runner).volume_group("nosuch")
     assert "'nosuch'" in str(caught.value)
     assert "vgs" in str(caught.value)
+    assert runner.argvs_of("vgs") == [["vgs", "--reportformat", "json", "--units", "b", "--nosuffix",
+                                       "--options", "vg_name"]]
+
+
+@pytest.mark.parametrize("words", ["  Volume group \"system\" not found", "  Device /dev/sdb not found.",
+                                   "  injected failure"])
+def test_a_failing_lvs_of_an_existing_vg_is_reported_as_it_is_whatever_it_says(words):
+    # LVM's words do not decide: vgs lists the VG, so it is not "not found" (post would skip it).
+    runner = FakeRunner().on("lvs", Answer(stderr=words, returncode=5)).on("vgs", VGS)
+    with pytest.raises(CommandFailed) as caught:
+        Lvm(runner).volume_group("system")
+    assert caught.value.stderr == words.strip()
+
+
+def test_when_vgs_cannot_say_the_lvs_failure_is_reported_as_it_is():
+    missing = Answer(stderr='  Volume group "nosuch" not found', returncode=5)
+    for vgs in (Answer(returncode=5), "{not json", '{"report": []}'):
+        runner = FakeRunner().on("lvs", missing).on("vgs", vgs)
+        with pytest.raises(CommandFailed):
+            Lvm(runner).volume_group("nosuch")
 
 
 def test_other_lvs_failure_is_reported_as_it_is():
-    broken = CommandFailed(["lvs"], 5, "  /dev/sdb: read failed after 0 of 4096: Input/output error")
+    broken = Answer(stderr="  /dev/sdb: read failed after 0 of 4096: Input/output error", returncode=5)
     with pytest.raises(CommandFailed) as caught:
-        Lvm(FakeRunner(broken)).volume_group("system")
+        Lvm(FakeRunner().on("lvs", broken).on("vgs", VGS)).volume_group("system")
     assert "Input/output error" in caught.value.stderr
 
 
 def test_classic_snapshot_is_created_with_its_size_in_bytes_and_tags():
-    runner = FakeRunner()
+    runner = FakeRunner().on("lvcreate", "")
     origin = lvs_of("snapshot_mounted")["xenvm"]
     Lvm(runner).create_snapshot(SPEC, origin, ["xenlvm", "xenlvm_job_xenvm", "xenlvm_run_1_2"])
 
-    assert runner.calls == [("change", [
+    assert runner.changes == runner.argvs == [[
         "lvcreate", "--snapshot", "--name", "vmbackup",
         "--addtag", "xenlvm", "--addtag", "xenlvm_job_xenvm", "--addtag", "xenlvm_run_1_2",
-        "--size", "1073741824b", "system/xenvm"])]
+        "--size", "1073741824b", "system/xenvm"]]
 
 
 def test_snapshot_sized_by_percent_is_created_with_extents():
-    runner = FakeRunner()
+    runner = FakeRunner().on("lvcreate", "")
     origin = lvs_of("snapshot_mounted")["xenvm"]
     Lvm(runner).create_snapshot(dataclasses.replace(SPEC, size=parse_size("20%ORIGIN")), origin, ["xenlvm"])
 
@@ -313,7 +311,7 @@ def test_snapshot_sized_by_percent_is_created_with_extents():
 
 
 def test_thin_snapshot_is_created_without_size_and_activated():
-    runner = FakeRunner()
+    runner = FakeRunner().on("lvcreate", "")
     origin = lvs_of("thin_pool_with_thick_snapshot")["xenvm"]
     Lvm(runner).create_snapshot(dataclasses.replace(SPEC, size=None), origin, ["xenlvm"])
 
@@ -355,7 +353,7 @@ def test_remove_refuses_a_tagged_snapshot_in_another_volume_group_and_runs_nothi
 
 
 def test_each_volume_of_a_job_gets_its_own_snapshot_name_and_size():
-    runner = FakeRunner()
+    runner = FakeRunner().on("lvcreate", "")
     origin = lvs_of("snapshot_mounted")["xenvm"]
     second = SnapshotSpec(Volume("system", "data"), "databackup", "/mnt/vmbackup/data", parse_size("512M"))
     data = dataclasses.replace(origin, name="data")
@@ -365,56 +363,135 @@ def test_each_volume_of_a_job_gets_its_own_snapshot_name_and_size():
                              "--size", f"{512 << 20}b", "system/data"]]
 
 
-REMOVED = '  Logical volume "vmbackup" successfully removed.\n'
-IN_USE = CommandFailed(["lvremove"], 5, "  Logical volume system/vmbackup in use.\n")
+def lvremove_says(kind: str, release: str) -> str:
+    return MESSAGES[kind][release].format(vg="system", lv="vmbackup")
 
 
-def test_remove_lets_lvm_check_the_job_tag_at_removal(no_sleep):
-    runner = FakeRunner(REMOVED)
-    Lvm(runner).remove_snapshot(JOB, SPEC, lvs_of("snapshot_mounted")["vmbackup"])
+REMOVED = lvremove_says("lvremove_removed_stdout", "2.03.16")
+IN_USE = Answer(stderr=lvremove_says("lvremove_in_use", "2.03.16"), returncode=5)
+SNAPSHOT = lvs_of("snapshot_mounted")["vmbackup"]  # active: 254:3
+OPEN = recorded("snapshot_mounted")  # lv_attr swi-aos---: open (mounted)
+CLOSED = recorded_with("snapshot_mounted", "vmbackup", lv_attr="swi-a-s---")
+GONE = json.dumps({"report": [{"lv": [json.loads(CLOSED)["report"][0]["lv"][1]]}]})
 
-    assert runner.calls == [("change", ["lvremove", "--force", "--select", "lv_tags=xenlvm_job_xenvm",
-                                        "system/vmbackup"])]
+
+@pytest.fixture
+def dm(tmp_path, monkeypatch):
+    """The kernel's device-mapper devices (/sys/dev/block), empty: add one with dm('254:3', 'name')."""
+    monkeypatch.setattr(lvm, "SYS_DEV_BLOCK", str(tmp_path))
+
+    def add(numbers: str, name: str) -> None:
+        (tmp_path / numbers / "dm").mkdir(parents=True)
+        (tmp_path / numbers / "dm" / "name").write_text(name + "\n")
+    return add
 
 
-def test_remove_retries_while_the_snapshot_is_in_use(no_sleep):
-    runner = FakeRunner(IN_USE, IN_USE, REMOVED)
-    Lvm(runner).remove_snapshot(JOB, SPEC, lvs_of("snapshot_mounted")["vmbackup"], retry_for=60)
+def test_remove_lets_lvm_check_the_job_tag_at_removal(no_sleep, dm):
+    runner = FakeRunner().on("lvremove", REMOVED)
+    Lvm(runner).remove_snapshot(JOB, SPEC, SNAPSHOT)
 
-    assert len(runner.calls) == 3
+    assert runner.changes == runner.argvs == [["lvremove", "--force", "--select", "lv_tags=xenlvm_job_xenvm",
+                                               "system/vmbackup"]]
+
+
+@pytest.mark.parametrize("release", sorted(MESSAGES["lvremove_removed_stdout"]))
+def test_a_removal_is_judged_by_the_device_being_gone_not_by_lvremoves_words(no_sleep, dm, release):
+    for said in (lvremove_says("lvremove_removed_stdout", release), "", "  Something else entirely.\n"):
+        Lvm(FakeRunner().on("lvremove", said)).remove_snapshot(JOB, SPEC, SNAPSHOT)  # 254:3 is gone
+
+
+def test_remove_retries_while_the_snapshot_is_in_use(no_sleep, dm):
+    runner = FakeRunner().on("lvremove", IN_USE, IN_USE, REMOVED).on("lvs", OPEN)
+    Lvm(runner).remove_snapshot(JOB, SPEC, SNAPSHOT, retry_for=60)
+
+    assert len(runner.argvs_of("lvremove")) == 3
+    assert len(runner.argvs_of("lvs")) == 2  # each failure: is it open?
     assert len(no_sleep) == 2
     assert no_sleep[1] > no_sleep[0]  # backs off
 
 
-def test_remove_gives_up_when_still_in_use_after_retry_time(no_sleep):
-    runner = FakeRunner(IN_USE, REMOVED)
+@pytest.mark.parametrize(("kind", "release"), [(kind, release) for kind in (
+    "lvremove_in_use", "lvremove_mounted", "lvremove_held_by_a_device") for release in MESSAGES[kind]])
+def test_every_releases_in_use_words_are_retried_even_when_lvs_no_longer_sees_it_open(no_sleep, dm, kind,
+                                                                                       release):
+    # whatever held it let go between lvremove and lvs: the words of any release still count
+    failed = Answer(stderr=lvremove_says(kind, release), returncode=5)
+    runner = FakeRunner().on("lvremove", failed, REMOVED).on("lvs", CLOSED)
+    Lvm(runner).remove_snapshot(JOB, SPEC, SNAPSHOT, retry_for=60)
+    assert len(runner.argvs_of("lvremove")) == 2
+
+
+def test_an_open_snapshot_is_retried_whatever_lvremove_said(no_sleep, dm):
+    runner = FakeRunner().on("lvremove", Answer(stderr="  Unheard-of wording.", returncode=5), REMOVED)
+    Lvm(runner.on("lvs", OPEN)).remove_snapshot(JOB, SPEC, SNAPSHOT, retry_for=60)
+    assert len(runner.argvs_of("lvremove")) == 2
+
+
+def test_remove_gives_up_when_still_in_use_after_retry_time(no_sleep, dm):
+    runner = FakeRunner().on("lvremove", IN_USE, REMOVED).on("lvs", OPEN)
     with pytest.raises(CommandFailed) as caught:
-        Lvm(runner).remove_snapshot(JOB, SPEC, lvs_of("snapshot_mounted")["vmbackup"], retry_for=0)
+        Lvm(runner).remove_snapshot(JOB, SPEC, SNAPSHOT, retry_for=0)
     assert "in use" in caught.value.stderr
-    assert len(runner.calls) == 1
+    assert len(runner.argvs_of("lvremove")) == 1
 
 
-def test_remove_does_not_retry_other_failures(no_sleep):
-    failure = CommandFailed(["lvremove"], 5, "  Failed to update pool system/pool.")
-    runner = FakeRunner(failure, REMOVED)
+def test_remove_does_not_retry_other_failures(no_sleep, dm):
+    failure = Answer(stderr="  Failed to update pool system/pool.", returncode=5)
+    runner = FakeRunner().on("lvremove", failure, REMOVED).on("lvs", CLOSED)
     with pytest.raises(CommandFailed):
-        Lvm(runner).remove_snapshot(JOB, SPEC, lvs_of("snapshot_mounted")["vmbackup"], retry_for=60)
-    assert len(runner.calls) == 1
+        Lvm(runner).remove_snapshot(JOB, SPEC, SNAPSHOT, retry_for=60)
+    assert len(runner.argvs_of("lvremove")) == 1
     assert no_sleep == []
 
 
-def test_remove_refuses_when_lvm_selected_nothing_to_remove(no_sleep):
-    # The --select guard matched nothing: the LV lost its tags between lvs and lvremove.
-    runner = FakeRunner("")
+def test_a_failed_remove_of_a_snapshot_that_is_gone_is_not_retried(no_sleep, dm):
+    runner = FakeRunner().on("lvremove", IN_USE, REMOVED).on("lvs", GONE)
+    with pytest.raises(CommandFailed):
+        Lvm(runner).remove_snapshot(JOB, SPEC, SNAPSHOT, retry_for=60)
+    assert len(runner.argvs_of("lvremove")) == 1
+
+
+def test_remove_refuses_when_lvm_selected_nothing_to_remove(no_sleep, dm):
+    # The --select guard matched nothing: the LV lost its tags between lvs and lvremove. LVM
+    # 2.03.16 then exits 0 and prints nothing; the snapshot's device is still there.
+    dm("254:3", "system-vmbackup")
+    said = MESSAGES["lvremove_select_matched_nothing_stdout"]["2.03.16"]
+    runner = FakeRunner().on("lvremove", said)
     with pytest.raises(SafetyRefusal) as caught:
-        Lvm(runner).remove_snapshot(JOB, SPEC, lvs_of("snapshot_mounted")["vmbackup"])
+        Lvm(runner).remove_snapshot(JOB, SPEC, SNAPSHOT)
     assert "left untouched" in str(caught.value)
+    assert runner.argvs_of("lvs") == []  # the kernel told; no lvs
+
+
+def test_another_device_with_the_old_numbers_is_not_the_snapshot(no_sleep, dm):
+    dm("254:3", "system-other")
+    Lvm(FakeRunner().on("lvremove", "")).remove_snapshot(JOB, SPEC, SNAPSHOT)
+
+
+@pytest.mark.parametrize(("after", "refused"), [("lvs_snapshot_inactive.json", True),
+                                                ("lvs_no_snapshot.json", False)])
+def test_an_inactive_snapshot_is_looked_up_with_lvs_after_removal(no_sleep, dm, after, refused):
+    inactive = {lv.name: lv for lv, _ in parse_lvs_json(recorded_file("lvs_snapshot_inactive.json"))}
+    runner = FakeRunner().on("lvremove", "").on("lvs", recorded_file(after))
+    if refused:
+        with pytest.raises(SafetyRefusal):
+            Lvm(runner).remove_snapshot(JOB, SPEC, inactive["vmbackup"])
+    else:
+        Lvm(runner).remove_snapshot(JOB, SPEC, inactive["vmbackup"])
+    assert len(runner.argvs_of("lvs")) == 1
 
 
 def test_remove_in_a_dry_run_only_announces_the_command(no_sleep):
-    runner = FakeRunner(None, dry_run=True)
-    Lvm(runner).remove_snapshot(JOB, SPEC, lvs_of("snapshot_mounted")["vmbackup"])
-    assert [kind for kind, _ in runner.calls] == ["change"]
+    runner = FakeRunner(dry_run=True)
+    Lvm(runner).remove_snapshot(JOB, SPEC, SNAPSHOT)
+    assert [call.kind for call in runner.calls] == ["would change"]
+
+
+def test_the_in_use_table_matches_its_own_entries_and_nothing_else():
+    for _releases, template in lvm.IN_USE_MESSAGES:
+        assert lvm.says_in_use("  " + template.format(vg="my-vg", lv="vm.disk") + "\n")
+    assert not lvm.says_in_use("  Failed to update pool system/pool.")
+    assert not lvm.says_in_use("  Volume group \"system\" not found")
 
 
 @pytest.mark.parametrize(("vg_attr", "partial"), [

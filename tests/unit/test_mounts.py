@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.fakes import FakeRunner
 from xenlvm import mounts
 from xenlvm.errors import CommandFailed, MountError
 from xenlvm.lvm import parse_lvs_json
@@ -23,7 +24,6 @@ from xenlvm.mounts import (
     parse_mountinfo,
     unmount_with_retry,
 )
-from xenlvm.runner import Result
 
 DATA = Path(__file__).parent / "data"
 
@@ -131,29 +131,8 @@ def test_other_filesystems_do_not_get_nouuid(fstype):
     assert "nouuid" not in mount_options(fstype).split(",")
 
 
-class FakeRunner:
-    """Records every argv; answers each call with the next scripted stdout or exception."""
-
-    def __init__(self, *answers: object) -> None:
-        self.answers = list(answers)
-        self.argvs: list[list[str]] = []
-
-    def _answer(self, argv):
-        self.argvs.append(list(argv))
-        answer = self.answers.pop(0) if self.answers else ""
-        if isinstance(answer, BaseException):
-            raise answer
-        return Result(tuple(argv), 0, str(answer), "", 0.01)
-
-    def query(self, argv, *, timeout=None, ok_codes=(0,)):
-        return self._answer(argv)
-
-    def change(self, argv, *, timeout=None, ok_codes=(0,)):
-        return self._answer(argv)
-
-
 def test_mount_snapshot_mounts_read_only_with_the_filesystem_type():
-    runner = FakeRunner()
+    runner = FakeRunner().on("mount", "")
     mount_snapshot(runner, "/dev/mapper/system-vmbackup", "xfs", "/mnt/vmbackup")
     assert runner.argvs == [["mount", "-t", "xfs", "-o", "ro,nodev,nosuid,noexec,nouuid",
                              "/dev/mapper/system-vmbackup", "/mnt/vmbackup"]]
@@ -162,19 +141,20 @@ def test_mount_snapshot_mounts_read_only_with_the_filesystem_type():
 def test_failed_mount_is_a_mount_error_with_the_kernels_words():
     failure = CommandFailed(["mount"], 32, "mount: /mnt/vmbackup: wrong fs type, bad option, bad superblock")
     with pytest.raises(MountError) as caught:
-        mount_snapshot(FakeRunner(failure), "/dev/mapper/system-vmbackup", "xfs", "/mnt/vmbackup")
+        mount_snapshot(FakeRunner().on("mount", failure), "/dev/mapper/system-vmbackup", "xfs",
+                       "/mnt/vmbackup")
     assert "bad superblock" in str(caught.value)
     assert "dmesg" in str(caught.value)
 
 
 def test_filesystem_type_of_a_mounted_volume_comes_from_the_mount_table():
-    runner = FakeRunner()
+    runner = FakeRunner()  # answers nothing: a command would fail the test
     assert filesystem_type(runner, recorded_lvs()["xenvm"], parse_mountinfo(MOUNTINFO)) == "xfs"
     assert runner.argvs == []
 
 
 def test_filesystem_type_of_an_unmounted_volume_comes_from_blkid():
-    runner = FakeRunner("ext4\n")
+    runner = FakeRunner().on("blkid", "ext4\n")
     assert filesystem_type(runner, recorded_lvs()["xenvm"], []) == "ext4"
     [argv] = runner.argvs
     assert argv[0] == "blkid" and argv[-1] == "/dev/mapper/system-xenvm"
@@ -182,7 +162,7 @@ def test_filesystem_type_of_an_unmounted_volume_comes_from_blkid():
 
 def test_volume_without_a_filesystem_is_a_mount_error():
     with pytest.raises(MountError) as caught:
-        filesystem_type(FakeRunner(""), recorded_lvs()["xenvm"], [])
+        filesystem_type(FakeRunner().on("blkid", ""), recorded_lvs()["xenvm"], [])
     assert "no filesystem found on system/xenvm" in str(caught.value)
 
 
@@ -261,14 +241,14 @@ def no_sleep(monkeypatch):
 
 
 def test_unmount_succeeds_at_once_when_not_busy(no_sleep):
-    runner = FakeRunner()
+    runner = FakeRunner().on("umount", "")
     unmount_with_retry(runner, "/mnt/vmbackup", timeout=30)
     assert runner.argvs == [["umount", "/mnt/vmbackup"]]
     assert no_sleep == []
 
 
 def test_unmount_retries_while_busy(no_sleep):
-    runner = FakeRunner(BUSY, BUSY, "")
+    runner = FakeRunner().on("umount", BUSY, BUSY, "")
     unmount_with_retry(runner, "/mnt/vmbackup", timeout=300)
     assert len(runner.argvs) == 3
     assert len(no_sleep) == 2 and no_sleep[1] > no_sleep[0]
@@ -276,7 +256,7 @@ def test_unmount_retries_while_busy(no_sleep):
 
 def test_unmount_gives_up_naming_who_holds_the_mountpoint(no_sleep):
     with pytest.raises(MountError) as caught:
-        unmount_with_retry(FakeRunner(BUSY, ""), "/mnt/vmbackup", timeout=0)
+        unmount_with_retry(FakeRunner().on("umount", BUSY, ""), "/mnt/vmbackup", timeout=0)
     message = str(caught.value)
     assert "still busy" in message
     assert "tar[4242]" in message
@@ -285,7 +265,7 @@ def test_unmount_gives_up_naming_who_holds_the_mountpoint(no_sleep):
 
 def test_unmount_failure_other_than_busy_is_not_retried(no_sleep):
     failure = CommandFailed(["umount", "/mnt/vmbackup"], 32, "umount: /mnt/vmbackup: not mounted.")
-    runner = FakeRunner(failure, "")
+    runner = FakeRunner().on("umount", failure, "")
     with pytest.raises(MountError) as caught:
         unmount_with_retry(runner, "/mnt/vmbackup", timeout=300)
     assert "not mounted" in str(caught.value)

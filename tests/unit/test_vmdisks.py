@@ -10,12 +10,12 @@ import os
 
 import pytest
 
-from xenlvm import vmdisks
+from tests.unit.fakes import FakeRunner, recorded
+from xenlvm import vmdisks, xen
 from xenlvm.config import Job, VmDiskSettings, parse_config, parse_size
 from xenlvm.errors import ConfigError, PreflightFailed
 from xenlvm.lvm import LogicalVolume, VolumeGroup
 from xenlvm.mounts import MountEntry
-from xenlvm.runner import Result
 from xenlvm.undo import UndoStack
 
 # Real partx output (util-linux 2.38) for the system tests' disks, taken in the guest.
@@ -23,6 +23,13 @@ PARTX_DOS = "1 2048 16777216 0x83\n2 34816 4194304 0x82\n3 43008 45088768 0x83\n
 PARTX_GPT = ("1 2048 16777216 0fc63daf-8483-4772-8e79-3d69d8477de4\n"
              "2 34816 23051776 e6d6d379-f507-44c2-a23c-238f2a3df928\n")
 PARTX_EXTENDED = "1 2048 8388608 0x83\n2 18432 33554432 0x5\n5 20480 16777216 0x83\n"
+# The same table as sfdisk --json (util-linux 2.38) shows it, for the layout pre writes.
+SFDISK_DOS_EXTENDED = json.dumps({"partitiontable": {
+    "label": "dos", "id": "0x5e1f3a07", "device": "/dev/system/vm2-disk.xenlvm", "unit": "sectors",
+    "sectorsize": 512, "partitions": [
+        {"node": "/dev/system/vm2-disk.xenlvm1", "start": 2048, "size": 16384, "type": "82"},
+        {"node": "/dev/system/vm2-disk.xenlvm2", "start": 18432, "size": 65536, "type": "5"},
+        {"node": "/dev/system/vm2-disk.xenlvm5", "start": 20480, "size": 32768, "type": "83"}]}})
 
 
 def lv(name: str, major_minor: tuple[int, int] | None, *, vg: str = "system", pool: str = "",
@@ -44,19 +51,21 @@ DEVICES = {"/dev/system/vm2-disk": (254, 1), "/dev/system/vm3-disk": (254, 2),
 
 
 def disk(path: str, vdev: str, **extra) -> dict:
-    return {"pdev_path": path, "vdev": vdev, "backend": "phy", "format": "raw", "is_cdrom": 0, **extra}
+    """One disk of `xl list -l` as libxl prints it (fields at their default, like is_cdrom 0, left out)."""
+    return {"pdev_path": path, "vdev": vdev, "backend": "phy", "format": "raw", "readwrite": 1, **extra}
 
 
-class FakeXl:
-    def __init__(self, domains: dict[str, list[dict]]) -> None:
-        self.domains = domains
-
-    def states(self):
-        return {"Domain-0": (0, False), **{n: (i + 1, False) for i, n in enumerate(self.domains)}}
-
-    def records(self):
-        return {n: {"domid": i + 1, "config": {"c_info": {"name": n}, "disks": d}}
-                for i, (n, d) in enumerate({"Domain-0": [], **self.domains}.items())}
+def xl_for(domains: dict[str, list[dict]]) -> xen.Xl:
+    """xl on a host running Domain-0 and the given domains with their disks: `xl list` and
+    `xl list -l` in the layout of the recorded Xen 4.17 output (tests/unit/data)."""
+    names = ["Domain-0", *domains]
+    listing = "Name                                        ID   Mem VCPUs\tState\tTime(s)\n" + "".join(
+        f"{name:<40} {domid:5d}  1024     1     -b----      12.0\n" for domid, name in enumerate(names))
+    records = [{"domid": domid, "config": {"c_info": {"type": "pv", "name": name},
+                                           **({"disks": domains[name]} if domains.get(name) else {})}}
+               for domid, name in enumerate(names)]
+    runner = FakeRunner().on("xl list", listing).on("xl list -l", json.dumps(records, indent=4))
+    return xen.Xl(runner, 5.0)
 
 
 def job(domains="auto", missing="warn", expose="files") -> Job:
@@ -71,7 +80,7 @@ def devices(monkeypatch):
 
 
 def test_each_disk_on_an_lv_becomes_a_snapshot_spec_below_domain_and_disk():
-    xl = FakeXl({"vm2": [disk("/dev/system/vm2-disk", "xvda")],
+    xl = xl_for({"vm2": [disk("/dev/system/vm2-disk", "xvda")],
                  "vm3": [disk("/dev/system/vm3-disk", "xvda"), disk("/dev/system/thin-disk", "xvdb")]})
     specs = vmdisks.discover(job(), xl, VGS)
     assert [(s.domain, s.disk, str(s.origin), s.snapshot, s.mountpoint) for s in specs] == [
@@ -84,7 +93,7 @@ def test_each_disk_on_an_lv_becomes_a_snapshot_spec_below_domain_and_disk():
 
 
 def test_disks_that_are_not_lvs_are_reported_and_fail_pre_when_asked(caplog):
-    xl = FakeXl({"vm2": [disk("/dev/system/vm2-disk", "xvda"), disk("/dev/sdb", "xvdb"),
+    xl = xl_for({"vm2": [disk("/dev/system/vm2-disk", "xvda"), disk("/dev/sdb", "xvdb"),
                          disk("/srv/vm2/disk.img", "xvdc", backend="qdisk"),
                          disk("/dev/sr0", "xvdd", is_cdrom=1)]})
     with caplog.at_level(logging.WARNING, "xenlvm"):
@@ -98,7 +107,7 @@ def test_disks_that_are_not_lvs_are_reported_and_fail_pre_when_asked(caplog):
 
 
 def test_named_domains_only_and_missing_ones_reported():
-    xl = FakeXl({"vm2": [disk("/dev/system/vm2-disk", "xvda")],
+    xl = xl_for({"vm2": [disk("/dev/system/vm2-disk", "xvda")],
                  "vm3": [disk("/dev/system/vm3-disk", "xvda")]})
     assert [s.domain for s in vmdisks.discover(job(domains=("vm3",)), xl, VGS)] == ["vm3"]
     with pytest.raises(PreflightFailed, match="domain 'vm9' does not exist or is not running"):
@@ -106,14 +115,14 @@ def test_named_domains_only_and_missing_ones_reported():
 
 
 def test_a_disk_shared_by_two_domains_is_backed_up_once():
-    xl = FakeXl({"vm2": [disk("/dev/system/vm2-disk", "xvda")],
+    xl = xl_for({"vm2": [disk("/dev/system/vm2-disk", "xvda")],
                  "vm3": [disk("/dev/system/vm2-disk", "xvdb")]})
     assert [(s.domain, s.disk) for s in vmdisks.discover(job(), xl, VGS)] == [("vm2", "xvda")]
 
 
 @pytest.mark.parametrize("name", ["..", ".hidden", "a/b", "-rf", "vm 2", "x" * 65])
 def test_names_that_are_not_one_plain_directory_name_are_refused(name):
-    xl = FakeXl({name: [disk("/dev/system/vm2-disk", "xvda")], "vm3": [disk("/dev/system/vm3-disk", name)]})
+    xl = xl_for({name: [disk("/dev/system/vm2-disk", "xvda")], "vm3": [disk("/dev/system/vm3-disk", name)]})
     specs = vmdisks.discover(job(), xl, VGS)
     assert specs == []
     with pytest.raises(PreflightFailed):
@@ -129,35 +138,19 @@ def test_partx_output_gives_byte_offsets_and_sizes():
     assert vmdisks.parse_partx("") == []
 
 
-class ProbeRunner:
-    """Answers blkid probes by offset, records every command; mounts nothing (no loop devices
-    are created when nothing is mountable)."""
-
-    dry_run = False
-
-    def __init__(self, whole: str, by_offset: dict[int, str], partx: str) -> None:
-        self.whole, self.by_offset, self.partx = whole, by_offset, partx
-        self.argvs: list[list[str]] = []
-
-    def query(self, argv, *, timeout=None, ok_codes=(0,)):
-        self.argvs.append(list(argv))
-        if argv[0] == "partx":
-            out = self.partx
-        elif "--offset" in argv:
-            out = self.by_offset.get(int(argv[argv.index("--offset") + 1]), "")
-        else:
-            out = self.whole
-        return Result(tuple(argv), 0, out, "", 0.01)
-
-    def change(self, argv, *, timeout=None, ok_codes=(0,)):
-        self.argvs.append(list(argv))
-        raise AssertionError(f"nothing should be changed here: {argv}")
+def probe_runner(whole: str, by_offset: dict[int, str], partx: str) -> FakeRunner:
+    """blkid answers by offset (the whole disk without one), partx with the partition table;
+    any changing command fails the test (no loop device is made when nothing is mountable)."""
+    def blkid(argv):
+        return by_offset.get(int(argv[argv.index("--offset") + 1]), "") if "--offset" in argv else whole
+    return FakeRunner().on("blkid", blkid).on("partx", partx)
 
 
 def test_swap_guest_lvm_extended_and_unknown_partitions_never_get_a_device(tmp_path, caplog):
-    runner = ProbeRunner("PTTYPE=dos\n", {1048576: "TYPE=swap\n", 9437184: "TYPE=LVM2_member\n",
+    runner = probe_runner("PTTYPE=dos\n", {1048576: "TYPE=swap\n", 9437184: "TYPE=LVM2_member\n",
                                           10485760: "TYPE=crypto_LUKS\n"}, PARTX_EXTENDED)
-    spec = vmdisks.discover(job(), FakeXl({"vm2": [disk("/dev/system/vm2-disk", "xvda")]}), VGS)[0]
+    runner.on("sfdisk", SFDISK_DOS_EXTENDED)
+    spec = vmdisks.discover(job(), xl_for({"vm2": [disk("/dev/system/vm2-disk", "xvda")]}), VGS)[0]
     spec = dataclasses.replace(spec, mountpoint=str(tmp_path / "vm2" / "xvda"))
     with caplog.at_level(logging.INFO, "xenlvm"):
         vmdisks.expose(runner, job(), spec, UndoStack())
@@ -165,7 +158,7 @@ def test_swap_guest_lvm_extended_and_unknown_partitions_never_get_a_device(tmp_p
     assert "vm2/xvda partition 1 is swap: nothing to back up" in caplog.text
     assert "vm2/xvda partition 2: an extended partition" in caplog.text
     assert "vm2/xvda partition 5 holds crypto_LUKS, which xenlvm does not mount" in caplog.text
-    runner = ProbeRunner("TYPE=LVM2_member\n", {}, "")
+    runner = probe_runner("TYPE=LVM2_member\n", {}, "")
     with caplog.at_level(logging.WARNING, "xenlvm"):
         vmdisks.expose(runner, job(), spec, UndoStack())
     assert "vm2/xvda holds guest LVM" in caplog.text and "dangerous" in caplog.text
@@ -279,24 +272,62 @@ def test_a_btrfs_mount_is_recognised_by_its_source_device_not_its_anonymous_numb
     assert not vmdisks._shows(None, "/dev/loop3")
 
 
-SFDISK_DOS_EXTENDED = json.dumps({"partitiontable": {
-    "label": "dos", "id": "0x5e1f3a07", "device": "/dev/system/vm2-disk.xenlvm", "unit": "sectors",
-    "sectorsize": 512, "partitions": [
-        {"node": "/dev/system/vm2-disk.xenlvm1", "start": 2048, "size": 16384, "type": "82"},
-        {"node": "/dev/system/vm2-disk.xenlvm2", "start": 18432, "size": 65536, "type": "5"},
-        {"node": "/dev/system/vm2-disk.xenlvm5", "start": 20480, "size": 32768, "type": "83"}]}})
+# ---------------------------------------------------------------------------------------------
+# The recorded xl output of two Xen releases (tests/unit/data): disks given every way xl shows them
+
+RECORDED_VGS = {"system": VolumeGroup("system", 1 << 30, 2 << 30, 4 << 20, {
+    "vm1-disk": lv("vm1-disk", (254, 11)),
+    "vm1-swap": lv("vm1-swap", (254, 12)),
+    "vm2-root": lv("vm2-root", (254, 13)),
+    "vm2-home": lv("vm2-home", (254, 5)),
+    "vm3-disk": lv("vm3-disk", (254, 3)),
+})}
+# How the host resolves each path xl shows: /dev/vg/lv, /dev/mapper/vg-lv, /dev/dm-N
+RECORDED_DEVICES = {"/dev/system/vm1-disk": (254, 11), "/dev/mapper/system-vm1--swap": (254, 12),
+                    "/dev/system/vm2-root": (254, 13), "/dev/dm-5": (254, 5), "/dev/dm-3": (254, 3)}
+
+
+def recorded_xl(release: str) -> xen.Xl:
+    runner = FakeRunner().on("xl list", recorded(f"xl_list_xen-{release}.txt"))
+    return xen.Xl(runner.on("xl list -l", recorded(f"xl_list_l_xen-{release}.json")), 5.0)
+
+
+@pytest.mark.parametrize("release", ["4.11", "4.17"])
+def test_vm_disks_are_found_in_recorded_xl_output_however_xl_names_them(monkeypatch, caplog, release):
+    monkeypatch.setattr(vmdisks.mounts_mod, "device_numbers", RECORDED_DEVICES.get)
+    with caplog.at_level(logging.WARNING, "xenlvm"):
+        specs = vmdisks.discover(job(), recorded_xl(release), RECORDED_VGS)
+    assert [(s.domain, s.disk, str(s.origin)) for s in specs] == [
+        ("vm1", "xvda", "system/vm1-disk"),   # phy: /dev/vg/lv
+        ("vm1", "xvdb", "system/vm1-swap"),   # phy: /dev/mapper/vg-lv
+        ("vm2", "xvda1", "system/vm2-root"),  # a PV guest given partitions as disks
+        ("vm2", "xvda2", "system/vm2-home"),  # phy: /dev/dm-N
+        ("vm3", "hda", "system/vm3-disk"),    # an HVM domain (paused: still running for xl)
+    ]
+    assert "disk xvdc of domain vm1 (/srv/xenvm/vm1/data.img): not a logical volume" in caplog.text  # qdisk
+    assert "disk hdb of domain vm3 (/var/lib/xen/images/vm3-data.qcow2): not a logical volume" in caplog.text
+    assert "hdc" not in caplog.text and "Domain-0" not in caplog.text  # the empty CD-ROM; dom0 has no disks
+
+
+@pytest.mark.parametrize("release", ["4.11", "4.17"])
+def test_named_domains_are_found_in_recorded_xl_output(monkeypatch, release):
+    monkeypatch.setattr(vmdisks.mounts_mod, "device_numbers", RECORDED_DEVICES.get)
+    specs = vmdisks.discover(job(domains=("vm2",)), recorded_xl(release), RECORDED_VGS)
+    assert [s.mountpoint for s in specs] == ["/mnt/vmdisks/vm2/xvda1", "/mnt/vmdisks/vm2/xvda2"]
+
+
+def test_xl_set_to_sxp_output_fails_discovery_saying_what_to_set():
+    runner = FakeRunner().on("xl list", recorded("xl_list_xen-4.17.txt"))
+    xl = xen.Xl(runner.on("xl list -l", recorded("xl_list_l_sxp_xen-4.17.txt")), 5.0)
+    with pytest.raises(xen.XenError, match="set output_format to json in /etc/xen/xl.conf"):
+        vmdisks.discover(job(), xl, RECORDED_VGS)
 
 
 def test_the_layout_says_what_each_partition_holds_and_why_it_was_not_exposed(tmp_path):
-    class Runner(ProbeRunner):
-        def query(self, argv, *, timeout=None, ok_codes=(0,)):
-            if argv[0] == "sfdisk":
-                return Result(tuple(argv), 0, SFDISK_DOS_EXTENDED, "", 0.01)
-            return super().query(argv, timeout=timeout, ok_codes=ok_codes)
-
-    runner = Runner("PTTYPE=dos\n", {1048576: "TYPE=swap\nUUID=5f1d6c1a-9c7e\nLABEL=swap\n",
-                                     10485760: "TYPE=LVM2_member\nUUID=abc-123\n"}, PARTX_EXTENDED)
-    spec = vmdisks.discover(job(), FakeXl({"vm2": [disk("/dev/system/vm2-disk", "xvda")]}), VGS)[0]
+    runner = probe_runner("PTTYPE=dos\n", {1048576: "TYPE=swap\nUUID=5f1d6c1a-9c7e\nLABEL=swap\n",
+                                          10485760: "TYPE=LVM2_member\nUUID=abc-123\n"}, PARTX_EXTENDED)
+    runner.on("sfdisk", SFDISK_DOS_EXTENDED)
+    spec = vmdisks.discover(job(), xl_for({"vm2": [disk("/dev/system/vm2-disk", "xvda")]}), VGS)[0]
     spec = dataclasses.replace(spec, mountpoint=str(tmp_path / "vm2" / "xvda"))
     vmdisks.expose(runner, job(), spec, UndoStack())
     written = json.loads((tmp_path / "vm2" / "xvda" / "layout.json").read_text())

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.fakes import FakeRunner
+from tests.unit.fakes import recorded as recorded_file
 from xenlvm import watchdog
 from xenlvm.config import WatchdogSettings, parse_config, parse_size
 from xenlvm.errors import CommandFailed, XenlvmError
 from xenlvm.lvm import Lvm, parse_volume_group
-from xenlvm.runner import Result
 from xenlvm.watchdog import Monitor, Summary, Watched, limit_reason, next_size
 
 DATA = Path(__file__).parent / "data"
@@ -113,25 +114,9 @@ def test_less_than_one_extent_of_room_is_no_room():
 # The monitor over successive looks (lvs answers recorded on real LVM, lvextend recorded)
 
 
-class FakeRunner:
-    """Answers each lvs with the next report; records every lvextend."""
-
-    def __init__(self, *reports: str | Exception, extend_error: CommandFailed | None = None) -> None:
-        self.reports = list(reports)
-        self.extended: list[list[str]] = []
-        self.extend_error = extend_error
-
-    def query(self, argv, **_kwargs) -> Result:
-        report = self.reports.pop(0)
-        if isinstance(report, Exception):
-            raise report
-        return Result(tuple(argv), 0, report, "", 0.01)
-
-    def change(self, argv, **_kwargs) -> Result:
-        if self.extend_error:
-            raise self.extend_error
-        self.extended.append(list(argv))
-        return Result(tuple(argv), 0, "", "", 0.01)
+def lvs_answers(*reports: str | CommandFailed, extend: str | CommandFailed = "") -> FakeRunner:
+    """The host as the monitor sees it: each look's lvs report in turn, lvextend's answer."""
+    return FakeRunner().on("lvs", *reports).on("lvextend", extend).on("vgs", recorded_file("vgs_names.json"))
 
 
 def monitor_over(tmp_path: Path, runner: FakeRunner, limits: WatchdogSettings | None = None) -> Monitor:
@@ -144,14 +129,14 @@ def written_summary(tmp_path: Path) -> dict:
 
 
 def test_monitor_extends_a_filling_snapshot_and_records_it(tmp_path):
-    runner = FakeRunner(recorded("snapshot_mounted", data_percent="20.00"),
+    runner = lvs_answers(recorded("snapshot_mounted", data_percent="20.00"),
                         recorded("snapshot_mounted", data_percent="61.50"),
                         recorded("snapshot_mounted", data_percent="31.00", lv_size=str(128 * MiB)))
     monitor = monitor_over(tmp_path, runner)
     for _ in range(3):
         monitor.look()
 
-    assert runner.extended == [["lvextend", "--size", f"{128 * MiB}b", "system/vmbackup"]]
+    assert runner.argvs_of("lvextend") == [["lvextend", "--size", f"{128 * MiB}b", "system/vmbackup"]]
     summary = monitor.summary()
     assert summary.max_fill == {"system/vmbackup": 61.5}
     assert [(e["lv"], e["fill"], e["from"], e["to"]) for e in summary.extensions] == [
@@ -162,12 +147,12 @@ def test_monitor_extends_a_filling_snapshot_and_records_it(tmp_path):
 
 def test_monitor_that_cannot_grow_a_snapshot_says_why_once(tmp_path):
     full_vg = recorded("snapshot_mounted", data_percent="75.00", vg_free="0")
-    runner = FakeRunner(full_vg, full_vg)
+    runner = lvs_answers(full_vg, full_vg)
     monitor = monitor_over(tmp_path, runner)
     monitor.look()
     monitor.look()
 
-    assert runner.extended == []
+    assert runner.argvs_of("lvextend") == []
     assert monitor.summary().problems == [
         "cannot extend system/vmbackup at 75.0% full: VG system has no more free space; free space in "
         "the VG or give the snapshot a larger size"]
@@ -175,14 +160,14 @@ def test_monitor_that_cannot_grow_a_snapshot_says_why_once(tmp_path):
 
 
 def test_monitor_grows_a_snapshot_as_far_as_the_vg_allows_and_says_it_is_at_the_limit(tmp_path):
-    runner = FakeRunner(recorded("snapshot_mounted", data_percent="60.00", vg_free=str(8 * MiB)),
+    runner = lvs_answers(recorded("snapshot_mounted", data_percent="60.00", vg_free=str(8 * MiB)),
                         recorded("snapshot_mounted", data_percent="70.00", vg_free="0",
                                  lv_size=str(72 * MiB)))
     monitor = monitor_over(tmp_path, runner)
     monitor.look()
     monitor.look()
 
-    assert runner.extended == [["lvextend", "--size", f"{72 * MiB}b", "system/vmbackup"]]
+    assert runner.argvs_of("lvextend") == [["lvextend", "--size", f"{72 * MiB}b", "system/vmbackup"]]
     assert monitor.summary().problems == [
         "system/vmbackup could only be extended to 72.0 MiB instead of 128.0 MiB: VG system has no more "
         "free space; free space in the VG or give the snapshot a larger size"]
@@ -196,7 +181,7 @@ def test_monitor_records_an_invalid_snapshot_with_its_cause_and_stops_watching(t
                                                                                  io_errors, problem):
     # lvs shows an overflow and an I/O invalidation alike; the copy-on-write header tells them apart
     monkeypatch.setattr(watchdog, "invalidated_by_io_errors", lambda lv: io_errors)
-    runner = FakeRunner((DATA / "lvs_snapshot_overflowed.json").read_text())
+    runner = lvs_answers((DATA / "lvs_snapshot_overflowed.json").read_text())
     monitor = monitor_over(tmp_path, runner)
     monitor.look()
 
@@ -204,13 +189,13 @@ def test_monitor_records_an_invalid_snapshot_with_its_cause_and_stops_watching(t
     summary = monitor.summary()
     assert summary.max_fill == {"system/vmbackup": 100.0}
     assert summary.problems[0].startswith(problem), summary.problems
-    assert runner.extended == []
+    assert runner.argvs_of("lvextend") == []
 
 
 def test_monitor_stops_watching_a_snapshot_that_is_gone(tmp_path):
     report = json.loads(recorded("snapshot_mounted"))
     report["report"][0]["lv"] = [r for r in report["report"][0]["lv"] if r["lv_name"] != "vmbackup"]
-    monitor = monitor_over(tmp_path, FakeRunner(json.dumps(report)))
+    monitor = monitor_over(tmp_path, lvs_answers(json.dumps(report)))
     monitor.look()
 
     assert not monitor.watching
@@ -218,17 +203,17 @@ def test_monitor_stops_watching_a_snapshot_that_is_gone(tmp_path):
 
 
 def test_monitor_never_extends_an_lv_without_the_jobs_tags(tmp_path):
-    runner = FakeRunner(recorded("snapshot_mounted", data_percent="90.00", lv_tags=""))
+    runner = lvs_answers(recorded("snapshot_mounted", data_percent="90.00", lv_tags=""))
     monitor = monitor_over(tmp_path, runner)
     monitor.look()
 
-    assert runner.extended == []
+    assert runner.argvs_of("lvextend") == []
     assert not monitor.watching
     assert "replaced by another LV" in monitor.summary().problems[0]
 
 
 def test_monitor_never_extends_a_snapshot_recreated_under_the_same_name(tmp_path):
-    runner = FakeRunner(recorded("snapshot_mounted", data_percent="10.00"),
+    runner = lvs_answers(recorded("snapshot_mounted", data_percent="10.00"),
                         recorded("snapshot_mounted", data_percent="90.00",
                                  lv_tags="xenlvm,xenlvm_job_xenvm,xenlvm_run_20261130T213500_4711",
                                  lv_time="2026-11-30 21:35:00 +0000"))
@@ -236,13 +221,13 @@ def test_monitor_never_extends_a_snapshot_recreated_under_the_same_name(tmp_path
     monitor.look()
     monitor.look()
 
-    assert runner.extended == []
+    assert runner.argvs_of("lvextend") == []
     assert not monitor.watching
 
 
 def test_a_failed_lvextend_is_a_problem_and_watching_goes_on(tmp_path):
     error = CommandFailed(["lvextend"], 5, "Insufficient free space: 16 extents needed, but only 2 available")
-    runner = FakeRunner(recorded("snapshot_mounted", data_percent="90.00"), extend_error=error)
+    runner = lvs_answers(recorded("snapshot_mounted", data_percent="90.00"), extend=error)
     monitor = monitor_over(tmp_path, runner)
     monitor.look()
 
@@ -252,7 +237,7 @@ def test_a_failed_lvextend_is_a_problem_and_watching_goes_on(tmp_path):
 
 def test_a_failing_lvs_is_one_problem_and_watching_goes_on(tmp_path):
     error = CommandFailed(["lvs"], 5, "Volume group system is locked")
-    runner = FakeRunner(error, error, recorded("snapshot_mounted", data_percent="10.00"))
+    runner = lvs_answers(error, error, recorded("snapshot_mounted", data_percent="10.00"))
     monitor = monitor_over(tmp_path, runner)
     for _ in range(3):
         monitor.look()

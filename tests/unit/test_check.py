@@ -1,0 +1,124 @@
+"""`xenlvm check` on a fake dom0 (tests/unit/fakehost.py): one finding per check, a failure
+for each problem with what to do, never a crash on an odd answer."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from tests.unit.fakes import Answer, Timeout, lvs_with, recorded
+from xenlvm import check, install
+
+XEN = "    xen:\n      domains: auto\n"
+VMDISKS = "    vmdisks:\n      domains: auto\n      size: 16M\n"
+
+
+def findings(host, jobs: str = "") -> list[tuple[str, str, str]]:
+    config = host.config(jobs)
+    out = []
+    for job in config.jobs.values():
+        out += [(f.level, f.check, f.message) for f in check.check_job(config, host.runner, job)]
+    return out
+
+
+def failed(found) -> list[str]:
+    return [f"{name}: {message}" for level, name, message in found if level == "fail"]
+
+
+def test_a_ready_host_passes_every_check(host):
+    found = findings(host, host.job_text(extra=XEN))
+    assert failed(found) == []
+    assert ("ok", "xen", "domains to pause: vm1") in found
+    assert {name for _, name, _ in found} >= {"mountpoint", "space", "xen"}
+
+
+def test_a_leftover_snapshot_mounted_at_the_mountpoint_is_expected_not_a_problem(host):
+    host.add_snapshot(lv_attr="swi-aos---")
+    assert not [f for f in failed(findings(host)) if f.startswith("mountpoint")]
+
+
+@pytest.mark.parametrize(("answer", "said"), [
+    ("", "cannot understand the output of lvs"),
+    ("[]", "cannot understand the output of lvs"),
+    (Answer(stderr="  Volume group system is locked", returncode=5), "is locked"),
+    (Timeout(), "did not finish"),
+])
+def test_odd_or_failing_lvs_answers_are_failures_not_crashes(host, answer, said):
+    host.runner.on("lvs", answer)
+    [problem] = failed(findings(host))
+    assert problem.startswith("origin: ") and said in problem
+
+
+def test_a_missing_volume_group_is_named(host):
+    assert failed(findings(host, host.job_text().replace("system/xenvm", "novg/xenvm"))) == [
+        "origin: volume group 'novg' not found: check 'volume:' in the configuration against the output "
+        "of 'vgs'"]
+
+
+def test_an_inactive_origin_and_a_vg_missing_a_pv_are_failures(host):
+    inactive = {"lv_attr": "-wi-------", "lv_active": "", "vg_attr": "wz-pn-"}
+    host.runner.on("lvs", lvs_with("lvs_no_snapshot.json", {"xenvm": inactive}))
+    problems = "\n".join(failed(findings(host)))
+    assert "is not active" in problems and "lvchange -ay" in problems
+    assert "missing" in problems and "vgreduce --removemissing" in problems
+
+
+def test_an_inactive_leftover_snapshot_is_reported(host):
+    host.runner.on("lvs", recorded("lvs_snapshot_inactive.json"))
+    assert any(level != "ok" for level, _, _ in findings(host))
+
+
+def test_xen_failures_and_a_corrupt_pause_record_are_reported(host):
+    host.runner.on("xl list -l", recorded("xl_list_l_sxp_xen-4.17.txt"))
+    (host.root / "run" / "xenvm.paused").write_text("{")
+    problems = failed(findings(host, host.job_text(extra=XEN)))
+    assert any("set output_format to json in /etc/xen/xl.conf" in p for p in problems)
+    assert any(p.startswith("xen: the record of the domains job 'xenvm' paused") for p in problems)
+
+
+def test_domains_left_paused_by_a_killed_run_are_a_failure_with_the_fix(host):
+    (host.root / "run" / "xenvm.paused").write_text('["vm1"]')
+    assert "xen: a killed run may have left vm1 paused: run 'xenlvm cleanup'" in failed(
+        findings(host, host.job_text(extra=XEN)))
+
+
+def test_vm_disks_that_are_lvs_are_listed(host):
+    host.lvs_rows.append({**host.lvs_rows[0], "lv_name": "vm1-disk", "lv_kernel_minor": "7",
+                          "lv_dm_path": "/dev/mapper/system-vm1--disk"})
+    jobs = (f"  disks:\n    mountpoint: {host.root / 'mnt' / 'vmbackup'}\n    tasks: [xen_vm1]\n{VMDISKS}")
+    found = findings(host, jobs)
+    assert ("ok", "vmdisks", "VM disks to snapshot: vm1/xvda (system/vm1-disk)") in found
+
+
+def test_vm_disks_when_xl_fails_is_a_failure(host):
+    host.runner.on("xl list", Timeout())
+    jobs = (f"  disks:\n    mountpoint: {host.root / 'mnt' / 'vmbackup'}\n    tasks: [xen_vm1]\n{VMDISKS}")
+    assert [p for p in failed(findings(host, jobs)) if p.startswith("vmdisks: ") and "did not finish" in p]
+
+
+# ---------------------------------------------------------------------------------------------
+# The host: configuration, tools, hooks
+
+
+def test_host_checks_report_the_config_tools_and_hooks(host, tmp_path):
+    config = host.config(settings=f"  path: {tmp_path / 'bin'}\n")
+    hooks_dir = tmp_path / "sesam"
+    hooks_dir.mkdir()
+    found = [(f.level, f.check, f.message) for f in check.check_host(config, str(hooks_dir))]
+    assert ("fail", "hooks", f"{hooks_dir / 'sbc_pre'} is missing: run 'xenlvm install-hooks'") in found
+    assert [m for level, name, m in found if name == "tools"][0].startswith(
+        f"not found on {tmp_path / 'bin'}: lvs, lvcreate")
+    if os.geteuid() == 0:
+        assert ("ok", "config", f"{config.path} is valid, owned by root, writable only by root") in found
+
+
+def test_hooks_that_are_not_xenlvms_or_bound_elsewhere_are_reported(tmp_path):
+    (tmp_path / "sbc_pre").write_text("#!/bin/sh\nexit 0\n")
+    (tmp_path / "sbc_post").write_text(install.hook_text("post", "/opt/other/python3", None))
+    found = [(f.level, f.message) for f in check.check_hooks(str(tmp_path))]
+    assert found[0][0] == "fail" and "is not xenlvm's" in found[0][1]
+    assert found[1][0] == "warn" and "not this installation" in found[1][1]
+    install.install_hooks(str(tmp_path), sys.executable)
+    assert [f.level for f in check.check_hooks(str(tmp_path))] == ["ok", "ok"]
