@@ -7,6 +7,7 @@ argv, every call logged, a dry run and change_all as the real runner has them.
     runner.on("xl pause", Answer(stderr="libxl: error: ..."))        # exit 0 with an error on stderr
     runner.on("umount", Timeout())                                   # killed after its timeout
     runner.argvs_of("lvremove")                                      # what was run, in order
+    runner.inputs_of("sfdisk")                                       # what each sfdisk got on stdin
 
 An answer is stdout text (exit 0), an Answer (stdout, stderr, exit status), a CommandFailed
 or a Timeout (raised as the runner raises them), or a function of the argv that returns one of
@@ -73,6 +74,7 @@ class Call:
     kind: str  # "query", "change", or "would change" (announced in a dry run, not run)
     argv: tuple[str, ...]
     timeout: float | None
+    input: str | None = None  # the text given to the command's standard input (change(input=...))
 
 
 class FakeRunner:
@@ -104,11 +106,11 @@ class FakeRunner:
         return result
 
     def change(self, argv: Sequence[str], *, timeout: float | None = None,
-               ok_codes: Sequence[int] = (0,)) -> Result | None:
-        if self.dry_run:
-            self.calls.append(Call("would change", tuple(argv), timeout))
+               ok_codes: Sequence[int] = (0,), input: str | None = None) -> Result | None:
+        if self.dry_run:  # as Runner: announced with its input, not run, None
+            self.calls.append(Call("would change", tuple(argv), timeout, input))
             return None
-        return self._run("change", argv, timeout, ok_codes)
+        return self._run("change", argv, timeout, ok_codes, input)
 
     def change_all(self, argvs: Sequence[Sequence[str]], *,
                    timeout: float | None = None) -> list[Result | CommandFailed | None]:
@@ -130,6 +132,10 @@ class FakeRunner:
     def argvs_of(self, *prefix: str) -> list[list[str]]:
         return [list(c.argv) for c in self.calls if c.argv[:len(prefix)] == prefix]
 
+    def inputs_of(self, *prefix: str) -> list[str | None]:
+        """What each argv that starts with prefix got on its standard input (None: nothing)."""
+        return [c.input for c in self.calls if c.argv[:len(prefix)] == prefix]
+
     @property
     def changes(self) -> list[list[str]]:
         """The argvs that changed (or in a dry run, would have changed) something."""
@@ -146,10 +152,10 @@ class FakeRunner:
         return answer(argv) if callable(answer) else answer
 
     def _run(self, kind: str, argv: Sequence[str], timeout: float | None,
-             ok_codes: Sequence[int]) -> Result | None:
+             ok_codes: Sequence[int], input: str | None = None) -> Result | None:
         argv = tuple(argv)
         self.count += 1
-        self.calls.append(Call(kind, argv, timeout))
+        self.calls.append(Call(kind, argv, timeout, input))
         reply = self._reply(argv)
         if isinstance(reply, BaseException):
             raise reply

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import shlex
 import time
 
 import pytest
 
+from tests.unit.fakes import FakeRunner
 from xenlvm.config import DEFAULT_PATH
 from xenlvm.errors import CommandFailed
 from xenlvm.runner import Result, Runner, quote, which
@@ -181,6 +183,30 @@ def test_change_runs_when_not_a_dry_run(tmp_path):
     result = Runner().change(["touch", str(target)])
     assert result is not None and result.returncode == 0
     assert target.exists()
+
+
+def test_a_changes_input_is_its_standard_input_and_is_logged_with_it(tmp_path, command_log):
+    target = tmp_path / "written from stdin"
+    Runner().change(["/bin/sh", "-c", f"cat > {shlex.quote(str(target))}"], input="label: gpt\n")
+    assert target.read_text() == "label: gpt\n"
+    assert any(m.startswith("run: /bin/sh") and m.endswith(" <<'EOF'\nlabel: gpt\nEOF") for m in command_log)
+
+
+def test_the_fake_runner_takes_what_the_runner_takes_and_keeps_its_dry_run(tmp_path):
+    for method in ("query", "change", "change_all"):
+        assert inspect.signature(getattr(FakeRunner, method)).parameters.keys() == \
+            inspect.signature(getattr(Runner, method)).parameters.keys(), method
+    target = tmp_path / "not created"
+    real, fake = Runner(dry_run=True), FakeRunner(dry_run=True).on("touch", "")
+    for runner in (real, fake):
+        assert runner.change(["touch", str(target)], input="text\n") is None
+        assert runner.change_all([["touch", str(target)]]) == [None]
+        assert runner.count == 0
+    assert not target.exists()
+    assert [(c.kind, c.input) for c in fake.calls] == [("would change", "text\n"), ("would change", None)]
+    fake = FakeRunner().on("sfdisk", "")
+    assert fake.change(["sfdisk", "/dev/x"], input="label: gpt\n").stdout == ""
+    assert fake.inputs_of("sfdisk") == ["label: gpt\n"] and fake.count == 1
 
 
 def test_every_command_is_logged_with_its_exact_argv_and_exit_status(command_log):
