@@ -1,6 +1,7 @@
 """restore-disk and restore-image: the layout they read, every refusal before a write (each its
 own test), and what they run, in order, with a fake runner. (The real drill, on real LVM, is
-tests/system/test_restore.py.)"""
+tests/system/test_restore.py.) The runner is tests/unit/fakes.FakeRunner: lvs rows and xl list -l as
+recorded on real hosts (tests/unit/data), every other command scripted."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import os
 
 import pytest
 
+from tests.unit.fakes import Answer, FakeRunner, lvs_with, recorded
 from xenlvm import layout, mounts, rebuild, restore
 from xenlvm.errors import CommandFailed, LockTimeout, SafetyRefusal, UsageError
+from xenlvm.lvm import device_path
 from xenlvm.mounts import MountEntry
-from xenlvm.runner import Result
 
 # sfdisk --json of a GPT disk (util-linux 2.38.1, taken in the test guest)
 SFDISK_GPT = """{
@@ -32,6 +34,7 @@ SFDISK_GPT = """{
 SIZE = 64 << 20
 NUMBERS = (250, 7)  # the target LV's device numbers
 DEVICE = "/dev/mapper/system-vm2--disk"
+TARGET_PATHS = {"/dev/vg/vm2-disk": NUMBERS, DEVICE: NUMBERS}  # another name for the target, its own
 
 
 def disk_layout(**changes) -> dict:
@@ -56,55 +59,57 @@ def restored(tmp_path):
     return folder
 
 
+# An active LV as LVM 2.03.16 shows it (the recorded row of system/xenvm, every field there).
+_RECORDED_ROW = json.loads(recorded("lvs_no_snapshot.json"))["report"][0]["lv"][0]
+
+
 def lvs_row(name: str, *, attr: str = "-wi-a-----", size: int = SIZE, origin: str = "",
             numbers: tuple[int, int] | None = NUMBERS, pool: str = "") -> dict:
+    """The recorded row with this LV's name, attributes, size, origin, pool and device numbers
+    (None: inactive, as LVM shows an inactive LV)."""
     major, minor = numbers if numbers else ("-1", "-1")
-    return {"lv_name": name, "vg_name": "system", "lv_attr": attr, "lv_size": str(size), "origin": origin,
-            "pool_lv": pool, "lv_kernel_major": str(major), "lv_kernel_minor": str(minor),
-            "lv_active": "active"}
+    return {**_RECORDED_ROW, "lv_name": name, "vg_name": "system", "lv_attr": attr, "lv_size": str(size),
+            "origin": origin, "pool_lv": pool, "lv_kernel_major": str(major), "lv_kernel_minor": str(minor),
+            "lv_active": "active" if numbers else "", "lv_dm_path": device_path("system", name)}
 
 
-class FakeRunner:
-    """Answers lvs and xl list -l; records every change (returning a loop device for losetup)."""
+# what restore-disk and restore-image change with
+RESTORE_COMMANDS = ("sfdisk", "wipefs", "losetup", "mkfs.ext4", "mkfs.xfs", "mount", rebuild.COPY[0],
+                    "umount", "mkswap", "blkdiscard", "dd")
 
-    def __init__(self, rows: list[dict], domains: dict[str, str] | None = None, *, dry_run: bool = False,
-                 fail: str | None = None) -> None:
-        self.rows, self.domains, self.dry_run, self.fail = rows, domains or {}, dry_run, fail
-        self.changes: list[list[str]] = []
-        self.inputs: list[str | None] = []
 
-    def query(self, argv, *, timeout=None, ok_codes=(0,)):
-        if argv[0] == "lvs":
-            out = json.dumps({"report": [{"lv": self.rows}]})
-        elif list(argv[:3]) == ["xl", "list", "-l"]:
-            out = json.dumps([{"domid": i + 1, "config": {"c_info": {"name": n}, "disks": [
-                {"pdev_path": p, "vdev": "xvda"}]}} for i, (n, p) in enumerate(self.domains.items())])
-        else:
-            raise AssertionError(f"unexpected query {argv}")
-        return Result(tuple(argv), 0, out, "", 0.01)
+def host_runner(rows: list[dict], *, dry_run: bool = False, fail: str | None = None) -> FakeRunner:
+    """lvs shows rows (VG system); xl list -l shows the recorded domains of Xen 4.17, none with
+    the target as a disk (see domain_has_the_target); every change succeeds, silent, and
+    losetup --show prints /dev/loop7; fail names a command that exits 1 instead."""
+    runner = FakeRunner(dry_run=dry_run)
+    runner.on("lvs", lvs_with("lvs_no_snapshot.json", drop=["xenvm"], rows=rows))
+    runner.on("xl list -l", recorded("xl_list_l_xen-4.17.json"))
+    for command in RESTORE_COMMANDS:
+        runner.on(command, "")
+    runner.on("losetup --find --show", "/dev/loop7\n")
+    if fail:
+        runner.on(fail, Answer(stderr="injected failure", returncode=1))
+    return runner
 
-    def change(self, argv, *, timeout=None, ok_codes=(0,), input=None):
-        self.changes.append(list(argv))
-        self.inputs.append(input)
-        if self.dry_run:
-            return None
-        if self.fail and argv[0] == self.fail:
-            raise CommandFailed(argv, 1, "injected failure")
-        loop = "/dev/loop7\n" if argv[0] == "losetup" and "--show" in argv else ""
-        return Result(tuple(argv), 0, loop, "", 0.01)
+
+def domain_has_the_target(monkeypatch) -> None:
+    """Domain vm2's recorded disk /dev/dm-5 (xl given the device-mapper name) is the target."""
+    paths = {**TARGET_PATHS, "/dev/dm-5": NUMBERS}
+    monkeypatch.setattr(mounts, "device_numbers", lambda path: paths.get(path))
 
 
 @pytest.fixture
 def host(tmp_path, monkeypatch):
-    """Nothing mounted, no loop device, no holder; /dev/vg/vm2-disk (a domain's name for it) and
-    the target's own path have the target's device numbers; a private mount directory."""
+    """Nothing mounted, no loop device, no holder; /dev/vg/vm2-disk (another name for it) and
+    the target's own path have the target's device numbers (domain_has_the_target gives a
+    domain's disk them too); a private mount directory."""
     sys_root = tmp_path / "sys"
     (sys_root / "block").mkdir(parents=True)
     (sys_root / "dev" / "block" / "250:7" / "holders").mkdir(parents=True)
     monkeypatch.setattr(restore, "SYS", str(sys_root))
     monkeypatch.setattr(mounts, "read_mounts", lambda: [])
-    paths = {"/dev/vg/vm2-disk": NUMBERS, "/dev/mapper/system-vm2--disk": NUMBERS}
-    monkeypatch.setattr(mounts, "device_numbers", lambda path: paths.get(path))
+    monkeypatch.setattr(mounts, "device_numbers", lambda path: TARGET_PATHS.get(path))
     monkeypatch.setattr(rebuild.tempfile, "mkdtemp", lambda prefix: str(tmp_path / "mnt"))
     (tmp_path / "mnt").mkdir()
     return sys_root
@@ -129,38 +134,36 @@ def refusal(runner, restored, tmp_path) -> str:
 
 def test_restore_disk_refuses_a_target_that_does_not_exist(restored, tmp_path, host):
     assert "the target system/vm2-disk does not exist: create it first" in \
-        refusal(FakeRunner([lvs_row("other")]), restored, tmp_path)
+        refusal(host_runner([lvs_row("other")]), restored, tmp_path)
 
 
 def test_restore_disk_refuses_a_target_smaller_than_the_recorded_disk(restored, tmp_path, host):
-    message = refusal(FakeRunner([lvs_row("vm2-disk", size=SIZE - 512)]), restored, tmp_path)
+    message = refusal(host_runner([lvs_row("vm2-disk", size=SIZE - 512)]), restored, tmp_path)
     assert f"has {SIZE - 512} bytes but the disk had {SIZE}" in message and "lvextend" in message
 
 
 def test_restore_disk_refuses_a_target_that_is_not_active(restored, tmp_path, host):
     assert "is not active: lvchange -ay system/vm2-disk" in \
-        refusal(FakeRunner([lvs_row("vm2-disk", attr="-wi-------", numbers=None)]), restored, tmp_path)
+        refusal(host_runner([lvs_row("vm2-disk", attr="-wi-------", numbers=None)]), restored, tmp_path)
 
 
-def test_restore_disk_refuses_a_target_that_a_domain_has_as_a_disk(restored, tmp_path, host):
-    runner = FakeRunner([lvs_row("vm2-disk")], {"web": "/dev/sdz", "vm2": "/dev/vg/vm2-disk"})
+def test_restore_disk_refuses_a_target_that_a_domain_has_as_a_disk(restored, tmp_path, host, monkeypatch):
+    domain_has_the_target(monkeypatch)
+    runner = host_runner([lvs_row("vm2-disk")])
     assert "is a disk of domain 'vm2', which exists (running or paused): shut it down first" in \
         refusal(runner, restored, tmp_path)
 
 
 def test_restore_disk_refuses_when_it_cannot_ask_xl_which_domains_have_which_disks(restored, tmp_path, host):
-    class NoXl(FakeRunner):
-        def query(self, argv, **options):
-            if argv[0] == "xl":
-                raise CommandFailed(argv, None, "", not_found=True)
-            return super().query(argv, **options)
-
+    runner = host_runner([lvs_row("vm2-disk")])
+    runner.on("xl list -l", lambda argv: CommandFailed(argv, None, "", not_found=True))
     assert "cannot tell whether a domain has system/vm2-disk as a disk: could not run xl: program not found" \
-        in refusal(NoXl([lvs_row("vm2-disk")]), restored, tmp_path)
+        in refusal(runner, restored, tmp_path)
+    assert runner.argvs_of("xl") == [["xl", "list", "-l"]]
 
 
 def test_restore_disk_refuses_a_target_that_another_restore_is_writing(restored, tmp_path, host):
-    runner = FakeRunner([lvs_row("vm2-disk")])
+    runner = host_runner([lvs_row("vm2-disk")])
     with restore.lock(runner, str(tmp_path / "locks"), "system/vm2-disk"), pytest.raises(LockTimeout):
         run_restore(runner, restored, tmp_path)
     assert runner.changes == []
@@ -170,7 +173,7 @@ def test_restore_disk_refuses_a_mounted_target(restored, tmp_path, host, monkeyp
     monkeypatch.setattr(mounts, "read_mounts", lambda: [
         MountEntry(*NUMBERS, "/srv/vm2", ("rw",), "ext4", "/dev/mapper/system-vm2--disk")])
     assert "is mounted at /srv/vm2: unmount it first" in \
-        refusal(FakeRunner([lvs_row("vm2-disk")]), restored, tmp_path)
+        refusal(host_runner([lvs_row("vm2-disk")]), restored, tmp_path)
 
 
 def test_restore_disk_refuses_a_target_under_a_loop_device(restored, tmp_path, host):
@@ -178,28 +181,28 @@ def test_restore_disk_refuses_a_target_under_a_loop_device(restored, tmp_path, h
     (loop / "loop").mkdir(parents=True)
     (loop / "loop" / "backing_file").write_text("/dev/vg/vm2-disk\n")
     (loop / "dev").write_text("7:3\n")
-    assert "is in use by /dev/loop3" in refusal(FakeRunner([lvs_row("vm2-disk")]), restored, tmp_path)
+    assert "is in use by /dev/loop3" in refusal(host_runner([lvs_row("vm2-disk")]), restored, tmp_path)
 
 
 def test_restore_disk_refuses_a_target_under_a_device_mapper_device(restored, tmp_path, host):
     (host / "dev" / "block" / "250:7" / "holders" / "dm-9").mkdir()
-    assert "is in use by dm-9" in refusal(FakeRunner([lvs_row("vm2-disk")]), restored, tmp_path)
+    assert "is in use by dm-9" in refusal(host_runner([lvs_row("vm2-disk")]), restored, tmp_path)
 
 
 def test_restore_disk_refuses_a_target_with_snapshots(restored, tmp_path, host):
     rows = [lvs_row("vm2-disk", attr="owi-a-s---"), lvs_row("vm2-disk.xenlvm", attr="swi-a-s---",
                                                              origin="vm2-disk", numbers=(250, 8))]
     assert "has snapshots (vm2-disk.xenlvm): remove them first" in \
-        refusal(FakeRunner(rows), restored, tmp_path)
+        refusal(host_runner(rows), restored, tmp_path)
 
 
 def test_restore_disk_refuses_an_open_target(restored, tmp_path, host):
     assert "is open (lvs shows 'o' in its attributes)" in \
-        refusal(FakeRunner([lvs_row("vm2-disk", attr="-wi-ao----")]), restored, tmp_path)
+        refusal(host_runner([lvs_row("vm2-disk", attr="-wi-ao----")]), restored, tmp_path)
 
 
 def test_restore_disk_refuses_without_yes(restored, tmp_path, host):
-    runner = FakeRunner([lvs_row("vm2-disk")])
+    runner = host_runner([lvs_row("vm2-disk")])
     with pytest.raises(SafetyRefusal, match="then with --yes to do it. Nothing was changed."):
         run_restore(runner, restored, tmp_path, yes=False)
     assert runner.changes == []
@@ -208,7 +211,7 @@ def test_restore_disk_refuses_without_yes(restored, tmp_path, host):
 def test_restore_disk_refuses_a_folder_without_the_files_of_an_exposed_filesystem(restored, tmp_path, host):
     (restored / "p1" / "etc").rmdir()
     (restored / "p1").rmdir()
-    runner = FakeRunner([lvs_row("vm2-disk")])
+    runner = host_runner([lvs_row("vm2-disk")])
     with pytest.raises(UsageError, match="p1 is missing from the restored folder"):
         run_restore(runner, restored, tmp_path)
     assert runner.changes == []
@@ -226,11 +229,12 @@ def test_restore_refuses_a_target_that_is_not_vg_slash_lv(target):
 
 
 def test_a_dry_run_checks_everything_and_only_prints_each_command(restored, tmp_path, host):
-    runner = FakeRunner([lvs_row("vm2-disk")], dry_run=True)
+    runner = host_runner([lvs_row("vm2-disk")], dry_run=True)
     report = run_restore(runner, restored, tmp_path, yes=False)
     assert [argv[0] for argv in runner.changes] == ["sfdisk", "losetup", "mkfs.ext4", "mount", "cp", "umount",
                                                     "losetup", "mkswap"]
-    assert runner.inputs[0] == rebuild.sfdisk_script(disk_layout()["table"])
+    assert {call.kind for call in runner.calls} == {"query", "would change"}
+    assert runner.inputs_of("sfdisk") == [rebuild.sfdisk_script(disk_layout()["table"])]
     assert runner.changes[2] == ["mkfs.ext4", "-q", "-F", "-U", "0b7c3b0e-6b7e-4c47-9f7a-2f0c1d1e5a10", "-L",
                                  "root", "/dev/loopN (partition 1)"]
     assert runner.changes[-1] == ["mkswap", "-U", "5f1d6c1a-9c7e-4b1e-8d6b-1a2b3c4d5e6f",
@@ -239,7 +243,7 @@ def test_a_dry_run_checks_everything_and_only_prints_each_command(restored, tmp_
 
 
 def test_restore_disk_rebuilds_table_filesystems_files_and_swap_in_order(restored, tmp_path, host):
-    runner = FakeRunner([lvs_row("vm2-disk")])
+    runner = host_runner([lvs_row("vm2-disk")])
     report = run_restore(runner, restored, tmp_path)
     mnt = str(tmp_path / "mnt")
     assert runner.changes == [
@@ -256,13 +260,15 @@ def test_restore_disk_rebuilds_table_filesystems_files_and_swap_in_order(restore
         ["mkswap", "-U", "5f1d6c1a-9c7e-4b1e-8d6b-1a2b3c4d5e6f", "/dev/loop7"],
         ["losetup", "--detach", "/dev/loop7"],
     ]
+    assert runner.inputs_of("sfdisk") == [rebuild.sfdisk_script(disk_layout()["table"])]
+    assert [call.input for call in runner.calls if call.kind == "change"][1:] == [None] * 9  # sfdisk's only
     assert report == ["restored vm2/xvda onto system/vm2-disk: partition table; partition 1: ext4 with its "
                       "files; partition 3: swap"]
     assert not os.path.exists(mnt)
 
 
 def test_a_failed_copy_stops_and_says_what_the_disk_holds(restored, tmp_path, host):
-    runner = FakeRunner([lvs_row("vm2-disk")], fail="cp")
+    runner = host_runner([lvs_row("vm2-disk")], fail="cp")
     with pytest.raises(restore.RestoreFailed) as raised:
         run_restore(runner, restored, tmp_path)
     message = str(raised.value)
@@ -279,7 +285,7 @@ def test_guest_lvm_and_unknown_partitions_are_reported_and_left_alone(restored, 
                    "exposed_as": None, "reason": "guest-lvm",
                    "detail": "a physical volume of the guest's own LVM"}
     (restored / "layout.json").write_text(json.dumps(disk_layout(contents=contents)))
-    runner = FakeRunner([lvs_row("vm2-disk")])
+    runner = host_runner([lvs_row("vm2-disk")])
     report = run_restore(runner, restored, tmp_path)
     assert report[1] == ("partition 3 left as it is (a physical volume of the guest's own LVM); restore it "
                          "by hand if the VM needs it")
@@ -293,7 +299,7 @@ def test_a_bare_filesystem_disk_is_wiped_and_made_on_the_whole_lv(tmp_path, host
     bare = disk_layout(table=None, contents=[{"partition": None, "type": "xfs", "uuid": "1234-abcd",
                                               "label": None, "exposed_as": ".", "mount_options": "ro"}])
     (tmp_path / "vm3" / "xvdb.layout.json").write_text(json.dumps(bare))
-    runner = FakeRunner([lvs_row("vm2-disk")])
+    runner = host_runner([lvs_row("vm2-disk")])
     rebuild.restore_disk(runner, str(folder), "system/vm2-disk", yes=True, xl_timeout=5.0,
                          lock_dir=str(tmp_path / "locks"))
     assert runner.changes[:2] == [["wipefs", "--all", "--force", DEVICE],
@@ -367,15 +373,12 @@ Inode size:\t          256
 
 
 def test_an_ext_filesystems_features_and_sizes_are_recorded_without_its_runtime_flags():
-    class Dumpe2fs:
-        def query(self, argv, **_):
-            assert argv == ["dumpe2fs", "-h", "/dev/loop3"]
-            return Result(tuple(argv), 0, DUMPE2FS, "dumpe2fs 1.47.0 (5-Feb-2023)\n", 0.01)
-
-    assert layout.ext_parameters(Dumpe2fs(), "/dev/loop3") == {
+    runner = FakeRunner().on("dumpe2fs", Answer(stdout=DUMPE2FS, stderr="dumpe2fs 1.47.0 (5-Feb-2023)\n"))
+    assert layout.ext_parameters(runner, "/dev/loop3") == {
         "features": ["has_journal", "ext_attr", "resize_inode", "dir_index", "filetype", "extent", "64bit",
                      "flex_bg", "sparse_super", "large_file", "dir_nlink", "extra_isize"],
         "block_size": 1024, "inode_size": 256}
+    assert [(c.kind, list(c.argv)) for c in runner.calls] == [("query", ["dumpe2fs", "-h", "/dev/loop3"])]
 
 
 def test_an_ext_filesystem_is_made_again_with_exactly_its_recorded_features():
@@ -410,12 +413,9 @@ realtime =none                   extsz=4096   blocks=0, rtextents=0
 
 
 def test_an_xfs_filesystem_is_recorded_and_made_again_with_its_flags():
-    class XfsInfo:
-        def query(self, argv, **_):
-            assert argv == ["xfs_info", "/dev/loop1"]
-            return Result(tuple(argv), 0, XFS_INFO, "", 0.01)
-
-    made = layout.xfs_parameters(XfsInfo(), "/dev/loop1")
+    runner = FakeRunner().on("xfs_info", XFS_INFO)
+    made = layout.xfs_parameters(runner, "/dev/loop1")
+    assert [(c.kind, list(c.argv)) for c in runner.calls] == [("query", ["xfs_info", "/dev/loop1"])]
     assert made == {"block_size": 4096, "inode_size": 512, "flags": {
         "crc": 1, "finobt": 1, "sparse": 1, "rmapbt": 0, "reflink": 0, "bigtime": 0, "inobtcount": 0,
         "nrext64": 0, "ftype": 1}}
@@ -448,14 +448,14 @@ def run_image(runner, image, tmp_path, monkeypatch, found="same"):
 
 
 def test_restore_image_copies_onto_a_classic_lv_every_block_then_compares(image, tmp_path, host, monkeypatch):
-    runner = FakeRunner([lvs_row("vm2-disk", size=8192)])
+    runner = host_runner([lvs_row("vm2-disk", size=8192)])
     report = run_image(runner, image, tmp_path, monkeypatch)
     assert runner.changes == [["dd", f"if={image}", f"of={DEVICE}", "bs=4M", "conv=fsync", "status=none"]]
     assert report == [f"restored {image} onto system/vm2-disk: 8192 bytes, SHA-256 same verified"]
 
 
 def test_restore_image_keeps_a_thin_lv_thin(image, tmp_path, host, monkeypatch):
-    runner = FakeRunner([lvs_row("vm2-disk", attr="Vwi-a-tz--", size=1 << 20, pool="pool")])
+    runner = host_runner([lvs_row("vm2-disk", attr="Vwi-a-tz--", size=1 << 20, pool="pool")])
     report = run_image(runner, image, tmp_path, monkeypatch)
     assert runner.changes == [["blkdiscard", DEVICE],
                               ["dd", f"if={image}", f"of={DEVICE}", "bs=4M", "conv=sparse,fsync",
@@ -465,14 +465,15 @@ def test_restore_image_keeps_a_thin_lv_thin(image, tmp_path, host, monkeypatch):
 
 def test_restore_image_fails_when_the_lv_does_not_hold_the_image_after_it(image, tmp_path, host, monkeypatch):
     with pytest.raises(restore.RestoreFailed, match="does not hold the image after the copy .* do not start"):
-        run_image(FakeRunner([lvs_row("vm2-disk")]), image, tmp_path, monkeypatch, found="other")
+        run_image(host_runner([lvs_row("vm2-disk")]), image, tmp_path, monkeypatch, found="other")
 
 
 def test_restore_image_makes_the_same_refusals(image, tmp_path, host, monkeypatch):
-    runner = FakeRunner([lvs_row("vm2-disk", size=4096)])
+    runner = host_runner([lvs_row("vm2-disk", size=4096)])
     with pytest.raises(SafetyRefusal, match="has 4096 bytes but the disk had 8192"):
         run_image(runner, image, tmp_path, monkeypatch)
-    runner = FakeRunner([lvs_row("vm2-disk")], {"vm2": "/dev/vg/vm2-disk"})
+    domain_has_the_target(monkeypatch)
+    runner = host_runner([lvs_row("vm2-disk")])
     with pytest.raises(SafetyRefusal, match="is a disk of domain 'vm2'"):
         run_image(runner, image, tmp_path, monkeypatch)
     assert runner.changes == []
