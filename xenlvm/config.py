@@ -14,6 +14,7 @@ from typing import Any, Callable
 import yaml
 
 from xenlvm.errors import ConfigError
+from xenlvm.fsutil import is_below
 
 DEFAULT_CONFIG_PATH = "/etc/xenlvm/config.yaml"
 # libyaml's parser where PyYAML has it (several times faster), else the pure-Python one.
@@ -595,7 +596,7 @@ def _job_volumes(reader: _Reader, node: yaml.Node, key: str, values: Fields) -> 
 
 def _nested(a: str, b: str) -> bool:
     """True when a and b are the same directory or one lies below the other."""
-    return (a + "/").startswith(b + "/") or (b + "/").startswith(a + "/")
+    return is_below(a, b, or_same=True) or is_below(b, a)
 
 
 def _check_jobs_apart(reader: _Reader, node: yaml.Node, jobs: list[Job]) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 
-from xenlvm import layout, preflight, vmdisks, watchdog, xen
+from xenlvm import layout, preflight, vmdisks, watchdog, watchdog_process, xen
 from xenlvm import lvm as lvm_mod
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Config, Job, SnapshotSpec
@@ -35,12 +35,12 @@ from xenlvm.lock import JobLock
 from xenlvm.logs import set_job
 from xenlvm.lvm import LogicalVolume, Lvm, VolumeGroup
 from xenlvm.runner import Runner
+from xenlvm.sizes import human_size
 from xenlvm.undo import UndoStack
 
 log = logging.getLogger("xenlvm")
 
-# Unwinding a failed pre must not wait as long as post does for a busy mount.
-UNDO_UNMOUNT_TIMEOUT = 30.0
+UNDO_UNMOUNT_TIMEOUT = mounts_mod.UNDO_UNMOUNT_TIMEOUT
 
 
 @dataclass
@@ -189,9 +189,9 @@ def _start_watchdog(ctx: Context, job: Job, origins: list[LogicalVolume], undo: 
                for spec, origin in zip(job.volumes, origins) if spec.size is not None]
     if job.watchdog is None or not watched or ctx.dry_run:
         return
-    undo.push("stop the snapshot watchdog", functools.partial(watchdog.stop, ctx.config, job.name))
+    undo.push("stop the snapshot watchdog", functools.partial(watchdog_process.stop, ctx.config, job.name))
     try:
-        pid = watchdog.start(ctx.config, job.name, watched, job.watchdog)
+        pid = watchdog_process.start(ctx.config, job.name, watched, job.watchdog)
     except XenlvmError as exc:
         # The backup is still sound without it: post detects an overflow either way.
         log.error("%s; the backup goes on without the watchdog", exc)
@@ -204,12 +204,12 @@ def _stop_watchdog(ctx: Context, job: Job) -> None:
     """Stop the job's watchdog before unmounting, and report what it saw."""
     if ctx.dry_run:
         return
-    summary = watchdog.stop(ctx.config, job.name)
+    summary = watchdog_process.stop(ctx.config, job.name)
     if summary is None:
         return
     for extension in summary.extensions:
         log.warning("the watchdog extended %s from %s to %s when it was %.1f%% full", extension["lv"],
-                    preflight.human_size(extension["from"]), preflight.human_size(extension["to"]),
+                    human_size(extension["from"]), human_size(extension["to"]),
                     extension["fill"])
     for lv, fill in summary.max_fill.items():
         log.info("the watchdog saw %s at most %.1f%% full", lv, fill)
@@ -307,10 +307,8 @@ def _verify_mounted(mountpoint: str, device: str) -> None:
 
 
 def _unmount_if_mounted(ctx: Context, mountpoint: str, device: str) -> None:
-    entry = mounts_mod.mounted_at(mountpoint, mounts_mod.read_mounts())
-    if ctx.dry_run or not mounts_mod.shows_device(entry, device):
-        return
-    mounts_mod.unmount_with_retry(ctx.runner, mountpoint, UNDO_UNMOUNT_TIMEOUT)
+    if not ctx.dry_run:
+        mounts_mod.unmount_if(ctx.runner, mountpoint, lambda entry: mounts_mod.shows_device(entry, device))
 
 
 def _remove_if_created(ctx: Context, job: Job, spec: SnapshotSpec, run_tag: str) -> None:
@@ -444,7 +442,7 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
                 f"volume group {snapshot.vg!r} ('dmesg', 'pvs') before the next backup.")
         raise SnapshotOverflowed(
             f"the snapshot {snapshot} overflowed during the backup: its "
-            f"{preflight.human_size(snapshot.size)} "
+            f"{human_size(snapshot.size)} "
             "of copy-on-write space filled up and it became invalid, so the backup of this run read "
             f"inconsistent data and cannot be trusted. {removed} "
             "Make it larger "

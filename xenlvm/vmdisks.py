@@ -23,7 +23,6 @@ bind of an image file from ``<image_dir>/xenlvm-<job>``; the tmpfs when its sour
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -34,6 +33,7 @@ from xenlvm import layout, xen
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Job, SnapshotSpec, Volume
 from xenlvm.errors import MountError, PreflightFailed
+from xenlvm.fsutil import is_below, remove_if_present
 from xenlvm.lvm import OWNER_TAG, VMDISK_TAG, LogicalVolume, VolumeGroup, device_path, job_tag
 from xenlvm.runner import Runner
 from xenlvm.undo import UndoStack
@@ -164,7 +164,8 @@ def check_image_room(job: Job, specs: Sequence[SnapshotSpec], vgs: dict[str, Vol
 
 def mount_tree(runner: Runner, job: Job, undo: UndoStack) -> None:
     """Mount the small tmpfs that holds the job's exposure tree at its mountpoint."""
-    undo.push(f"unmount the tmpfs at {job.mountpoint}", lambda: _unmount_tree(runner, job, 30.0))
+    undo.push(f"unmount the tmpfs at {job.mountpoint}",
+              lambda: _unmount_tree(runner, job, mounts_mod.UNDO_UNMOUNT_TIMEOUT))
     # size is a cap, not a reservation: directories and layout files take a page each
     runner.change(["mount", "-t", "tmpfs", "-o", "mode=0755,size=16m,nodev,nosuid,noexec",
                    tree_source(job), job.mountpoint])
@@ -234,7 +235,7 @@ def _usable(label: str, probed: dict[str, str]) -> str | None:
 
 def _mount(runner: Runner, source: str, fstype: str, target: str, undo: UndoStack) -> None:
     os.makedirs(target, mode=0o755, exist_ok=True)
-    undo.push(f"unmount {target}", lambda: _unmount_if_ours(runner, target, source))
+    undo.push(f"unmount {target}", lambda: mounts_mod.unmount_if(runner, target, lambda e: _shows(e, source)))
     mounts_mod.mount_snapshot(runner, source, fstype, target)
     if not _shows(mounts_mod.mounted_at(target, mounts_mod.read_mounts()), source):
         raise MountError(f"after mounting, {target} does not show {source}")
@@ -248,18 +249,13 @@ def _shows(entry: mounts_mod.MountEntry | None, source: str) -> bool:
     return mounts_mod.shows_device(entry, source)
 
 
-def _unmount_if_ours(runner: Runner, target: str, source: str) -> None:
-    if _shows(mounts_mod.mounted_at(target, mounts_mod.read_mounts()), source):
-        mounts_mod.unmount_with_retry(runner, target, 30.0)
-
-
 def _expose_image(runner: Runner, job: Job, spec: SnapshotSpec, device: str, undo: UndoStack) -> None:
     """Copy the snapshot into a sparse image file in image_dir and bind it, read-only, into
     the tree. The undo of the tree (and post) remove both."""
     staging = image_staging(job)
     os.makedirs(staging, mode=0o700, exist_ok=True)
     image = os.path.join(staging, f"{spec.domain}.{spec.disk}.img")
-    undo.push(f"remove {image}", lambda: _remove_file(image))
+    undo.push(f"remove {image}", lambda: remove_if_present(image))
     runner.change(["cp", "--sparse=always", "--", device, image], timeout=COPY_TIMEOUT)
     target = f"{spec.mountpoint}.img"
     with open(target, "x"):
@@ -271,15 +267,8 @@ def _expose_image(runner: Runner, job: Job, spec: SnapshotSpec, device: str, und
              target, os.stat(image).st_blocks * 512 >> 20)
 
 
-def _remove_file(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
 def _unmount_image(runner: Runner, target: str, staging: str) -> None:
-    entry = mounts_mod.mounted_at(target, mounts_mod.read_mounts())
-    if entry is not None and _is_image_bind(entry, staging):
-        mounts_mod.unmount_with_retry(runner, target, 30.0)
+    mounts_mod.unmount_if(runner, target, lambda entry: entry is not None and _is_image_bind(entry, staging))
 
 
 def image_staging(job: Job) -> str:
@@ -369,7 +358,7 @@ def tear_down(runner: Runner, job: Job, snapshots: Sequence[LogicalVolume], time
     staging = image_staging(job) if job.vmdisks is not None and job.vmdisks.image_dir else None
     foreign = []
     for entry in reversed(mounts_mod.read_mounts()):
-        if not xen.is_below(entry.mountpoint, job.mountpoint):
+        if not is_below(entry.mountpoint, job.mountpoint):
             continue
         if (entry.major, entry.minor) in devices or _is_image_bind(entry, staging) or \
                 (entry.fstype == "btrfs" and entry.source in sources):

@@ -307,7 +307,7 @@ def test_pre_goes_on_without_a_watchdog_that_cannot_start(host, monkeypatch, cap
 
     def cannot_start(*args, **kwargs):
         raise XenlvmError("the snapshot watchdog did not start within 30 s")
-    monkeypatch.setattr(hooks.watchdog, "start", cannot_start)
+    monkeypatch.setattr(hooks.watchdog_process, "start", cannot_start)
     hooks.run_pre(ctx, list(config.jobs.values()))
     assert "the backup goes on without the watchdog" in caplog.text
     assert host.ours == ["vmbackup"]
@@ -319,7 +319,7 @@ def test_post_reports_what_the_watchdog_did_and_notes_the_fill(host, monkeypatch
     summary = hooks.watchdog.Summary({"system/vmbackup": 91.5}, [
         {"lv": "system/vmbackup", "at": 1.0, "fill": 91.5, "from": 64 << 20, "to": 128 << 20}],
         ["cannot extend system/vmbackup: VG system has no more free space"])
-    monkeypatch.setattr(hooks.watchdog, "stop", lambda config, job: summary)
+    monkeypatch.setattr(hooks.watchdog_process, "stop", lambda config, job: summary)
     with caplog.at_level("INFO", "xenlvm"):
         hooks.run_post(ctx, list(config.jobs.values()))
     assert ("the watchdog extended system/vmbackup from 64.0 MiB to 128.0 MiB when it was 91.5% full"
