@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from xenlvm import install, interrupts, logs, state
-from xenlvm.config import Config, load_config
+from xenlvm.config import Config
+from xenlvm.config_file import load_config
 from xenlvm.errors import EXIT_FAILED, EXIT_OK, UsageError, XenlvmError, host_file_error
 from xenlvm.runner import Runner
 from xenlvm.sesam import describe_arguments, select_jobs

@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 import click
 
 from xenlvm import __version__, app, install, interrupts, logs
-from xenlvm.config import XL_TIMEOUT, Config, Job, Settings, config_path, load_config
+from xenlvm.config import XL_TIMEOUT, Config, Job, Settings, config_path
+from xenlvm.config_file import load_config
 from xenlvm.errors import EXIT_FAILED, EXIT_OK
 from xenlvm.sesam import select_jobs
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from xenlvm import mounts as mounts_mod
 from xenlvm import vmdisks, xen
-from xenlvm.config import parse_volume
+from xenlvm.config_values import parse_volume
 from xenlvm.errors import CommandFailed, SafetyRefusal, UsageError, XenlvmError
 from xenlvm.lock import JobLock
 from xenlvm.lvm import LogicalVolume, Lvm, device_path
@@ -41,7 +41,7 @@ class Target:
     device: str
 
     def __str__(self) -> str:
-        return f"{self.volume.vg}/{self.volume.name}"
+        return str(self.volume)  # VG/LV
 
 
 def parse_target(text: str) -> tuple[str, str]:

@@ -86,7 +86,7 @@ def discover(job: Job, xl: xen.Xl, vgs: dict[str, VolumeGroup]) -> list[Snapshot
         problems += [f"domain {n!r} does not exist or is not running" for n in settings.domains
                      if n not in names]
     by_device = {(lv.major, lv.minor): lv for vg in vgs.values() for lv in vg.lvs.values()
-                 if lv.major is not None}
+                 if lv.major is not None and lv.minor is not None}
     specs: list[SnapshotSpec] = []
     taken: set[tuple[str, str]] = set()
     for name in names:
@@ -350,7 +350,7 @@ def tear_down(runner: Runner, job: Job, snapshots: Sequence[LogicalVolume], time
     """Unmount what xenlvm exposed for the job's disk snapshots, detach their loop devices,
     remove the snapshots (with remove), the image files and the tree. Raise if something that
     is not xenlvm's is in the way; it is left alone."""
-    ours = {(s.major, s.minor) for s in snapshots if s.major is not None}
+    ours = {(s.major, s.minor) for s in snapshots if s.major is not None and s.minor is not None}
     loops = loops_of(list(ours))
     devices = ours | set(loops.values())
     # btrfs shows an anonymous device number in mountinfo: match its source device by name

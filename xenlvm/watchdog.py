@@ -28,7 +28,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from xenlvm import logs
-from xenlvm.config import Size, WatchdogSettings, load_config
+from xenlvm.config import Size, WatchdogSettings
+from xenlvm.config_file import load_config
 from xenlvm.errors import EXIT_USAGE, CommandFailed, XenlvmError
 from xenlvm.fsutil import read_small, write_atomically
 from xenlvm.lvm import OWNER_TAG, LogicalVolume, Lvm, VolumeGroup, invalidated_by_io_errors, job_tag

@@ -275,8 +275,8 @@ def resume(xl: Xl, names: Sequence[str]) -> None:
             break
         log.error("domain(s) %s still paused; resuming again (attempt %d)", ", ".join(pending), attempt + 1)
         backoff.wait()
-        for name, exc in xl.control("unpause", pending).items():
-            log.error("could not resume domain %s: %s", name, exc)
+        for name, error in xl.control("unpause", pending).items():
+            log.error("could not resume domain %s: %s", name, error)
     if pending:
         raise XenError(f"domain(s) {', '.join(pending)} are STILL PAUSED after {UNPAUSE_ATTEMPTS} "
                        f"attempts to resume them: run 'xl unpause {pending[0]}' now and check 'xl list'")
@@ -314,8 +314,8 @@ def paused(xl: Xl, domains: Sequence[Domain], record: PauseRecord,
         # No signal may cut the resume short: hold them until every domain is asked to run.
         with interrupts.deferred():
             resuming_at = time.monotonic()
-            for name, exc in xl.control("unpause", to_pause).items():
-                log.error("could not resume domain %s: %s", name, exc)
+            for name, error in xl.control("unpause", to_pause).items():
+                log.error("could not resume domain %s: %s", name, error)
             window_ms = (time.monotonic() - started) * 1000
             # The part xenlvm itself decides: from xl pause returning to xl unpause starting.
             own = "" if paused_at is None else \

@@ -27,7 +27,7 @@ WATCHDOG_CONFIG = DEFAULT_CONFIG.replace("{", "{{").replace("}", "}}") + """\
 """
 
 START = f"""
-from xenlvm.config import load_config
+from xenlvm.config_file import load_config
 from xenlvm.lvm import Lvm
 from xenlvm.runner import Runner
 from xenlvm.watchdog import Watched
@@ -40,7 +40,7 @@ print(start(config, 'xenvm', [Watched('system', 'vmbackup', origin.size)], confi
 
 STOP = f"""
 import dataclasses, json
-from xenlvm.config import load_config
+from xenlvm.config_file import load_config
 from xenlvm.watchdog_process import stop
 
 summary = stop(load_config({CONFIG!r}), 'xenvm')

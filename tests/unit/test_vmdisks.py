@@ -12,7 +12,8 @@ import pytest
 
 from tests.unit.fakes import FakeRunner, recorded
 from xenlvm import vmdisks, xen
-from xenlvm.config import Job, VmDiskSettings, parse_config, parse_size
+from xenlvm.config import Job, VmDiskSettings, parse_size
+from xenlvm.config_file import parse_config
 from xenlvm.errors import ConfigError, PreflightFailed
 from xenlvm.lvm import LogicalVolume, VolumeGroup
 from xenlvm.mounts import MountEntry

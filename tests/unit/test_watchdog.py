@@ -18,7 +18,8 @@ import pytest
 from tests.unit.fakes import FakeRunner
 from tests.unit.fakes import recorded as recorded_file
 from xenlvm import watchdog, watchdog_process
-from xenlvm.config import WatchdogSettings, parse_config, parse_size
+from xenlvm.config import WatchdogSettings, parse_size
+from xenlvm.config_file import parse_config
 from xenlvm.errors import CommandFailed, XenlvmError
 from xenlvm.lvm import Lvm, parse_volume_group
 from xenlvm.watchdog import Monitor, Summary, Watched, limit_reason, next_size
