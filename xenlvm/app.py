@@ -83,11 +83,12 @@ def run_phase(config: Config, phase: str, job_names: Sequence[str], dry_run: boo
         return
     if not dry_run:
         require_root(phase)
-    from xenlvm import hooks  # only now: a call for another task never pays for these imports
+    from xenlvm import post, pre  # only now: a call for another task never pays for these imports
+    from xenlvm.context import Context
 
     interrupts.install()
-    run = hooks.run_pre if phase == "pre" else hooks.run_post
-    context = hooks.Context(config, make_runner(config, dry_run))
+    run = pre.run_pre if phase == "pre" else post.run_post
+    context = Context(config, make_runner(config, dry_run))
     started, clock = time.time(), time.monotonic()
     names = [j.name for j in jobs]
     try:

@@ -160,10 +160,11 @@ def cleanup(ctx: click.Context, job_names: tuple[str, ...], dry_run: bool) -> No
         if not dry_run:
             app.require_root("cleanup")
         interrupts.install()
-        from xenlvm import hooks
+        from xenlvm.context import Context
+        from xenlvm.post import run_post
 
-        hooks.run_post(hooks.Context(config, app.make_runner(config, dry_run)), _selected(config, job_names),
-                       judge_backup=False)
+        run_post(Context(config, app.make_runner(config, dry_run)), _selected(config, job_names),
+                 judge_backup=False)
     _finish(ctx, work)
 
 

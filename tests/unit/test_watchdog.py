@@ -22,7 +22,8 @@ from xenlvm.config import WatchdogSettings, parse_size
 from xenlvm.config_file import parse_config
 from xenlvm.errors import CommandFailed, XenlvmError
 from xenlvm.lvm import Lvm, parse_volume_group
-from xenlvm.watchdog import Monitor, Summary, Watched, limit_reason, next_size
+from xenlvm.watchdog import Monitor, Summary, Watched
+from xenlvm.watchdog_sizing import limit_reason, next_size
 
 DATA = Path(__file__).parent / "data"
 MiB = 1 << 20
