@@ -37,7 +37,7 @@ from xenlvm.fsutil import remove_if_present
 from xenlvm.lvm import OWNER_TAG, VMDISK_TAG, LogicalVolume, VolumeGroup, device_path, job_tag
 from xenlvm.runner import Runner
 from xenlvm.undo import UndoStack
-from xenlvm.vmdisk_teardown import is_image_bind, unmount_tree, detach_loops, image_staging, tree_source
+from xenlvm.vmdisk_teardown import detach_loops, image_staging, is_image_bind, tree_source, unmount_tree
 
 log = logging.getLogger("xenlvm")
 
