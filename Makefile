@@ -39,7 +39,7 @@ help:
 	@echo "make test   - install what is needed, then run unit and system tests"
 	@echo "make unit   - unit tests only (no sandbox)"
 	@echo "make coverage - unit tests with line coverage per module"
-	@echo "make lint   - ruff"
+	@echo "make lint   - ruff and mypy"
 	@echo "make bench  - measure the hooks against the manual's shell in the sandbox (bench/results.md)"
 	@echo "make dist   - dist/xenlvm.pyz, one file for offline hosts (python3 >= 3.9)"
 	@echo "make deb    - dist/xenlvm_$(VERSION)_all.deb, checked with lintian"
@@ -93,6 +93,7 @@ PYTEST_PARALLEL := -n 4 --dist load --maxschedchunk 1
 # The .deb first: tests/system/test_deb.py installs it in the sandbox.
 test: deps deb
 	$(VPY) -m ruff check xenlvm tests
+	$(VPY) -m mypy xenlvm
 	$(VPY) -m pytest -q $(PYTEST_PARALLEL) tests
 
 unit: deps
@@ -115,6 +116,7 @@ bench: deps
 
 lint: deps
 	$(VPY) -m ruff check xenlvm tests
+	$(VPY) -m mypy xenlvm
 
 # One file for hosts without network access: xenlvm with click and PyYAML (pure Python; click
 # below 8.2 still runs on Python 3.9). Copy dist/xenlvm.pyz to the host and run it with python3.

@@ -2,7 +2,7 @@
 from the sources that --help and the README's key lists come from, so that they cannot drift:
 
 - commands and options: the click command tree of xenlvm.cli (its help texts are --help's);
-- configuration keys: the parsers of xenlvm.config, which decide which keys exist, with the
+- configuration keys: the fields of xenlvm.config, which declare which keys exist, with the
   value and the comment that config.example.yaml gives each (every key must have one there).
 
     python3 doc/generate.py          # rewrite both files
@@ -25,23 +25,15 @@ sys.path.insert(0, str(REPO))
 
 import click  # noqa: E402
 
-from xenlvm import __version__, config  # noqa: E402
+from xenlvm import __version__, config, config_file  # noqa: E402
 from xenlvm.cli import main  # noqa: E402
 
 MAN_PAGE = REPO / "doc" / "xenlvm.8"
 COMPLETION = REPO / "doc" / "xenlvm.bash-completion"
 EXAMPLE = REPO / "config.example.yaml"
 
-# Each section of the configuration, and the parsers that define its keys.
-SECTIONS = {
-    "": {"settings": None, "jobs": None},
-    "settings": config._SETTINGS_PARSERS,
-    "jobs.NAME": config._JOB_PARSERS,
-    "jobs.NAME.volumes[]": {**config._VOLUME_PARSERS, "name": None},
-    "jobs.NAME.xen": config._XEN_PARSERS,
-    "jobs.NAME.vmdisks": config._VMDISK_PARSERS,
-    "jobs.NAME.watchdog": config._WATCHDOG_PARSERS,
-}
+# Each section of the configuration, and its keys (with their parsers), as xenlvm.config declares them.
+SECTIONS = config_file.sections()
 
 _KEY_LINE = re.compile(r"^(?P<indent>\s*)(?P<hash>#\s*)?(?P<item>- )?(?P<key>[a-z_]+):(?P<rest>\s.*|)$")
 

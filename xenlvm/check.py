@@ -9,7 +9,8 @@ import sys
 
 from xenlvm import install, preflight, vmdisks, xen
 from xenlvm import mounts as mounts_mod
-from xenlvm.config import Config, Job, permission_problem
+from xenlvm.config import Config, Job
+from xenlvm.config_file import permission_problem
 from xenlvm.errors import CommandFailed, XenlvmError
 from xenlvm.lvm import LogicalVolume, Lvm, VolumeGroup
 from xenlvm.preflight import Finding

@@ -1,8 +1,8 @@
 """The command line: ``xenlvm pre|post|check|status|cleanup|install-hooks``, the restore commands
 ``restore-disk|restore-image``, and the sesam entrypoints sbc_pre/sbc_post.
 
-Here and in xenlvm.hook_entry (the hooks' click-free entry) errors become exit codes:
-0 success, 1 the operation failed, 2 usage or configuration error.
+Errors become exit codes in xenlvm.app, which the hooks' click-free entry (xenlvm.hook_entry)
+shares: 0 success, 1 the operation failed, 2 usage or configuration error.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from collections.abc import Callable, Sequence
 
 import click
 
-from xenlvm import __version__, install, interrupts, logs
-from xenlvm.config import XL_TIMEOUT, Config, Job, Settings, config_path, load_config
+from xenlvm import __version__, app, install, interrupts, logs
+from xenlvm.config import XL_TIMEOUT, Config, Job, Settings, config_path
+from xenlvm.config_file import load_config
 from xenlvm.errors import EXIT_FAILED, EXIT_OK
-from xenlvm.hook_entry import finish, hook_work, load, make_runner, require_root
-from xenlvm.hook_entry import run_hook as run_hook  # the name older installed hooks import
 from xenlvm.sesam import select_jobs
 
 log = logging.getLogger("xenlvm")
@@ -49,12 +48,12 @@ def main(ctx: click.Context, config_file: str | None, verbose: bool, debug: bool
 
 
 def _load(ctx: click.Context) -> Config:
-    return load(ctx.obj["config"])
+    return app.load(ctx.obj["config"])
 
 
 def _finish(ctx: click.Context, work: Callable[[], int | None]) -> None:
     """Run work; turn its outcome into the exit code, with a human message on failure."""
-    ctx.exit(finish(work, ctx.obj["debug"]))
+    ctx.exit(app.finish(work, ctx.obj["debug"]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,7 +76,7 @@ def _hook_command(phase: str, summary: str) -> click.Command:
                 chain: str | None, sesam_args: tuple[str, ...]) -> None:
         if config_file:
             ctx.obj["config"] = config_file
-        _finish(ctx, lambda: hook_work(phase, ctx.obj["config"], job_names, dry_run, chain, sesam_args))
+        _finish(ctx, lambda: app.hook_work(phase, ctx.obj["config"], job_names, dry_run, chain, sesam_args))
     return command
 
 
@@ -112,7 +111,7 @@ def check(ctx: click.Context, job_names: tuple[str, ...], hooks_dir: str) -> Non
 
     def work() -> int:
         config = load_config(ctx.obj["config"], strict=False)  # check reports permissions itself
-        runner = make_runner(config)
+        runner = app.make_runner(config)
         findings = [("", f) for f in check_host(config, hooks_dir)]
         for job in _selected(config, job_names):
             findings += [(job.name, f) for f in check_job(config, runner, job)]
@@ -137,7 +136,7 @@ def status(ctx: click.Context, job_names: tuple[str, ...], as_json: bool) -> Non
 
     def work() -> None:
         config = load_config(ctx.obj["config"])
-        runner = make_runner(config)
+        runner = app.make_runner(config)
         reports = [job_status(config, runner, job) for job in _selected(config, job_names)]
         if as_json:
             click.echo(json.dumps(reports, indent=2))
@@ -159,12 +158,13 @@ def cleanup(ctx: click.Context, job_names: tuple[str, ...], dry_run: bool) -> No
     def work() -> None:
         config = _load(ctx)
         if not dry_run:
-            require_root("cleanup")
+            app.require_root("cleanup")
         interrupts.install()
-        from xenlvm import hooks
+        from xenlvm.context import Context
+        from xenlvm.post import run_post
 
-        hooks.run_post(hooks.Context(config, make_runner(config, dry_run)), _selected(config, job_names),
-                       judge_backup=False)
+        run_post(Context(config, app.make_runner(config, dry_run)), _selected(config, job_names),
+                 judge_backup=False)
     _finish(ctx, work)
 
 
@@ -246,9 +246,9 @@ def _restore(ctx: click.Context, name: str, run: Callable[..., list[str]], sourc
         path = ctx.obj["config"]
         config = _load(ctx) if os.path.exists(path) else Config(path, Settings())
         if not dry_run:
-            require_root(name)
+            app.require_root(name)
         interrupts.install()
-        for line in run(make_runner(config, dry_run), source, target, yes=yes, xl_timeout=XL_TIMEOUT,
+        for line in run(app.make_runner(config, dry_run), source, target, yes=yes, xl_timeout=XL_TIMEOUT,
                         lock_dir=config.settings.lock_dir):
             click.echo(line)
     _finish(ctx, work)

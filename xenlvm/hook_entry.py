@@ -1,31 +1,22 @@
-"""The sesam hooks' entry (sbc_pre, sbc_post) and the pre/post work that ``xenlvm pre|post``
-shares with them, without click.
+"""The sesam hooks' entry (sbc_pre, sbc_post), without click.
 
 sesam runs a hook twice for every backup, and importing click costs a quarter of a second on a
 slow dom0 (measured in the sandbox, see bench/results.md): the hooks parse their few options
 here. Anything unusual (--help, a missing option value) is handed to the click command line in
 xenlvm.cli, so that every message and exit code is the one ``xenlvm pre|post`` gives.
 
-This module and xenlvm.cli are where errors become exit codes: 0 success, 1 the operation
-failed, 2 usage or configuration error.
+The work itself, and the exit codes, are xenlvm.app's, which the command line shares.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from xenlvm import install, interrupts, logs, state
-from xenlvm.config import Config, config_path, load_config
-from xenlvm.errors import EXIT_FAILED, EXIT_OK, UsageError, XenlvmError, host_file_error
-from xenlvm.runner import Runner
-from xenlvm.sesam import describe_arguments, select_jobs
-
-log = logging.getLogger("xenlvm")
+from xenlvm import logs
+from xenlvm.app import finish, hook_work
+from xenlvm.config import config_path
 
 _VALUE_OPTIONS = {"--job": "job_names", "--config": "config_file", "--chain": "chain"}
 
@@ -77,7 +68,7 @@ def run_hook(phase: str, argv: Sequence[str] | None = None, chain: str | None = 
     args = list(sys.argv[1:] if argv is None else argv)
     chained = ["--chain", chain] if chain else []
     parsed = parse_hook_args([*chained, *args])
-    if parsed is None:
+    if parsed is None:  # click's messages and exit codes: only now pay for importing it
         from xenlvm.cli import main
         main.main(args=[phase, *chained, *args], prog_name=f"sbc_{phase}")
         return
@@ -87,84 +78,3 @@ def run_hook(phase: str, argv: Sequence[str] | None = None, chain: str | None = 
                                       parsed.sesam_args), debug=False))
 
 
-def finish(work: Callable[[], int | None], debug: bool) -> int:
-    """Run work; return its exit code, with a human message on failure."""
-    try:
-        return work() or EXIT_OK
-    except XenlvmError as exc:
-        log.error("%s", exc, exc_info=debug)
-        return exc.exit_code
-    except OSError as exc:  # a file the host does not let xenlvm read or write: no bug
-        log.error("%s", host_file_error(exc), exc_info=debug)
-        return EXIT_FAILED
-    except Exception as exc:  # a bug: still say something useful and fail the run
-        log.error("unexpected error (a bug in xenlvm, please report it): %s: %s",
-                  type(exc).__name__, exc, exc_info=True)
-        return EXIT_FAILED
-
-
-def load(path: str) -> Config:
-    config = load_config(path)
-    if config.settings.log_file:
-        logs.add_log_file(config.settings.log_file)
-    return config
-
-
-def make_runner(config: Config, dry_run: bool = False) -> Runner:
-    return Runner(path=config.settings.path, timeout=config.settings.command_timeout, dry_run=dry_run)
-
-
-def require_root(what: str) -> None:
-    if os.geteuid() != 0:
-        raise UsageError(f"{what} changes LVM volumes and mounts and must run as root "
-                         "(use --dry-run to see what it would do)")
-
-
-def hook_work(phase: str, path: str, job_names: Sequence[str], dry_run: bool, chain: str | None,
-              sesam_args: Sequence[str]) -> int:
-    """pre or post as sesam's hook runs it, with the admin's own chained hook around it."""
-    config = load(path)  # first, so that the log file gets everything below
-    log.info("%s called with arguments: %s", phase, describe_arguments(sesam_args))
-    if chain and phase == "pre" and not dry_run:
-        local = install.run_local_hook(chain, sesam_args)
-        if local != 0:
-            log.error("your own pre hook %s failed (exit %d); xenlvm's pre does not run", chain, local)
-            return local
-    try:
-        run_phase(config, phase, job_names, dry_run, sesam_args)
-    finally:
-        if chain and phase == "post" and not dry_run:
-            local = install.run_local_hook(chain, sesam_args)
-    if chain and phase == "post" and not dry_run and local != 0:
-        log.error("your own post hook %s failed (exit %d)", chain, local)
-        return local
-    return EXIT_OK
-
-
-def run_phase(config: Config, phase: str, job_names: Sequence[str], dry_run: bool,
-              sesam_args: Sequence[str]) -> None:
-    jobs = select_jobs(config, sesam_args, job_names)
-    if not jobs:
-        log.info("no job is configured for these arguments; nothing to do")
-        return
-    if not dry_run:
-        require_root(phase)
-    from xenlvm import hooks  # only now: a call for another task never pays for these imports
-
-    interrupts.install()
-    run = hooks.run_pre if phase == "pre" else hooks.run_post
-    context = hooks.Context(config, make_runner(config, dry_run))
-    started, clock = time.time(), time.monotonic()
-    names = [j.name for j in jobs]
-    try:
-        run(context, jobs)
-    except BaseException as exc:
-        if not dry_run:
-            record = state.RunRecord(phase, False, getattr(exc, "exit_code", EXIT_FAILED), started,
-                                     time.monotonic() - clock, str(exc))
-            state.record_run(config, names, record, context.notes)
-        raise
-    if not dry_run:
-        state.record_run(config, names, state.RunRecord(phase, True, EXIT_OK, started,
-                                                        time.monotonic() - clock), context.notes)
-    log.info("%s finished%s: %s", phase, " (dry run, nothing changed)" if dry_run else "", ", ".join(names))

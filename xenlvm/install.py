@@ -15,7 +15,6 @@ it was before.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -26,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from xenlvm.errors import FileError, SafetyRefusal, XenlvmError
+from xenlvm.fsutil import write_atomically
 
 log = logging.getLogger("xenlvm")
 
@@ -82,17 +82,7 @@ def inspect_hook(directory: str, phase: str) -> HookState:
 
 
 def _write_hook(path: str, text: str) -> None:
-    tmp = f"{path}.xenlvm-tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o755)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, path)
-    except OSError:  # a full disk: no half-written file is left beside the hooks
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomically(path, text, mode=0o755, tmp=f"{path}.xenlvm-tmp", exact_mode=True)
 
 
 def _file_error(action: str, exc: OSError) -> FileError:

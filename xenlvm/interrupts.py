@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import signal
 from collections.abc import Iterator
+from typing import Any
 
 from xenlvm.errors import XenlvmError
 
 _HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-_state = {"depth": 0, "pending": None, "seen": False}
+# depth: nested deferred() blocks; pending: the signal they hold back; seen: one was raised
+_state: dict[str, Any] = {"depth": 0, "pending": None, "seen": False}
 
 
 class Interrupted(XenlvmError):

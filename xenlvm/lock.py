@@ -13,6 +13,7 @@ import time
 from types import TracebackType
 
 from xenlvm.errors import LockTimeout, XenlvmError
+from xenlvm.retry import Backoff
 
 log = logging.getLogger("xenlvm")
 
@@ -30,14 +31,14 @@ class JobLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             raise XenlvmError(f"cannot open the lock file {self.path}: {exc.strerror}") from None
-        deadline = time.monotonic() + self.timeout
+        backoff = Backoff(self.timeout, first=0.2, factor=1.0, clock=time)
         waited = False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() >= deadline:
+                if backoff.expired():
                     holder = _read_holder(fd)
                     os.close(fd)
                     raise LockTimeout(f"job {self.job!r} is busy: another xenlvm run ({holder}) has "
@@ -47,7 +48,7 @@ class JobLock:
                     log.warning("job %s is locked by another run (%s); waiting up to %g s",
                                 self.job, _read_holder(fd), self.timeout)
                     waited = True
-                time.sleep(0.2)
+                backoff.wait()
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from xenlvm.config import Job, SnapshotSpec
 from xenlvm.errors import CommandFailed, PreflightFailed, SafetyRefusal, XenlvmError
+from xenlvm.retry import Backoff
 from xenlvm.runner import Runner
 
 log = logging.getLogger("xenlvm")
@@ -221,17 +222,15 @@ class Lvm:
                 "not remove it. Rename or remove it yourself, or choose another 'snapshot:' name.")
         argv = ["lvremove", "--force", "--select", f"lv_tags={job_tag(job.name)}",
                 f"{snapshot.vg}/{snapshot.name}"]
-        deadline = time.monotonic() + retry_for
-        delay = 0.5
+        backoff = Backoff(retry_for, first=0.5, most=4.0, clock=time)
         while True:
             try:
                 result = self.runner.change(argv)
             except CommandFailed as exc:
-                if time.monotonic() >= deadline or not self._in_use(snapshot, exc):
+                if backoff.expired() or not self._in_use(snapshot, exc):
                     raise
-                log.warning("%s is still in use, retrying lvremove in %.1f s", snapshot, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 4.0)
+                log.warning("%s is still in use, retrying lvremove in %.1f s", snapshot, backoff.delay)
+                backoff.wait()
                 continue
             # lvremove exits 0 also when its --select guard matched nothing: look whether it is gone.
             if result is not None and self._still_exists(snapshot):

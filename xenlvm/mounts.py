@@ -11,10 +11,12 @@ import os
 import re
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from xenlvm.errors import CommandFailed, MountError
 from xenlvm.lvm import LogicalVolume
+from xenlvm.retry import Backoff
 from xenlvm.runner import Runner
 
 log = logging.getLogger("xenlvm")
@@ -140,17 +142,28 @@ def holders(path: str, proc: str = "/proc") -> list[str]:
     return found
 
 
+# Unwinding a failed pre (or sweeping an earlier run's leftovers) must not wait as long as post
+# does for a busy mount.
+UNDO_UNMOUNT_TIMEOUT = 30.0
+
+
+def unmount_if(runner: Runner, mountpoint: str, is_ours: Callable[[MountEntry | None], bool],
+               timeout: float = UNDO_UNMOUNT_TIMEOUT) -> None:
+    """Unmount mountpoint when what the kernel shows there is ours (is_ours says); else leave it."""
+    if is_ours(mounted_at(mountpoint, read_mounts())):
+        unmount_with_retry(runner, mountpoint, timeout)
+
+
 def unmount_with_retry(runner: Runner, mountpoint: str, timeout: float) -> None:
     """Unmount mountpoint; while it is busy, name who holds it and retry with backoff until timeout."""
-    deadline = time.monotonic() + timeout
-    delay = 0.5
+    backoff = Backoff(timeout, first=0.5, most=10.0, clock=time)
     while True:
         try:
             runner.change(["umount", mountpoint])
             return
         except CommandFailed as exc:
             busy = "busy" in exc.stderr
-            remaining = deadline - time.monotonic()
+            remaining = backoff.remaining()
             if not busy:
                 raise MountError(f"could not unmount {mountpoint}: {exc.stderr or exc}") from None
             who = ", ".join(holders(mountpoint)) or "no process found (a kernel user, e.g. a bind mount?)"
@@ -158,6 +171,5 @@ def unmount_with_retry(runner: Runner, mountpoint: str, timeout: float) -> None:
                 raise MountError(f"{mountpoint} is still busy after {timeout:g} s, held by: {who}. "
                                  "Stop those processes, then run 'xenlvm post' again "
                                  "(or raise unmount_timeout).") from None
-            log.warning("%s is busy (held by %s); retrying in %.1f s", mountpoint, who, delay)
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 2, 10.0)
+            log.warning("%s is busy (held by %s); retrying in %.1f s", mountpoint, who, backoff.delay)
+            backoff.wait(within_deadline=True)

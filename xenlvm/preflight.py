@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from xenlvm.config import Job, SnapshotSpec
 from xenlvm.lvm import LogicalVolume, VolumeGroup
 from xenlvm.mounts import MountEntry, mounted_at
+from xenlvm.sizes import human_size
 
 
 @dataclass(frozen=True)
@@ -20,15 +21,6 @@ class Finding:
     level: str  # "ok", "warn" or "fail"
     check: str
     message: str
-
-
-def human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{size} B"
-        value /= 1024
-    return f"{size} B"
 
 
 def check_volumes(job: Job, spec: SnapshotSpec, vg: VolumeGroup, reserved: int = 0) -> list[Finding]:

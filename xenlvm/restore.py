@@ -18,8 +18,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from xenlvm import mounts as mounts_mod
-from xenlvm import vmdisks, xen
-from xenlvm.config import parse_volume
+from xenlvm import vmdisk_teardown, xen
+from xenlvm.config_values import parse_volume
 from xenlvm.errors import CommandFailed, SafetyRefusal, UsageError, XenlvmError
 from xenlvm.lock import JobLock
 from xenlvm.lvm import LogicalVolume, Lvm, device_path
@@ -41,7 +41,7 @@ class Target:
     device: str
 
     def __str__(self) -> str:
-        return f"{self.volume.vg}/{self.volume.name}"
+        return str(self.volume)  # VG/LV
 
 
 def parse_target(text: str) -> tuple[str, str]:
@@ -82,7 +82,7 @@ def check_target(runner: Runner, text: str, needed: int, xl_timeout: float) -> T
     if mounted:
         raise SafetyRefusal(f"the target {text} is mounted at {', '.join(mounted)}: unmount it first. "
                             "Nothing was changed.")
-    loops = vmdisks.loops_of([numbers], os.path.join(SYS, "block"))
+    loops = vmdisk_teardown.loops_of([numbers], os.path.join(SYS, "block"))
     holders = _holders(numbers)
     if loops or holders:
         raise SafetyRefusal(f"the target {text} is in use by {', '.join([*loops, *holders])} (a loop device "

@@ -10,6 +10,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from xenlvm.config import Config
+from xenlvm.fsutil import write_atomically
 
 log = logging.getLogger("xenlvm")
 
@@ -39,15 +40,6 @@ def read_state(config: Config, job: str) -> dict[str, dict]:
         return {}
 
 
-def _write_atomically(path: str, text: str, mode: int = 0o644) -> None:
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def record_run(config: Config, jobs: list[str], record: RunRecord,
                notes: dict[str, dict[str, float]]) -> None:
     """Store record as each job's last run of its phase, then refresh the metrics file.
@@ -56,9 +48,10 @@ def record_run(config: Config, jobs: list[str], record: RunRecord,
         for job in jobs:
             state = read_state(config, job)
             state[record.phase] = asdict(RunRecord(**{**asdict(record), "notes": notes.get(job, {})}))
-            _write_atomically(state_path(config, job), json.dumps(state, indent=2) + "\n")
+            write_atomically(state_path(config, job), json.dumps(state, indent=2) + "\n", mode=0o644,
+                             dir_mode=0o755)
         if config.settings.metrics_file:
-            _write_atomically(config.settings.metrics_file, render_metrics(config))
+            write_atomically(config.settings.metrics_file, render_metrics(config), mode=0o644, dir_mode=0o755)
     except OSError as exc:
         log.warning("could not write the state or metrics file: %s", exc)
 

@@ -15,9 +15,9 @@ log = logging.getLogger("xenlvm")
 
 class UndoStack:
     def __init__(self) -> None:
-        self._steps: list[tuple[str, Callable[[], None]]] = []
+        self._steps: list[tuple[str, Callable[[], object]]] = []
 
-    def push(self, description: str, undo: Callable[[], None]) -> None:
+    def push(self, description: str, undo: Callable[[], object]) -> None:
         self._steps.append((description, undo))
 
     def __len__(self) -> int:

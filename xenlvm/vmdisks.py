@@ -23,20 +23,21 @@ bind of an image file from ``<image_dir>/xenlvm-<job>``; the tmpfs when its sour
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from xenlvm import layout, xen
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Job, SnapshotSpec, Volume
 from xenlvm.errors import MountError, PreflightFailed
+from xenlvm.fsutil import remove_if_present
 from xenlvm.lvm import OWNER_TAG, VMDISK_TAG, LogicalVolume, VolumeGroup, device_path, job_tag
 from xenlvm.runner import Runner
 from xenlvm.undo import UndoStack
+from xenlvm.vmdisk_teardown import detach_loops, image_staging, is_image_bind, tree_source, unmount_tree
 
 log = logging.getLogger("xenlvm")
 
@@ -47,7 +48,6 @@ SECTOR = 512  # partx (libblkid) gives partition starts in 512-byte sectors
 COPY_TIMEOUT = 24 * 3600.0  # copying a large disk into an image may take hours
 # Domain and disk names become directory names: one plain path component, nothing else.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,63}$")
-_SYS_BLOCK = "/sys/block"
 
 
 @dataclass(frozen=True)
@@ -66,11 +66,6 @@ def snapshot_name(lv: str) -> str:
     return f"{lv}{SNAPSHOT_SUFFIX}"
 
 
-def tree_source(job: Job) -> str:
-    """The source name of the tmpfs xenlvm mounts at the job's mountpoint."""
-    return f"xenlvm-{job.name}"
-
-
 def discover(job: Job, xl: xen.Xl, vgs: dict[str, VolumeGroup]) -> list[SnapshotSpec]:
     """The job's VM disks that are logical volumes, as snapshot specs, from `xl list -l`.
     What cannot be backed up this way is reported, and fails pre when vmdisks.missing says so."""
@@ -86,7 +81,7 @@ def discover(job: Job, xl: xen.Xl, vgs: dict[str, VolumeGroup]) -> list[Snapshot
         problems += [f"domain {n!r} does not exist or is not running" for n in settings.domains
                      if n not in names]
     by_device = {(lv.major, lv.minor): lv for vg in vgs.values() for lv in vg.lvs.values()
-                 if lv.major is not None}
+                 if lv.major is not None and lv.minor is not None}
     specs: list[SnapshotSpec] = []
     taken: set[tuple[str, str]] = set()
     for name in names:
@@ -164,7 +159,8 @@ def check_image_room(job: Job, specs: Sequence[SnapshotSpec], vgs: dict[str, Vol
 
 def mount_tree(runner: Runner, job: Job, undo: UndoStack) -> None:
     """Mount the small tmpfs that holds the job's exposure tree at its mountpoint."""
-    undo.push(f"unmount the tmpfs at {job.mountpoint}", lambda: _unmount_tree(runner, job, 30.0))
+    undo.push(f"unmount the tmpfs at {job.mountpoint}",
+              lambda: unmount_tree(runner, job, mounts_mod.UNDO_UNMOUNT_TIMEOUT))
     # size is a cap, not a reservation: directories and layout files take a page each
     runner.change(["mount", "-t", "tmpfs", "-o", "mode=0755,size=16m,nodev,nosuid,noexec",
                    tree_source(job), job.mountpoint])
@@ -234,7 +230,7 @@ def _usable(label: str, probed: dict[str, str]) -> str | None:
 
 def _mount(runner: Runner, source: str, fstype: str, target: str, undo: UndoStack) -> None:
     os.makedirs(target, mode=0o755, exist_ok=True)
-    undo.push(f"unmount {target}", lambda: _unmount_if_ours(runner, target, source))
+    undo.push(f"unmount {target}", lambda: mounts_mod.unmount_if(runner, target, lambda e: _shows(e, source)))
     mounts_mod.mount_snapshot(runner, source, fstype, target)
     if not _shows(mounts_mod.mounted_at(target, mounts_mod.read_mounts()), source):
         raise MountError(f"after mounting, {target} does not show {source}")
@@ -248,18 +244,13 @@ def _shows(entry: mounts_mod.MountEntry | None, source: str) -> bool:
     return mounts_mod.shows_device(entry, source)
 
 
-def _unmount_if_ours(runner: Runner, target: str, source: str) -> None:
-    if _shows(mounts_mod.mounted_at(target, mounts_mod.read_mounts()), source):
-        mounts_mod.unmount_with_retry(runner, target, 30.0)
-
-
 def _expose_image(runner: Runner, job: Job, spec: SnapshotSpec, device: str, undo: UndoStack) -> None:
     """Copy the snapshot into a sparse image file in image_dir and bind it, read-only, into
     the tree. The undo of the tree (and post) remove both."""
     staging = image_staging(job)
     os.makedirs(staging, mode=0o700, exist_ok=True)
     image = os.path.join(staging, f"{spec.domain}.{spec.disk}.img")
-    undo.push(f"remove {image}", lambda: _remove_file(image))
+    undo.push(f"remove {image}", lambda: remove_if_present(image))
     runner.change(["cp", "--sparse=always", "--", device, image], timeout=COPY_TIMEOUT)
     target = f"{spec.mountpoint}.img"
     with open(target, "x"):
@@ -271,20 +262,8 @@ def _expose_image(runner: Runner, job: Job, spec: SnapshotSpec, device: str, und
              target, os.stat(image).st_blocks * 512 >> 20)
 
 
-def _remove_file(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
 def _unmount_image(runner: Runner, target: str, staging: str) -> None:
-    entry = mounts_mod.mounted_at(target, mounts_mod.read_mounts())
-    if entry is not None and _is_image_bind(entry, staging):
-        mounts_mod.unmount_with_retry(runner, target, 30.0)
-
-
-def image_staging(job: Job) -> str:
-    assert job.vmdisks is not None and job.vmdisks.image_dir is not None
-    return os.path.join(job.vmdisks.image_dir, f"xenlvm-{job.name}")
+    mounts_mod.unmount_if(runner, target, lambda entry: entry is not None and is_image_bind(entry, staging))
 
 
 def probe(runner: Runner, device: str, offset: int | None = None, size: int | None = None) -> dict[str, str]:
@@ -315,7 +294,7 @@ def read_partitions(runner: Runner, device: str) -> list[Partition]:
 
 
 # ---------------------------------------------------------------------------------------------
-# tearing down (post, and pre before it starts over)
+# the job's VM disk snapshots, as lvs shows them (tearing them down: xenlvm.vmdisk_teardown)
 
 
 def job_snapshots(job: Job, vgs: dict[str, VolumeGroup]) -> list[LogicalVolume]:
@@ -326,106 +305,3 @@ def job_snapshots(job: Job, vgs: dict[str, VolumeGroup]) -> list[LogicalVolume]:
 
 def spec_of(job: Job, snapshot: LogicalVolume) -> SnapshotSpec:
     return SnapshotSpec(Volume(snapshot.vg, snapshot.origin), snapshot.name, job.mountpoint)
-
-
-def loops_of(devices: Sequence[tuple[int, int] | None],
-             sys_block: str = _SYS_BLOCK) -> dict[str, tuple[int, int]]:
-    """The loop devices whose backing device is one of devices: /dev/loopN -> its numbers."""
-    wanted = {d for d in devices if d is not None}
-    found: dict[str, tuple[int, int]] = {}
-    try:
-        names = sorted(n for n in os.listdir(sys_block) if n.startswith("loop"))
-    except OSError:
-        return found
-    for name in names:
-        try:
-            with open(os.path.join(sys_block, name, "loop", "backing_file"), encoding="utf-8",
-                      errors="surrogateescape") as handle:
-                backing = handle.read().rstrip("\n")
-            with open(os.path.join(sys_block, name, "dev"), encoding="ascii") as handle:
-                major, minor = handle.read().strip().split(":")
-        except (OSError, ValueError):
-            continue  # not bound to anything
-        if mounts_mod.device_numbers(backing) in wanted:
-            found[f"/dev/{name}"] = (int(major), int(minor))
-    return found
-
-
-def detach_loops(runner: Runner, devices: Sequence[tuple[int, int] | None]) -> None:
-    for loop in loops_of(devices):
-        runner.change(["losetup", "--detach", loop])
-
-
-def tear_down(runner: Runner, job: Job, snapshots: Sequence[LogicalVolume], timeout: float,
-              remove: Callable[[LogicalVolume], None]) -> None:
-    """Unmount what xenlvm exposed for the job's disk snapshots, detach their loop devices,
-    remove the snapshots (with remove), the image files and the tree. Raise if something that
-    is not xenlvm's is in the way; it is left alone."""
-    ours = {(s.major, s.minor) for s in snapshots if s.major is not None}
-    loops = loops_of(list(ours))
-    devices = ours | set(loops.values())
-    # btrfs shows an anonymous device number in mountinfo: match its source device by name
-    sources = set(loops) | {device_path(s.vg, s.name) for s in snapshots}
-    staging = image_staging(job) if job.vmdisks is not None and job.vmdisks.image_dir else None
-    foreign = []
-    for entry in reversed(mounts_mod.read_mounts()):
-        if not xen.is_below(entry.mountpoint, job.mountpoint):
-            continue
-        if (entry.major, entry.minor) in devices or _is_image_bind(entry, staging) or \
-                (entry.fstype == "btrfs" and entry.source in sources):
-            mounts_mod.unmount_with_retry(runner, entry.mountpoint, timeout)
-        else:
-            foreign.append(entry.mountpoint)
-    if foreign:
-        raise MountError(f"something xenlvm did not mount is mounted below {job.mountpoint} "
-                         f"({', '.join(foreign)}); unmount it yourself, then run 'xenlvm post' again")
-    for loop in loops:
-        runner.change(["losetup", "--detach", loop])
-    for snapshot in snapshots:
-        remove(snapshot)
-    if staging is not None and not runner.dry_run:
-        _remove_images(staging)
-    _unmount_tree(runner, job, timeout)
-
-
-def _remove_images(staging: str) -> None:
-    """Delete the image files xenlvm wrote into its staging directory, then the directory; a
-    file it did not write (not a regular *.img file) is left, and so is the directory."""
-    try:
-        entries = list(os.scandir(staging))
-    except FileNotFoundError:
-        return
-    for entry in entries:
-        if entry.name.endswith(".img") and entry.is_file(follow_symlinks=False):
-            os.unlink(entry.path)
-    try:
-        os.rmdir(staging)
-    except OSError as exc:
-        log.warning("%s was not removed (%s): it holds files xenlvm did not write", staging, exc.strerror)
-        return
-    log.info("removed the image files and %s", staging)
-
-
-def _is_image_bind(entry: mounts_mod.MountEntry, staging: str | None) -> bool:
-    """A bind mount of one of the job's image files: it comes from the staging directory's
-    filesystem, and its root (relative to that filesystem) is an image file in that directory."""
-    if staging is None:
-        return False
-    try:
-        device = os.stat(staging).st_dev
-    except OSError:
-        return False
-    return ((entry.major, entry.minor) == (os.major(device), os.minor(device))
-            and os.path.dirname(entry.root).endswith("/" + os.path.basename(staging))
-            and entry.root.endswith(".img"))
-
-
-def _unmount_tree(runner: Runner, job: Job, timeout: float) -> None:
-    entry = mounts_mod.mounted_at(job.mountpoint, mounts_mod.read_mounts())
-    if entry is None:
-        return
-    if entry.fstype != "tmpfs" or entry.source != tree_source(job):
-        log.warning("%s has %s mounted on it, which is not xenlvm's tree; left alone",
-                    job.mountpoint, entry.source)
-        return
-    mounts_mod.unmount_with_retry(runner, job.mountpoint, timeout)

@@ -1,11 +1,12 @@
 """The snapshot watchdog: a small process that keeps classic snapshots from overflowing while
 a long backup reads them.
 
-pre starts it (``start``) once the snapshots are mounted. Every ``interval`` seconds it asks
-``lvs`` once per VG how full each snapshot is, and extends a snapshot with ``lvextend`` when it
-has passed ``threshold``, by ``step`` percent, never beyond ``max_size`` nor the VG's free
-space. post stops it (``stop``) before unmounting and gets a ``Summary`` of what it saw. It
-also exits by itself when its snapshots are gone, after ``max_lifetime``, or on SIGTERM.
+pre starts it once the snapshots are mounted (``start``, in xenlvm.watchdog_process, which
+supervises the process). Every ``interval`` seconds it asks ``lvs`` once per VG how full each
+snapshot is, and extends a snapshot with ``lvextend`` when it has passed ``threshold``, by
+``step`` percent, never beyond ``max_size`` nor the VG's free space. post stops it (``stop``)
+before unmounting and gets a ``Summary`` of what it saw. It also exits by itself when its
+snapshots are gone, after ``max_lifetime``, or on SIGTERM.
 
 Its files, in the lock directory: ``<job>.watchdog.spec`` (what to watch, written by start),
 ``<job>.watchdog.pid`` (while it runs) and ``<job>.watchdog.json`` (the summary, rewritten
@@ -21,22 +22,24 @@ import logging
 import os
 import select
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from xenlvm import logs
-from xenlvm.config import Config, Size, WatchdogSettings, load_config
+from xenlvm.config import Size, WatchdogSettings
+from xenlvm.config_file import load_config
 from xenlvm.errors import EXIT_USAGE, CommandFailed, XenlvmError
+from xenlvm.fsutil import read_small, write_atomically
 from xenlvm.lvm import OWNER_TAG, LogicalVolume, Lvm, VolumeGroup, invalidated_by_io_errors, job_tag
-from xenlvm.runner import Runner, quote
+from xenlvm.runner import Runner
+from xenlvm.sizes import human_size
+from xenlvm.watchdog_sizing import limit_reason, next_size, wanted_size
 
 log = logging.getLogger("xenlvm")
 
 MODULE = "xenlvm.watchdog"
-START_TIMEOUT = 30.0  # a Python start on a loaded dom0 can be slow; the monitor announces itself
 
 
 @dataclass(frozen=True)
@@ -73,56 +76,6 @@ def files(lock_dir: str, job_name: str) -> Files:
 
 
 # ---------------------------------------------------------------------------------------------
-# The decision, pure: given what lvs reports, how large should the snapshot be?
-
-
-def size_text(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
-
-
-def _round_up(size: int, unit: int) -> int:
-    return -(-size // unit) * unit
-
-
-def wanted_size(lv: LogicalVolume, vg: VolumeGroup, settings: WatchdogSettings) -> int:
-    """Given a snapshot, return its size grown by the step, in whole extents."""
-    return _round_up(-(-lv.size * (100 + settings.step) // 100), vg.extent_size or 512)
-
-
-def size_limit(lv: LogicalVolume, vg: VolumeGroup, settings: WatchdogSettings, origin_size: int) -> int:
-    """Given a snapshot and its VG, return the largest size it may grow to: max_size, and no
-    more than the VG's free space allows, in whole extents."""
-    extent = vg.extent_size or 512
-    limit = min(settings.max_size.resolve(origin_size, vg.free, vg.size), lv.size + vg.free)
-    return limit // extent * extent
-
-
-def next_size(lv: LogicalVolume, vg: VolumeGroup, settings: WatchdogSettings, origin_size: int) -> int | None:
-    """Given a snapshot as lvs reports it, return the size in bytes to extend it to, or None
-    when it is below the threshold or cannot grow (``limit_reason`` says why)."""
-    if lv.data_percent is None or lv.data_percent < settings.threshold:
-        return None
-    new_size = min(wanted_size(lv, vg, settings), size_limit(lv, vg, settings, origin_size))
-    return new_size if new_size > lv.size else None
-
-
-def limit_reason(lv: LogicalVolume, vg: VolumeGroup, settings: WatchdogSettings, origin_size: int) -> str:
-    """Given a snapshot that cannot grow by the full step, say which limit stops it and what to do."""
-    extent = vg.extent_size or 512
-    max_size = settings.max_size.resolve(origin_size, vg.free, vg.size) // extent * extent
-    if max_size <= lv.size + vg.free:
-        return (f"it has reached the watchdog's max_size {settings.max_size.text} ({size_text(max_size)}); "
-                "raise max_size or give the snapshot a larger size")
-    return (f"VG {vg.name} has no more free space; free space in the VG or give the snapshot a "
-            "larger size")
-
-
-# ---------------------------------------------------------------------------------------------
 # The monitor process.
 
 
@@ -154,7 +107,7 @@ class Monitor:
                            "started": self.started, "finished": self.finished,
                            "watching": sorted(self.watching)}, indent=2) + "\n"
         if text != self._written:
-            write_atomically(self.summary_path, text)
+            write_atomically(self.summary_path, text, dir_mode=0o700)
             self._written = text
 
     def problem(self, message: str) -> bool:
@@ -206,8 +159,8 @@ class Monitor:
                              "the backup of this run cannot be trusted")
             else:
                 log.error("%s overflowed: its %s of copy-on-write space filled up and it became invalid; "
-                          "the backup of this run cannot be trusted", key, size_text(lv.size))
-                self.problem(f"{key} overflowed at {size_text(lv.size)} and became invalid: the backup of "
+                          "the backup of this run cannot be trusted", key, human_size(lv.size))
+                self.problem(f"{key} overflowed at {human_size(lv.size)} and became invalid: the backup of "
                              "this run cannot be trusted")
             del self.watching[key]
             return
@@ -224,8 +177,8 @@ class Monitor:
             if new_size is None:
                 message = f"cannot extend {key} at {fill:.1f}% full: {reason}"
             else:
-                message = (f"{key} could only be extended to {size_text(new_size)} instead of "
-                           f"{size_text(wanted)}: {reason}")
+                message = (f"{key} could only be extended to {human_size(new_size)} instead of "
+                           f"{human_size(wanted)}: {reason}")
             log.error("%s", message)
             self.problem(message)
             self.stuck.add(key)
@@ -243,12 +196,12 @@ class Monitor:
         try:
             self.lvm.runner.change(["lvextend", "--size", f"{new_size}b", key])
         except CommandFailed as exc:
-            log.error("cannot extend %s (%.1f%% full) to %s: %s", key, fill, size_text(new_size), exc)
-            self.problem(f"cannot extend {key} to {size_text(new_size)}: {exc}")
+            log.error("cannot extend %s (%.1f%% full) to %s: %s", key, fill, human_size(new_size), exc)
+            self.problem(f"cannot extend {key} to {human_size(new_size)}: {exc}")
             return False
         self.extensions.append({"lv": key, "at": time.time(), "fill": fill, "from": lv.size, "to": new_size})
-        log.warning("extended the snapshot %s from %s to %s: it was %.1f%% full", key, size_text(lv.size),
-                    size_text(new_size), fill)
+        log.warning("extended the snapshot %s from %s to %s: it was %.1f%% full", key, human_size(lv.size),
+                    human_size(new_size), fill)
         self.write_summary()
         return True
 
@@ -296,40 +249,19 @@ class StopRequest:
             os.read(self._wakeup, 512)
 
 
-def write_atomically(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
-def _read_small(path: str) -> str | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
-        try:
-            return handle.read(1 << 20)
-        except OSError:  # e.g. ESRCH: the /proc entry's process ended between open and read
-            return None
-
-
 def read_pid(path: str) -> int | None:
-    text = (_read_small(path) or "").strip()
+    text = (read_small(path) or "").strip()
     return int(text) if text.isdigit() and int(text) > 1 else None
 
 
 def write_spec(path: str, job_name: str, watched: Sequence[Watched], settings: WatchdogSettings) -> None:
     write_atomically(path, json.dumps({"job": job_name, "watched": [asdict(w) for w in watched],
-                                       "settings": asdict(settings)}, indent=2) + "\n")
+                                       "settings": asdict(settings)}, indent=2) + "\n", dir_mode=0o700)
 
 
 def read_spec(path: str) -> tuple[list[Watched], WatchdogSettings]:
     """Given the spec file that start wrote, return what to watch and how."""
-    text = _read_small(path)
+    text = read_small(path)
     try:
         spec = json.loads(text or "")
         watched = [Watched(str(w["vg"]), str(w["snapshot"]), int(w["origin_size"])) for w in spec["watched"]]
@@ -338,6 +270,18 @@ def read_spec(path: str) -> tuple[list[Watched], WatchdogSettings]:
     except (ValueError, KeyError, TypeError) as exc:
         raise XenlvmError(f"the watchdog's spec file {path} is missing or unreadable ({exc})") from None
     return watched, settings
+
+
+def read_summary(path: str) -> Summary | None:
+    text = read_small(path)
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+        return Summary(max_fill={str(k): float(v) for k, v in data["max_fill"].items()},
+                       extensions=list(data["extensions"]), problems=[str(p) for p in data["problems"]])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return Summary(problems=[f"the watchdog's summary {path} is unreadable ({exc})"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -366,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0
     try:
         monitor.write_summary()
-        write_atomically(paths.pid, f"{os.getpid()}\n")
+        write_atomically(paths.pid, f"{os.getpid()}\n", dir_mode=0o700)
         log.info("the snapshot watchdog (pid %d) watches %s: extends by %d%% at %d%% full, up to %s, "
                  "looking every %g s", os.getpid(), ", ".join(map(str, watched)), settings.step,
                  settings.threshold, settings.max_size.text, settings.interval)
@@ -383,146 +327,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             if read_pid(paths.pid) == os.getpid():
                 os.unlink(paths.pid)
     return status
-
-
-# ---------------------------------------------------------------------------------------------
-# start and stop, called by pre and post.
-
-
-def start(config: Config, job_name: str, watched: Sequence[Watched], settings: WatchdogSettings, *,
-          python: str = sys.executable) -> int | None:
-    """Start the watchdog for the job's mounted snapshots, detached from the caller (its own
-    session, no inherited descriptors, so neither sesam nor the job lock waits for it), and
-    return its pid once it runs. Nothing happens when watched is empty.
-
-    A watchdog of an earlier run of the job that is still there is stopped first. Raises
-    XenlvmError when the monitor does not come up."""
-    if not watched:
-        return None
-    paths = files(config.settings.lock_dir, job_name)
-    earlier = stop(config, job_name)
-    if earlier is not None:
-        log.warning("a snapshot watchdog of an earlier run of job %s was still there; stopped it", job_name)
-    write_spec(paths.spec, job_name, watched, settings)
-    argv = [python, "-m", MODULE, "--config", config.path, "--job", job_name, "--spec", paths.spec]
-    # The monitor imports the same xenlvm as its caller, whatever the caller's sys.path was.
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {"PATH": config.settings.path, "LC_ALL": "C", "LANG": "C", "PYTHONPATH": package_parent}
-    log.info("starting the snapshot watchdog: %s", quote(argv))
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True,
-                            cwd="/", env=env)
-    deadline = time.monotonic() + START_TIMEOUT
-    while read_pid(paths.pid) != proc.pid:
-        status = proc.poll()
-        if status is not None or time.monotonic() > deadline:
-            if status is None:
-                proc.kill()
-                status = proc.wait()
-            for path in (paths.spec, paths.summary):
-                _remove(path)
-            raise XenlvmError(f"the snapshot watchdog did not start (exit status {status}); see the log "
-                              f"file or run it by hand to see why: {quote(argv)}")
-        time.sleep(0.05)
-    return proc.pid
-
-
-def stop(config: Config, job_name: str, timeout: float = 10.0) -> Summary | None:
-    """Stop the job's watchdog (SIGTERM, SIGKILL after timeout) and return what it saw; None
-    when no watchdog ran. A pid file whose pid now belongs to another process is never
-    signalled. Removes the watchdog's files; calling it again returns None."""
-    paths = files(config.settings.lock_dir, job_name)
-    pid = read_pid(paths.pid)
-    signalled = pid is not None and terminate(pid, job_name, timeout)
-    summary = read_summary(paths.summary)
-    for path in (paths.pid, paths.spec, paths.summary):
-        _remove(path)
-    if summary is None and signalled:
-        summary = Summary(problems=[f"the watchdog (pid {pid}) was stopped before it wrote a summary"])
-    return summary
-
-
-def read_summary(path: str) -> Summary | None:
-    text = _read_small(path)
-    if text is None:
-        return None
-    try:
-        data = json.loads(text)
-        return Summary(max_fill={str(k): float(v) for k, v in data["max_fill"].items()},
-                       extensions=list(data["extensions"]), problems=[str(p) for p in data["problems"]])
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        return Summary(problems=[f"the watchdog's summary {path} is unreadable ({exc})"])
-
-
-def _remove(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def is_watchdog(pid: int, job_name: str) -> bool:
-    """True when pid is a running watchdog of this job, as its command line shows."""
-    args = (_read_small(f"/proc/{pid}/cmdline") or "").split("\0")
-    return MODULE in args and any(args[i:i + 2] == ["--job", job_name] for i in range(len(args)))
-
-
-def _has_exited(pid: int) -> bool:
-    """Gone, or a zombie waiting for its parent to collect its exit status."""
-    stat = _read_small(f"/proc/{pid}/stat")
-    return stat is None or stat.rpartition(")")[2].split()[:1] == ["Z"]
-
-
-def terminate(pid: int, job_name: str, timeout: float) -> bool:
-    """SIGTERM the job's watchdog at pid and wait for it to exit; SIGKILL it after timeout.
-    Return True if pid was the watchdog and was signalled.
-
-    A pidfd pins the process that was checked, so a pid recycled between the check and the
-    signal cannot be hit; kernels older than 5.3 fall back to a plain kill."""
-    try:
-        pidfd: int | None = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return False
-    except (OSError, AttributeError):
-        pidfd = None
-    try:
-        if _has_exited(pid):
-            return False
-        if not is_watchdog(pid, job_name):
-            log.warning("the watchdog pid file of job %s names pid %d, which is not a watchdog of this job "
-                        "(the pid was reused); it is left alone", job_name, pid)
-            return False
-        _signal(pid, pidfd, signal.SIGTERM)
-        if not _wait_exit(pid, pidfd, timeout):
-            log.warning("the snapshot watchdog (pid %d) did not stop within %g s of SIGTERM; killing it",
-                        pid, timeout)
-            _signal(pid, pidfd, signal.SIGKILL)
-            _wait_exit(pid, pidfd, 5.0)
-        return True
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
-
-
-def _signal(pid: int, pidfd: int | None, signum: int) -> None:
-    try:
-        if pidfd is not None:
-            signal.pidfd_send_signal(pidfd, signum)
-        else:
-            os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
-
-
-def _wait_exit(pid: int, pidfd: int | None, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not _has_exited(pid):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        if pidfd is not None:
-            select.select([pidfd], [], [], min(remaining, 1.0))  # readable once the process has exited
-        else:
-            time.sleep(min(remaining, 0.05))
-    return True
 
 
 if __name__ == "__main__":

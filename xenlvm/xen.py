@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from xenlvm import interrupts
 from xenlvm.config import XL_TIMEOUT, Job
 from xenlvm.errors import CommandFailed, FileError, PreflightFailed, XenlvmError
+from xenlvm.fsutil import is_below, remove_if_present, write_atomically
+from xenlvm.retry import Backoff
 from xenlvm.runner import Runner
 
 log = logging.getLogger("xenlvm")
@@ -84,10 +86,6 @@ def parse_xl_list_long(text: str) -> dict[str, dict]:
 
 def disk_paths(record: dict) -> tuple[str, ...]:
     return tuple(d["pdev_path"] for d in record.get("config", {}).get("disks", []) if d.get("pdev_path"))
-
-
-def is_below(path: str, directory: str) -> bool:
-    return os.path.normpath(path).startswith(directory.rstrip("/") + "/")
 
 
 class Xl:
@@ -174,7 +172,7 @@ def export_configuration(job: Job, domains: Sequence[Domain], directory: str, co
         os.makedirs(directory, mode=0o700, exist_ok=True)
         for domain in domains:
             target = os.path.join(directory, f"{domain.name}.xl-list-l.json")
-            _write_atomically(target, json.dumps(domain.record, indent=4) + "\n")
+            write_atomically(target, json.dumps(domain.record, indent=4) + "\n", mode=0o644)
         for path in _config_files(config_dir, {d.name for d in domains}):
             shutil.copy2(path, os.path.join(directory, os.path.basename(path)))
             copied.append(os.path.basename(path))
@@ -207,13 +205,6 @@ def _config_files(config_dir: str, names: set[str]) -> list[str]:
     return found
 
 
-def _write_atomically(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 class PauseRecord:
     """/run/xenlvm/<job>.paused: the domains this job may have left paused."""
 
@@ -223,7 +214,7 @@ class PauseRecord:
 
     def write(self, names: Sequence[str]) -> None:
         try:
-            _write_atomically(self.path, json.dumps(list(names)))
+            write_atomically(self.path, json.dumps(list(names)), mode=0o644)
         except OSError as exc:
             raise FileError("write the record of the domains about to be paused,", exc,
                             "Nothing was paused.") from None
@@ -250,8 +241,7 @@ class PauseRecord:
                        f"remove {self.path}.")
 
     def clear(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        remove_if_present(self.path)
 
 
 def resume_leftovers(xl: Xl, record: PauseRecord) -> None:
@@ -271,6 +261,7 @@ def resume(xl: Xl, names: Sequence[str]) -> None:
     """Check with xl list which of names are still paused, unpause those, and retry; raise if
     any stays paused."""
     pending = list(names)
+    backoff = Backoff(first=0.5, factor=1.0, step=0.5, clock=time)  # 0.5 s, 1 s, 1.5 s, ...
     for attempt in range(1, UNPAUSE_ATTEMPTS + 1):
         if xl.runner.dry_run:
             return
@@ -283,9 +274,9 @@ def resume(xl: Xl, names: Sequence[str]) -> None:
         if not pending or attempt == UNPAUSE_ATTEMPTS:
             break
         log.error("domain(s) %s still paused; resuming again (attempt %d)", ", ".join(pending), attempt + 1)
-        time.sleep(0.5 * attempt)
-        for name, exc in xl.control("unpause", pending).items():
-            log.error("could not resume domain %s: %s", name, exc)
+        backoff.wait()
+        for name, error in xl.control("unpause", pending).items():
+            log.error("could not resume domain %s: %s", name, error)
     if pending:
         raise XenError(f"domain(s) {', '.join(pending)} are STILL PAUSED after {UNPAUSE_ATTEMPTS} "
                        f"attempts to resume them: run 'xl unpause {pending[0]}' now and check 'xl list'")
@@ -323,8 +314,8 @@ def paused(xl: Xl, domains: Sequence[Domain], record: PauseRecord,
         # No signal may cut the resume short: hold them until every domain is asked to run.
         with interrupts.deferred():
             resuming_at = time.monotonic()
-            for name, exc in xl.control("unpause", to_pause).items():
-                log.error("could not resume domain %s: %s", name, exc)
+            for name, error in xl.control("unpause", to_pause).items():
+                log.error("could not resume domain %s: %s", name, error)
             window_ms = (time.monotonic() - started) * 1000
             # The part xenlvm itself decides: from xl pause returning to xl unpause starting.
             own = "" if paused_at is None else \

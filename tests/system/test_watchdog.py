@@ -2,7 +2,7 @@
 when the VG has no room left, and never outlives its snapshot or its max_lifetime.
 
 The monitor is started and stopped from a small guest-side Python call, exactly as pre and
-post call xenlvm.watchdog.start and stop."""
+post call xenlvm.watchdog_process.start and stop."""
 
 from __future__ import annotations
 
@@ -27,10 +27,11 @@ WATCHDOG_CONFIG = DEFAULT_CONFIG.replace("{", "{{").replace("}", "}}") + """\
 """
 
 START = f"""
-from xenlvm.config import load_config
+from xenlvm.config_file import load_config
 from xenlvm.lvm import Lvm
 from xenlvm.runner import Runner
-from xenlvm.watchdog import Watched, start
+from xenlvm.watchdog import Watched
+from xenlvm.watchdog_process import start
 
 config = load_config({CONFIG!r})
 origin = Lvm(Runner(path=config.settings.path)).volume_group('system').get('xenvm')
@@ -39,8 +40,8 @@ print(start(config, 'xenvm', [Watched('system', 'vmbackup', origin.size)], confi
 
 STOP = f"""
 import dataclasses, json
-from xenlvm.config import load_config
-from xenlvm.watchdog import stop
+from xenlvm.config_file import load_config
+from xenlvm.watchdog_process import stop
 
 summary = stop(load_config({CONFIG!r}), 'xenvm')
 print(json.dumps(summary and dataclasses.asdict(summary)))

@@ -22,7 +22,8 @@ import pytest
 import xenlvm.xen
 from tests.unit.fakes import Answer, FakeRunner, recorded
 from xenlvm import lvm, mounts
-from xenlvm.config import Config, parse_config
+from xenlvm.config import Config
+from xenlvm.config_file import parse_config
 from xenlvm.errors import CommandFailed
 
 ORIGIN_MOUNT = "/srv/xenvm"  # where the origin is mounted in the fake mount table (VM disks below it)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.fakes import FakeRunner
-from xenlvm.config import parse_config
+from xenlvm.config_file import parse_config
 from xenlvm.errors import ConfigError
 from xenlvm.lvm import LogicalVolume, Lvm, job_tag
 from xenlvm.mounts import mount_snapshot

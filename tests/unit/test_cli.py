@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from xenlvm import __version__, cli, hook_entry, install, interrupts
+from xenlvm import __version__, app, hook_entry, install, interrupts
 from xenlvm.cli import main
 
 DATA = Path(__file__).parent / "data"
@@ -150,7 +150,7 @@ def test_unknown_job_exits_2_listing_the_configured_jobs(host):
 
 @pytest.mark.parametrize("args", [["--job", "xenvm"], ["xen_vm1"], ["{host}/vmbackup/"]])
 def test_selected_job_refuses_to_run_without_root(host, monkeypatch, args):
-    monkeypatch.setattr(hook_entry.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(app.os, "geteuid", lambda: 1000)
     args = [a.replace("{host}", str(host)) for a in args]
     result = invoke("--config", write_config(host), "pre", *args)
     assert result.exit_code == 2
@@ -263,7 +263,7 @@ def test_unexpected_error_exits_1_and_asks_for_a_report(host, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(hook_entry, "select_jobs", broken)
+    monkeypatch.setattr(app, "select_jobs", broken)
     result = invoke("--config", write_config(host), "post", "xen_vm1")
     assert result.exit_code == 1
     assert "a bug in xenlvm" in result.output
@@ -282,14 +282,14 @@ def test_version():
 
 def test_sbc_entrypoint_behaves_like_the_command(host, capsys):
     with pytest.raises(SystemExit) as caught:
-        cli.run_hook("post", ["--config", write_config(host), "other_task"])
+        hook_entry.run_hook("post", ["--config", write_config(host), "other_task"])
     assert caught.value.code == 0
     assert "nothing to do" in capsys.readouterr().out
 
 
 def test_sbc_entrypoint_reports_usage_errors_with_exit_2(host, capsys):
     with pytest.raises(SystemExit) as caught:
-        cli.run_hook("pre", ["--config", write_config(host), "--job", "nosuch"])
+        hook_entry.run_hook("pre", ["--config", write_config(host), "--job", "nosuch"])
     assert caught.value.code == 2
     assert "no job named 'nosuch'" in capsys.readouterr().err
 
@@ -333,6 +333,6 @@ def test_an_os_error_that_reaches_the_top_is_a_host_condition_not_a_bug(caplog):
     def work():
         raise OSError(errno.ENOSPC, "No space left on device", "/var/lib/xenlvm/xenvm/state.json")
     with caplog.at_level(logging.ERROR, "xenlvm"):
-        assert hook_entry.finish(work, debug=False) == 1
+        assert app.finish(work, debug=False) == 1
     assert "cannot use /var/lib/xenlvm/xenvm/state.json: No space left on device" in caplog.text
     assert "a bug" not in caplog.text and "Traceback" not in caplog.text

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from tests.unit.fakehost import FakeHost
 from tests.unit.fakes import Answer, Timeout, recorded
-from xenlvm import cli, hook_entry, interrupts
+from xenlvm import app, cli, interrupts
 from xenlvm.errors import CommandFailed
 
 COMMANDS = {
@@ -144,9 +144,8 @@ def _fake_dom0():
         host = FakeHost(Path(os.path.realpath(tmp)), patch)
         (host.root / "hooks").mkdir()
         (host.root / "etc-xen").mkdir()
-        for module in (cli, hook_entry):
-            patch.setattr(module, "make_runner", lambda config, dry_run=False: host.runner)
-        patch.setattr(hook_entry.os, "geteuid", lambda: 0)
+        patch.setattr(app, "make_runner", lambda config, dry_run=False: host.runner)
+        patch.setattr(app.os, "geteuid", lambda: 0)
         patch.setattr(interrupts, "install", lambda: None)
         try:
             yield host

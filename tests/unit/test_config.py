@@ -18,11 +18,10 @@ from xenlvm.config import (
     SnapshotSpec,
     Volume,
     config_path,
-    load_config,
-    parse_config,
     parse_duration,
     parse_size,
 )
+from xenlvm.config_file import load_config, parse_config
 from xenlvm.errors import ConfigError
 
 PATH = "/etc/xenlvm/config.yaml"

@@ -12,7 +12,6 @@ from pathlib import Path
 import click
 import pytest
 
-from xenlvm import config
 from xenlvm.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,7 +44,7 @@ def test_the_man_page_names_every_command_option_and_config_key():
 
 
 def test_a_config_key_without_a_comment_in_the_example_stops_the_generator(monkeypatch):
-    monkeypatch.setitem(config._WATCHDOG_PARSERS, "new_knob", int)
+    monkeypatch.setitem(generate.SECTIONS["jobs.NAME.watchdog"], "new_knob", int)
     with pytest.raises(ValueError, match="does not show jobs.NAME.watchdog.new_knob"):
         generate.man_page()
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from xenlvm.config import Settings, load_config, parse_config
+from xenlvm.config import Settings
+from xenlvm.config_file import load_config, parse_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.yaml"
 

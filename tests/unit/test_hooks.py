@@ -10,7 +10,8 @@ import pytest
 
 from tests.unit.fakehost import ORIGIN_MOUNT
 from tests.unit.fakes import Answer, Timeout
-from xenlvm import hooks, xen
+from xenlvm import context as context_mod
+from xenlvm import mounts, post, pre, vmdisk_teardown, watchdog, watchdog_process, xen
 from xenlvm.errors import FileError, MountError, XenlvmError
 
 XEN = "    xen:\n      domains: auto\n      timeout: 2s\n"
@@ -18,7 +19,7 @@ XEN = "    xen:\n      domains: auto\n      timeout: 2s\n"
 
 def context(host, jobs: str = "", **settings):
     config = host.config(jobs, **settings)
-    return hooks.Context(config, host.runner), config
+    return context_mod.Context(config, host.runner), config
 
 
 def assert_left_as_found(host) -> None:
@@ -31,7 +32,7 @@ def assert_left_as_found(host) -> None:
 
 def test_pre_snapshots_pauses_and_mounts_and_post_takes_it_all_back(host):
     ctx, config = context(host, host.job_text(extra=XEN))
-    hooks.run_pre(ctx, list(config.jobs.values()))
+    pre.run_pre(ctx, list(config.jobs.values()))
 
     assert host.ours == ["vmbackup"]
     assert host.mountpoints[-1] == str(host.root / "mnt" / "vmbackup")
@@ -40,7 +41,7 @@ def test_pre_snapshots_pauses_and_mounts_and_post_takes_it_all_back(host):
     exported = host.root / "state" / "xenvm" / "xen-config" / "vm1.xl-list-l.json"
     assert json.loads(exported.read_text())["config"]["c_info"]["name"] == "vm1"
 
-    hooks.run_post(hooks.Context(config, host.runner), list(config.jobs.values()))
+    post.run_post(context_mod.Context(config, host.runner), list(config.jobs.values()))
     assert_left_as_found(host)
 
 
@@ -66,7 +67,7 @@ def test_pre_leaves_nothing_behind_whichever_step_fails(host, step, answer, said
     ctx, config = context(host, host.job_text(extra=XEN))
     host.fail(step, answer)
     with pytest.raises(XenlvmError) as caught:
-        hooks.run_pre(ctx, list(config.jobs.values()))
+        pre.run_pre(ctx, list(config.jobs.values()))
     assert said in str(caught.value)
     assert_left_as_found(host)
 
@@ -75,7 +76,7 @@ def test_pre_whose_snapshot_is_mounted_read_write_unwinds(host):
     ctx, config = context(host)
     host.fail("mount", lambda argv: host.do(argv[:4] + ("rw",) + argv[5:]))  # a mount that ignores -o ro
     with pytest.raises(MountError, match="mounted read-write although xenlvm asked for read-only"):
-        hooks.run_pre(ctx, list(config.jobs.values()))
+        pre.run_pre(ctx, list(config.jobs.values()))
     assert host.ours == [] and host.mountpoints == ["/", ORIGIN_MOUNT]
 
 
@@ -85,7 +86,7 @@ def test_pre_whose_undo_fails_too_says_both_and_what_to_do(host):
     host.fail("umount", Answer(stderr="umount: target is busy.", returncode=32))
     host.fail("lvremove", Answer(stderr="  Failed to update pool", returncode=5))
     with pytest.raises(XenlvmError) as caught:
-        hooks.run_pre(ctx, list(config.jobs.values()))
+        pre.run_pre(ctx, list(config.jobs.values()))
     message = str(caught.value)
     assert "failed after doing its work" in message and "Undoing pre ALSO failed" in message
     assert "Run 'xenlvm post'" in message
@@ -98,9 +99,9 @@ def test_pre_that_cannot_create_a_volumes_mountpoint_names_it_and_its_errno(host
 
     def full(path, mode=0o777):
         raise OSError(errno.ENOSPC, "No space left on device", path)
-    monkeypatch.setattr(hooks.os, "mkdir", full)
+    monkeypatch.setattr(pre.os, "mkdir", full)
     with pytest.raises(FileError) as caught:
-        hooks.run_pre(ctx, list(config.jobs.values()))
+        pre.run_pre(ctx, list(config.jobs.values()))
     assert f"cannot create the mount point {host.root / 'mnt' / 'vmbackup' / 'xenvm'}: No space left on " \
            "device" in str(caught.value)
     assert host.ours == []
@@ -111,7 +112,7 @@ def test_pre_that_cannot_export_the_xen_configuration_names_the_directory(host):
     (host.root / "state").write_text("a file where the state directory should be")
     ctx, config = context(host, host.job_text(extra=XEN))
     with pytest.raises(FileError) as caught:
-        hooks.run_pre(ctx, list(config.jobs.values()))
+        pre.run_pre(ctx, list(config.jobs.values()))
     assert f"cannot export the Xen configuration to {host.root / 'state'}" in str(caught.value)
     assert "Not a directory" in str(caught.value)
     assert_left_as_found(host)
@@ -120,7 +121,7 @@ def test_pre_that_cannot_export_the_xen_configuration_names_the_directory(host):
 def test_a_dry_run_of_pre_changes_nothing_and_announces_every_change(host):
     config = host.config(host.job_text(extra=XEN))
     host.runner.dry_run = True
-    hooks.run_pre(hooks.Context(config, host.runner), list(config.jobs.values()))
+    pre.run_pre(context_mod.Context(config, host.runner), list(config.jobs.values()))
     assert [argv[:2] for argv in host.runner.changes] == [["xl", "pause"], ["lvcreate", "--snapshot"],
                                                           ["xl", "unpause"], ["mount", "-t"]]
     assert_left_as_found(host)
@@ -130,7 +131,7 @@ def test_pre_resumes_domains_a_killed_run_left_paused_first(host):
     ctx, config = context(host, host.job_text(extra=XEN))
     host.paused.add("vm2")
     xen.PauseRecord(str(host.root / "run"), "xenvm").write(["vm2"])
-    hooks.run_pre(ctx, list(config.jobs.values()))
+    pre.run_pre(ctx, list(config.jobs.values()))
     assert host.runner.argvs_of("xl", "unpause")[0] == ["xl", "unpause", "vm2"]
     assert host.paused == {"vm3"}
 
@@ -139,7 +140,7 @@ def test_pre_refuses_when_the_record_of_paused_domains_is_corrupt(host):
     ctx, config = context(host, host.job_text(extra=XEN))
     (host.root / "run" / "xenvm.paused").write_text('["vm2", ')
     with pytest.raises(xen.XenError) as caught:
-        hooks.run_pre(ctx, list(config.jobs.values()))
+        pre.run_pre(ctx, list(config.jobs.values()))
     assert "cannot be read" in str(caught.value) and "xl unpause NAME" in str(caught.value)
     assert host.ours == []
 
@@ -161,7 +162,7 @@ def test_post_goes_on_with_the_next_job_when_one_fails_and_reports_both(host):
     host.fail("lvremove", Answer(stderr="  Failed to update pool", returncode=5))
 
     with pytest.raises(XenlvmError) as caught:
-        hooks.run_post(ctx, list(config.jobs.values()))
+        post.run_post(ctx, list(config.jobs.values()))
     assert "Failed to update pool" in str(caught.value)
     assert host.ours == ["vmbackup"]  # the first job's removal failed; the second's went on
     assert host.mountpoints == ["/", ORIGIN_MOUNT]
@@ -173,7 +174,7 @@ def test_post_collects_the_failures_of_every_job(host):
     host.add_snapshot("second", "second", str(host.root / "mnt" / "second"), lv_attr="swi-aos---")
     host.runner.on("lvremove", Answer(stderr="  Failed to update pool", returncode=5))
     with pytest.raises(XenlvmError) as caught:
-        hooks.run_post(ctx, list(config.jobs.values()))
+        post.run_post(ctx, list(config.jobs.values()))
     assert str(caught.value).startswith("post failed for 2 jobs: ")
     assert str(caught.value).count("Failed to update pool") == 2
 
@@ -182,17 +183,17 @@ def test_an_os_error_in_one_job_does_not_stop_the_others(host, monkeypatch):
     ctx, config = context(host, two_jobs(host))
     host.add_snapshot(lv_attr="swi-aos---")
     host.add_snapshot("second", "second", str(host.root / "mnt" / "second"), lv_attr="swi-aos---")
-    real, calls = hooks.mounts_mod.read_mounts, []
+    real, calls = mounts.read_mounts, []
 
     def unreadable_once():
         calls.append(1)
         if len(calls) == 1:
             raise PermissionError(errno.EACCES, "Permission denied", "/proc/self/mountinfo")
         return real()
-    monkeypatch.setattr(hooks.mounts_mod, "read_mounts", unreadable_once)
+    monkeypatch.setattr(mounts, "read_mounts", unreadable_once)
 
     with pytest.raises(XenlvmError) as caught:
-        hooks.run_post(ctx, list(config.jobs.values()))
+        post.run_post(ctx, list(config.jobs.values()))
     assert "cannot use /proc/self/mountinfo: Permission denied" in str(caught.value)
     assert host.ours == ["vmbackup"]  # the second job was cleaned up all the same
 
@@ -200,15 +201,15 @@ def test_an_os_error_in_one_job_does_not_stop_the_others(host, monkeypatch):
 def test_a_bug_in_one_job_does_not_stop_the_others_and_says_it_is_a_bug(host, monkeypatch):
     ctx, config = context(host, two_jobs(host))
     host.add_snapshot("second", "second", str(host.root / "mnt" / "second"), lv_attr="swi-aos---")
-    real = hooks.clean_up
+    real = post.clean_up
 
     def broken_first(ctx, job, judge_backup=True):
         if job.name == "xenvm":
             raise TypeError("unsupported format string passed to NoneType.__format__")
         real(ctx, job, judge_backup)
-    monkeypatch.setattr(hooks, "clean_up", broken_first)
+    monkeypatch.setattr(post, "clean_up", broken_first)
     with pytest.raises(XenlvmError) as caught:
-        hooks.run_post(ctx, list(config.jobs.values()))
+        post.run_post(ctx, list(config.jobs.values()))
     assert "a bug in xenlvm" in str(caught.value) and "TypeError" in str(caught.value)
     assert host.ours == []
 
@@ -218,7 +219,7 @@ def test_post_with_a_corrupt_pause_record_still_removes_the_snapshot_and_says_so
     host.add_snapshot(lv_attr="swi-aos---")
     (host.root / "run" / "xenvm.paused").write_bytes(b"\xff\xfe not json")
     with pytest.raises(xen.XenError) as caught:
-        hooks.run_post(ctx, list(config.jobs.values()))
+        post.run_post(ctx, list(config.jobs.values()))
     assert "cannot be read" in str(caught.value)
     assert host.ours == [] and host.mountpoints == ["/", ORIGIN_MOUNT]
 
@@ -234,7 +235,7 @@ def test_post_of_a_job_with_two_volumes_removes_the_second_when_the_first_fails(
         host.add_snapshot(name, mountpoint=str(host.root / "mnt" / "vmbackup" / below))
     host.fail("lvremove", Answer(stderr="  Failed to update pool", returncode=5))
     with pytest.raises(XenlvmError):
-        hooks.run_post(ctx, list(config.jobs.values()))
+        post.run_post(ctx, list(config.jobs.values()))
     assert len(host.ours) == 1  # the other volume's snapshot was removed
     assert host.mountpoints == ["/", ORIGIN_MOUNT]  # both were unmounted
 
@@ -243,21 +244,21 @@ def test_post_reports_an_overflowed_snapshot_after_removing_it(host):
     ctx, config = context(host)
     host.add_snapshot(lv_attr="swi-Ios---", data_percent="100.00", lv_snapshot_invalid="snapshot invalid")
     with pytest.raises(XenlvmError, match="overflowed during the backup"):
-        hooks.run_post(ctx, list(config.jobs.values()))
+        post.run_post(ctx, list(config.jobs.values()))
     assert host.ours == []
 
 
 def test_cleanup_only_warns_about_an_overflowed_snapshot(host):
     ctx, config = context(host)
     host.add_snapshot(lv_attr="swi-Ios---", data_percent="100.00", lv_snapshot_invalid="snapshot invalid")
-    hooks.run_post(ctx, list(config.jobs.values()), judge_backup=False)
+    post.run_post(ctx, list(config.jobs.values()), judge_backup=False)
     assert host.ours == []
 
 
 def test_post_leaves_a_foreign_lv_with_the_snapshot_name_alone(host):
     ctx, config = context(host)
     host.add_snapshot(lv_tags="")
-    hooks.run_post(ctx, list(config.jobs.values()))
+    post.run_post(ctx, list(config.jobs.values()))
     assert "vmbackup" in host.lv_names
 
 
@@ -267,13 +268,13 @@ def test_post_refuses_a_snapshot_also_mounted_elsewhere(host):
     host.add_snapshot("other", lv_attr="swi-a-s---")
     host._mount_line("/dev/mapper/system-vmbackup", "/mnt/elsewhere", "ext4", "ro")
     with pytest.raises(MountError, match="also mounted at /mnt/elsewhere"):
-        hooks.run_post(ctx, list(config.jobs.values()))
+        post.run_post(ctx, list(config.jobs.values()))
     assert "vmbackup" in host.lv_names
 
 
 def test_post_when_the_volume_group_is_gone_has_nothing_to_clean_up(host):
     ctx, config = context(host, host.job_text().replace("system/xenvm", "novg/xenvm"))
-    hooks.run_post(ctx, list(config.jobs.values()))
+    post.run_post(ctx, list(config.jobs.values()))
     assert host.runner.changes == []
 
 
@@ -281,7 +282,7 @@ def test_post_resumes_domains_a_killed_run_left_paused(host):
     ctx, config = context(host, host.job_text(extra=XEN))
     host.paused.add("vm1")
     xen.PauseRecord(str(host.root / "run"), "xenvm").write(["vm1"])
-    hooks.run_post(ctx, list(config.jobs.values()))
+    post.run_post(ctx, list(config.jobs.values()))
     assert host.paused == {"vm3"}
     assert not (host.root / "run" / "xenvm.paused").exists()
 
@@ -295,7 +296,7 @@ VMDISKS = "    vmdisks:\n      domains: auto\n      size: 16M\n"
 def test_pre_removes_the_leftover_of_a_crashed_run_before_making_a_fresh_snapshot(host):
     ctx, config = context(host)
     host.add_snapshot(lv_attr="swi-aos---")  # mounted, tagged by an earlier run
-    hooks.run_pre(ctx, list(config.jobs.values()))
+    pre.run_pre(ctx, list(config.jobs.values()))
     assert host.runner.argvs_of("umount") == [["umount", str(host.root / "mnt" / "vmbackup")]]
     assert len(host.runner.argvs_of("lvremove")) == 1 and len(host.runner.argvs_of("lvcreate")) == 1
     [row] = [r for r in host.lvs_rows if r["lv_name"] == "vmbackup"]
@@ -307,8 +308,8 @@ def test_pre_goes_on_without_a_watchdog_that_cannot_start(host, monkeypatch, cap
 
     def cannot_start(*args, **kwargs):
         raise XenlvmError("the snapshot watchdog did not start within 30 s")
-    monkeypatch.setattr(hooks.watchdog, "start", cannot_start)
-    hooks.run_pre(ctx, list(config.jobs.values()))
+    monkeypatch.setattr(watchdog_process, "start", cannot_start)
+    pre.run_pre(ctx, list(config.jobs.values()))
     assert "the backup goes on without the watchdog" in caplog.text
     assert host.ours == ["vmbackup"]
 
@@ -316,12 +317,12 @@ def test_pre_goes_on_without_a_watchdog_that_cannot_start(host, monkeypatch, cap
 def test_post_reports_what_the_watchdog_did_and_notes_the_fill(host, monkeypatch, caplog):
     ctx, config = context(host, host.job_text(extra="    watchdog: {threshold: 50}\n"))
     host.add_snapshot(lv_attr="swi-aos---", data_percent="40.00")
-    summary = hooks.watchdog.Summary({"system/vmbackup": 91.5}, [
+    summary = watchdog.Summary({"system/vmbackup": 91.5}, [
         {"lv": "system/vmbackup", "at": 1.0, "fill": 91.5, "from": 64 << 20, "to": 128 << 20}],
         ["cannot extend system/vmbackup: VG system has no more free space"])
-    monkeypatch.setattr(hooks.watchdog, "stop", lambda config, job: summary)
+    monkeypatch.setattr(watchdog_process, "stop", lambda config, job: summary)
     with caplog.at_level("INFO", "xenlvm"):
-        hooks.run_post(ctx, list(config.jobs.values()))
+        post.run_post(ctx, list(config.jobs.values()))
     assert ("the watchdog extended system/vmbackup from 64.0 MiB to 128.0 MiB when it was 91.5% full"
             in caplog.text)
     assert "watchdog: cannot extend" in caplog.text
@@ -331,7 +332,7 @@ def test_post_reports_what_the_watchdog_did_and_notes_the_fill(host, monkeypatch
 def test_post_warns_about_a_snapshot_that_was_nearly_full(host, caplog):
     ctx, config = context(host)
     host.add_snapshot(lv_attr="swi-aos---", data_percent="85.00")
-    hooks.run_post(ctx, list(config.jobs.values()))
+    post.run_post(ctx, list(config.jobs.values()))
     assert "was 85.0% full before removal - close to overflowing" in caplog.text
 
 
@@ -339,16 +340,16 @@ def test_pre_of_a_vm_disk_job_that_finds_no_disk_on_an_lv_changes_nothing(host):
     jobs = f"  disks:\n    mountpoint: {host.root / 'mnt' / 'vmbackup'}\n    tasks: [xen_vm1]\n{VMDISKS}"
     ctx, config = context(host, jobs)
     with pytest.raises(XenlvmError, match="found no VM disk on a logical volume"):
-        hooks.run_pre(ctx, list(config.jobs.values()))
+        pre.run_pre(ctx, list(config.jobs.values()))
     assert host.runner.changes == []
 
 
 def test_post_of_a_vm_disk_job_with_nothing_left_asks_lvs_once_and_changes_nothing(host, monkeypatch):
-    monkeypatch.setattr(hooks.vmdisks, "loops_of", lambda devices: {})
+    monkeypatch.setattr(vmdisk_teardown, "loops_of", lambda devices: {})
     jobs = (f"  disks:\n    mountpoint: {host.root / 'mnt' / 'vmbackup'}\n    tasks: [xen_vm1]\n"
             "    volumes:\n      - volume: system/xenvm\n        snapshot: vmbackup\n        size: 64M\n"
             f"{VMDISKS}")
     ctx, config = context(host, jobs)
-    hooks.run_post(ctx, list(config.jobs.values()))
+    post.run_post(ctx, list(config.jobs.values()))
     assert len(host.runner.argvs_of("lvs")) == 1
     assert host.runner.changes == []

@@ -20,9 +20,9 @@ from xenlvm.preflight import (
     check_space,
     check_volumes,
     failures,
-    human_size,
     snapshot_bytes,
 )
+from xenlvm.sizes import human_size
 
 DATA = Path(__file__).parent / "data"
 

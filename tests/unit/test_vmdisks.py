@@ -11,8 +11,9 @@ import os
 import pytest
 
 from tests.unit.fakes import FakeRunner, recorded
-from xenlvm import vmdisks, xen
-from xenlvm.config import Job, VmDiskSettings, parse_config, parse_size
+from xenlvm import vmdisk_teardown, vmdisks, xen
+from xenlvm.config import Job, VmDiskSettings, parse_size
+from xenlvm.config_file import parse_config
 from xenlvm.errors import ConfigError, PreflightFailed
 from xenlvm.lvm import LogicalVolume, VolumeGroup
 from xenlvm.mounts import MountEntry
@@ -200,8 +201,8 @@ def test_loop_devices_are_ours_only_when_backed_by_our_snapshot(tmp_path, monkey
     (sys_block / "sda").mkdir()
     numbers = {"/dev/mapper/system-a.xenlvm": (254, 5), "/srv/other.img": None}
     monkeypatch.setattr(vmdisks.mounts_mod, "device_numbers", numbers.get)
-    assert vmdisks.loops_of([(254, 5)], str(sys_block)) == {"/dev/loop0": (7, 0)}
-    assert vmdisks.loops_of([(254, 9)], str(sys_block)) == {}
+    assert vmdisk_teardown.loops_of([(254, 5)], str(sys_block)) == {"/dev/loop0": (7, 0)}
+    assert vmdisk_teardown.loops_of([(254, 9)], str(sys_block)) == {}
 
 
 def test_an_image_bind_is_recognised_by_its_filesystem_and_directory(tmp_path, monkeypatch):
@@ -211,12 +212,12 @@ def test_an_image_bind_is_recognised_by_its_filesystem_and_directory(tmp_path, m
     major, minor = os.major(device), os.minor(device)
     entry = MountEntry(major, minor, "/mnt/vmdisks/vm2/xvda.img", ("ro",), "ext4", "/dev/sda1",
                        "/images/xenlvm-disks/vm2.xvda.img")
-    assert vmdisks._is_image_bind(entry, str(staging))
-    assert not vmdisks._is_image_bind(dataclasses.replace(entry, minor=minor + 1), str(staging))
+    assert vmdisk_teardown.is_image_bind(entry, str(staging))
+    assert not vmdisk_teardown.is_image_bind(dataclasses.replace(entry, minor=minor + 1), str(staging))
     elsewhere = MountEntry(major, minor, "/mnt/vmdisks/vm2/xvda.img", ("ro",), "ext4", "/dev/sda1",
                            "/images/other/vm2.xvda.img")
-    assert not vmdisks._is_image_bind(elsewhere, str(staging))
-    assert not vmdisks._is_image_bind(entry, None)
+    assert not vmdisk_teardown.is_image_bind(elsewhere, str(staging))
+    assert not vmdisk_teardown.is_image_bind(entry, None)
 
 
 def config_error(text: str) -> str:
@@ -248,17 +249,17 @@ def test_post_deletes_only_the_image_files_it_wrote(tmp_path):
     staging = tmp_path / "xenlvm-disks"
     staging.mkdir()
     (staging / "vm2.xvda.img").write_bytes(b"\0" * 10)
-    vmdisks._remove_images(str(staging))
+    vmdisk_teardown._remove_images(str(staging))
     assert not staging.exists()
     staging.mkdir()
     (staging / "vm2.xvda.img").write_bytes(b"\0")
     (staging / "notes.txt").write_text("an admin's file")
     (staging / "link.img").symlink_to(tmp_path / "elsewhere.img")
     (tmp_path / "elsewhere.img").write_text("not ours")
-    vmdisks._remove_images(str(staging))
+    vmdisk_teardown._remove_images(str(staging))
     assert sorted(p.name for p in staging.iterdir()) == ["link.img", "notes.txt"]
     assert (tmp_path / "elsewhere.img").read_text() == "not ours"
-    vmdisks._remove_images(str(tmp_path / "missing"))  # nothing there: nothing to do
+    vmdisk_teardown._remove_images(str(tmp_path / "missing"))  # nothing there: nothing to do
 
 
 def test_a_btrfs_mount_is_recognised_by_its_source_device_not_its_anonymous_number(monkeypatch):

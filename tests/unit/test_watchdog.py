@@ -17,11 +17,13 @@ import pytest
 
 from tests.unit.fakes import FakeRunner
 from tests.unit.fakes import recorded as recorded_file
-from xenlvm import watchdog
-from xenlvm.config import WatchdogSettings, parse_config, parse_size
+from xenlvm import watchdog, watchdog_process
+from xenlvm.config import WatchdogSettings, parse_size
+from xenlvm.config_file import parse_config
 from xenlvm.errors import CommandFailed, XenlvmError
 from xenlvm.lvm import Lvm, parse_volume_group
-from xenlvm.watchdog import Monitor, Summary, Watched, limit_reason, next_size
+from xenlvm.watchdog import Monitor, Summary, Watched
+from xenlvm.watchdog_sizing import limit_reason, next_size
 
 DATA = Path(__file__).parent / "data"
 MiB = 1 << 20
@@ -297,7 +299,7 @@ def test_stop_never_signals_a_pid_that_is_no_longer_the_watchdog(tmp_path, stand
     sleeper = stand_in("sleep", "60")
     write_pid_file(config, sleeper.pid)
 
-    assert watchdog.stop(config, "xenvm", timeout=1) is None
+    assert watchdog_process.stop(config, "xenvm", timeout=1) is None
     assert sleeper.poll() is None  # untouched
     assert not os.path.exists(watchdog.files(config.settings.lock_dir, "xenvm").pid)
 
@@ -308,7 +310,7 @@ def test_stop_never_signals_the_watchdog_of_another_job(tmp_path, stand_in):
                      "--job", "other")
     write_pid_file(config, other.pid)
 
-    assert watchdog.stop(config, "xenvm", timeout=1) is None
+    assert watchdog_process.stop(config, "xenvm", timeout=1) is None
     assert other.poll() is None
 
 
@@ -318,23 +320,23 @@ def test_stop_terminates_the_jobs_watchdog_and_is_idempotent(tmp_path, stand_in)
                     "--job", "xenvm")
     write_pid_file(config, ours.pid)
 
-    summary = watchdog.stop(config, "xenvm", timeout=5)
+    summary = watchdog_process.stop(config, "xenvm", timeout=5)
     assert ours.wait(timeout=5) == -signal.SIGTERM
     assert summary == Summary(problems=[
         f"the watchdog (pid {ours.pid}) was stopped before it wrote a summary"])
-    assert watchdog.stop(config, "xenvm") is None
+    assert watchdog_process.stop(config, "xenvm") is None
 
 
 def test_start_with_nothing_to_watch_writes_nothing(tmp_path):
     config = config_in(tmp_path)
-    assert watchdog.start(config, "xenvm", [], settings()) is None
+    assert watchdog_process.start(config, "xenvm", [], settings()) is None
     assert not os.path.exists(config.settings.lock_dir)
 
 
 def test_start_fails_clearly_when_the_monitor_cannot_run(tmp_path):
     config = dataclasses.replace(config_in(tmp_path), path=str(tmp_path / "missing.yaml"))
     with pytest.raises(XenlvmError, match="the snapshot watchdog did not start"):
-        watchdog.start(config, "xenvm", [Watched("system", "vmbackup", ORIGIN_SIZE)], settings())
+        watchdog_process.start(config, "xenvm", [Watched("system", "vmbackup", ORIGIN_SIZE)], settings())
     assert os.listdir(config.settings.lock_dir) == []
 
 
@@ -353,22 +355,22 @@ def test_start_and_stop_a_real_monitor_against_stand_in_lvm_tools(tmp_path):
         (bin_dir / tool).chmod(0o755)
     config = config_in(tmp_path, bin_dir)
 
-    pid = watchdog.start(config, "xenvm", [Watched("system", "vmbackup", ORIGIN_SIZE)],
+    pid = watchdog_process.start(config, "xenvm", [Watched("system", "vmbackup", ORIGIN_SIZE)],
                          settings(interval=0.2))
-    assert pid is not None and watchdog.is_watchdog(pid, "xenvm")
+    assert pid is not None and watchdog_process.is_watchdog(pid, "xenvm")
     os.kill(pid, signal.SIGINT)  # meant for the pre that started it
     os.kill(pid, signal.SIGHUP)
     deadline = time.monotonic() + 20
     while not calls.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
 
-    assert watchdog.is_watchdog(pid, "xenvm")
-    summary = watchdog.stop(config, "xenvm")
+    assert watchdog_process.is_watchdog(pid, "xenvm")
+    summary = watchdog_process.stop(config, "xenvm")
     assert calls.read_text() == f"--size {128 * MiB}b system/vmbackup\n"
     assert summary is not None and summary.problems == []
     assert summary.max_fill == {"system/vmbackup": 60.0}
     assert [(e["from"], e["to"]) for e in summary.extensions] == [(64 * MiB, 128 * MiB)]
-    assert not os.path.exists(f"/proc/{pid}") or not watchdog.is_watchdog(pid, "xenvm")
+    assert not os.path.exists(f"/proc/{pid}") or not watchdog_process.is_watchdog(pid, "xenvm")
     assert os.listdir(config.settings.lock_dir) == []
     log = (tmp_path / "xenlvm.log").read_text()
     assert "job xenvm: extended the snapshot system/vmbackup from 64.0 MiB to 128.0 MiB" in log

@@ -10,7 +10,7 @@ import pytest
 
 from tests.unit.fakes import Answer, FakeRunner, Timeout, recorded
 from xenlvm import xen
-from xenlvm.config import parse_config
+from xenlvm.config_file import parse_config
 from xenlvm.errors import CommandFailed, FileError, PreflightFailed
 
 RELEASES = ["4.11", "4.17"]

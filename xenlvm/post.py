@@ -1,0 +1,249 @@
+"""post: what sesam's sbc_post does for each job (and xenlvm cleanup), top to bottom.
+
+Lock the job; resume domains a killed pre left paused; stop the watchdog; find the job's
+snapshots (lvs) and read whether they are still valid; unmount and remove them in reverse, each
+only with proof that it is xenlvm's (xenlvm.teardown); then judge the backup: an invalid
+snapshot fails it. One job's failure does not stop the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from xenlvm import lvm as lvm_mod
+from xenlvm import mounts as mounts_mod
+from xenlvm import preflight, vmdisks, watchdog_process, xen
+from xenlvm.config import Job, SnapshotSpec
+from xenlvm.context import Context
+from xenlvm.errors import PreflightFailed, SnapshotOverflowed, XenlvmError, host_file_error
+from xenlvm.logs import set_job
+from xenlvm.lvm import LogicalVolume, VolumeGroup
+from xenlvm.sizes import human_size
+from xenlvm.teardown import remove_job_snapshot, tear_down_vmdisks
+
+log = logging.getLogger("xenlvm")
+
+
+def run_post(ctx: Context, jobs: Sequence[Job], *, judge_backup: bool = True) -> None:
+    """Clean up every job; one job's failure does not stop the others. Raise the first failure.
+    judge_backup=False (xenlvm cleanup) reports an overflowed snapshot as a warning only."""
+    errors: list[XenlvmError] = []
+    for job in jobs:
+        set_job(job.name)
+        try:
+            with ctx.lock(job):
+                clean_up(ctx, job, judge_backup)
+        except XenlvmError as exc:
+            error = exc
+        except OSError as exc:
+            error = host_file_error(exc)
+        except Exception as exc:  # a bug, but the jobs after this one still get cleaned up
+            log.error("unexpected error in job %s (a bug in xenlvm, please report it): %s: %s", job.name,
+                      type(exc).__name__, exc, exc_info=True)
+            error = XenlvmError(f"job {job.name}: unexpected error (a bug in xenlvm, reported above): "
+                                f"{type(exc).__name__}: {exc}")
+        else:
+            continue
+        if len(jobs) > 1:
+            log.error("%s", error)
+        errors.append(error)
+    set_job("")
+    if errors:
+        raise errors[0] if len(errors) == 1 else XenlvmError(
+            f"post failed for {len(errors)} jobs: " + " | ".join(str(e) for e in errors))
+
+
+@dataclass(frozen=True)
+class _Found:
+    """The job's artefacts on the host, as post found them before removing anything."""
+
+    vgs: dict[str, VolumeGroup | None]  # per VG of the job's volumes; None: the VG does not exist
+    every: dict[str, VolumeGroup] | None  # all VGs, for a job with VM disks (None: without, or lvs failed)
+    disk_snapshots: list[LogicalVolume]
+    io_failed: dict[str, bool]  # per invalid snapshot: invalidated by I/O errors (else it overflowed)
+
+
+def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
+    """Unmount and remove the job's snapshots that xenlvm created (in reverse order), then tell
+    whether the backup is valid. Every step gets its turn even when one before it failed."""
+    errors: list[XenlvmError] = []
+    _collect(errors, _resume_paused_domains, ctx, job)
+    _collect(errors, _stop_watchdog, ctx, job)
+    found = _find_artefacts(ctx, job, errors)
+    overflowed = _tear_down(ctx, job, found, errors)
+    if errors:
+        _report_unfinished(found)
+        raise errors[0] if len(errors) == 1 else XenlvmError(" | ".join(str(e) for e in errors))
+    for snapshot in overflowed:
+        _judge(ctx, job, snapshot, found.io_failed.get(str(snapshot), False), judge_backup)
+
+
+def _collect(errors: list[XenlvmError], step: Callable[..., Any], *args: Any) -> Any:
+    """Run step; a failure goes into errors (the rest of post still runs). Return its result."""
+    try:
+        return step(*args)
+    except XenlvmError as exc:
+        errors.append(exc)
+    except OSError as exc:
+        errors.append(host_file_error(exc))
+    return None
+
+
+def _resume_paused_domains(ctx: Context, job: Job) -> None:
+    """Resume the domains a killed pre left paused, if its record names any."""
+    if job.xen is None:
+        return
+    record = xen.PauseRecord(ctx.config.settings.lock_dir, job.name)
+    if record.read():
+        xen.resume_leftovers(xen.Xl.for_job(ctx.runner, job), record)
+
+
+def _find_artefacts(ctx: Context, job: Job, errors: list[XenlvmError]) -> _Found:
+    """One lvs per VG of the job's volumes (one for all VGs if it has VM disks), and which of
+    its snapshots are invalid and why: that can only be read while they exist."""
+    every: dict[str, VolumeGroup] | None = None  # all VGs: where the VM disk snapshots are
+    if job.vmdisks is not None:
+        every = _collect(errors, ctx.lvm.all_volume_groups)
+    vgs: dict[str, VolumeGroup | None] = {}  # one lvs per VG, not one per volume
+    for vg_name in dict.fromkeys(spec.origin.vg for spec in job.volumes):
+        if every is not None and vg_name in every:
+            vgs[vg_name] = every[vg_name]
+            continue
+        try:
+            vgs[vg_name] = ctx.lvm.volume_group(vg_name)
+        except PreflightFailed as exc:
+            log.warning("%s; so there is no snapshot to clean up there", exc)
+            vgs[vg_name] = None
+        except XenlvmError as exc:
+            errors.append(exc)
+    disk_snapshots = vmdisks.job_snapshots(job, every or {})
+    invalid = [lv for lv in disk_snapshots if lv.invalid]
+    for spec in job.volumes:
+        vg = vgs.get(spec.origin.vg)
+        lv = vg.get(spec.snapshot) if vg is not None else None
+        if lv is not None and lv.owned_by(job, spec) and lv.invalid:
+            invalid.append(lv)
+    io_failed = {str(lv): lvm_mod.invalidated_by_io_errors(lv) for lv in invalid}
+    return _Found(vgs, every, disk_snapshots, io_failed)
+
+
+def _tear_down(ctx: Context, job: Job, found: _Found, errors: list[XenlvmError]) -> list[LogicalVolume]:
+    """Unmount and remove every volume's snapshot in reverse, then the VM disks' (their tree
+    holds the volumes' mounts); return the removed snapshots that were invalid."""
+    overflowed: list[LogicalVolume] = []
+    for spec in reversed(job.volumes):
+        if spec.origin.vg not in found.vgs:
+            continue  # its lvs failed: reported above
+        snapshot = _collect(errors, _clean_up_volume, ctx, job, spec, found.vgs[spec.origin.vg])
+        if snapshot is not None and snapshot.invalid:
+            overflowed.append(snapshot)
+    if found.every is not None:
+        overflowed += _collect(errors, _clean_up_vmdisks, ctx, job, found.disk_snapshots) or []
+    return overflowed
+
+
+def _report_unfinished(found: _Found) -> None:
+    """Say what a failed post leaves for the admin: VGs missing a PV, snapshots that were invalid."""
+    partial = {vg.name for vg in found.vgs.values() if vg is not None and vg.partial}
+    every = found.every or {}
+    partial |= {lv.vg for lv in found.disk_snapshots if lv.vg in every and every[lv.vg].partial}
+    for vg_name in sorted(partial):
+        log.error("%s. What could not be removed stays; once the disk is back, run 'xenlvm post' "
+                  "again.", preflight.partial_vg_message(vg_name))
+    for name, io_error in found.io_failed.items():
+        log.error("the snapshot %s is invalid (%s), so the backup of this run cannot be trusted", name,
+                  "because of I/O errors on its copy-on-write device" if io_error else "it overflowed")
+
+
+def _judge(ctx: Context, job: Job, snapshot: LogicalVolume, io_error: bool, judge_backup: bool) -> None:
+    """A snapshot that became invalid fails the backup (xenlvm cleanup only warns)."""
+    if not judge_backup:
+        log.warning("the removed snapshot %s had %s", snapshot,
+                    "become invalid because of I/O errors" if io_error else "overflowed")
+        return
+    removed = '(dry run: it was left in place.)' if ctx.dry_run else 'The snapshot has been removed.'
+    if io_error:
+        raise XenlvmError(
+            f"the snapshot {snapshot} became invalid during the backup because of I/O errors on the "
+            "device that holds its copy-on-write space (it had not run out of space), so the backup "
+            f"of this run read inconsistent data and cannot be trusted. {removed} Check the disks of "
+            f"volume group {snapshot.vg!r} ('dmesg', 'pvs') before the next backup.")
+    raise SnapshotOverflowed(
+        f"the snapshot {snapshot} overflowed during the backup: its "
+        f"{human_size(snapshot.size)} "
+        "of copy-on-write space filled up and it became invalid, so the backup of this run read "
+        f"inconsistent data and cannot be trusted. {removed} "
+        "Make it larger "
+        f"('size:' of job {job.name!r}, e.g. 20%ORIGIN, checking 'vgs' for free space) or run "
+        "the backup when the VMs write less.")
+
+
+def _stop_watchdog(ctx: Context, job: Job) -> None:
+    """Stop the job's watchdog before unmounting, and report what it saw."""
+    if ctx.dry_run:
+        return
+    summary = watchdog_process.stop(ctx.config, job.name)
+    if summary is None:
+        return
+    for extension in summary.extensions:
+        log.warning("the watchdog extended %s from %s to %s when it was %.1f%% full", extension["lv"],
+                    human_size(extension["from"]), human_size(extension["to"]),
+                    extension["fill"])
+    for lv, fill in summary.max_fill.items():
+        log.info("the watchdog saw %s at most %.1f%% full", lv, fill)
+    for problem in summary.problems:
+        log.warning("watchdog: %s", problem)
+    if summary.max_fill:
+        ctx.note(job, "fill_percent", max(summary.max_fill.values()))
+    ctx.note(job, "watchdog_extensions", float(len(summary.extensions)))
+
+
+def _clean_up_volume(ctx: Context, job: Job, spec: SnapshotSpec,
+                     vg: VolumeGroup | None) -> LogicalVolume | None:
+    """Unmount and remove spec's snapshot if it is xenlvm's; return it as it was before."""
+    if vg is None:  # the VG does not exist, so neither does the snapshot
+        return None
+    snapshot = vg.get(spec.snapshot)
+    mounts = mounts_mod.read_mounts()
+    if snapshot is None:
+        entry = mounts_mod.mounted_at(spec.mountpoint, mounts)
+        if entry is not None:
+            log.warning("%s has %s mounted on it, which is not xenlvm's snapshot; left alone",
+                        spec.mountpoint, entry.source)
+        log.info("nothing to clean up: %s does not exist", spec.snapshot_volume)
+        return None
+    if not snapshot.owned_by(job, spec):
+        log.warning("%s exists but xenlvm did not create it (no xenlvm tags); left untouched",
+                    snapshot)
+        return None
+    # Read before unmounting: this is what the backup saw.
+    fill = snapshot.data_percent if not snapshot.is_thin else None
+    if fill is not None:
+        ctx.note(job, "fill_percent", max(ctx.notes.get(job.name, {}).get("fill_percent", 0.0),
+                                          100.0 if snapshot.invalid else fill))
+    remove_job_snapshot(ctx, job, spec, snapshot, mounts, job.unmount_timeout)
+    if ctx.dry_run:
+        return snapshot
+    if fill is not None and not snapshot.invalid:
+        level = logging.WARNING if fill >= job.fill_warning else logging.INFO
+        log.log(level, "the snapshot %s was %.1f%% full before removal%s", snapshot, fill,
+                " - close to overflowing: consider a larger 'size:'" if level == logging.WARNING else "")
+    log.info("snapshot %s unmounted and removed", snapshot)
+    return snapshot
+
+
+def _clean_up_vmdisks(ctx: Context, job: Job, snapshots: list[LogicalVolume]) -> list[LogicalVolume]:
+    """Tear down the job's VM disk snapshots and all that exposes them; return the invalid ones."""
+    for snapshot in snapshots:
+        if snapshot.data_percent is not None and not snapshot.is_thin:
+            ctx.note(job, "fill_percent", max(ctx.notes.get(job.name, {}).get("fill_percent", 0.0),
+                                              100.0 if snapshot.invalid else snapshot.data_percent))
+    tear_down_vmdisks(ctx, job, snapshots, job.unmount_timeout)
+    if snapshots and not ctx.dry_run:
+        log.info("VM disk snapshots unmounted and removed: %s", ", ".join(map(str, snapshots)))
+    elif not snapshots:
+        log.info("no VM disk snapshot of job %s to clean up", job.name)
+    return [s for s in snapshots if s.invalid]

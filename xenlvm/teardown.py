@@ -1,0 +1,35 @@
+"""Taking down what pre made, with proof of ownership: shared by post and by pre's sweep of an
+earlier run's leftovers."""
+
+from __future__ import annotations
+
+from xenlvm import mounts as mounts_mod
+from xenlvm import vmdisk_teardown, vmdisks
+from xenlvm.config import Job, SnapshotSpec
+from xenlvm.context import Context
+from xenlvm.errors import MountError, SafetyRefusal
+from xenlvm.lvm import LogicalVolume
+
+
+def remove_job_snapshot(ctx: Context, job: Job, spec: SnapshotSpec, snapshot: LogicalVolume,
+                        mounts: list[mounts_mod.MountEntry], unmount_timeout: float) -> None:
+    """Unmount spec's snapshot from its mountpoint, then remove it."""
+    if not snapshot.owned_by(job, spec):
+        raise SafetyRefusal(f"{snapshot} is not xenlvm's; refusing to touch it")
+    for entry in mounts_mod.mounts_of(snapshot, mounts):
+        if entry.mountpoint != spec.mountpoint:
+            raise MountError(f"{snapshot} is also mounted at {entry.mountpoint}, which xenlvm did not "
+                             "do; unmount it yourself, then run 'xenlvm post' again")
+    if mounts_mod.mounts_of(snapshot, mounts):
+        top = mounts_mod.mounted_at(spec.mountpoint, mounts)
+        if top is None or not top.is_device(snapshot):
+            raise MountError(f"something else is mounted on top of the snapshot at {spec.mountpoint}; "
+                             "unmount it yourself, then run 'xenlvm post' again")
+        mounts_mod.unmount_with_retry(ctx.runner, spec.mountpoint, unmount_timeout)
+    ctx.lvm.remove_snapshot(job, spec, snapshot)
+
+
+def tear_down_vmdisks(ctx: Context, job: Job, snapshots: list[LogicalVolume], timeout: float) -> None:
+    """Unmount and remove the job's VM disk snapshots and all that exposes them."""
+    vmdisk_teardown.tear_down(ctx.runner, job, snapshots, timeout,
+                      lambda lv: ctx.lvm.remove_snapshot(job, vmdisks.spec_of(job, lv), lv))

@@ -1,0 +1,133 @@
+"""Tearing down what pre exposed of a job's VM disks (post, and pre's sweep before it starts
+over): unmount below the job's tree only what is xenlvm's (by device numbers, loop devices,
+image binds), detach the loop devices, remove the snapshots, the image files and the tree."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+
+from xenlvm import mounts as mounts_mod
+from xenlvm.config import Job
+from xenlvm.errors import MountError
+from xenlvm.fsutil import is_below
+from xenlvm.lvm import LogicalVolume, device_path
+from xenlvm.runner import Runner
+
+log = logging.getLogger("xenlvm")
+
+_SYS_BLOCK = "/sys/block"
+
+
+def tree_source(job: Job) -> str:
+    """The source name of the tmpfs xenlvm mounts at the job's mountpoint."""
+    return f"xenlvm-{job.name}"
+
+
+def image_staging(job: Job) -> str:
+    assert job.vmdisks is not None and job.vmdisks.image_dir is not None
+    return os.path.join(job.vmdisks.image_dir, f"xenlvm-{job.name}")
+
+
+def loops_of(devices: Sequence[tuple[int, int] | None],
+             sys_block: str = _SYS_BLOCK) -> dict[str, tuple[int, int]]:
+    """The loop devices whose backing device is one of devices: /dev/loopN -> its numbers."""
+    wanted = {d for d in devices if d is not None}
+    found: dict[str, tuple[int, int]] = {}
+    try:
+        names = sorted(n for n in os.listdir(sys_block) if n.startswith("loop"))
+    except OSError:
+        return found
+    for name in names:
+        try:
+            with open(os.path.join(sys_block, name, "loop", "backing_file"), encoding="utf-8",
+                      errors="surrogateescape") as handle:
+                backing = handle.read().rstrip("\n")
+            with open(os.path.join(sys_block, name, "dev"), encoding="ascii") as handle:
+                major, minor = handle.read().strip().split(":")
+        except (OSError, ValueError):
+            continue  # not bound to anything
+        if mounts_mod.device_numbers(backing) in wanted:
+            found[f"/dev/{name}"] = (int(major), int(minor))
+    return found
+
+
+def detach_loops(runner: Runner, devices: Sequence[tuple[int, int] | None]) -> None:
+    for loop in loops_of(devices):
+        runner.change(["losetup", "--detach", loop])
+
+
+def tear_down(runner: Runner, job: Job, snapshots: Sequence[LogicalVolume], timeout: float,
+              remove: Callable[[LogicalVolume], None]) -> None:
+    """Unmount what xenlvm exposed for the job's disk snapshots, detach their loop devices,
+    remove the snapshots (with remove), the image files and the tree. Raise if something that
+    is not xenlvm's is in the way; it is left alone."""
+    ours = {(s.major, s.minor) for s in snapshots if s.major is not None and s.minor is not None}
+    loops = loops_of(list(ours))
+    devices = ours | set(loops.values())
+    # btrfs shows an anonymous device number in mountinfo: match its source device by name
+    sources = set(loops) | {device_path(s.vg, s.name) for s in snapshots}
+    staging = image_staging(job) if job.vmdisks is not None and job.vmdisks.image_dir else None
+    foreign = []
+    for entry in reversed(mounts_mod.read_mounts()):
+        if not is_below(entry.mountpoint, job.mountpoint):
+            continue
+        if (entry.major, entry.minor) in devices or is_image_bind(entry, staging) or \
+                (entry.fstype == "btrfs" and entry.source in sources):
+            mounts_mod.unmount_with_retry(runner, entry.mountpoint, timeout)
+        else:
+            foreign.append(entry.mountpoint)
+    if foreign:
+        raise MountError(f"something xenlvm did not mount is mounted below {job.mountpoint} "
+                         f"({', '.join(foreign)}); unmount it yourself, then run 'xenlvm post' again")
+    for loop in loops:
+        runner.change(["losetup", "--detach", loop])
+    for snapshot in snapshots:
+        remove(snapshot)
+    if staging is not None and not runner.dry_run:
+        _remove_images(staging)
+    unmount_tree(runner, job, timeout)
+
+
+def _remove_images(staging: str) -> None:
+    """Delete the image files xenlvm wrote into its staging directory, then the directory; a
+    file it did not write (not a regular *.img file) is left, and so is the directory."""
+    try:
+        entries = list(os.scandir(staging))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.name.endswith(".img") and entry.is_file(follow_symlinks=False):
+            os.unlink(entry.path)
+    try:
+        os.rmdir(staging)
+    except OSError as exc:
+        log.warning("%s was not removed (%s): it holds files xenlvm did not write", staging, exc.strerror)
+        return
+    log.info("removed the image files and %s", staging)
+
+
+def is_image_bind(entry: mounts_mod.MountEntry, staging: str | None) -> bool:
+    """A bind mount of one of the job's image files: it comes from the staging directory's
+    filesystem, and its root (relative to that filesystem) is an image file in that directory."""
+    if staging is None:
+        return False
+    try:
+        device = os.stat(staging).st_dev
+    except OSError:
+        return False
+    return ((entry.major, entry.minor) == (os.major(device), os.minor(device))
+            and os.path.dirname(entry.root).endswith("/" + os.path.basename(staging))
+            and entry.root.endswith(".img"))
+
+
+def unmount_tree(runner: Runner, job: Job, timeout: float) -> None:
+    entry = mounts_mod.mounted_at(job.mountpoint, mounts_mod.read_mounts())
+    if entry is None:
+        return
+    if entry.fstype != "tmpfs" or entry.source != tree_source(job):
+        log.warning("%s has %s mounted on it, which is not xenlvm's tree; left alone",
+                    job.mountpoint, entry.source)
+        return
+    mounts_mod.unmount_with_retry(runner, job.mountpoint, timeout)

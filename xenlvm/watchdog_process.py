@@ -1,0 +1,143 @@
+"""Supervision of the snapshot watchdog's process: pre starts it (``start``), post stops it
+(``stop``). What the process does is in xenlvm.watchdog; this module only starts it detached,
+proves that a pid is still the job's watchdog and ends it through a pidfd."""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from xenlvm.config import Config, WatchdogSettings
+from xenlvm.errors import XenlvmError
+from xenlvm.fsutil import read_small, remove_if_present
+from xenlvm.runner import quote
+from xenlvm.watchdog import MODULE, Summary, Watched, files, read_pid, read_summary, write_spec
+
+log = logging.getLogger("xenlvm")
+
+START_TIMEOUT = 30.0  # a Python start on a loaded dom0 can be slow; the monitor announces itself
+
+
+def start(config: Config, job_name: str, watched: Sequence[Watched], settings: WatchdogSettings, *,
+          python: str = sys.executable) -> int | None:
+    """Start the watchdog for the job's mounted snapshots, detached from the caller (its own
+    session, no inherited descriptors, so neither sesam nor the job lock waits for it), and
+    return its pid once it runs. Nothing happens when watched is empty.
+
+    A watchdog of an earlier run of the job that is still there is stopped first. Raises
+    XenlvmError when the monitor does not come up."""
+    if not watched:
+        return None
+    paths = files(config.settings.lock_dir, job_name)
+    earlier = stop(config, job_name)
+    if earlier is not None:
+        log.warning("a snapshot watchdog of an earlier run of job %s was still there; stopped it", job_name)
+    write_spec(paths.spec, job_name, watched, settings)
+    argv = [python, "-m", MODULE, "--config", config.path, "--job", job_name, "--spec", paths.spec]
+    # The monitor imports the same xenlvm as its caller, whatever the caller's sys.path was.
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {"PATH": config.settings.path, "LC_ALL": "C", "LANG": "C", "PYTHONPATH": package_parent}
+    log.info("starting the snapshot watchdog: %s", quote(argv))
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True,
+                            cwd="/", env=env)
+    deadline = time.monotonic() + START_TIMEOUT
+    while read_pid(paths.pid) != proc.pid:
+        status = proc.poll()
+        if status is not None or time.monotonic() > deadline:
+            if status is None:
+                proc.kill()
+                status = proc.wait()
+            for path in (paths.spec, paths.summary):
+                remove_if_present(path)
+            raise XenlvmError(f"the snapshot watchdog did not start (exit status {status}); see the log "
+                              f"file or run it by hand to see why: {quote(argv)}")
+        time.sleep(0.05)
+    return proc.pid
+
+
+def stop(config: Config, job_name: str, timeout: float = 10.0) -> Summary | None:
+    """Stop the job's watchdog (SIGTERM, SIGKILL after timeout) and return what it saw; None
+    when no watchdog ran. A pid file whose pid now belongs to another process is never
+    signalled. Removes the watchdog's files; calling it again returns None."""
+    paths = files(config.settings.lock_dir, job_name)
+    pid = read_pid(paths.pid)
+    signalled = pid is not None and terminate(pid, job_name, timeout)
+    summary = read_summary(paths.summary)
+    for path in (paths.pid, paths.spec, paths.summary):
+        remove_if_present(path)
+    if summary is None and signalled:
+        summary = Summary(problems=[f"the watchdog (pid {pid}) was stopped before it wrote a summary"])
+    return summary
+
+
+def is_watchdog(pid: int, job_name: str) -> bool:
+    """True when pid is a running watchdog of this job, as its command line shows."""
+    args = (read_small(f"/proc/{pid}/cmdline") or "").split("\0")
+    return MODULE in args and any(args[i:i + 2] == ["--job", job_name] for i in range(len(args)))
+
+
+def _has_exited(pid: int) -> bool:
+    """Gone, or a zombie waiting for its parent to collect its exit status."""
+    stat = read_small(f"/proc/{pid}/stat")
+    return stat is None or stat.rpartition(")")[2].split()[:1] == ["Z"]
+
+
+def terminate(pid: int, job_name: str, timeout: float) -> bool:
+    """SIGTERM the job's watchdog at pid and wait for it to exit; SIGKILL it after timeout.
+    Return True if pid was the watchdog and was signalled.
+
+    A pidfd pins the process that was checked, so a pid recycled between the check and the
+    signal cannot be hit; kernels older than 5.3 fall back to a plain kill."""
+    try:
+        pidfd: int | None = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    except (OSError, AttributeError):
+        pidfd = None
+    try:
+        if _has_exited(pid):
+            return False
+        if not is_watchdog(pid, job_name):
+            log.warning("the watchdog pid file of job %s names pid %d, which is not a watchdog of this job "
+                        "(the pid was reused); it is left alone", job_name, pid)
+            return False
+        _signal(pid, pidfd, signal.SIGTERM)
+        if not _wait_exit(pid, pidfd, timeout):
+            log.warning("the snapshot watchdog (pid %d) did not stop within %g s of SIGTERM; killing it",
+                        pid, timeout)
+            _signal(pid, pidfd, signal.SIGKILL)
+            _wait_exit(pid, pidfd, 5.0)
+        return True
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _signal(pid: int, pidfd: int | None, signum: int) -> None:
+    try:
+        if pidfd is not None:
+            signal.pidfd_send_signal(pidfd, signum)
+        else:
+            os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_exit(pid: int, pidfd: int | None, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not _has_exited(pid):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        if pidfd is not None:
+            select.select([pidfd], [], [], min(remaining, 1.0))  # readable once the process has exited
+        else:
+            time.sleep(min(remaining, 0.05))
+    return True
