@@ -70,7 +70,7 @@ class Guest:
         self.proc: subprocess.Popen | None = None
         self._next = 0
         self.python = sys.executable
-        self.shim_mode = shim or uml_host.shim_mode()
+        self.shim_mode = shim  # None: $XENLVM_UML_SHIM, read by boot (which reports a bad value)
         self.shim_uml_bytes = int(os.environ.get("XENLVM_UML_SHIM_UML_BYTES") or 0) \
             if shim_uml_bytes is None else shim_uml_bytes
         self.vregcheck_args = vregcheck_args
@@ -86,6 +86,7 @@ class Guest:
         return uml_host.read_shim_stats(self.work / "shim-stats")
 
     def boot(self, timeout: float = 90.0) -> None:
+        self.shim_mode = self.shim_mode or uml_host.shim_mode()
         uml_host.preflight()
         self.tools = uml_host.build_tools(work_root())
         self.shim = uml_host.use_shim(self.shim_mode, self.tools.cpu)
@@ -118,7 +119,7 @@ class Guest:
 
     def _explain(self, what: str) -> str:
         self.console.flush()
-        return uml_host.explain(self.work, self.tools.cpu if self.tools else None, self.shim_mode,
+        return uml_host.explain(self.work, self.tools.cpu if self.tools else None, self.shim_mode or "auto",
                                 self.shim, what)
 
     def halt(self) -> None:
