@@ -1,0 +1,184 @@
+"""xenlvm's own cost on the host: sbc_pre and sbc_post with every command stubbed.
+
+What is measured, wall time from fork to exit of the hook's process, N rounds interleaved
+(one round runs each row once, in the table's order), after one warm-up round:
+
+- the interpreter's start-up alone: `python -c pass` and `python -I -S -c pass` (the floor);
+- a hook call for a task that matches no job (what every other backup of the client pays);
+- sbc_pre and sbc_post of a matching job that snapshots one volume (`volume:`), and of a job
+  with `vmdisks:` and `xen:` (domain vm1's two disk LVs, one ext4 and one swap, in one pause
+  window; xl pause/unpause included).
+
+The hooks run as installed hooks run them: the same interpreter and the interpreter flags that
+`xenlvm install-hooks` writes on the hook's first line, the entry `run_hook(phase)`, a
+nearly empty environment, and the configuration in a temporary directory (log file, lock and
+state directories there too). Every command they run is a stub from bench/stubhost.py that
+answers from recorded output in well under a millisecond; nothing on the host changes, and no
+syslog socket is written unless the host has /dev/log. The matching calls go through
+stubhost.SEAM, which reads the mount table and device numbers from the stand-in host instead
+of /proc/self/mountinfo and the device nodes: no real mount is made, and production code has no
+switch to do this (see stubhost's docstring). What remains is xenlvm's own cost: interpreter,
+imports, configuration, logging, its checks and bookkeeping, and starting the stub processes.
+
+Run alone: .venv/bin/python -m bench.hostcost [--rounds N] [--source DIR] [--output FILE]
+(--source: the xenlvm checkout to measure, e.g. another worktree for a before/after). Also run
+by `make bench` (bench/run.py), into bench/results.md. Nothing here passes or fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.stubhost import SEAM, StubHost, environment
+
+REPO = Path(__file__).resolve().parent.parent
+OTHER_TASK = ["other_task", "/mnt/other", "FULL", "20261129-213000", "backup-host"]
+TASKS = {"xenvm": "xen_vm1", "vmdisks": "xen_vmdisks"}
+PLAIN_ENTRY = "import sys\nsys.path.insert(0, sys.argv[1])\nfrom xenlvm.hook_entry import run_hook\n" \
+              "run_hook(sys.argv[3], sys.argv[4:])\n"
+ROWS = ["python -c pass", "python -I -S -c pass", "sbc_pre, no matching job",
+        "sbc_pre, volume job", "sbc_post, volume job", "sbc_pre, vmdisks + xen job",
+        "sbc_post, vmdisks + xen job"]
+
+
+def hook_flags(python: str, source: Path) -> list[str]:
+    """The interpreter flags on the first line of the hooks that source's install-hooks writes."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from xenlvm.install import hook_text; "
+            "print(hook_text('pre', 'PYTHON', None).splitlines()[0])")
+    first = subprocess.run([python, "-c", code, str(source)], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    return first.removeprefix("#!PYTHON").split()
+
+
+class HostCost:
+    def __init__(self, python: str, source: Path, root: Path) -> None:
+        self.python, self.source = python, source
+        self.flags = hook_flags(python, source)
+        self.host = StubHost(root)
+        self.config = root / "config.yaml"
+        self.config.write_text(self.host.config_text())
+        self.config.chmod(0o600)
+        self.env = environment(self.config)
+        self.calls: dict[str, int] = {}
+
+    def argv(self, row: str) -> list[str]:
+        if row == "python -c pass":
+            return [self.python, "-c", "pass"]
+        if row == "python -I -S -c pass":
+            return [self.python, "-I", "-S", "-c", "pass"]
+        phase = "pre" if row.startswith("sbc_pre") else "post"
+        if "no matching" in row:
+            return [self.python, *self.flags, "-c", PLAIN_ENTRY, str(self.source), "-", phase, *OTHER_TASK]
+        job = "vmdisks" if "vmdisks" in row else "xenvm"
+        return [self.python, *self.flags, "-c", SEAM, str(self.source), str(self.host.root), phase,
+                TASKS[job], "/mnt/x", "FULL", "20261129-213000", "backup-host"]
+
+    def run(self, row: str) -> float:
+        """Run row once; its wall time in ms. A failing hook stops the bench: its output says why."""
+        if row.startswith("sbc_pre, v"):
+            self.host.reset("vmdisks" if "vmdisks" in row else "xenvm")
+        self.host.clear_calls()
+        started = time.perf_counter()
+        done = subprocess.run(self.argv(row), env=self.env, capture_output=True, text=True)
+        elapsed = (time.perf_counter() - started) * 1000
+        if done.returncode != 0 or "not stubbed" in done.stderr:
+            raise SystemExit(f"hostcost: {row} failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+        self.calls[row] = len(self.host.calls())
+        return elapsed
+
+    def importtime(self, row: str) -> list[tuple[int, int, str]]:
+        """(self us, cumulative us, module) of each import of row, from python -X importtime."""
+        if row.startswith("sbc_pre, v"):
+            self.host.reset("vmdisks" if "vmdisks" in row else "xenvm")
+        argv = self.argv(row)
+        done = subprocess.run([argv[0], "-X", "importtime", *argv[1:]], env=self.env,
+                              capture_output=True, text=True)
+        found = re.findall(r"import time:\s+(\d+) \|\s+(\d+) \| (.*)", done.stderr)
+        return [(int(own), int(total), name) for own, total, name in found]
+
+
+def measure(rounds: int, python: str = sys.executable, source: Path = REPO) -> dict:
+    """Everything the report shows, measured now; see the module's docstring."""
+    load = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="xenlvm-hostcost-") as root:
+        bench = HostCost(python, source, Path(root))
+        for row in ROWS:  # warm-up: page cache and .pyc files
+            bench.run(row)
+        times: dict[str, list[float]] = {row: [] for row in ROWS}
+        for _ in range(rounds):
+            for row in ROWS:
+                times[row].append(bench.run(row))
+        imports = {row: bench.importtime(row) for row in ("sbc_pre, no matching job", "sbc_pre, volume job",
+                                                          "sbc_post, volume job")}
+        return {"times": times, "calls": bench.calls, "imports": imports, "flags": bench.flags,
+                "python": python, "source": str(source), "load": load}
+
+
+def _ms(values: list[float]) -> tuple[str, str]:
+    return f"{statistics.median(values):.0f} ms", f"{min(values):.0f}–{max(values):.0f}"
+
+
+def report_section(result: dict) -> str:
+    """The measured figures as a markdown section."""
+    times = result["times"]
+    floor = statistics.median(times["python -c pass"])
+    lines = ["## xenlvm's own cost on the host (bench/hostcost.py: every command stubbed)", "",
+             f"Python: `{result['python']}`, hooks run with flags `{' '.join(result['flags']) or '(none)'}`"
+             f"; xenlvm from `{result['source']}`; load average before the run "
+             f"{' '.join(f'{x:.2f}' for x in result['load'])} on {os.cpu_count()} CPUs.", "",
+             "| measurement | median | min–max | n | × `python -c pass` | stub commands run |",
+             "|---|--:|--:|--:|--:|--:|"]
+    for row in ROWS:
+        median, spread = _ms(times[row])
+        ratio = statistics.median(times[row]) / floor
+        calls = result["calls"].get(row, "") if row.startswith("sbc") else ""
+        lines.append(f"| {row} | {median} | {spread} | {len(times[row])} | {ratio:.2f}× | {calls} |")
+    lines += ["", "Matching calls run through bench/stubhost.py's SEAM (the mount table and device "
+              "numbers of a stand-in host; no real mount). In the vmdisks job, the layout files "
+              "miss the disk size (the snapshot's device node does not exist: one logged error "
+              "each)."]
+    for row, entries in result["imports"].items():
+        total = sum(own for own, _, _ in entries)
+        lines += ["", f"Imports of {row} (`-X importtime`): {len(entries)} modules, {total / 1000:.1f} ms "
+                  "in all; the most expensive by own time:", "", "| module | own | with its imports |",
+                  "|---|--:|--:|"]
+        for own, cumulative, name in sorted(entries, reverse=True)[:12]:
+            lines.append(f"| {name.strip()} | {own / 1000:.1f} ms | {cumulative / 1000:.1f} ms |")
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor() or "unknown CPU")
+    return f"{platform.node()}: Linux {platform.release()}, {os.cpu_count()} CPUs, {model}; Python {platform.python_version()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.hostcost", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=21, help="measured rounds [21]")
+    parser.add_argument("--source", type=Path, default=REPO, help="the xenlvm checkout to measure [this one]")
+    parser.add_argument("--output", type=Path, default=REPO / "bench" / "results-host.md",
+                        help="[bench/results-host.md]")
+    args = parser.parse_args(argv)
+    result = measure(args.rounds, source=args.source.resolve())
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    command = " ".join(["python -m bench.hostcost", *(sys.argv[1:] if argv is None else argv)])
+    text = (f"# xenlvm's own cost on the host\n\nGenerated by `{command}` on {stamp}.\n\n"
+            f"- {machine()}\n\n{report_section(result)}")
+    args.output.write_text(text, encoding="utf-8")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
