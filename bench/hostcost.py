@@ -32,6 +32,7 @@ import datetime
 import os
 import platform
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -83,18 +84,22 @@ class HostCost:
         return [self.python, *self.flags, "-c", SEAM, str(self.source), str(self.host.root), phase,
                 TASKS[job], "/mnt/x", "FULL", "20261129-213000", "backup-host"]
 
-    def run(self, row: str) -> float:
-        """Run row once; its wall time in ms. A failing hook stops the bench: its output says why."""
+    def run(self, row: str) -> tuple[float, float]:
+        """Run row once; its wall time and the CPU time (user + system) of its process and the
+        stubs it ran, in ms. A failing hook stops the bench: its output says why."""
         if row.startswith("sbc_pre, v"):
             self.host.reset("vmdisks" if "vmdisks" in row else "xenvm")
         self.host.clear_calls()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         done = subprocess.run(self.argv(row), env=self.env, capture_output=True, text=True)
         elapsed = (time.perf_counter() - started) * 1000
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000
         if done.returncode != 0 or "not stubbed" in done.stderr:
             raise SystemExit(f"hostcost: {row} failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
         self.calls[row] = len(self.host.calls())
-        return elapsed
+        return elapsed, cpu
 
     def importtime(self, row: str) -> list[tuple[int, int, str]]:
         """(self us, cumulative us, module) of each import of row, from python -X importtime."""
@@ -107,42 +112,64 @@ class HostCost:
         return [(int(own), int(total), name) for own, total, name in found]
 
 
-def measure(rounds: int, python: str = sys.executable, source: Path = REPO) -> dict:
-    """Everything the report shows, measured now; see the module's docstring."""
+def measure(rounds: int, python: str = sys.executable, source: Path = REPO,
+            baseline: Path | None = None) -> dict:
+    """Everything the report shows, measured now; see the module's docstring. With baseline (another
+    checkout, e.g. main's), its hooks run too, interleaved with source's in every round."""
     load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="xenlvm-hostcost-") as root:
-        bench = HostCost(python, source, Path(root))
-        for row in ROWS:  # warm-up: page cache and .pyc files
-            bench.run(row)
-        times: dict[str, list[float]] = {row: [] for row in ROWS}
+        benches = {"now": HostCost(python, source, Path(root) / "now")}
+        if baseline is not None:
+            benches["baseline"] = HostCost(python, baseline, Path(root) / "baseline")
+        plan = [(name, row) for row in ROWS for name in benches
+                if name == "now" or row.startswith("sbc")]
+        for name, row in plan:  # warm-up: page cache and .pyc files
+            benches[name].run(row)
+        times: dict[tuple[str, str], list[tuple[float, float]]] = {key: [] for key in plan}
         for _ in range(rounds):
-            for row in ROWS:
-                times[row].append(bench.run(row))
-        imports = {row: bench.importtime(row) for row in ("sbc_pre, no matching job", "sbc_pre, volume job",
-                                                          "sbc_post, volume job")}
-        return {"times": times, "calls": bench.calls, "imports": imports, "flags": bench.flags,
-                "python": python, "source": str(source), "load": load}
+            for name, row in plan:
+                times[name, row].append(benches[name].run(row))
+        now = benches["now"]
+        imports = {row: now.importtime(row) for row in ("sbc_pre, no matching job", "sbc_pre, volume job",
+                                                        "sbc_post, volume job")}
+        return {"times": times, "calls": now.calls, "imports": imports, "flags": now.flags,
+                "python": python, "source": str(source), "baseline": baseline and str(baseline),
+                "baseline_flags": benches["baseline"].flags if baseline else None, "load": load}
 
 
-def _ms(values: list[float]) -> tuple[str, str]:
-    return f"{statistics.median(values):.0f} ms", f"{min(values):.0f}–{max(values):.0f}"
+def _median(values: list[tuple[float, float]], which: int) -> float:
+    return statistics.median(v[which] for v in values)
 
 
 def report_section(result: dict) -> str:
     """The measured figures as a markdown section."""
     times = result["times"]
-    floor = statistics.median(times["python -c pass"])
+    floor = _median(times["now", "python -c pass"], 0)
     lines = ["## xenlvm's own cost on the host (bench/hostcost.py: every command stubbed)", "",
-             f"Python: `{result['python']}`, hooks run with flags `{' '.join(result['flags']) or '(none)'}`"
-             f"; xenlvm from `{result['source']}`; load average before the run "
-             f"{' '.join(f'{x:.2f}' for x in result['load'])} on {os.cpu_count()} CPUs.", "",
-             "| measurement | median | min–max | n | × `python -c pass` | stub commands run |",
-             "|---|--:|--:|--:|--:|--:|"]
+             f"Python: `{result['python']}`; xenlvm from `{result['source']}`, its hooks run with flags "
+             f"`{' '.join(result['flags']) or '(none)'}`; load average before the run "
+             f"{' '.join(f'{x:.2f}' for x in result['load'])} on {os.cpu_count()} CPUs."]
+    if result["baseline"]:
+        lines += ["", f"Before: xenlvm from `{result['baseline']}` (hook flags "
+                  f"`{' '.join(result['baseline_flags']) or '(none)'}`), run in the same rounds, "
+                  "interleaved with the above."]
+    lines += ["", "| measurement | wall, median | min–max | n | × `python -c pass` | CPU, median "
+              "| before: wall | before: CPU | stub commands run |",
+              "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for row in ROWS:
-        median, spread = _ms(times[row])
-        ratio = statistics.median(times[row]) / floor
+        values = times["now", row]
+        walls = [wall for wall, _ in values]
+        before = times.get(("baseline", row))
+        was = f"{_median(before, 0):.0f} ms | {_median(before, 1):.0f} ms" if before else " | "
         calls = result["calls"].get(row, "") if row.startswith("sbc") else ""
-        lines.append(f"| {row} | {median} | {spread} | {len(times[row])} | {ratio:.2f}× | {calls} |")
+        lines.append(f"| {row} | {statistics.median(walls):.0f} ms | {min(walls):.0f}–{max(walls):.0f} "
+                     f"| {len(walls)} | {statistics.median(walls) / floor:.2f}× "
+                     f"| {_median(values, 1):.0f} ms | {was} | {calls} |")
+    lines += ["", "CPU: user and system time of the hook's process and of the stubs it ran "
+              "(getrusage of the children): less disturbed than wall time by other work on the host."]
+    if not os.path.exists("/dev/log"):
+        lines += ["", "This host has no /dev/log: the hooks write no syslog here, and do not import "
+                  "logging.handlers (with socket and pickle), which a dom0 with a syslog pays for."]
     lines += ["", "Matching calls run through bench/stubhost.py's SEAM (the mount table and device "
               "numbers of a stand-in host; no real mount). In the vmdisks job, the layout files "
               "miss the disk size (the snapshot's device node does not exist: one logged error "
@@ -160,17 +187,21 @@ def report_section(result: dict) -> str:
 def machine() -> str:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor() or "unknown CPU")
-    return f"{platform.node()}: Linux {platform.release()}, {os.cpu_count()} CPUs, {model}; Python {platform.python_version()}"
+    return (f"{platform.node()}: Linux {platform.release()}, {os.cpu_count()} CPUs, {model}; "
+            f"Python {platform.python_version()}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.hostcost", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=21, help="measured rounds [21]")
     parser.add_argument("--source", type=Path, default=REPO, help="the xenlvm checkout to measure [this one]")
+    parser.add_argument("--baseline", type=Path, help="another checkout to measure in the same rounds "
+                        "(the before of a change), e.g. a worktree of main")
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results-host.md",
                         help="[bench/results-host.md]")
     args = parser.parse_args(argv)
-    result = measure(args.rounds, source=args.source.resolve())
+    result = measure(args.rounds, source=args.source.resolve(),
+                     baseline=args.baseline and args.baseline.resolve())
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = " ".join(["python -m bench.hostcost", *(sys.argv[1:] if argv is None else argv)])
     text = (f"# xenlvm's own cost on the host\n\nGenerated by `{command}` on {stamp}.\n\n"

@@ -53,7 +53,8 @@ case "$name" in
     echo "99 1 ${numbers:-0:99} / $2 $options - $fstype $1 $options" >> "$HOST/mountinfo" ;;
   umount)
     awk -v m="$1" '{ line[NR] = $0; if ($5 == m) last = NR }
-      END { for (i = 1; i <= NR; i++) if (i != last) print line[i] }' "$HOST/mountinfo" > "$HOST/mountinfo.new"
+      END { for (i = 1; i <= NR; i++) if (i != last) print line[i] }' \
+      "$HOST/mountinfo" > "$HOST/mountinfo.new"
     mv "$HOST/mountinfo.new" "$HOST/mountinfo" ;;
   blkid)
     case "$*" in

@@ -2,6 +2,10 @@
 hooks' entry (xenlvm.hook_entry) share. Loading the configuration, making the runner, the pre
 and post work with the admin's chained hook around it, and errors into exit codes: 0 success,
 1 the operation failed, 2 usage or configuration error. Nothing here imports click.
+
+sesam runs the hooks for every backup of the client, most of them for other tasks: what only a
+matching job, a chained hook or one phase needs is imported where it is needed (see
+bench/hostcost.py for what each import costs).
 """
 
 from __future__ import annotations
@@ -11,12 +15,15 @@ import os
 import time
 from collections.abc import Callable, Sequence
 
-from xenlvm import install, interrupts, logs, state
+from xenlvm import logs
 from xenlvm.config import Config
 from xenlvm.config_file import load_config
 from xenlvm.errors import EXIT_FAILED, EXIT_OK, UsageError, XenlvmError, host_file_error
-from xenlvm.runner import Runner
 from xenlvm.sesam import describe_arguments, select_jobs
+
+TYPE_CHECKING = False  # the runner's import is paid only by a run that makes one
+if TYPE_CHECKING:
+    from xenlvm.runner import Runner
 
 log = logging.getLogger("xenlvm")
 
@@ -45,6 +52,8 @@ def load(path: str) -> Config:
 
 
 def make_runner(config: Config, dry_run: bool = False) -> Runner:
+    from xenlvm.runner import Runner
+
     return Runner(path=config.settings.path, timeout=config.settings.command_timeout, dry_run=dry_run)
 
 
@@ -60,7 +69,7 @@ def hook_work(phase: str, path: str, job_names: Sequence[str], dry_run: bool, ch
     config = load(path)  # first, so that the log file gets everything below
     log.info("%s called with arguments: %s", phase, describe_arguments(sesam_args))
     if chain and phase == "pre" and not dry_run:
-        local = install.run_local_hook(chain, sesam_args)
+        local = _run_local_hook(chain, sesam_args)
         if local != 0:
             log.error("your own pre hook %s failed (exit %d); xenlvm's pre does not run", chain, local)
             return local
@@ -68,11 +77,17 @@ def hook_work(phase: str, path: str, job_names: Sequence[str], dry_run: bool, ch
         run_phase(config, phase, job_names, dry_run, sesam_args)
     finally:
         if chain and phase == "post" and not dry_run:
-            local = install.run_local_hook(chain, sesam_args)
+            local = _run_local_hook(chain, sesam_args)
     if chain and phase == "post" and not dry_run and local != 0:
         log.error("your own post hook %s failed (exit %d)", chain, local)
         return local
     return EXIT_OK
+
+
+def _run_local_hook(chain: str, sesam_args: Sequence[str]) -> int:
+    from xenlvm.install import run_local_hook  # and subprocess: only for a chained hook
+
+    return run_local_hook(chain, sesam_args)
 
 
 def run_phase(config: Config, phase: str, job_names: Sequence[str], dry_run: bool,
@@ -83,11 +98,15 @@ def run_phase(config: Config, phase: str, job_names: Sequence[str], dry_run: boo
         return
     if not dry_run:
         require_root(phase)
-    from xenlvm import post, pre  # only now: a call for another task never pays for these imports
+    # only now, and only the phase's: a call for another task never pays for these imports
+    from xenlvm import interrupts, state
     from xenlvm.context import Context
 
+    if phase == "pre":
+        from xenlvm.pre import run_pre as run
+    else:
+        from xenlvm.post import run_post as run
     interrupts.install()
-    run = pre.run_pre if phase == "pre" else post.run_post
     context = Context(config, make_runner(config, dry_run))
     started, clock = time.time(), time.monotonic()
     names = [j.name for j in jobs]

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
 
 from xenlvm import config_values as values
 from xenlvm.config_values import Size, Volume, parse_duration, parse_size
+
+TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Config", "Job", "Settings", "SnapshotSpec", "Size", "Volume", "VmDiskSettings",
            "WatchdogSettings", "XenSettings", "config_path", "keys", "parse_duration", "parse_size"]

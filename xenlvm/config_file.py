@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any, Callable, Union
+from collections.abc import Callable
 
 import yaml
 
@@ -28,6 +28,10 @@ from xenlvm.config import (
 from xenlvm.config_values import JOB_NAME, volume_name
 from xenlvm.errors import ConfigError
 from xenlvm.fsutil import is_below
+
+TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+if TYPE_CHECKING:
+    from typing import Any, Union
 
 # libyaml's parser where PyYAML has it (several times faster), else the pure-Python one.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -117,7 +121,8 @@ class Section:
     def __init__(self, parse: Callable[[Reader, yaml.Node, str], Any]) -> None:
         self.parse = parse
 
-Parser = Union[Callable[[Any], Any], Section]
+if TYPE_CHECKING:
+    Parser = Union[Callable[[Any], Any], Section]
 
 
 # ---------------------------------------------------------------------------------------------

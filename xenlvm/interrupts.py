@@ -11,9 +11,12 @@ from __future__ import annotations
 import contextlib
 import signal
 from collections.abc import Iterator
-from typing import Any
 
 from xenlvm.errors import XenlvmError
+
+TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+if TYPE_CHECKING:
+    from typing import Any
 
 _HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # depth: nested deferred() blocks; pending: the signal they hold back; seen: one was raised

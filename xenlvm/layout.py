@@ -20,7 +20,6 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from xenlvm import __version__
 from xenlvm.config import SnapshotSpec
@@ -28,6 +27,10 @@ from xenlvm.errors import CommandFailed, UsageError, XenlvmError
 from xenlvm.mounts import mount_options
 from xenlvm.runner import Runner
 from xenlvm.xen import Xl
+
+TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger("xenlvm")
 

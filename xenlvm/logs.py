@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import logging.handlers
 import os
 import sys
 
@@ -60,8 +59,10 @@ def setup(*, verbose: bool = False, debug: bool = False, syslog: bool = True) ->
         console.addFilter(_short_level)
         logger.addHandler(console)
     if syslog and os.path.exists("/dev/log"):
+        from logging.handlers import SysLogHandler  # and socket, pickle: only with a syslog to write to
+
         try:
-            handler = logging.handlers.SysLogHandler("/dev/log", logging.handlers.SysLogHandler.LOG_DAEMON)
+            handler = SysLogHandler("/dev/log", SysLogHandler.LOG_DAEMON)
         except OSError:
             return
         handler.setLevel(logging.INFO)

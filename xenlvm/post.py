@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from xenlvm import lvm as lvm_mod
 from xenlvm import mounts as mounts_mod
@@ -23,6 +22,10 @@ from xenlvm.logs import set_job
 from xenlvm.lvm import LogicalVolume, VolumeGroup
 from xenlvm.sizes import human_size
 from xenlvm.teardown import remove_job_snapshot, tear_down_vmdisks
+
+TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger("xenlvm")
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Protocol
 
+TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+if TYPE_CHECKING:
+    from typing import Protocol
 
-class Clock(Protocol):
-    """What Backoff needs of the time module."""
+    class Clock(Protocol):
+        """What Backoff needs of the time module."""
 
-    def monotonic(self) -> float: ...
+        def monotonic(self) -> float: ...
 
-    def sleep(self, seconds: float, /) -> None: ...
+        def sleep(self, seconds: float, /) -> None: ...
 
 
 class Backoff:

@@ -14,7 +14,6 @@ import shlex
 import subprocess
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from xenlvm import interrupts
@@ -95,6 +94,8 @@ class Runner:
         if self.dry_run or len(argvs) <= 1:
             with interrupts.deferred():
                 return [attempt(argv) for argv in argvs]
+        from concurrent.futures import ThreadPoolExecutor  # only here: most runs never need its import
+
         with interrupts.deferred(), ThreadPoolExecutor(max_workers=min(len(argvs), 16)) as pool:
             return list(pool.map(attempt, argvs))
 

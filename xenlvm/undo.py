@@ -8,7 +8,7 @@ beside the original error, never instead of it.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger("xenlvm")
 
