@@ -15,7 +15,6 @@ after every change, so a crash loses nothing).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -286,6 +285,8 @@ def read_summary(path: str) -> Summary | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The monitor process, as start runs it: python -m xenlvm.watchdog --config --job --spec."""
+    import argparse  # here: the hooks import this module, and never need argparse
+
     parser = argparse.ArgumentParser(prog=f"python -m {MODULE}",
                                      description="xenlvm's snapshot watchdog; pre starts it, post stops it")
     parser.add_argument("--config", required=True)

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -174,6 +173,8 @@ def export_configuration(job: Job, domains: Sequence[Domain], directory: str, co
             target = os.path.join(directory, f"{domain.name}.xl-list-l.json")
             write_atomically(target, json.dumps(domain.record, indent=4) + "\n", mode=0o644)
         for path in _config_files(config_dir, {d.name for d in domains}):
+            import shutil  # here: with bz2 and lzma, a cost only when there are files to copy
+
             shutil.copy2(path, os.path.join(directory, os.path.basename(path)))
             copied.append(os.path.basename(path))
     except OSError as exc:

@@ -1,0 +1,79 @@
+"""What a hook call imports. sesam runs sbc_pre and sbc_post for every backup of the client,
+most of them for other tasks, and each import is paid at every call (bench/hostcost.py measures
+what each costs): a call imports what it needs, no more. These check module names, not time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+# At exit, write the names of the imported modules into the file named by the first argument.
+LIST_MODULES = """\
+import atexit, sys
+atexit.register(lambda: open(sys.argv[1], "w").write("\\n".join(sorted(sys.modules))))
+"""
+# The hook entry as the installed hooks run it.
+HOOK = LIST_MODULES + "from xenlvm.hook_entry import run_hook\nrun_hook(sys.argv[2], sys.argv[3:])\n"
+
+CONFIG = """\
+settings:
+  log_file: {tmp}/xenlvm.log
+  lock_dir: {tmp}/lock
+  state_dir: {tmp}/state
+jobs:
+  xenvm:
+    volume: system/xenvm
+    snapshot: vmbackup
+    size: 64M
+    mountpoint: /mnt/vmbackup
+    tasks: [xen_vm1]
+"""
+
+# Needed only for --help and malformed options (click), a chained hook (install: subprocess),
+# a matching job (pre, post and what they use), concurrent xl calls, or nowhere on this path
+# (typing: annotations only; argparse and shutil: the watchdog's command line, Xen config copies).
+NOT_FOR_ANOTHER_TASK = {
+    "click", "xenlvm.cli", "xenlvm.install", "subprocess", "xenlvm.pre", "xenlvm.post", "xenlvm.runner",
+    "xenlvm.lvm", "xenlvm.mounts", "xenlvm.state", "xenlvm.context", "json", "concurrent.futures",
+    "typing", "argparse", "shutil",
+}
+NOT_FOR_A_MATCHING_JOB = {"click", "xenlvm.cli", "xenlvm.install", "concurrent.futures", "typing",
+                          "argparse", "shutil"}
+
+
+def imported_by(tmp_path: Path, code: str, *args: str) -> set[str]:
+    listing = tmp_path / "modules"
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.format(tmp=tmp_path))
+    config.chmod(0o600)
+    done = subprocess.run([sys.executable, "-c", code, str(listing), *args], cwd=REPO,
+                          env={"XENLVM_CONFIG": str(config), "PATH": "/nonexistent"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return set(listing.read_text().split())
+
+
+def test_a_call_for_another_task_imports_neither_click_nor_what_only_a_matching_job_needs(tmp_path):
+    modules = imported_by(tmp_path, HOOK, "pre", "other_task", "/mnt/other", "FULL")
+
+    assert {"xenlvm.hook_entry", "xenlvm.config_file", "yaml"} <= modules  # it did read the config
+    assert "no job is configured" in (tmp_path / "xenlvm.log").read_text()
+    assert modules & NOT_FOR_ANOTHER_TASK == set()
+
+
+def test_the_modules_of_a_matching_pre_and_post_import_no_more_than_they_use(tmp_path):
+    modules = imported_by(tmp_path, LIST_MODULES + "import xenlvm.hook_entry, xenlvm.pre, xenlvm.post\n")
+
+    assert {"xenlvm.pre", "xenlvm.post", "xenlvm.runner", "subprocess"} <= modules
+    assert modules & NOT_FOR_A_MATCHING_JOB == set()
+
+
+def test_help_still_comes_from_click(tmp_path):
+    listing = tmp_path / "modules"
+    done = subprocess.run([sys.executable, "-c", HOOK, str(listing), "pre", "--help"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0 and "Usage: sbc_pre" in done.stdout
+    assert "click" in listing.read_text().split()
