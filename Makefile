@@ -32,7 +32,7 @@ DEB        := dist/xenlvm_$(VERSION)_all.deb
 DEB_FILES  := $(shell git ls-files -co --exclude-standard -- xenlvm debian doc contrib \
                       config.example.yaml pyproject.toml README.md 2>/dev/null)
 
-.PHONY: help deps test unit coverage system demo bench lint dist deb clean
+.PHONY: help deps test unit coverage system demo bench bench-host lint dist deb clean
 
 help:
 	@echo "make demo   - run sbc_pre, a tar backup and sbc_post on real LVM in a sandbox"
@@ -41,6 +41,7 @@ help:
 	@echo "make coverage - unit tests with line coverage per module"
 	@echo "make lint   - ruff and mypy"
 	@echo "make bench  - measure the hooks against the manual's shell in the sandbox (bench/results.md)"
+	@echo "make bench-host - xenlvm's own cost on this host, every command stubbed (bench/results-host.md)"
 	@echo "make dist   - dist/xenlvm.pyz, one file for offline hosts (python3 >= 3.9)"
 	@echo "make deb    - dist/xenlvm_$(VERSION)_all.deb, checked with lintian"
 
@@ -109,10 +110,15 @@ system: deps
 demo: deps
 	$(VPY) -m tests.system.demo
 
-# Timings of the hooks against the manual's shell, in one sandbox boot (about 10 minutes);
-# prints a table and writes bench/results.md.
+# Timings of the hooks against the manual's shell, in one sandbox boot (about 10 minutes), after
+# bench/hostcost.py on the host; prints a table and writes bench/results.md.
 bench: deps
 	$(VPY) -m bench.run
+
+# xenlvm's own cost (interpreter, imports, its checks) on this host, every command it runs a
+# stub answering from recorded output: no sandbox, about a minute; also part of make bench.
+bench-host: $(VENV)/.installed
+	$(VPY) -m bench.hostcost
 
 lint: deps
 	$(VPY) -m ruff check xenlvm tests

@@ -14,6 +14,9 @@ what that care costs, so that changes to xenlvm can be judged by numbers, not by
    process to separate it from its LVM commands), Python's import cost (-X importtime), and a
    hook call that matches no job: the floor that start-up alone costs.
 
+First, before the guest boots, bench/hostcost.py measures xenlvm's own cost on the host itself,
+every command it runs a stub (its section ends results.md; `make bench-host` runs it alone).
+
 Everything runs in ONE boot of the User-Mode Linux guest (tests/system/sandbox.py). Every
 duration is measured inside the guest by its agent around the process (fork to exit), never as
 the host's round trip. The two sides of each comparison are interleaved (A B A B ...) so that
@@ -39,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import xenlvm
+from bench import hostcost
 from tests.system.conftest import SESAM_ARGS, World
 from tests.system.sandbox import REPO, Completed, Guest, SandboxError
 
@@ -610,10 +614,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=15, help="rounds of sections 1 and 2 [15]")
     parser.add_argument("--cpu-rounds", type=int, default=5, help="rounds of section 4 [5]")
     parser.add_argument("--scaling-rounds", type=int, default=3, help="rounds of section 3 [3]")
+    parser.add_argument("--host-rounds", type=int, default=21, help="rounds of bench/hostcost.py [21]")
     parser.add_argument("--output", type=Path, default=BENCH / "results.md", help="[bench/results.md]")
     args = parser.parse_args(argv)
     started = time.monotonic()
     fingerprint = source_fingerprint()
+    progress("xenlvm's own cost on the host, every command stubbed (bench/hostcost.py)")
+    host_cost = hostcost.report_section(hostcost.measure(args.host_rounds))  # before the guest loads the host
     guest = Guest("bench")
     progress("booting the sandbox")
     try:
@@ -641,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
                      "but widens the spread and raises absolute times)"
                      if bench.rounds_beside_others else ""))
     text = report(sections, about, bench.import_profile, time.monotonic() - started,
-                  sys.argv[1:] if argv is None else argv)
+                  sys.argv[1:] if argv is None else argv) + "\n" + host_cost
     args.output.write_text(text, encoding="utf-8")
     print(text)
     progress(f"written to {args.output} after {(time.monotonic() - started) / 60:.1f} min")
