@@ -15,7 +15,7 @@ nearly empty environment, and the configuration in a temporary directory (log fi
 state directories there too). Every command they run is a stub from bench/stubhost.py that
 answers from recorded output in well under a millisecond; nothing on the host changes, and no
 syslog socket is written unless the host has /dev/log. The matching calls go through
-stubhost.SEAM, which reads the mount table and device numbers from the stand-in host instead
+stubhost.seam(), which reads the mount table and device numbers from the stand-in host instead
 of /proc/self/mountinfo and the device nodes: no real mount is made, and production code has no
 switch to do this (see stubhost's docstring). What remains is xenlvm's own cost: interpreter,
 imports, configuration, logging, its checks and bookkeeping, and starting the stub processes.
@@ -40,31 +40,33 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.stubhost import SEAM, StubHost, environment
+from bench.stubhost import StubHost, environment, seam
 
 REPO = Path(__file__).resolve().parent.parent
 OTHER_TASK = ["other_task", "/mnt/other", "FULL", "20261129-213000", "backup-host"]
 TASKS = {"xenvm": "xen_vm1", "vmdisks": "xen_vmdisks"}
-PLAIN_ENTRY = "import sys\nsys.path.insert(0, sys.argv[1])\nfrom xenlvm.hook_entry import run_hook\n" \
-              "run_hook(sys.argv[3], sys.argv[4:])\n"
 ROWS = ["python -c pass", "python -I -S -c pass", "sbc_pre, no matching job",
         "sbc_pre, volume job", "sbc_post, volume job", "sbc_pre, vmdisks + xen job",
         "sbc_post, vmdisks + xen job"]
 
 
-def hook_flags(python: str, source: Path) -> list[str]:
-    """The interpreter flags on the first line of the hooks that source's install-hooks writes."""
+def installed_hook(python: str, source: Path) -> str:
+    """The text of the sbc_pre that source's install-hooks writes for python, run as `python -c`
+    (sys.argv[1:] are then the hook's arguments, as when sesam runs the file)."""
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from xenlvm.install import hook_text; "
-            "print(hook_text('pre', 'PYTHON', None).splitlines()[0])")
-    first = subprocess.run([python, "-c", code, str(source)], capture_output=True, text=True,
-                           check=True).stdout.strip()
-    return first.removeprefix("#!PYTHON").split()
+            "print(hook_text('pre', 'PYTHON', None), end='')")
+    text = subprocess.run([python, "-c", code, str(source)], capture_output=True, text=True,
+                          check=True).stdout
+    if str(source) not in text:  # an installation's own xenlvm: here, source's, put first
+        text = text.replace("\n", f"\nimport sys; sys.path.insert(0, {str(source)!r})\n", 1)
+    return text
 
 
 class HostCost:
     def __init__(self, python: str, source: Path, root: Path) -> None:
         self.python, self.source = python, source
-        self.flags = hook_flags(python, source)
+        self.hook = installed_hook(python, source)
+        self.flags = self.hook.splitlines()[0].removeprefix("#!PYTHON").split()
         self.host = StubHost(root)
         self.config = root / "config.yaml"
         self.config.write_text(self.host.config_text())
@@ -77,12 +79,13 @@ class HostCost:
             return [self.python, "-c", "pass"]
         if row == "python -I -S -c pass":
             return [self.python, "-I", "-S", "-c", "pass"]
-        phase = "pre" if row.startswith("sbc_pre") else "post"
+        hook = self.hook if row.startswith("sbc_pre") else self.hook.replace('run_hook("pre"',
+                                                                              'run_hook("post"')
         if "no matching" in row:
-            return [self.python, *self.flags, "-c", PLAIN_ENTRY, str(self.source), "-", phase, *OTHER_TASK]
+            return [self.python, *self.flags, "-c", hook, *OTHER_TASK]
         job = "vmdisks" if "vmdisks" in row else "xenvm"
-        return [self.python, *self.flags, "-c", SEAM, str(self.source), str(self.host.root), phase,
-                TASKS[job], "/mnt/x", "FULL", "20261129-213000", "backup-host"]
+        return [self.python, *self.flags, "-c", seam(hook, self.host.root), TASKS[job], "/mnt/x", "FULL",
+                "20261129-213000", "backup-host"]
 
     def run(self, row: str) -> tuple[float, float]:
         """Run row once; its wall time and the CPU time (user + system) of its process and the
@@ -170,7 +173,8 @@ def report_section(result: dict) -> str:
     if not os.path.exists("/dev/log"):
         lines += ["", "This host has no /dev/log: the hooks write no syslog here, and do not import "
                   "logging.handlers (with socket and pickle), which a dom0 with a syslog pays for."]
-    lines += ["", "Matching calls run through bench/stubhost.py's SEAM (the mount table and device "
+    lines += ["", "Every call runs the text of the hook install-hooks writes (`python FLAGS -c TEXT`); "
+              "matching calls with bench/stubhost.py's seam() in it (the mount table and device "
               "numbers of a stand-in host; no real mount). In the vmdisks job, the layout files "
               "miss the disk size (the snapshot's device node does not exist: one logged error "
               "each)."]

@@ -15,10 +15,9 @@ The directory holds:
 
 The hooks prove a mount by the device numbers in /proc/self/mountinfo against a stat of the
 snapshot's device. Neither can be faked without a real mount, and the bench makes none, so
-hostcost runs each matching hook through SEAM: `python -c` that points xenlvm.mounts at this
-directory's mountinfo and devices, then calls the hook entry exactly as sbc_pre does. The seam
-lives only here: production code has no switch for it. SEAM imports xenlvm.mounts before the
-hook entry, which a matching run imports anyway, so the run imports the same modules.
+hostcost runs each matching hook through seam(): the installed hook's own text with three
+lines before its run_hook(...) that point xenlvm.mounts at this directory's mountinfo and
+devices. The seam lives only here: production code has no switch for it.
 """
 
 from __future__ import annotations
@@ -86,20 +85,24 @@ Block size:               4096
 Inode size:\t          256
 """
 
-# Runs a hook as the installed sbc_pre/sbc_post does (run_hook(phase, argv)), with the mount
-# table and device numbers read from the stand-in host. argv: source dir, host dir, phase, args.
-SEAM = """\
-import sys
-source, host, phase = sys.argv[1:4]
-sys.path.insert(0, source)
-from xenlvm import mounts
-mounts.MOUNTINFO = host + "/mountinfo"
-with open(host + "/devices") as handle:
-    table = {path: (int(major), int(minor)) for path, major, minor in map(str.split, handle)}
+# Put into an installed hook's text just before its run_hook(...) line (see seam).
+_SEAM = """\
+from xenlvm import mounts  # bench/stubhost.py: the stand-in host's mount table and devices
+mounts.MOUNTINFO = {mountinfo!r}
+with open({devices!r}) as handle:
+    table = {{path: (int(major), int(minor)) for path, major, minor in map(str.split, handle)}}
 mounts.device_numbers = table.get
-from xenlvm.hook_entry import run_hook
-run_hook(phase, sys.argv[4:])
 """
+
+
+def seam(hook: str, root: Path) -> str:
+    """Given the text of a hook as install-hooks writes it, the same hook reading the mount
+    table and device numbers of the stand-in host at root (the import of xenlvm.mounts, which a
+    matching run makes anyway, moves to just after the hook entry's)."""
+    last = hook.rindex("run_hook(")
+    return hook[:last] + _SEAM.format(mountinfo=str(root / "mountinfo"), devices=str(root / "devices")) \
+        + hook[last:]
+
 
 BASE_MOUNTS = """\
 21 1 254:10 / / rw,relatime - ext4 /dev/mapper/system-root rw

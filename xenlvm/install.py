@@ -34,12 +34,24 @@ HOOKS = {"pre": "sbc_pre", "post": "sbc_post"}
 MARKER = "xenlvm-hook"
 LOCAL_SUFFIX = ".local"
 
-_TEMPLATE = '''#!{python}
+# -I: nothing from sesam's environment (PYTHONPATH, ...) or the hook's directory decides what
+# runs as root. -S: no site module, whose search for packages a hook would pay for at every
+# call (a tenth of its start-up); the hook names where install-hooks found xenlvm and its
+# libraries instead, and falls back to site's search should they have moved since.
+HOOK_FLAGS = "-I -S"
+_TEMPLATE = '''#!{python} {flags}
 """SEP sesam {phase} hook, written by 'xenlvm install-hooks' ({marker}).
 
 Remove with 'xenlvm install-hooks --uninstall'; see 'xenlvm {phase} --help'.
 """
-{path_line}from xenlvm.hook_entry import run_hook
+import sys
+{path_line}sys.path += {libraries!r}
+try:
+    from xenlvm.hook_entry import run_hook
+except ImportError:  # moved since install-hooks: look where Python's site module looks
+    import site
+    site.main()
+    from xenlvm.hook_entry import run_hook
 
 run_hook("{phase}", chain={chain!r})
 '''
@@ -60,10 +72,26 @@ def _zipapp() -> str | None:
     return here if os.path.isfile(here) else None
 
 
+def _library_dirs(archive: str | None) -> list[str]:
+    """The directories that hold xenlvm, PyYAML and click (for --help), as this process found them."""
+    import click
+    import yaml
+
+    import xenlvm
+
+    found: list[str] = []
+    for module in (xenlvm, yaml, click):
+        directory = os.path.dirname(os.path.dirname(os.path.abspath(module.__file__ or "")))
+        if directory not in found and directory != archive:
+            found.append(directory)
+    return found
+
+
 def hook_text(phase: str, python: str, chain: str | None) -> str:
     archive = _zipapp()
-    path_line = f"import sys\nsys.path.insert(0, {archive!r})\n" if archive else ""
-    return _TEMPLATE.format(python=python, phase=phase, marker=MARKER, chain=chain, path_line=path_line)
+    path_line = f"sys.path.insert(0, {archive!r})\n" if archive else ""
+    return _TEMPLATE.format(python=python, flags=HOOK_FLAGS, phase=phase, marker=MARKER, chain=chain,
+                            path_line=path_line, libraries=_library_dirs(archive))
 
 
 def inspect_hook(directory: str, phase: str) -> HookState:
@@ -77,7 +105,8 @@ def inspect_hook(directory: str, phase: str) -> HookState:
     except OSError as exc:
         raise XenlvmError(f"cannot read {path}: {exc.strerror}") from None
     first = head.splitlines()[0] if head else ""
-    interpreter = first[2:].strip() if first.startswith("#!") else None
+    words = first[2:].split() if first.startswith("#!") else []
+    interpreter = words[0] if words else None  # without its flags
     return HookState(path, True, MARKER in head, interpreter, local if os.path.lexists(local) else None)
 
 
