@@ -69,7 +69,8 @@ class HostCost:
     def __init__(self, python: str, source: Path, root: Path) -> None:
         self.python, self.source = python, source
         self.hook = installed_hook(python, source)
-        self.flags = self.hook.splitlines()[0].removeprefix("#!PYTHON").split()
+        flags = self.hook.splitlines()[0].removeprefix("#!PYTHON").strip()
+        self.flags = [flags] if flags else []  # as the kernel passes them: one argument
         self.host = StubHost(root)
         self.config = root / "config.yaml"
         self.config.write_text(self.host.config_text())

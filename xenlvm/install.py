@@ -38,7 +38,7 @@ LOCAL_SUFFIX = ".local"
 # runs as root. -S: no site module, whose search for packages a hook would pay for at every
 # call (a tenth of its start-up); the hook names where install-hooks found xenlvm and its
 # libraries instead, and falls back to site's search should they have moved since.
-HOOK_FLAGS = "-I -S"
+HOOK_FLAGS = "-IS"  # one word: the kernel passes what follows the interpreter as one argument
 _TEMPLATE = '''#!{python} {flags}
 """SEP sesam {phase} hook, written by 'xenlvm install-hooks' ({marker}).
 

@@ -45,5 +45,6 @@ def test_prerm_leaves_a_foreign_hook_and_a_missing_one_alone(tmp_path):
 def test_prerm_claims_the_hooks_an_earlier_version_of_this_package_wrote(tmp_path):
     hook = tmp_path / "sbc_pre"  # as xenlvm 0.1.0 wrote them: no interpreter flags, no paths
     hook.write_text('#!/usr/bin/python3\n"""SEP sesam pre hook, written by \'xenlvm install-hooks\' '
-                    '(xenlvm-hook).\n"""\nfrom xenlvm.hook_entry import run_hook\n\nrun_hook("pre", chain=None)\n')
+                    '(xenlvm-hook).\n"""\nfrom xenlvm.hook_entry import run_hook\n\n'
+                    'run_hook("pre", chain=None)\n')
     assert _ours(hook)

@@ -1,12 +1,16 @@
-"""What a hook call imports. sesam runs sbc_pre and sbc_post for every backup of the client,
-most of them for other tasks, and each import is paid at every call (bench/hostcost.py measures
-what each costs): a call imports what it needs, no more. These check module names, not time."""
+"""What a hook call imports, and that the hook install-hooks writes runs. sesam runs sbc_pre
+and sbc_post for every backup of the client, most of them for other tasks, and each import is
+paid at every call (bench/hostcost.py measures what each costs): a call imports what it needs,
+no more. These check module names, not time."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+from xenlvm import install
 
 REPO = Path(__file__).resolve().parents[2]
 # At exit, write the names of the imported modules into the file named by the first argument.
@@ -77,3 +81,34 @@ def test_help_still_comes_from_click(tmp_path):
 
     assert done.returncode == 0 and "Usage: sbc_pre" in done.stdout
     assert "click" in listing.read_text().split()
+
+
+def run_installed_hook(tmp_path: Path, text: str) -> subprocess.CompletedProcess:
+    """Run text as sesam runs an installed hook: the file itself, its first line's interpreter."""
+    hook = tmp_path / "sbc_pre"
+    hook.write_text(text)
+    hook.chmod(0o755)
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.format(tmp=tmp_path))
+    config.chmod(0o600)
+    return subprocess.run([str(hook), "other_task", "/mnt/other", "FULL"], env={"XENLVM_CONFIG": str(config)},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_hook_install_hooks_writes_runs_with_its_interpreter_flags(tmp_path):
+    text = install.hook_text("pre", sys.executable, None)
+    assert text.startswith(f"#!{sys.executable} -IS\n")
+
+    done = run_installed_hook(tmp_path, text)
+    assert done.returncode == 0, done.stderr
+    assert "no job is configured" in (tmp_path / "xenlvm.log").read_text()
+
+
+def test_a_hook_whose_libraries_moved_finds_them_where_site_looks(tmp_path):
+    text = install.hook_text("pre", sys.executable, None)
+    moved = re.sub(r"^sys\.path \+= .*$", "sys.path += ['/nonexistent']", text, flags=re.M)
+    assert moved != text
+
+    done = run_installed_hook(tmp_path, moved)
+    assert done.returncode == 0, done.stderr
+    assert "no job is configured" in (tmp_path / "xenlvm.log").read_text()
