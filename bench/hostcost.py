@@ -77,6 +77,7 @@ class HostCost:
         self.config.chmod(0o600)
         self.env = environment(self.config)
         self.calls: dict[str, int] = {}
+        self.seen: dict[str, str] = {}  # per row: its output and commands, normalized
 
     def argv(self, row: str) -> list[str]:
         if row == "python -c pass":
@@ -106,7 +107,15 @@ class HostCost:
         if done.returncode != 0 or "not stubbed" in done.stderr:
             raise SystemExit(f"hostcost: {row} failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
         self.calls[row] = len(self.host.calls())
+        self.seen[row] = self._normalized(f"{done.stdout}{done.stderr}" + "\n".join(self.host.calls()))
         return elapsed, cpu
+
+    def _normalized(self, text: str) -> str:
+        """text without what differs from run to run: paths, pids, times, durations, run tags."""
+        text = text.replace(str(self.host.root), "ROOT")
+        for pattern, stands_for in ((r"xenlvm_run_\w+", "RUN"), (r"\d+(\.\d+)? m?s\b", "N s")):
+            text = re.sub(pattern, stands_for, text)
+        return text
 
     def importtime(self, row: str, runs: int = 5) -> list[tuple[float, float, str]]:
         """(own us, cumulative us, module) of each import of row, from python -X importtime: the
@@ -137,6 +146,8 @@ def measure(rounds: int, python: str = sys.executable, source: Path = REPO,
                 if name == "now" or row.startswith("sbc")]
         for name, row in plan:  # warm-up: page cache and .pyc files
             benches[name].run(row)
+        differing = [row for row in ROWS if baseline is not None and row.startswith("sbc")
+                     and benches["now"].seen[row] != benches["baseline"].seen[row]]
         times: dict[tuple[str, str], list[tuple[float, float]]] = {key: [] for key in plan}
         for _ in range(rounds):
             for name, row in plan:
@@ -146,7 +157,8 @@ def measure(rounds: int, python: str = sys.executable, source: Path = REPO,
                                                         "sbc_post, volume job")}
         return {"times": times, "calls": now.calls, "imports": imports, "flags": now.flags,
                 "python": python, "source": str(source), "baseline": baseline and str(baseline),
-                "baseline_flags": benches["baseline"].flags if baseline else None, "load": load}
+                "baseline_flags": benches["baseline"].flags if baseline else None, "load": load,
+                "differing": differing}
 
 
 def _median(values: list[tuple[float, float]], which: int) -> float:
@@ -162,9 +174,12 @@ def report_section(result: dict) -> str:
              f"`{' '.join(result['flags']) or '(none)'}`; load average before the run "
              f"{' '.join(f'{x:.2f}' for x in result['load'])} on {os.cpu_count()} CPUs."]
     if result["baseline"]:
+        differing = ", ".join(result["differing"])
         lines += ["", f"Before: xenlvm from `{result['baseline']}` (hook flags "
                   f"`{' '.join(result['baseline_flags']) or '(none)'}`), run in the same rounds, "
-                  "interleaved with the above."]
+                  "interleaved with the above. Output, exit status and commands (times, pids and "
+                  "paths aside): " + (f"DIFFERENT from before in {differing}." if differing
+                                      else "the same as before in every row.")]
     lines += ["", "| measurement | wall, median | min–max | n | × `python -c pass` | CPU, median "
               "| before: wall | before: CPU | stub commands run |",
               "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
