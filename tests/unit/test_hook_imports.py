@@ -23,7 +23,8 @@ HOOK = LIST_MODULES + "from xenlvm.hook_entry import run_hook\nrun_hook(sys.argv
 
 # One thin-volume job for another task; its files in the test's own directory.
 CONFIG = ("settings: {{log_file: {tmp}/xenlvm.log, lock_dir: {tmp}/lock, state_dir: {tmp}/state}}\n"
-          "jobs: {{vms: {{volume: data/vms, snapshot: vmsnap, mountpoint: /mnt/vms, tasks: [nightly_vms]}}}}\n")
+          "jobs: {{vms: {{volume: data/vms, snapshot: vmsnap, mountpoint: /mnt/vms, "
+          "tasks: [nightly_vms]}}}}\n")
 
 # Needed only for --help and malformed options (click), a chained hook (install: subprocess),
 # a matching job (pre, post and what they use), concurrent xl calls, or nowhere on this path
