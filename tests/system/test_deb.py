@@ -120,8 +120,10 @@ def test_the_package_installs_backs_up_through_sesams_hooks_and_purges_cleanly(p
     assert hooks.rc == 0, hooks
     assert _run(world, "ls", HOOKS).stdout.split() == ["sbc_post", "sbc_post.local", "sbc_pre",
                                                         "sbc_pre.local"]
-    for hook in ("sbc_pre", "sbc_post"):  # bound to Debian's python3, not to a venv
-        assert world.guest.read(f"{HOOKS}/{hook}").splitlines()[0] == "#!/usr/bin/python3"
+    for hook in ("sbc_pre", "sbc_post"):  # bound to Debian's python3 and its packages, not to a venv
+        text = world.guest.read(f"{HOOKS}/{hook}")
+        assert text.splitlines()[0] == "#!/usr/bin/python3 -IS"
+        assert "\nsys.path += ['/usr/lib/python3/dist-packages']\n" in text
 
     # An upgrade (here: the same version again) keeps the hooks, which then run the new code,
     # and no longer asks for install-hooks.
