@@ -4,6 +4,8 @@ What is measured, wall time from fork to exit of the hook's process, N rounds in
 (one round runs each row once, in the table's order), after one warm-up round:
 
 - the interpreter's start-up alone: `python -c pass` and `python -I -S -c pass` (the floor);
+- the hook's start as far as its imports, without running it: the standard library modules and
+  PyYAML it needs (dataclasses, logging, yaml), the hook entry, the entry with pre's modules;
 - a hook call for a task that matches no job (what every other backup of the client pays);
 - sbc_pre and sbc_post of a matching job that snapshots one volume (`volume:`), and of a job
   with `vmdisks:` and `xen:` (domain vm1's two disk LVs, one ext4 and one swap, in one pause
@@ -48,7 +50,12 @@ TASKS = {"xenvm": "xen_vm1", "vmdisks": "xen_vmdisks"}
 # The libraries whose whole import cost the report names (each with what it imports itself).
 LIBRARIES = ("dataclasses", "logging", "yaml", "json", "subprocess", "xenlvm.config", "xenlvm.hook_entry",
              "xenlvm.pre", "xenlvm.post")
-ROWS = ["python -c pass", "python -I -S -c pass", "sbc_pre, no matching job",
+# What the hook's own imports cost, as the hook starts (its flags and paths), without running it.
+IMPORT_ROWS = {"hook start: stdlib and PyYAML it needs": "import dataclasses, logging, yaml",
+               "hook start: xenlvm.hook_entry": "import xenlvm.hook_entry",
+               "hook start: xenlvm.hook_entry + pre": "import xenlvm.hook_entry, xenlvm.pre, xenlvm.context, "
+                                                      "xenlvm.state"}
+ROWS = ["python -c pass", "python -I -S -c pass", *IMPORT_ROWS, "sbc_pre, no matching job",
         "sbc_pre, volume job", "sbc_post, volume job", "sbc_pre, vmdisks + xen job",
         "sbc_post, vmdisks + xen job"]
 
@@ -84,6 +91,10 @@ class HostCost:
             return [self.python, "-c", "pass"]
         if row == "python -I -S -c pass":
             return [self.python, "-I", "-S", "-c", "pass"]
+        if row in IMPORT_ROWS:  # the hook's lines up to its import of the entry, then these imports
+            entry = self.hook.find("try:")
+            entry = entry if entry >= 0 else self.hook.index("from xenlvm.hook_entry")
+            return [self.python, *self.flags, "-c", self.hook[:entry] + IMPORT_ROWS[row]]
         hook = self.hook if row.startswith("sbc_pre") else self.hook.replace('run_hook("pre"',
                                                                               'run_hook("post"')
         if "no matching" in row:
