@@ -187,9 +187,7 @@ def _prepare_xen(ctx: Context, job: Job, origins: list[LogicalVolume],
         xen.export_configuration(job, domains, directory, job.xen.config_dir)
     if job.xen.mode != "pause":
         return functools.partial(windows.run, windows.plan(job.volumes, {}, windows.TOGETHER))
-    mode = windows.mode_of(job)
-    planned = windows.plan(job.volumes, windows.domain_uses(domains, job.volumes, origins, mounts), mode)
-    log.info("xen.window %s: %d pause window(s): %s", mode, len(planned), windows.describe(planned))
+    planned = windows.plan_xen(job, domains, job.volumes, origins, mounts)
     notes = ctx.notes.setdefault(job.name, {})
     pause = windows.xen_pause(xl, record, domains, lambda names, ms: windows.note_window(notes, names, ms))
     return lambda snapshot: windows.run(planned, snapshot, pause)

@@ -91,6 +91,21 @@ def plan(targets: Sequence[T], uses: Mapping[str, Collection[T]], mode: str) -> 
     return [Window(tuple(domains_of.get(key, ())), tuple(group)) for key, group in targets_of.items()]
 
 
+def plan_xen(job: Job, domains: Sequence[xen.Domain], specs: Sequence[SnapshotSpec],
+             origins: Sequence[LogicalVolume], mounts: list[mounts_mod.MountEntry]
+             ) -> list[Window[SnapshotSpec]]:
+    """The job's windows over the domains it pauses. A domain that was already paused is left so,
+    and has no say in the windows."""
+    for domain in domains:
+        if domain.paused:
+            log.warning("domain %s was already paused; it stays paused", domain.name)
+    running = [domain for domain in domains if not domain.paused]
+    mode = mode_of(job)
+    planned = plan(specs, domain_uses(running, specs, origins, mounts), mode)
+    log.info("xen.window %s: %d pause window(s): %s", mode, len(planned), describe(planned))
+    return planned
+
+
 def run(windows: Sequence[Window[T]], snapshot: Callable[[T], None], pause: Pause | None = None) -> None:
     """Take each window's snapshots while its domains (and only they) are paused, one window
     after the other. pause(names) is one window that resumes its domains whatever happens in it
