@@ -13,7 +13,7 @@ import signal
 import pytest
 
 from tests.system.conftest import SESAM_ARGS, TESTS, XEN_SETTINGS, XL
-from tests.system.test_xen import lvcreate_times, xl_calls
+from tests.system.test_xen import lvcreate_times, states, xl_calls
 
 pytestmark = pytest.mark.system
 
@@ -139,6 +139,37 @@ def pause_windows(world) -> dict[str, list[str]]:
     every = sorted(origin for *_, origin in lvcreates(world))
     assert sorted(origin for origins in inside.values() for origin in origins) == every
     return inside
+
+
+def start_pre_held_in_the_second_window(world) -> int:
+    """Start pre and wait until vm3's window holds its first lvcreate (vm2's window is over)."""
+    world.inject("lvcreate", "hold-match vm3-disk")
+    pid = world.guest.spawn(["/opt/sesam/bin/sesam/sbc_pre", *SESAM_ARGS], env={}, log="/run/pre.out")
+    world.wait_for("system/vm3-disk")
+    assert {name: "p" in state for name, state in states(world).items() if name != "Domain-0"} == {
+        "vm2": False, "vm3": True}
+    return pid
+
+
+def test_sigterm_in_the_second_window_resumes_it_and_undoes_the_first_windows_snapshot(disks):
+    pid = start_pre_held_in_the_second_window(disks)
+    disks.guest.signal(pid, signal.SIGTERM)
+    disks.guest.write("/run/faults/lvcreate.go", "")  # lvcreate finishes, then the signal acts
+    assert disks.guest.wait(pid) == 1
+    assert "interrupted by SIGTERM" in disks.guest.read("/run/pre.out")
+    assert_disks_clean(disks)
+
+
+def test_kill_9_in_the_second_window_leaves_a_record_of_that_window_only_and_post_resumes_it(disks):
+    pid = start_pre_held_in_the_second_window(disks)
+    assert json.loads(disks.guest.read("/run/xenlvm/disks.paused")) == ["vm3"]
+    disks.guest.signal(pid, signal.SIGKILL, group=True)
+    disks.guest.wait(pid)
+    disks.reset_faults()
+    post = disks.post()
+    assert post.rc == 0, post
+    assert "resuming vm3" in post.stderr + post.stdout + disks.log()
+    assert_disks_clean(disks)
 
 
 def test_together_pauses_both_domains_for_all_three_disks(disks):
