@@ -2,9 +2,9 @@
 
 Lock the job; look at the host (lvs, the mount table: xenlvm.inventory); sweep what an earlier
 run left; plan (the job's volumes, and its VM disks as xl shows them); check everything
-before any change (xenlvm.preflight); create every snapshot inside one pause window; mount or
-expose each; start the watchdog. Each change registers its undo as soon as it is made; any
-failure unwinds them all, in reverse.
+before any change (xenlvm.preflight); create every snapshot inside its pause window
+(xenlvm.windows); mount or expose each; start the watchdog. Each change registers its undo
+as soon as it is made; any failure unwinds them all, in reverse.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def run_pre(ctx: Context, jobs: Sequence[Job]) -> None:
 
 def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
     """pre for one job: look at the host, sweep what an earlier run left, plan, check; then the
-    snapshots of all the job's volumes (and VM disks) are created inside the pause window, and
-    mounted (exposed) after it."""
+    snapshots of all the job's volumes (and VM disks) are created inside their pause windows, and
+    mounted (exposed) after them."""
     host = read_inventory(ctx.lvm, job)
     # Before the sweep, which would change them: LVM refuses any change to a VG missing a PV.
     disk_vgs = [lv.vg for lv in vmdisks.job_snapshots(job, host.vgs)]
