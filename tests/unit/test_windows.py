@@ -10,10 +10,12 @@ import signal
 import pytest
 
 from tests.unit.fakehost import FakeHost
+from tests.unit.test_vmdisks import lv
 from xenlvm import context as context_mod
-from xenlvm import interrupts, pre, state, windows, xen
-from xenlvm.config import Job, VmDiskSettings, XenSettings, parse_size
+from xenlvm import interrupts, pre, state, status, windows, xen
+from xenlvm.config import Job, SnapshotSpec, VmDiskSettings, Volume, XenSettings, parse_size
 from xenlvm.errors import CommandFailed
+from xenlvm.mounts import MountEntry
 
 # ---------------------------------------------------------------------------------------------
 # Which domains share a window
@@ -62,6 +64,26 @@ def test_the_default_is_per_domain_with_vmdisks_and_together_for_volumes_only():
     assert windows.mode_of(job()) == windows.TOGETHER
     assert windows.mode_of(job("per-domain")) == windows.PER_DOMAIN
     assert windows.mode_of(job("together", vmdisks=True)) == windows.TOGETHER
+
+
+def test_a_domain_uses_its_own_disks_any_origin_it_has_as_a_disk_and_volumes_holding_its_files(monkeypatch):
+    monkeypatch.setattr(windows.mounts_mod, "device_numbers",
+                        {"/dev/mapper/system-vm2--disk": (254, 1), "/dev/system/shared": (254, 5)}.get)
+    volume = SnapshotSpec(Volume("system", "xenvm"), "vmbackup", "/mnt/b/xenvm")
+    vm2_disk = SnapshotSpec(Volume("system", "vm2-disk"), "vm2-disk.xenlvm", "/mnt/b/vm2/xvda",
+                            expose="files", domain="vm2", disk="xvda")
+    shared = SnapshotSpec(Volume("system", "shared"), "shared.xenlvm", "/mnt/b/vm3/xvdb", expose="files",
+                          domain="vm3", disk="xvdb")  # found for vm3; vm4 has it too
+    origins = [lv("xenvm", (254, 0)), lv("vm2-disk", (254, 1)), lv("shared", (254, 5))]
+    mounts = [MountEntry(254, 0, "/srv/xenvm", ("rw",), "ext4", "/dev/mapper/system-xenvm")]
+    domains = [xen.Domain("vm1", 1, False, ("/srv/xenvm/vm1/disk.img", "/srv/xenvmx/other.img")),
+               xen.Domain("vm2", 2, False, ("/dev/mapper/system-vm2--disk",)),  # another path to it
+               xen.Domain("vm3", 3, False, ()),
+               xen.Domain("vm4", 4, False, ("/dev/system/shared",))]
+    uses = windows.domain_uses(domains, [volume, vm2_disk, shared], origins, mounts)
+    assert uses == {"vm1": {volume}, "vm2": {vm2_disk}, "vm3": {shared}, "vm4": {shared}}
+    assert [w.domains for w in windows.plan([volume, vm2_disk, shared], uses, windows.PER_DOMAIN)] == [
+        ("vm1",), ("vm2",), ("vm3", "vm4")]
 
 
 def test_a_window_with_domains_and_no_pause_is_a_bug_not_an_unpaused_snapshot():
@@ -191,6 +213,5 @@ def test_the_state_file_metrics_and_status_show_each_domains_window(host):
     assert 'xenlvm_pause_window_seconds{job="xenvm"} 0.120' in metrics
     assert 'xenlvm_domain_pause_window_seconds{job="xenvm",domain="vm2"} 0.095' in metrics
     assert 'domain="odd\\"name"' in metrics
-    from xenlvm import status
     line = status._pauses(state.read_state(config, "xenvm")["pre"])
     assert line == ', domains paused at most 120 ms (odd"name 95 ms, vm1 120 ms, vm2 95 ms)'
