@@ -92,7 +92,7 @@ def render_metrics(config: Config) -> str:
                 window = notes["pause_window_ms"] / 1000
                 samples["xenlvm_pause_window_seconds"].append(f"{job_label} {window:.3f}")
             for key, ms in sorted(notes.items()):
-                if key.startswith(DOMAIN_WINDOW):
+                if key.startswith(DOMAIN_WINDOW) and isinstance(ms, (int, float)):
                     labels = f'job="{job}",domain="{_label_value(key[len(DOMAIN_WINDOW):])}"'
                     samples["xenlvm_domain_pause_window_seconds"].append(f"{{{labels}}} {ms / 1000:.3f}")
             if "fill_percent" in notes:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from xenlvm import mounts as mounts_mod
-from xenlvm import xen
+from xenlvm import state, xen
 from xenlvm.config import Job, SnapshotSpec
 from xenlvm.fsutil import is_below
 from xenlvm.lvm import LogicalVolume
@@ -164,4 +164,4 @@ def note_window(notes: dict[str, float], names: Sequence[str], ms: float) -> Non
     domain was paused, and pause_window_ms:<domain> for each domain it paused."""
     notes["pause_window_ms"] = max(ms, notes.get("pause_window_ms", 0.0))
     for name in names:
-        notes[f"pause_window_ms:{name}"] = ms
+        notes[f"{state.DOMAIN_WINDOW}{name}"] = ms
