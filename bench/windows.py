@@ -106,24 +106,22 @@ def per_domain_windows(bench: Bench) -> Section:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.windows", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="counted rounds [3]")
-    args = parser.parse_args(argv)
+    rounds = parser.parse_args(argv).rounds
     guest = Guest("bench-windows")
     progress("booting the sandbox")
-    try:
+    try:  # halt() is safe whatever boot() got to
         guest.boot()
+        world = World(guest)
+        world.build(config=None)
+        section = per_domain_windows(Bench(guest, world, rounds=0, cpu_rounds=0, scaling_rounds=rounds))
     except SandboxError as exc:
         print(f"bench.windows: {exc}", file=sys.stderr)
         return 1
-    try:
-        world = World(guest)
-        world.build(config=None)
-        section = per_domain_windows(Bench(guest, world, rounds=0, cpu_rounds=0, scaling_rounds=args.rounds))
     finally:
         guest.halt()
     print(f"## {section.title}\n\n{bench_run.markdown_table(section.rows)}\n")
     print("\n".join(f"- {note}" for note in section.notes))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
