@@ -13,6 +13,7 @@ what that care costs, so that changes to xenlvm can be judged by numbers, not by
 4. the hooks' CPU time and peak memory (/usr/bin/time, and getrusage inside the hook's own
    process to separate it from its LVM commands), Python's import cost (-X importtime), and a
    hook call that matches no job: the floor that start-up alone costs.
+6. each VM's own pause window against its own lvcreate (xen.window; bench/windows.py).
 
 First, before the guest boots, bench/hostcost.py measures xenlvm's own cost on the host itself,
 every command it runs a stub (its section ends results.md; `make bench-host` runs it alone).
@@ -638,7 +639,9 @@ def main(argv: list[str] | None = None) -> int:
         cpu = bench.cpu_and_memory()
         window = bench.pause_window()
         growth = bench.growth()
-        sections = [manual, window, growth, cpu, bench.command_costs()]
+        from bench.windows import per_domain_windows  # section 6; it imports this module
+        per_domain = per_domain_windows(bench)
+        sections = [manual, window, growth, cpu, bench.command_costs(), per_domain]
     finally:
         guest.halt()
     about.append(code_measured(fingerprint, source_fingerprint()))

@@ -55,6 +55,9 @@ class XenSettings:
     # "" means /var/lib/xenlvm/<job>/xen-config; None disables
     export_dir: str | None = field(default="", metadata=key(values.optional_path, null_disables=True))
     config_dir: str = field(default="/etc/xen", metadata=key(values.parse_absolute_path))
+    # "per-domain": each domain paused only for its own disks' snapshots; "together": one window
+    # for all; "" means per-domain for a job with vmdisks, together otherwise (xenlvm.windows)
+    window: str = field(default="", metadata=key(values.choice("per-domain", "together")))
 
 
 @dataclass(frozen=True)

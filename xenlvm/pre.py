@@ -2,22 +2,21 @@
 
 Lock the job; look at the host (lvs, the mount table: xenlvm.inventory); sweep what an earlier
 run left; plan (the job's volumes, and its VM disks as xl shows them); check everything
-before any change (xenlvm.preflight); create every snapshot inside one pause window; mount or
-expose each; start the watchdog. Each change registers its undo as soon as it is made; any
-failure unwinds them all, in reverse.
+before any change (xenlvm.preflight); create every snapshot inside its pause window
+(xenlvm.windows); mount or expose each; start the watchdog. Each change registers its undo
+as soon as it is made; any failure unwinds them all, in reverse.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import logging
 import os
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import ExitStack
 
-from xenlvm import layout, preflight, vmdisk_teardown, vmdisks, watchdog, watchdog_process, xen
+from xenlvm import layout, preflight, vmdisk_teardown, vmdisks, watchdog, watchdog_process, windows, xen
 from xenlvm import lvm as lvm_mod
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Job, SnapshotSpec
@@ -54,8 +53,8 @@ def run_pre(ctx: Context, jobs: Sequence[Job]) -> None:
 
 def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
     """pre for one job: look at the host, sweep what an earlier run left, plan, check; then the
-    snapshots of all the job's volumes (and VM disks) are created inside the pause window, and
-    mounted (exposed) after it."""
+    snapshots of all the job's volumes (and VM disks) are created inside their pause windows, and
+    mounted (exposed) after them."""
     host = read_inventory(ctx.lvm, job)
     # Before the sweep, which would change them: LVM refuses any change to a VG missing a PV.
     disk_vgs = [lv.vg for lv in vmdisks.job_snapshots(job, host.vgs)]
@@ -68,7 +67,7 @@ def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
     origins = [host.vgs[spec.origin.vg].lvs[spec.origin.lv] for spec in job.volumes]
     fstypes = [mounts_mod.filesystem_type(ctx.runner, origin, host.mounts) if spec.expose is None else ""
                for spec, origin in zip(job.volumes, origins)]
-    quiesce = _prepare_xen(ctx, job, origins, host.mounts)
+    take_snapshots = _prepare_xen(ctx, job, origins, host.mounts)
     if job.vmdisks is not None:
         vmdisks.mount_tree(ctx.runner, job, undo)
 
@@ -79,9 +78,10 @@ def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
     for spec in job.volumes:
         undo.push(f"remove snapshot {spec.snapshot_volume} if this run created it",
                   functools.partial(_remove_if_created, ctx, job, spec, run_tag))
-    with quiesce():  # the pause window: nothing but lvcreate happens inside it
-        for spec, origin in zip(job.volumes, origins):
-            ctx.lvm.create_snapshot(spec, origin, [*tags, lvm_mod.VMDISK_TAG] if spec.expose else tags)
+    origin_of = dict(zip(job.volumes, origins))
+    # each in its pause window (xenlvm.windows): nothing but lvcreate happens inside one
+    take_snapshots(lambda spec: ctx.lvm.create_snapshot(spec, origin_of[spec],
+                                                        [*tags, lvm_mod.VMDISK_TAG] if spec.expose else tags))
 
     for spec, fstype in zip(job.volumes, fstypes):
         if spec.expose is None:
@@ -170,11 +170,12 @@ def _refuse_on_failures(findings: list[preflight.Finding]) -> None:
 
 
 def _prepare_xen(ctx: Context, job: Job, origins: list[LogicalVolume],
-                 mounts: list[mounts_mod.MountEntry]) -> Callable[[], AbstractContextManager[None]]:
-    """Everything Xen needs before the pause window: resume what a killed run left paused, pick
-    the domains, export their configuration. Returns the pause window's context manager."""
+                 mounts: list[mounts_mod.MountEntry]) -> Callable[[Callable[[SnapshotSpec], None]], None]:
+    """Everything Xen needs before the pause windows: resume what a killed run left paused, pick
+    the domains, export their configuration, plan the windows. Returns what takes the snapshots,
+    each inside its window."""
     if job.xen is None:
-        return contextlib.nullcontext
+        return functools.partial(windows.run, windows.plan(job.volumes, {}, windows.TOGETHER))
     xl = xen.Xl.for_job(ctx.runner, job)
     record = xen.PauseRecord(ctx.config.settings.lock_dir, job.name)
     xen.resume_leftovers(xl, record)
@@ -185,8 +186,11 @@ def _prepare_xen(ctx: Context, job: Job, origins: list[LogicalVolume],
     if directory is not None and not ctx.dry_run:
         xen.export_configuration(job, domains, directory, job.xen.config_dir)
     if job.xen.mode != "pause":
-        return contextlib.nullcontext
-    return lambda: xen.paused(xl, domains, record, lambda ms: ctx.note(job, "pause_window_ms", ms))
+        return functools.partial(windows.run, windows.plan(job.volumes, {}, windows.TOGETHER))
+    planned = windows.plan_xen(job, domains, job.volumes, origins, mounts)
+    notes = ctx.notes.setdefault(job.name, {})
+    pause = windows.xen_pause(xl, record, domains, lambda names, ms: windows.note_window(notes, names, ms))
+    return lambda snapshot: windows.run(planned, snapshot, pause)
 
 
 def _mount(ctx: Context, job: Job, spec: SnapshotSpec, fstype: str, undo: UndoStack) -> None:

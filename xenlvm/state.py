@@ -14,6 +14,8 @@ from xenlvm.fsutil import write_atomically
 
 log = logging.getLogger("xenlvm")
 
+DOMAIN_WINDOW = "pause_window_ms:"  # a note per domain: pause_window_ms:<domain>
+
 
 @dataclass(frozen=True)
 class RunRecord:
@@ -23,7 +25,8 @@ class RunRecord:
     started: float  # Unix time
     duration: float  # seconds
     message: str = ""
-    notes: dict[str, float] = field(default_factory=dict)  # pause_window_ms, fill_percent
+    # pause_window_ms (the longest window), pause_window_ms:<domain> (each domain's), fill_percent
+    notes: dict[str, float] = field(default_factory=dict)
 
 
 def state_path(config: Config, job: str) -> str:
@@ -61,10 +64,16 @@ _METRICS = (
     ("xenlvm_last_run_exit_code", "exit status of the job's last pre/post"),
     ("xenlvm_last_run_timestamp_seconds", "when the job's last pre/post started (Unix time)"),
     ("xenlvm_last_run_duration_seconds", "how long the job's last pre/post took"),
-    ("xenlvm_pause_window_seconds", "how long the Xen domains were paused in the last pre"),
+    ("xenlvm_pause_window_seconds", "the longest any Xen domain was paused in the last pre"),
+    ("xenlvm_domain_pause_window_seconds", "how long each Xen domain was paused in the last pre"),
     ("xenlvm_snapshot_fill_ratio",
      "how full the snapshot was when the last post removed it (1 = overflowed)"),
 )
+
+
+def _label_value(text: str) -> str:
+    """text as a Prometheus label value: backslash, quote and newline escaped."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def render_metrics(config: Config) -> str:
@@ -82,6 +91,10 @@ def render_metrics(config: Config) -> str:
             if "pause_window_ms" in notes:
                 window = notes["pause_window_ms"] / 1000
                 samples["xenlvm_pause_window_seconds"].append(f"{job_label} {window:.3f}")
+            for key, ms in sorted(notes.items()):
+                if key.startswith(DOMAIN_WINDOW) and isinstance(ms, (int, float)):
+                    labels = f'job="{job}",domain="{_label_value(key[len(DOMAIN_WINDOW):])}"'
+                    samples["xenlvm_domain_pause_window_seconds"].append(f"{{{labels}}} {ms / 1000:.3f}")
             if "fill_percent" in notes:
                 samples["xenlvm_snapshot_fill_ratio"].append(f"{job_label} {notes['fill_percent'] / 100:.4f}")
     lines = []

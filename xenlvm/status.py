@@ -119,9 +119,19 @@ def describe(report: dict[str, Any]) -> list[str]:
         if run:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["started"]))
             result = "ok" if run["ok"] else f"FAILED (exit {run['exit_code']}): {run['message']}"
-            lines.append(f"  last {phase}: {when}, {run['duration']:.1f} s, {result}")
+            lines.append(f"  last {phase}: {when}, {run['duration']:.1f} s, {result}{_pauses(run)}")
     lines += [f"  problem: {p}" for p in report["problems"]]
     return lines
+
+
+def _pauses(run: dict[str, Any]) -> str:
+    """', domains paused at most 120 ms (vm2 120 ms, vm3 95 ms)' from a run's notes, or ''."""
+    notes = run.get("notes") or {}
+    if not isinstance(notes, dict) or not isinstance(notes.get("pause_window_ms"), (int, float)):
+        return ""
+    each = ", ".join(f"{key[len(state.DOMAIN_WINDOW):]} {ms:.0f} ms" for key, ms in sorted(notes.items())
+                     if key.startswith(state.DOMAIN_WINDOW) and isinstance(ms, (int, float)))
+    return f", domains paused at most {notes['pause_window_ms']:.0f} ms" + (f" ({each})" if each else "")
 
 
 def _describe_volume(volume: dict[str, Any]) -> list[str]:
