@@ -10,8 +10,8 @@ import signal
 
 import pytest
 
-from tests.system.conftest import SESAM_ARGS
-from tests.system.test_vmdisks import TREE, VMDISK_CONFIG, assert_disks_clean, disks  # noqa: F401
+from tests.system.conftest import SESAM_ARGS, TESTS
+from tests.system.test_vmdisks import TREE, VMDISK_CONFIG, assert_disks_clean
 
 pytestmark = pytest.mark.system
 
@@ -20,6 +20,14 @@ IMAGES = {f"{TREE}/vm2/xvda.img": "/dev/system/vm2-disk.xenlvm",
           f"{TREE}/vm3/xvdb.img": "/dev/system/vm3-data.xenlvm"}
 ORIGINS = ["/dev/system/vm2-disk", "/dev/system/vm3-disk", "/dev/system/vm3-data"]
 IMAGE_CONFIG = VMDISK_CONFIG.format(extra="      expose: image\n")
+
+
+@pytest.fixture
+def disks(world):
+    """The VM disks of guest/vmdisks.sh, in a job with expose: image."""
+    world.guest.run([TESTS / "guest" / "vmdisks.sh"], check=True)
+    world.write_config(IMAGE_CONFIG)
+    return world
 
 
 def server_pids(world) -> list[str]:
@@ -44,7 +52,6 @@ def assert_all_gone(world) -> None:
 
 
 def test_pre_serves_each_disk_snapshot_as_a_read_only_file_without_a_copy_and_post_stops_it(disks):
-    disks.write_config(IMAGE_CONFIG)
     before = sha256(disks, ORIGINS)
     pre = disks.pre()
     assert pre.rc == 0, pre
@@ -70,7 +77,6 @@ def test_pre_serves_each_disk_snapshot_as_a_read_only_file_without_a_copy_and_po
 
 
 def test_a_server_that_dies_during_the_backup_fails_the_reads_and_post_cleans_up_and_says_so(disks):
-    disks.write_config(IMAGE_CONFIG)
     assert disks.pre().rc == 0
     pid = image_status(disks)["pid"]
     disks.guest.run(["kill", "-KILL", str(pid)], check=True)
@@ -89,7 +95,6 @@ def test_a_server_that_dies_during_the_backup_fails_the_reads_and_post_cleans_up
 
 
 def test_a_failing_pre_stops_the_server_and_leaves_nothing(disks):
-    disks.write_config(IMAGE_CONFIG)
     disks.reset_faults()
     disks.inject("mount", "fail-call 3")  # the tree, the first image's read-only remount, the second's
     pre = disks.pre()
@@ -113,7 +118,6 @@ def kill_pre_with_the_server_running(world) -> None:
 
 
 def test_a_killed_pre_is_cleaned_up_by_post_and_recovered_by_the_next_pre(disks):
-    disks.write_config(IMAGE_CONFIG)
     kill_pre_with_the_server_running(disks)
     post = disks.post()
     assert post.rc == 0, post

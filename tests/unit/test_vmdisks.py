@@ -235,7 +235,8 @@ def test_vmdisks_configuration():
     assert settings == VmDiskSettings("auto", parse_size("16M"), "image-copy", "warn", "/var/tmp/images")
     assert config.jobs["disks"].volumes == ()
     assert "expose: image-copy needs 'image_dir:'" in config_error(BASE + "      expose: image-copy\n")
-    assert parse_config(BASE + "      expose: image\n").jobs["disks"].vmdisks.expose == "image"  # FUSE: no copy
+    fuse = parse_config(BASE + "      expose: image\n").jobs["disks"].vmdisks
+    assert fuse is not None and fuse.expose == "image"  # served through FUSE: no image_dir
     assert "must lie outside the job's mountpoint" in config_error(
         BASE + "      expose: image-copy\n      image_dir: /mnt/vmdisks/images\n")
     assert "'blocks' is not one of: files, image, image-copy" in config_error(BASE + "      expose: blocks\n")
