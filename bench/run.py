@@ -631,7 +631,9 @@ def main(argv: list[str] | None = None) -> int:
         cpu = bench.cpu_and_memory()
         window = bench.pause_window()
         growth = bench.growth()
-        sections = [manual, window, growth, cpu, bench.command_costs()]
+        from bench.images import image_exposure  # expose: image without copying (issue 16)
+        images = image_exposure(guest, world)
+        sections = [manual, window, growth, cpu, bench.command_costs(), images]
     finally:
         guest.halt()
     about.append(code_measured(fingerprint, source_fingerprint()))

@@ -35,6 +35,11 @@ PROGRAM = "qemu-storage-daemon"
 PACKAGE = "qemu-system-common"
 START_TIMEOUT = 60.0  # opening the devices and mounting each export
 STOP_TIMEOUT = 10.0
+# The kernel reads ahead of a sequential reader (sesam) by this much per export: FUSE's default
+# of 128 KiB leaves the server idle between requests; measured in the sandbox, 4 MiB more than
+# doubles the throughput of reading an image (README, Performance).
+READ_AHEAD_KIB = 4096
+_SYS_BDI = "/sys/class/bdi"
 
 
 @dataclass(frozen=True)
@@ -70,13 +75,14 @@ def exports_of(specs: Sequence[SnapshotSpec]) -> list[Export]:
 
 def server_argv(exports: Sequence[Export], pid_file: str, program: str = PROGRAM) -> list[str]:
     """The server's command line: per disk a read-only block device node and a read-only FUSE
-    export of it mounted on its image file. The page cache is used (cache.direct=off) so that
-    sequential reads get the kernel's read-ahead."""
+    export of it mounted on its image file. The snapshot is read with O_DIRECT and Linux AIO
+    (cache.direct=on,aio=native): a backup reads every block once, so it would only push the
+    dom0's useful cache out, and it was the fastest variant measured (README, Performance)."""
     argv = [program]
     for number, export in enumerate(exports):
         node = f"disk{number}"
         argv += ["--blockdev", f"driver=host_device,node-name={node},filename={_escape(export.device)},"
-                 "read-only=on,cache.direct=off,auto-read-only=off",
+                 "read-only=on,cache.direct=on,aio=native,auto-read-only=off",
                  "--export", f"type=fuse,id=export{number},node-name={node},"
                  f"mountpoint={_escape(export.target)},writable=off"]
     return [*argv, "--pidfile", pid_file, "--daemonize"]
@@ -132,8 +138,21 @@ def serve(runner: Runner, lock_dir: str, job: Job, specs: Sequence[SnapshotSpec]
         entry = mounts_mod.mounted_at(export.target, mounts_mod.read_mounts())
         if not is_export(entry) or entry is None or "ro" not in entry.options:
             raise MountError(f"after starting {PROGRAM}, {export.target} is not its read-only export")
+        _read_ahead(entry, READ_AHEAD_KIB)
     log.info("image server %s (pid %d) serves %d disk snapshot(s) read-only, without copying: %s",
              PROGRAM, pid, len(exports), ", ".join(e.target for e in exports))
+
+
+def _read_ahead(entry: mounts_mod.MountEntry, kib: int, sys_bdi: str = _SYS_BDI) -> None:
+    """Let the kernel read kib ahead on the export (its backing device info, by the mount's
+    device numbers). Only speed depends on it: a failure is logged and the backup goes on."""
+    path = os.path.join(sys_bdi, f"{entry.major}:{entry.minor}", "read_ahead_kb")
+    try:
+        with open(path, "w", encoding="ascii") as handle:
+            handle.write(f"{kib}\n")
+    except OSError as exc:
+        log.warning("could not set the read-ahead of %s (%s: %s); reading it may be slower",
+                    entry.mountpoint, path, exc.strerror)
 
 
 def _write_record(path: str, process: tuple[int, int] | None, exports: Sequence[Export]) -> None:

@@ -4,6 +4,7 @@ and the mounts run in the sandbox (tests/system/test_image_server.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -38,10 +39,10 @@ def test_the_server_opens_every_snapshot_read_only_and_exports_it_read_only_on_i
     assert argv == [
         "qemu-storage-daemon",
         "--blockdev", "driver=host_device,node-name=disk0,filename=/dev/mapper/system-vm2--disk.xenlvm,"
-                      "read-only=on,cache.direct=off,auto-read-only=off",
+                      "read-only=on,cache.direct=on,aio=native,auto-read-only=off",
         "--export", "type=fuse,id=export0,node-name=disk0,mountpoint=/mnt/vmdisks/vm2/xvda.img,writable=off",
         "--blockdev", "driver=host_device,node-name=disk1,filename=/dev/mapper/data-vm3--data.xenlvm,"
-                      "read-only=on,cache.direct=off,auto-read-only=off",
+                      "read-only=on,cache.direct=on,aio=native,auto-read-only=off",
         "--export", "type=fuse,id=export1,node-name=disk1,mountpoint=/mnt/vmdisks/vm3/xvdb.img,writable=off",
         "--pidfile", "/run/xenlvm/disks.images.pid", "--daemonize"]
 
@@ -158,3 +159,14 @@ def test_only_a_fuse_mount_on_an_image_file_is_taken_for_an_export():
     assert not image_server.is_export(MountEntry(0, 33, "/mnt/vmdisks/vm2/xvda", ("ro",), "fuse", "x"))
     assert not image_server.is_export(MountEntry(7, 1, "/mnt/vmdisks/vm2/xvda.img", ("ro",), "ext4", "x"))
     assert not image_server.is_export(None)
+
+
+def test_read_ahead_is_set_on_the_exports_backing_device_info_and_a_failure_only_warns(tmp_path, caplog):
+    bdi = tmp_path / "0:33"
+    bdi.mkdir()
+    (bdi / "read_ahead_kb").write_text("128\n")
+    entry = MountEntry(0, 33, "/mnt/vmdisks/vm2/xvda.img", ("ro",), "fuse", "/dev/fuse")
+    image_server._read_ahead(entry, 4096, str(tmp_path))
+    assert (bdi / "read_ahead_kb").read_text() == "4096\n"
+    image_server._read_ahead(dataclasses.replace(entry, minor=34), 4096, str(tmp_path))
+    assert "could not set the read-ahead of /mnt/vmdisks/vm2/xvda.img" in caplog.text
