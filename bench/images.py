@@ -133,13 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.monotonic()
     guest = Guest("bench-images")
-    try:
+    try:  # halt is safe after a failed boot too
         guest.boot()
+        section = image_exposure(guest, World(guest), args.rounds)
     except SandboxError as exc:
         print(f"bench.images: {exc}", file=sys.stderr)
         return 1
-    try:
-        section = image_exposure(guest, World(guest), args.rounds)
     finally:
         guest.halt()
     print(f"## {section.title}\n\n{markdown_table(section.rows)}\n")
