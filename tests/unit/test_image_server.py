@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from tests.unit.fakes import FakeRunner
-from xenlvm import image_server
+from xenlvm import image_server, status
 from xenlvm.config import SnapshotSpec, Volume
 from xenlvm.config_file import parse_config
 from xenlvm.fsutil import read_small
@@ -170,3 +170,17 @@ def test_read_ahead_is_set_on_the_exports_backing_device_info_and_a_failure_only
     assert (bdi / "read_ahead_kb").read_text() == "4096\n"
     image_server._read_ahead(dataclasses.replace(entry, minor=34), 4096, str(tmp_path))
     assert "could not set the read-ahead of /mnt/vmdisks/vm2/xvda.img" in caplog.text
+
+
+def test_status_shows_the_server_running_or_not_and_what_it_serves(tmp_path):
+    config = parse_config(CONFIG.replace("jobs:\n", f"settings:\n  lock_dir: {tmp_path}\njobs:\n"))
+    assert status.image_server_status(config, config.jobs[JOB]) is None
+    _record(tmp_path, 4194305, 1)  # its process is gone
+    found = status.image_server_status(config, config.jobs[JOB])
+    assert found == {"pid": 4194305, "running": False, "exports": ["/nowhere/vm2/xvda.img"]}
+    report = {"job": JOB, "mountpoint": "/mnt/vmdisks", "volumes": [], "image_server": found,
+              "last_runs": {}, "problems": []}
+    assert "  image server (pid 4194305): NOT RUNNING: reads of the images fail; run post (or xenlvm " \
+           "cleanup) to clean up" in status.describe(report)
+    report["image_server"] = {**found, "running": True}
+    assert "  image server (pid 4194305): running, serving /nowhere/vm2/xvda.img" in status.describe(report)
