@@ -9,7 +9,7 @@ VPY        := $(VENV)/bin/python
 # tables; gcc and libc6-dev build the sandbox's vector-register check and, for hosts with
 # AVX-512 or AMX, its XSTATE shim for UML (tests/system/uml/). Installed only when missing.
 DEB_PACKAGES := user-mode-linux lvm2 kmod xfsprogs e2fsprogs thin-provisioning-tools \
-                util-linux fdisk psmisc python3-venv gcc libc6-dev
+                util-linux fdisk psmisc python3-venv gcc libc6-dev qemu-system-common
 
 # auto (default): UML runs with the XSTATE shim where the host CPU needs it (AVX-512, AMX);
 # on: always (to exercise it on any host); off: never. See README, Development.

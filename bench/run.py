@@ -641,7 +641,9 @@ def main(argv: list[str] | None = None) -> int:
         growth = bench.growth()
         from bench.windows import per_domain_windows  # section 6; it imports this module
         per_domain = per_domain_windows(bench)
-        sections = [manual, window, growth, cpu, bench.command_costs(), per_domain]
+        from bench.images import image_exposure  # expose: image without copying (issue 16)
+        images = image_exposure(guest, world)
+        sections = [manual, window, growth, cpu, bench.command_costs(), per_domain, images]
     finally:
         guest.halt()
     about.append(code_measured(fingerprint, source_fingerprint()))

@@ -7,7 +7,7 @@ import dataclasses
 import os
 import sys
 
-from xenlvm import install, preflight, vmdisks, xen
+from xenlvm import image_server, install, preflight, vmdisks, xen
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Config, Job
 from xenlvm.config_file import permission_problem
@@ -75,7 +75,7 @@ def check_job(config: Config, runner: Runner, job: Job) -> list[Finding]:
             findings.append(preflight.check_mountpoint(spec.mountpoint, mounts, own))
     origins = [vgs[s.origin.vg].lvs[s.origin.lv] for s in job.volumes if vgs[s.origin.vg].get(s.origin.lv)]
     if job.vmdisks is not None:
-        findings += _check_vmdisks(runner, job)
+        findings += _check_vmdisks(runner, job, config.settings.path)
     if job.xen is not None:
         xl = xen.Xl.for_job(runner, job)
         try:
@@ -96,7 +96,7 @@ def check_job(config: Config, runner: Runner, job: Job) -> list[Finding]:
     return findings
 
 
-def _check_vmdisks(runner: Runner, job: Job) -> list[Finding]:
+def _check_vmdisks(runner: Runner, job: Job, path: str) -> list[Finding]:
     """Which VM disks pre would snapshot now, and whether image_dir has room for them."""
     assert job.vmdisks is not None
     try:
@@ -110,6 +110,9 @@ def _check_vmdisks(runner: Runner, job: Job) -> list[Finding]:
     room = vmdisks.check_image_room(job, disks, every)
     if room is not None:
         findings.append(Finding("fail", "vmdisks", room))
+    missing = image_server.missing_program(job, path)
+    if missing is not None:
+        findings.append(Finding("fail", "vmdisks", missing))
     return findings
 
 

@@ -85,11 +85,12 @@ class VmDiskSettings:
     domains: tuple[str, ...] | str = field(metadata=key(values.domains))
     # of each classic disk's snapshot; thin disks get thin snapshots
     size: Size = field(metadata=key(values.parse_size))
-    # "files": mount the guest's filesystems; "image": a sparse image file
-    expose: str = field(default="files", metadata=key(values.choice("files", "image")))
+    # "files": mount the guest's filesystems; "image": a read-only image file served through FUSE
+    # by qemu-storage-daemon, no copy (xenlvm.image_server); "image-copy": a sparse copy in image_dir
+    expose: str = field(default="files", metadata=key(values.choice("files", "image", "image-copy")))
     # a named domain not running, or a disk not on an LV: "warn" or "fail"
     missing: str = field(default="warn", metadata=key(values.choice("warn", "fail")))
-    # where expose: image writes the image files (on disk, not tmpfs)
+    # where expose: image-copy writes the image files (on disk, not tmpfs)
     image_dir: str | None = field(default=None, metadata=key(values.parse_absolute_path))
 
 
@@ -103,7 +104,7 @@ class SnapshotSpec:
     mountpoint: str  # the job's mountpoint, or <mountpoint>/<name> of one of several volumes
     # None: thin snapshot of a thin origin
     size: Size | None = field(default=None, metadata=key(values.parse_size))
-    expose: str | None = None  # None: a volume, mounted; "files" or "image": a VM disk
+    expose: str | None = None  # None: a volume, mounted; "files", "image", "image-copy": a VM disk
     domain: str = ""
     disk: str = ""
 

@@ -159,8 +159,8 @@ def _read_section(section: type, reader: Reader, node: yaml.Node, key: str) -> A
     values = reader.fields(node, key, _parsers(section), required=_required(section))
     made = section(**{fields[k].name: v for k, v in values.items()
                       if v is not None or fields[k].metadata["null_disables"]})
-    if isinstance(made, VmDiskSettings) and made.expose == "image" and made.image_dir is None:
-        raise reader.error(node, key, "expose: image needs 'image_dir:', a directory on a disk "
+    if isinstance(made, VmDiskSettings) and made.expose == "image-copy" and made.image_dir is None:
+        raise reader.error(node, key, "expose: image-copy needs 'image_dir:', a directory on a disk "
                            "with room for the images (not a tmpfs)")
     return made
 

@@ -216,7 +216,7 @@ def write_domain_layouts(xl: Xl, specs: Sequence[SnapshotSpec], export_dir: str 
             continue
         folder = os.path.dirname(spec.mountpoint)
         folders[spec.domain] = folder
-        if spec.expose == "image":
+        if spec.expose in ("image", "image-copy"):
             disks.setdefault(spec.domain, {})[spec.disk] = f"{spec.disk}.img"
         else:
             found = [path for path in (disk_layout_path(spec.mountpoint, True),

@@ -12,9 +12,9 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from xenlvm import image_server, preflight, vmdisks, watchdog_process, xen
 from xenlvm import lvm as lvm_mod
 from xenlvm import mounts as mounts_mod
-from xenlvm import preflight, vmdisks, watchdog_process, xen
 from xenlvm.config import Job, SnapshotSpec
 from xenlvm.context import Context
 from xenlvm.errors import PreflightFailed, SnapshotOverflowed, XenlvmError, host_file_error
@@ -75,6 +75,7 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
     errors: list[XenlvmError] = []
     _collect(errors, _resume_paused_domains, ctx, job)
     _collect(errors, _stop_watchdog, ctx, job)
+    _collect(errors, _stop_image_server, ctx, job, judge_backup)  # before the snapshots it holds are removed
     found = _find_artefacts(ctx, job, errors)
     overflowed = _tear_down(ctx, job, found, errors)
     if errors:
@@ -202,6 +203,21 @@ def _stop_watchdog(ctx: Context, job: Job) -> None:
     if summary.max_fill:
         ctx.note(job, "fill_percent", max(summary.max_fill.values()))
     ctx.note(job, "watchdog_extensions", float(len(summary.extensions)))
+
+
+def _stop_image_server(ctx: Context, job: Job, judge_backup: bool) -> None:
+    """Stop the job's image server (expose: image); one that had died fails post (when it judges
+    a backup), after all of post has run: the backup read nothing from it from then on."""
+    if ctx.dry_run or job.vmdisks is None:
+        return
+    found = image_server.stop(ctx.runner, ctx.config.settings.lock_dir, job.name)
+    problem = image_server.died_during_backup(found)
+    if problem is not None and judge_backup:
+        raise problem
+    if problem is not None:
+        log.warning("%s", problem)
+    if found is not None and found.running:
+        log.info("image server (pid %d) stopped; it served %s", found.pid, ", ".join(found.exports))
 
 
 def _clean_up_volume(ctx: Context, job: Job, spec: SnapshotSpec,

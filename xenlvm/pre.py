@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 
-from xenlvm import layout, preflight, vmdisk_teardown, vmdisks, watchdog, watchdog_process, windows, xen
+from xenlvm import image_server, layout, preflight, vmdisk_teardown, vmdisks, watchdog, watchdog_process, windows, xen
 from xenlvm import lvm as lvm_mod
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Job, SnapshotSpec
@@ -88,6 +88,8 @@ def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
             _mount(ctx, job, spec, fstype, undo)
         else:
             vmdisks.expose(ctx.runner, job, spec, undo)
+    # expose: image: every image of the job served through FUSE by one process (issue 16)
+    image_server.serve(ctx.runner, ctx.config.settings.lock_dir, job, job.volumes, undo)
     if job.vmdisks is not None and not ctx.dry_run:  # beside the disks: the domains' own layouts
         layout.write_domain_layouts(xen.Xl.for_job(ctx.runner, job), job.volumes,
                                     xen.export_directory(job, ctx.config.settings.state_dir))
@@ -107,6 +109,9 @@ def _plan(ctx: Context, job: Job, host: Inventory) -> Job:
         return job
     disks = vmdisks.discover(job, xen.Xl.for_job(ctx.runner, job), host.vgs)
     _check_disk_names(job, disks)
+    missing = image_server.missing_program(job, ctx.config.settings.path)
+    if missing is not None:
+        raise PreflightFailed(f"{missing}. Nothing was changed.")
     return dataclasses.replace(job, volumes=job.volumes + tuple(disks))
 
 

@@ -6,7 +6,7 @@ import datetime
 import time
 from typing import Any
 
-from xenlvm import lvm, preflight, state, vmdisks, xen
+from xenlvm import image_server, lvm, preflight, state, vmdisks, xen
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Config, Job, SnapshotSpec
 from xenlvm.errors import XenlvmError
@@ -48,6 +48,7 @@ def job_status(config: Config, runner: Runner, job: Job, now: float | None = Non
                               for lv in snapshots]
         report["problems"] += [f.message for f in preflight.check_volume_groups(
             (lv.vg for lv in snapshots if lv.vg not in groups), every)]
+        report["image_server"] = image_server_status(config, job)
     if job.xen is not None:
         report["domains"] = _domains(config, runner, job, report["problems"])
     report["last_runs"] = state.read_state(config, job.name)
@@ -82,6 +83,14 @@ def _volume_status(config: Config, job: Job, spec: SnapshotSpec, vg: VolumeGroup
     return report
 
 
+def image_server_status(config: Config, job: Job) -> dict[str, Any] | None:
+    """expose: image: the job's FUSE image server, if there is a trace of one (issue 16)."""
+    found = image_server.state(config.settings.lock_dir, job.name)
+    if found is None:
+        return None
+    return {"pid": found.pid or None, "running": found.running, "exports": list(found.exports)}
+
+
 def _domains(config: Config, runner: Runner, job: Job, problems: list[str]) -> dict[str, Any]:
     assert job.xen is not None
     try:
@@ -104,6 +113,11 @@ def describe(report: dict[str, Any]) -> list[str]:
     lines = [f"job {report['job']} (mounted at {report['mountpoint']}):"]
     for volume in report["volumes"]:
         lines += _describe_volume(volume)
+    server = report.get("image_server")
+    if server is not None:
+        lines.append(f"  image server (pid {server['pid'] or 'unknown'}): " + (
+            f"running, serving {', '.join(server['exports'])}" if server["running"] else
+            "NOT RUNNING: reads of the images fail; run post (or xenlvm cleanup) to clean up"))
     domains = report.get("domains")
     if domains is not None:
         if "error" in domains:

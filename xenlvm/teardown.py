@@ -3,8 +3,8 @@ earlier run's leftovers."""
 
 from __future__ import annotations
 
+from xenlvm import image_server, vmdisk_teardown, vmdisks
 from xenlvm import mounts as mounts_mod
-from xenlvm import vmdisk_teardown, vmdisks
 from xenlvm.config import Job, SnapshotSpec
 from xenlvm.context import Context
 from xenlvm.errors import MountError, SafetyRefusal
@@ -31,5 +31,6 @@ def remove_job_snapshot(ctx: Context, job: Job, spec: SnapshotSpec, snapshot: Lo
 
 def tear_down_vmdisks(ctx: Context, job: Job, snapshots: list[LogicalVolume], timeout: float) -> None:
     """Unmount and remove the job's VM disk snapshots and all that exposes them."""
+    image_server.stop(ctx.runner, ctx.config.settings.lock_dir, job.name)  # it holds them open
     vmdisk_teardown.tear_down(ctx.runner, job, snapshots, timeout,
                       lambda lv: ctx.lvm.remove_snapshot(job, vmdisks.spec_of(job, lv), lv))

@@ -12,6 +12,7 @@ from xenlvm import mounts as mounts_mod
 from xenlvm.config import Job
 from xenlvm.errors import MountError
 from xenlvm.fsutil import is_below
+from xenlvm.image_server import is_export
 from xenlvm.lvm import LogicalVolume, device_path
 from xenlvm.runner import Runner
 
@@ -73,7 +74,7 @@ def tear_down(runner: Runner, job: Job, snapshots: Sequence[LogicalVolume], time
     for entry in reversed(mounts_mod.read_mounts()):
         if not is_below(entry.mountpoint, job.mountpoint):
             continue
-        if (entry.major, entry.minor) in devices or is_image_bind(entry, staging) or \
+        if (entry.major, entry.minor) in devices or is_image_bind(entry, staging) or is_export(entry) or \
                 (entry.fstype == "btrfs" and entry.source in sources):
             mounts_mod.unmount_with_retry(runner, entry.mountpoint, timeout)
         else:

@@ -6,7 +6,9 @@ Everything is exposed below the job's mountpoint, on a small tmpfs that xenlvm m
 
     <mountpoint>/<domain>/<disk>/p<N>   each partition with a filesystem (expose: files)
     <mountpoint>/<domain>/<disk>        a disk that holds a filesystem directly (expose: files)
-    <mountpoint>/<domain>/<disk>.img    the whole disk as a sparse image file (expose: image)
+    <mountpoint>/<domain>/<disk>.img    the whole disk as one read-only file: served through FUSE
+                                        (expose: image, xenlvm.image_server) or a sparse copy
+                                        (expose: image-copy)
 
 A guest's partitions never become block devices on the host unless xenlvm mounts them: the
 partition table is read with partx and each partition probed with blkid at its offset, and only
@@ -135,15 +137,15 @@ def _disk_spec(job: Job, domain: str, disk: dict, by_device: dict[tuple[int, int
 
 
 def check_image_room(job: Job, specs: Sequence[SnapshotSpec], vgs: dict[str, VolumeGroup]) -> str | None:
-    """For expose: image, a problem with image_dir (missing, or without room for every disk at
+    """For expose: image-copy, a problem with image_dir (missing, or without room for every disk at
     its full size: sparse images often take less, but that cannot be known before), or None."""
     settings = job.vmdisks
-    if settings is None or settings.expose != "image" or settings.image_dir is None:
+    if settings is None or settings.expose != "image-copy" or settings.image_dir is None:
         return None
     directory = settings.image_dir
     if os.path.islink(directory) or not os.path.isdir(directory):
         return f"vmdisks.image_dir {directory} must be an existing directory (not a symbolic link)"
-    needed = sum(vgs[s.origin.vg].lvs[s.origin.lv].size for s in specs if s.expose == "image")
+    needed = sum(vgs[s.origin.vg].lvs[s.origin.lv].size for s in specs if s.expose == "image-copy")
     info = os.statvfs(directory)
     free = info.f_bavail * info.f_frsize
     if needed > free:
@@ -174,7 +176,9 @@ def expose(runner: Runner, job: Job, spec: SnapshotSpec, undo: UndoStack) -> Non
         log.info("dry run: would expose %s (%s) as %s", what, spec.snapshot_volume, spec.expose)
         return
     os.makedirs(os.path.dirname(spec.mountpoint), mode=0o755, exist_ok=True)
-    if spec.expose == "image":
+    if spec.expose == "image":  # FUSE: all of the job's images by one server, after the last snapshot
+        return  # (xenlvm.image_server.serve, called by pre)
+    if spec.expose == "image-copy":
         _expose_image(runner, job, spec, device, undo)
         return
     undo.push(f"detach the loop devices of {spec.snapshot_volume}",

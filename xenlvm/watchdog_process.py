@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from xenlvm.config import Config, WatchdogSettings
 from xenlvm.errors import XenlvmError
@@ -91,7 +91,14 @@ def _has_exited(pid: int) -> bool:
 
 def terminate(pid: int, job_name: str, timeout: float) -> bool:
     """SIGTERM the job's watchdog at pid and wait for it to exit; SIGKILL it after timeout.
-    Return True if pid was the watchdog and was signalled.
+    Return True if pid was the watchdog and was signalled."""
+    return terminate_proven(pid, lambda checked: is_watchdog(checked, job_name),
+                            f"the snapshot watchdog of job {job_name}", timeout)
+
+
+def terminate_proven(pid: int, is_ours: Callable[[int], bool], what: str, timeout: float) -> bool:
+    """SIGTERM the process at pid when is_ours proves it is what (e.g. the job's watchdog), and
+    wait for it to exit; SIGKILL it after timeout. Return True if it was ours and was signalled.
 
     A pidfd pins the process that was checked, so a pid recycled between the check and the
     signal cannot be hit; kernels older than 5.3 fall back to a plain kill."""
@@ -104,14 +111,13 @@ def terminate(pid: int, job_name: str, timeout: float) -> bool:
     try:
         if _has_exited(pid):
             return False
-        if not is_watchdog(pid, job_name):
-            log.warning("the watchdog pid file of job %s names pid %d, which is not a watchdog of this job "
-                        "(the pid was reused); it is left alone", job_name, pid)
+        if not is_ours(pid):
+            log.warning("the pid file of %s names pid %d, which is not it (the pid was reused); "
+                        "it is left alone", what, pid)
             return False
         _signal(pid, pidfd, signal.SIGTERM)
         if not _wait_exit(pid, pidfd, timeout):
-            log.warning("the snapshot watchdog (pid %d) did not stop within %g s of SIGTERM; killing it",
-                        pid, timeout)
+            log.warning("%s (pid %d) did not stop within %g s of SIGTERM; killing it", what, pid, timeout)
             _signal(pid, pidfd, signal.SIGKILL)
             _wait_exit(pid, pidfd, 5.0)
         return True

@@ -177,7 +177,7 @@ def test_restore_image_drill_puts_back_every_byte(world):
     original = world.guest.run(["sha256sum", DISK], check=True).stdout.split()[0]
     table, ids = partition_table(world), identities(world)
     world.guest.sh("mkdir -p /var/tmp/images")
-    back_up_and_wipe(world, "      expose: image\n      image_dir: /var/tmp/images\n")
+    back_up_and_wipe(world, "      expose: image-copy\n      image_dir: /var/tmp/images\n")
     image = f"{RESTORED}/vm4/xvda.img"
     assert json.loads(world.guest.read(f"{RESTORED}/vm4/layout.json"))["disks"] == {"xvda": "xvda.img"}
 

@@ -232,9 +232,10 @@ def test_a_killed_pre_is_cleaned_up_by_post_and_recovered_by_the_next_pre(disks)
     assert_disks_clean(disks)
 
 
-def test_expose_image_gives_each_disk_as_a_read_only_image_file(disks):
+def test_expose_image_copy_gives_each_disk_as_a_read_only_copied_image_file(disks):
     disks.guest.sh("mkdir -p /var/tmp/images")
-    disks.write_config(VMDISK_CONFIG.format(extra="      expose: image\n      image_dir: /var/tmp/images\n"))
+    copy = "      expose: image-copy\n      image_dir: /var/tmp/images\n"
+    disks.write_config(VMDISK_CONFIG.format(extra=copy))
     checksums = disks.guest.sh("sha256sum /dev/system/vm2-disk /dev/system/vm3-disk /dev/system/vm3-data"
                                " | cut -d' ' -f1").stdout.split()
     pre = disks.pre()

@@ -353,3 +353,30 @@ def test_post_of_a_vm_disk_job_with_nothing_left_asks_lvs_once_and_changes_nothi
     post.run_post(ctx, list(config.jobs.values()))
     assert len(host.runner.argvs_of("lvs")) == 1
     assert host.runner.changes == []
+
+
+def _dead_image_server(host) -> None:
+    """The record of a job's image server (expose: image) whose process no longer runs."""
+    (host.root / "run" / "disks.images.json").write_text(
+        '{"pid": 4194305, "start_time": 1, "exports": ["/mnt/vmbackup/vm1/xvda.img"]}')
+
+
+def test_post_fails_when_the_image_server_died_during_the_backup_and_still_cleans_up(host, monkeypatch):
+    monkeypatch.setattr(vmdisk_teardown, "loops_of", lambda devices: {})
+    jobs = f"  disks:\n    mountpoint: {host.root / 'mnt' / 'vmbackup'}\n    tasks: [xen_vm1]\n{VMDISKS}"
+    ctx, config = context(host, jobs)
+    _dead_image_server(host)
+    with pytest.raises(XenlvmError, match="died during the backup.*cannot be trusted"):
+        post.run_post(ctx, list(config.jobs.values()))
+    assert len(host.runner.argvs_of("lvs")) == 1  # the rest of post ran
+    assert not (host.root / "run" / "disks.images.json").exists()
+    post.run_post(ctx, list(config.jobs.values()))  # said once: the next post succeeds
+
+
+def test_cleanup_only_warns_about_an_image_server_that_died(host, monkeypatch, caplog):
+    monkeypatch.setattr(vmdisk_teardown, "loops_of", lambda devices: {})
+    jobs = f"  disks:\n    mountpoint: {host.root / 'mnt' / 'vmbackup'}\n    tasks: [xen_vm1]\n{VMDISKS}"
+    ctx, config = context(host, jobs)
+    _dead_image_server(host)
+    post.run_post(ctx, list(config.jobs.values()), judge_backup=False)
+    assert "died during the backup" in caplog.text

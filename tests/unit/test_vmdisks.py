@@ -230,14 +230,16 @@ BASE = "jobs:\n  disks:\n    mountpoint: /mnt/vmdisks\n    vmdisks:\n      domai
 
 
 def test_vmdisks_configuration():
-    config = parse_config(BASE + "      expose: image\n      image_dir: /var/tmp/images\n")
+    config = parse_config(BASE + "      expose: image-copy\n      image_dir: /var/tmp/images\n")
     settings = config.jobs["disks"].vmdisks
-    assert settings == VmDiskSettings("auto", parse_size("16M"), "image", "warn", "/var/tmp/images")
+    assert settings == VmDiskSettings("auto", parse_size("16M"), "image-copy", "warn", "/var/tmp/images")
     assert config.jobs["disks"].volumes == ()
-    assert "expose: image needs 'image_dir:'" in config_error(BASE + "      expose: image\n")
+    assert "expose: image-copy needs 'image_dir:'" in config_error(BASE + "      expose: image-copy\n")
+    fuse = parse_config(BASE + "      expose: image\n").jobs["disks"].vmdisks
+    assert fuse is not None and fuse.expose == "image"  # served through FUSE: no image_dir
     assert "must lie outside the job's mountpoint" in config_error(
-        BASE + "      expose: image\n      image_dir: /mnt/vmdisks/images\n")
-    assert "'blocks' is not one of: files, image" in config_error(BASE + "      expose: blocks\n")
+        BASE + "      expose: image-copy\n      image_dir: /mnt/vmdisks/images\n")
+    assert "'blocks' is not one of: files, image, image-copy" in config_error(BASE + "      expose: blocks\n")
     assert "the key 'size' is required" in config_error(BASE.replace("      size: 16M\n", ""))
     assert "give its volumes as a 'volumes:' list" in config_error(
         BASE + "    volume: system/xenvm\n    snapshot: vmbackup\n    size: 1G\n")

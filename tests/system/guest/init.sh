@@ -40,7 +40,7 @@ MODULES=/usr/lib/uml/modules/$(uname -r)/kernel
 for module in fs/overlayfs/overlay.ko drivers/md/dm-mod.ko drivers/md/dm-bufio.ko \
         drivers/md/dm-snapshot.ko drivers/md/persistent-data/dm-persistent-data.ko \
         drivers/md/dm-bio-prison.ko drivers/md/dm-thin-pool.ko drivers/md/dm-flakey.ko \
-        drivers/block/loop.ko; do
+        drivers/block/loop.ko fs/fuse/fuse.ko; do
     insmod "$MODULES/$module" || echo "insmod $module failed"
 done
 # /etc and /var/lib hold files the system needs: overlay them so writes land on tmpfs.
