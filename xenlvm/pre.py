@@ -16,7 +16,17 @@ import os
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 
-from xenlvm import image_server, layout, preflight, vmdisk_teardown, vmdisks, watchdog, watchdog_process, windows, xen
+from xenlvm import (
+    image_server,
+    layout,
+    preflight,
+    vmdisk_teardown,
+    vmdisks,
+    watchdog,
+    watchdog_process,
+    windows,
+    xen,
+)
 from xenlvm import lvm as lvm_mod
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Job, SnapshotSpec

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Generic, TypeVar
 
 from xenlvm import mounts as mounts_mod
 from xenlvm import state, xen
@@ -33,16 +32,15 @@ log = logging.getLogger("xenlvm")
 
 PER_DOMAIN = "per-domain"
 TOGETHER = "together"
-T = TypeVar("T", bound=Hashable)
 Pause = Callable[[Sequence[str]], AbstractContextManager[object]]
 
 
 @dataclass(frozen=True)
-class Window(Generic[T]):
+class Window:
     """Domains paused together, and the snapshots taken while they are paused."""
 
     domains: tuple[str, ...]  # none: the snapshots are taken without pausing anyone
-    targets: tuple[T, ...]  # in the job's order
+    targets: tuple[SnapshotSpec, ...]  # in the job's order
 
 
 def mode_of(job: Job) -> str:
@@ -53,7 +51,8 @@ def mode_of(job: Job) -> str:
     return PER_DOMAIN if job.vmdisks is not None else TOGETHER
 
 
-def plan(targets: Sequence[T], uses: Mapping[str, Collection[T]], mode: str) -> list[Window[T]]:
+def plan(targets: Sequence[SnapshotSpec], uses: Mapping[str, Collection[SnapshotSpec]],
+         mode: str) -> list[Window]:
     """Given the job's targets in order, the targets each domain to pause has a disk on, and the
     mode, return the windows in the order of their first target.
 
@@ -72,7 +71,7 @@ def plan(targets: Sequence[T], uses: Mapping[str, Collection[T]], mode: str) -> 
         return [Window(domains, tuple(targets))]
     parent = {target: target for target in targets}
 
-    def root(target: T) -> T:
+    def root(target: SnapshotSpec) -> SnapshotSpec:
         while parent[target] != target:
             parent[target] = parent[parent[target]]
             target = parent[target]
@@ -82,10 +81,10 @@ def plan(targets: Sequence[T], uses: Mapping[str, Collection[T]], mode: str) -> 
         used = [t for t in targets if t in uses[name]]
         for target in used[1:]:
             parent[root(target)] = root(used[0])
-    targets_of: dict[T, list[T]] = {}
+    targets_of: dict[SnapshotSpec, list[SnapshotSpec]] = {}
     for target in targets:
         targets_of.setdefault(root(target), []).append(target)
-    domains_of: dict[T, list[str]] = {}
+    domains_of: dict[SnapshotSpec, list[str]] = {}
     for name in domains:
         domains_of.setdefault(root(next(t for t in targets if t in uses[name])), []).append(name)
     return [Window(tuple(domains_of.get(key, ())), tuple(group)) for key, group in targets_of.items()]
@@ -93,7 +92,7 @@ def plan(targets: Sequence[T], uses: Mapping[str, Collection[T]], mode: str) -> 
 
 def plan_xen(job: Job, domains: Sequence[xen.Domain], specs: Sequence[SnapshotSpec],
              origins: Sequence[LogicalVolume], mounts: list[mounts_mod.MountEntry]
-             ) -> list[Window[SnapshotSpec]]:
+             ) -> list[Window]:
     """The job's windows over the domains it pauses. A domain that was already paused is left so,
     and has no say in the windows."""
     for domain in domains:
@@ -106,7 +105,8 @@ def plan_xen(job: Job, domains: Sequence[xen.Domain], specs: Sequence[SnapshotSp
     return planned
 
 
-def run(windows: Sequence[Window[T]], snapshot: Callable[[T], None], pause: Pause | None = None) -> None:
+def run(windows: Sequence[Window], snapshot: Callable[[SnapshotSpec], None],
+        pause: Pause | None = None) -> None:
     """Take each window's snapshots while its domains (and only they) are paused, one window
     after the other. pause(names) is one window that resumes its domains whatever happens in it
     (xen.paused); an exception, in a window or between two, stops the sequence there."""
@@ -153,7 +153,7 @@ def domain_uses(domains: Sequence[xen.Domain], specs: Sequence[SnapshotSpec],
     return uses
 
 
-def describe(windows: Sequence[Window[SnapshotSpec]]) -> str:
+def describe(windows: Sequence[Window]) -> str:
     """'vm2: system/vm2-disk; vm3: system/vm3-disk, system/vm3-data' for the log."""
     return "; ".join(f"{', '.join(w.domains) or 'no domain'}: {', '.join(str(t.origin) for t in w.targets)}"
                      for w in windows)
