@@ -13,9 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from xenlvm import lvm as lvm_mod
+from xenlvm import cow, preflight, vmdisks, watchdog_process, xen
 from xenlvm import mounts as mounts_mod
-from xenlvm import preflight, vmdisks, watchdog_process, xen
 from xenlvm.config import Job, SnapshotSpec
 from xenlvm.context import Context
 from xenlvm.errors import PreflightFailed, SnapshotOverflowed, XenlvmError, host_file_error
@@ -126,7 +125,7 @@ def _find_artefacts(ctx: Context, job: Job, errors: list[XenlvmError]) -> _Found
         lv = vg.get(spec.snapshot) if vg is not None else None
         if lv is not None and lv.owned_by(job, spec) and lv.invalid:
             invalid.append(lv)
-    io_failed = {str(lv): lvm_mod.invalidated_by_io_errors(lv) for lv in invalid}
+    io_failed = {str(lv): cow.invalidated_by_io_errors(lv) for lv in invalid}
     return _Found(vgs, every, disk_snapshots, io_failed)
 
 

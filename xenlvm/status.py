@@ -6,7 +6,7 @@ import datetime
 import time
 from typing import Any
 
-from xenlvm import lvm, preflight, state, vmdisks, xen
+from xenlvm import cow, preflight, state, vmdisks, xen
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Config, Job, SnapshotSpec
 from xenlvm.errors import XenlvmError
@@ -72,7 +72,7 @@ def _volume_status(config: Config, job: Job, spec: SnapshotSpec, vg: VolumeGroup
         # an inactive classic snapshot: LVM cannot tell ("unknown") until it is activated
         "valid": None if not snapshot.active and not snapshot.is_thin else not snapshot.invalid,
         # lvs shows both alike; the copy-on-write device's header tells them apart
-        "invalid_cause": lvm.invalid_cause(snapshot) if snapshot.invalid else None,
+        "invalid_cause": cow.invalid_cause(snapshot) if snapshot.invalid else None,
         "mounted_at": [e.mountpoint for e in mounts_mod.mounts_of(snapshot, mounts)],
         "created": snapshot.created,
         "age_seconds": None if age is None else round(age),
