@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 from xenlvm.config import Config
@@ -23,7 +24,19 @@ class RunRecord:
     started: float  # Unix time
     duration: float  # seconds
     message: str = ""
-    notes: dict[str, float] = field(default_factory=dict)  # pause_window_ms, fill_percent
+    notes: dict[str, float] = field(default_factory=dict)  # RunReport.notes()
+
+
+@dataclass
+class RunReport:
+    """What one job's pre or post measured, for its state file ("notes") and the metrics."""
+
+    pause_window_ms: float | None = None  # pre: how long the domains were paused
+    fill_percent: float | None = None  # post: the fullest classic snapshot (100: overflowed)
+    watchdog_extensions: int | None = None  # post: how often the watchdog extended a snapshot
+
+    def notes(self) -> dict[str, float]:
+        return {name: float(value) for name, value in asdict(self).items() if value is not None}
 
 
 def state_path(config: Config, job: str) -> str:
@@ -40,14 +53,14 @@ def read_state(config: Config, job: str) -> dict[str, dict]:
         return {}
 
 
-def record_run(config: Config, jobs: list[str], record: RunRecord,
-               notes: dict[str, dict[str, float]]) -> None:
+def record_run(config: Config, jobs: list[str], record: RunRecord, reports: Mapping[str, RunReport]) -> None:
     """Store record as each job's last run of its phase, then refresh the metrics file.
     Never fails the run: a monitoring problem is logged, not raised."""
     try:
         for job in jobs:
             state = read_state(config, job)
-            state[record.phase] = asdict(RunRecord(**{**asdict(record), "notes": notes.get(job, {})}))
+            notes = reports[job].notes() if job in reports else {}
+            state[record.phase] = asdict(RunRecord(**{**asdict(record), "notes": notes}))
             write_atomically(state_path(config, job), json.dumps(state, indent=2) + "\n", mode=0o644,
                              dir_mode=0o755)
         if config.settings.metrics_file:

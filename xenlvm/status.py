@@ -10,7 +10,8 @@ from xenlvm import cow, preflight, state, vmdisks, xen
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Config, Job, SnapshotSpec
 from xenlvm.errors import XenlvmError
-from xenlvm.lvm import Lvm, VolumeGroup
+from xenlvm.inventory import Inventory, job_vg_names, read_tolerant
+from xenlvm.lvm import VolumeGroup, vg_not_found_message
 from xenlvm.runner import Runner
 
 
@@ -27,27 +28,23 @@ def job_status(config: Config, runner: Runner, job: Job, now: float | None = Non
     """Given a job, return its snapshots, mounts, domains and last runs as plain data."""
     now = time.time() if now is None else now
     report: dict[str, Any] = {"job": job.name, "mountpoint": job.mountpoint, "problems": []}
-    mounts = mounts_mod.read_mounts()
-    groups: dict[str, Any] = {}
-    for vg_name in dict.fromkeys(spec.origin.vg for spec in job.volumes):
-        try:
-            groups[vg_name] = Lvm(runner).volume_group(vg_name)
-        except XenlvmError as exc:
-            report["problems"].append(str(exc))
-    report["problems"] += [f.message for f in preflight.check_volume_groups(groups, groups)]
+    try:  # the host through the inventory: one lvs (all VGs for VM disks), the mount table
+        host = read_tolerant(runner, job)
+    except XenlvmError as exc:
+        report["problems"].append(str(exc))
+        host = Inventory({}, mounts_mod.read_mounts())
+    report["problems"] += [vg_not_found_message(vg) for vg in host.missing_vgs]
+    groups, mounts = host.vgs, host.mounts
+    named = job_vg_names(job)
+    report["problems"] += [f.message for f in preflight.check_volume_groups(named, groups)]
     report["volumes"] = [_volume_status(config, job, spec, groups.get(spec.origin.vg), mounts, now)
                          for spec in job.volumes]
     if job.vmdisks is not None:  # the VM disk snapshots that exist now, found by their tags
-        try:
-            every = Lvm(runner).all_volume_groups()
-        except XenlvmError as exc:
-            report["problems"].append(str(exc))
-            every = {}
-        snapshots = vmdisks.job_snapshots(job, every)
-        report["volumes"] += [_volume_status(config, job, vmdisks.spec_of(job, lv), every[lv.vg], mounts, now)
-                              for lv in snapshots]
+        snapshots = vmdisks.job_snapshots(job, groups)
+        report["volumes"] += [_volume_status(config, job, vmdisks.spec_of(job, lv), groups[lv.vg], mounts,
+                                             now) for lv in snapshots]
         report["problems"] += [f.message for f in preflight.check_volume_groups(
-            (lv.vg for lv in snapshots if lv.vg not in groups), every)]
+            (lv.vg for lv in snapshots if lv.vg not in named), groups)]
     if job.xen is not None:
         report["domains"] = _domains(config, runner, job, report["problems"])
     report["last_runs"] = state.read_state(config, job.name)

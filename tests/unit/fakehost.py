@@ -72,6 +72,7 @@ class FakeHost:
         self.xl_records = recorded(f"xl_list_l_xen-{release}.json")
         self.paused = {line.split()[0] for line in self.xl_text.splitlines()[1:] if "p" in line.split()[-2]}
         self._failures: dict[str, list[object]] = {}
+        self.unremovable: dict[str, str] = {}  # "vg/lv" -> what lvremove says when it fails to remove it
         answer = self._answer
         for command in ("lvs", "vgs", "lvcreate", "lvremove", "mount", "umount", "blkid", "xl"):
             self.runner.on(command, answer)
@@ -213,18 +214,27 @@ class FakeHost:
         return f'  Logical volume "{name}" created.\n'
 
     def _lvremove(self, argv: tuple[str, ...]) -> object:
-        vg, name = argv[-1].split("/")
+        """Each LV named after the --select guard, as LVM does: the others are still removed when
+        one fails, and the exit status is 5 if any failed."""
         tag = argv[argv.index("--select") + 1].split("=", 1)[1]
-        row = next((r for r in self.lvs_rows if (r["vg_name"], r["lv_name"]) == (vg, name)), None)
-        if row is None:
-            return Answer(stderr=f"  Failed to find logical volume \"{vg}/{name}\"\n", returncode=5)
-        if tag not in row["lv_tags"].split(","):
-            return ""  # the guard matched nothing: LVM 2.03.16 exits 0 and says nothing
-        if row["lv_attr"][5:6] == "o":
-            return Answer(stderr=f"  Logical volume {vg}/{name} contains a filesystem in use.\n",
-                          returncode=5)
-        self.lvs_rows.remove(row)
-        return _REMOVED.format(lv=name)
+        said, errors = [], []
+        for named in argv[argv.index("--select") + 2:]:
+            vg, name = named.split("/")
+            row = next((r for r in self.lvs_rows if (r["vg_name"], r["lv_name"]) == (vg, name)), None)
+            if row is None:
+                errors.append(f"  Failed to find logical volume \"{vg}/{name}\"\n")
+            elif tag not in row["lv_tags"].split(","):
+                continue  # the guard matched nothing: LVM 2.03.16 exits 0 and says nothing
+            elif named in self.unremovable:
+                errors.append(self.unremovable[named])
+            elif row["lv_attr"][5:6] == "o":
+                errors.append(f"  Logical volume {vg}/{name} contains a filesystem in use.\n")
+            else:
+                self.lvs_rows.remove(row)
+                said.append(_REMOVED.format(lv=name))
+        if errors:
+            return Answer(stdout="".join(said), stderr="".join(errors), returncode=5)
+        return "".join(said)
 
     def _mount_line(self, device: str, mountpoint: str, fstype: str, options: str) -> None:
         numbers = self.device_numbers(device) or (0, 99)
