@@ -90,8 +90,7 @@ def disk_paths(record: dict) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class XlView:
-    """The domains as one `xl list` (name -> (domid, paused)) and one `xl list -l` (name -> its
-    record) showed them."""
+    """The domains as one `xl list` (name -> (domid, paused)) and one `xl list -l` showed them."""
 
     states: dict[str, tuple[int, bool]]
     records: dict[str, dict]
@@ -140,10 +139,9 @@ class Xl:
 
 def select_domains(job: Job, xl: XlView, origin_mountpoints: Sequence[str],
                    disk_domains: Sequence[str] = ()) -> list[Domain]:
-    """The running domains the job quiesces: for xen.domains auto, those with a disk below
-    origin_mountpoints (where the job's volumes are mounted) or one of the job's VM disks (of
-    disk_domains). Configured ones that are missing or not running are reported, and fail pre
-    when the job says so."""
+    """The running domains the job quiesces (auto: those with a disk below origin_mountpoints,
+    or of disk_domains, which own the job's VM disks). Configured ones that are missing or not
+    running are reported, and fail pre when the job says so."""
     assert job.xen is not None
     states, records = xl.states, xl.records
     chosen: list[Domain] = []

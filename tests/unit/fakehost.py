@@ -165,13 +165,15 @@ class FakeHost:
 
     def do(self, argv: tuple[str, ...]) -> object:
         tool = argv[0]
-        if tool == "lvs":
-            if argv[-2] == "--options":  # every VG
-                return json.dumps({"report": [{"lv": self.lvs_rows}]})
-            if argv[-1] not in {r["vg_name"] for r in self.lvs_rows}:
-                return Answer(stderr=f'  Volume group "{argv[-1]}" not found\n'
-                                     f"  Cannot process volume group {argv[-1]}\n", returncode=5)
-            return json.dumps({"report": [{"lv": [r for r in self.lvs_rows if r["vg_name"] == argv[-1]]}]})
+        if tool == "lvs":  # the VGs named after the --options value; every VG without one
+            named = argv[argv.index("--options") + 2:]
+            rows = [r for r in self.lvs_rows if not named or r["vg_name"] in named]
+            report = json.dumps({"report": [{"lv": rows}]})
+            missing = [vg for vg in named if vg not in {r["vg_name"] for r in self.lvs_rows}]
+            if missing:
+                return Answer(stdout=report, returncode=5, stderr="".join(
+                    f'  Volume group "{vg}" not found\n  Cannot process volume group {vg}\n' for vg in missing))
+            return report
         if tool == "vgs":
             return recorded("vgs_names.json")
         if tool == "lvcreate":
