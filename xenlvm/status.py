@@ -116,6 +116,9 @@ def describe(report: dict[str, Any]) -> list[str]:
         if run:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["started"]))
             result = "ok" if run["ok"] else f"FAILED (exit {run['exit_code']}): {run['message']}"
+            extended = int((run.get("notes") or {}).get("watchdog_extensions") or 0)
+            if extended:
+                result += f"; the watchdog extended its snapshots {extended} time(s)"
             lines.append(f"  last {phase}: {when}, {run['duration']:.1f} s, {result}")
     lines += [f"  problem: {p}" for p in report["problems"]]
     return lines

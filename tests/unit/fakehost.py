@@ -171,8 +171,9 @@ class FakeHost:
             report = json.dumps({"report": [{"lv": rows}]})
             missing = [vg for vg in named if vg not in {r["vg_name"] for r in self.lvs_rows}]
             if missing:
-                return Answer(stdout=report, returncode=5, stderr="".join(
-                    f'  Volume group "{vg}" not found\n  Cannot process volume group {vg}\n' for vg in missing))
+                said = [f'  Volume group "{vg}" not found\n  Cannot process volume group {vg}\n'
+                        for vg in missing]
+                return Answer(stdout=report, stderr="".join(said), returncode=5)
             return report
         if tool == "vgs":
             return recorded("vgs_names.json")
