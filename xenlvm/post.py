@@ -131,35 +131,33 @@ def _find_artefacts(ctx: Context, job: Job, errors: list[XenlvmError]) -> _Found
 def _tear_down(ctx: Context, job: Job, found: _Found, errors: list[XenlvmError]) -> list[LogicalVolume]:
     """Unmount every volume's snapshot in reverse, then what exposes the VM disks (their tree
     holds the volumes' mounts); remove all those snapshots with one lvremove; then the VM disks'
-    images and tree. Return the removed snapshots that were invalid."""
-    released: list[tuple[SnapshotSpec, LogicalVolume]] = []
-    own_errors: dict[str, list[XenlvmError]] = {}  # per volume, so that errors keep its turn
+    images and tree. Return the removed snapshots that were invalid. Each volume's failures,
+    then the VM disks', go into errors in that order."""
+    volumes: list[tuple[SnapshotSpec, LogicalVolume]] = []
+    failures: dict[str, list[XenlvmError]] = {}  # by snapshot ("vg/lv"); "": the VM disks'
     for spec in reversed(job.volumes):
         if spec.origin.vg not in found.vgs:
             continue  # its lvs failed: reported above
-        mine = own_errors.setdefault(str(spec.snapshot_volume), [])
+        mine = failures.setdefault(str(spec.snapshot_volume), [])
         snapshot = _collect(mine, _release_volume, ctx, job, spec, found.vgs[spec.origin.vg], found.mounts)
         if snapshot is not None:
-            released.append((spec, snapshot))
-    disks = None
-    if found.every is not None:
-        disks = own_errors.setdefault("", [])
-        if _collect(disks, _release_vmdisks, ctx, job, found.disk_snapshots):
-            released += disk_removals(job, found.disk_snapshots)
-    failed = ctx.lvm.remove_snapshots(job, released)
-    overflowed = []
-    for spec, snapshot in released:
-        if str(snapshot) in failed:
-            own_errors.get(str(spec.snapshot_volume), disks or []).append(failed[str(snapshot)])
-        elif snapshot.invalid:
-            overflowed.append(snapshot)
-        if spec in job.volumes and str(snapshot) not in failed:
+            volumes.append((spec, snapshot))
+    disks: list[tuple[SnapshotSpec, LogicalVolume]] = []
+    if found.every is not None and _collect(failures.setdefault("", []), _release_vmdisks, ctx, job,
+                                            found.disk_snapshots):
+        disks = disk_removals(job, found.disk_snapshots)
+    not_removed = ctx.lvm.remove_snapshots(job, volumes + disks)
+    for spec, snapshot in volumes:
+        if str(snapshot) in not_removed:
+            failures[str(spec.snapshot_volume)].append(not_removed[str(snapshot)])
+        else:
             _removed_volume(ctx, job, snapshot)
-    if disks is not None and not disks:
-        _collect(disks, _finish_vmdisks, ctx, job, found.disk_snapshots)
-    for volume_errors in own_errors.values():
-        errors += volume_errors
-    return overflowed
+    failures.get("", []).extend(not_removed[str(lv)] for _, lv in disks if str(lv) in not_removed)
+    if found.every is not None and not failures[""]:
+        _collect(failures[""], _finish_vmdisks, ctx, job, found.disk_snapshots)
+    for told in failures.values():
+        errors += told
+    return [lv for _, lv in volumes + disks if lv.invalid and str(lv) not in not_removed]
 
 
 def _report_unfinished(found: _Found) -> None:
