@@ -69,15 +69,19 @@ def test_a_job_with_volumes_in_two_vgs_reads_both_with_one_lvs_and_removes_all_w
     assert host.ours == []
 
 
-def test_a_job_with_vm_disks_and_xen_asks_xl_once_and_lvm_once_per_step(host, monkeypatch):
+def vm_disk_job(host, monkeypatch, volumes: str = "") -> str:
+    """A job with Xen and the VM disks of vm1: its xvda is system/vm1-disk (no filesystem on it)."""
     monkeypatch.setattr(vmdisk_teardown, "loops_of", lambda devices, *rest: {})
     monkeypatch.setattr(vmdisks, "probe", lambda runner, device, *rest: {})  # no filesystem found
     disk = next(r for r in host.lvs_rows if r["lv_name"] == "xenvm")
     host.lvs_rows.append({**copy.deepcopy(disk), "lv_name": "vm1-disk", "lv_kernel_minor": "41",
                           "lv_dm_path": "/dev/mapper/system-vm1--disk"})
-    jobs = (f"  disks:\n    mountpoint: {host.root / 'mnt' / 'vmbackup'}\n    tasks: [xen_vm1]\n"
-            f"    unmount_timeout: 1s\n{XEN}{VMDISKS.replace('auto', '[vm1]')}")
-    ctx, config = context(host, jobs)
+    return (f"  disks:\n    mountpoint: {host.root / 'mnt' / 'vmbackup'}\n    tasks: [xen_vm1]\n"
+            f"    unmount_timeout: 1s\n{volumes}{XEN}{VMDISKS.replace('auto', '[vm1]')}")
+
+
+def test_a_job_with_vm_disks_and_xen_asks_xl_once_and_lvm_once_per_step(host, monkeypatch):
+    ctx, config = context(host, vm_disk_job(host, monkeypatch))
     pre.run_pre(ctx, list(config.jobs.values()))
     assert lvm_calls(host) == {"lvs": 1, "lvcreate": 1}
     # the inventory's two; then the window, and xl list once more to see the domain run again
@@ -106,3 +110,19 @@ def test_post_tells_which_snapshot_one_lvremove_could_not_remove_and_removes_the
         post.run_post(ctx, list(config.jobs.values()))
     assert "Failed to update pool" in str(caught.value)
     assert host.ours == [failing.split("/")[1]]
+
+
+def test_a_vm_disk_snapshot_lvremove_cannot_remove_is_told_and_its_tree_kept(host, monkeypatch):
+    volume = "    volumes:\n      - volume: system/xenvm\n        snapshot: vmbackup\n        size: 64M\n"
+    ctx, config = context(host, vm_disk_job(host, monkeypatch, volume))
+    pre.run_pre(ctx, list(config.jobs.values()))
+    tree = str(host.root / "mnt" / "vmbackup")
+    host.unremovable["system/vm1-disk.xenlvm"] = "  Failed to update pool\n"
+    with pytest.raises(Exception, match="system/vm1-disk.xenlvm") as caught:
+        post.run_post(ctx, list(config.jobs.values()))
+    assert "system/vmbackup" not in str(caught.value)
+    assert host.ours == ["vm1-disk.xenlvm"]  # the volume's snapshot is removed all the same
+    assert tree in host.mountpoints  # the tree stays while a disk snapshot is left: post again
+    host.unremovable.clear()
+    post.run_post(ctx, list(config.jobs.values()))
+    assert host.ours == [] and tree not in host.mountpoints
