@@ -116,9 +116,9 @@ def run_phase(config: Config, phase: str, job_names: Sequence[str], dry_run: boo
         if not dry_run:
             record = state.RunRecord(phase, False, getattr(exc, "exit_code", EXIT_FAILED), started,
                                      time.monotonic() - clock, str(exc))
-            state.record_run(config, names, record, context.notes)
+            state.record_run(config, names, record, context.reports)
         raise
     if not dry_run:
         state.record_run(config, names, state.RunRecord(phase, True, EXIT_OK, started,
-                                                        time.monotonic() - clock), context.notes)
+                                                        time.monotonic() - clock), context.reports)
     log.info("%s finished%s: %s", phase, " (dry run, nothing changed)" if dry_run else "", ", ".join(names))

@@ -3,16 +3,16 @@ line with ok/warn/fail and what to do."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 
-from xenlvm import image_server, install, preflight, vmdisks, xen
+from xenlvm import image_server, install, preflight, vmdisk_target, xen
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Config, Job
 from xenlvm.config_file import permission_problem
-from xenlvm.errors import CommandFailed, XenlvmError
-from xenlvm.lvm import LogicalVolume, Lvm, VolumeGroup
+from xenlvm.errors import XenlvmError
+from xenlvm.inventory import read_tolerant, read_xl
+from xenlvm.lvm import LogicalVolume, VolumeGroup, vg_not_found_message
 from xenlvm.preflight import Finding
 from xenlvm.runner import Runner, which
 
@@ -57,33 +57,39 @@ def check_hooks(hook_dir: str) -> list[Finding]:
 
 
 def check_job(config: Config, runner: Runner, job: Job) -> list[Finding]:
-    mounts = mounts_mod.read_mounts()
-    vgs = {}
-    findings = []
-    for vg_name in dict.fromkeys(spec.origin.vg for spec in job.volumes):
-        try:
-            vgs[vg_name] = Lvm(runner).volume_group(vg_name)
-        except XenlvmError as exc:
-            findings.append(Finding("fail", "origin", str(exc)))
-    if len(vgs) < len({spec.origin.vg for spec in job.volumes}):
-        return findings
-    findings.append(preflight.check_mountpoint(job.mountpoint, mounts, _own_snapshot_at(job, vgs)))
+    try:  # the host through the inventory: one lvs, the mount table; xl once, below
+        host = read_tolerant(runner, job)
+    except XenlvmError as exc:
+        return [Finding("fail", "origin", str(exc))]
+    if host.missing_vgs:
+        return [Finding("fail", "origin", vg_not_found_message(vg)) for vg in host.missing_vgs]
+    vgs, mounts = host.vgs, host.mounts
+    findings = [preflight.check_mountpoint(job.mountpoint, mounts, _own_snapshot_at(job, vgs))]
     findings += preflight.check_job_volumes(job, vgs)
     for spec in job.volumes:
         if spec.mountpoint != job.mountpoint and os.path.lexists(spec.mountpoint):
             own = vgs[spec.origin.vg].get(spec.snapshot)
             findings.append(preflight.check_mountpoint(spec.mountpoint, mounts, own))
     origins = [vgs[s.origin.vg].lvs[s.origin.lv] for s in job.volumes if vgs[s.origin.vg].get(s.origin.lv)]
+    xl: xen.XlView | XenlvmError | None = None
+    try:
+        xl = read_xl(runner, job)
+    except XenlvmError as exc:  # said by each check that needs xl
+        xl = exc
+    disk_domains: list[str] = []
     if job.vmdisks is not None:
-        findings += _check_vmdisks(runner, job, config.settings.path)
+        vmdisk_findings, disk_domains = _check_vmdisks(job, xl, vgs, config.settings.path)
+        findings += vmdisk_findings
     if job.xen is not None:
-        xl = xen.Xl.for_job(runner, job)
         try:
+            if isinstance(xl, XenlvmError):
+                raise xl
+            assert xl is not None
             paths = [e.mountpoint for origin in origins for e in mounts_mod.mounts_of(origin, mounts)]
-            domains = xen.select_domains(job, xl, paths)
+            domains = xen.select_domains(job, xl, paths, disk_domains)
             findings.append(Finding("ok", "xen", f"domains to {job.xen.mode}: "
                                     f"{', '.join(d.name for d in domains) or 'none'}"))
-        except (CommandFailed, XenlvmError) as exc:
+        except XenlvmError as exc:
             findings.append(Finding("fail", "xen", str(exc)))
         try:
             left = xen.PauseRecord(config.settings.lock_dir, job.name).read()
@@ -96,24 +102,27 @@ def check_job(config: Config, runner: Runner, job: Job) -> list[Finding]:
     return findings
 
 
-def _check_vmdisks(runner: Runner, job: Job, path: str) -> list[Finding]:
-    """Which VM disks pre would snapshot now, and whether image_dir has room for them."""
-    assert job.vmdisks is not None
+def _check_vmdisks(job: Job, xl: xen.XlView | XenlvmError | None, every: dict[str, VolumeGroup],
+                   path: str) -> tuple[list[Finding], list[str]]:
+    """Which VM disks pre would snapshot now, whether image_dir has room for them (image-copy)
+    and the image server is installed (image); and their domains."""
     try:
-        every = Lvm(runner).all_volume_groups()
-        disks = vmdisks.discover(job, xen.Xl.for_job(runner, job), every)
-    except (CommandFailed, XenlvmError) as exc:
-        return [Finding("fail", "vmdisks", str(exc))]
+        if isinstance(xl, XenlvmError):
+            raise xl
+        assert xl is not None
+        disks = vmdisk_target.discover(job, xl, every)
+    except XenlvmError as exc:
+        return [Finding("fail", "vmdisks", str(exc))], []
     findings = [Finding("ok" if disks else "fail", "vmdisks", "VM disks to snapshot: " + (", ".join(
-        f"{d.domain}/{d.disk} ({d.origin})" for d in disks) or "none found"))]
-    findings += preflight.check_job_volumes(dataclasses.replace(job, volumes=tuple(disks)), every)
-    room = vmdisks.check_image_room(job, disks, every)
+        f"{d.domain}/{d.disk} ({d})" for d in disks) or "none found"))]
+    findings += preflight.check_job_volumes(job, every, [d.spec for d in disks])
+    room = vmdisk_target.check_image_room(job, disks)
     if room is not None:
         findings.append(Finding("fail", "vmdisks", room))
     missing = image_server.missing_program(job, path)
     if missing is not None:
         findings.append(Finding("fail", "vmdisks", missing))
-    return findings
+    return findings, [d.domain for d in disks]
 
 
 def _own_snapshot_at(job: Job, vgs: dict[str, VolumeGroup]) -> LogicalVolume | None:

@@ -97,16 +97,13 @@ class VmDiskSettings:
 @dataclass(frozen=True)
 class SnapshotSpec:
     """One volume of a job: its origin, the snapshot's name and size, where it is mounted.
-    A VM disk (found at pre time) also names its domain and disk, and how it is exposed."""
+    (What pre makes of it at run time, with the host's answers: xenlvm.targets.)"""
 
     origin: Volume = field(metadata=key(values.parse_volume, name="volume"))
     snapshot: str = field(metadata=key(values.snapshot_name))
     mountpoint: str  # the job's mountpoint, or <mountpoint>/<name> of one of several volumes
     # None: thin snapshot of a thin origin
     size: Size | None = field(default=None, metadata=key(values.parse_size))
-    expose: str | None = None  # None: a volume, mounted; "files", "image", "image-copy": a VM disk
-    domain: str = ""
-    disk: str = ""
 
     @property
     def snapshot_volume(self) -> Volume:

@@ -10,6 +10,7 @@ from xenlvm.config import Config, Job
 from xenlvm.lock import JobLock
 from xenlvm.lvm import Lvm
 from xenlvm.runner import Runner
+from xenlvm.state import RunReport
 
 
 @dataclass
@@ -19,11 +20,11 @@ class Context:
     config: Config
     runner: Runner
     started: float = field(default_factory=time.time)
-    # What each job's run measured, for the state file and metrics: pause_window_ms, fill_percent.
-    notes: dict[str, dict[str, float]] = field(default_factory=dict)
+    reports: dict[str, RunReport] = field(default_factory=dict)  # by job: for its state file
 
-    def note(self, job: Job, key: str, value: float) -> None:
-        self.notes.setdefault(job.name, {})[key] = value
+    def report(self, job: Job) -> RunReport:
+        """What the job's run measured so far, to be added to."""
+        return self.reports.setdefault(job.name, RunReport())
 
     @property
     def lvm(self) -> Lvm:

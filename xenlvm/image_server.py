@@ -21,13 +21,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from xenlvm import mounts as mounts_mod
-from xenlvm.config import Job, SnapshotSpec
+from xenlvm.config import Job
 from xenlvm.errors import MountError, XenlvmError
 from xenlvm.fsutil import read_small, remove_if_present, write_atomically
 from xenlvm.lvm import device_path
 from xenlvm.runner import Runner, which
 from xenlvm.undo import UndoStack
 from xenlvm.watchdog_process import terminate_proven
+
+TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+if TYPE_CHECKING:
+    from xenlvm.vmdisk_target import VmDiskTarget
 
 log = logging.getLogger("xenlvm")
 
@@ -67,10 +71,10 @@ def files(lock_dir: str, job_name: str) -> Files:
     return Files(pid=f"{base}.pid", record=f"{base}.json")
 
 
-def exports_of(specs: Sequence[SnapshotSpec]) -> list[Export]:
+def exports_of(disks: Sequence[VmDiskTarget]) -> list[Export]:
     """The exports for the job's VM disks exposed as images: <mountpoint>/<domain>/<disk>.img."""
-    return [Export(device_path(s.origin.vg, s.snapshot), f"{s.mountpoint}.img")
-            for s in specs if s.expose == "image"]
+    return [Export(device_path(d.spec.origin.vg, d.spec.snapshot), f"{d.spec.mountpoint}.img")
+            for d in disks if d.how == "image"]
 
 
 def server_argv(exports: Sequence[Export], pid_file: str, program: str = PROGRAM) -> list[str]:
@@ -105,10 +109,10 @@ def missing_program(job: Job, path: str) -> str | None:
 # pre: start
 
 
-def serve(runner: Runner, lock_dir: str, job: Job, specs: Sequence[SnapshotSpec], undo: UndoStack) -> None:
-    """Serve each image-exposed disk snapshot of specs as a read-only file in the job's tree,
+def serve(runner: Runner, lock_dir: str, job: Job, disks: Sequence[VmDiskTarget], undo: UndoStack) -> None:
+    """Serve each image-exposed disk snapshot of disks as a read-only file in the job's tree,
     with one detached server; its stop is registered on undo before it starts."""
-    exports = exports_of(specs)
+    exports = exports_of(disks)
     if not exports:
         return
     paths = files(lock_dir, job.name)

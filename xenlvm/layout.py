@@ -22,15 +22,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from xenlvm import __version__
-from xenlvm.config import SnapshotSpec
 from xenlvm.errors import CommandFailed, UsageError, XenlvmError
 from xenlvm.mounts import mount_options
 from xenlvm.runner import Runner
-from xenlvm.xen import Xl
 
 TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
 if TYPE_CHECKING:
     from typing import Any
+
+    from xenlvm.vmdisk_target import VmDiskTarget
 
 log = logging.getLogger("xenlvm")
 
@@ -205,26 +205,24 @@ def xfs_parameters(runner: Runner, device: str) -> dict[str, Any] | None:
         return None
 
 
-def write_domain_layouts(xl: Xl, specs: Sequence[SnapshotSpec], export_dir: str | None) -> None:
+def write_domain_layouts(records: dict[str, dict], exposed: Sequence[VmDiskTarget],
+                         export_dir: str | None) -> None:
     """Write <mountpoint>/<domain>/layout.json for each domain with exposed disks: its `xl list -l`
-    record (as after the snapshot), where each disk's layout (or image) is, relative to that
-    folder, and the configuration pre exported, if it did."""
+    record (records: as pre's inventory read it), where each disk's layout (or image) is,
+    relative to that folder, and the configuration pre exported, if it did."""
     disks: dict[str, dict[str, str]] = {}
     folders: dict[str, str] = {}
-    for spec in specs:
-        if spec.expose is None:
-            continue
-        folder = os.path.dirname(spec.mountpoint)
-        folders[spec.domain] = folder
-        if spec.expose in ("image", "image-copy"):
-            disks.setdefault(spec.domain, {})[spec.disk] = f"{spec.disk}.img"
+    for target in exposed:
+        mountpoint = target.spec.mountpoint
+        folder = os.path.dirname(mountpoint)
+        folders[target.domain] = folder
+        if target.how in ("image", "image-copy"):
+            disks.setdefault(target.domain, {})[target.disk] = f"{target.disk}.img"
         else:
-            found = [path for path in (disk_layout_path(spec.mountpoint, True),
-                                       disk_layout_path(spec.mountpoint, False)) if os.path.isfile(path)]
-            disks.setdefault(spec.domain, {})[spec.disk] = os.path.relpath(found[0], folder) if found else ""
-    if not folders:
-        return
-    records = xl.records()
+            found = [path for path in (disk_layout_path(mountpoint, True),
+                                       disk_layout_path(mountpoint, False)) if os.path.isfile(path)]
+            where = os.path.relpath(found[0], folder) if found else ""
+            disks.setdefault(target.domain, {})[target.disk] = where
     for domain, folder in folders.items():
         exported = os.path.join(export_dir, f"{domain}.xl-list-l.json") if export_dir else None
         _write_new(os.path.join(folder, NAME), {

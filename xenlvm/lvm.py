@@ -8,19 +8,16 @@ Ownership is proven by LVM tags that xenlvm adds at creation: ``xenlvm`` and
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import logging
-import mmap
 import os
-import re
-import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from xenlvm.config import Job, SnapshotSpec
 from xenlvm.errors import CommandFailed, PreflightFailed, SafetyRefusal, XenlvmError
+from xenlvm.lvm_messages import says_in_use
 from xenlvm.retry import Backoff
 from xenlvm.runner import Runner
 
@@ -169,18 +166,33 @@ class Lvm:
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
 
-    def volume_group(self, vg: str) -> VolumeGroup:
-        """One lvs call that returns every LV of the VG and the VG's free space. When it fails,
-        vgs (JSON) tells whether the VG does not exist, not lvs' words."""
+    def volume_groups(self, names: Sequence[str], *, every: bool = False) -> dict[str, VolumeGroup]:
+        """Given VG names, return those VGs (all VGs when every) from ONE lvs call: every LV and
+        each VG's space. A named VG without LVs comes back empty; one that does not exist raises
+        VolumeGroupNotFound naming all such VGs (vgs tells, not lvs' words)."""
+        named = list(dict.fromkeys(names))
+        if not named and not every:
+            return {}
         try:
-            result = self.runner.query(["lvs", *_JSON, "--options", ",".join(LV_FIELDS), vg])
+            result = self.runner.query(["lvs", *_JSON, "--options", ",".join(LV_FIELDS),
+                                        *([] if every else named)])
         except CommandFailed:
-            names = self.volume_group_names()
-            if names is not None and vg not in names:
-                raise PreflightFailed(f"volume group {vg!r} not found: check 'volume:' in the "
-                                      "configuration against the output of 'vgs'") from None
+            self._refuse_missing(named)
             raise
-        return parse_volume_group(result.stdout, vg)
+        groups = parse_volume_groups(result.stdout)
+        absent = [name for name in named if name not in groups]
+        if every:
+            self._refuse_missing(absent)  # all VGs: one without LVs is left out, or does not exist
+        return {**groups, **{name: VolumeGroup(name, 0, 0, 0, {}) for name in absent}}
+
+    def _refuse_missing(self, names: Sequence[str]) -> None:
+        known = self.volume_group_names() if names else None
+        if known is not None and any(name not in known for name in names):
+            raise VolumeGroupNotFound([name for name in names if name not in known])
+
+    def volume_group(self, vg: str) -> VolumeGroup:
+        """One lvs call that returns every LV of the VG and the VG's free space."""
+        return self.volume_groups([vg])[vg]
 
     def volume_group_names(self) -> set[str] | None:
         """The names of every VG on the host, or None when vgs cannot say."""
@@ -192,8 +204,7 @@ class Lvm:
 
     def all_volume_groups(self) -> dict[str, VolumeGroup]:
         """One lvs call that returns every LV of every VG (VGs without LVs are left out)."""
-        result = self.runner.query(["lvs", *_JSON, "--options", ",".join(LV_FIELDS)])
-        return parse_volume_groups(result.stdout)
+        return self.volume_groups([], every=True)
 
     def create_snapshot(self, spec: SnapshotSpec, origin: LogicalVolume, tags: Sequence[str]) -> None:
         """Create spec's snapshot of origin: thin (no size) or classic (with spec.size)."""
@@ -208,6 +219,44 @@ class Lvm:
         argv.append(f"{origin.vg}/{origin.name}")
         self.runner.change(argv)
 
+    def remove_snapshots(self, job: Job, snapshots: Sequence[tuple[SnapshotSpec, LogicalVolume]], *,
+                         retry_for: float = 15.0) -> dict[str, XenlvmError]:
+        """Remove the job's snapshots with ONE lvremove, each after proving it is xenlvm's; return
+        the failures by snapshot ("vg/lv"). If that lvremove fails, each snapshot lvs still shows
+        is then removed on its own (remove_snapshot), so each failure is told on its own LV."""
+        failures: dict[str, XenlvmError] = {}
+        mine = []
+        for spec, snapshot in snapshots:
+            try:
+                self._prove_ownership(job, spec, snapshot)
+                mine.append((spec, snapshot))
+            except SafetyRefusal as exc:
+                failures[str(snapshot)] = exc
+        if len(mine) > 1:
+            try:
+                result = self.runner.change(_lvremove_argv(job, [lv for _, lv in mine]))
+            except CommandFailed:
+                mine = self._still_listed(mine)
+            else:
+                if result is not None:
+                    failures.update({str(lv): _lost_tags(lv) for _, lv in mine if self._still_exists(lv)})
+                return failures
+        for spec, snapshot in mine:
+            try:
+                self.remove_snapshot(job, spec, snapshot, retry_for=retry_for)
+            except XenlvmError as exc:
+                failures[str(snapshot)] = exc
+        return failures
+
+    def _still_listed(self, snapshots: list[tuple[SnapshotSpec, LogicalVolume]]) -> \
+            list[tuple[SnapshotSpec, LogicalVolume]]:
+        """Those of snapshots that lvs still shows (all of them if lvs cannot tell)."""
+        try:
+            now = self.volume_groups([lv.vg for _, lv in snapshots])
+        except XenlvmError:
+            return snapshots
+        return [(spec, lv) for spec, lv in snapshots if lv.name in now[lv.vg].lvs]
+
     def remove_snapshot(self, job: Job, spec: SnapshotSpec, snapshot: LogicalVolume, *,
                         retry_for: float = 15.0) -> None:
         """Remove the job's snapshot after proving it is xenlvm's; retry while it is in use.
@@ -215,13 +264,8 @@ class Lvm:
         The --select guard makes LVM itself check the tags at the moment of removal, so an LV
         that was replaced behind our back between the check and the removal is not touched.
         """
-        if not snapshot.owned_by(job, spec):
-            raise SafetyRefusal(
-                f"{snapshot} does not carry xenlvm's tags for job {job.name!r} (tags: "
-                f"{','.join(sorted(snapshot.tags)) or 'none'}); xenlvm did not create it and will "
-                "not remove it. Rename or remove it yourself, or choose another 'snapshot:' name.")
-        argv = ["lvremove", "--force", "--select", f"lv_tags={job_tag(job.name)}",
-                f"{snapshot.vg}/{snapshot.name}"]
+        self._prove_ownership(job, spec, snapshot)
+        argv = _lvremove_argv(job, [snapshot])
         backoff = Backoff(retry_for, first=0.5, most=4.0, clock=time)
         while True:
             try:
@@ -234,9 +278,16 @@ class Lvm:
                 continue
             # lvremove exits 0 also when its --select guard matched nothing: look whether it is gone.
             if result is not None and self._still_exists(snapshot):
-                raise SafetyRefusal(f"{snapshot} lost xenlvm's tags just before removal; it was "
-                                    "left untouched. Check who changed it ('lvs -o+lv_tags').")
+                raise _lost_tags(snapshot)
             return
+
+    @staticmethod
+    def _prove_ownership(job: Job, spec: SnapshotSpec, snapshot: LogicalVolume) -> None:
+        if not snapshot.owned_by(job, spec):
+            raise SafetyRefusal(
+                f"{snapshot} does not carry xenlvm's tags for job {job.name!r} (tags: "
+                f"{','.join(sorted(snapshot.tags)) or 'none'}); xenlvm did not create it and will "
+                "not remove it. Rename or remove it yourself, or choose another 'snapshot:' name.")
 
     def _in_use(self, snapshot: LogicalVolume, failure: CommandFailed) -> bool:
         """Whether a failed lvremove of snapshot is worth retrying because the LV is open: lvs
@@ -268,73 +319,26 @@ class Lvm:
 
 SYS_DEV_BLOCK = "/sys/dev/block"
 
-# What lvremove prints on stderr when the LV is open, as each LVM release words it (read from
-# LVM's sources at each release tag: lib/metadata/lv_manip.c, then lib/activate/activate.c).
-# Read only beside lvs' answer (lv_attr 'o'), for an opener that let go before lvs looked; a
-# release that words it otherwise loses only that retry. Entries: releases, message ({vg} {lv}).
-IN_USE_MESSAGES = (
-    ("2.02.50-2.02.88", 'Can\'t remove open logical volume "{lv}"'),  # older than xenlvm needs
-    ("2.02.95-2.03.x", "Logical volume {vg}/{lv} in use."),
-    ("2.02.95-2.03.x", "Logical volume {vg}/{lv} contains a filesystem in use."),
-    ("2.02.95-2.03.x", "Logical volume {vg}/{lv} is used by another device."),
-)
+
+class VolumeGroupNotFound(PreflightFailed):
+    """Named VGs that do not exist (vgs says so)."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = list(names)
+        super().__init__("; ".join(map(vg_not_found_message, self.names)))
 
 
-def _message_pattern(template: str) -> re.Pattern[str]:
-    parts = re.split(r"\{(?:vg|lv)\}", template)
-    return re.compile(r"\S+".join(re.escape(part) for part in parts))
+def vg_not_found_message(vg: str) -> str:
+    return f"volume group {vg!r} not found: check 'volume:' in the configuration against the output of 'vgs'"
 
 
-_IN_USE_PATTERNS = tuple(_message_pattern(template) for _, template in IN_USE_MESSAGES)
+def _lvremove_argv(job: Job, snapshots: Sequence[LogicalVolume]) -> list[str]:
+    return ["lvremove", "--force", "--select", f"lv_tags={job_tag(job.name)}", *map(str, snapshots)]
 
 
-def says_in_use(stderr: str) -> bool:
-    """Whether lvremove's stderr is one of IN_USE_MESSAGES."""
-    return any(pattern.search(stderr) for pattern in _IN_USE_PATTERNS)
-
-
-# dm-snapshot's persistent copy-on-write store begins with this magic ("SnAp"), then a valid flag.
-_COW_MAGIC = 0x70416E53
-
-
-def invalid_cause(snapshot: LogicalVolume) -> str:
-    """Why an invalid classic snapshot became invalid: "io_errors", "overflow", or "unknown".
-
-    lvs cannot tell: it shows both as invalid and 100% full. The kernel also marks the
-    invalidation in the header of the snapshot's copy-on-write device, which it can do after an
-    overflow but not while that device fails. So: the device fails with EIO now, or its header
-    still says valid, means I/O errors; a header marked invalid means an overflow; a device that
-    cannot be opened (inactive, not root) or a header of another shape tells nothing.
-    """
-    try:
-        fd = os.open(f"{snapshot.dm_path}-cow", os.O_RDONLY | os.O_DIRECT)
-    except OSError:
-        return "unknown"
-    # O_DIRECT (page-aligned buffer) reads what is on the device now, not a cached copy.
-    with mmap.mmap(-1, 4096) as header:
-        try:
-            read = os.preadv(fd, [header], 0)
-        except OSError as exc:
-            return "io_errors" if exc.errno == errno.EIO else "unknown"
-        finally:
-            os.close(fd)
-        return cause_from_cow_header(header[:read])
-
-
-def cause_from_cow_header(header: bytes) -> str:
-    """Given the first bytes of a dm-snapshot copy-on-write device, see invalid_cause."""
-    if len(header) < 8:
-        return "unknown"
-    magic, valid = struct.unpack_from("<II", header)
-    if magic != _COW_MAGIC:
-        return "unknown"
-    return "io_errors" if valid == 1 else "overflow"
-
-
-def invalidated_by_io_errors(snapshot: LogicalVolume) -> bool:
-    """Whether I/O errors, as far as can be known, invalidated the snapshot (see invalid_cause)."""
-    return invalid_cause(snapshot) == "io_errors"
-
+def _lost_tags(snapshot: LogicalVolume) -> SafetyRefusal:
+    return SafetyRefusal(f"{snapshot} lost xenlvm's tags just before removal; it was left untouched. "
+                         "Check who changed it ('lvs -o+lv_tags').")
 
 def device_path(vg: str, lv: str) -> str:
     """The device-mapper node of VG/LV (hyphens inside names are doubled by device-mapper)."""

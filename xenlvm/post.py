@@ -12,16 +12,16 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from xenlvm import image_server, preflight, vmdisks, watchdog_process, xen
-from xenlvm import lvm as lvm_mod
+from xenlvm import cow, image_server, preflight, vmdisk_teardown, vmdisks, watchdog_process, xen
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Job, SnapshotSpec
 from xenlvm.context import Context
-from xenlvm.errors import PreflightFailed, SnapshotOverflowed, XenlvmError, host_file_error
+from xenlvm.errors import SnapshotOverflowed, XenlvmError, host_file_error
+from xenlvm.inventory import Inventory, job_vg_names, read_tolerant
 from xenlvm.logs import set_job
-from xenlvm.lvm import LogicalVolume, VolumeGroup
+from xenlvm.lvm import LogicalVolume, VolumeGroup, vg_not_found_message
 from xenlvm.sizes import human_size
-from xenlvm.teardown import remove_job_snapshot, tear_down_vmdisks
+from xenlvm.teardown import disk_removals, release_volume_snapshot
 
 TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ class _Found:
     every: dict[str, VolumeGroup] | None  # all VGs, for a job with VM disks (None: without, or lvs failed)
     disk_snapshots: list[LogicalVolume]
     io_failed: dict[str, bool]  # per invalid snapshot: invalidated by I/O errors (else it overflowed)
+    mounts: list[mounts_mod.MountEntry]
 
 
 def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
@@ -106,23 +107,20 @@ def _resume_paused_domains(ctx: Context, job: Job) -> None:
 
 
 def _find_artefacts(ctx: Context, job: Job, errors: list[XenlvmError]) -> _Found:
-    """One lvs per VG of the job's volumes (one for all VGs if it has VM disks), and which of
-    its snapshots are invalid and why: that can only be read while they exist."""
-    every: dict[str, VolumeGroup] | None = None  # all VGs: where the VM disk snapshots are
-    if job.vmdisks is not None:
-        every = _collect(errors, ctx.lvm.all_volume_groups)
-    vgs: dict[str, VolumeGroup | None] = {}  # one lvs per VG, not one per volume
-    for vg_name in dict.fromkeys(spec.origin.vg for spec in job.volumes):
-        if every is not None and vg_name in every:
-            vgs[vg_name] = every[vg_name]
-            continue
-        try:
-            vgs[vg_name] = ctx.lvm.volume_group(vg_name)
-        except PreflightFailed as exc:
-            log.warning("%s; so there is no snapshot to clean up there", exc)
-            vgs[vg_name] = None
-        except XenlvmError as exc:
-            errors.append(exc)
+    """The host through the inventory (one lvs for the job's VGs, all VGs if it has VM disks;
+    the mount table), and which of the job's snapshots are invalid and why: that can only be
+    read while they exist."""
+    try:
+        host = read_tolerant(ctx.runner, job)
+    except XenlvmError as exc:
+        errors.append(exc)
+        host, every = Inventory({}, mounts_mod.read_mounts()), None
+    else:
+        every = host.vgs if job.vmdisks is not None else None
+    vgs: dict[str, VolumeGroup | None] = {vg: host.vgs[vg] for vg in job_vg_names(job) if vg in host.vgs}
+    for name in host.missing_vgs:
+        log.warning("%s; so there is no snapshot to clean up there", vg_not_found_message(name))
+        vgs[name] = None
     disk_snapshots = vmdisks.job_snapshots(job, every or {})
     invalid = [lv for lv in disk_snapshots if lv.invalid]
     for spec in job.volumes:
@@ -130,23 +128,40 @@ def _find_artefacts(ctx: Context, job: Job, errors: list[XenlvmError]) -> _Found
         lv = vg.get(spec.snapshot) if vg is not None else None
         if lv is not None and lv.owned_by(job, spec) and lv.invalid:
             invalid.append(lv)
-    io_failed = {str(lv): lvm_mod.invalidated_by_io_errors(lv) for lv in invalid}
-    return _Found(vgs, every, disk_snapshots, io_failed)
+    io_failed = {str(lv): cow.invalidated_by_io_errors(lv) for lv in invalid}
+    return _Found(vgs, every, disk_snapshots, io_failed, host.mounts)
 
 
 def _tear_down(ctx: Context, job: Job, found: _Found, errors: list[XenlvmError]) -> list[LogicalVolume]:
-    """Unmount and remove every volume's snapshot in reverse, then the VM disks' (their tree
-    holds the volumes' mounts); return the removed snapshots that were invalid."""
-    overflowed: list[LogicalVolume] = []
+    """Unmount every volume's snapshot in reverse, then what exposes the VM disks (their tree
+    holds the volumes' mounts); remove all those snapshots with one lvremove; then the VM disks'
+    images and tree. Return the removed snapshots that were invalid. Each volume's failures,
+    then the VM disks', go into errors in that order."""
+    volumes: list[tuple[SnapshotSpec, LogicalVolume]] = []
+    failures: dict[str, list[XenlvmError]] = {}  # by snapshot ("vg/lv"); "": the VM disks'
     for spec in reversed(job.volumes):
         if spec.origin.vg not in found.vgs:
             continue  # its lvs failed: reported above
-        snapshot = _collect(errors, _clean_up_volume, ctx, job, spec, found.vgs[spec.origin.vg])
-        if snapshot is not None and snapshot.invalid:
-            overflowed.append(snapshot)
-    if found.every is not None:
-        overflowed += _collect(errors, _clean_up_vmdisks, ctx, job, found.disk_snapshots) or []
-    return overflowed
+        mine = failures.setdefault(str(spec.snapshot_volume), [])
+        snapshot = _collect(mine, _release_volume, ctx, job, spec, found.vgs[spec.origin.vg], found.mounts)
+        if snapshot is not None:
+            volumes.append((spec, snapshot))
+    disks: list[tuple[SnapshotSpec, LogicalVolume]] = []
+    if found.every is not None and _collect(failures.setdefault("", []), _release_vmdisks, ctx, job,
+                                            found.disk_snapshots):
+        disks = disk_removals(job, found.disk_snapshots)
+    not_removed = ctx.lvm.remove_snapshots(job, volumes + disks)
+    for spec, snapshot in volumes:
+        if str(snapshot) in not_removed:
+            failures[str(spec.snapshot_volume)].append(not_removed[str(snapshot)])
+        else:
+            _removed_volume(ctx, job, snapshot)
+    failures.get("", []).extend(not_removed[str(lv)] for _, lv in disks if str(lv) in not_removed)
+    if found.every is not None and not failures[""]:
+        _collect(failures[""], _finish_vmdisks, ctx, job, found.disk_snapshots)
+    for told in failures.values():
+        errors += told
+    return [lv for _, lv in volumes + disks if lv.invalid and str(lv) not in not_removed]
 
 
 def _report_unfinished(found: _Found) -> None:
@@ -200,9 +215,10 @@ def _stop_watchdog(ctx: Context, job: Job) -> None:
         log.info("the watchdog saw %s at most %.1f%% full", lv, fill)
     for problem in summary.problems:
         log.warning("watchdog: %s", problem)
+    report = ctx.report(job)
     if summary.max_fill:
-        ctx.note(job, "fill_percent", max(summary.max_fill.values()))
-    ctx.note(job, "watchdog_extensions", float(len(summary.extensions)))
+        report.fill_percent = max(summary.max_fill.values())
+    report.watchdog_extensions = len(summary.extensions)
 
 
 def _stop_image_server(ctx: Context, job: Job, judge_backup: bool) -> None:
@@ -220,13 +236,12 @@ def _stop_image_server(ctx: Context, job: Job, judge_backup: bool) -> None:
         log.info("image server (pid %d) stopped; it served %s", found.pid, ", ".join(found.exports))
 
 
-def _clean_up_volume(ctx: Context, job: Job, spec: SnapshotSpec,
-                     vg: VolumeGroup | None) -> LogicalVolume | None:
-    """Unmount and remove spec's snapshot if it is xenlvm's; return it as it was before."""
+def _release_volume(ctx: Context, job: Job, spec: SnapshotSpec, vg: VolumeGroup | None,
+                    mounts: list[mounts_mod.MountEntry]) -> LogicalVolume | None:
+    """Unmount spec's snapshot if it is xenlvm's; return it as it was before, to be removed."""
     if vg is None:  # the VG does not exist, so neither does the snapshot
         return None
     snapshot = vg.get(spec.snapshot)
-    mounts = mounts_mod.read_mounts()
     if snapshot is None:
         entry = mounts_mod.mounted_at(spec.mountpoint, mounts)
         if entry is not None:
@@ -238,31 +253,42 @@ def _clean_up_volume(ctx: Context, job: Job, spec: SnapshotSpec,
         log.warning("%s exists but xenlvm did not create it (no xenlvm tags); left untouched",
                     snapshot)
         return None
-    # Read before unmounting: this is what the backup saw.
-    fill = snapshot.data_percent if not snapshot.is_thin else None
-    if fill is not None:
-        ctx.note(job, "fill_percent", max(ctx.notes.get(job.name, {}).get("fill_percent", 0.0),
-                                          100.0 if snapshot.invalid else fill))
-    remove_job_snapshot(ctx, job, spec, snapshot, mounts, job.unmount_timeout)
+    _note_fill(ctx, job, snapshot)  # before unmounting: this is what the backup saw
+    release_volume_snapshot(ctx, job, spec, snapshot, mounts, job.unmount_timeout)
+    return snapshot
+
+
+def _removed_volume(ctx: Context, job: Job, snapshot: LogicalVolume) -> None:
     if ctx.dry_run:
-        return snapshot
+        return
+    fill = snapshot.data_percent if not snapshot.is_thin else None
     if fill is not None and not snapshot.invalid:
         level = logging.WARNING if fill >= job.fill_warning else logging.INFO
         log.log(level, "the snapshot %s was %.1f%% full before removal%s", snapshot, fill,
                 " - close to overflowing: consider a larger 'size:'" if level == logging.WARNING else "")
     log.info("snapshot %s unmounted and removed", snapshot)
-    return snapshot
 
 
-def _clean_up_vmdisks(ctx: Context, job: Job, snapshots: list[LogicalVolume]) -> list[LogicalVolume]:
-    """Tear down the job's VM disk snapshots and all that exposes them; return the invalid ones."""
+def _note_fill(ctx: Context, job: Job, snapshot: LogicalVolume) -> None:
+    """The fullest classic snapshot of the job, for its state file (an invalid one: 100)."""
+    if snapshot.data_percent is not None and not snapshot.is_thin:
+        report = ctx.report(job)
+        fill = 100.0 if snapshot.invalid else snapshot.data_percent
+        report.fill_percent = max(report.fill_percent or 0.0, fill)
+
+
+def _release_vmdisks(ctx: Context, job: Job, snapshots: list[LogicalVolume]) -> bool:
+    """Unmount all that exposes the job's VM disk snapshots, so that they can be removed."""
     for snapshot in snapshots:
-        if snapshot.data_percent is not None and not snapshot.is_thin:
-            ctx.note(job, "fill_percent", max(ctx.notes.get(job.name, {}).get("fill_percent", 0.0),
-                                              100.0 if snapshot.invalid else snapshot.data_percent))
-    tear_down_vmdisks(ctx, job, snapshots, job.unmount_timeout)
+        _note_fill(ctx, job, snapshot)
+    vmdisk_teardown.release(ctx.runner, job, snapshots, job.unmount_timeout)
+    return True
+
+
+def _finish_vmdisks(ctx: Context, job: Job, snapshots: list[LogicalVolume]) -> None:
+    """After the VM disk snapshots are removed: their images and the tree."""
+    vmdisk_teardown.finish(ctx.runner, job, job.unmount_timeout)
     if snapshots and not ctx.dry_run:
         log.info("VM disk snapshots unmounted and removed: %s", ", ".join(map(str, snapshots)))
     elif not snapshots:
         log.info("no VM disk snapshot of job %s to clean up", job.name)
-    return [s for s in snapshots if s.invalid]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from xenlvm.config import Job, SnapshotSpec
@@ -68,13 +68,15 @@ def partial_vg_message(vg: str) -> str:
             "every LV with extents on that disk")
 
 
-def check_job_volumes(job: Job, vgs: dict[str, VolumeGroup]) -> list[Finding]:
-    """check_volumes for every volume of the job, counting the space that the job's earlier
-    snapshots in the same VG will take (as LVM will when it creates them one after another);
-    first, whether each of its VGs can be changed at all."""
-    findings = check_volume_groups((spec.origin.vg for spec in job.volumes), vgs)
+def check_job_volumes(job: Job, vgs: dict[str, VolumeGroup],
+                      specs: Sequence[SnapshotSpec] | None = None) -> list[Finding]:
+    """check_volumes for every volume of the job (or specs: with its VM disks), counting the
+    space that the job's earlier snapshots in the same VG will take (as LVM will when it creates
+    them one after another); first, whether each of its VGs can be changed at all."""
+    specs = job.volumes if specs is None else specs
+    findings = check_volume_groups((spec.origin.vg for spec in specs), vgs)
     reserved: dict[str, int] = {}
-    for spec in job.volumes:
+    for spec in specs:
         vg = vgs[spec.origin.vg]
         volume_findings = check_volumes(job, spec, vg, reserved.get(vg.name, 0))
         findings += volume_findings

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 from xenlvm.config import Config
@@ -25,8 +26,29 @@ class RunRecord:
     started: float  # Unix time
     duration: float  # seconds
     message: str = ""
-    # pause_window_ms (the longest window), pause_window_ms:<domain> (each domain's), fill_percent
-    notes: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, float] = field(default_factory=dict)  # RunReport.notes()
+
+
+@dataclass
+class RunReport:
+    """What one job's pre or post measured, for its state file ("notes") and the metrics."""
+
+    pause_window_ms: float | None = None  # pre: the longest any domain was paused
+    fill_percent: float | None = None  # post: the fullest classic snapshot (100: overflowed)
+    watchdog_extensions: int | None = None  # post: how often the watchdog extended a snapshot
+    domain_windows: dict[str, float] = field(default_factory=dict)  # pre: each domain's window (ms)
+
+    def add_window(self, domains: tuple[str, ...], ms: float) -> None:
+        """One pause window of pre: its domains were paused for ms."""
+        self.pause_window_ms = max(ms, self.pause_window_ms or 0.0)
+        self.domain_windows.update(dict.fromkeys(domains, ms))
+
+    def notes(self) -> dict[str, float]:
+        """The state file's notes: pause_window_ms, pause_window_ms:<domain> for each domain,
+        fill_percent, watchdog_extensions; only what was measured."""
+        notes = {name: float(value) for name, value in asdict(self).items()
+                 if value is not None and name != "domain_windows"}
+        return notes | {f"{DOMAIN_WINDOW}{name}": ms for name, ms in self.domain_windows.items()}
 
 
 def state_path(config: Config, job: str) -> str:
@@ -43,14 +65,14 @@ def read_state(config: Config, job: str) -> dict[str, dict]:
         return {}
 
 
-def record_run(config: Config, jobs: list[str], record: RunRecord,
-               notes: dict[str, dict[str, float]]) -> None:
+def record_run(config: Config, jobs: list[str], record: RunRecord, reports: Mapping[str, RunReport]) -> None:
     """Store record as each job's last run of its phase, then refresh the metrics file.
     Never fails the run: a monitoring problem is logged, not raised."""
     try:
         for job in jobs:
             state = read_state(config, job)
-            state[record.phase] = asdict(RunRecord(**{**asdict(record), "notes": notes.get(job, {})}))
+            notes = reports[job].notes() if job in reports else {}
+            state[record.phase] = asdict(RunRecord(**{**asdict(record), "notes": notes}))
             write_atomically(state_path(config, job), json.dumps(state, indent=2) + "\n", mode=0o644,
                              dir_mode=0o755)
         if config.settings.metrics_file:

@@ -6,11 +6,12 @@ import datetime
 import time
 from typing import Any
 
-from xenlvm import image_server, lvm, preflight, state, vmdisks, xen
+from xenlvm import cow, image_server, preflight, state, vmdisks, xen
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Config, Job, SnapshotSpec
 from xenlvm.errors import XenlvmError
-from xenlvm.lvm import Lvm, VolumeGroup
+from xenlvm.inventory import Inventory, job_vg_names, read_tolerant
+from xenlvm.lvm import VolumeGroup, vg_not_found_message
 from xenlvm.runner import Runner
 
 
@@ -27,27 +28,23 @@ def job_status(config: Config, runner: Runner, job: Job, now: float | None = Non
     """Given a job, return its snapshots, mounts, domains and last runs as plain data."""
     now = time.time() if now is None else now
     report: dict[str, Any] = {"job": job.name, "mountpoint": job.mountpoint, "problems": []}
-    mounts = mounts_mod.read_mounts()
-    groups: dict[str, Any] = {}
-    for vg_name in dict.fromkeys(spec.origin.vg for spec in job.volumes):
-        try:
-            groups[vg_name] = Lvm(runner).volume_group(vg_name)
-        except XenlvmError as exc:
-            report["problems"].append(str(exc))
-    report["problems"] += [f.message for f in preflight.check_volume_groups(groups, groups)]
+    try:  # the host through the inventory: one lvs (all VGs for VM disks), the mount table
+        host = read_tolerant(runner, job)
+    except XenlvmError as exc:
+        report["problems"].append(str(exc))
+        host = Inventory({}, mounts_mod.read_mounts())
+    report["problems"] += [vg_not_found_message(vg) for vg in host.missing_vgs]
+    groups, mounts = host.vgs, host.mounts
+    named = job_vg_names(job)
+    report["problems"] += [f.message for f in preflight.check_volume_groups(named, groups)]
     report["volumes"] = [_volume_status(config, job, spec, groups.get(spec.origin.vg), mounts, now)
                          for spec in job.volumes]
     if job.vmdisks is not None:  # the VM disk snapshots that exist now, found by their tags
-        try:
-            every = Lvm(runner).all_volume_groups()
-        except XenlvmError as exc:
-            report["problems"].append(str(exc))
-            every = {}
-        snapshots = vmdisks.job_snapshots(job, every)
-        report["volumes"] += [_volume_status(config, job, vmdisks.spec_of(job, lv), every[lv.vg], mounts, now)
-                              for lv in snapshots]
+        snapshots = vmdisks.job_snapshots(job, groups)
+        report["volumes"] += [_volume_status(config, job, vmdisks.spec_of(job, lv), groups[lv.vg], mounts,
+                                             now) for lv in snapshots]
         report["problems"] += [f.message for f in preflight.check_volume_groups(
-            (lv.vg for lv in snapshots if lv.vg not in groups), every)]
+            (lv.vg for lv in snapshots if lv.vg not in named), groups)]
         report["image_server"] = image_server_status(config, job)
     if job.xen is not None:
         report["domains"] = _domains(config, runner, job, report["problems"])
@@ -73,7 +70,7 @@ def _volume_status(config: Config, job: Job, spec: SnapshotSpec, vg: VolumeGroup
         # an inactive classic snapshot: LVM cannot tell ("unknown") until it is activated
         "valid": None if not snapshot.active and not snapshot.is_thin else not snapshot.invalid,
         # lvs shows both alike; the copy-on-write device's header tells them apart
-        "invalid_cause": lvm.invalid_cause(snapshot) if snapshot.invalid else None,
+        "invalid_cause": cow.invalid_cause(snapshot) if snapshot.invalid else None,
         "mounted_at": [e.mountpoint for e in mounts_mod.mounts_of(snapshot, mounts)],
         "created": snapshot.created,
         "age_seconds": None if age is None else round(age),
@@ -133,6 +130,9 @@ def describe(report: dict[str, Any]) -> list[str]:
         if run:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["started"]))
             result = "ok" if run["ok"] else f"FAILED (exit {run['exit_code']}): {run['message']}"
+            extended = int((run.get("notes") or {}).get("watchdog_extensions") or 0)
+            if extended:
+                result += f"; the watchdog extended its snapshots {extended} time(s)"
             lines.append(f"  last {phase}: {when}, {run['duration']:.1f} s, {result}{_pauses(run)}")
     lines += [f"  problem: {p}" for p in report["problems"]]
     return lines

@@ -1,5 +1,7 @@
-"""Taking down what pre made, with proof of ownership: shared by post and by pre's sweep of an
-earlier run's leftovers."""
+"""Taking down what pre made, with proof of ownership, for each kind of target: a volume's
+snapshot (unmounted from its mountpoint) and the VM disks' snapshots (their whole tree). Each
+is released first (unmounted), so that post can remove all the job's snapshots with one
+lvremove; pre's sweep of an earlier run's leftovers removes each at once."""
 
 from __future__ import annotations
 
@@ -11,9 +13,9 @@ from xenlvm.errors import MountError, SafetyRefusal
 from xenlvm.lvm import LogicalVolume
 
 
-def remove_job_snapshot(ctx: Context, job: Job, spec: SnapshotSpec, snapshot: LogicalVolume,
-                        mounts: list[mounts_mod.MountEntry], unmount_timeout: float) -> None:
-    """Unmount spec's snapshot from its mountpoint, then remove it."""
+def release_volume_snapshot(ctx: Context, job: Job, spec: SnapshotSpec, snapshot: LogicalVolume,
+                            mounts: list[mounts_mod.MountEntry], unmount_timeout: float) -> None:
+    """Unmount spec's snapshot from its mountpoint, after proving it is the job's."""
     if not snapshot.owned_by(job, spec):
         raise SafetyRefusal(f"{snapshot} is not xenlvm's; refusing to touch it")
     for entry in mounts_mod.mounts_of(snapshot, mounts):
@@ -26,11 +28,24 @@ def remove_job_snapshot(ctx: Context, job: Job, spec: SnapshotSpec, snapshot: Lo
             raise MountError(f"something else is mounted on top of the snapshot at {spec.mountpoint}; "
                              "unmount it yourself, then run 'xenlvm post' again")
         mounts_mod.unmount_with_retry(ctx.runner, spec.mountpoint, unmount_timeout)
+
+
+def remove_job_snapshot(ctx: Context, job: Job, spec: SnapshotSpec, snapshot: LogicalVolume,
+                        mounts: list[mounts_mod.MountEntry], unmount_timeout: float) -> None:
+    """Unmount spec's snapshot from its mountpoint, then remove it."""
+    release_volume_snapshot(ctx, job, spec, snapshot, mounts, unmount_timeout)
     ctx.lvm.remove_snapshot(job, spec, snapshot)
+
+
+def disk_removals(job: Job, snapshots: list[LogicalVolume]) -> list[tuple[SnapshotSpec, LogicalVolume]]:
+    """The job's VM disk snapshots as lvremove takes them, each with the spec that proves it."""
+    return [(vmdisks.spec_of(job, lv), lv) for lv in snapshots]
 
 
 def tear_down_vmdisks(ctx: Context, job: Job, snapshots: list[LogicalVolume], timeout: float) -> None:
     """Unmount and remove the job's VM disk snapshots and all that exposes them."""
     image_server.stop(ctx.runner, ctx.config.settings.lock_dir, job.name)  # it holds them open
-    vmdisk_teardown.tear_down(ctx.runner, job, snapshots, timeout,
-                      lambda lv: ctx.lvm.remove_snapshot(job, vmdisks.spec_of(job, lv), lv))
+    vmdisk_teardown.release(ctx.runner, job, snapshots, timeout)
+    for spec, snapshot in disk_removals(job, snapshots):
+        ctx.lvm.remove_snapshot(job, spec, snapshot)
+    vmdisk_teardown.finish(ctx.runner, job, timeout)

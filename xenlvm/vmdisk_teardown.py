@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Job
@@ -59,11 +59,10 @@ def detach_loops(runner: Runner, devices: Sequence[tuple[int, int] | None]) -> N
         runner.change(["losetup", "--detach", loop])
 
 
-def tear_down(runner: Runner, job: Job, snapshots: Sequence[LogicalVolume], timeout: float,
-              remove: Callable[[LogicalVolume], None]) -> None:
-    """Unmount what xenlvm exposed for the job's disk snapshots, detach their loop devices,
-    remove the snapshots (with remove), the image files and the tree. Raise if something that
-    is not xenlvm's is in the way; it is left alone."""
+def release(runner: Runner, job: Job, snapshots: Sequence[LogicalVolume], timeout: float) -> None:
+    """Unmount what xenlvm exposed for the job's disk snapshots and detach their loop devices,
+    so that the snapshots can be removed; then finish. Raise if something that is not
+    xenlvm's is in the way; it is left alone."""
     ours = {(s.major, s.minor) for s in snapshots if s.major is not None and s.minor is not None}
     loops = loops_of(list(ours))
     devices = ours | set(loops.values())
@@ -84,10 +83,12 @@ def tear_down(runner: Runner, job: Job, snapshots: Sequence[LogicalVolume], time
                          f"({', '.join(foreign)}); unmount it yourself, then run 'xenlvm post' again")
     for loop in loops:
         runner.change(["losetup", "--detach", loop])
-    for snapshot in snapshots:
-        remove(snapshot)
-    if staging is not None and not runner.dry_run:
-        _remove_images(staging)
+
+
+def finish(runner: Runner, job: Job, timeout: float) -> None:
+    """After the disk snapshots are removed: remove the image files and unmount the tree."""
+    if job.vmdisks is not None and job.vmdisks.image_dir and not runner.dry_run:
+        _remove_images(image_staging(job))
     unmount_tree(runner, job, timeout)
 
 

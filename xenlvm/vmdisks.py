@@ -28,18 +28,21 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-from xenlvm import layout, xen
+from xenlvm import layout
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Job, SnapshotSpec, Volume
-from xenlvm.errors import MountError, PreflightFailed
+from xenlvm.errors import MountError
 from xenlvm.fsutil import remove_if_present
 from xenlvm.lvm import OWNER_TAG, VMDISK_TAG, LogicalVolume, VolumeGroup, device_path, job_tag
 from xenlvm.runner import Runner
 from xenlvm.undo import UndoStack
 from xenlvm.vmdisk_teardown import detach_loops, image_staging, is_image_bind, tree_source, unmount_tree
+
+TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+if TYPE_CHECKING:
+    from xenlvm.vmdisk_target import VmDiskTarget
 
 log = logging.getLogger("xenlvm")
 
@@ -49,7 +52,7 @@ EXTENDED = ("0x5", "0xf", "0x85")  # DOS extended partitions: containers, not fi
 SECTOR = 512  # partx (libblkid) gives partition starts in 512-byte sectors
 COPY_TIMEOUT = 24 * 3600.0  # copying a large disk into an image may take hours
 # Domain and disk names become directory names: one plain path component, nothing else.
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,63}$")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -60,99 +63,8 @@ class Partition:
     type: str  # the partition table's type code or GUID
 
 
-# ---------------------------------------------------------------------------------------------
-# finding the disks (pre, before the pause window)
-
-
 def snapshot_name(lv: str) -> str:
     return f"{lv}{SNAPSHOT_SUFFIX}"
-
-
-def discover(job: Job, xl: xen.Xl, vgs: dict[str, VolumeGroup]) -> list[SnapshotSpec]:
-    """The job's VM disks that are logical volumes, as snapshot specs, from `xl list -l`.
-    What cannot be backed up this way is reported, and fails pre when vmdisks.missing says so."""
-    settings = job.vmdisks
-    assert settings is not None
-    states = xl.states()
-    records = xl.records()
-    problems: list[str] = []
-    if settings.domains == "auto":
-        names = [n for n in records if n != "Domain-0" and n in states]
-    else:
-        names = [n for n in settings.domains if n in states and n in records]
-        problems += [f"domain {n!r} does not exist or is not running" for n in settings.domains
-                     if n not in names]
-    by_device = {(lv.major, lv.minor): lv for vg in vgs.values() for lv in vg.lvs.values()
-                 if lv.major is not None and lv.minor is not None}
-    specs: list[SnapshotSpec] = []
-    taken: set[tuple[str, str]] = set()
-    for name in names:
-        if not _SAFE_NAME.fullmatch(name):
-            problems.append(f"domain {name!r}: its name cannot be used as a directory name")
-            continue
-        for disk in records[name].get("config", {}).get("disks", []):
-            spec = _disk_spec(job, name, disk, by_device, problems)
-            if spec is None:
-                continue
-            if (spec.origin.vg, spec.origin.lv) in taken:
-                log.warning("%s is a disk of more than one domain; it is backed up once", spec.origin)
-                continue
-            taken.add((spec.origin.vg, spec.origin.lv))
-            specs.append(spec)
-    if problems:
-        message = "; ".join(problems)
-        if settings.missing == "fail":
-            raise PreflightFailed(f"{message} (vmdisks.missing is 'fail'). Nothing was changed.")
-        log.warning("%s; going on without (set vmdisks.missing: fail to stop instead)", message)
-    log.info("VM disks of job %s: %s", job.name,
-             ", ".join(f"{s.domain}/{s.disk} ({s.origin})" for s in specs) or "none found")
-    return specs
-
-
-def _disk_spec(job: Job, domain: str, disk: dict, by_device: dict[tuple[int, int], LogicalVolume],
-               problems: list[str]) -> SnapshotSpec | None:
-    """Given one disk of `xl list -l`, return its snapshot spec, or None (reported) if it is not
-    a logical volume xenlvm can snapshot."""
-    settings = job.vmdisks
-    assert settings is not None
-    if disk.get("is_cdrom"):
-        return None
-    path, vdev = str(disk.get("pdev_path") or ""), str(disk.get("vdev") or "")
-    where = f"disk {vdev or '?'} of domain {domain} ({path or 'no path'})"
-    if not _SAFE_NAME.fullmatch(vdev) or not path.startswith("/"):
-        problems.append(f"{where}: not a disk xenlvm understands")
-        return None
-    numbers = mounts_mod.device_numbers(path)
-    lv = by_device.get(numbers) if numbers is not None else None
-    if lv is None:
-        problems.append(f"{where}: not a logical volume (back up file disks with 'volume:' instead)")
-        return None
-    if lv.is_snapshot and not lv.is_thin:
-        problems.append(f"{where}: {lv} is itself a classic snapshot, which LVM cannot snapshot")
-        return None
-    return SnapshotSpec(Volume(lv.vg, lv.name), snapshot_name(lv.name),
-                        os.path.join(job.mountpoint, domain, vdev),
-                        None if lv.is_thin else settings.size, expose=settings.expose,
-                        domain=domain, disk=vdev)
-
-
-def check_image_room(job: Job, specs: Sequence[SnapshotSpec], vgs: dict[str, VolumeGroup]) -> str | None:
-    """For expose: image-copy, a problem with image_dir (missing, or without room for every disk at
-    its full size: sparse images often take less, but that cannot be known before), or None."""
-    settings = job.vmdisks
-    if settings is None or settings.expose != "image-copy" or settings.image_dir is None:
-        return None
-    directory = settings.image_dir
-    if os.path.islink(directory) or not os.path.isdir(directory):
-        return f"vmdisks.image_dir {directory} must be an existing directory (not a symbolic link)"
-    needed = sum(vgs[s.origin.vg].lvs[s.origin.lv].size for s in specs if s.expose == "image-copy")
-    info = os.statvfs(directory)
-    free = info.f_bavail * info.f_frsize
-    if needed > free:
-        return (f"vmdisks.image_dir {directory} has {free >> 20} MiB free but the images of "
-                f"{len(specs)} disk(s) may need up to {needed >> 20} MiB: make room or choose "
-                "another image_dir")
-    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,23 +80,24 @@ def mount_tree(runner: Runner, job: Job, undo: UndoStack) -> None:
                    tree_source(job), job.mountpoint])
 
 
-def expose(runner: Runner, job: Job, spec: SnapshotSpec, undo: UndoStack) -> None:
-    """Make spec's disk snapshot readable below the job's mountpoint, registering each undo."""
+def expose(runner: Runner, job: Job, target: VmDiskTarget, undo: UndoStack) -> None:
+    """Make the disk's snapshot readable below the job's mountpoint, registering each undo."""
+    spec = target.spec
     device = device_path(spec.origin.vg, spec.snapshot)
-    what = f"{spec.domain}/{spec.disk}"
+    what = f"{target.domain}/{target.disk}"
     if runner.dry_run:
-        log.info("dry run: would expose %s (%s) as %s", what, spec.snapshot_volume, spec.expose)
+        log.info("dry run: would expose %s (%s) as %s", what, spec.snapshot_volume, target.how)
         return
     os.makedirs(os.path.dirname(spec.mountpoint), mode=0o755, exist_ok=True)
-    if spec.expose == "image":  # FUSE: all of the job's images by one server, after the last snapshot
+    if target.how == "image":  # FUSE: all of the job's images by one server, after the last snapshot
         return  # (xenlvm.image_server.serve, called by pre)
-    if spec.expose == "image-copy":
-        _expose_image(runner, job, spec, device, undo)
+    if target.how == "image-copy":
+        _expose_image(runner, job, target, device, undo)
         return
     undo.push(f"detach the loop devices of {spec.snapshot_volume}",
               lambda: detach_loops(runner, [mounts_mod.device_numbers(device)]))
     whole = probe(runner, device)
-    disk = layout.DiskLayout.read_table(runner, device, spec.domain, spec.disk, str(spec.origin),
+    disk = layout.DiskLayout.read_table(runner, device, target.domain, target.disk, str(spec.origin),
                                         bool(whole.get("PTTYPE")))
     if whole.get("PTTYPE"):
         partitions = read_partitions(runner, device)
@@ -248,12 +161,13 @@ def _shows(entry: mounts_mod.MountEntry | None, source: str) -> bool:
     return mounts_mod.shows_device(entry, source)
 
 
-def _expose_image(runner: Runner, job: Job, spec: SnapshotSpec, device: str, undo: UndoStack) -> None:
+def _expose_image(runner: Runner, job: Job, disk: VmDiskTarget, device: str, undo: UndoStack) -> None:
     """Copy the snapshot into a sparse image file in image_dir and bind it, read-only, into
     the tree. The undo of the tree (and post) remove both."""
+    spec = disk.spec
     staging = image_staging(job)
     os.makedirs(staging, mode=0o700, exist_ok=True)
-    image = os.path.join(staging, f"{spec.domain}.{spec.disk}.img")
+    image = os.path.join(staging, f"{disk.domain}.{disk.disk}.img")
     undo.push(f"remove {image}", lambda: remove_if_present(image))
     runner.change(["cp", "--sparse=always", "--", device, image], timeout=COPY_TIMEOUT)
     target = f"{spec.mountpoint}.img"
@@ -262,7 +176,7 @@ def _expose_image(runner: Runner, job: Job, spec: SnapshotSpec, device: str, und
     undo.push(f"unmount {target}", lambda: _unmount_image(runner, target, staging))
     runner.change(["mount", "--bind", image, target])
     runner.change(["mount", "-o", "remount,bind,ro", target])
-    log.info("%s/%s: image of %s at %s (%d MiB on disk)", spec.domain, spec.disk, spec.snapshot_volume,
+    log.info("%s/%s: image of %s at %s (%d MiB on disk)", disk.domain, disk.disk, spec.snapshot_volume,
              target, os.stat(image).st_blocks * 512 >> 20)
 
 

@@ -29,9 +29,10 @@ from dataclasses import asdict, dataclass, field
 from xenlvm import logs
 from xenlvm.config import Size, WatchdogSettings
 from xenlvm.config_file import load_config
+from xenlvm.cow import invalidated_by_io_errors
 from xenlvm.errors import EXIT_USAGE, CommandFailed, XenlvmError
 from xenlvm.fsutil import read_small, write_atomically
-from xenlvm.lvm import OWNER_TAG, LogicalVolume, Lvm, VolumeGroup, invalidated_by_io_errors, job_tag
+from xenlvm.lvm import OWNER_TAG, LogicalVolume, Lvm, VolumeGroup, job_tag
 from xenlvm.runner import Runner
 from xenlvm.sizes import human_size
 from xenlvm.watchdog_sizing import limit_reason, next_size, wanted_size

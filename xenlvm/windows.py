@@ -18,21 +18,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from xenlvm import mounts as mounts_mod
-from xenlvm import state, xen
-from xenlvm.config import Job, SnapshotSpec
+from xenlvm import xen
+from xenlvm.config import Job
 from xenlvm.fsutil import is_below
-from xenlvm.lvm import LogicalVolume
+from xenlvm.targets import Target
 
 log = logging.getLogger("xenlvm")
 
 PER_DOMAIN = "per-domain"
 TOGETHER = "together"
-Pause = Callable[[Sequence[str]], AbstractContextManager[object]]
+# One window over the named domains (xen.paused): yields the xen.Window that measures it.
+Pause = Callable[[Sequence[str]], AbstractContextManager[xen.Window]]
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class Window:
     """Domains paused together, and the snapshots taken while they are paused."""
 
     domains: tuple[str, ...]  # none: the snapshots are taken without pausing anyone
-    targets: tuple[SnapshotSpec, ...]  # in the job's order
+    targets: tuple[Target, ...]  # in the job's order
 
 
 def mode_of(job: Job) -> str:
@@ -51,8 +52,7 @@ def mode_of(job: Job) -> str:
     return PER_DOMAIN if job.vmdisks is not None else TOGETHER
 
 
-def plan(targets: Sequence[SnapshotSpec], uses: Mapping[str, Collection[SnapshotSpec]],
-         mode: str) -> list[Window]:
+def plan(targets: Sequence[Target], uses: Mapping[str, Collection[Target]], mode: str) -> list[Window]:
     """Given the job's targets in order, the targets each domain to pause has a disk on, and the
     mode, return the windows in the order of their first target.
 
@@ -71,7 +71,7 @@ def plan(targets: Sequence[SnapshotSpec], uses: Mapping[str, Collection[Snapshot
         return [Window(domains, tuple(targets))]
     parent = {target: target for target in targets}
 
-    def root(target: SnapshotSpec) -> SnapshotSpec:
+    def root(target: Target) -> Target:
         while parent[target] != target:
             parent[target] = parent[parent[target]]
             target = parent[target]
@@ -81,18 +81,17 @@ def plan(targets: Sequence[SnapshotSpec], uses: Mapping[str, Collection[Snapshot
         used = [t for t in targets if t in uses[name]]
         for target in used[1:]:
             parent[root(target)] = root(used[0])
-    targets_of: dict[SnapshotSpec, list[SnapshotSpec]] = {}
+    targets_of: dict[Target, list[Target]] = {}
     for target in targets:
         targets_of.setdefault(root(target), []).append(target)
-    domains_of: dict[SnapshotSpec, list[str]] = {}
+    domains_of: dict[Target, list[str]] = {}
     for name in domains:
         domains_of.setdefault(root(next(t for t in targets if t in uses[name])), []).append(name)
     return [Window(tuple(domains_of.get(key, ())), tuple(group)) for key, group in targets_of.items()]
 
 
-def plan_xen(job: Job, domains: Sequence[xen.Domain], specs: Sequence[SnapshotSpec],
-             origins: Sequence[LogicalVolume], mounts: list[mounts_mod.MountEntry]
-             ) -> list[Window]:
+def plan_xen(job: Job, domains: Sequence[xen.Domain], targets: Sequence[Target],
+             mounts: Sequence[mounts_mod.MountEntry]) -> list[Window]:
     """The job's windows over the domains it pauses. A domain that was already paused is left so,
     and has no say in the windows."""
     for domain in domains:
@@ -100,68 +99,58 @@ def plan_xen(job: Job, domains: Sequence[xen.Domain], specs: Sequence[SnapshotSp
             log.warning("domain %s was already paused; it stays paused", domain.name)
     running = [domain for domain in domains if not domain.paused]
     mode = mode_of(job)
-    planned = plan(specs, domain_uses(running, specs, origins, mounts), mode)
+    planned = plan(targets, domain_uses(running, targets, mounts), mode)
     log.info("xen.window %s: %d pause window(s): %s", mode, len(planned), describe(planned))
     return planned
 
 
-def run(windows: Sequence[Window], snapshot: Callable[[SnapshotSpec], None],
-        pause: Pause | None = None) -> None:
+def run(windows: Sequence[Window], snapshot: Callable[[Target], None],
+        pause: Pause | None = None) -> Iterator[tuple[tuple[str, ...], float]]:
     """Take each window's snapshots while its domains (and only they) are paused, one window
-    after the other. pause(names) is one window that resumes its domains whatever happens in it
-    (xen.paused); an exception, in a window or between two, stops the sequence there."""
+    after the other; yield each paused window's domains and how long it lasted (ms). pause(names)
+    is one window that resumes its domains whatever happens in it (xen.paused); an exception, in
+    a window or between two, stops the sequence there."""
     for window in windows:
         if window.domains and pause is None:
             raise ValueError("a window with domains needs a pause")  # a bug, never a host's state
-        with pause(window.domains) if window.domains and pause else contextlib.nullcontext():
+        paused = pause(window.domains) if window.domains and pause else contextlib.nullcontext(xen.Window())
+        with paused as measured:
             for target in window.targets:
                 snapshot(target)
+        if measured.ms is not None:
+            yield window.domains, measured.ms
 
 
-def xen_pause(xl: xen.Xl, record: xen.PauseRecord, domains: Sequence[xen.Domain],
-              on_window: Callable[[Sequence[str], float], None]) -> Pause:
-    """The pause of one window over xl, for run(): xen.paused() of the named domains, and
-    on_window(names, ms) with what it measured for the domains it paused."""
+def xen_pause(xl: xen.Xl, record: xen.PauseRecord, domains: Sequence[xen.Domain]) -> Pause:
+    """The pause of one window over xl, for run(): xen.paused() of the named domains."""
     by_name = {domain.name: domain for domain in domains}
 
-    def pause(names: Sequence[str]) -> AbstractContextManager[None]:
-        chosen = [by_name[name] for name in names]
-        paused_now = [domain.name for domain in chosen if not domain.paused]
-        return xen.paused(xl, chosen, record, lambda ms: on_window(paused_now, ms))
+    def pause(names: Sequence[str]) -> AbstractContextManager[xen.Window]:
+        return xen.paused(xl, [by_name[name] for name in names], record)
     return pause
 
 
-def domain_uses(domains: Sequence[xen.Domain], specs: Sequence[SnapshotSpec],
-                origins: Sequence[LogicalVolume], mounts: list[mounts_mod.MountEntry]
-                ) -> dict[str, set[SnapshotSpec]]:
-    """Given the domains to pause and the job's volumes with their origin LVs, return the volumes
-    each domain has a disk on: a VM disk found for it, any disk that is an origin (by device
-    number, whatever path the domain's config uses), and a volume with a disk file of the domain
-    below one of the origin's mount points."""
-    by_device = {(o.major, o.minor): spec for spec, o in zip(specs, origins) if o.major is not None}
-    below = [(entry.mountpoint, spec) for spec, o in zip(specs, origins) if spec.expose is None
-             for entry in mounts_mod.mounts_of(o, mounts)]
-    uses: dict[str, set[SnapshotSpec]] = {}
+def domain_uses(domains: Sequence[xen.Domain], targets: Sequence[Target],
+                mounts: Sequence[mounts_mod.MountEntry]) -> dict[str, set[Target]]:
+    """Given the domains to pause and the job's targets, return the targets each domain has a
+    disk on: a VM disk found for it, any disk that is a target's origin (by device number,
+    whatever path the domain's config uses), and a volume with a disk file of the domain below
+    one of its origin's mount points."""
+    by_device = {(t.origin.major, t.origin.minor): t for t in targets if t.origin.major is not None}
+    below = [(mountpoint, t) for t in targets for mountpoint in t.origin_mountpoints(mounts)]
+    uses: dict[str, set[Target]] = {}
     for domain in domains:
-        used = {spec for spec in specs if spec.expose is not None and spec.domain == domain.name}
+        used = {t for t in targets if t.domain == domain.name}
         for path in domain.disks:
             numbers = mounts_mod.device_numbers(path)
             if numbers in by_device:
                 used.add(by_device[numbers])
-            used |= {spec for mountpoint, spec in below if is_below(path, mountpoint)}
+            used |= {t for mountpoint, t in below if is_below(path, mountpoint)}
         uses[domain.name] = used
     return uses
 
 
 def describe(windows: Sequence[Window]) -> str:
     """'vm2: system/vm2-disk; vm3: system/vm3-disk, system/vm3-data' for the log."""
-    return "; ".join(f"{', '.join(w.domains) or 'no domain'}: {', '.join(str(t.origin) for t in w.targets)}"
+    return "; ".join(f"{', '.join(w.domains) or 'no domain'}: {', '.join(str(t) for t in w.targets)}"
                      for w in windows)
-
-
-def note_window(notes: dict[str, float], names: Sequence[str], ms: float) -> None:
-    """Record one window in a job's notes (state file, metrics): pause_window_ms, the longest any
-    domain was paused, and pause_window_ms:<domain> for each domain it paused."""
-    notes["pause_window_ms"] = max(ms, notes.get("pause_window_ms", 0.0))
-    for name in names:
-        notes[f"{state.DOMAIN_WINDOW}{name}"] = ms

@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from xenlvm import interrupts
@@ -87,6 +87,21 @@ def disk_paths(record: dict) -> tuple[str, ...]:
     return tuple(d["pdev_path"] for d in record.get("config", {}).get("disks", []) if d.get("pdev_path"))
 
 
+@dataclass(frozen=True)
+class XlView:
+    """The domains as one `xl list` (name -> (domid, paused)) and one `xl list -l` showed them."""
+
+    states: dict[str, tuple[int, bool]]
+    records: dict[str, dict]
+
+
+@dataclass
+class Window:
+    """What one pause window measured; ms is set when it closes (None: nothing was paused)."""
+
+    ms: float | None = None
+
+
 class Xl:
     """The xl calls xenlvm makes, each with the job's timeout."""
 
@@ -105,6 +120,9 @@ class Xl:
     def records(self) -> dict[str, dict]:
         return parse_xl_list_long(self.runner.query(["xl", "list", "-l"], timeout=self.timeout).stdout)
 
+    def view(self) -> XlView:
+        return XlView(self.states(), self.records())
+
     def control(self, verb: str, names: Sequence[str]) -> dict[str, XenlvmError]:
         """Run `xl pause|unpause NAME` for all names at once; return the failures by name.
         xl exits 0 even when libxl fails, so an error on stderr counts as a failure too."""
@@ -118,19 +136,19 @@ class Xl:
         return failures
 
 
-def select_domains(job: Job, xl: Xl, origin_mountpoints: Sequence[str]) -> list[Domain]:
-    """The running domains the job quiesces; configured ones that are missing or not running
-    are reported, and fail pre when the job says so."""
+def select_domains(job: Job, xl: XlView, origin_mountpoints: Sequence[str],
+                   disk_domains: Sequence[str] = ()) -> list[Domain]:
+    """The running domains the job quiesces (auto: those with a disk below origin_mountpoints,
+    or of disk_domains, which own the job's VM disks). Configured ones that are missing or not
+    running are reported, and fail pre when the job says so."""
     assert job.xen is not None
-    states = xl.states()
-    records = xl.records()
+    states, records = xl.states, xl.records
     chosen: list[Domain] = []
     if job.xen.domains == "auto":
-        volumes = [str(spec.origin) for spec in job.volumes if spec.expose is None]
+        volumes = [str(spec.origin) for spec in job.volumes]
         if volumes and not origin_mountpoints:
             raise PreflightFailed(f"xen.domains is 'auto' but {', '.join(volumes)} is not mounted, so no "
                                   "domain disk can be matched to it; list the domains by name")
-        disk_domains = {spec.domain for spec in job.volumes if spec.domain}  # VM disks found at pre
         for name, record in records.items():
             if name == "Domain-0" or name not in states:
                 continue
@@ -284,17 +302,18 @@ def resume(xl: Xl, names: Sequence[str]) -> None:
 
 
 @contextlib.contextmanager
-def paused(xl: Xl, domains: Sequence[Domain], record: PauseRecord,
-           on_window: Callable[[float], None] = lambda ms: None) -> Iterator[None]:
+def paused(xl: Xl, domains: Sequence[Domain], record: PauseRecord) -> Iterator[Window]:
     """Pause the running domains for the body of the with-block and resume them in every case:
     an exception, a timeout, SIGTERM or SIGINT. Domains that were already paused are left as
-    they are (and not resumed afterwards: we leave the host as we found it)."""
+    they are (and not resumed afterwards: we leave the host as we found it). Yields the Window,
+    which holds how long it lasted once the block is left."""
     to_pause = [d.name for d in domains if not d.paused]
     for domain in domains:
         if domain.paused:
             log.warning("domain %s was already paused; it stays paused", domain.name)
+    window = Window()
     if not to_pause:
-        yield
+        yield window
         return
     if not xl.runner.dry_run:
         record.write(to_pause)
@@ -307,7 +326,7 @@ def paused(xl: Xl, domains: Sequence[Domain], record: PauseRecord,
             raise XenError("could not pause " + "; ".join(f"{n}: {e}" for n, e in failed.items())
                            + ". Nothing was snapshotted; the domains are resumed.")
         paused_at = time.monotonic()
-        yield
+        yield window
     except BaseException as exc:
         original = exc
         raise
@@ -322,7 +341,7 @@ def paused(xl: Xl, domains: Sequence[Domain], record: PauseRecord,
             own = "" if paused_at is None else \
                 f"; {(resuming_at - paused_at) * 1000:.0f} ms from xl pause returning to xl unpause starting"
             log.info("pause window: %.0f ms (domains %s%s)", window_ms, ", ".join(to_pause), own)
-            on_window(window_ms)
+            window.ms = window_ms
             try:
                 resume(xl, to_pause)
                 record.clear()

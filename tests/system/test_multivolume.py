@@ -47,7 +47,14 @@ def _pauses(world) -> list[str]:
             if line.split()[2] == "start" and line.split()[5] in ("pause", "unpause")]
 
 
+def _lvm_started(world) -> dict[str, int]:
+    """How often xenlvm started each LVM tool since the call log was last emptied."""
+    started = [line.split()[2] for line in world.fault_calls() if line.split()[1:2] == ["start"]]
+    return {tool: started.count(tool) for tool in ("lvs", "vgs", "lvcreate", "lvremove")}
+
+
 def test_every_volume_is_mounted_below_the_mountpoint_within_one_pause_window(multi):
+    multi.reset_faults()
     pre = multi.pre()
     assert pre.rc == 0, pre
     mounts = multi.mounts()
@@ -60,11 +67,14 @@ def test_every_volume_is_mounted_below_the_mountpoint_within_one_pause_window(mu
     calls = multi.fault_calls()
     creates = [line for line in calls if " start lvcreate " in line]
     assert len(creates) == 2
+    assert _lvm_started(multi) == {"lvs": 1, "vgs": 0, "lvcreate": 2, "lvremove": 0}  # one lvs for the job
     status = json.loads(multi.xenlvm("status", "--json").stdout)[0]
     assert [v["mounted_at"] for v in status["volumes"]] == [["/mnt/vmbackup/xenvm"], ["/mnt/vmbackup/data"]]
 
+    multi.reset_faults()
     post = multi.post()
     assert post.rc == 0, post
+    assert _lvm_started(multi) == {"lvs": 1, "vgs": 0, "lvcreate": 0, "lvremove": 1}  # one each for the job
     assert_nothing_left(multi)
     assert "databackup" not in multi.lvs()
 

@@ -72,6 +72,7 @@ class FakeHost:
         self.xl_records = recorded(f"xl_list_l_xen-{release}.json")
         self.paused = {line.split()[0] for line in self.xl_text.splitlines()[1:] if "p" in line.split()[-2]}
         self._failures: dict[str, list[object]] = {}
+        self.unremovable: dict[str, str] = {}  # "vg/lv" -> what lvremove says when it fails to remove it
         answer = self._answer
         for command in ("lvs", "vgs", "lvcreate", "lvremove", "mount", "umount", "blkid", "xl"):
             self.runner.on(command, answer)
@@ -164,13 +165,16 @@ class FakeHost:
 
     def do(self, argv: tuple[str, ...]) -> object:
         tool = argv[0]
-        if tool == "lvs":
-            if argv[-2] == "--options":  # every VG
-                return json.dumps({"report": [{"lv": self.lvs_rows}]})
-            if argv[-1] not in {r["vg_name"] for r in self.lvs_rows}:
-                return Answer(stderr=f'  Volume group "{argv[-1]}" not found\n'
-                                     f"  Cannot process volume group {argv[-1]}\n", returncode=5)
-            return json.dumps({"report": [{"lv": [r for r in self.lvs_rows if r["vg_name"] == argv[-1]]}]})
+        if tool == "lvs":  # the VGs named after the --options value; every VG without one
+            named = argv[argv.index("--options") + 2:]
+            rows = [r for r in self.lvs_rows if not named or r["vg_name"] in named]
+            report = json.dumps({"report": [{"lv": rows}]})
+            missing = [vg for vg in named if vg not in {r["vg_name"] for r in self.lvs_rows}]
+            if missing:
+                said = [f'  Volume group "{vg}" not found\n  Cannot process volume group {vg}\n'
+                        for vg in missing]
+                return Answer(stdout=report, stderr="".join(said), returncode=5)
+            return report
         if tool == "vgs":
             return recorded("vgs_names.json")
         if tool == "lvcreate":
@@ -213,18 +217,27 @@ class FakeHost:
         return f'  Logical volume "{name}" created.\n'
 
     def _lvremove(self, argv: tuple[str, ...]) -> object:
-        vg, name = argv[-1].split("/")
+        """Each LV named after the --select guard, as LVM does: the others are still removed when
+        one fails, and the exit status is 5 if any failed."""
         tag = argv[argv.index("--select") + 1].split("=", 1)[1]
-        row = next((r for r in self.lvs_rows if (r["vg_name"], r["lv_name"]) == (vg, name)), None)
-        if row is None:
-            return Answer(stderr=f"  Failed to find logical volume \"{vg}/{name}\"\n", returncode=5)
-        if tag not in row["lv_tags"].split(","):
-            return ""  # the guard matched nothing: LVM 2.03.16 exits 0 and says nothing
-        if row["lv_attr"][5:6] == "o":
-            return Answer(stderr=f"  Logical volume {vg}/{name} contains a filesystem in use.\n",
-                          returncode=5)
-        self.lvs_rows.remove(row)
-        return _REMOVED.format(lv=name)
+        said, errors = [], []
+        for named in argv[argv.index("--select") + 2:]:
+            vg, name = named.split("/")
+            row = next((r for r in self.lvs_rows if (r["vg_name"], r["lv_name"]) == (vg, name)), None)
+            if row is None:
+                errors.append(f"  Failed to find logical volume \"{vg}/{name}\"\n")
+            elif tag not in row["lv_tags"].split(","):
+                continue  # the guard matched nothing: LVM 2.03.16 exits 0 and says nothing
+            elif named in self.unremovable:
+                errors.append(self.unremovable[named])
+            elif row["lv_attr"][5:6] == "o":
+                errors.append(f"  Logical volume {vg}/{name} contains a filesystem in use.\n")
+            else:
+                self.lvs_rows.remove(row)
+                said.append(_REMOVED.format(lv=name))
+        if errors:
+            return Answer(stdout="".join(said), stderr="".join(errors), returncode=5)
+        return "".join(said)
 
     def _mount_line(self, device: str, mountpoint: str, fstype: str, options: str) -> None:
         numbers = self.device_numbers(device) or (0, 99)

@@ -233,8 +233,8 @@ def test_post_of_a_job_with_two_volumes_removes_the_second_when_the_first_fails(
     for name, below in (("vmbackup", "xenvm"), ("second", "two")):
         (host.root / "mnt" / "vmbackup" / below).mkdir()
         host.add_snapshot(name, mountpoint=str(host.root / "mnt" / "vmbackup" / below))
-    host.fail("lvremove", Answer(stderr="  Failed to update pool", returncode=5))
-    with pytest.raises(XenlvmError):
+    host.unremovable["system/vmbackup"] = "  Failed to update pool\n"
+    with pytest.raises(XenlvmError, match="system/vmbackup"):
         post.run_post(ctx, list(config.jobs.values()))
     assert len(host.ours) == 1  # the other volume's snapshot was removed
     assert host.mountpoints == ["/", ORIGIN_MOUNT]  # both were unmounted
@@ -326,7 +326,7 @@ def test_post_reports_what_the_watchdog_did_and_notes_the_fill(host, monkeypatch
     assert ("the watchdog extended system/vmbackup from 64.0 MiB to 128.0 MiB when it was 91.5% full"
             in caplog.text)
     assert "watchdog: cannot extend" in caplog.text
-    assert ctx.notes["xenvm"] == {"fill_percent": 91.5, "watchdog_extensions": 1.0}
+    assert ctx.reports["xenvm"].notes() == {"fill_percent": 91.5, "watchdog_extensions": 1.0}
 
 
 def test_post_warns_about_a_snapshot_that_was_nearly_full(host, caplog):

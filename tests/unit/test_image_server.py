@@ -18,17 +18,22 @@ from xenlvm import image_server, status
 from xenlvm.config import SnapshotSpec, Volume
 from xenlvm.config_file import parse_config
 from xenlvm.fsutil import read_small
+from xenlvm.lvm import LogicalVolume
 from xenlvm.mounts import MountEntry
 from xenlvm.undo import UndoStack
+from xenlvm.vmdisk_target import VmDiskTarget
 
 JOB = "disks"
 CONFIG = (f"jobs:\n  {JOB}:\n    mountpoint: /mnt/vmdisks\n    vmdisks:\n      domains: auto\n"
           "      size: 16M\n      expose: image\n")
 
 
-def spec(vg: str, lv: str, domain: str, disk: str, expose: str = "image") -> SnapshotSpec:
-    return SnapshotSpec(Volume(vg, lv), f"{lv}.xenlvm", f"/mnt/vmdisks/{domain}/{disk}", None,
-                        expose=expose, domain=domain, disk=disk)
+def spec(vg: str, lv: str, domain: str, disk: str, expose: str = "image") -> VmDiskTarget:
+    """A VM disk target as pre plans it: the disk's snapshot spec, its origin LV, how it is exposed."""
+    origin = LogicalVolume(vg, lv, "-wi-ao----", 64 << 20, "", "", frozenset(), None, False, True, 253, 1,
+                           f"/dev/mapper/{vg}-{lv}", "")
+    return VmDiskTarget(SnapshotSpec(Volume(vg, lv), f"{lv}.xenlvm", f"/mnt/vmdisks/{domain}/{disk}", None),
+                        origin, domain, disk, expose)
 
 
 def test_the_server_opens_every_snapshot_read_only_and_exports_it_read_only_on_its_image_file():

@@ -11,7 +11,7 @@ import pytest
 
 from tests.unit.fakes import Answer, FakeRunner
 from tests.unit.fakes import recorded as recorded_file
-from xenlvm import lvm
+from xenlvm import cow, lvm, lvm_messages
 from xenlvm.config import Job, SnapshotSpec, Volume, parse_size
 from xenlvm.errors import CommandFailed, PreflightFailed, SafetyRefusal, XenlvmError
 from xenlvm.lvm import LogicalVolume, Lvm, device_path, job_tag, parse_lvs_json, parse_volume_group
@@ -488,10 +488,10 @@ def test_remove_in_a_dry_run_only_announces_the_command(no_sleep):
 
 
 def test_the_in_use_table_matches_its_own_entries_and_nothing_else():
-    for _releases, template in lvm.IN_USE_MESSAGES:
-        assert lvm.says_in_use("  " + template.format(vg="my-vg", lv="vm.disk") + "\n")
-    assert not lvm.says_in_use("  Failed to update pool system/pool.")
-    assert not lvm.says_in_use("  Volume group \"system\" not found")
+    for _releases, template in lvm_messages.IN_USE_MESSAGES:
+        assert lvm_messages.says_in_use("  " + template.format(vg="my-vg", lv="vm.disk") + "\n")
+    assert not lvm_messages.says_in_use("  Failed to update pool system/pool.")
+    assert not lvm_messages.says_in_use("  Volume group \"system\" not found")
 
 
 @pytest.mark.parametrize(("vg_attr", "partial"), [
@@ -518,10 +518,10 @@ def test_a_volume_group_missing_a_pv_is_partial(vg_attr, partial):
     (bytes(4096), "unknown"),                                          # not a snapshot header
 ])
 def test_the_copy_on_write_header_tells_why_a_snapshot_became_invalid(header, cause):
-    assert lvm.cause_from_cow_header(header) == cause
+    assert cow.cause_from_cow_header(header) == cause
 
 
 def test_the_cause_is_unknown_when_the_copy_on_write_device_cannot_be_opened(tmp_path):
     snapshot = dataclasses.replace(lvs_of("snapshot_overflowed")["vmbackup"], dm_path=str(tmp_path / "gone"))
-    assert lvm.invalid_cause(snapshot) == "unknown"
-    assert not lvm.invalidated_by_io_errors(snapshot)
+    assert cow.invalid_cause(snapshot) == "unknown"
+    assert not cow.invalidated_by_io_errors(snapshot)

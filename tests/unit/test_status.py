@@ -119,3 +119,14 @@ def test_the_last_runs_are_described(host):
     lines = describe(status_of(host))
     assert any(line.startswith("  last pre: ") and line.endswith(", 2.5 s, ok") for line in lines)
     assert any(line.endswith("FAILED (exit 1): boom") for line in lines)
+
+
+def test_how_often_the_watchdog_extended_is_told_with_the_last_post(host):
+    state = host.root / "state" / "xenvm"
+    state.mkdir(parents=True)
+    (state / "state.json").write_text(json.dumps({
+        "post": {"ok": True, "exit_code": 0, "started": 1764451000.0, "duration": 1.0, "message": "",
+                 "notes": {"fill_percent": 91.5, "watchdog_extensions": 2.0}}}))
+    lines = describe(status_of(host))
+    assert any(line.startswith("  last post: ") and line.endswith(
+        "ok; the watchdog extended its snapshots 2 time(s)") for line in lines)

@@ -11,7 +11,7 @@ import os
 import pytest
 
 from tests.unit.fakes import FakeRunner, recorded
-from xenlvm import vmdisk_teardown, vmdisks, xen
+from xenlvm import vmdisk_target, vmdisk_teardown, vmdisks, xen
 from xenlvm.config import Job, VmDiskSettings, parse_size
 from xenlvm.config_file import parse_config
 from xenlvm.errors import ConfigError, PreflightFailed
@@ -75,6 +75,11 @@ def job(domains="auto", missing="warn", expose="files") -> Job:
                                       expose=expose))
 
 
+def discover(job: Job, xl: xen.Xl, vgs: dict[str, VolumeGroup]) -> list[vmdisk_target.VmDiskTarget]:
+    """The job's VM disk targets, from xl's answers as pre's inventory reads them."""
+    return vmdisk_target.discover(job, xl.view(), vgs)
+
+
 @pytest.fixture(autouse=True)
 def devices(monkeypatch):
     monkeypatch.setattr(vmdisks.mounts_mod, "device_numbers", DEVICES.get)
@@ -83,14 +88,14 @@ def devices(monkeypatch):
 def test_each_disk_on_an_lv_becomes_a_snapshot_spec_below_domain_and_disk():
     xl = xl_for({"vm2": [disk("/dev/system/vm2-disk", "xvda")],
                  "vm3": [disk("/dev/system/vm3-disk", "xvda"), disk("/dev/system/thin-disk", "xvdb")]})
-    specs = vmdisks.discover(job(), xl, VGS)
-    assert [(s.domain, s.disk, str(s.origin), s.snapshot, s.mountpoint) for s in specs] == [
+    specs = discover(job(), xl, VGS)
+    assert [(s.domain, s.disk, str(s.origin), s.spec.snapshot, s.spec.mountpoint) for s in specs] == [
         ("vm2", "xvda", "system/vm2-disk", "vm2-disk.xenlvm", "/mnt/vmdisks/vm2/xvda"),
         ("vm3", "xvda", "system/vm3-disk", "vm3-disk.xenlvm", "/mnt/vmdisks/vm3/xvda"),
         ("vm3", "xvdb", "system/thin-disk", "thin-disk.xenlvm", "/mnt/vmdisks/vm3/xvdb"),
     ]
-    assert [s.size.text if s.size else None for s in specs] == ["16M", "16M", None]  # thin: no size
-    assert {s.expose for s in specs} == {"files"}
+    assert [s.spec.size.text if s.spec.size else None for s in specs] == ["16M", "16M", None]  # thin: no size
+    assert {s.how for s in specs} == {"files"}
 
 
 def test_disks_that_are_not_lvs_are_reported_and_fail_pre_when_asked(caplog):
@@ -98,36 +103,36 @@ def test_disks_that_are_not_lvs_are_reported_and_fail_pre_when_asked(caplog):
                          disk("/srv/vm2/disk.img", "xvdc", backend="qdisk"),
                          disk("/dev/sr0", "xvdd", is_cdrom=1)]})
     with caplog.at_level(logging.WARNING, "xenlvm"):
-        specs = vmdisks.discover(job(), xl, VGS)
+        specs = discover(job(), xl, VGS)
     assert [s.disk for s in specs] == ["xvda"]
     assert "disk xvdb of domain vm2 (/dev/sdb): not a logical volume" in caplog.text
     assert "disk xvdc of domain vm2 (/srv/vm2/disk.img): not a logical volume" in caplog.text
     assert "xvdd" not in caplog.text  # a CD-ROM is no disk to back up
     with pytest.raises(PreflightFailed, match="vmdisks.missing is 'fail'"):
-        vmdisks.discover(job(missing="fail"), xl, VGS)
+        discover(job(missing="fail"), xl, VGS)
 
 
 def test_named_domains_only_and_missing_ones_reported():
     xl = xl_for({"vm2": [disk("/dev/system/vm2-disk", "xvda")],
                  "vm3": [disk("/dev/system/vm3-disk", "xvda")]})
-    assert [s.domain for s in vmdisks.discover(job(domains=("vm3",)), xl, VGS)] == ["vm3"]
+    assert [s.domain for s in discover(job(domains=("vm3",)), xl, VGS)] == ["vm3"]
     with pytest.raises(PreflightFailed, match="domain 'vm9' does not exist or is not running"):
-        vmdisks.discover(job(domains=("vm3", "vm9"), missing="fail"), xl, VGS)
+        discover(job(domains=("vm3", "vm9"), missing="fail"), xl, VGS)
 
 
 def test_a_disk_shared_by_two_domains_is_backed_up_once():
     xl = xl_for({"vm2": [disk("/dev/system/vm2-disk", "xvda")],
                  "vm3": [disk("/dev/system/vm2-disk", "xvdb")]})
-    assert [(s.domain, s.disk) for s in vmdisks.discover(job(), xl, VGS)] == [("vm2", "xvda")]
+    assert [(s.domain, s.disk) for s in discover(job(), xl, VGS)] == [("vm2", "xvda")]
 
 
 @pytest.mark.parametrize("name", ["..", ".hidden", "a/b", "-rf", "vm 2", "x" * 65])
 def test_names_that_are_not_one_plain_directory_name_are_refused(name):
     xl = xl_for({name: [disk("/dev/system/vm2-disk", "xvda")], "vm3": [disk("/dev/system/vm3-disk", name)]})
-    specs = vmdisks.discover(job(), xl, VGS)
+    specs = discover(job(), xl, VGS)
     assert specs == []
     with pytest.raises(PreflightFailed):
-        vmdisks.discover(job(missing="fail"), xl, VGS)
+        discover(job(missing="fail"), xl, VGS)
 
 
 def test_partx_output_gives_byte_offsets_and_sizes():
@@ -151,8 +156,8 @@ def test_swap_guest_lvm_extended_and_unknown_partitions_never_get_a_device(tmp_p
     runner = probe_runner("PTTYPE=dos\n", {1048576: "TYPE=swap\n", 9437184: "TYPE=LVM2_member\n",
                                           10485760: "TYPE=crypto_LUKS\n"}, PARTX_EXTENDED)
     runner.on("sfdisk", SFDISK_DOS_EXTENDED)
-    spec = vmdisks.discover(job(), xl_for({"vm2": [disk("/dev/system/vm2-disk", "xvda")]}), VGS)[0]
-    spec = dataclasses.replace(spec, mountpoint=str(tmp_path / "vm2" / "xvda"))
+    spec = discover(job(), xl_for({"vm2": [disk("/dev/system/vm2-disk", "xvda")]}), VGS)[0]
+    spec.spec = dataclasses.replace(spec.spec, mountpoint=str(tmp_path / "vm2" / "xvda"))
     with caplog.at_level(logging.INFO, "xenlvm"):
         vmdisks.expose(runner, job(), spec, UndoStack())
     assert not [a for a in runner.argvs if a[0] in ("losetup", "mount")]
@@ -299,7 +304,7 @@ def recorded_xl(release: str) -> xen.Xl:
 def test_vm_disks_are_found_in_recorded_xl_output_however_xl_names_them(monkeypatch, caplog, release):
     monkeypatch.setattr(vmdisks.mounts_mod, "device_numbers", RECORDED_DEVICES.get)
     with caplog.at_level(logging.WARNING, "xenlvm"):
-        specs = vmdisks.discover(job(), recorded_xl(release), RECORDED_VGS)
+        specs = discover(job(), recorded_xl(release), RECORDED_VGS)
     assert [(s.domain, s.disk, str(s.origin)) for s in specs] == [
         ("vm1", "xvda", "system/vm1-disk"),   # phy: /dev/vg/lv
         ("vm1", "xvdb", "system/vm1-swap"),   # phy: /dev/mapper/vg-lv
@@ -315,23 +320,23 @@ def test_vm_disks_are_found_in_recorded_xl_output_however_xl_names_them(monkeypa
 @pytest.mark.parametrize("release", ["4.11", "4.17"])
 def test_named_domains_are_found_in_recorded_xl_output(monkeypatch, release):
     monkeypatch.setattr(vmdisks.mounts_mod, "device_numbers", RECORDED_DEVICES.get)
-    specs = vmdisks.discover(job(domains=("vm2",)), recorded_xl(release), RECORDED_VGS)
-    assert [s.mountpoint for s in specs] == ["/mnt/vmdisks/vm2/xvda1", "/mnt/vmdisks/vm2/xvda2"]
+    specs = discover(job(domains=("vm2",)), recorded_xl(release), RECORDED_VGS)
+    assert [s.spec.mountpoint for s in specs] == ["/mnt/vmdisks/vm2/xvda1", "/mnt/vmdisks/vm2/xvda2"]
 
 
 def test_xl_set_to_sxp_output_fails_discovery_saying_what_to_set():
     runner = FakeRunner().on("xl list", recorded("xl_list_xen-4.17.txt"))
     xl = xen.Xl(runner.on("xl list -l", recorded("xl_list_l_sxp_xen-4.17.txt")), 5.0)
     with pytest.raises(xen.XenError, match="set output_format to json in /etc/xen/xl.conf"):
-        vmdisks.discover(job(), xl, RECORDED_VGS)
+        discover(job(), xl, RECORDED_VGS)
 
 
 def test_the_layout_says_what_each_partition_holds_and_why_it_was_not_exposed(tmp_path):
     runner = probe_runner("PTTYPE=dos\n", {1048576: "TYPE=swap\nUUID=5f1d6c1a-9c7e\nLABEL=swap\n",
                                           10485760: "TYPE=LVM2_member\nUUID=abc-123\n"}, PARTX_EXTENDED)
     runner.on("sfdisk", SFDISK_DOS_EXTENDED)
-    spec = vmdisks.discover(job(), xl_for({"vm2": [disk("/dev/system/vm2-disk", "xvda")]}), VGS)[0]
-    spec = dataclasses.replace(spec, mountpoint=str(tmp_path / "vm2" / "xvda"))
+    spec = discover(job(), xl_for({"vm2": [disk("/dev/system/vm2-disk", "xvda")]}), VGS)[0]
+    spec.spec = dataclasses.replace(spec.spec, mountpoint=str(tmp_path / "vm2" / "xvda"))
     vmdisks.expose(runner, job(), spec, UndoStack())
     written = json.loads((tmp_path / "vm2" / "xvda" / "layout.json").read_text())
     assert (written["format"], written["format_version"], written["domain"], written["disk"]) == \

@@ -16,6 +16,8 @@ from xenlvm import interrupts, pre, state, status, windows, xen
 from xenlvm.config import Job, SnapshotSpec, VmDiskSettings, Volume, XenSettings, parse_size
 from xenlvm.errors import CommandFailed
 from xenlvm.mounts import MountEntry
+from xenlvm.vmdisk_target import VmDiskTarget
+from xenlvm.volume_target import VolumeTarget
 
 # ---------------------------------------------------------------------------------------------
 # Which domains share a window
@@ -69,18 +71,18 @@ def test_the_default_is_per_domain_with_vmdisks_and_together_for_volumes_only():
 def test_a_domain_uses_its_own_disks_any_origin_it_has_as_a_disk_and_volumes_holding_its_files(monkeypatch):
     monkeypatch.setattr(windows.mounts_mod, "device_numbers",
                         {"/dev/mapper/system-vm2--disk": (254, 1), "/dev/system/shared": (254, 5)}.get)
-    volume = SnapshotSpec(Volume("system", "xenvm"), "vmbackup", "/mnt/b/xenvm")
-    vm2_disk = SnapshotSpec(Volume("system", "vm2-disk"), "vm2-disk.xenlvm", "/mnt/b/vm2/xvda",
-                            expose="files", domain="vm2", disk="xvda")
-    shared = SnapshotSpec(Volume("system", "shared"), "shared.xenlvm", "/mnt/b/vm3/xvdb", expose="files",
-                          domain="vm3", disk="xvdb")  # found for vm3; vm4 has it too
-    origins = [lv("xenvm", (254, 0)), lv("vm2-disk", (254, 1)), lv("shared", (254, 5))]
+    volume = VolumeTarget(SnapshotSpec(Volume("system", "xenvm"), "vmbackup", "/mnt/b/xenvm"),
+                          lv("xenvm", (254, 0)))
+    vm2_disk = VmDiskTarget(SnapshotSpec(Volume("system", "vm2-disk"), "vm2-disk.xenlvm", "/mnt/b/vm2/xvda"),
+                            lv("vm2-disk", (254, 1)), "vm2", "xvda", "files")
+    shared = VmDiskTarget(SnapshotSpec(Volume("system", "shared"), "shared.xenlvm", "/mnt/b/vm3/xvdb"),
+                          lv("shared", (254, 5)), "vm3", "xvdb", "files")  # found for vm3; vm4 has it too
     mounts = [MountEntry(254, 0, "/srv/xenvm", ("rw",), "ext4", "/dev/mapper/system-xenvm")]
     domains = [xen.Domain("vm1", 1, False, ("/srv/xenvm/vm1/disk.img", "/srv/xenvmx/other.img")),
                xen.Domain("vm2", 2, False, ("/dev/mapper/system-vm2--disk",)),  # another path to it
                xen.Domain("vm3", 3, False, ()),
                xen.Domain("vm4", 4, False, ("/dev/system/shared",))]
-    uses = windows.domain_uses(domains, [volume, vm2_disk, shared], origins, mounts)
+    uses = windows.domain_uses(domains, [volume, vm2_disk, shared], mounts)
     assert uses == {"vm1": {volume}, "vm2": {vm2_disk}, "vm3": {shared}, "vm4": {shared}}
     assert [w.domains for w in windows.plan([volume, vm2_disk, shared], uses, windows.PER_DOMAIN)] == [
         ("vm1",), ("vm2",), ("vm3", "vm4")]
@@ -88,7 +90,7 @@ def test_a_domain_uses_its_own_disks_any_origin_it_has_as_a_disk_and_volumes_hol
 
 def test_a_window_with_domains_and_no_pause_is_a_bug_not_an_unpaused_snapshot():
     with pytest.raises(ValueError, match="needs a pause"):
-        windows.run([windows.Window(("vm1",), ("a",))], lambda target: None)
+        list(windows.run([windows.Window(("vm1",), ("a",))], lambda target: None))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,7 +144,7 @@ def test_per_domain_pauses_each_domain_only_for_the_snapshots_of_its_own_volumes
                               "pause vm2", "lvcreate system/vm2-root", "unpause vm2"]
     assert records == [["vm1"], ["vm1"], ["vm2"]]  # the record names the window's domains only
     assert record(host) == [] and host.paused == {"vm3"}  # vm3 was paused before and stays so
-    notes = ctx.notes["xenvm"]
+    notes = ctx.reports["xenvm"].notes()
     assert set(notes) == {"pause_window_ms", "pause_window_ms:vm1", "pause_window_ms:vm2"}
     assert notes["pause_window_ms"] == max(notes["pause_window_ms:vm1"], notes["pause_window_ms:vm2"])
 
@@ -205,10 +207,10 @@ def test_sigterm_inside_the_second_window_resumes_it_starts_no_other_and_undoes_
 
 def test_the_state_file_metrics_and_status_show_each_domains_window(host):
     config = host.config(settings=f"  metrics_file: {host.root / 'xenlvm.prom'}\n")
-    notes = {}
-    windows.note_window(notes, ["vm1"], 120.0)
-    windows.note_window(notes, ["vm2", 'odd"name'], 95.0)
-    state.record_run(config, ["xenvm"], state.RunRecord("pre", True, 0, 1.0, 2.0), {"xenvm": notes})
+    report = state.RunReport()
+    report.add_window(("vm1",), 120.0)
+    report.add_window(("vm2", 'odd"name'), 95.0)
+    state.record_run(config, ["xenvm"], state.RunRecord("pre", True, 0, 1.0, 2.0), {"xenvm": report})
     metrics = (host.root / "xenlvm.prom").read_text()
     assert 'xenlvm_pause_window_seconds{job="xenvm"} 0.120' in metrics
     assert 'xenlvm_domain_pause_window_seconds{job="xenvm",domain="vm2"} 0.095' in metrics

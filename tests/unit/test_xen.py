@@ -96,24 +96,24 @@ def test_xl_list_output_with_a_column_that_is_not_a_number_is_a_xen_error():
 
 @pytest.mark.parametrize("release", RELEASES)
 def test_auto_picks_the_running_domains_with_a_disk_below_the_origins_mountpoint(release):
-    chosen = xen.select_domains(job(), xl_of(release), ["/srv/xenvm"])
+    chosen = xen.select_domains(job(), xl_of(release).view(), ["/srv/xenvm"])
     assert [(d.name, d.domid, d.paused) for d in chosen] == [("vm1", 1, False)]
     assert chosen[0].record["config"]["c_info"]["uuid"] == "7e2e6a42-3f1c-4b8e-9d3a-0c1f2b3a4d51"
 
 
 def test_auto_with_an_unmounted_origin_is_refused():
     with pytest.raises(PreflightFailed, match="is not mounted"):
-        xen.select_domains(job(), xl_of(), [])
+        xen.select_domains(job(), xl_of().view(), [])
 
 
 @pytest.mark.parametrize("release", RELEASES)
 def test_named_domains_missing_ones_warn_or_fail(release, caplog):
     with caplog.at_level(logging.WARNING, "xenlvm"):
-        chosen = xen.select_domains(job(["vm2", "vm3", "vm9"]), xl_of(release), [])
+        chosen = xen.select_domains(job(["vm2", "vm3", "vm9"]), xl_of(release).view(), [])
     assert [(d.name, d.paused) for d in chosen] == [("vm2", False), ("vm3", True)]
     assert "domain 'vm9' does not exist or is not running" in caplog.text
     with pytest.raises(PreflightFailed, match="xen.missing is 'fail'"):
-        xen.select_domains(job(["vm9"], missing="fail"), xl_of(release), [])
+        xen.select_domains(job(["vm9"], missing="fail"), xl_of(release).view(), [])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,11 +135,11 @@ VM1_PAUSED = RUNNING.replace("-b----     812.0", "--p---     812.0")
 
 def test_the_window_pauses_runs_the_body_and_resumes_and_forgets_the_record(tmp_path):
     xl, record = paused_host(tmp_path, xl_pause=[""], xl_unpause=[""])
-    windows = []
-    with xen.paused(xl, [domain("vm1"), domain("vm3", paused=True)], record, windows.append):
+    with xen.paused(xl, [domain("vm1"), domain("vm3", paused=True)], record) as window:
         assert record.read() == ["vm1"]  # written before the pause
+        assert window.ms is None  # measured when it closes
     assert xl.runner.changes == [["xl", "pause", "vm1"], ["xl", "unpause", "vm1"]]  # vm3 stays paused
-    assert record.read() == [] and len(windows) == 1
+    assert record.read() == [] and window.ms is not None and window.ms >= 0
 
 
 def test_a_failed_pause_resumes_and_says_nothing_was_snapshotted(tmp_path):

@@ -1,0 +1,120 @@
+"""A VM disk on a logical volume of its own (a job's vmdisks: section), found through xl at
+each pre: its snapshot is exposed below the job's mountpoint as files or as an image
+(xenlvm.vmdisks), and carries the tag xenlvm_vmdisk beside xenlvm's others."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+from xenlvm import mounts as mounts_mod
+from xenlvm import vmdisks, xen
+from xenlvm.config import Job, SnapshotSpec, Volume
+from xenlvm.context import Context
+from xenlvm.errors import PreflightFailed
+from xenlvm.lvm import VMDISK_TAG, LogicalVolume, VolumeGroup
+from xenlvm.targets import Target
+from xenlvm.undo import UndoStack
+from xenlvm.vmdisks import SAFE_NAME, snapshot_name
+
+log = logging.getLogger("xenlvm")
+
+
+class VmDiskTarget(Target):
+    extra_tags = (VMDISK_TAG,)
+    domain: str
+
+    def __init__(self, spec: SnapshotSpec, origin: LogicalVolume, domain: str, disk: str, how: str) -> None:
+        super().__init__(spec, origin)
+        self.domain = domain
+        self.disk = disk  # its name in the domain (xvda)
+        self.how = how  # vmdisks.expose: "files", "image" (FUSE) or "image-copy"
+
+    def expose(self, ctx: Context, job: Job, undo: UndoStack) -> None:
+        vmdisks.expose(ctx.runner, job, self, undo)
+
+
+def discover(job: Job, xl: xen.XlView, vgs: dict[str, VolumeGroup]) -> list[VmDiskTarget]:
+    """The job's VM disks that are logical volumes, as targets, from `xl list -l`. What cannot
+    be backed up this way is reported, and fails pre when vmdisks.missing says so."""
+    settings = job.vmdisks
+    assert settings is not None
+    states, records = xl.states, xl.records
+    problems: list[str] = []
+    if settings.domains == "auto":
+        names = [n for n in records if n != "Domain-0" and n in states]
+    else:
+        names = [n for n in settings.domains if n in states and n in records]
+        problems += [f"domain {n!r} does not exist or is not running" for n in settings.domains
+                     if n not in names]
+    by_device = {(lv.major, lv.minor): lv for vg in vgs.values() for lv in vg.lvs.values()
+                 if lv.major is not None and lv.minor is not None}
+    specs: list[VmDiskTarget] = []
+    taken: set[tuple[str, str]] = set()
+    for name in names:
+        if not SAFE_NAME.fullmatch(name):
+            problems.append(f"domain {name!r}: its name cannot be used as a directory name")
+            continue
+        for disk in records[name].get("config", {}).get("disks", []):
+            target = _disk_target(job, name, disk, by_device, problems)
+            if target is None:
+                continue
+            if (target.origin.vg, target.origin.name) in taken:
+                log.warning("%s is a disk of more than one domain; it is backed up once", target)
+                continue
+            taken.add((target.origin.vg, target.origin.name))
+            specs.append(target)
+    if problems:
+        message = "; ".join(problems)
+        if settings.missing == "fail":
+            raise PreflightFailed(f"{message} (vmdisks.missing is 'fail'). Nothing was changed.")
+        log.warning("%s; going on without (set vmdisks.missing: fail to stop instead)", message)
+    log.info("VM disks of job %s: %s", job.name,
+             ", ".join(f"{t.domain}/{t.disk} ({t})" for t in specs) or "none found")
+    return specs
+
+
+def _disk_target(job: Job, domain: str, disk: dict, by_device: dict[tuple[int, int], LogicalVolume],
+                 problems: list[str]) -> VmDiskTarget | None:
+    """Given one disk of `xl list -l`, return its target, or None (reported) if it is not a
+    logical volume xenlvm can snapshot."""
+    settings = job.vmdisks
+    assert settings is not None
+    if disk.get("is_cdrom"):
+        return None
+    path, vdev = str(disk.get("pdev_path") or ""), str(disk.get("vdev") or "")
+    where = f"disk {vdev or '?'} of domain {domain} ({path or 'no path'})"
+    if not SAFE_NAME.fullmatch(vdev) or not path.startswith("/"):
+        problems.append(f"{where}: not a disk xenlvm understands")
+        return None
+    numbers = mounts_mod.device_numbers(path)
+    lv = by_device.get(numbers) if numbers is not None else None
+    if lv is None:
+        problems.append(f"{where}: not a logical volume (back up file disks with 'volume:' instead)")
+        return None
+    if lv.is_snapshot and not lv.is_thin:
+        problems.append(f"{where}: {lv} is itself a classic snapshot, which LVM cannot snapshot")
+        return None
+    spec = SnapshotSpec(Volume(lv.vg, lv.name), snapshot_name(lv.name),
+                        os.path.join(job.mountpoint, domain, vdev), None if lv.is_thin else settings.size)
+    return VmDiskTarget(spec, lv, domain, vdev, settings.expose)
+
+
+def check_image_room(job: Job, specs: Sequence[VmDiskTarget]) -> str | None:
+    """For expose: image-copy, a problem with image_dir (missing, or without room for every disk at
+    its full size: sparse images often take less, but that cannot be known before), or None."""
+    settings = job.vmdisks
+    if settings is None or settings.expose != "image-copy" or settings.image_dir is None:
+        return None
+    directory = settings.image_dir
+    if os.path.islink(directory) or not os.path.isdir(directory):
+        return f"vmdisks.image_dir {directory} must be an existing directory (not a symbolic link)"
+    needed = sum(t.origin.size for t in specs if t.how == "image-copy")
+    info = os.statvfs(directory)
+    free = info.f_bavail * info.f_frsize
+    if needed > free:
+        return (f"vmdisks.image_dir {directory} has {free >> 20} MiB free but the images of "
+                f"{len(specs)} disk(s) may need up to {needed >> 20} MiB: make room or choose "
+                "another image_dir")
+    return None
