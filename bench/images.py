@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 from tests.system.conftest import World
-from tests.system.sandbox import Guest, SandboxError
+from tests.system.sandbox import Guest
 
 HOOKS = "/opt/sesam/bin/sesam"
 XL = "/opt/xen/bin/xl"
@@ -127,24 +126,11 @@ def image_exposure(guest: Guest, world: World, rounds: int = 3):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.run import markdown_table
+    from bench.run import run_alone
     parser = argparse.ArgumentParser(prog="python -m bench.images", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds [3]")
-    args = parser.parse_args(argv)
-    started = time.monotonic()
-    guest = Guest("bench-images")
-    try:  # halt is safe after a failed boot too
-        guest.boot()
-        section = image_exposure(guest, World(guest), args.rounds)
-    except SandboxError as exc:
-        print(f"bench.images: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        guest.halt()
-    print(f"## {section.title}\n\n{markdown_table(section.rows)}\n")
-    print("\n".join(f"- {note}" for note in section.notes))
-    print(f"\n({(time.monotonic() - started) / 60:.1f} min)")
-    return 0
+    rounds = parser.parse_args(argv).rounds
+    return run_alone("images", lambda guest, world: image_exposure(guest, world, rounds))
 
 
 if __name__ == "__main__":

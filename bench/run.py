@@ -39,6 +39,7 @@ import re
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -252,6 +253,28 @@ def logged_runs(guest: Guest, phases: list[str]) -> list[Invocation]:
 
 def progress(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+def run_alone(name: str, measure: Callable[[Guest, World], Section]) -> int:
+    """One section of the bench on its own (python -m bench.<name>): boot the sandbox, measure,
+    halt, print the section. 1 if the sandbox cannot start."""
+    started = time.monotonic()
+    guest = Guest(f"bench-{name}")
+    progress("booting the sandbox")
+    try:  # halt() is safe whatever boot() got to
+        guest.boot()
+        world = World(guest)
+        world.build(config=None)
+        section = measure(guest, world)
+    except SandboxError as exc:
+        print(f"bench.{name}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        guest.halt()
+    print(f"## {section.title}\n\n{markdown_table(section.rows)}\n")
+    print("\n".join(f"- {note}" for note in section.notes))
+    print(f"\n({(time.monotonic() - started) / 60:.1f} min)")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------

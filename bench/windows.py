@@ -22,8 +22,6 @@ import sys
 
 from bench import run as bench_run
 from bench.run import XEN_PATH, XL, Bench, BenchError, Row, Section, hook, logged_runs, progress
-from tests.system.conftest import World
-from tests.system.sandbox import Guest, SandboxError
 
 DOMAINS = 8
 COUNTS = (1, 4, 8)
@@ -107,21 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.windows", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="counted rounds [3]")
     rounds = parser.parse_args(argv).rounds
-    guest = Guest("bench-windows")
-    progress("booting the sandbox")
-    try:  # halt() is safe whatever boot() got to
-        guest.boot()
-        world = World(guest)
-        world.build(config=None)
-        section = per_domain_windows(Bench(guest, world, rounds=0, cpu_rounds=0, scaling_rounds=rounds))
-    except SandboxError as exc:
-        print(f"bench.windows: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        guest.halt()
-    print(f"## {section.title}\n\n{bench_run.markdown_table(section.rows)}\n")
-    print("\n".join(f"- {note}" for note in section.notes))
-    return 0
+    return bench_run.run_alone("windows", lambda guest, world: per_domain_windows(
+        Bench(guest, world, rounds=0, cpu_rounds=0, scaling_rounds=rounds)))
+
 
 if __name__ == "__main__":
     sys.exit(main())

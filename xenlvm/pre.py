@@ -27,6 +27,7 @@ from xenlvm import (
     watchdog_process,
     windows,
     xen,
+    xen_export,
 )
 from xenlvm import lvm as lvm_mod
 from xenlvm import mounts as mounts_mod
@@ -105,7 +106,7 @@ def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
     if job.vmdisks is not None and not ctx.dry_run:  # beside the disks: the domains' own layouts
         assert host.xl is not None
         layout.write_domain_layouts(host.xl.records, disks,
-                                    xen.export_directory(job, ctx.config.settings.state_dir))
+                                    xen_export.export_directory(job, ctx.config.settings.state_dir))
     _start_watchdog(ctx, job, targets, undo)
 
 
@@ -200,9 +201,9 @@ def _prepare_xen(ctx: Context, job: Job, targets: Sequence[Target],
     assert host.xl is not None
     origin_paths = [path for target in targets for path in target.origin_mountpoints(host.mounts)]
     domains = xen.select_domains(job, host.xl, origin_paths, [t.domain for t in targets if t.domain])
-    directory = xen.export_directory(job, ctx.config.settings.state_dir)
+    directory = xen_export.export_directory(job, ctx.config.settings.state_dir)
     if directory is not None and not ctx.dry_run:
-        xen.export_configuration(job, domains, directory, job.xen.config_dir)
+        xen_export.export_configuration(job, domains, directory, job.xen.config_dir)
     if job.xen.mode != "pause":
         return windows.plan(targets, {}, windows.TOGETHER), None
     planned = windows.plan_xen(job, domains, targets, host.mounts)

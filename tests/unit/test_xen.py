@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from tests.unit.fakes import Answer, FakeRunner, Timeout, recorded
-from xenlvm import xen
+from xenlvm import xen, xen_export
 from xenlvm.config_file import parse_config
 from xenlvm.errors import CommandFailed, FileError, PreflightFailed
 
@@ -270,7 +270,7 @@ def test_export_writes_each_domains_record_and_its_config_files(tmp_path):
     (etc / "other.cfg").write_text('name = "other"\n')
     records = xen.parse_xl_list_long(recorded("xl_list_l_xen-4.17.json"))
     domains = [xen.Domain(n, 1, False, (), records[n]) for n in ("vm1", "vm2")]
-    xen.export_configuration(job(), domains, str(tmp_path / "out"), str(etc))
+    xen_export.export_configuration(job(), domains, str(tmp_path / "out"), str(etc))
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == ["vm1.cfg", "vm1.xl-list-l.json", "vm2.cfg", "vm2.xl-list-l.json"]
     assert json.loads((tmp_path / "out" / "vm2.xl-list-l.json").read_text()) == records["vm2"]
