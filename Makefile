@@ -112,8 +112,13 @@ demo: deps
 
 # Timings of the hooks against the manual's shell, in one sandbox boot (about 10 minutes), after
 # bench/hostcost.py on the host; prints a table and writes bench/results.md.
+# BENCH_BASELINE: the commit whose xenlvm bench/hostcost.py measures beside this one (before and
+# after): b5cdf47 is main before the targets, the per-domain windows, FUSE and the import work.
+BENCH_BASELINE ?= b5cdf47
 bench: deps
-	$(VPY) -m bench.run
+	rm -rf .work/bench-baseline && mkdir -p .work/bench-baseline
+	git archive $(BENCH_BASELINE) xenlvm | tar -x -C .work/bench-baseline
+	$(VPY) -m bench.run --host-baseline .work/bench-baseline
 
 # xenlvm's own cost (interpreter, imports, its checks) on this host, every command it runs a
 # stub answering from recorded output: no sandbox, about a minute; also part of make bench.

@@ -639,12 +639,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-rounds", type=int, default=5, help="rounds of section 4 [5]")
     parser.add_argument("--scaling-rounds", type=int, default=3, help="rounds of section 3 [3]")
     parser.add_argument("--host-rounds", type=int, default=21, help="rounds of bench/hostcost.py [21]")
+    parser.add_argument("--host-baseline", type=Path, help="another checkout of xenlvm for bench/hostcost.py "
+                        "to measure in the same rounds (before and after)")
     parser.add_argument("--output", type=Path, default=BENCH / "results.md", help="[bench/results.md]")
     args = parser.parse_args(argv)
     started = time.monotonic()
     fingerprint = source_fingerprint()
     progress("xenlvm's own cost on the host, every command stubbed (bench/hostcost.py)")
-    host_cost = hostcost.report_section(hostcost.measure(args.host_rounds))  # before the guest loads the host
+    host_cost = hostcost.report_section(hostcost.measure(  # before the guest loads the host
+        args.host_rounds, baseline=args.host_baseline and args.host_baseline.resolve()))
     guest = Guest("bench")
     progress("booting the sandbox")
     try:
