@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from xenlvm.config import Job, SnapshotSpec
 from xenlvm.errors import CommandFailed, PreflightFailed, SafetyRefusal, XenlvmError
 from xenlvm.lvm_messages import says_in_use
+from xenlvm.ownership import lost_tags, prove_ownership
 from xenlvm.retry import Backoff
 from xenlvm.runner import Runner
 
@@ -228,7 +229,7 @@ class Lvm:
         mine = []
         for spec, snapshot in snapshots:
             try:
-                self._prove_ownership(job, spec, snapshot)
+                prove_ownership(job, spec, snapshot)
                 mine.append((spec, snapshot))
             except SafetyRefusal as exc:
                 failures[str(snapshot)] = exc
@@ -239,7 +240,12 @@ class Lvm:
                 mine = self._still_listed(mine)
             else:
                 if result is not None:
-                    failures.update({str(lv): _lost_tags(lv) for _, lv in mine if self._still_exists(lv)})
+                    for _, lv in mine:
+                        try:
+                            if self._still_exists(lv):
+                                failures[str(lv)] = lost_tags(lv)
+                        except XenlvmError as exc:  # lvs could not tell: said on that LV, post goes on
+                            failures[str(lv)] = exc
                 return failures
         for spec, snapshot in mine:
             try:
@@ -264,7 +270,7 @@ class Lvm:
         The --select guard makes LVM itself check the tags at the moment of removal, so an LV
         that was replaced behind our back between the check and the removal is not touched.
         """
-        self._prove_ownership(job, spec, snapshot)
+        prove_ownership(job, spec, snapshot)
         argv = _lvremove_argv(job, [snapshot])
         backoff = Backoff(retry_for, first=0.5, most=4.0, clock=time)
         while True:
@@ -278,16 +284,8 @@ class Lvm:
                 continue
             # lvremove exits 0 also when its --select guard matched nothing: look whether it is gone.
             if result is not None and self._still_exists(snapshot):
-                raise _lost_tags(snapshot)
+                raise lost_tags(snapshot)
             return
-
-    @staticmethod
-    def _prove_ownership(job: Job, spec: SnapshotSpec, snapshot: LogicalVolume) -> None:
-        if not snapshot.owned_by(job, spec):
-            raise SafetyRefusal(
-                f"{snapshot} does not carry xenlvm's tags for job {job.name!r} (tags: "
-                f"{','.join(sorted(snapshot.tags)) or 'none'}); xenlvm did not create it and will "
-                "not remove it. Rename or remove it yourself, or choose another 'snapshot:' name.")
 
     def _in_use(self, snapshot: LogicalVolume, failure: CommandFailed) -> bool:
         """Whether a failed lvremove of snapshot is worth retrying because the LV is open: lvs
@@ -335,10 +333,6 @@ def vg_not_found_message(vg: str) -> str:
 def _lvremove_argv(job: Job, snapshots: Sequence[LogicalVolume]) -> list[str]:
     return ["lvremove", "--force", "--select", f"lv_tags={job_tag(job.name)}", *map(str, snapshots)]
 
-
-def _lost_tags(snapshot: LogicalVolume) -> SafetyRefusal:
-    return SafetyRefusal(f"{snapshot} lost xenlvm's tags just before removal; it was left untouched. "
-                         "Check who changed it ('lvs -o+lv_tags').")
 
 def device_path(vg: str, lv: str) -> str:
     """The device-mapper node of VG/LV (hyphens inside names are doubled by device-mapper)."""

@@ -70,11 +70,16 @@ def release(runner: Runner, job: Job, snapshots: Sequence[LogicalVolume], timeou
     sources = set(loops) | {device_path(s.vg, s.name) for s in snapshots}
     staging = image_staging(job) if job.vmdisks is not None and job.vmdisks.image_dir else None
     foreign = []
-    for entry in reversed(mounts_mod.read_mounts()):
+    mounts = mounts_mod.read_mounts()
+    tree = mounts_mod.mounted_at(job.mountpoint, mounts)
+    # The image server mounts its exports on files of xenlvm's own tmpfs only: a FUSE *.img
+    # elsewhere below the mountpoint is somebody else's.
+    in_our_tree = tree is not None and tree.source == tree_source(job)
+    for entry in reversed(mounts):
         if not is_below(entry.mountpoint, job.mountpoint):
             continue
-        if (entry.major, entry.minor) in devices or is_image_bind(entry, staging) or is_export(entry) or \
-                (entry.fstype == "btrfs" and entry.source in sources):
+        if (entry.major, entry.minor) in devices or is_image_bind(entry, staging) or \
+                (in_our_tree and is_export(entry)) or (entry.fstype == "btrfs" and entry.source in sources):
             mounts_mod.unmount_with_retry(runner, entry.mountpoint, timeout)
         else:
             foreign.append(entry.mountpoint)

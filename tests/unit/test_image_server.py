@@ -13,10 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.unit.fakes import FakeRunner
-from xenlvm import image_server, status
+from xenlvm import image_server, status, vmdisk_teardown
 from xenlvm.config import SnapshotSpec, Volume
 from xenlvm.config_file import parse_config
+from xenlvm.errors import MountError
 from xenlvm.fsutil import read_small
 from xenlvm.lvm import LogicalVolume
 from xenlvm.mounts import MountEntry
@@ -189,3 +192,24 @@ def test_status_shows_the_server_running_or_not_and_what_it_serves(tmp_path):
            "cleanup) to clean up" in status.describe(report)
     report["image_server"] = {**found, "running": True}
     assert "  image server (pid 4194305): running, serving /nowhere/vm2/xvda.img" in status.describe(report)
+
+
+def test_a_fuse_image_below_the_mountpoint_is_unmounted_only_inside_xenlvms_own_tree(monkeypatch):
+    # The server mounts its exports on files of xenlvm's tmpfs; an admin's own FUSE *.img below
+    # the job's mountpoint, without that tree, is not xenlvm's and is never unmounted.
+    job = parse_config(CONFIG).jobs[JOB]
+    export = MountEntry(0, 40, "/mnt/vmdisks/vm2/xvda.img", ("ro",), "fuse", "/dev/fuse")
+    tree = MountEntry(0, 39, "/mnt/vmdisks", ("rw",), "tmpfs", vmdisk_teardown.tree_source(job))
+    monkeypatch.setattr(vmdisk_teardown, "loops_of", lambda devices: {})
+    for mounts, unmounted in (([tree, export], True), ([export], False)):
+        monkeypatch.setattr(vmdisk_teardown.mounts_mod, "read_mounts", lambda mounts=mounts: list(mounts))
+        runner = FakeRunner().on("umount", "")
+        monkeypatch.setattr(vmdisk_teardown.mounts_mod, "unmount_with_retry",
+                            lambda runner, target, timeout: runner.change(["umount", target]))
+        if unmounted:
+            vmdisk_teardown.release(runner, job, [], 1.0)
+            assert runner.argvs == [["umount", export.mountpoint]]
+        else:
+            with pytest.raises(MountError, match="something xenlvm did not mount"):
+                vmdisk_teardown.release(runner, job, [], 1.0)
+            assert runner.argvs == []

@@ -341,6 +341,35 @@ def test_remove_refuses_the_origin_and_runs_nothing():
     assert runner.calls == []
 
 
+def test_remove_refuses_our_snapshot_once_somebody_snapshotted_it_and_runs_nothing():
+    # lvremove --force of an origin removes its snapshots too, and --select only guards the LVs
+    # named: a snapshot of xenlvm's snapshot (lv_attr 'o...') must stop the removal.
+    ours = lvs_of("snapshot_mounted")["vmbackup"]
+    assert ours.owned_by(JOB, SPEC)
+    runner = FakeRunner()
+    with pytest.raises(SafetyRefusal, match="somebody made a snapshot of it"):
+        Lvm(runner).remove_snapshot(JOB, SPEC, dataclasses.replace(ours, attr="ori-a-----"))
+    failures = Lvm(runner).remove_snapshots(JOB, [(SPEC, dataclasses.replace(ours, attr="Owi-a-----"))])
+    assert list(failures) == ["system/vmbackup"] and isinstance(failures["system/vmbackup"], SafetyRefusal)
+    assert runner.calls == []
+
+
+def test_an_lvs_that_fails_after_one_lvremove_is_told_on_each_lv_and_does_not_stop_post():
+    # After the combined lvremove, an inactive snapshot's removal is checked with lvs; when that
+    # lvs fails, the failure is each LV's, so post goes on with the rest of its cleanup.
+    first = dataclasses.replace(lvs_of("snapshot_mounted")["vmbackup"], major=None, minor=None)
+    second = dataclasses.replace(first, name="vmbackup2")
+    specs = [(SPEC, first), (dataclasses.replace(SPEC, snapshot="vmbackup2"), second)]
+    lvs_failed = CommandFailed(("lvs",), 5, "  Couldn't find device with uuid 3f2a.\n")
+    runner = FakeRunner().on("lvremove", "").on("lvs", lvs_failed, lvs_failed).on("vgs", VGS, VGS)
+
+    failures = Lvm(runner).remove_snapshots(JOB, specs)
+
+    assert sorted(failures) == ["system/vmbackup", "system/vmbackup2"]
+    assert all(isinstance(f, XenlvmError) for f in failures.values())
+    assert [a[0] for a in runner.argvs if a[0] != "vgs"] == ["lvremove", "lvs", "lvs"]
+
+
 def test_remove_refuses_a_tagged_snapshot_in_another_volume_group_and_runs_nothing():
     text = recorded_with("snapshot_mounted", "vmbackup", vg_name="data")
     elsewhere = {lv.name: lv for lv, _ in parse_lvs_json(text)}["vmbackup"]
