@@ -26,6 +26,11 @@ def tree_source(job: Job) -> str:
     return f"xenlvm-{job.name}"
 
 
+def is_our_tree(job: Job, entry: mounts_mod.MountEntry | None) -> bool:
+    """Whether entry (what is mounted at the job's mountpoint) is xenlvm's tmpfs tree."""
+    return entry is not None and entry.fstype == "tmpfs" and entry.source == tree_source(job)
+
+
 def image_staging(job: Job) -> str:
     assert job.vmdisks is not None and job.vmdisks.image_dir is not None
     return os.path.join(job.vmdisks.image_dir, f"xenlvm-{job.name}")
@@ -71,10 +76,9 @@ def release(runner: Runner, job: Job, snapshots: Sequence[LogicalVolume], timeou
     staging = image_staging(job) if job.vmdisks is not None and job.vmdisks.image_dir else None
     foreign = []
     mounts = mounts_mod.read_mounts()
-    tree = mounts_mod.mounted_at(job.mountpoint, mounts)
     # The image server mounts its exports on files of xenlvm's own tmpfs only: a FUSE *.img
     # elsewhere below the mountpoint is somebody else's.
-    in_our_tree = tree is not None and tree.source == tree_source(job)
+    in_our_tree = is_our_tree(job, mounts_mod.mounted_at(job.mountpoint, mounts))
     for entry in reversed(mounts):
         if not is_below(entry.mountpoint, job.mountpoint):
             continue
@@ -133,7 +137,7 @@ def unmount_tree(runner: Runner, job: Job, timeout: float) -> None:
     entry = mounts_mod.mounted_at(job.mountpoint, mounts_mod.read_mounts())
     if entry is None:
         return
-    if entry.fstype != "tmpfs" or entry.source != tree_source(job):
+    if not is_our_tree(job, entry):
         log.warning("%s has %s mounted on it, which is not xenlvm's tree; left alone",
                     job.mountpoint, entry.source)
         return
