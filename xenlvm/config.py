@@ -19,8 +19,9 @@ TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotat
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["Config", "Job", "Settings", "SnapshotSpec", "Size", "Volume", "VmDiskSettings",
-           "WatchdogSettings", "XenSettings", "config_path", "keys", "parse_duration", "parse_size"]
+__all__ = ["Config", "DomainCommands", "Job", "QuiesceSettings", "Settings", "SnapshotSpec", "Size",
+           "Volume", "VmDiskSettings", "WatchdogSettings", "XenSettings", "config_path", "keys",
+           "parse_duration", "parse_size"]
 
 DEFAULT_CONFIG_PATH = "/etc/xenlvm/config.yaml"
 XL_TIMEOUT = 30.0
@@ -42,6 +43,53 @@ def keys(section: type) -> dict[str, dataclasses.Field]:
 
 
 @dataclass(frozen=True)
+class DomainCommands:
+    """One domain's own freeze and thaw commands (xen.quiesce.per_domain)."""
+
+    domain: str
+    freeze: tuple[str, ...]
+    thaw: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class QuiesceSettings:
+    """Application-consistent snapshots: each domain's freeze command runs just before its pause
+    window, its thaw command just after, whatever fails in between (xenlvm.quiesce)."""
+
+    # argv lists; an item that is exactly "{domain}" becomes the domain's name
+    freeze: tuple[str, ...] | None = field(default=None, metadata=key(values.command, null_disables=True))
+    thaw: tuple[str, ...] | None = field(default=None, metadata=key(values.command, null_disables=True))
+    # for each freeze and each thaw; past it, the command and its process group are killed
+    timeout: float = field(default=30.0, metadata=key(values.parse_duration))
+    # a freeze that fails: "crash-consistent" (thaw it, warn, pause only) or "abort" (pre fails)
+    on_failure: str = field(default="crash-consistent",
+                            metadata=key(values.choice("crash-consistent", "abort")))
+    # a guest still frozen this long after its freeze is thawed by the guard process
+    max_frozen: float = field(default=600.0, metadata=key(values.parse_duration))
+    # domains with commands of their own, instead of freeze/thaw
+    per_domain: tuple[DomainCommands, ...] = field(default=(), metadata=key(values.per_domain_commands))
+
+    def commands(self, domain: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+        """The domain's freeze and thaw argv, {domain} replaced; None: it is not frozen."""
+        own = next((c for c in self.per_domain if c.domain == domain), None)
+        freeze, thaw = (own.freeze, own.thaw) if own is not None else (self.freeze, self.thaw)
+        if freeze is None or thaw is None:
+            return None
+        return values.substitute(freeze, domain), values.substitute(thaw, domain)
+
+    def problem(self) -> str | None:
+        """What is wrong with the section as a whole, or None."""
+        if (self.freeze is None) != (self.thaw is None):
+            return "give both 'freeze:' and 'thaw:' (a domain frozen must be thawed by its own command)"
+        if self.freeze is None and not self.per_domain:
+            return "needs 'freeze:' and 'thaw:', or 'per_domain:' commands"
+        if self.max_frozen <= 2 * self.timeout:
+            return (f"max_frozen ({self.max_frozen:g} s) must be more than twice the timeout "
+                    f"({self.timeout:g} s): the guard would thaw guests in the middle of a normal window")
+        return None
+
+
+@dataclass(frozen=True)
 class XenSettings:
     """How a job quiesces the Xen domains whose disks live on its volume."""
 
@@ -58,6 +106,8 @@ class XenSettings:
     # "per-domain": each domain paused only for its own disks' snapshots; "together": one window
     # for all; "" means per-domain for a job with vmdisks, together otherwise (xenlvm.windows)
     window: str = field(default="", metadata=key(values.choice("per-domain", "together")))
+    # freeze each domain's applications just before its pause window, thaw them after
+    quiesce: QuiesceSettings | None = field(default=None, metadata=key(QuiesceSettings))
 
 
 @dataclass(frozen=True)
@@ -92,6 +142,12 @@ class VmDiskSettings:
     missing: str = field(default="warn", metadata=key(values.choice("warn", "fail")))
     # where expose: image-copy writes the image files (on disk, not tmpfs)
     image_dir: str | None = field(default=None, metadata=key(values.parse_absolute_path))
+    # domains (vm3) and disks (vm2/xvdb) not to back up; also for xen.domains: auto
+    exclude: tuple[str, ...] = field(default=(), metadata=key(values.exclude))
+
+    def excludes(self, domain: str, disk: str = "") -> bool:
+        """True when the domain (disk not given) or its disk is excluded."""
+        return domain in self.exclude or (bool(disk) and f"{domain}/{disk}" in self.exclude)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import yaml
 from xenlvm.config import (
     Config,
     Job,
+    QuiesceSettings,
     Settings,
     SnapshotSpec,
     VmDiskSettings,
@@ -25,6 +26,7 @@ from xenlvm.config import (
     XenSettings,
     keys,
 )
+from xenlvm.config_choices import check_choices
 from xenlvm.config_values import JOB_NAME, volume_name
 from xenlvm.errors import ConfigError
 from xenlvm.fsutil import is_below
@@ -162,6 +164,9 @@ def _read_section(section: type, reader: Reader, node: yaml.Node, key: str) -> A
     if isinstance(made, VmDiskSettings) and made.expose == "image-copy" and made.image_dir is None:
         raise reader.error(node, key, "expose: image-copy needs 'image_dir:', a directory on a disk "
                            "with room for the images (not a tmpfs)")
+    problem = made.problem() if hasattr(made, "problem") else None
+    if problem:
+        raise reader.error(node, key, problem)
     return made
 
 
@@ -183,6 +188,7 @@ def sections() -> dict[str, dict[str, Any]]:
         "jobs.NAME": _job_parsers(),
         "jobs.NAME.volumes[]": _volume_item_parsers(),
         "jobs.NAME.xen": _parsers(XenSettings),
+        "jobs.NAME.xen.quiesce": _parsers(QuiesceSettings),
         "jobs.NAME.vmdisks": _parsers(VmDiskSettings),
         "jobs.NAME.watchdog": _parsers(WatchdogSettings),
     }
@@ -238,6 +244,7 @@ def _jobs_section(reader: Reader, node: yaml.Node, key: str) -> dict[str, Job]:
         if image_dir is not None and _nested(image_dir, job.mountpoint):
             raise reader.error(nodes["vmdisks"], f"jobs.{name}.vmdisks.image_dir",
                                f"{image_dir} must lie outside the job's mountpoint {job.mountpoint}")
+        check_choices(reader, nodes, f"jobs.{name}", job)
         jobs[name] = job
     _check_jobs_apart(reader, node, list(jobs.values()))
     return jobs

@@ -18,7 +18,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from xenlvm import __version__
@@ -206,10 +206,11 @@ def xfs_parameters(runner: Runner, device: str) -> dict[str, Any] | None:
 
 
 def write_domain_layouts(records: dict[str, dict], exposed: Sequence[VmDiskTarget],
-                         export_dir: str | None) -> None:
+                         export_dir: str | None, frozen: Mapping[str, bool] | None = None) -> None:
     """Write <mountpoint>/<domain>/layout.json for each domain with exposed disks: its `xl list -l`
     record (records: as pre's inventory read it), where each disk's layout (or image) is,
-    relative to that folder, and the configuration pre exported, if it did."""
+    relative to that folder, the configuration pre exported, if it did, and whether its
+    snapshot is application-consistent (frozen: the domains xen.quiesce froze for it)."""
     disks: dict[str, dict[str, str]] = {}
     folders: dict[str, str] = {}
     for target in exposed:
@@ -228,6 +229,7 @@ def write_domain_layouts(records: dict[str, dict], exposed: Sequence[VmDiskTarge
         _write_new(os.path.join(folder, NAME), {
             "format": DOMAIN_FORMAT, "format_version": FORMAT_VERSION, "xenlvm_version": __version__,
             "written": _now(), "domain": domain, "disks": disks[domain],
+            "consistency": "application-consistent" if (frozen or {}).get(domain) else "crash-consistent",
             "exported_config": exported if exported and os.path.isfile(exported) else None,
             "xl_list_l": records.get(domain)})
 

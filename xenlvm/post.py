@@ -1,9 +1,9 @@
 """post: what sesam's sbc_post does for each job (and xenlvm cleanup), top to bottom.
 
-Lock the job; resume domains a killed pre left paused; stop the watchdog; find the job's
-snapshots (lvs) and read whether they are still valid; unmount and remove them in reverse, each
-only with proof that it is xenlvm's (xenlvm.teardown); then judge the backup: an invalid
-snapshot fails it. One job's failure does not stop the others.
+Lock the job; resume domains a killed pre left paused, thaw those it left frozen; stop the
+watchdog; find the job's snapshots (lvs) and read whether they are still valid; unmount and
+remove them in reverse, each only with proof that it is xenlvm's (xenlvm.teardown); then judge
+the backup: an invalid snapshot fails it. One job's failure does not stop the others.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from xenlvm import cow, image_server, preflight, vmdisk_teardown, vmdisks, watchdog_process, xen
+from xenlvm import cow, image_server, preflight, quiesce, vmdisk_teardown, vmdisks, watchdog_process, xen
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Job, SnapshotSpec
 from xenlvm.context import Context
@@ -75,6 +75,8 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
     whether the backup is valid. Every step gets its turn even when one before it failed."""
     errors: list[XenlvmError] = []
     _collect(errors, _resume_paused_domains, ctx, job)
+    if job.xen is not None:  # after the resume, as at the end of a pause window
+        _collect(errors, quiesce.thaw_leftovers, ctx.runner, job, ctx.config.settings.lock_dir)
     _collect(errors, _stop_watchdog, ctx, job)
     _collect(errors, _stop_image_server, ctx, job, judge_backup)  # before the snapshots it holds are removed
     found = _find_artefacts(ctx, job, errors)

@@ -20,6 +20,8 @@ from xenlvm import (
     image_server,
     layout,
     preflight,
+    quiesce,
+    quiesce_guard,
     vmdisk_target,
     vmdisk_teardown,
     vmdisks,
@@ -69,8 +71,9 @@ def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
     """pre for one job: look at the host, sweep what an earlier run left, plan the targets,
     check them all; then the snapshots of all of them are created, each inside its pause window,
     and exposed (mounted) after them."""
-    if job.xen is not None:  # first: resuming changes what xl list shows
+    if job.xen is not None:  # first: resuming changes what xl list shows; then thawing
         xen.resume_leftovers(xen.Xl.for_job(ctx.runner, job), _pause_record(ctx, job))
+        quiesce.thaw_leftovers(ctx.runner, job, ctx.config.settings.lock_dir)
     host = read_inventory(ctx.runner, job)
     # Before the sweep, which would change them: LVM refuses any change to a VG missing a PV.
     disk_vgs = [lv.vg for lv in vmdisks.job_snapshots(job, host.vgs)]
@@ -94,10 +97,17 @@ def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
     for target in targets:
         undo.push(f"remove snapshot {target.spec.snapshot_volume} if this run created it",
                   functools.partial(_remove_if_created, ctx, job, target.spec, run_tag))
-    # each in its pause window (xenlvm.windows): nothing but lvcreate happens inside one
-    for paused, ms in windows.run(planned, lambda target: ctx.lvm.create_snapshot(
-            target.spec, target.origin, [*tags, *target.extra_tags]), pause):
-        ctx.report(job).add_window(paused, ms)
+    # each in its pause window (xenlvm.windows): nothing but lvcreate happens inside one; its
+    # domains frozen around it (xen.quiesce), guarded by a process of its own (xenlvm.quiesce_guard)
+    quiescer = quiesce.for_job(ctx.runner, job, ctx.config.settings.lock_dir, run_tag) \
+        if pause is not None and any(w.domains for w in planned) else None
+    with quiesce_guard.guarding(ctx.config, job.name, run_tag, quiescer):
+        for paused, ms in windows.run(planned, lambda target: ctx.lvm.create_snapshot(
+                target.spec, target.origin, [*tags, *target.extra_tags]), pause,
+                quiescer.frozen if quiescer is not None else None):
+            ctx.report(job).add_window(paused, ms)
+    consistent = quiescer.consistent if quiescer is not None else {}
+    ctx.report(job).consistent.update(consistent)
 
     for target in targets:
         target.expose(ctx, job, undo)
@@ -106,7 +116,8 @@ def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
     if job.vmdisks is not None and not ctx.dry_run:  # beside the disks: the domains' own layouts
         assert host.xl is not None
         layout.write_domain_layouts(host.xl.records, disks,
-                                    xen_export.export_directory(job, ctx.config.settings.state_dir))
+                                    xen_export.export_directory(job, ctx.config.settings.state_dir),
+                                    consistent)
     _start_watchdog(ctx, job, targets, undo)
 
 

@@ -8,9 +8,11 @@ changes are only logged, so the dry run shows exactly what would happen.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import time
 from collections.abc import Sequence
@@ -66,9 +68,12 @@ class Runner:
         return self._run(argv, timeout, ok_codes, self.query_level)
 
     def change(self, argv: Sequence[str], *, timeout: float | None = None,
-               ok_codes: Sequence[int] = (0,), input: str | None = None) -> Result | None:
+               ok_codes: Sequence[int] = (0,), input: str | None = None,
+               own_group: bool = False) -> Result | None:
         """Run a command that changes the system; in a dry run, only log it and return None.
         input, if given, is the command's standard input (sfdisk's script), logged with it.
+        own_group: the command runs in a process group of its own, all of which is killed when
+        it times out (an admin's script and the ssh it started: xenlvm.quiesce).
 
         A signal that arrives while it runs is held back until it has finished, so xenlvm
         always knows whether the change happened and can undo it.
@@ -77,7 +82,7 @@ class Runner:
             log.warning("dry run, would run: %s%s", quote(argv), _with_input(input))
             return None
         with interrupts.deferred():
-            return self._run(argv, timeout, ok_codes, logging.INFO, input)
+            return self._run(argv, timeout, ok_codes, logging.INFO, input, own_group)
 
     def change_all(self, argvs: Sequence[Sequence[str]], *,
                    timeout: float | None = None) -> list[Result | CommandFailed | None]:
@@ -100,7 +105,7 @@ class Runner:
             return list(pool.map(attempt, argvs))
 
     def _run(self, argv: Sequence[str], timeout: float | None, ok_codes: Sequence[int], level: int,
-             input: str | None = None) -> Result:
+             input: str | None = None, own_group: bool = False) -> Result:
         argv = tuple(argv)
         limit = timeout if timeout is not None else self.timeout
         self.count += 1
@@ -108,8 +113,11 @@ class Runner:
         start = time.monotonic()
         stdin: dict = {"stdin": subprocess.DEVNULL} if input is None else {"input": input}
         try:
-            proc = subprocess.run(argv, env=self.env, **stdin, capture_output=True,
-                                  timeout=limit, check=False, text=True, errors="replace")
+            if own_group:
+                proc = _run_in_own_group(argv, self.env, limit)
+            else:
+                proc = subprocess.run(argv, env=self.env, **stdin, capture_output=True,
+                                      timeout=limit, check=False, text=True, errors="replace")
         except FileNotFoundError:
             log.error("not found: %s (PATH=%s)", argv[0], self.env["PATH"])
             raise CommandFailed(argv, None, "", not_found=True) from None
@@ -131,6 +139,24 @@ class Runner:
         if failed:
             raise CommandFailed(argv, proc.returncode, proc.stderr)
         return result
+
+
+def _run_in_own_group(argv: Sequence[str], env: dict[str, str], limit: float) -> subprocess.CompletedProcess:
+    """subprocess.run in a new session; on timeout its whole process group is killed (SIGKILL),
+    so nothing it started goes on behind xenlvm's back. A command that exits in time may leave
+    a process of its own behind on purpose (a database client holding a lock until the thaw):
+    it must close its standard output and error, or xenlvm waits for it until the timeout."""
+    with subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, start_new_session=True, text=True,
+                          errors="replace") as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=limit)
+        except subprocess.TimeoutExpired as exc:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise subprocess.TimeoutExpired(argv, limit, stderr=exc.stderr) from None
+        return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
 
 def _with_input(text: str | None) -> str:

@@ -16,6 +16,8 @@ from xenlvm.fsutil import write_atomically
 log = logging.getLogger("xenlvm")
 
 DOMAIN_WINDOW = "pause_window_ms:"  # a note per domain: pause_window_ms:<domain>
+# a note per domain of a job with xen.quiesce: 1 its snapshot is application-consistent, 0 crash-consistent
+DOMAIN_CONSISTENT = "application_consistent:"
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class RunReport:
     fill_percent: float | None = None  # post: the fullest classic snapshot (100: overflowed)
     watchdog_extensions: int | None = None  # post: how often the watchdog extended a snapshot
     domain_windows: dict[str, float] = field(default_factory=dict)  # pre: each domain's window (ms)
+    consistent: dict[str, bool] = field(default_factory=dict)  # pre, xen.quiesce: each domain froze
 
     def add_window(self, domains: tuple[str, ...], ms: float) -> None:
         """One pause window of pre: its domains were paused for ms."""
@@ -47,7 +50,8 @@ class RunReport:
         """The state file's notes: pause_window_ms, pause_window_ms:<domain> for each domain,
         fill_percent, watchdog_extensions; only what was measured."""
         notes = {name: float(value) for name, value in asdict(self).items()
-                 if value is not None and name != "domain_windows"}
+                 if value is not None and name not in ("domain_windows", "consistent")}
+        notes |= {f"{DOMAIN_CONSISTENT}{name}": float(frozen) for name, frozen in self.consistent.items()}
         return notes | {f"{DOMAIN_WINDOW}{name}": ms for name, ms in self.domain_windows.items()}
 
 
@@ -88,6 +92,8 @@ _METRICS = (
     ("xenlvm_last_run_duration_seconds", "how long the job's last pre/post took"),
     ("xenlvm_pause_window_seconds", "the longest any Xen domain was paused in the last pre"),
     ("xenlvm_domain_pause_window_seconds", "how long each Xen domain was paused in the last pre"),
+    ("xenlvm_domain_application_consistent",
+     "1 if the domain was frozen for its snapshot in the last pre (application-consistent), 0 if not"),
     ("xenlvm_snapshot_fill_ratio",
      "how full the snapshot was when the last post removed it (1 = overflowed)"),
 )
@@ -96,6 +102,13 @@ _METRICS = (
 def _label_value(text: str) -> str:
     """text as a Prometheus label value: backslash, quote and newline escaped."""
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _per_domain(job: str, notes: dict, prefix: str, form: str) -> list[str]:
+    """The samples of the notes prefix<domain>, labelled with job and domain."""
+    return [f'{{job="{job}",domain="{_label_value(key[len(prefix):])}"}} {form.format(value)}'
+            for key, value in sorted(notes.items())
+            if key.startswith(prefix) and isinstance(value, (int, float))]
 
 
 def render_metrics(config: Config) -> str:
@@ -117,6 +130,8 @@ def render_metrics(config: Config) -> str:
                 if key.startswith(DOMAIN_WINDOW) and isinstance(ms, (int, float)):
                     labels = f'job="{job}",domain="{_label_value(key[len(DOMAIN_WINDOW):])}"'
                     samples["xenlvm_domain_pause_window_seconds"].append(f"{{{labels}}} {ms / 1000:.3f}")
+            samples["xenlvm_domain_application_consistent"] += _per_domain(job, notes, DOMAIN_CONSISTENT,
+                                                                          "{:.0f}")
             if "fill_percent" in notes:
                 samples["xenlvm_snapshot_fill_ratio"].append(f"{job_label} {notes['fill_percent'] / 100:.4f}")
     lines = []

@@ -43,7 +43,7 @@ def discover(job: Job, xl: xen.XlView, vgs: dict[str, VolumeGroup]) -> list[VmDi
     states, records = xl.states, xl.records
     problems: list[str] = []
     if settings.domains == "auto":
-        names = [n for n in records if n != "Domain-0" and n in states]
+        names = [n for n in records if n != "Domain-0" and n in states and not settings.excludes(n)]
     else:
         names = [n for n in settings.domains if n in states and n in records]
         problems += [f"domain {n!r} does not exist or is not running" for n in settings.domains
@@ -84,6 +84,9 @@ def _disk_target(job: Job, domain: str, disk: dict, by_device: dict[tuple[int, i
     if disk.get("is_cdrom"):
         return None
     path, vdev = str(disk.get("pdev_path") or ""), str(disk.get("vdev") or "")
+    if settings.excludes(domain, vdev):
+        log.info("disk %s of domain %s is excluded (vmdisks.exclude): not backed up", vdev, domain)
+        return None
     where = f"disk {vdev or '?'} of domain {domain} ({path or 'no path'})"
     if not SAFE_NAME.fullmatch(vdev) or not path.startswith("/"):
         problems.append(f"{where}: not a disk xenlvm understands")

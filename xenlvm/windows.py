@@ -34,6 +34,8 @@ PER_DOMAIN = "per-domain"
 TOGETHER = "together"
 # One window over the named domains (xen.paused): yields the xen.Window that measures it.
 Pause = Callable[[Sequence[str]], AbstractContextManager[xen.Window]]
+# The freeze around one window (xenlvm.quiesce, Quiescer.frozen): yields, per domain, whether it froze.
+Freeze = Callable[[Sequence[str]], AbstractContextManager[dict[str, bool]]]
 
 
 @dataclass(frozen=True)
@@ -105,16 +107,18 @@ def plan_xen(job: Job, domains: Sequence[xen.Domain], targets: Sequence[Target],
 
 
 def run(windows: Sequence[Window], snapshot: Callable[[Target], None],
-        pause: Pause | None = None) -> Iterator[tuple[tuple[str, ...], float]]:
+        pause: Pause | None = None, freeze: Freeze | None = None) -> Iterator[tuple[tuple[str, ...], float]]:
     """Take each window's snapshots while its domains (and only they) are paused, one window
     after the other; yield each paused window's domains and how long it lasted (ms). pause(names)
-    is one window that resumes its domains whatever happens in it (xen.paused); an exception, in
-    a window or between two, stops the sequence there."""
+    is one window that resumes its domains whatever happens in it (xen.paused); freeze(names),
+    if given, freezes them before the pause and thaws them after the unpause, whatever happens
+    (xenlvm.quiesce). An exception, in a window or between two, stops the sequence there."""
     for window in windows:
         if window.domains and pause is None:
             raise ValueError("a window with domains needs a pause")  # a bug, never a host's state
         paused = pause(window.domains) if window.domains and pause else contextlib.nullcontext(xen.Window())
-        with paused as measured:
+        frozen = freeze(window.domains) if window.domains and freeze else contextlib.nullcontext({})
+        with frozen, paused as measured:
             for target in window.targets:
                 snapshot(target)
         if measured.ms is not None:

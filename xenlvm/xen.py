@@ -150,7 +150,11 @@ def select_domains(job: Job, xl: XlView, origin_mountpoints: Sequence[str],
             if name == "Domain-0" or name not in states:
                 continue
             disks = disk_paths(record)
-            if name in disk_domains or any(is_below(d, m) for d in disks for m in origin_mountpoints):
+            shares = any(is_below(d, m) for d in disks for m in origin_mountpoints)
+            if job.vmdisks is not None and job.vmdisks.excludes(name) and shares:
+                log.warning("domain %s is excluded (vmdisks.exclude) but has a disk on a volume the job "
+                            "backs up: it is paused (and frozen) with it", name)
+            if name in disk_domains or shares:
                 chosen.append(Domain(name, states[name][0], states[name][1], disks, record))
         log.info("xen.domains auto: %s", ", ".join(d.name for d in chosen) or "no running domain has a "
                  f"disk below {', '.join(origin_mountpoints)} or on the job's VM disks")

@@ -84,6 +84,7 @@ class FakeRunner:
         self.dry_run = dry_run
         self.timeout = timeout
         self.calls: list[Call] = []
+        self.own_group: list[tuple[str, ...]] = []  # the changes run in a process group of their own
         self.count = 0
         self._scripts: list[tuple[tuple[str, ...], list[Scripted]]] = []
 
@@ -106,7 +107,10 @@ class FakeRunner:
         return result
 
     def change(self, argv: Sequence[str], *, timeout: float | None = None,
-               ok_codes: Sequence[int] = (0,), input: str | None = None) -> Result | None:
+               ok_codes: Sequence[int] = (0,), input: str | None = None,
+               own_group: bool = False) -> Result | None:
+        if own_group:
+            self.own_group.append(tuple(argv))
         if self.dry_run:  # as Runner: announced with its input, not run, None
             self.calls.append(Call("would change", tuple(argv), timeout, input))
             return None

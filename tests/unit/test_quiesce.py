@@ -1,0 +1,366 @@
+"""Application-consistent snapshots (xen.quiesce) and what a job leaves out (vmdisks.exclude):
+the configuration, the freeze/thaw decisions around a window, the record of frozen domains,
+the guard's decision when to thaw, and commands killed with their process group."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.unit.fakes import Answer, FakeRunner, Timeout
+from tests.unit.test_vmdisks import VGS, discover, disk, xl_for
+from tests.unit.test_vmdisks import devices as devices  # noqa: F401 (the fixture)
+from xenlvm import quiesce, quiesce_guard, state, windows
+from xenlvm.config import Config, Job, QuiesceSettings, Settings, VmDiskSettings, XenSettings, parse_size
+from xenlvm.config_file import parse_config
+from xenlvm.errors import CommandFailed, ConfigError
+from xenlvm.runner import Runner
+
+FREEZE = "/usr/local/sbin/guest-freeze"
+THAW = "/usr/local/sbin/guest-thaw"
+QUIESCE = f"""\
+      quiesce:
+        freeze: [{FREEZE}, "{{domain}}"]
+        thaw: [{THAW}, "{{domain}}"]
+"""
+
+
+def config(quiesce: str = QUIESCE, xen: str = "      domains: auto\n", vmdisks: str = "") -> Config:
+    volume = "" if vmdisks else "    volume: system/xenvm\n    snapshot: vmbackup\n    size: 1G\n"
+    text = f"jobs:\n  vms:\n    mountpoint: /mnt/vms\n{volume}    xen:\n{xen}{quiesce}{vmdisks}"
+    return parse_config(text, "/etc/xenlvm/config.yaml")
+
+
+def config_error(**parts: str) -> str:
+    with pytest.raises(ConfigError) as caught:
+        config(**parts)
+    return str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The configuration
+
+
+def test_the_issues_example_parses_with_its_defaults():
+    settings = config().jobs["vms"].xen.quiesce
+    assert settings.timeout == 30.0 and settings.on_failure == "crash-consistent"
+    assert settings.commands("vm1") == ((FREEZE, "vm1"), (THAW, "vm1"))
+
+
+def test_domain_is_replaced_only_in_whole_items_and_per_domain_commands_win():
+    settings = config(QUIESCE + "        timeout: 5s\n        on_failure: abort\n        per_domain:\n"
+                      "          db1: {freeze: [/usr/local/sbin/db-lock, --name, '{domain}'], "
+                      "thaw: [/usr/local/sbin/db-unlock]}\n").jobs["vms"].xen.quiesce
+    assert settings.commands("db1") == (("/usr/local/sbin/db-lock", "--name", "db1"),
+                                        ("/usr/local/sbin/db-unlock",))
+    assert settings.commands("vm2") == ((FREEZE, "vm2"), (THAW, "vm2"))
+    assert (settings.timeout, settings.on_failure) == (5.0, "abort")
+
+
+@pytest.mark.parametrize(("quiesce", "said"), [
+    (f"      quiesce:\n        freeze: [{FREEZE}, 'root@{{domain}}']\n        thaw: [{THAW}]\n",
+     "config.yaml:10: jobs.vms.xen.quiesce.freeze: 'root@{domain}': {domain} is replaced only as a "
+     "whole item"),
+    ("      quiesce:\n        freeze: [guest-freeze]\n        thaw: [/x]\n",
+     "must be an absolute, normalized path"),
+    ("      quiesce:\n        freeze: '/usr/bin/ssh vm fsfreeze -f /'\n        thaw: [/x]\n",
+     "must be a command as a list"),
+    (f"      quiesce:\n        freeze: [{FREEZE}]\n", "give both 'freeze:' and 'thaw:'"),
+    ("      quiesce:\n        timeout: 5s\n", "needs 'freeze:' and 'thaw:', or 'per_domain:'"),
+    (QUIESCE + "        timeout: 60s\n        max_frozen: 100s\n",
+     "max_frozen (100 s) must be more than twice"),
+    (QUIESCE + "        on_failure: ignore\n", "'ignore' is not one of: crash-consistent, abort"),
+    (QUIESCE + "        per_domain:\n          db1: {freeze: [/x]}\n",
+     "db1: give exactly 'freeze:' and 'thaw:'"),
+])
+def test_mistakes_in_quiesce_are_told_with_line_and_key(quiesce, said):
+    assert said in config_error(quiesce=quiesce)
+
+
+def test_quiesce_needs_mode_pause():
+    assert "it needs 'mode: pause'" in config_error(xen="      domains: auto\n      mode: none\n")
+
+
+VMDISKS = "    vmdisks:\n      domains: auto\n      size: 1G\n      exclude: {}\n"
+
+
+def test_exclude_takes_domains_and_disks_of_a_domain():
+    vmdisks = config(vmdisks=VMDISKS.format("[vm3, vm2/xvdb]")).jobs["vms"].vmdisks
+    assert vmdisks.exclude == ("vm3", "vm2/xvdb")
+    assert vmdisks.excludes("vm3") and vmdisks.excludes("vm3", "xvda") and vmdisks.excludes("vm2", "xvdb")
+    assert not vmdisks.excludes("vm2") and not vmdisks.excludes("vm2", "xvda")
+
+
+@pytest.mark.parametrize(("exclude", "xen", "said"), [
+    ("[vm3, vm3/xvda]", "      domains: auto\n", "'vm3/xvda': its domain is excluded as a whole already"),
+    ("[vm2/xvdb/x]", "      domains: auto\n", "is not DOMAIN/DISK"),
+    ("[vm3, vm3]", "      domains: auto\n", "names an item twice"),
+    ("[vm3]", "      domains: [vm1, vm3]\n", "xen.domains: names 'vm3', which vmdisks.exclude leaves out"),
+])
+def test_exclude_mistakes_and_contradictions_are_told(exclude, xen, said):
+    assert said in config_error(quiesce="", xen=xen, vmdisks=VMDISKS.format(exclude))
+
+
+# ---------------------------------------------------------------------------------------------
+# Excluded domains and disks are not backed up
+
+
+def vmdisk_job(exclude: tuple[str, ...]) -> Job:
+    return Job(name="disks", mountpoint="/mnt/vmdisks", volumes=(),
+               vmdisks=VmDiskSettings(domains="auto", size=parse_size("16M"), exclude=exclude))
+
+
+def test_excluded_domains_and_disks_are_not_discovered():
+    xl = xl_for({"vm2": [disk("/dev/system/vm2-disk", "xvda")],
+                 "vm3": [disk("/dev/system/vm3-disk", "xvda"), disk("/dev/system/thin-disk", "xvdb")]})
+    assert [(t.domain, t.disk) for t in discover(vmdisk_job(()), xl, VGS)] == [
+        ("vm2", "xvda"), ("vm3", "xvda"), ("vm3", "xvdb")]
+    kept = discover(vmdisk_job(("vm2", "vm3/xvdb")), xl, VGS)
+    assert [(t.domain, t.disk) for t in kept] == [("vm3", "xvda")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Freeze and thaw around a window
+
+
+def quiescer(tmp_path, runner: FakeRunner, on_failure: str = "crash-consistent",
+             **settings) -> quiesce.Quiescer:
+    quiesce_settings = QuiesceSettings(freeze=(FREEZE, "{domain}"), thaw=(THAW, "{domain}"),
+                                       on_failure=on_failure, **settings)
+    job = Job(name="vms", mountpoint="/mnt/vms", volumes=(),
+              xen=XenSettings(domains="auto", quiesce=quiesce_settings))
+    return quiesce.Quiescer(runner, job, str(tmp_path), "run-1")
+
+
+def commands(runner: FakeRunner) -> list[str]:
+    return [" ".join(call.argv) for call in runner.calls]
+
+
+def test_each_domain_is_frozen_before_the_body_and_thawed_after_it_in_its_own_process_group(tmp_path):
+    runner = FakeRunner().on(FREEZE, "").on(THAW, "")
+    q = quiescer(tmp_path, runner)
+    with q.frozen(["vm1", "vm2"]) as consistent:
+        assert commands(runner) == [f"{FREEZE} vm1", f"{FREEZE} vm2"]
+        assert q.record.read().domains == ("vm1", "vm2")
+        assert consistent == {"vm1": True, "vm2": True}
+    assert commands(runner)[2:] == [f"{THAW} vm1", f"{THAW} vm2"]
+    assert len(runner.own_group) == 4 and {c.timeout for c in runner.calls} == {30.0}
+    assert q.record.read() is None and q.consistent == {"vm1": True, "vm2": True}
+
+
+def test_the_record_names_a_domain_before_its_freeze_runs(tmp_path):
+    seen = []
+    q = None
+
+    def freeze(argv):
+        seen.append(q.record.read().domains)
+        return ""
+    runner = FakeRunner().on(FREEZE, freeze).on(THAW, "")
+    q = quiescer(tmp_path, runner)
+    with q.frozen(["vm1", "vm2"]):
+        pass
+    assert seen == [("vm1",), ("vm1", "vm2")]
+
+
+def test_a_failed_freeze_is_thawed_at_once_and_the_window_goes_on_crash_consistent(tmp_path, caplog):
+    runner = FakeRunner().on(f"{FREEZE} vm1", Timeout()).on(f"{FREEZE} vm2", "").on(THAW, "")
+    q = quiescer(tmp_path, runner)
+    with q.frozen(["vm1", "vm2"]) as consistent:
+        assert commands(runner) == [f"{FREEZE} vm1", f"{THAW} vm1", f"{FREEZE} vm2"]
+        assert q.record.read().domains == ("vm2",)
+    assert consistent == {"vm1": False, "vm2": True}
+    assert commands(runner)[3:] == [f"{THAW} vm2"]  # vm1 is not thawed twice
+    assert "could not freeze domain vm1" in caplog.text and "only crash-consistent" in caplog.text
+
+
+def test_a_failed_freeze_with_abort_stops_the_window_and_thaws_every_domain_tried(tmp_path):
+    runner = FakeRunner().on(f"{FREEZE} vm1", "").on(f"{FREEZE} vm2", Answer(returncode=1)).on(THAW, "")
+    q = quiescer(tmp_path, runner, "abort")
+    body = []
+    with pytest.raises(quiesce.QuiesceError, match="could not freeze domain vm2.*'abort'"), \
+            q.frozen(["vm1", "vm2", "vm3"]):
+        body.append("ran")
+    assert not body
+    assert commands(runner) == [f"{FREEZE} vm1", f"{FREEZE} vm2", f"{THAW} vm1", f"{THAW} vm2"]
+    assert q.record.read() is None
+
+
+def test_the_body_failing_still_thaws_every_domain_and_the_error_goes_on(tmp_path):
+    runner = FakeRunner().on(FREEZE, "").on(THAW, "")
+    q = quiescer(tmp_path, runner)
+    with pytest.raises(CommandFailed, match="lvcreate"), q.frozen(["vm1", "vm2"]):
+        raise CommandFailed(["lvcreate"], 5, "injected")
+    assert commands(runner)[2:] == [f"{THAW} vm1", f"{THAW} vm2"]
+    assert q.record.read() is None
+
+
+def test_a_failed_thaw_fails_the_window_thaws_the_others_and_stays_recorded(tmp_path):
+    runner = FakeRunner().on(FREEZE, "").on(THAW, "")
+    runner.on(f"{THAW} vm1", Answer(returncode=3, stderr="ssh: timeout"))
+    q = quiescer(tmp_path, runner)
+    with pytest.raises(quiesce.QuiesceError, match=r"could not thaw domain\(s\) vm1: .*STILL FROZEN"), \
+            q.frozen(["vm1", "vm2"]):
+        pass
+    assert commands(runner)[2:] == [f"{THAW} vm1", f"{THAW} vm2"]
+    assert q.record.read().domains == ("vm1",)
+
+
+def test_a_domain_without_commands_is_not_frozen_and_counts_as_crash_consistent(tmp_path):
+    runner = FakeRunner().on("/usr/local/sbin/db-lock", "").on("/usr/local/sbin/db-unlock", "")
+    from xenlvm.config import DomainCommands
+    q = quiescer(tmp_path, runner)
+    q.settings = QuiesceSettings(per_domain=(DomainCommands("db1", ("/usr/local/sbin/db-lock",),
+                                                            ("/usr/local/sbin/db-unlock",)),))
+    with q.frozen(["vm1", "db1"]) as consistent:
+        pass
+    assert consistent == {"vm1": False, "db1": True}
+    assert commands(runner) == ["/usr/local/sbin/db-lock", "/usr/local/sbin/db-unlock"]
+
+
+def test_leftovers_of_a_killed_run_are_thawed_and_an_unthawable_one_stays_recorded(tmp_path):
+    runner = FakeRunner().on(f"{THAW} vm1", "").on(f"{THAW} vm2", Answer(returncode=1))
+    q = quiescer(tmp_path, runner)
+    q.record.write(quiesce.Frozen(("vm1", "vm2"), "run-0", 1000.0))
+    with pytest.raises(quiesce.QuiesceError, match=r"vm2 that an earlier run froze could not be thawed"):
+        quiesce.thaw_leftovers(runner, q_job(q), str(tmp_path))
+    assert q.record.read() == quiesce.Frozen(("vm2",), "run-0", 1000.0)
+    runner.on(f"{THAW} vm2", "")
+    quiesce.thaw_leftovers(runner, q_job(q), str(tmp_path))
+    assert q.record.read() is None
+
+
+def q_job(q: quiesce.Quiescer) -> Job:
+    return Job(name="vms", mountpoint="/mnt/vms", volumes=(),
+               xen=XenSettings(domains="auto", quiesce=q.settings))
+
+
+def test_an_unreadable_record_is_an_error_not_nothing_frozen(tmp_path):
+    record = quiesce.FreezeRecord(str(tmp_path), "vms")
+    (tmp_path / "vms.frozen").write_text("not json")
+    with pytest.raises(quiesce.QuiesceError, match="unreadable"):
+        record.read()
+
+
+def test_windows_freeze_before_the_pause_and_thaw_after_the_unpause(tmp_path):
+    import contextlib
+    events = []
+
+    @contextlib.contextmanager
+    def cm(what, names):
+        events.append(f"{what} {','.join(names)}")
+        yield {} if what == "freeze" else windows.xen.Window(ms=1.0)
+        events.append(f"un{what} {','.join(names)}")
+
+    planned = [windows.Window(("vm1",), ("a",)), windows.Window(("vm2", "vm3"), ("b", "c"))]
+    list(windows.run(planned, lambda target: events.append(f"lvcreate {target}"),
+                     lambda names: cm("pause", names), lambda names: cm("freeze", names)))
+    assert events == ["freeze vm1", "pause vm1", "lvcreate a", "unpause vm1", "unfreeze vm1",
+                      "freeze vm2,vm3", "pause vm2,vm3", "lvcreate b", "lvcreate c", "unpause vm2,vm3",
+                      "unfreeze vm2,vm3"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The guard
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Stop:
+    def __init__(self, clock: Clock) -> None:
+        self.requested = False
+        self.clock = clock
+
+    def wait(self, seconds: float) -> None:
+        self.clock.now += max(seconds, 0.01)
+
+
+def test_the_guard_acts_once_max_frozen_is_up_and_only_on_its_runs_record(tmp_path):
+    clock = Clock()
+    q = quiescer(tmp_path, FakeRunner(), max_frozen=120.0)
+    acted = []
+    q.record.write(quiesce.Frozen(("vm1",), "run-1", 1000.0))
+    quiesce_guard.watch(q, acted.append, lambda: True, Stop(clock), clock)
+    assert acted == [quiesce.Frozen(("vm1",), "run-1", 1000.0)] and 1120.0 <= clock.now < 1122.0
+    other = quiescer(tmp_path, FakeRunner(), max_frozen=120.0)
+    other.run = "run-2"  # the record is run-1's: not this guard's to act on
+    clock.now, acted = 1000.0, []
+    quiesce_guard.watch(other, acted.append, lambda: clock.now < 1500.0, Stop(clock), clock)
+    assert not acted and clock.now >= 1500.0
+
+
+def test_the_guard_exits_when_its_run_is_gone_and_nothing_is_frozen(tmp_path):
+    clock = Clock()
+    acted = []
+    quiesce_guard.watch(quiescer(tmp_path, FakeRunner()), acted.append, lambda: False, Stop(clock), clock)
+    assert not acted and clock.now == 1000.0
+
+
+def test_the_guard_resumes_then_thaws_and_clears_the_record(tmp_path):
+    runner = FakeRunner().on(THAW, "")
+    q = quiescer(tmp_path, runner)
+    left = quiesce.Frozen(("vm1", "vm2"), "run-1", 1.0)
+    q.record.write(left)
+    resumed = []
+    pause_record = type("P", (), {})()
+    quiesce_guard.xen.resume_leftovers, real = (lambda xl, record: resumed.append(record)), \
+        quiesce_guard.xen.resume_leftovers
+    try:
+        quiesce_guard.thaw_overdue(q, None, pause_record, left)
+    finally:
+        quiesce_guard.xen.resume_leftovers = real
+    assert resumed == [pause_record] and commands(runner) == [f"{THAW} vm1", f"{THAW} vm2"]
+    assert q.record.read() is None
+
+
+def test_is_guard_proves_a_pid_by_its_command_line():
+    assert not quiesce_guard.is_guard(os.getpid(), "vms")
+
+
+# ---------------------------------------------------------------------------------------------
+# The state file, the metrics
+
+
+def test_each_domains_consistency_is_a_note_and_a_metric(tmp_path):
+    report = state.RunReport()
+    report.consistent.update({"vm1": True, "vm2": False})
+    assert report.notes() == {"application_consistent:vm1": 1.0, "application_consistent:vm2": 0.0}
+    cfg = Config(str(tmp_path / "c.yaml"), Settings(state_dir=str(tmp_path)),
+                 {"vms": Job(name="vms", mountpoint="/mnt/vms", volumes=())})
+    state.record_run(cfg, ["vms"], state.RunRecord("pre", True, 0, 1.0, 1.0), {"vms": report})
+    metrics = state.render_metrics(cfg)
+    assert 'xenlvm_domain_application_consistent{job="vms",domain="vm1"} 1' in metrics
+    assert 'xenlvm_domain_application_consistent{job="vms",domain="vm2"} 0' in metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# A command that times out is killed with its process group
+
+
+def test_a_timed_out_command_in_its_own_group_is_killed_with_what_it_started(tmp_path):
+    pid_file = tmp_path / "child"
+    script = f"sleep 60 & echo $! > {pid_file}; wait"
+    started = time.monotonic()
+    with pytest.raises(CommandFailed) as caught:
+        Runner().change(["/bin/sh", "-c", script], timeout=1.0, own_group=True)
+    assert caught.value.timed_out and time.monotonic() - started < 10
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{child}") and "Z" not in Path(f"/proc/{child}/stat").read_text().split()[2]:
+        assert time.monotonic() < deadline, "the command's child outlived its timeout"
+        time.sleep(0.05)
+
+
+def test_a_command_in_its_own_group_gives_its_output_and_status():
+    result = Runner().change(["/bin/sh", "-c", "echo out; echo err >&2"], own_group=True)
+    assert (result.stdout, result.stderr, result.returncode) == ("out\n", "err\n", 0)
+    with pytest.raises(CommandFailed, match="exit status 3"):
+        Runner().change(["/bin/sh", "-c", "exit 3"], own_group=True)

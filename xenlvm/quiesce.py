@@ -1,0 +1,224 @@
+"""Application-consistent snapshots: each domain of a pause window is frozen (the admin's freeze
+command: fsfreeze over ssh, a database's flush-and-lock) just before the window's pause, and
+thawed just after its unpause, whatever failed in between (xen.quiesce).
+
+A frozen guest that is never thawed is worse than a paused one: it looks running while every
+write in it hangs. So, as for the pause (xenlvm.xen.PauseRecord):
+- before each freeze the domains about to be frozen are written to /run/xenlvm/<job>.frozen;
+  a later pre, post or cleanup that finds it (the earlier run was killed with -9) thaws them;
+- the thaw runs in a finally, with signals held back until every thaw has run;
+- a guard process (xenlvm.quiesce_guard), started before the first freeze, thaws what is still
+  frozen after max_frozen even when xenlvm's own process is gone or hangs.
+A freeze or thaw that does not finish within the timeout is killed with its process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from xenlvm import interrupts
+from xenlvm.config import Job, QuiesceSettings
+from xenlvm.errors import CommandFailed, FileError, XenlvmError
+from xenlvm.fsutil import read_small, remove_if_present, write_atomically
+from xenlvm.runner import Runner
+
+log = logging.getLogger("xenlvm")
+
+CRASH_CONSISTENT = "crash-consistent"
+APPLICATION_CONSISTENT = "application-consistent"
+
+
+class QuiesceError(XenlvmError):
+    """A freeze failed with on_failure: abort, or a thaw failed: a guest may still be frozen."""
+
+
+@dataclass(frozen=True)
+class Frozen:
+    """What a record says: the domains that may be frozen, by which run, since when (Unix time)."""
+
+    domains: tuple[str, ...]
+    run: str
+    since: float
+
+
+class FreezeRecord:
+    """/run/xenlvm/<job>.frozen: the domains this job may have left frozen."""
+
+    def __init__(self, lock_dir: str, job: str) -> None:
+        self.job = job
+        self.path = os.path.join(lock_dir, f"{job}.frozen")
+
+    def write(self, frozen: Frozen) -> None:
+        text = json.dumps({"domains": list(frozen.domains), "run": frozen.run, "since": frozen.since})
+        try:
+            write_atomically(self.path, text + "\n", mode=0o644)
+        except OSError as exc:
+            raise FileError("write the record of the domains about to be frozen,", exc,
+                            "Nothing more is frozen.") from None
+
+    def read(self) -> Frozen | None:
+        """The record, None when there is none. A record that cannot be read is an error: the
+        guests a killed run left frozen would go unnoticed."""
+        text = read_small(self.path)
+        if text is None:
+            if not os.path.lexists(self.path):
+                return None
+            problem = "it cannot be read"
+        else:
+            try:
+                data = json.loads(text)
+                return Frozen(tuple(str(d) for d in data["domains"]), str(data["run"]), float(data["since"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                problem = f"it is not the record xenlvm writes: {exc}"
+        raise QuiesceError(f"the record of the domains job {self.job!r} froze, {self.path}, is unreadable "
+                           f"({problem}), so a killed run may have left guests frozen. Thaw each guest "
+                           f"of the job with its thaw command, then remove {self.path}.")
+
+    def clear(self) -> None:
+        remove_if_present(self.path)
+
+
+class Quiescer:
+    """The freeze and thaw commands of one job, run through the runner."""
+
+    def __init__(self, runner: Runner, job: Job, lock_dir: str, run: str) -> None:
+        assert job.xen is not None and job.xen.quiesce is not None
+        self.runner = runner
+        self.settings: QuiesceSettings = job.xen.quiesce
+        self.record = FreezeRecord(lock_dir, job.name)
+        self.run = run
+        self.consistent: dict[str, bool] = {}  # per domain of this run's windows: did it freeze
+
+    def freeze(self, name: str) -> None:
+        """Run the domain's freeze command; raise CommandFailed when it fails or times out."""
+        commands = self.settings.commands(name)
+        assert commands is not None
+        self.runner.change(commands[0], timeout=self.settings.timeout, own_group=True)
+
+    def thaw(self, name: str) -> XenlvmError | None:
+        """Run the domain's thaw command; return its failure (logged), None when it worked."""
+        commands = self.settings.commands(name)
+        if commands is None:  # a leftover of a domain whose commands were removed since
+            return QuiesceError(f"domain {name} has no thaw command in the configuration any more")
+        try:
+            self.runner.change(commands[1], timeout=self.settings.timeout, own_group=True)
+        except CommandFailed as exc:
+            log.error("could not thaw domain %s: %s", name, exc)
+            return exc
+        return None
+
+    def thaw_all(self, names: Sequence[str]) -> list[str]:
+        """Thaw each of names, all of them even when one fails; return those that failed."""
+        with interrupts.deferred():  # no signal may cut the thaws short
+            return [name for name in names if self.thaw(name) is not None]
+
+    def _note(self, names: Sequence[str], since: float) -> None:
+        if self.runner.dry_run:
+            return
+        if names:
+            self.record.write(Frozen(tuple(names), self.run, since))
+        else:
+            self.record.clear()
+
+    @contextlib.contextmanager
+    def frozen(self, names: Sequence[str]) -> Iterator[dict[str, bool]]:
+        """Freeze the domains for the body of the with-block and thaw them in every case. Yields
+        per domain whether it is frozen (its snapshot application-consistent). A freeze that
+        fails: with on_failure crash-consistent, that domain is thawed at once and the window goes
+        on with the pause only; with abort, QuiesceError (the finally thaws the others)."""
+        consistent = dict.fromkeys(names, False)
+        to_thaw: list[str] = []
+        since = time.time()
+        original: BaseException | None = None
+        try:
+            for name in names:
+                if self.settings.commands(name) is None:
+                    log.info("domain %s has no freeze command: its snapshot is crash-consistent", name)
+                    continue
+                to_thaw.append(name)
+                self._note(to_thaw, since)  # before the freeze: a kill -9 during it leaves the record
+                if self._freeze_or_thaw(name):
+                    consistent[name] = True
+                else:
+                    to_thaw.remove(name)
+                    self._note(to_thaw, since)
+            self.consistent.update(consistent)
+            yield consistent
+        except BaseException as exc:
+            original = exc
+            raise
+        finally:
+            self._thaw_window(to_thaw, since, original)
+
+    def _freeze_or_thaw(self, name: str) -> bool:
+        """Freeze the domain; True when it is frozen. A failed freeze (crash-consistent) is thawed
+        at once and gives False; with abort it raises QuiesceError."""
+        try:
+            self.freeze(name)
+            return True
+        except CommandFailed as exc:
+            if self.settings.on_failure == "abort":
+                raise QuiesceError(f"could not freeze domain {name}: {exc}. xen.quiesce.on_failure is "
+                                   "'abort': nothing is snapshotted; the domains frozen so far are thawed."
+                                   ) from None
+            log.warning("could not freeze domain %s: %s; its snapshot is only crash-consistent (it is "
+                        "thawed now, and paused as usual)", name, exc)
+        if self.thaw_all([name]):
+            raise QuiesceError(f"domain {name}: its freeze failed and its thaw failed too: it may be "
+                               f"STILL FROZEN. Thaw it by hand now (run the thaw command); then run "
+                               "'xenlvm cleanup'.")
+        return False
+
+    def _thaw_window(self, names: list[str], since: float, original: BaseException | None) -> None:
+        failed = self.thaw_all(names)
+        self._note(failed, since)  # what failed stays recorded for the next pre, post or cleanup
+        if not failed:
+            return
+        message = (f"could not thaw domain(s) {', '.join(failed)}: they may be STILL FROZEN, which hangs "
+                   f"every write in them. Run their thaw command by hand now; 'xenlvm cleanup' "
+                   f"tries again ({self.record.path} names them)")
+        if original is None:
+            raise QuiesceError(message)
+        log.error("%s", message)  # beside the original error, which goes on
+
+
+def for_job(runner: Runner, job: Job, lock_dir: str, run: str = "") -> Quiescer | None:
+    """The job's quiescer; None for a job without xen.quiesce."""
+    if job.xen is None or job.xen.quiesce is None:
+        return None
+    return Quiescer(runner, job, lock_dir, run)
+
+
+def thaw_leftovers(runner: Runner, job: Job, lock_dir: str) -> None:
+    """Thaw the domains an earlier, killed run left frozen (its record says which); raise
+    QuiesceError when one cannot be thawed (the record stays)."""
+    record = FreezeRecord(lock_dir, job.name)
+    left = record.read()
+    if left is None:
+        return
+    quiescer = for_job(runner, job, lock_dir)
+    if quiescer is None:
+        raise QuiesceError(f"{record.path} says an earlier run may have left {', '.join(left.domains)} "
+                           "frozen, but the job has no xen.quiesce commands any more: thaw them by hand, "
+                           f"then remove {record.path}.")
+    log.error("an earlier run was killed while guests were frozen (or could not thaw them): thawing %s",
+              ", ".join(left.domains))
+    failed = quiescer.thaw_all(left.domains)
+    if failed:
+        if not quiescer.runner.dry_run:
+            quiescer.record.write(Frozen(tuple(failed), left.run, left.since))
+        raise QuiesceError(f"domain(s) {', '.join(failed)} that an earlier run froze could not be thawed: "
+                           "they may be STILL FROZEN. Run their thaw command by hand, then remove "
+                           f"{quiescer.record.path}.")
+    if not quiescer.runner.dry_run:
+        quiescer.record.clear()
+
+
+def consistency(frozen: bool) -> str:
+    return APPLICATION_CONSISTENT if frozen else CRASH_CONSISTENT
