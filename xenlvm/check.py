@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
-from xenlvm import image_server, install, preflight, vmdisk_target, xen
+from xenlvm import image_server, install, preflight, quiesce_check, vmdisk_target, xen
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Config, Job
 from xenlvm.config_file import permission_problem
@@ -56,7 +56,8 @@ def check_hooks(hook_dir: str) -> list[Finding]:
     return findings
 
 
-def check_job(config: Config, runner: Runner, job: Job) -> list[Finding]:
+def check_job(config: Config, runner: Runner, job: Job, try_quiesce: bool = False) -> list[Finding]:
+    """What pre would find for the job; try_quiesce: also freeze and thaw each of its domains."""
     try:  # the host through the inventory: one lvs, the mount table; xl once, below
         host = read_tolerant(runner, job)
     except XenlvmError as exc:
@@ -91,6 +92,11 @@ def check_job(config: Config, runner: Runner, job: Job) -> list[Finding]:
                                     f"{', '.join(d.name for d in domains) or 'none'}"))
         except XenlvmError as exc:
             findings.append(Finding("fail", "xen", str(exc)))
+            domains = []
+        findings += quiesce_check.check_commands(job) + quiesce_check.check_leftover(config, job)
+        if try_quiesce:
+            running = [d.name for d in domains if not d.paused]
+            findings += quiesce_check.try_freeze(config, runner, job, running)
         try:
             left = xen.PauseRecord(config.settings.lock_dir, job.name).read()
         except XenlvmError as exc:

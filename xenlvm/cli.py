@@ -99,22 +99,30 @@ def _selected(config: Config, names: Sequence[str]) -> list[Job]:
 @click.option("--job", "job_names", multiple=True, metavar="NAME", help="Only this job (repeatable).")
 @click.option("--hooks-dir", default=install.DEFAULT_HOOK_DIR, show_default=True,
               help="Where sesam's hooks live.")
+@click.option("--quiesce", "try_quiesce", is_flag=True,
+              help="Also freeze and thaw each domain of a job with xen.quiesce, timed (needs root).")
 @click.pass_context
-def check(ctx: click.Context, job_names: tuple[str, ...], hooks_dir: str) -> None:
+def check(ctx: click.Context, job_names: tuple[str, ...], hooks_dir: str, try_quiesce: bool) -> None:
     """Check everything pre needs, and more, without changing anything.
 
     Configuration (valid, owned by root, not writable by others), tools, hooks, and per job:
     origin present and active, VG not missing a PV, VG free space against the snapshot size,
-    mountpoint usable, Xen domains, leftovers. Exit 0 when nothing failed, else 1.
+    mountpoint usable, Xen domains, the freeze and thaw commands (existing, owned by root, not
+    writable by others), leftovers (domains left paused or frozen). With --quiesce, each
+    domain is frozen and thawed once (the only change check makes). Exit 0 when nothing
+    failed, else 1.
     """
     from xenlvm.check import check_host, check_job
 
     def work() -> int:
         config = load_config(ctx.obj["config"], strict=False)  # check reports permissions itself
+        if try_quiesce:
+            app.require_root("check --quiesce")
+            interrupts.install()  # a signal while a guest is frozen: thawed first
         runner = app.make_runner(config)
         findings = [("", f) for f in check_host(config, hooks_dir)]
         for job in _selected(config, job_names):
-            findings += [(job.name, f) for f in check_job(config, runner, job)]
+            findings += [(job.name, f) for f in check_job(config, runner, job, try_quiesce)]
         for job_name, finding in findings:
             where = f"[{job_name}] " if job_name else ""
             click.echo(f"{finding.level.upper():4} {where}{finding.check}: {finding.message}")

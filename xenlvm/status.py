@@ -6,7 +6,7 @@ import datetime
 import time
 from typing import Any
 
-from xenlvm import cow, image_server, preflight, state, vmdisks, xen
+from xenlvm import cow, image_server, preflight, quiesce, state, vmdisks, xen
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Config, Job, SnapshotSpec
 from xenlvm.errors import XenlvmError
@@ -48,6 +48,7 @@ def job_status(config: Config, runner: Runner, job: Job, now: float | None = Non
         report["image_server"] = image_server_status(config, job)
     if job.xen is not None:
         report["domains"] = _domains(config, runner, job, report["problems"])
+        report["domains"]["left_frozen_by_a_killed_run"] = _left_frozen(config, job, report["problems"])
     report["last_runs"] = state.read_state(config, job.name)
     return report
 
@@ -105,6 +106,15 @@ def _domains(config: Config, runner: Runner, job: Job, problems: list[str]) -> d
             "left_paused_by_a_killed_run": left}
 
 
+def _left_frozen(config: Config, job: Job, problems: list[str]) -> list[str]:
+    try:
+        left = quiesce.FreezeRecord(config.settings.lock_dir, job.name).read()
+    except XenlvmError as exc:
+        problems.append(str(exc))
+        return []
+    return list(left.domains) if left is not None else []
+
+
 def describe(report: dict[str, Any]) -> list[str]:
     """The report as lines for a person."""
     lines = [f"job {report['job']} (mounted at {report['mountpoint']}):"]
@@ -125,6 +135,9 @@ def describe(report: dict[str, Any]) -> list[str]:
         if domains["left_paused_by_a_killed_run"]:
             lines.append(f"  LEFT PAUSED by a killed run: {', '.join(domains['left_paused_by_a_killed_run'])}"
                          " - run xenlvm cleanup")
+        if domains.get("left_frozen_by_a_killed_run"):
+            lines.append(f"  LEFT FROZEN by a killed run: {', '.join(domains['left_frozen_by_a_killed_run'])}"
+                         " - run xenlvm cleanup now (every write in them hangs)")
     for phase in ("pre", "post"):
         run = report["last_runs"].get(phase)
         if run:
@@ -134,6 +147,7 @@ def describe(report: dict[str, Any]) -> list[str]:
             if extended:
                 result += f"; the watchdog extended its snapshots {extended} time(s)"
             lines.append(f"  last {phase}: {when}, {run['duration']:.1f} s, {result}{_pauses(run)}")
+            lines += _consistency(run)
     lines += [f"  problem: {p}" for p in report["problems"]]
     return lines
 
@@ -146,6 +160,21 @@ def _pauses(run: dict[str, Any]) -> str:
     each = ", ".join(f"{key[len(state.DOMAIN_WINDOW):]} {ms:.0f} ms" for key, ms in sorted(notes.items())
                      if key.startswith(state.DOMAIN_WINDOW) and isinstance(ms, (int, float)))
     return f", domains paused at most {notes['pause_window_ms']:.0f} ms" + (f" ({each})" if each else "")
+
+
+def _consistency(run: dict[str, Any]) -> list[str]:
+    """'    application-consistent: vm1; crash-consistent only: vm2' from a run's notes (xen.quiesce)."""
+    notes = run.get("notes") or {}
+    if not isinstance(notes, dict):
+        return []
+    frozen = {key[len(state.DOMAIN_CONSISTENT):]: value for key, value in sorted(notes.items())
+              if key.startswith(state.DOMAIN_CONSISTENT)}
+    if not frozen:
+        return []
+    consistent = [name for name, value in frozen.items() if value]
+    only_crash = [name for name, value in frozen.items() if not value]
+    return [f"    application-consistent: {', '.join(consistent) or 'none'}"
+            + (f"; crash-consistent only: {', '.join(only_crash)}" if only_crash else "")]
 
 
 def _describe_volume(volume: dict[str, Any]) -> list[str]:

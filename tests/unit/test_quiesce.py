@@ -13,7 +13,8 @@ import pytest
 from tests.unit.fakes import Answer, FakeRunner, Timeout
 from tests.unit.test_vmdisks import VGS, discover, disk, xl_for
 from tests.unit.test_vmdisks import devices as devices  # noqa: F401 (the fixture)
-from xenlvm import quiesce, quiesce_guard, state, windows
+from xenlvm import context as context_mod
+from xenlvm import post, pre, quiesce, quiesce_check, quiesce_guard, state, status, windows
 from xenlvm.config import Config, Job, QuiesceSettings, Settings, VmDiskSettings, XenSettings, parse_size
 from xenlvm.config_file import parse_config
 from xenlvm.errors import CommandFailed, ConfigError
@@ -364,3 +365,110 @@ def test_a_command_in_its_own_group_gives_its_output_and_status():
     assert (result.stdout, result.stderr, result.returncode) == ("out\n", "err\n", 0)
     with pytest.raises(CommandFailed, match="exit status 3"):
         Runner().change(["/bin/sh", "-c", "exit 3"], own_group=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# pre on the fake dom0 (tests/unit/test_windows.py's per-domain job), and check and status
+
+
+def quiesced_job(host, window: str, on_failure: str = "crash-consistent"):
+    from tests.unit.test_windows import add_lv
+    add_lv(host, "vm1-disk")
+    add_lv(host, "vm2-root")
+    config = host.config(f"""  xenvm:
+    mountpoint: {host.root / 'mnt' / 'vmbackup'}
+    tasks: [xen_vm1]
+    volumes:
+      - {{volume: system/xenvm, snapshot: xenvmsnap, size: 64M}}
+      - {{volume: system/vm2-root, snapshot: vm2rootsnap, size: 64M}}
+      - {{volume: system/vm1-disk, snapshot: vm1disksnap, size: 64M}}
+    xen:
+      domains: [vm1, vm2, vm3]
+      timeout: 2s
+      window: {window}
+{QUIESCE}        on_failure: {on_failure}
+""")
+    host.runner.on(FREEZE, "").on(THAW, "")
+    return config, context_mod.Context(config, host.runner)
+
+
+def steps(host) -> list[str]:
+    seen = []
+    for argv in host.runner.argvs:
+        if argv[0] in (FREEZE, THAW) or argv[:2] in (["xl", "pause"], ["xl", "unpause"]):
+            seen.append(f"{os.path.basename(argv[0]) if argv[0] != 'xl' else argv[1]} {argv[-1]}")
+        elif argv[0] == "lvcreate":
+            seen.append(f"lvcreate {argv[-1]}")
+    return seen
+
+
+@pytest.fixture
+def guard(monkeypatch):
+    """The guard's start and stop, recorded instead of run (the guard has tests of its own)."""
+    calls = []
+    monkeypatch.setattr(quiesce_guard, "start", lambda config, job, run: calls.append(("start", job)))
+    monkeypatch.setattr(quiesce_guard, "stop", lambda config, job: calls.append(("stop", job)))
+    return calls
+
+
+@pytest.mark.parametrize(("window", "expected"), [
+    ("per-domain", ["guest-freeze vm1", "pause vm1", "lvcreate system/xenvm", "lvcreate system/vm1-disk",
+                    "unpause vm1", "guest-thaw vm1", "guest-freeze vm2", "pause vm2",
+                    "lvcreate system/vm2-root", "unpause vm2", "guest-thaw vm2"]),
+    ("together", ["guest-freeze vm1", "guest-freeze vm2", "pause vm1", "pause vm2", "lvcreate system/xenvm",
+                  "lvcreate system/vm2-root", "lvcreate system/vm1-disk", "unpause vm1", "unpause vm2",
+                  "guest-thaw vm1", "guest-thaw vm2"]),
+])
+def test_pre_freezes_each_windows_domains_around_its_pause_under_the_guard(host, guard, window, expected):
+    config, ctx = quiesced_job(host, window)
+    pre.run_pre(ctx, list(config.jobs.values()))
+    assert steps(host) == expected  # vm3 was paused already: neither paused nor frozen
+    assert guard == [("start", "xenvm"), ("stop", "xenvm")]
+    assert ctx.reports["xenvm"].consistent == {"vm1": True, "vm2": True}
+
+
+def test_pre_with_abort_undoes_everything_when_a_freeze_fails(host, guard):
+    config, ctx = quiesced_job(host, "per-domain", "abort")
+    host.runner.on(f"{FREEZE} vm2", Answer(returncode=1, stderr="ssh: connect: refused"))
+    with pytest.raises(quiesce.QuiesceError, match="could not freeze domain vm2"):
+        pre.run_pre(ctx, list(config.jobs.values()))
+    assert steps(host)[-2:] == ["guest-freeze vm2", "guest-thaw vm2"]
+    assert "pause vm2" not in steps(host)
+    removed = sorted(a[-1] for a in host.runner.argvs_of("lvremove"))
+    assert removed == ["system/vm1disksnap", "system/xenvmsnap"]
+
+
+def test_post_thaws_what_a_killed_pre_left_frozen(host):
+    config, ctx = quiesced_job(host, "per-domain")
+    quiesce.FreezeRecord(str(host.root / "run"), "xenvm").write(quiesce.Frozen(("vm2",), "run-0", 1.0))
+    post.run_post(ctx, list(config.jobs.values()))
+    assert steps(host) == ["guest-thaw vm2"]
+    assert quiesce.FreezeRecord(str(host.root / "run"), "xenvm").read() is None
+
+
+def test_check_tells_unsafe_programs_and_a_leftover(tmp_path):
+    script = tmp_path / "guest-freeze"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o775)
+    assert "writable by its group or by everyone (mode 775)" in quiesce_check.program_problem(str(script))
+    script.chmod(0o755)
+    assert quiesce_check.program_problem(str(script)) is None
+    assert "No such file" in quiesce_check.program_problem(str(tmp_path / "missing"))
+    settings = QuiesceSettings(freeze=(str(script), "{domain}"), thaw=(str(tmp_path / "missing"),))
+    job = Job(name="vms", mountpoint="/mnt/vms", volumes=(),
+              xen=XenSettings(domains="auto", quiesce=settings))
+    assert [f.level for f in quiesce_check.check_commands(job)] == ["fail"]
+    cfg = Config(str(tmp_path / "c.yaml"), Settings(lock_dir=str(tmp_path)), {"vms": job})
+    quiesce.FreezeRecord(str(tmp_path), "vms").write(quiesce.Frozen(("vm1",), "run-0", 1.0))
+    [leftover] = quiesce_check.check_leftover(cfg, job)
+    assert leftover.level == "fail" and "left vm1 FROZEN" in leftover.message
+
+
+def test_status_tells_each_domains_consistency_and_a_guest_left_frozen():
+    run = {"notes": {"application_consistent:vm1": 1.0, "application_consistent:vm2": 0.0}}
+    assert status._consistency(run) == ["    application-consistent: vm1; crash-consistent only: vm2"]
+    report = {"job": "vms", "mountpoint": "/mnt/vms", "volumes": [], "problems": [], "last_runs": {},
+              "domains": {"paused": [], "missing": [], "left_paused_by_a_killed_run": [],
+                          "left_frozen_by_a_killed_run": ["vm1"]}}
+    assert "  LEFT FROZEN by a killed run: vm1 - run xenlvm cleanup now (every write in them hangs)" in \
+        status.describe(report)
