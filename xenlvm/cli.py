@@ -139,7 +139,8 @@ def check(ctx: click.Context, job_names: tuple[str, ...], hooks_dir: str, try_qu
 def status(ctx: click.Context, job_names: tuple[str, ...], as_json: bool) -> None:
     """Show per job: snapshot present or not, fill, valid or invalid and why (overflowed or I/O
     errors), where it is mounted, its age and the run that created it, whether it is stale,
-    paused domains, last runs, problems such as a volume group missing a PV."""
+    paused domains, guests left frozen, last runs (with each domain's consistency), problems
+    such as a volume group missing a PV."""
     from xenlvm.status import describe, job_status
 
     def work() -> None:
@@ -160,8 +161,8 @@ def status(ctx: click.Context, job_names: tuple[str, ...], as_json: bool) -> Non
 @click.pass_context
 def cleanup(ctx: click.Context, job_names: tuple[str, ...], dry_run: bool) -> None:
     """Remove xenlvm's leftovers: unmount and remove the jobs' snapshots (only those carrying
-    xenlvm's tags) and resume domains a killed run left paused. Like post, without judging
-    the backup."""
+    xenlvm's tags), resume domains a killed run left paused and thaw those it left frozen.
+    Like post, without judging the backup."""
 
     def work() -> None:
         config = _load(ctx)

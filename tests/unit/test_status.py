@@ -97,7 +97,8 @@ def test_a_volume_group_missing_a_pv_is_a_problem(host):
 def test_domains_paused_missing_and_left_paused_by_a_killed_run(host):
     (host.root / "run" / "xenvm.paused").write_text('["vm1"]')
     domains = status_of(host, host.job_text(extra=XEN))["domains"]
-    assert domains == {"paused": ["vm3"], "missing": [], "left_paused_by_a_killed_run": ["vm1"]}
+    assert domains == {"paused": ["vm3"], "missing": [], "left_paused_by_a_killed_run": ["vm1"],
+                       "left_frozen_by_a_killed_run": []}
 
 
 def test_a_failing_xl_and_a_corrupt_record_are_reported(host):
