@@ -161,12 +161,12 @@ def _read_section(section: type, reader: Reader, node: yaml.Node, key: str) -> A
     values = reader.fields(node, key, _parsers(section), required=_required(section))
     made = section(**{fields[k].name: v for k, v in values.items()
                       if v is not None or fields[k].metadata["null_disables"]})
-    if isinstance(made, VmDiskSettings) and made.expose == "image-copy" and made.image_dir is None:
-        raise reader.error(node, key, "expose: image-copy needs 'image_dir:', a directory on a disk "
-                           "with room for the images (not a tmpfs)")
     problem = made.problem() if hasattr(made, "problem") else None
     if problem:
         raise reader.error(node, key, problem)
+    if isinstance(made, VmDiskSettings) and made.expose == "image-copy" and made.image_dir is None:
+        raise reader.error(node, key, "expose: image-copy needs 'image_dir:', a directory on a disk "
+                           "with room for the images (not a tmpfs)")
     return made
 
 
@@ -315,14 +315,15 @@ def _check_jobs_apart(reader: Reader, node: yaml.Node, jobs: list[Job]) -> None:
                 raise reader.error(node, "jobs", f"{pair} use the same snapshot {min(map(str, shared))}")
 
 
-def permission_problem(path: str, info: os.stat_result) -> str | None:
-    """Like sshd's StrictModes: a root job must not read a file that someone else can change."""
+def permission_problem(path: str, info: os.stat_result, fix_mode: str = "600") -> str | None:
+    """Like sshd's StrictModes: a root job must not read (or run) a file that someone else can
+    change. fix_mode: the mode the message proposes."""
     if info.st_uid != 0:
         return (f"{path} is owned by uid {info.st_uid}, not root, so that user could make xenlvm run "
                 f"what they want as root. Fix: chown root:root {path}")
     if info.st_mode & 0o022:
         return (f"{path} is writable by its group or by everyone (mode {info.st_mode & 0o777:o}), so "
-                f"others could make xenlvm run what they want as root. Fix: chmod 600 {path}")
+                f"others could make xenlvm run what they want as root. Fix: chmod {fix_mode} {path}")
     return None
 
 

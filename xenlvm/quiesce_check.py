@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from xenlvm import quiesce, quiesce_guard
 from xenlvm.config import Config, Job, QuiesceSettings
+from xenlvm.config_file import permission_problem
 from xenlvm.errors import XenlvmError
 from xenlvm.lock import JobLock
 from xenlvm.preflight import Finding
@@ -33,13 +34,7 @@ def program_problem(path: str) -> str | None:
         return f"{path}: {exc.strerror}"
     if not stat.S_ISREG(info.st_mode) or not info.st_mode & 0o111:
         return f"{path} is not an executable file"
-    if info.st_uid != 0:
-        return (f"{path} is owned by uid {info.st_uid}, not root, so that user could make xenlvm run what "
-                f"they want as root. Fix: chown root:root {path}")
-    if info.st_mode & 0o022:
-        return (f"{path} is writable by its group or by everyone (mode {info.st_mode & 0o777:o}). "
-                f"Fix: chmod 755 {path}")
-    return None
+    return permission_problem(path, info, fix_mode="755")
 
 
 def check_commands(job: Job) -> list[Finding]:

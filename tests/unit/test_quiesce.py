@@ -13,7 +13,7 @@ import pytest
 from tests.unit.fakes import Answer, FakeRunner, Timeout
 from tests.unit.test_vmdisks import VGS, discover, disk, xl_for
 from tests.unit.test_vmdisks import devices as devices  # noqa: F401 (the fixture)
-from xenlvm import context as context_mod
+from tests.unit.test_windows import per_domain_job
 from xenlvm import post, pre, quiesce, quiesce_check, quiesce_guard, state, status, windows
 from xenlvm.config import Config, Job, QuiesceSettings, Settings, VmDiskSettings, XenSettings, parse_size
 from xenlvm.config_file import parse_config
@@ -372,24 +372,8 @@ def test_a_command_in_its_own_group_gives_its_output_and_status():
 
 
 def quiesced_job(host, window: str, on_failure: str = "crash-consistent"):
-    from tests.unit.test_windows import add_lv
-    add_lv(host, "vm1-disk")
-    add_lv(host, "vm2-root")
-    config = host.config(f"""  xenvm:
-    mountpoint: {host.root / 'mnt' / 'vmbackup'}
-    tasks: [xen_vm1]
-    volumes:
-      - {{volume: system/xenvm, snapshot: xenvmsnap, size: 64M}}
-      - {{volume: system/vm2-root, snapshot: vm2rootsnap, size: 64M}}
-      - {{volume: system/vm1-disk, snapshot: vm1disksnap, size: 64M}}
-    xen:
-      domains: [vm1, vm2, vm3]
-      timeout: 2s
-      window: {window}
-{QUIESCE}        on_failure: {on_failure}
-""")
     host.runner.on(FREEZE, "").on(THAW, "")
-    return config, context_mod.Context(config, host.runner)
+    return per_domain_job(host, window, f"{QUIESCE}        on_failure: {on_failure}\n")
 
 
 def steps(host) -> list[str]:

@@ -105,7 +105,7 @@ def add_lv(host: FakeHost, name: str) -> None:
     host.lvs_rows.append(row)
 
 
-def per_domain_job(host: FakeHost, window: str = "per-domain"):
+def per_domain_job(host: FakeHost, window: str = "per-domain", xen_extra: str = ""):
     add_lv(host, "vm1-disk")
     add_lv(host, "vm2-root")
     config = host.config(f"""  xenvm:
@@ -120,7 +120,7 @@ def per_domain_job(host: FakeHost, window: str = "per-domain"):
       domains: [vm1, vm2, vm3]
       timeout: 2s
       window: {window}
-""")
+{xen_extra}""")
     return config, context_mod.Context(config, host.runner)
 
 
