@@ -1,9 +1,10 @@
 """post: what sesam's sbc_post does for each job (and xenlvm cleanup), top to bottom.
 
-Lock the job; resume domains a killed pre left paused, thaw those it left frozen; stop the
-watchdog; find the job's snapshots (lvs) and read whether they are still valid; unmount and
-remove them in reverse, each only with proof that it is xenlvm's (xenlvm.teardown); then judge
-the backup: an invalid snapshot fails it. One job's failure does not stop the others.
+Lock the job; resume domains a killed pre left paused; stop the watchdog; find the job's
+snapshots (lvs) and read whether they are still valid; unmount and remove them in reverse, each
+only with proof that it is xenlvm's (xenlvm.teardown); then judge the backup: an invalid
+snapshot fails it. One job's failure does not stop the others. Guests a killed pre left frozen
+(xen.quiesce) are thawed right after the resume, as at the end of a pause window.
 """
 
 from __future__ import annotations

@@ -89,25 +89,7 @@ def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
     planned, pause = _prepare_xen(ctx, job, targets, host)
     if job.vmdisks is not None:
         vmdisks.mount_tree(ctx.runner, job, undo)
-
-    run_tag = lvm_mod.run_tag(ctx.started, os.getpid())
-    tags = [lvm_mod.OWNER_TAG, lvm_mod.job_tag(job.name), run_tag]
-    # Each undo is registered before its change and checks what really happened: a command
-    # that fails (or times out) after doing its work must not leave that work behind.
-    for target in targets:
-        undo.push(f"remove snapshot {target.spec.snapshot_volume} if this run created it",
-                  functools.partial(_remove_if_created, ctx, job, target.spec, run_tag))
-    # each in its pause window (xenlvm.windows): nothing but lvcreate happens inside one; its
-    # domains frozen around it (xen.quiesce), guarded by a process of its own (xenlvm.quiesce_guard)
-    quiescer = quiesce.for_job(ctx.runner, job, ctx.config.settings.lock_dir, run_tag) \
-        if pause is not None and any(w.domains for w in planned) else None
-    with quiesce_guard.guarding(ctx.config, job.name, run_tag, quiescer):
-        for paused, ms in windows.run(planned, lambda target: ctx.lvm.create_snapshot(
-                target.spec, target.origin, [*tags, *target.extra_tags]), pause,
-                quiescer.frozen if quiescer is not None else None):
-            ctx.report(job).add_window(paused, ms)
-    consistent = quiescer.consistent if quiescer is not None else {}
-    ctx.report(job).consistent.update(consistent)
+    consistent = _take_snapshots(ctx, job, targets, planned, pause, undo)
 
     for target in targets:
         target.expose(ctx, job, undo)
@@ -119,6 +101,30 @@ def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
                                     xen_export.export_directory(job, ctx.config.settings.state_dir),
                                     consistent)
     _start_watchdog(ctx, job, targets, undo)
+
+
+def _take_snapshots(ctx: Context, job: Job, targets: Sequence[Target], planned: Sequence[windows.Window],
+                    pause: windows.Pause | None, undo: UndoStack) -> dict[str, bool]:
+    """Create the snapshots, each in its pause window (xenlvm.windows): nothing but lvcreate
+    happens inside one; its domains frozen around it (xen.quiesce) under a guard process
+    (xenlvm.quiesce_guard). Return, per domain frozen or not, whether it froze."""
+    run_tag = lvm_mod.run_tag(ctx.started, os.getpid())
+    tags = [lvm_mod.OWNER_TAG, lvm_mod.job_tag(job.name), run_tag]
+    # Each undo is registered before its change and checks what really happened: a command
+    # that fails (or times out) after doing its work must not leave that work behind.
+    for target in targets:
+        undo.push(f"remove snapshot {target.spec.snapshot_volume} if this run created it",
+                  functools.partial(_remove_if_created, ctx, job, target.spec, run_tag))
+    quiescer = quiesce.for_job(ctx.runner, job, ctx.config.settings.lock_dir, run_tag) \
+        if pause is not None and any(w.domains for w in planned) else None
+    with quiesce_guard.guarding(ctx.config, job.name, run_tag, quiescer):
+        for paused, ms in windows.run(planned, lambda target: ctx.lvm.create_snapshot(
+                target.spec, target.origin, [*tags, *target.extra_tags]), pause,
+                quiescer.frozen if quiescer is not None else None):
+            ctx.report(job).add_window(paused, ms)
+    consistent = quiescer.consistent if quiescer is not None else {}
+    ctx.report(job).consistent.update(consistent)
+    return consistent
 
 
 def _sweep(ctx: Context, job: Job, host: Inventory) -> bool:
