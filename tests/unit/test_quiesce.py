@@ -456,3 +456,16 @@ def test_status_tells_each_domains_consistency_and_a_guest_left_frozen():
                           "left_frozen_by_a_killed_run": ["vm1"]}}
     assert "  LEFT FROZEN by a killed run: vm1 - run xenlvm cleanup now (every write in them hangs)" in \
         status.describe(report)
+
+
+def test_auto_leaves_an_excluded_domain_out_unless_it_shares_a_volume_that_is_backed_up(caplog):
+    from xenlvm import xen
+    job = Job(name="vms", mountpoint="/mnt/vms", volumes=(), xen=XenSettings(domains="auto"),
+              vmdisks=VmDiskSettings(domains="auto", size=parse_size("16M"), exclude=("vm3", "vm4")))
+    view = xl_for({"vm2": [disk("/dev/system/vm2-disk", "xvda")],
+                   "vm3": [disk("/dev/system/vm3-disk", "xvda")],
+                   "vm4": [disk("/srv/xenvm/vm4/disk.img", "xvda")]}).view()
+    chosen = xen.select_domains(job, view, ["/srv/xenvm"], disk_domains=["vm2"])
+    assert [d.name for d in chosen] == ["vm2", "vm4"]  # vm4's file lies on the backed-up volume
+    assert "domain vm4 is excluded (vmdisks.exclude) but has a disk on a volume" in caplog.text
+    assert "vm3" not in caplog.text
