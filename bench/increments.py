@@ -15,7 +15,6 @@ bench.run calls increments(); on its own (boots a sandbox, prints the table):
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 
@@ -111,11 +110,8 @@ def increments(guest: Guest, world: World, rounds: int = 3):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.run import run_alone
-    parser = argparse.ArgumentParser(prog="python -m bench.increments", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="measured restore rounds [3]")
-    rounds = parser.parse_args(argv).rounds
-    return run_alone("increments", lambda guest, world: increments(guest, world, rounds))
+    from bench.run import section_main
+    return section_main("increments", __doc__, increments, argv, rounds_help="measured restore rounds [3]")
 
 
 if __name__ == "__main__":

@@ -279,6 +279,15 @@ def run_alone(name: str, measure: Callable[[Guest, World], Section]) -> int:
     return 0
 
 
+def section_main(name: str, doc: str, measure: Callable[[Guest, World, int], Section],
+                 argv: list[str] | None, rounds_help: str = "measured rounds [3]") -> int:
+    """The command line of a section run on its own: python -m bench.<name> [--rounds N]."""
+    parser = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=doc.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help=rounds_help)
+    rounds = parser.parse_args(argv).rounds
+    return run_alone(name, lambda guest, world: measure(guest, world, rounds))
+
+
 # ---------------------------------------------------------------------------------------------
 # The measurements
 

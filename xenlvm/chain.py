@@ -90,7 +90,7 @@ def resolve(path: str) -> Chain:
             raise ChainBroken(f"run {base} of {disk} has two files in {folder} ({', '.join(found)}): keep "
                               "the one sesam backed up and remove the other")
         candidate = os.path.join(folder, found[0])
-        if parse_name(found[0])[2] == FULL:  # type: ignore[index]
+        if found[0].endswith(f".{FULL}"):
             return _proven(Chain(candidate, base, tuple(reversed(chain))))
         older = increment.read_increment(candidate)
         if older.run != base or _time(older.run) >= _time(chain[-1].run):

@@ -186,7 +186,8 @@ def read_increment(path: str) -> Increment:
                 names.append(raw[at + 1:at + 1 + length].decode("ascii", "replace"))
                 at += 1 + length
             f.seek(at)
-            table = f.read(count * _RANGE.size + DIGEST) if count < size else b""
+            # a damaged count must not make it read more than the file holds
+            table = f.read(count * _RANGE.size + DIGEST) if at + count * _RANGE.size <= size else b""
     except OSError as exc:
         raise IncrementInvalid(path, f"it cannot be read ({exc.strerror})") from None
     ranges = tuple(Range(*_unpack(path, _RANGE, table, i * _RANGE.size)) for i in range(count))

@@ -156,12 +156,17 @@ def restore_image(runner: Runner, image: str, target_text: str, *, yes: bool, xl
             raise RestoreFailed(f"{target} does not hold the image after the copy (SHA-256 {found}, the "
                                 f"image {expected}): the copy is damaged. Check 'dmesg' for I/O errors and "
                                 "run restore-image again; do not start the domain from this disk.")
-        lines = [f"restored {image} onto {target}: {info.st_size} bytes, SHA-256 {found} verified"]
-        if target.volume.size > info.st_size:
-            lines.append(f"note: {target} is {target.volume.size - info.st_size} bytes larger than the "
-                         "image; the rest was left as it was (a GPT guest sees its backup table short of the "
-                         "end: fix it inside the guest with 'sfdisk --relocate gpt-bak-std')")
-        return lines
+        return [f"restored {image} onto {target}: {info.st_size} bytes, SHA-256 {found} verified",
+                *_tail_note(target, info.st_size)]
+
+
+def _tail_note(target: Target, size: int) -> list[str]:
+    """What the report says of a target larger than the disk written onto it."""
+    if target.volume.size <= size:
+        return []
+    return [f"note: {target} is {target.volume.size - size} bytes larger than the image; the rest was "
+            "left as it was (a GPT guest sees its backup table short of the end: fix it inside the guest "
+            "with 'sfdisk --relocate gpt-bak-std')"]
 
 
 def discard(runner: Runner, target: Target) -> bool:
@@ -211,7 +216,7 @@ def restore_chain(runner: Runner, image: str, target_text: str, *, yes: bool, xl
                                 f"chain {expected}): check 'dmesg' for I/O errors and run restore-image "
                                 "again; do not start the domain from this disk.")
         return [*lines, f"restored the disk as of run {run} onto {target}: {size} bytes, SHA-256 {written} "
-                "verified"]
+                "verified", *_tail_note(target, size)]
 
 
 def _write_disk(found: chain.Chain, device: str, skip_zeros: bool) -> str:

@@ -161,6 +161,7 @@ def changed_ranges(runner: Runner, vg: str, pool: str, *, base: int, new: int, d
     pool vg/pool), for a disk of disk_size bytes (see parse_delta)."""
     tmeta = f"/dev/mapper/{dm_name(vg, pool)}_tmeta"
     with metadata_snapshot(runner, vg, pool, lock_dir):
-        out = runner.query(["thin_delta", "-m", "--snap1", str(base), "--snap2", str(new), tmeta],
+        # --thin1/--thin2: the names every release takes (0.9 also --snap1, 1.x also --root1)
+        out = runner.query(["thin_delta", "-m", "--thin1", str(base), "--thin2", str(new), tmeta],
                            timeout=DELTA_TIMEOUT).stdout
     return parse_delta(out, disk_size, left=base, right=new)

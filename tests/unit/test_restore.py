@@ -509,8 +509,9 @@ def test_restore_image_of_an_increment_writes_the_disk_as_of_its_run(chain_folde
     assert (tmp_path / "device").read_bytes() == states[2]
     assert report[0].startswith("the chain, oldest first")
     assert report[1].strip().startswith(f"full image {paths[0]}")
-    assert report[-1].startswith("restored the disk as of run 20261206T020000_102 onto system/vm2-disk: 1024 "
-                                 f"bytes, SHA-256 {hashlib.sha256(states[2]).hexdigest()} verified")
+    assert report[-2] == ("restored the disk as of run 20261206T020000_102 onto system/vm2-disk: 1024 bytes, "
+                          f"SHA-256 {hashlib.sha256(states[2]).hexdigest()} verified")
+    assert report[-1].startswith(f"note: system/vm2-disk is {SIZE - 1024} bytes larger than the image")
 
 
 def test_restore_image_dry_run_lists_the_chain_and_writes_nothing(chain_folder, tmp_path, host, monkeypatch):

@@ -124,7 +124,7 @@ def test_thin_delta_runs_over_a_reserved_metadata_snapshot_that_is_released_afte
     assert len(ranges_of(runner, tmp_path)) == 5
     assert [a for a in runner.argvs if a[:2] != ["dmsetup", "status"]] == [
         ["dmsetup", "message", "system-pool2-tpool", "0", "reserve_metadata_snap"],
-        ["thin_delta", "-m", "--snap1", "2", "--snap2", "3", "/dev/mapper/system-pool2_tmeta"],
+        ["thin_delta", "-m", "--thin1", "2", "--thin2", "3", "/dev/mapper/system-pool2_tmeta"],
         ["dmsetup", "message", "system-pool2-tpool", "0", "release_metadata_snap"]]
     assert not pool.held
 
