@@ -10,7 +10,6 @@ bench.run calls image_exposure(); on its own (boots a sandbox, prints the table)
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from tests.system.conftest import World
@@ -126,11 +125,8 @@ def image_exposure(guest: Guest, world: World, rounds: int = 3):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.run import run_alone
-    parser = argparse.ArgumentParser(prog="python -m bench.images", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="measured rounds [3]")
-    rounds = parser.parse_args(argv).rounds
-    return run_alone("images", lambda guest, world: image_exposure(guest, world, rounds))
+    from bench.run import section_main
+    return section_main("images", __doc__, image_exposure, argv)
 
 
 if __name__ == "__main__":

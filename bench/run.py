@@ -14,6 +14,8 @@ what that care costs, so that changes to xenlvm can be judged by numbers, not by
    process to separate it from its LVM commands), Python's import cost (-X importtime), and a
    hook call that matches no job: the floor that start-up alone costs.
 6. each VM's own pause window against its own lvcreate (xen.window; bench/windows.py).
+Then expose: image without copying (bench/images.py), and increments from thin-pool metadata
+against full images: their size, thin_delta's time, a chain's restore (bench/increments.py).
 
 First, before the guest boots, bench/hostcost.py measures xenlvm's own cost on the host itself,
 every command it runs a stub (its section ends results.md; `make bench-host` runs it alone).
@@ -275,6 +277,15 @@ def run_alone(name: str, measure: Callable[[Guest, World], Section]) -> int:
     print("\n".join(f"- {note}" for note in section.notes))
     print(f"\n({(time.monotonic() - started) / 60:.1f} min)")
     return 0
+
+
+def section_main(name: str, doc: str, measure: Callable[[Guest, World, int], Section],
+                 argv: list[str] | None, rounds_help: str = "measured rounds [3]") -> int:
+    """The command line of a section run on its own: python -m bench.<name> [--rounds N]."""
+    parser = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=doc.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help=rounds_help)
+    rounds = parser.parse_args(argv).rounds
+    return run_alone(name, lambda guest, world: measure(guest, world, rounds))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -669,7 +680,9 @@ def main(argv: list[str] | None = None) -> int:
         per_domain = per_domain_windows(bench)
         from bench.images import image_exposure  # expose: image without copying (issue 16)
         images = image_exposure(guest, world)
-        sections = [manual, window, growth, cpu, bench.command_costs(), per_domain, images]
+        from bench.increments import increments  # thin_delta and increment files (issue 27)
+        chain = increments(guest, world)
+        sections = [manual, window, growth, cpu, bench.command_costs(), per_domain, images, chain]
     finally:
         guest.halt()
     about.append(code_measured(fingerprint, source_fingerprint()))

@@ -241,6 +241,10 @@ def restore_image(ctx: click.Context, image: str, target: str, dry_run: bool, ye
 
     Makes the same checks as restore-disk. A thin target is discarded first and only the
     image's data blocks are written (it stays thin); the copy is synced before it is compared.
+    FILE may be an increment (<disk>.<run>.incr): the disk is then rebuilt as of that run from
+    its chain in FILE's folder (the full image <disk>.<run>.img and the increments after it),
+    every checksum and the chain's order verified before anything is written; --dry-run lists
+    the chain. A chain with a gap is refused, naming the missing run.
     """
     from xenlvm.restore import restore_image as copy_image
 

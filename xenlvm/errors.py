@@ -96,3 +96,12 @@ class CleanupFailed(XenlvmError):
     def __init__(self, message: str, original: BaseException | None = None) -> None:
         self.original = original
         super().__init__(message)
+
+
+class IncrementInvalid(XenlvmError):
+    """An increment file is not one, or is damaged: refused before anything is written."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}. Restore that file again from the backup.")

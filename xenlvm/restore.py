@@ -17,8 +17,8 @@ import stat
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
+from xenlvm import chain, increment, vmdisk_teardown, xen
 from xenlvm import mounts as mounts_mod
-from xenlvm import vmdisk_teardown, xen
 from xenlvm.config_values import parse_volume
 from xenlvm.errors import CommandFailed, SafetyRefusal, UsageError, XenlvmError
 from xenlvm.lock import JobLock
@@ -127,7 +127,9 @@ def lock(runner: Runner, lock_dir: str, target: str) -> AbstractContextManager:
 def restore_image(runner: Runner, image: str, target_text: str, *, yes: bool, xl_timeout: float,
                   lock_dir: str) -> list[str]:
     """Copy the disk image file image onto the LV target_text, then prove the LV holds exactly
-    the image (SHA-256). Return the report's lines."""
+    the image (SHA-256). Return the report's lines. An increment is restored with its chain."""
+    if increment.is_increment(image):
+        return restore_chain(runner, image, target_text, yes=yes, xl_timeout=xl_timeout, lock_dir=lock_dir)
     try:
         info = os.stat(image)
     except OSError as exc:
@@ -138,15 +140,7 @@ def restore_image(runner: Runner, image: str, target_text: str, *, yes: bool, xl
     with lock(runner, lock_dir, target_text):
         target = check_target(runner, target_text, info.st_size, xl_timeout)
         confirm(target, yes, runner.dry_run, "restore-image")
-        conv = "fsync"
-        if target.volume.is_thin:
-            # Only the image's data blocks are written, so the LV stays thin; the rest must read
-            # as zeros, which a thin LV does once discarded.
-            try:
-                runner.change(["blkdiscard", target.device], timeout=COPY_TIMEOUT)
-                conv = "sparse,fsync"
-            except CommandFailed as exc:
-                log.warning("blkdiscard %s failed (%s): every block is written instead", target, exc.stderr)
+        conv = "sparse,fsync" if discard(runner, target) else "fsync"
         argv = ["dd", f"if={image}", f"of={target.device}", "bs=4M", f"conv={conv}", "status=none"]
         try:
             runner.change(argv, timeout=COPY_TIMEOUT)
@@ -162,12 +156,85 @@ def restore_image(runner: Runner, image: str, target_text: str, *, yes: bool, xl
             raise RestoreFailed(f"{target} does not hold the image after the copy (SHA-256 {found}, the "
                                 f"image {expected}): the copy is damaged. Check 'dmesg' for I/O errors and "
                                 "run restore-image again; do not start the domain from this disk.")
-        lines = [f"restored {image} onto {target}: {info.st_size} bytes, SHA-256 {found} verified"]
-        if target.volume.size > info.st_size:
-            lines.append(f"note: {target} is {target.volume.size - info.st_size} bytes larger than the "
-                         "image; the rest was left as it was (a GPT guest sees its backup table short of the "
-                         "end: fix it inside the guest with 'sfdisk --relocate gpt-bak-std')")
-        return lines
+        return [f"restored {image} onto {target}: {info.st_size} bytes, SHA-256 {found} verified",
+                *_tail_note(target, info.st_size)]
+
+
+def _tail_note(target: Target, size: int) -> list[str]:
+    """What the report says of a target larger than the disk written onto it."""
+    if target.volume.size <= size:
+        return []
+    return [f"note: {target} is {target.volume.size - size} bytes larger than the image; the rest was "
+            "left as it was (a GPT guest sees its backup table short of the end: fix it inside the guest "
+            "with 'sfdisk --relocate gpt-bak-std')"]
+
+
+def discard(runner: Runner, target: Target) -> bool:
+    """Discard a thin target whole, so that only the data blocks need to be written (it stays
+    thin; the rest reads as zeros). Return whether zeros may be skipped."""
+    if not target.volume.is_thin:
+        return False
+    try:
+        runner.change(["blkdiscard", target.device], timeout=COPY_TIMEOUT)
+        return True
+    except CommandFailed as exc:
+        log.warning("blkdiscard %s failed (%s): every block is written instead", target, exc.stderr)
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# restore-image of an increment: the disk as of its run, from its chain
+
+
+def restore_chain(runner: Runner, image: str, target_text: str, *, yes: bool, xl_timeout: float,
+                  lock_dir: str) -> list[str]:
+    """Write the disk as of the increment image's run onto the LV target_text, from the chain in
+    image's folder (every checksum verified first), then prove the LV holds it (SHA-256)."""
+    parse_target(target_text)
+    found = chain.resolve(image)
+    size, run = found.disk_size, found.increments[-1].run
+    lines = ["the chain, oldest first (every increment's SHA-256 verified):",
+             *(f"  {line}" for line in found.describe())]
+    with lock(runner, lock_dir, target_text):
+        target = check_target(runner, target_text, size, xl_timeout)
+        confirm(target, yes, runner.dry_run, "restore-image")
+        skip_zeros = discard(runner, target)
+        if runner.dry_run:
+            return [*lines, f"dry run: would write the disk as of run {run} ({size} bytes) onto "
+                    f"{target.device}, then compare its SHA-256 with the chain's"]
+        log.info("writing the disk as of run %s onto %s from %d files", run, target,
+                 len(found.increments) + 1)
+        try:
+            expected = _write_disk(found, target.device, skip_zeros)
+        except OSError as exc:
+            raise RestoreFailed(f"writing the chain of {image} onto {target} failed: {exc}. {target} now "
+                                "holds a partial copy and is not usable; fix the cause and run restore-image "
+                                "again.") from None
+        written = sha256_of(target.device, size)
+        if written != expected:
+            raise RestoreFailed(f"{target} does not hold the disk after the copy (SHA-256 {written}, the "
+                                f"chain {expected}): check 'dmesg' for I/O errors and run restore-image "
+                                "again; do not start the domain from this disk.")
+        return [*lines, f"restored the disk as of run {run} onto {target}: {size} bytes, SHA-256 {written} "
+                "verified", *_tail_note(target, size)]
+
+
+def _write_disk(found: chain.Chain, device: str, skip_zeros: bool) -> str:
+    """Write the chain's disk onto device from its first byte (blocks of zeros are skipped on a
+    discarded thin target), synced. Return the SHA-256 of what the device must now hold."""
+    digest = hashlib.sha256()
+    fd = os.open(device, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        position = 0
+        for block in chain.read_disk(found):
+            digest.update(block)
+            if not (skip_zeros and block.count(0) == len(block)):
+                os.pwrite(fd, block, position)
+            position += len(block)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
 
 
 def sha256_of(path: str, length: int) -> str:

@@ -11,9 +11,10 @@ import os
 
 import pytest
 
+from tests.unit import test_chain
 from tests.unit.fakes import Answer, FakeRunner, lvs_with, recorded
-from xenlvm import layout, mounts, rebuild, restore
-from xenlvm.errors import CommandFailed, LockTimeout, SafetyRefusal, UsageError
+from xenlvm import chain, increment, layout, mounts, rebuild, restore
+from xenlvm.errors import CommandFailed, IncrementInvalid, LockTimeout, SafetyRefusal, UsageError
 from xenlvm.lvm import device_path
 from xenlvm.mounts import MountEntry
 
@@ -477,6 +478,107 @@ def test_restore_image_makes_the_same_refusals(image, tmp_path, host, monkeypatc
     with pytest.raises(SafetyRefusal, match="is a disk of domain 'vm2'"):
         run_image(runner, image, tmp_path, monkeypatch)
     assert runner.changes == []
+
+
+# ---------------------------------------------------------------------------------------------
+# restore-image of an increment: its chain
+
+
+@pytest.fixture
+def chain_folder(tmp_path) -> tuple[list, list[bytes]]:
+    """vm2's xvda backed up 4 times (a full image, 3 increments) into one folder."""
+    folder = tmp_path / "vm2"
+    folder.mkdir()
+    states = test_chain.history(4)
+    return test_chain.write_chain(folder, states), states
+
+
+def run_chain(runner, path, tmp_path, monkeypatch, *, fill=b"\xff"):
+    """restore-image path onto system/vm2-disk, whose device is the file tmp_path/device."""
+    device = tmp_path / "device"
+    device.write_bytes(fill * test_chain.SIZE)
+    monkeypatch.setattr(restore, "device_path", lambda vg, lv: str(device))
+    return restore.restore_image(runner, str(path), "system/vm2-disk", yes=True, xl_timeout=5.0,
+                                 lock_dir=str(tmp_path / "locks"))
+
+
+def test_restore_image_of_an_increment_writes_the_disk_as_of_its_run(chain_folder, tmp_path, host,
+                                                                      monkeypatch):
+    paths, states = chain_folder
+    report = run_chain(host_runner([lvs_row("vm2-disk")]), paths[2], tmp_path, monkeypatch)
+    assert (tmp_path / "device").read_bytes() == states[2]
+    assert report[0].startswith("the chain, oldest first")
+    assert report[1].strip().startswith(f"full image {paths[0]}")
+    assert report[-2] == ("restored the disk as of run 20261206T020000_102 onto system/vm2-disk: 1024 bytes, "
+                          f"SHA-256 {hashlib.sha256(states[2]).hexdigest()} verified")
+    assert report[-1].startswith(f"note: system/vm2-disk is {SIZE - 1024} bytes larger than the image")
+
+
+def test_restore_image_dry_run_lists_the_chain_and_writes_nothing(chain_folder, tmp_path, host, monkeypatch):
+    paths, _ = chain_folder
+    runner = host_runner([lvs_row("vm2-disk")], dry_run=True)
+    report = run_chain(runner, paths[3], tmp_path, monkeypatch)
+    assert [line.split(" (")[0].strip() for line in report[1:5]] == [
+        f"full image {paths[0]}", f"increment {paths[1]}", f"increment {paths[2]}", f"increment {paths[3]}"]
+    assert report[-1].startswith("dry run: would write the disk as of run 20261206T030000_103")
+    assert (tmp_path / "device").read_bytes() == b"\xff" * test_chain.SIZE
+    assert runner.changes == []
+
+
+def test_restore_image_of_an_increment_makes_the_same_refusals(chain_folder, tmp_path, host, monkeypatch):
+    paths, _ = chain_folder
+    runner = host_runner([lvs_row("vm2-disk", size=1000)])
+    with pytest.raises(SafetyRefusal, match="has 1000 bytes but the disk had 1024"):
+        run_chain(runner, paths[3], tmp_path, monkeypatch)
+    domain_has_the_target(monkeypatch)
+    runner = host_runner([lvs_row("vm2-disk")])
+    with pytest.raises(SafetyRefusal, match="is a disk of domain 'vm2'"):
+        run_chain(runner, paths[3], tmp_path, monkeypatch)
+    assert runner.changes == []
+
+
+def test_restore_image_refuses_a_chain_with_a_gap_before_it_looks_at_the_target(chain_folder, tmp_path, host,
+                                                                                 monkeypatch):
+    paths, _ = chain_folder
+    paths[1].unlink()
+    runner = host_runner([lvs_row("vm2-disk")])
+    with pytest.raises(chain.ChainBroken, match="run 20261206T010000_101 is missing"):
+        run_chain(runner, paths[3], tmp_path, monkeypatch)
+    assert runner.calls == []
+    assert (tmp_path / "device").read_bytes() == b"\xff" * test_chain.SIZE
+
+
+def test_restore_image_refuses_a_damaged_increment_and_writes_nothing(chain_folder, tmp_path, host,
+                                                                      monkeypatch):
+    paths, _ = chain_folder
+    raw = bytearray(paths[2].read_bytes())
+    raw[len(raw) // 2] ^= 1
+    paths[2].write_bytes(raw)
+    runner = host_runner([lvs_row("vm2-disk")])
+    with pytest.raises(IncrementInvalid, match="Restore that file again from the backup"):
+        run_chain(runner, paths[3], tmp_path, monkeypatch)
+    assert runner.changes == []
+    assert (tmp_path / "device").read_bytes() == b"\xff" * test_chain.SIZE
+
+
+def test_restore_image_of_an_increment_keeps_a_thin_lv_thin(tmp_path, host, monkeypatch):
+    """After blkdiscard (the device reads as zeros), blocks of zeros are not written."""
+    folder = tmp_path / "vm2"
+    folder.mkdir()
+    block = test_chain.BLOCK
+    first = bytes(3 * block) + b"d" * block + bytes(12 * block)
+    states = [first, first[:5 * block] + b"e" * block + first[6 * block:]]
+    paths = test_chain.write_chain(folder, states)
+    runner = host_runner([lvs_row("vm2-disk", attr="Vwi-a-tz--", pool="pool")])
+    monkeypatch.setattr(increment, "CHUNK", block)  # written in blocks of the pool's size
+    written = []
+    real_pwrite = os.pwrite
+    monkeypatch.setattr(restore.os, "pwrite",
+                        lambda fd, data, at: written.append(at) or real_pwrite(fd, data, at))
+    run_chain(runner, paths[1], tmp_path, monkeypatch, fill=b"\0")
+    assert runner.changes == [["blkdiscard", str(tmp_path / "device")]]
+    assert written == [3 * block, 5 * block]
+    assert (tmp_path / "device").read_bytes() == states[1]
 
 
 def test_the_checksum_is_of_the_first_bytes_only(tmp_path):

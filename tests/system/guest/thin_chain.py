@@ -1,0 +1,49 @@
+"""Guest helper for tests/system/test_increments.py: xenlvm's own thin_delta and increment
+writer, run on the guest's real dm-thin.
+
+Usage:
+  thin_chain.py increment VG POOL BASE_ID NEW_LV NEW_ID OUT RUN BASE_RUN DISK
+      the increment of VG/NEW_LV (thin id NEW_ID) over the thin device BASE_ID, written to OUT;
+      prints the ranges, the file's size and the seconds thin_delta and the writing took, as JSON
+  thin_chain.py hold VG POOL READY_FILE
+      reserve the pool's metadata snapshot, create READY_FILE (it says held), sleep (the test kills it)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from xenlvm import increment, thin_delta
+from xenlvm.runner import Runner
+
+LOCK_DIR = "/run/xenlvm"
+
+
+def main(argv: list[str]) -> None:
+    runner = Runner(path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if argv[0] == "increment":
+        vg, pool, base_id, new_lv, new_id, out, run, base_run, disk = argv[1:]
+        device = f"/dev/{vg}/{new_lv}"
+        with open(device, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+        started = time.monotonic()
+        ranges = thin_delta.changed_ranges(runner, vg, pool, base=int(base_id), new=int(new_id),
+                                           disk_size=size, lock_dir=LOCK_DIR)
+        listed = time.monotonic()
+        written = increment.write_increment(out, device, disk=disk, disk_size=size, run=run, base=base_run,
+                                            ranges=ranges)
+        print(json.dumps({"ranges": [[r.offset, r.length, r.kind] for r in ranges], "size": written,
+                          "delta_s": listed - started, "write_s": time.monotonic() - listed}))
+    elif argv[0] == "hold":
+        vg, pool, ready = argv[1:]
+        with thin_delta.metadata_snapshot(runner, vg, pool, LOCK_DIR):
+            with open(ready, "w") as f:
+                f.write("held\n")
+            time.sleep(600)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
