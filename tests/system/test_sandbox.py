@@ -1,5 +1,5 @@
-"""The sandbox itself: sound on this host, with and without the XSTATE shim, and a sandbox that
-cannot start says why.
+"""The sandbox itself: sound on this host, with and without the XSTATE shim, a sandbox that
+cannot start says why, and this machine's directories kept in the guest stay untouched.
 
 The shim (uml/xstate_shim.c) is needed on hosts with AVX-512 or AMX; these tests run its paths
 on every host where they can: forced on (its pass-through and signal-frame paths), and told to
@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.system import uml_host
+from tests.system.conftest import World
 from tests.system.sandbox import Guest, SandboxError, work_root
 
 # A workload whose result depends on glibc's vectorised string and memory functions.
@@ -148,3 +149,18 @@ def test_a_guest_that_panics_says_why() -> None:
     assert "Likely cause: the guest's init script could not be started" in message, message
     assert "Last lines of the console" in message and "(no init log)" not in message
     guest.halt()
+
+
+def test_building_the_world_leaves_this_machines_directories_below_srv_alone(guest) -> None:
+    """A checkout in /srv or /mnt is bound back into the guest (guest_paths.py); world.sh, which
+    unmounts and empties both before every test, must leave it and its files alone."""
+    kept = guest.work / "kept-below-srv"
+    kept.mkdir(exist_ok=True)
+    (kept / "file").write_text("this machine's\n")
+    guest.sh(f"mkdir -p /srv/checkout/x && mount --bind {kept} /srv/checkout/x")
+    try:
+        World(guest).build()
+        assert (kept / "file").read_text() == "this machine's\n"
+        assert " /srv/checkout/x hostfs " in guest.read("/proc/mounts")
+    finally:
+        guest.sh("umount /srv/checkout/x", check=False)

@@ -71,7 +71,7 @@ class HostCpu:
     components: tuple[Component, ...] = ()  # beyond the legacy area, by bit
 
     def layout(self) -> str:
-        """The XSAVE area in words: "x87/SSE 0-576, AVX 576-832, ... (2432 bytes)"."""
+        """The XSAVE area in words: "x87/SSE and header 0-576, AVX 576-832, ... (2432 bytes)"."""
         parts = [f"x87/SSE and header 0-{HEADER_END}", *(c.describe() for c in self.components)]
         return f"{', '.join(parts)} ({self.xsave_size} bytes)"
 
