@@ -16,7 +16,7 @@ pkill -9 -x xenlvm-hold || true
 rm -rf /etc/xenlvm /run/xenlvm /var/lib/xenlvm /var/log/xenlvm.log /opt/sesam
 kept=$(awk '$3 == "hostfs" && $2 ~ "^/(mnt|srv)/" {print $2}' /proc/mounts)
 for entry in /mnt/* /srv/*; do
-    [ -e "$entry" ] || continue
+    [ -e "$entry" ] || [ -L "$entry" ] || continue  # a dangling link is removed too
     for path in $kept; do
         case "$path/" in "$entry"/*) continue 2 ;; esac
     done
