@@ -1,9 +1,10 @@
 """The real-kernel sandbox: a User-Mode Linux guest with real LVM, driven from this machine.
 
 The guest's root is this machine's filesystem, with everything writable hidden behind tmpfs
-or overlays (see guest/init.sh); it talks to us through a mailbox directory inside our own
-work directory. Before anything else the guest proves that its processes keep their vector
-registers (uml/vregcheck.c); on hosts that need it UML runs with the XSTATE shim (uml_host.py).
+or overlays (guest/init.sh; what is hidden and what stays in view: guest_paths.py); it talks
+to us through a mailbox directory inside our own work directory. Before anything else the
+guest proves that its processes keep their vector registers (uml/vregcheck.c); on hosts that
+need it UML runs with the XSTATE shim (uml_host.py).
 Used by the system tests, ``make demo`` and ``make bench``.
 """
 
@@ -18,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.system import uml_host
+from tests.system import guest_paths, uml_host
 from tests.system.uml_host import SandboxError
 
 __all__ = ["Completed", "Guest", "SandboxError", "REPO", "TESTS", "GUEST_PATH"]
@@ -55,12 +56,13 @@ class Guest:
 
     def __init__(self, name: str, *, disk_size: int = 2 << 30, memory: str = "768M",
                  shim: str | None = None, shim_uml_bytes: int | None = None, vregcheck_args: str = "",
-                 init: Path | None = None) -> None:
+                 init: Path | None = None, work_in: Path | None = None) -> None:
         """shim: auto, on or off (default: $XENLVM_UML_SHIM, else auto). shim_uml_bytes: the shim
         uses only that much of UML's FP buffer, as on a host with a longer XSAVE area (default:
-        $XENLVM_UML_SHIM_UML_BYTES, else all of it). For the sandbox's own tests: vregcheck_args
-        (--must-fail) and init (another PID 1)."""
-        self.work = work_root() / f"{name}-{os.getpid()}"
+        $XENLVM_UML_SHIM_UML_BYTES, else all of it). work_in: the directory the guest's work
+        directory is made in (default: .work/ of the checkout). For the sandbox's own tests:
+        vregcheck_args (--must-fail) and init (another PID 1)."""
+        self.work = Path(os.path.realpath(work_in or work_root())) / f"{name}-{os.getpid()}"
         shutil.rmtree(self.work, ignore_errors=True)
         (self.work / "mailbox").mkdir(parents=True)
         self.disk = self.work / "disk.img"
@@ -90,11 +92,12 @@ class Guest:
         uml_host.preflight()
         self.tools = uml_host.build_tools(work_root())
         self.shim = uml_host.use_shim(self.shim_mode, self.tools.cpu)
-        keep = {str(REPO), os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}
+        keep = guest_paths.boot_binds(self._in_view())
         argv = [LINUX, f"mem={self.memory}", "root=/dev/root", "rootfstype=hostfs", "rootflags=/", "rw",
                 f"ubd0={self.disk}", f"init={self.init}", "con=null",
                 "con0=fd:0,fd:1", f"XENLVM_WORK={self.work}", f"XENLVM_TESTS={TESTS}",
-                f"XENLVM_PYTHON={self.python}", f"XENLVM_KEEP={':'.join(sorted(keep))}",
+                f"XENLVM_PYTHON={self.python}", f"XENLVM_HIDE={':'.join(guest_paths.HIDDEN)}",
+                f"XENLVM_OVERLAY={':'.join(guest_paths.OVERLAID)}", f"XENLVM_KEEP={':'.join(keep)}",
                 f"XENLVM_VREGCHECK={self.tools.vregcheck}"]
         if self.vregcheck_args:
             argv.append(f"XENLVM_VREGCHECK_ARGS={self.vregcheck_args}")
@@ -116,6 +119,27 @@ class Guest:
                 self.kill()
                 raise SandboxError(self._explain(f"the guest did not come up within {timeout:.0f} s"))
             time.sleep(0.05)
+
+    def _in_view(self) -> list[str]:
+        """What the guest must see as this machine's: the checkout, the virtual environment, the
+        Python installation and the work directory (the guest's scripts split lists at ':' and
+        blanks, and the kernel's command line at blanks)."""
+        paths = [os.path.realpath(path) for path in (REPO, sys.base_prefix, sys.prefix, self.work)]
+        for path in paths:
+            if ":" in path or any(char.isspace() for char in path):
+                raise SandboxError(f"the sandbox cannot keep {path} in view: its guest cannot take a "
+                                   "path with ':' or a blank. Move the checkout (or the Python "
+                                   "installation) to a path without them.")
+        return paths
+
+    def make_private(self, *, keep: list[str] | None = None) -> Completed:
+        """Overlay guest_paths.PRIVATE (/usr, /var) in the guest (guest/private-root.sh), so that
+        what is installed there stays in the guest; the work directory is bound back if they
+        cover it. keep: what to bind back instead (for the script's own refusal)."""
+        keep = guest_paths.private_binds(str(self.work)) if keep is None else keep
+        env = {"PATH": GUEST_PATH, "HOME": "/root", "LC_ALL": "C",
+               "XENLVM_PRIVATE": ":".join(guest_paths.PRIVATE), "XENLVM_KEEP": ":".join(keep)}
+        return self.run([TESTS / "guest" / "private-root.sh"], env=env)
 
     def _explain(self, what: str) -> str:
         self.console.flush()

@@ -1,17 +1,24 @@
 """The Debian package, proven in the sandbox: `make deb` builds it; a guest of its own, with
 /usr and /var made private (guest/private-root.sh: this machine's real /usr is never written),
 installs it with dpkg, upgrades it, uses it for a whole sesam cycle with Debian's python3, click
-and PyYAML, and purges it. The admin's own hooks are kept and chained, and given back on purge."""
+and PyYAML, and purges it. The admin's own hooks are kept and chained, and given back on purge.
+
+That guest's work directory, and so its mailbox, lies under /var/tmp, as for a checkout there:
+init.sh's tmpfs over /var/tmp and private-root.sh's overlay over /var both cover it, and each
+must give it back (it is made for this test and removed after it)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from tests.system.conftest import DEFAULT_CONFIG, SESAM_ARGS, World, assert_nothing_left
-from tests.system.sandbox import REPO, TESTS, Guest
+from tests.system.sandbox import REPO, Guest
 
 pytestmark = pytest.mark.system
 
@@ -47,16 +54,23 @@ def package() -> str:
 @pytest.fixture(scope="module")
 def packaged(package):
     """A world in a guest of its own whose /usr and /var are private overlays, with the admin's
-    own sesam hooks in place and no xenlvm hooks."""
-    machine = Guest("deb")
-    machine.boot()
+    own sesam hooks in place and no xenlvm hooks; its work directory under /var/tmp."""
+    work_in = Path(tempfile.mkdtemp(prefix="xenlvm-test-", dir="/var/tmp"))
+    machine = Guest("deb", work_in=work_in)
     try:
+        machine.boot()
         world = World(machine)
         world.build(config=None)
         machine.run(["rm", "-f", f"{HOOKS}/sbc_pre", f"{HOOKS}/sbc_post"], check=True)
         machine.write(f"{HOOKS}/sbc_pre", OWN_PRE, mode="0750")
         machine.write(f"{HOOKS}/sbc_post", OWN_POST, mode="0750")
-        machine.run([TESTS / "guest" / "private-root.sh"], check=True)
+        # Told to keep nothing, private-root.sh refuses to overlay the /var that holds the
+        # mailbox, before it changes anything (its answer arrives, and the guest goes on).
+        refused = machine.make_private(keep=[])
+        assert refused.rc == 1 and f"/var holds the sandbox's mailbox ({machine.work}/mailbox)" \
+            in refused.stderr and "nothing changed" in refused.stderr, refused
+        private = machine.make_private()
+        assert private.rc == 0, private
         # man-db's dpkg trigger rebuilds the index of every man page on this machine: minutes in
         # the emulated kernel. Without this flag file it skips that, as man-db documents; man
         # finds the page by its path all the same.
@@ -64,6 +78,7 @@ def packaged(package):
         yield world
     finally:
         machine.halt()
+        shutil.rmtree(work_in, ignore_errors=True)
 
 
 def _run(world: World, *argv: str, check: bool = True):

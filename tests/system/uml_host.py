@@ -30,6 +30,14 @@ LINUX = "/usr/bin/linux.uml"
 # UML's FP buffer in Debian's 6.1 build (HOST_FP_SIZE): x87, SSE, AVX, AVX-512 and PKRU at
 # their standard offsets. A host whose XSAVE area is longer refuses UML's SETREGSET.
 UML_FP_SIZE = 2696
+HEADER_END = 576  # the legacy area (x87, SSE) and the XSAVE header: always in UML's bytes
+# XSAVE components the guest's processes never use: MPX (Linux 5.6 and glibc 2.35 dropped
+# it), PKRU (UML has no protection keys) and AMX (a process must ask its kernel for the tiles,
+# and UML's kernel has no such request). Any other component counts as used.
+UNUSED_BY_GUEST = frozenset({3, 4, 9, 17, 18})
+COMPONENT_NAMES = {2: "AVX", 3: "MPX bounds", 4: "MPX config", 5: "AVX-512 opmask",
+                   6: "AVX-512 ZMM_Hi256", 7: "AVX-512 Hi16_ZMM", 9: "PKRU", 17: "AMX tile config",
+                   18: "AMX tile data", 19: "APX"}
 MODES = ("auto", "on", "off")
 STATS_FIELDS = ("host_size", "uml_size", "whole", "resized", "deliveries", "restored", "evicted",
                 "failures")
@@ -40,6 +48,19 @@ class SandboxError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Component:
+    """One enabled component of the host's XSAVE area (CPUID leaf 0xD, standard format)."""
+
+    bit: int
+    offset: int
+    size: int
+
+    def describe(self) -> str:
+        name = COMPONENT_NAMES.get(self.bit, f"component {self.bit}")
+        return f"{name} {self.offset}-{self.offset + self.size}"
+
+
+@dataclass(frozen=True)
 class HostCpu:
     """This CPU's vector registers as the guest's processes see them (vregcheck --host)."""
 
@@ -47,6 +68,12 @@ class HostCpu:
     xsave_size: int   # bytes of the XSAVE area of every feature the host kernel enabled
     avx512: bool
     amx: bool
+    components: tuple[Component, ...] = ()  # beyond the legacy area, by bit
+
+    def layout(self) -> str:
+        """The XSAVE area in words: "x87/SSE and header 0-576, AVX 576-832, ... (2432 bytes)"."""
+        parts = [f"x87/SSE and header 0-{HEADER_END}", *(c.describe() for c in self.components)]
+        return f"{', '.join(parts)} ({self.xsave_size} bytes)"
 
     def shim_needed(self) -> str:
         """Why this host needs the XSTATE shim, or "" when it does not."""
@@ -70,6 +97,26 @@ class Tools:
     shim: Path
     selftest: Path
     cpu: HostCpu
+
+
+def resize_bytes(cpu: HostCpu) -> int | None:
+    """How much of UML's FP buffer the XSTATE shim may use (XENLVM_UML_SHIM_UML_BYTES) so that
+    every guest stop takes its resizing path, as on an AMX host, while every component the
+    guest's processes use stays inside those bytes; None where no such size exists.
+
+    A host whose area is longer than UML's buffer (AMX) takes that path with the whole buffer.
+    Elsewhere the size is the largest offset of a component the guest does not use that starts
+    after the last one it uses (PKRU, MPX): that component then lies beyond UML's bytes, as the
+    AMX tiles do on an AMX host. A host whose every component is used (AVX2 without PKRU, the
+    AMD EPYC with AVX-512 and no PKRU) has none; its area fits UML's buffer, so it never needs
+    the resizing path.
+    """
+    if cpu.xsave_size > UML_FP_SIZE:
+        return UML_FP_SIZE
+    used_end = max((c.offset + c.size for c in cpu.components if c.bit not in UNUSED_BY_GUEST),
+                   default=HEADER_END)
+    unused_after = [c.offset for c in cpu.components if c.bit in UNUSED_BY_GUEST and c.offset >= used_end]
+    return max(unused_after, default=None)
 
 
 def shim_mode() -> str:
@@ -121,11 +168,13 @@ def build_tools(work_root: Path) -> Tools:
 
 def host_cpu(vregcheck: Path) -> HostCpu:
     done = subprocess.run([str(vregcheck), "--host"], capture_output=True, text=True)
-    facts = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    lines = [line.split("=", 1) for line in done.stdout.splitlines() if "=" in line]
+    facts = {key: value for key, value in lines if key != "component"}
     if done.returncode != 0 or "xsave_size" not in facts:
         raise SandboxError(f"{vregcheck} --host failed (exit {done.returncode}): {done.stderr.strip()}")
+    components = tuple(Component(*map(int, value.split(","))) for key, value in lines if key == "component")
     return HostCpu(facts["level"], int(facts["xsave_size"]), facts["avx512"] == "yes",
-                   facts["amx"] == "yes")
+                   facts["amx"] == "yes", components)
 
 
 def read_shim_stats(path: Path) -> dict[str, int]:

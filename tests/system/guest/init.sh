@@ -17,24 +17,20 @@ if ! "$XENLVM_VREGCHECK" $XENLVM_VREGCHECK_ARGS >"$WORK/vregcheck.log" 2>&1; the
     exit 1  # halt itself may not run in such a guest; PID 1 exiting stops the kernel too
 fi
 mount -t tmpfs -o mode=0755 tmpfs /run
-# The checkout (work directory, virtual environment) and the Python installation may lie
-# below a directory we hide (a CI clone under /tmp, pyenv under /root): keep a handle on
-# each through a bind mount and put it back in place afterwards.
+# What is hidden, and what is bound back afterwards, the host decides
+# (tests/system/guest_paths.py): tmpfs over XENLVM_HIDE, an overlay whose writes stay in the
+# guest over XENLVM_OVERLAY, and back in place XENLVM_KEEP: those of the checkout, its virtual
+# environment, the Python installation and this work directory that lie below them (a clone
+# in /var/tmp, pyenv under /root). Take a handle on each while it is still in view.
 mkdir -p /run/keep
 keep_index=0
 for path in $(echo "$XENLVM_KEEP" | tr ':' ' '); do
     keep_index=$((keep_index + 1))
-    mkdir -p "/run/keep/$keep_index" && mount --bind "$path" "/run/keep/$keep_index"
+    mkdir -p "/run/keep/$keep_index" && mount --bind "$path" "/run/keep/$keep_index" \
+        || { echo "cannot take a handle on $path"; halt -f; }
 done
-for dir in /tmp /var/log /opt /mnt /srv /var/tmp /root /home; do
+for dir in $(echo "$XENLVM_HIDE" | tr ':' ' '); do
     mount -t tmpfs -o mode=0755 tmpfs "$dir" || { echo "tmpfs $dir failed"; halt -f; }
-done
-keep_index=0
-for path in $(echo "$XENLVM_KEEP" | tr ':' ' '); do
-    keep_index=$((keep_index + 1))
-    if [ ! -d "$path" ] || [ -z "$(ls -A "$path" 2>/dev/null)" ]; then
-        mkdir -p "$path" && mount --bind "/run/keep/$keep_index" "$path"
-    fi
 done
 MODULES=/usr/lib/uml/modules/$(uname -r)/kernel
 for module in fs/overlayfs/overlay.ko drivers/md/dm-mod.ko drivers/md/dm-bufio.ko \
@@ -44,10 +40,20 @@ for module in fs/overlayfs/overlay.ko drivers/md/dm-mod.ko drivers/md/dm-bufio.k
     insmod "$MODULES/$module" || echo "insmod $module failed"
 done
 # /etc and /var/lib hold files the system needs: overlay them so writes land on tmpfs.
-for dir in etc var/lib; do
-    mkdir -p "/run/overlay/$dir/upper" "/run/overlay/$dir/work"
-    mount -t overlay overlay -o "lowerdir=/$dir,upperdir=/run/overlay/$dir/upper,workdir=/run/overlay/$dir/work" "/$dir" \
-        || { echo "overlay /$dir failed"; halt -f; }
+for dir in $(echo "$XENLVM_OVERLAY" | tr ':' ' '); do
+    layers=/run/overlay$dir
+    mkdir -p "$layers/upper" "$layers/work"
+    mount -t overlay overlay -o "lowerdir=$dir,upperdir=$layers/upper,workdir=$layers/work" "$dir" \
+        || { echo "overlay $dir failed"; halt -f; }
+done
+# Each kept path must be this machine's directory again (same device and inode as the handle):
+# a work directory hidden here would leave the host waiting for answers that never come.
+keep_index=0
+for path in $(echo "$XENLVM_KEEP" | tr ':' ' '); do
+    keep_index=$((keep_index + 1))
+    mkdir -p "$path" && mount --bind "/run/keep/$keep_index" "$path" \
+        && [ "$(stat -c %d:%i "$path")" = "$(stat -c %d:%i "/run/keep/$keep_index")" ] \
+        || { echo "$path could not be kept in view after hiding: stopping"; halt -f; }
 done
 mkdir -p /etc/lvm
 cat >/etc/lvm/lvm.conf <<'CONF'

@@ -11,7 +11,8 @@
  * four threads at once.
  *
  *   vregcheck         run the checks; exit 0 when every register survived every event
- *   vregcheck --host  print this CPU's vector level and XSAVE facts as key=value lines
+ *   vregcheck --host  print this CPU's vector level and XSAVE facts (its layout included) as
+ *                     key=value lines
  *   vregcheck --must-fail  change a register on purpose: shows that a change is seen (exit 1)
  *
  * Exit 1 names the first register that changed, the event and the bytes.
@@ -44,6 +45,13 @@ static int host_facts(void)
     int amx = (xcr0 >> 17 & 3) == 3;
     printf("level=%s\nxcr0=%#llx\nxsave_size=%u\navx512=%s\namx=%s\n", level_name[found],
            (unsigned long long)xcr0, xsave_size, found == AVX512 ? "yes" : "no", amx ? "yes" : "no");
+    /* The layout of the XSAVE area in the standard format ptrace uses: each enabled component
+     * beyond the legacy area (x87, SSE) as "component=BIT,OFFSET,SIZE". */
+    for (int bit = 2; xsave_size && bit < 64; bit++)
+        if (xcr0 >> bit & 1) {
+            __cpuid_count(0xd, bit, a, b, c, d);
+            printf("component=%d,%u,%u\n", bit, b, a);
+        }
     return 0;
 }
 
