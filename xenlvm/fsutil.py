@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 
@@ -10,14 +11,17 @@ def write_atomically(path: str, text: str, *, mode: int = 0o600, dir_mode: int |
     """Replace path with text in one step: a reader sees the old file or the new one, never half
     of it, also after a crash (the data is synced before the rename).
 
-    The text is first written to tmp (default: path.<pid>.tmp, so two processes never share it),
-    opened with O_NOFOLLOW so a symlink planted there is not followed, and removed again if
-    anything fails. dir_mode: create the missing directories with it. exact_mode: set mode
-    whatever the umask."""
+    The text is first written to a new file (default: path.<pid>.<random>.tmp, so two processes
+    never share it; tmp names it instead, and a stale file of that name is removed first),
+    created with O_EXCL: whatever somebody planted at that name (a symlink, a FIFO that would
+    hang the open, a file of their own that would become path) is never opened. It is removed
+    again if anything fails. dir_mode: create the missing directories with it. exact_mode: set
+    mode whatever the umask."""
     if dir_mode is not None:
         os.makedirs(os.path.dirname(path), mode=dir_mode, exist_ok=True)
-    tmp = tmp or f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+    if tmp is not None:
+        remove_if_present(tmp)
+    fd, tmp = _create_new(tmp, path, mode)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -29,6 +33,19 @@ def write_atomically(path: str, text: str, *, mode: int = 0o600, dir_mode: int |
     except BaseException:  # a full disk or a signal: no half-written file is left beside path
         remove_if_present(tmp, ignore_errors=True)
         raise
+
+
+def _create_new(tmp: str | None, path: str, mode: int) -> tuple[int, str]:
+    """A newly created file (O_EXCL) at tmp, or beside path under a name nobody can guess."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    for _attempt in range(100):
+        name = tmp or f"{path}.{os.getpid()}.{os.urandom(6).hex()}.tmp"
+        try:
+            return os.open(name, flags, mode), name
+        except FileExistsError:
+            if tmp is not None:
+                raise
+    raise FileExistsError(errno.EEXIST, "no unused temporary name beside it", path)
 
 
 def remove_if_present(path: str, *, ignore_errors: bool = False) -> None:

@@ -1,0 +1,113 @@
+"""Files root writes: nothing a local user plants where xenlvm writes (a symlink, a FIFO, a file
+of their own) is opened, followed or kept."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+
+import pytest
+
+from xenlvm import fsutil, logs
+
+OTHER_UID = 1000  # a local user; the tests run as root (make unit) or as that user's peer
+
+
+def read(path: str) -> str:
+    with open(path) as handle:
+        return handle.read()
+
+
+def planted_names(path: str) -> list[str]:
+    """The temporary names a local user could guess: path.<pid>.tmp for pids around ours."""
+    return [f"{path}.{pid}.tmp" for pid in range(os.getpid() - 2, os.getpid() + 3)]
+
+
+def test_a_file_planted_at_the_temporary_name_neither_receives_the_text_nor_becomes_the_file(tmp_path):
+    path = str(tmp_path / "state.json")
+    for name in planted_names(path):
+        with open(name, "w") as handle:
+            handle.write("planted")
+        if os.geteuid() == 0:
+            os.chown(name, OTHER_UID, OTHER_UID)
+
+    fsutil.write_atomically(path, "xenlvm's\n")
+
+    info = os.lstat(path)
+    assert stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid()
+    assert read(path) == "xenlvm's\n"
+    assert [read(name) for name in planted_names(path)] == ["planted"] * 5
+    assert sorted(os.listdir(tmp_path)) == sorted(["state.json", *map(os.path.basename, planted_names(path))])
+
+
+def test_a_fifo_planted_at_the_temporary_name_does_not_hang_the_write(tmp_path):
+    path = str(tmp_path / "state.json")
+    for name in planted_names(path):
+        os.mkfifo(name)
+    done = threading.Event()
+
+    def write() -> None:
+        fsutil.write_atomically(path, "xenlvm's\n")
+        done.set()
+
+    threading.Thread(target=write, daemon=True).start()  # before the fix, open() blocked for ever
+    assert done.wait(10), "write_atomically hung on a FIFO planted at its temporary name"
+    assert read(path) == "xenlvm's\n"
+
+
+def test_a_named_temporary_file_left_or_planted_is_removed_not_opened(tmp_path):
+    path = str(tmp_path / "sbc_pre")
+    tmp = path + ".xenlvm-tmp"
+    os.mkfifo(tmp)
+    fsutil.write_atomically(path, "#!/bin/sh\n", mode=0o755, tmp=tmp, exact_mode=True)
+    assert read(path) == "#!/bin/sh\n" and stat.S_IMODE(os.stat(path).st_mode) == 0o755
+    assert not os.path.lexists(tmp)
+
+
+def log_to(path: str, message: str) -> None:
+    logs.setup(syslog=False)
+    try:
+        logs.add_log_file(path)
+        logging.getLogger("xenlvm").info("%s", message)
+    finally:
+        logs.setup(syslog=False)  # drops the handlers again
+
+
+def test_the_log_file_is_not_followed_through_a_planted_symlink(tmp_path, capsys):
+    victim = tmp_path / "shadow"
+    victim.write_text("root:x:0:0\n")
+    (tmp_path / "xenlvm.log").symlink_to(victim)
+
+    log_to(str(tmp_path / "xenlvm.log"), "a line for the log")
+
+    assert victim.read_text() == "root:x:0:0\n"
+    assert "cannot write the log file" in capsys.readouterr().err
+
+
+def test_a_fifo_at_the_log_files_place_neither_hangs_nor_is_written(tmp_path, capsys):
+    fifo = tmp_path / "xenlvm.log"
+    os.mkfifo(fifo)
+    done = threading.Event()
+    threading.Thread(target=lambda: (log_to(str(fifo), "a line"), done.set()), daemon=True).start()
+    assert done.wait(10), "opening a FIFO as the log file hung"
+    assert "cannot write the log file" in capsys.readouterr().err
+
+
+def test_a_log_file_of_another_user_is_not_written(tmp_path, capsys):
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a file to another user")
+    path = tmp_path / "xenlvm.log"
+    path.write_text("")
+    os.chown(path, OTHER_UID, OTHER_UID)
+    log_to(str(path), "a line")
+    assert path.read_text() == ""
+    assert "not a regular file owned by xenlvm's user" in capsys.readouterr().err
+
+
+def test_the_log_file_gets_every_line(tmp_path):
+    path = tmp_path / "log" / "xenlvm.log"
+    log_to(str(path), "a line for the log")
+    assert "a line for the log" in path.read_text()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
