@@ -11,6 +11,7 @@ import re
 from collections.abc import Sequence
 
 from xenlvm.config import Job
+from xenlvm.config_values import domain_name
 from xenlvm.errors import FileError
 from xenlvm.fsutil import write_atomically
 from xenlvm.xen import Domain
@@ -32,6 +33,7 @@ def export_configuration(job: Job, domains: Sequence[Domain], directory: str, co
     """Write each domain's live configuration (xl list -l) and copies of its config files from
     /etc/xen into directory, for the admin to include in the backup."""
     copied = []
+    domains = _plain_names(domains)
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         for domain in domains:
@@ -48,6 +50,20 @@ def export_configuration(job: Job, domains: Sequence[Domain], directory: str, co
                         "and its filesystem not full or read-only.") from None
     log.info("exported the configuration of %s to %s (config files: %s)",
              ", ".join(d.name for d in domains) or "no domain", directory, ", ".join(copied) or "none found")
+
+
+def _plain_names(domains: Sequence[Domain]) -> list[Domain]:
+    """The domains whose name can be a file name; the others (xl shows what a domain's creator
+    named it, `xen.domains: auto` takes it as it is) are reported and not exported."""
+    plain = []
+    for domain in domains:
+        try:
+            domain_name(domain.name)  # the configuration's own rule for a domain's name
+            plain.append(domain)
+        except ValueError as exc:
+            log.warning("the configuration of a domain is not exported: %s, so it cannot name a file "
+                        "in the export directory; rename the domain", exc)
+    return plain
 
 
 def _config_files(config_dir: str, names: set[str]) -> list[str]:
