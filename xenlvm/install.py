@@ -6,8 +6,8 @@ lost: it is renamed to sbc_pre.local / sbc_post.local and called by xenlvm's hoo
 
 - pre:  the local hook first; if it fails, xenlvm's pre does not run and its exit status is
         returned (sesam aborts the backup). Then xenlvm's pre.
-- post: xenlvm's post first, then the local hook, always. The exit status is xenlvm's when it
-        failed, else the local hook's.
+- post: xenlvm's post first, then the local hook, always (also when xenlvm's configuration
+        does not load). The exit status is xenlvm's when it failed, else the local hook's.
 
 ``--uninstall`` removes xenlvm's hooks and renames the local ones back: the directory is as
 it was before.
