@@ -53,6 +53,8 @@ def check_hooks(hook_dir: str) -> list[Finding]:
             chained = f", chaining {state.local}" if state.local else ""
             findings.append(Finding("ok", "hooks",
                                     f"{state.path} is xenlvm's, bound to this installation{chained}"))
+    findings += [Finding("fail", "hooks", f"the hooks run code from a path others can change: {problem}")
+                 for problem in install.trust_problems(sys.executable)]
     return findings
 
 

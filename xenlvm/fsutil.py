@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 
 def write_atomically(path: str, text: str, *, mode: int = 0o600, dir_mode: int | None = None,
@@ -80,3 +81,43 @@ def is_below(path: str, directory: str, *, or_same: bool = False) -> bool:
         return True
     return path.startswith(directory.rstrip("/") + "/")
 
+
+
+def trust_problem(path: str) -> str | None:
+    """Why root must not rely on path (a program it runs, a directory it writes into), or None.
+
+    Like sshd's StrictModes, for the whole path: path and every directory above it must be
+    owned by root (or by the user running xenlvm, which is root wherever it matters) and
+    writable by nobody else, so that nobody else can change it or put something else in its
+    place. A directory above may be writable by others if it has the sticky bit (like /tmp):
+    nobody else can rename or remove what root owns there. Symbolic links are followed: both
+    the path as given and where it leads are checked."""
+    owners = {0, os.geteuid()}
+    for candidate in dict.fromkeys((os.path.abspath(path), os.path.realpath(path))):
+        each = candidate
+        while True:
+            try:
+                info = os.lstat(each)
+            except OSError as exc:
+                return f"cannot check {each}: {exc.strerror}"
+            if not stat.S_ISLNK(info.st_mode):  # a link: its directory decides, realpath its target
+                problem = _owner_problem(each, info, owners, above=each != candidate)
+                if problem:
+                    return problem
+            if each == "/":
+                break
+            each = os.path.dirname(each)
+    return None
+
+
+def _owner_problem(path: str, info: os.stat_result, owners: set[int], *, above: bool) -> str | None:
+    if info.st_uid not in owners:
+        return (f"{path} is owned by uid {info.st_uid}, not root, so that user could change it or "
+                f"what it holds. Fix: chown root:root {path}")
+    writable = info.st_mode & 0o022
+    sticky_dir = above and stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX
+    if writable and not sticky_dir:
+        who = "everyone" if writable & 0o002 else "its group"
+        return (f"{path} is writable by {who} (mode {stat.S_IMODE(info.st_mode):o}), who could change it "
+                f"or put something else in its place. Fix: chmod go-w {path}")
+    return None

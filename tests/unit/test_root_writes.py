@@ -6,11 +6,13 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import sys
 import threading
 
 import pytest
 
-from xenlvm import fsutil, logs
+from xenlvm import check, fsutil, install, logs
+from xenlvm.errors import SafetyRefusal
 
 OTHER_UID = 1000  # a local user; the tests run as root (make unit) or as that user's peer
 
@@ -111,3 +113,72 @@ def test_the_log_file_gets_every_line(tmp_path):
     log_to(str(path), "a line for the log")
     assert "a line for the log" in path.read_text()
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+# ---------------------------------------------------------------------------------------------
+# What root relies on: owned by root, writable by nobody else, all the way up
+
+
+def test_a_path_is_trusted_only_when_it_and_every_directory_above_are_roots_alone(tmp_path):
+    (tmp_path / "lib" / "xenlvm").mkdir(parents=True)
+    python = tmp_path / "bin" / "python3"
+    python.parent.mkdir()
+    python.write_text("")
+    assert fsutil.trust_problem(str(python)) is None
+    assert fsutil.trust_problem("/tmp") is not None  # sticky, but writable by everyone itself
+
+    python.chmod(0o757)
+    assert "is writable by everyone (mode 757)" in fsutil.trust_problem(str(python))
+    python.chmod(0o755)
+    (tmp_path / "bin").chmod(0o775)  # a directory above, writable by its group: python can be replaced
+    assert f"{tmp_path / 'bin'} is writable by its group (mode 775)" in fsutil.trust_problem(str(python))
+    assert "Fix: chmod go-w" in fsutil.trust_problem(str(python))
+    (tmp_path / "bin").chmod(0o1777)  # sticky, like /tmp: nobody else can replace root's file there
+    assert fsutil.trust_problem(str(python)) is None
+    (tmp_path / "bin").chmod(0o755)
+
+    (tmp_path / "link").symlink_to(tmp_path / "lib")  # followed: where it leads is checked
+    (tmp_path / "lib").chmod(0o777)
+    through_link = str(tmp_path / "link" / "xenlvm")
+    assert f"{tmp_path / 'lib'} is writable by everyone" in fsutil.trust_problem(through_link)
+    (tmp_path / "lib").chmod(0o755)
+    assert fsutil.trust_problem(through_link) is None
+
+
+def test_a_path_owned_by_another_user_is_not_trusted(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a file to another user")
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    os.chown(tmp_path / "venv", OTHER_UID, OTHER_UID)
+    problem = fsutil.trust_problem(str(tmp_path / "venv" / "bin"))
+    venv = tmp_path / "venv"
+    assert problem == (f"{venv} is owned by uid {OTHER_UID}, not root, so that user could change it "
+                       f"or what it holds. Fix: chown root:root {venv}")
+
+
+def test_install_hooks_refuses_an_interpreter_or_library_others_can_change_and_writes_nothing(
+        tmp_path, monkeypatch):
+    hooks = tmp_path / "sesam"
+    hooks.mkdir()
+    python = tmp_path / "python3"
+    python.symlink_to(sys.executable)
+    python_dir = tmp_path
+    python_dir.chmod(0o777)
+    with pytest.raises(SafetyRefusal, match=f"{tmp_path} is writable by everyone .*Nothing was changed"):
+        install.install_hooks(str(hooks), str(python))
+    python_dir.chmod(0o755)
+
+    library = tmp_path / "site-packages"
+    library.mkdir(mode=0o775)
+    library.chmod(0o775)
+    monkeypatch.setattr(install, "_library_dirs", lambda archive: [str(library)])
+    with pytest.raises(SafetyRefusal, match=f"{library} is writable by its group"):
+        install.install_hooks(str(hooks), sys.executable)
+    assert list(hooks.iterdir()) == []
+
+    library.chmod(0o755)
+    install.install_hooks(str(hooks), sys.executable)
+    assert sorted(p.name for p in hooks.iterdir()) == ["sbc_post", "sbc_pre"]
+    assert [f.level for f in check.check_hooks(str(hooks))] == ["ok", "ok"]
+    library.chmod(0o757)
+    assert ("fail", "hooks") in [(f.level, f.check) for f in check.check_hooks(str(hooks))]
