@@ -25,6 +25,7 @@ bind of an image file from ``<image_dir>/xenlvm-<job>``; the tmpfs when its sour
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -33,12 +34,19 @@ from dataclasses import dataclass
 from xenlvm import layout
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Job, SnapshotSpec, Volume
-from xenlvm.errors import MountError
+from xenlvm.errors import MountError, SafetyRefusal
 from xenlvm.fsutil import remove_if_present
 from xenlvm.lvm import OWNER_TAG, VMDISK_TAG, LogicalVolume, VolumeGroup, device_path, job_tag
 from xenlvm.runner import Runner
 from xenlvm.undo import UndoStack
-from xenlvm.vmdisk_teardown import detach_loops, image_staging, is_image_bind, tree_source, unmount_tree
+from xenlvm.vmdisk_teardown import (
+    detach_loops,
+    image_staging,
+    is_image_bind,
+    staging_problem,
+    tree_source,
+    unmount_tree,
+)
 
 TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
 if TYPE_CHECKING:
@@ -165,8 +173,7 @@ def _expose_image(runner: Runner, job: Job, disk: VmDiskTarget, device: str, und
     """Copy the snapshot into a sparse image file in image_dir and bind it, read-only, into
     the tree. The undo of the tree (and post) remove both."""
     spec = disk.spec
-    staging = image_staging(job)
-    os.makedirs(staging, mode=0o700, exist_ok=True)
+    staging = _private_staging(job)
     image = os.path.join(staging, f"{disk.domain}.{disk.disk}.img")
     undo.push(f"remove {image}", lambda: remove_if_present(image))
     runner.change(["cp", "--sparse=always", "--", device, image], timeout=COPY_TIMEOUT)
@@ -178,6 +185,20 @@ def _expose_image(runner: Runner, job: Job, disk: VmDiskTarget, device: str, und
     runner.change(["mount", "-o", "remount,bind,ro", target])
     log.info("%s/%s: image of %s at %s (%d MiB on disk)", disk.domain, disk.disk, spec.snapshot_volume,
              target, os.stat(image).st_blocks * 512 >> 20)
+
+
+def _private_staging(job: Job) -> str:
+    """<image_dir>/xenlvm-<job>, root's alone (mode 700): made here, or left by a killed run and
+    proven to be such a directory. Anything else there (a symbolic link or a folder of somebody
+    else's, through which cp would write a VM's disk as root, or let them read it) is refused."""
+    staging = image_staging(job)
+    with contextlib.suppress(FileExistsError):  # a killed run's: proven like a new one
+        os.mkdir(staging, 0o700)
+    problem = staging_problem(os.lstat(staging))
+    if problem is not None:
+        raise SafetyRefusal(f"{staging} is not xenlvm's private image folder: {problem}. Somebody else "
+                            "may have made it: check what it is and remove it, then run pre again")
+    return staging
 
 
 def _unmount_image(runner: Runner, target: str, staging: str) -> None:
