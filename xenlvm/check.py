@@ -68,6 +68,7 @@ def check_job(config: Config, runner: Runner, job: Job) -> list[Finding]:
     vgs, mounts = host.vgs, host.mounts
     findings = [preflight.check_mountpoint(job.mountpoint, mounts, _own_snapshot_at(job, vgs))]
     findings += preflight.check_job_volumes(job, vgs)
+    findings += _check_reach(job)
     for spec in job.volumes:
         if spec.mountpoint != job.mountpoint and os.path.lexists(spec.mountpoint):
             own = vgs[spec.origin.vg].get(spec.snapshot)
@@ -102,6 +103,32 @@ def check_job(config: Config, runner: Runner, job: Job) -> list[Finding]:
             findings.append(Finding("fail", "xen", f"a killed run may have left {', '.join(left)} paused: "
                                     "run 'xenlvm cleanup'"))
     return findings
+
+
+def _check_reach(job: Job) -> list[Finding]:
+    """Whether dom0's other users can reach the job's volume snapshots. (VM disks are exposed on
+    a tmpfs of root's alone; a volume's snapshot is mounted where the admin said.)"""
+    if not job.volumes or job.vmdisks is not None:
+        return []
+    several = job.volumes[0].mountpoint != job.mountpoint  # then mounted at <mountpoint>/<name>
+    each = job.mountpoint if several else os.path.dirname(job.mountpoint)
+    while True:
+        try:
+            info = os.stat(each)
+        except OSError:
+            return []  # the mountpoint's own check says what is wrong
+        if info.st_uid in (0, os.geteuid()) and not info.st_mode & 0o011:
+            return []  # closed to everybody else
+        if each == "/":
+            break
+        each = os.path.dirname(each)
+    fix = (f"chmod 700 {job.mountpoint}" if several else "mount it below a folder of root's alone, e.g. "
+           f"'mkdir -m 700 /mnt/xenlvm' and mountpoint: /mnt/xenlvm/{os.path.basename(job.mountpoint)} "
+           "(and the sesam task's source with it)")
+    return [Finding("warn", "mountpoint", f"dom0's other users can reach the snapshot at {job.mountpoint}: "
+                    "no folder on the way is closed to them. They read the VMs' files there as on the "
+                    "volume itself, and a shell of theirs inside keeps post from unmounting it. To close "
+                    f"it: {fix}")]
 
 
 def _check_vmdisks(job: Job, xl: xen.XlView | XenlvmError | None, every: dict[str, VolumeGroup],

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("xenlvm")
 
+TREE_MODE = 0o700  # the tree's tmpfs and every folder xenlvm makes in it: root's alone
 SNAPSHOT_SUFFIX = ".xenlvm"  # the snapshot of VG/LV is VG/LV.xenlvm
 MOUNTABLE = ("ext2", "ext3", "ext4", "xfs", "btrfs")
 EXTENDED = ("0x5", "0xf", "0x85")  # DOS extended partitions: containers, not filesystems
@@ -83,8 +84,10 @@ def mount_tree(runner: Runner, job: Job, undo: UndoStack) -> None:
     """Mount the small tmpfs that holds the job's exposure tree at its mountpoint."""
     undo.push(f"unmount the tmpfs at {job.mountpoint}",
               lambda: unmount_tree(runner, job, mounts_mod.UNDO_UNMOUNT_TIMEOUT))
-    # size is a cap, not a reservation: directories and layout files take a page each
-    runner.change(["mount", "-t", "tmpfs", "-o", "mode=0755,size=16m,nodev,nosuid,noexec",
+    # size is a cap, not a reservation: directories and layout files take a page each. Mode
+    # 700, and 700 below: a guest's files carry the guest's uids, which dom0 users would read
+    # as their own, and a user's shell inside a mount would stop post's unmount. sesam is root.
+    runner.change(["mount", "-t", "tmpfs", "-o", f"mode=0{TREE_MODE:o},size=16m,nodev,nosuid,noexec",
                    tree_source(job), job.mountpoint])
 
 
@@ -96,7 +99,7 @@ def expose(runner: Runner, job: Job, target: VmDiskTarget, undo: UndoStack) -> N
     if runner.dry_run:
         log.info("dry run: would expose %s (%s) as %s", what, spec.snapshot_volume, target.how)
         return
-    os.makedirs(os.path.dirname(spec.mountpoint), mode=0o755, exist_ok=True)
+    os.makedirs(os.path.dirname(spec.mountpoint), mode=TREE_MODE, exist_ok=True)
     if target.how == "image":  # FUSE: all of the job's images by one server, after the last snapshot
         return  # (xenlvm.image_server.serve, called by pre)
     if target.how == "image-copy":
@@ -110,7 +113,7 @@ def expose(runner: Runner, job: Job, target: VmDiskTarget, undo: UndoStack) -> N
     if whole.get("PTTYPE"):
         partitions = read_partitions(runner, device)
         log.info("%s has a %s partition table with %d partition(s)", what, whole["PTTYPE"], len(partitions))
-        os.makedirs(spec.mountpoint, mode=0o755, exist_ok=True)
+        os.makedirs(spec.mountpoint, mode=TREE_MODE, exist_ok=True)
         for part in partitions:
             label = f"{what} partition {part.number}"
             if part.type.lower() in EXTENDED:
@@ -154,7 +157,7 @@ def _usable(label: str, probed: dict[str, str]) -> str | None:
 
 
 def _mount(runner: Runner, source: str, fstype: str, target: str, undo: UndoStack) -> None:
-    os.makedirs(target, mode=0o755, exist_ok=True)
+    os.makedirs(target, mode=TREE_MODE, exist_ok=True)
     undo.push(f"unmount {target}", lambda: mounts_mod.unmount_if(runner, target, lambda e: _shows(e, source)))
     mounts_mod.mount_snapshot(runner, source, fstype, target)
     if not _shows(mounts_mod.mounted_at(target, mounts_mod.read_mounts()), source):
