@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 from xenlvm.config import Job
 from xenlvm.config_values import domain_name
-from xenlvm.errors import FileError
-from xenlvm.fsutil import write_atomically
+from xenlvm.errors import FileError, SafetyRefusal
+from xenlvm.fsutil import trust_problem, write_atomically
 from xenlvm.xen import Domain
 
 log = logging.getLogger("xenlvm")
@@ -36,6 +36,10 @@ def export_configuration(job: Job, domains: Sequence[Domain], directory: str, co
     domains = _plain_names(domains)
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
+        problem = trust_problem(directory)  # root copies files into it, following no link
+        if problem is not None:
+            raise SafetyRefusal(f"xen.export_dir of job {job.name!r} ({directory}) must be root's alone: "
+                                f"{problem}. Nothing was changed.")
         for domain in domains:
             target = os.path.join(directory, f"{domain.name}.xl-list-l.json")
             write_atomically(target, json.dumps(domain.record, indent=4) + "\n", mode=0o644)

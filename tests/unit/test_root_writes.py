@@ -11,8 +11,11 @@ import threading
 
 import pytest
 
-from xenlvm import check, fsutil, install, logs
+from tests.unit.test_xen import job as xen_job
+from xenlvm import check, fsutil, install, logs, state, xen, xen_export
+from xenlvm.config_file import parse_config
 from xenlvm.errors import SafetyRefusal
+from xenlvm.lock import JobLock
 
 OTHER_UID = 1000  # a local user; the tests run as root (make unit) or as that user's peer
 
@@ -182,3 +185,48 @@ def test_install_hooks_refuses_an_interpreter_or_library_others_can_change_and_w
     assert [f.level for f in check.check_hooks(str(hooks))] == ["ok", "ok"]
     library.chmod(0o757)
     assert ("fail", "hooks") in [(f.level, f.check) for f in check.check_hooks(str(hooks))]
+
+
+# ---------------------------------------------------------------------------------------------
+# The folders of xenlvm's own state: root's alone, or not used
+
+
+def test_a_lock_dir_others_can_write_to_is_refused(tmp_path):
+    lock_dir = tmp_path / "run"
+    lock_dir.mkdir()
+    lock_dir.chmod(0o777)  # anyone could plant a record of paused domains, or a pid file
+    refused = f"settings.lock_dir {lock_dir} must be root's alone: .*writable by everyone"
+    with pytest.raises(SafetyRefusal, match=refused), JobLock(str(lock_dir), "xenvm", 0.0):
+        pass
+    assert list(lock_dir.iterdir()) == []
+    lock_dir.chmod(0o755)
+    with JobLock(str(lock_dir), "xenvm", 0.0):
+        assert (lock_dir / "xenvm.lock").exists()
+
+
+def test_a_state_file_is_not_written_into_a_folder_others_can_write_to(tmp_path, caplog):
+    config = parse_config(f"settings: {{state_dir: {tmp_path / 'state'}}}\n"
+                          "jobs: {xenvm: {volume: system/xenvm, snapshot: vmbackup, size: 1G, "
+                          "mountpoint: /mnt/vmbackup}}\n", "config.yaml")
+    (tmp_path / "state" / "xenvm").mkdir(parents=True)
+    (tmp_path / "state" / "xenvm").chmod(0o777)
+    state.record_run(config, ["xenvm"], state.RunRecord("pre", True, 0, 1.0, 2.0), {})
+    assert list((tmp_path / "state" / "xenvm").iterdir()) == []
+    assert "was not written: its folder must be root's alone" in caplog.text
+    (tmp_path / "state" / "xenvm").chmod(0o755)
+    state.record_run(config, ["xenvm"], state.RunRecord("pre", True, 0, 1.0, 2.0), {})
+    assert state.read_state(config, "xenvm")["pre"]["ok"] is True
+
+
+def test_the_xen_configuration_is_not_exported_into_a_folder_others_can_write_to(tmp_path):
+    etc = tmp_path / "etc-xen"
+    etc.mkdir()
+    (etc / "vm1.cfg").write_text('name = "vm1"\n')
+    out = tmp_path / "export"
+    out.mkdir()
+    out.chmod(0o1777)  # somebody's link named vm1.cfg there would have root's copy write through it
+    domains = [xen.Domain("vm1", 1, False, (), {"domid": 1})]
+    refused = f"xen.export_dir of job 'xenvm' \\({out}\\) must be root's alone"
+    with pytest.raises(SafetyRefusal, match=refused):
+        xen_export.export_configuration(xen_job(), domains, str(out), str(etc))
+    assert list(out.iterdir()) == []
