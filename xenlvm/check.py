@@ -11,6 +11,7 @@ from xenlvm import mounts as mounts_mod
 from xenlvm.config import Config, Job
 from xenlvm.config_file import permission_problem
 from xenlvm.errors import XenlvmError
+from xenlvm.fsutil import closed_to_others
 from xenlvm.inventory import read_tolerant, read_xl
 from xenlvm.lvm import LogicalVolume, VolumeGroup, vg_not_found_message
 from xenlvm.preflight import Finding
@@ -111,17 +112,9 @@ def _check_reach(job: Job) -> list[Finding]:
     if not job.volumes or job.vmdisks is not None:
         return []
     several = job.volumes[0].mountpoint != job.mountpoint  # then mounted at <mountpoint>/<name>
-    each = job.mountpoint if several else os.path.dirname(job.mountpoint)
-    while True:
-        try:
-            info = os.stat(each)
-        except OSError:
-            return []  # the mountpoint's own check says what is wrong
-        if info.st_uid in (0, os.geteuid()) and not info.st_mode & 0o011:
-            return []  # closed to everybody else
-        if each == "/":
-            break
-        each = os.path.dirname(each)
+    way = job.mountpoint if several else os.path.dirname(job.mountpoint)
+    if not os.path.isdir(way) or closed_to_others(way):  # missing: the mountpoint's check says so
+        return []
     fix = (f"chmod 700 {job.mountpoint}" if several else "mount it below a folder of root's alone, e.g. "
            f"'mkdir -m 700 /mnt/xenlvm' and mountpoint: /mnt/xenlvm/{os.path.basename(job.mountpoint)} "
            "(and the sesam task's source with it)")

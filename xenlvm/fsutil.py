@@ -121,3 +121,20 @@ def _owner_problem(path: str, info: os.stat_result, owners: set[int], *, above: 
         return (f"{path} is writable by {who} (mode {stat.S_IMODE(info.st_mode):o}), who could change it "
                 f"or put something else in its place. Fix: chmod go-w {path}")
     return None
+
+
+def closed_to_others(path: str) -> bool:
+    """Whether only root (or xenlvm's user) can get to path: some directory from path up to /
+    is theirs and lets nobody else through (no x for group and others)."""
+    owners = {0, os.geteuid()}
+    each = os.path.abspath(path)
+    while True:
+        try:
+            info = os.stat(each)
+        except OSError:
+            return False
+        if info.st_uid in owners and stat.S_ISDIR(info.st_mode) and not info.st_mode & 0o011:
+            return True
+        if each == "/":
+            return False
+        each = os.path.dirname(each)

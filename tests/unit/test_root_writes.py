@@ -7,15 +7,17 @@ import logging
 import os
 import stat
 import sys
+import tempfile
 import threading
 
 import pytest
 
 from tests.unit.test_xen import job as xen_job
-from xenlvm import check, fsutil, install, logs, state, xen, xen_export
+from xenlvm import check, fsutil, install, logs, rebuild, state, xen, xen_export
 from xenlvm.config_file import parse_config
 from xenlvm.errors import SafetyRefusal
 from xenlvm.lock import JobLock
+from xenlvm.mounts import MountEntry
 
 OTHER_UID = 1000  # a local user; the tests run as root (make unit) or as that user's peer
 
@@ -230,3 +232,28 @@ def test_the_xen_configuration_is_not_exported_into_a_folder_others_can_write_to
     with pytest.raises(SafetyRefusal, match=refused):
         xen_export.export_configuration(xen_job(), domains, str(out), str(etc))
     assert list(out.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# restore-disk's source: a restored guest folder whose setuid files and devices work on dom0
+
+
+def mount(path: str, *options: str) -> MountEntry:
+    return MountEntry(8, 1, path, ("rw", *options), "ext4", "/dev/sda1")
+
+
+def test_restore_disk_warns_when_the_restored_folder_lets_guest_setuid_files_and_devices_work():
+    folder = tempfile.mkdtemp(dir="/tmp")  # /tmp lets everyone through (pytest's own folders do not)
+    try:
+        os.chmod(folder, 0o755)
+        warning = rebuild.restored_folder_warning(folder, [mount("/"), mount("/tmp")])
+        assert warning is not None and f"the restored folder {folder} lies on /tmp, mounted without nosuid " \
+            "and nodev, and other users can get to it" in warning
+        assert "mkdir -m 700" in warning
+        warning = rebuild.restored_folder_warning(folder, [mount("/"), mount("/tmp", "nosuid")])
+        assert warning is not None and "mounted without nodev," in warning
+        assert rebuild.restored_folder_warning(folder, [mount("/"), mount("/tmp", "nosuid", "nodev")]) is None
+        os.chmod(folder, 0o700)  # root's alone: nobody else gets to the files
+        assert rebuild.restored_folder_warning(folder, [mount("/"), mount("/tmp")]) is None
+    finally:
+        os.rmdir(folder)
