@@ -82,7 +82,6 @@ def is_below(path: str, directory: str, *, or_same: bool = False) -> bool:
     return path.startswith(directory.rstrip("/") + "/")
 
 
-
 def trust_problem(path: str) -> str | None:
     """Why root must not rely on path (a program it runs, a directory it writes into), or None.
 

@@ -36,7 +36,7 @@ def export_configuration(job: Job, domains: Sequence[Domain], directory: str, co
     domains = _plain_names(domains)
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        problem = trust_problem(directory)  # root copies files into it, following no link
+        problem = trust_problem(directory)  # root copies files into it: nobody else may plant a link there
         if problem is not None:
             raise SafetyRefusal(f"xen.export_dir of job {job.name!r} ({directory}) must be root's alone: "
                                 f"{problem}. Nothing was changed.")
