@@ -65,22 +65,32 @@ def require_root(what: str) -> None:
 
 def hook_work(phase: str, path: str, job_names: Sequence[str], dry_run: bool, chain: str | None,
               sesam_args: Sequence[str]) -> int:
-    """pre or post as sesam's hook runs it, with the admin's own chained hook around it."""
-    config = load(path)  # first, so that the log file gets everything below
-    log.info("%s called with arguments: %s", phase, describe_arguments(sesam_args))
-    if chain and phase == "pre" and not dry_run:
-        local = _run_local_hook(chain, sesam_args)
-        if local != 0:
-            log.error("your own pre hook %s failed (exit %d); xenlvm's pre does not run", chain, local)
-            return local
+    """pre or post as sesam's hook runs it, with the admin's own chained hook around it. The
+    chained post hook runs whatever happens to xenlvm's part, a configuration that does not load
+    included: what the admin's pre hook stopped (a database, ...) must be started again."""
+    if not (chain and phase == "post" and not dry_run):
+        return _xenlvm_part(phase, path, job_names, dry_run, chain, sesam_args)
     try:
-        run_phase(config, phase, job_names, dry_run, sesam_args)
-    finally:
-        if chain and phase == "post" and not dry_run:
-            local = _run_local_hook(chain, sesam_args)
-    if chain and phase == "post" and not dry_run and local != 0:
+        _xenlvm_part(phase, path, job_names, dry_run, None, sesam_args)
+    finally:  # xenlvm's failure, if any, is raised after this and wins
+        local = _run_local_hook(chain, sesam_args)
+    if local != 0:
         log.error("your own post hook %s failed (exit %d)", chain, local)
         return local
+    return EXIT_OK
+
+
+def _xenlvm_part(phase: str, path: str, job_names: Sequence[str], dry_run: bool, pre_chain: str | None,
+                 sesam_args: Sequence[str]) -> int:
+    """Load the configuration, run the admin's chained pre hook (pre_chain) and xenlvm's phase."""
+    config = load(path)  # first, so that the log file gets everything below
+    log.info("%s called with arguments: %s", phase, describe_arguments(sesam_args))
+    if pre_chain and phase == "pre" and not dry_run:
+        local = _run_local_hook(pre_chain, sesam_args)
+        if local != 0:
+            log.error("your own pre hook %s failed (exit %d); xenlvm's pre does not run", pre_chain, local)
+            return local
+    run_phase(config, phase, job_names, dry_run, sesam_args)
     return EXIT_OK
 
 

@@ -11,6 +11,7 @@ from xenlvm import mounts as mounts_mod
 from xenlvm.config import Config, Job
 from xenlvm.config_file import permission_problem
 from xenlvm.errors import XenlvmError
+from xenlvm.fsutil import closed_to_others
 from xenlvm.inventory import read_tolerant, read_xl
 from xenlvm.lvm import LogicalVolume, VolumeGroup, vg_not_found_message
 from xenlvm.preflight import Finding
@@ -53,6 +54,8 @@ def check_hooks(hook_dir: str) -> list[Finding]:
             chained = f", chaining {state.local}" if state.local else ""
             findings.append(Finding("ok", "hooks",
                                     f"{state.path} is xenlvm's, bound to this installation{chained}"))
+    findings += [Finding("fail", "hooks", f"the hooks run code from a path others can change: {problem}")
+                 for problem in install.trust_problems(sys.executable)]
     return findings
 
 
@@ -67,6 +70,7 @@ def check_job(config: Config, runner: Runner, job: Job, try_quiesce: bool = Fals
     vgs, mounts = host.vgs, host.mounts
     findings = [preflight.check_mountpoint(job.mountpoint, mounts, _own_snapshot_at(job, vgs))]
     findings += preflight.check_job_volumes(job, vgs)
+    findings += _check_reach(job)
     for spec in job.volumes:
         if spec.mountpoint != job.mountpoint and os.path.lexists(spec.mountpoint):
             own = vgs[spec.origin.vg].get(spec.snapshot)
@@ -106,6 +110,24 @@ def check_job(config: Config, runner: Runner, job: Job, try_quiesce: bool = Fals
             findings.append(Finding("fail", "xen", f"a killed run may have left {', '.join(left)} paused: "
                                     "run 'xenlvm cleanup'"))
     return findings
+
+
+def _check_reach(job: Job) -> list[Finding]:
+    """Whether dom0's other users can reach the job's volume snapshots. (VM disks are exposed on
+    a tmpfs of root's alone; a volume's snapshot is mounted where the admin said.)"""
+    if not job.volumes or job.vmdisks is not None:
+        return []
+    several = job.volumes[0].mountpoint != job.mountpoint  # then mounted at <mountpoint>/<name>
+    way = job.mountpoint if several else os.path.dirname(job.mountpoint)
+    if not os.path.isdir(way) or closed_to_others(way):  # missing: the mountpoint's check says so
+        return []
+    fix = (f"chmod 700 {job.mountpoint}" if several else "mount it below a folder of root's alone, e.g. "
+           f"'mkdir -m 700 /mnt/xenlvm' and mountpoint: /mnt/xenlvm/{os.path.basename(job.mountpoint)} "
+           "(and the sesam task's source with it)")
+    return [Finding("warn", "mountpoint", f"dom0's other users can reach the snapshot at {job.mountpoint}: "
+                    "no folder on the way is closed to them. They read the VMs' files there as on the "
+                    "volume itself, and a shell of theirs inside keeps post from unmounting it. To close "
+                    f"it: {fix}")]
 
 
 def _check_vmdisks(job: Job, xl: xen.XlView | XenlvmError | None, every: dict[str, VolumeGroup],

@@ -125,7 +125,7 @@ def serve(runner: Runner, lock_dir: str, job: Job, disks: Sequence[VmDiskTarget]
         log.warning("an image server of an earlier run of job %s (pid %d) was still there; stopped it",
                     job.name, earlier.pid)
     for export in exports:
-        os.makedirs(os.path.dirname(export.target), mode=0o755, exist_ok=True)
+        os.makedirs(os.path.dirname(export.target), mode=0o700, exist_ok=True)  # the tree: root's alone
         with open(export.target, "x"):  # FUSE mounts the export on an existing regular file
             pass
     undo.push("stop the image server", lambda: stop(runner, lock_dir, job.name))

@@ -6,8 +6,8 @@ lost: it is renamed to sbc_pre.local / sbc_post.local and called by xenlvm's hoo
 
 - pre:  the local hook first; if it fails, xenlvm's pre does not run and its exit status is
         returned (sesam aborts the backup). Then xenlvm's pre.
-- post: xenlvm's post first, then the local hook, always. The exit status is xenlvm's when it
-        failed, else the local hook's.
+- post: xenlvm's post first, then the local hook, always (also when xenlvm's configuration
+        does not load). The exit status is xenlvm's when it failed, else the local hook's.
 
 ``--uninstall`` removes xenlvm's hooks and renames the local ones back: the directory is as
 it was before.
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from xenlvm.errors import FileError, SafetyRefusal, XenlvmError
-from xenlvm.fsutil import write_atomically
+from xenlvm.fsutil import trust_problem, write_atomically
 
 log = logging.getLogger("xenlvm")
 
@@ -87,6 +87,16 @@ def _library_dirs(archive: str | None) -> list[str]:
     return found
 
 
+def trust_problems(python: str) -> list[str]:
+    """Why the paths a hook names cannot be trusted with root's runs: the interpreter, its
+    standard library, the directories of xenlvm and its libraries, the .pyz (each with every
+    directory above it: xenlvm.fsutil.trust_problem). Empty when all can be."""
+    archive = _zipapp()
+    paths = [python, os.path.dirname(os.__file__), *_library_dirs(archive), *([archive] if archive else [])]
+    problems = [trust_problem(path) for path in dict.fromkeys(paths)]
+    return [p for p in problems if p is not None]
+
+
 def hook_text(phase: str, python: str, chain: str | None) -> str:
     archive = _zipapp()
     path_line = f"sys.path.insert(0, {archive!r})\n" if archive else ""
@@ -135,6 +145,10 @@ def _install_hooks(directory: str, python: str, done: list[str]) -> list[str]:
     if not os.path.isdir(directory):
         raise XenlvmError(f"{directory} does not exist: is the SEP sesam client installed? "
                           "(or pass --dir)")
+    untrusted = trust_problems(python)
+    if untrusted:
+        raise SafetyRefusal(f"sesam runs the hooks as root, and they would run code from paths that "
+                            f"others can change: {'; '.join(untrusted)}. Nothing was changed.")
     for phase, name in HOOKS.items():
         state = inspect_hook(directory, phase)
         if state.exists and not state.ours:

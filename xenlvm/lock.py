@@ -12,7 +12,8 @@ import os
 import time
 from types import TracebackType
 
-from xenlvm.errors import LockTimeout, XenlvmError
+from xenlvm.errors import LockTimeout, SafetyRefusal, XenlvmError
+from xenlvm.fsutil import trust_problem
 from xenlvm.retry import Backoff
 
 log = logging.getLogger("xenlvm")
@@ -26,8 +27,17 @@ class JobLock:
         self._fd: int | None = None
 
     def __enter__(self) -> JobLock:
+        directory = os.path.dirname(self.path)
         try:
-            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise XenlvmError(f"cannot open the lock file {self.path}: {exc.strerror}") from None
+        # It also holds the records of paused domains, the watchdog's and the image server's:
+        # nobody but root may plant or change anything there.
+        problem = trust_problem(directory)
+        if problem is not None:
+            raise SafetyRefusal(f"settings.lock_dir {directory} must be root's alone: {problem}")
+        try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             raise XenlvmError(f"cannot open the lock file {self.path}: {exc.strerror}") from None

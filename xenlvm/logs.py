@@ -8,12 +8,15 @@ Console: info on stdout, warnings and errors on stderr; the per-command lines on
 from __future__ import annotations
 
 import contextvars
+import errno
 import logging
 import os
+import stat
 import sys
 
 _job: contextvars.ContextVar[str] = contextvars.ContextVar("xenlvm_job", default="")
 _PREFIX_FORMAT = "%(jobprefix)s%(message)s"
+_LOG_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 
 
 class _JobFilter(logging.Filter):
@@ -77,18 +80,30 @@ def _short_level(record: logging.LogRecord) -> bool:
 
 
 def add_log_file(path: str, level: int = logging.DEBUG) -> None:
-    """Also write every message from level up, with time and pid, to path (created 0640 if missing)."""
+    """Also write every message from level up, with time and pid, to path (created 0640 if
+    missing). Only a regular file of xenlvm's own user, opened without following a symlink: a
+    link or FIFO a local user planted at path must not make root write elsewhere, or hang."""
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        os.close(fd)
-        handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        fd = os.open(path, _LOG_FLAGS, 0o640)
     except OSError as exc:
-        logging.getLogger("xenlvm").warning("cannot write the log file %s (%s); logging to syslog "
-                                            "and the console only", path, exc.strerror)
+        link = exc.errno == errno.ELOOP
+        _no_log_file(path, "a symbolic link: remove it" if link else exc.strerror or str(exc))
         return
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+        os.close(fd)
+        _no_log_file(path, "not a regular file owned by xenlvm's user: remove it, xenlvm creates it anew")
+        return
+    stream = open(fd, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115 (the handler's)
+    handler = logging.StreamHandler(stream)
     handler.setLevel(level)
     handler.addFilter(_JobFilter())
     handler.setFormatter(logging.Formatter(
         f"%(asctime)s xenlvm[{os.getpid()}] %(levelname)s {_PREFIX_FORMAT}"))
     logging.getLogger("xenlvm").addHandler(handler)
+
+
+def _no_log_file(path: str, why: str) -> None:
+    logging.getLogger("xenlvm").warning("cannot write the log file %s (%s); logging to syslog and the "
+                                        "console only", path, why)

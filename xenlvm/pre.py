@@ -140,9 +140,10 @@ def _find_vm_disks(ctx: Context, job: Job, host: Inventory) -> list[VmDiskTarget
     assert host.xl is not None
     disks = vmdisk_target.discover(job, host.xl, host.vgs)
     _check_disk_names(job, disks)
-    missing = image_server.missing_program(job, ctx.config.settings.path)
-    if missing is not None:
-        raise PreflightFailed(f"{missing}. Nothing was changed.")
+    for problem in (image_server.missing_program(job, ctx.config.settings.path),
+                    vmdisk_target.check_image_room(job, disks)):
+        if problem is not None:
+            raise PreflightFailed(f"{problem}. Nothing was changed.")
     return disks
 
 

@@ -23,7 +23,9 @@ from collections.abc import Callable
 from typing import Any
 
 from xenlvm import layout
+from xenlvm import mounts as mounts_mod
 from xenlvm.errors import CleanupFailed, CommandFailed, UsageError, XenlvmError
+from xenlvm.fsutil import closed_to_others, is_below
 from xenlvm.restore import COPY_TIMEOUT, RestoreFailed, Target, check_target, confirm, lock, parse_target
 from xenlvm.runner import Runner
 
@@ -209,8 +211,30 @@ def restore_disk(runner: Runner, source: str, target_text: str, *, yes: bool, xl
             if not os.path.isdir(files) or os.path.islink(files):
                 raise UsageError(f"{files} is missing from the restored folder: restore the whole "
                                  f"{disk['domain']}/{disk['disk']} folder. Nothing was changed.")
+    warning = restored_folder_warning(source, mounts_mod.read_mounts())
+    if warning is not None:
+        log.warning("%s", warning)
     parse_target(target_text)
     with lock(runner, lock_dir, target_text):
         target = check_target(runner, target_text, disk["size"], xl_timeout)
         confirm(target, yes, runner.dry_run, "restore-disk")
         return DiskRebuild(runner, target, disk, folder).run()
+
+
+def restored_folder_warning(folder: str, mounts: list[mounts_mod.MountEntry]) -> str | None:
+    """What to say when the restored folder lets the guest's files act on dom0: its setuid
+    files and device nodes work on a filesystem mounted without nosuid or nodev, for every
+    user who can get to them. None when the folder is safe."""
+    real = os.path.realpath(folder)
+    holding = [e for e in mounts if is_below(real, e.mountpoint, or_same=True) or e.mountpoint == "/"]
+    if not holding or closed_to_others(real):
+        return None
+    mount = max(reversed(holding), key=lambda e: len(e.mountpoint))  # the last mounted of the deepest
+    missing = [option for option in ("nosuid", "nodev") if option not in mount.options]
+    if not missing:
+        return None
+    return (f"the restored folder {folder} lies on {mount.mountpoint}, mounted without "
+            f"{' and '.join(missing)}, and other users can get to it: the guest's setuid files and "
+            "device nodes work there as on dom0's own disks. Remove it once the disk is rebuilt, and "
+            "restore into a folder of root's alone (mkdir -m 700) on a filesystem mounted nosuid,nodev "
+            "next time (README: Restoring a VM)")

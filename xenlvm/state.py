@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 from xenlvm.config import Config
-from xenlvm.fsutil import write_atomically
+from xenlvm.fsutil import trust_problem, write_atomically
 
 log = logging.getLogger("xenlvm")
 
@@ -77,8 +77,14 @@ def record_run(config: Config, jobs: list[str], record: RunRecord, reports: Mapp
             state = read_state(config, job)
             notes = reports[job].notes() if job in reports else {}
             state[record.phase] = asdict(RunRecord(**{**asdict(record), "notes": notes}))
-            write_atomically(state_path(config, job), json.dumps(state, indent=2) + "\n", mode=0o644,
-                             dir_mode=0o755)
+            path = state_path(config, job)
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            problem = trust_problem(os.path.dirname(path))  # xenlvm reads it back, as root
+            if problem is not None:
+                log.warning("the state file %s was not written: its folder must be root's alone: %s",
+                            path, problem)
+                continue
+            write_atomically(path, json.dumps(state, indent=2) + "\n", mode=0o644)
         if config.settings.metrics_file:
             write_atomically(config.settings.metrics_file, render_metrics(config), mode=0o644, dir_mode=0o755)
     except OSError as exc:

@@ -13,6 +13,7 @@ from xenlvm import vmdisks, xen
 from xenlvm.config import Job, SnapshotSpec, Volume
 from xenlvm.context import Context
 from xenlvm.errors import PreflightFailed
+from xenlvm.fsutil import trust_problem
 from xenlvm.lvm import VMDISK_TAG, LogicalVolume, VolumeGroup
 from xenlvm.targets import Target
 from xenlvm.undo import UndoStack
@@ -113,6 +114,11 @@ def check_image_room(job: Job, specs: Sequence[VmDiskTarget]) -> str | None:
     directory = settings.image_dir
     if os.path.islink(directory) or not os.path.isdir(directory):
         return f"vmdisks.image_dir {directory} must be an existing directory (not a symbolic link)"
+    untrusted = trust_problem(directory)
+    if untrusted is not None:  # root copies whole VM disks into it
+        return (f"vmdisks.image_dir {directory} must be root's alone, where nobody else can plant a "
+                f"link for root's copy to write through, or read the disks: {untrusted}. Or choose "
+                "another image_dir, e.g. 'mkdir -m 700 /var/lib/xenlvm-images'")
     needed = sum(t.origin.size for t in specs if t.how == "image-copy")
     info = os.statvfs(directory)
     free = info.f_bavail * info.f_frsize

@@ -4,8 +4,10 @@ image binds), detach the loop devices, remove the snapshots, the image files and
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 from collections.abc import Sequence
 
 from xenlvm import mounts as mounts_mod
@@ -34,6 +36,17 @@ def is_our_tree(job: Job, entry: mounts_mod.MountEntry | None) -> bool:
 def image_staging(job: Job) -> str:
     assert job.vmdisks is not None and job.vmdisks.image_dir is not None
     return os.path.join(job.vmdisks.image_dir, f"xenlvm-{job.name}")
+
+
+def staging_problem(info: os.stat_result) -> str | None:
+    """Why a staging directory (lstat or fstat) is not xenlvm's private one, or None: only a
+    real directory of root's (xenlvm's user), that nobody else may enter, is written or emptied."""
+    if not stat.S_ISDIR(info.st_mode):
+        return "it is not a directory (a symbolic link or a file)"
+    if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        return (f"it is owned by uid {info.st_uid} with mode {stat.S_IMODE(info.st_mode):o}, where "
+                "xenlvm makes it root's with mode 700")
+    return None
 
 
 def loops_of(devices: Sequence[tuple[int, int] | None],
@@ -103,14 +116,26 @@ def finish(runner: Runner, job: Job, timeout: float) -> None:
 
 def _remove_images(staging: str) -> None:
     """Delete the image files xenlvm wrote into its staging directory, then the directory; a
-    file it did not write (not a regular *.img file) is left, and so is the directory."""
+    file it did not write (not a regular *.img file) is left, and so is the directory. A staging
+    directory that is not xenlvm's private one (see staging_problem) is left alone."""
     try:
-        entries = list(os.scandir(staging))
+        fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return
-    for entry in entries:
-        if entry.name.endswith(".img") and entry.is_file(follow_symlinks=False):
-            os.unlink(entry.path)
+    except OSError as exc:
+        log.warning("%s was left alone: %s", staging, "it is a symbolic link" if exc.errno == errno.ELOOP
+                    else exc.strerror)
+        return
+    try:
+        problem = staging_problem(os.fstat(fd))
+        if problem is not None:
+            log.warning("%s was left alone: %s, so xenlvm did not make it", staging, problem)
+            return
+        for entry in list(os.scandir(fd)):
+            if entry.name.endswith(".img") and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.name, dir_fd=fd)
+    finally:
+        os.close(fd)
     try:
         os.rmdir(staging)
     except OSError as exc:

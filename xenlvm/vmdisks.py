@@ -25,6 +25,7 @@ bind of an image file from ``<image_dir>/xenlvm-<job>``; the tmpfs when its sour
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -33,12 +34,19 @@ from dataclasses import dataclass
 from xenlvm import layout
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Job, SnapshotSpec, Volume
-from xenlvm.errors import MountError
+from xenlvm.errors import MountError, SafetyRefusal
 from xenlvm.fsutil import remove_if_present
 from xenlvm.lvm import OWNER_TAG, VMDISK_TAG, LogicalVolume, VolumeGroup, device_path, job_tag
 from xenlvm.runner import Runner
 from xenlvm.undo import UndoStack
-from xenlvm.vmdisk_teardown import detach_loops, image_staging, is_image_bind, tree_source, unmount_tree
+from xenlvm.vmdisk_teardown import (
+    detach_loops,
+    image_staging,
+    is_image_bind,
+    staging_problem,
+    tree_source,
+    unmount_tree,
+)
 
 TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
 if TYPE_CHECKING:
@@ -46,6 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("xenlvm")
 
+TREE_MODE = 0o700  # the tree's tmpfs and every folder xenlvm makes in it: root's alone
 SNAPSHOT_SUFFIX = ".xenlvm"  # the snapshot of VG/LV is VG/LV.xenlvm
 MOUNTABLE = ("ext2", "ext3", "ext4", "xfs", "btrfs")
 EXTENDED = ("0x5", "0xf", "0x85")  # DOS extended partitions: containers, not filesystems
@@ -75,8 +84,10 @@ def mount_tree(runner: Runner, job: Job, undo: UndoStack) -> None:
     """Mount the small tmpfs that holds the job's exposure tree at its mountpoint."""
     undo.push(f"unmount the tmpfs at {job.mountpoint}",
               lambda: unmount_tree(runner, job, mounts_mod.UNDO_UNMOUNT_TIMEOUT))
-    # size is a cap, not a reservation: directories and layout files take a page each
-    runner.change(["mount", "-t", "tmpfs", "-o", "mode=0755,size=16m,nodev,nosuid,noexec",
+    # size is a cap, not a reservation: directories and layout files take a page each. Mode
+    # 700, and 700 below: a guest's files carry the guest's uids, which dom0 users would read
+    # as their own, and a user's shell inside a mount would stop post's unmount. sesam is root.
+    runner.change(["mount", "-t", "tmpfs", "-o", f"mode=0{TREE_MODE:o},size=16m,nodev,nosuid,noexec",
                    tree_source(job), job.mountpoint])
 
 
@@ -88,7 +99,7 @@ def expose(runner: Runner, job: Job, target: VmDiskTarget, undo: UndoStack) -> N
     if runner.dry_run:
         log.info("dry run: would expose %s (%s) as %s", what, spec.snapshot_volume, target.how)
         return
-    os.makedirs(os.path.dirname(spec.mountpoint), mode=0o755, exist_ok=True)
+    os.makedirs(os.path.dirname(spec.mountpoint), mode=TREE_MODE, exist_ok=True)
     if target.how == "image":  # FUSE: all of the job's images by one server, after the last snapshot
         return  # (xenlvm.image_server.serve, called by pre)
     if target.how == "image-copy":
@@ -102,7 +113,7 @@ def expose(runner: Runner, job: Job, target: VmDiskTarget, undo: UndoStack) -> N
     if whole.get("PTTYPE"):
         partitions = read_partitions(runner, device)
         log.info("%s has a %s partition table with %d partition(s)", what, whole["PTTYPE"], len(partitions))
-        os.makedirs(spec.mountpoint, mode=0o755, exist_ok=True)
+        os.makedirs(spec.mountpoint, mode=TREE_MODE, exist_ok=True)
         for part in partitions:
             label = f"{what} partition {part.number}"
             if part.type.lower() in EXTENDED:
@@ -146,7 +157,7 @@ def _usable(label: str, probed: dict[str, str]) -> str | None:
 
 
 def _mount(runner: Runner, source: str, fstype: str, target: str, undo: UndoStack) -> None:
-    os.makedirs(target, mode=0o755, exist_ok=True)
+    os.makedirs(target, mode=TREE_MODE, exist_ok=True)
     undo.push(f"unmount {target}", lambda: mounts_mod.unmount_if(runner, target, lambda e: _shows(e, source)))
     mounts_mod.mount_snapshot(runner, source, fstype, target)
     if not _shows(mounts_mod.mounted_at(target, mounts_mod.read_mounts()), source):
@@ -165,8 +176,7 @@ def _expose_image(runner: Runner, job: Job, disk: VmDiskTarget, device: str, und
     """Copy the snapshot into a sparse image file in image_dir and bind it, read-only, into
     the tree. The undo of the tree (and post) remove both."""
     spec = disk.spec
-    staging = image_staging(job)
-    os.makedirs(staging, mode=0o700, exist_ok=True)
+    staging = _private_staging(job)
     image = os.path.join(staging, f"{disk.domain}.{disk.disk}.img")
     undo.push(f"remove {image}", lambda: remove_if_present(image))
     runner.change(["cp", "--sparse=always", "--", device, image], timeout=COPY_TIMEOUT)
@@ -178,6 +188,20 @@ def _expose_image(runner: Runner, job: Job, disk: VmDiskTarget, device: str, und
     runner.change(["mount", "-o", "remount,bind,ro", target])
     log.info("%s/%s: image of %s at %s (%d MiB on disk)", disk.domain, disk.disk, spec.snapshot_volume,
              target, os.stat(image).st_blocks * 512 >> 20)
+
+
+def _private_staging(job: Job) -> str:
+    """<image_dir>/xenlvm-<job>, root's alone (mode 700): made here, or left by a killed run and
+    proven to be such a directory. Anything else there (a symbolic link or a folder of somebody
+    else's, through which cp would write a VM's disk as root, or let them read it) is refused."""
+    staging = image_staging(job)
+    with contextlib.suppress(FileExistsError):  # a killed run's: proven like a new one
+        os.mkdir(staging, 0o700)
+    problem = staging_problem(os.lstat(staging))
+    if problem is not None:
+        raise SafetyRefusal(f"{staging} is not xenlvm's private image folder: {problem}. Somebody else "
+                            "may have made it: check what it is and remove it, then run pre again")
+    return staging
 
 
 def _unmount_image(runner: Runner, target: str, staging: str) -> None:

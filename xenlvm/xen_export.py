@@ -11,8 +11,9 @@ import re
 from collections.abc import Sequence
 
 from xenlvm.config import Job
-from xenlvm.errors import FileError
-from xenlvm.fsutil import write_atomically
+from xenlvm.config_values import domain_name
+from xenlvm.errors import FileError, SafetyRefusal
+from xenlvm.fsutil import trust_problem, write_atomically
 from xenlvm.xen import Domain
 
 log = logging.getLogger("xenlvm")
@@ -32,8 +33,13 @@ def export_configuration(job: Job, domains: Sequence[Domain], directory: str, co
     """Write each domain's live configuration (xl list -l) and copies of its config files from
     /etc/xen into directory, for the admin to include in the backup."""
     copied = []
+    domains = _plain_names(domains)
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
+        problem = trust_problem(directory)  # root copies files into it: nobody else may plant a link there
+        if problem is not None:
+            raise SafetyRefusal(f"xen.export_dir of job {job.name!r} ({directory}) must be root's alone: "
+                                f"{problem}. Nothing was changed.")
         for domain in domains:
             target = os.path.join(directory, f"{domain.name}.xl-list-l.json")
             write_atomically(target, json.dumps(domain.record, indent=4) + "\n", mode=0o644)
@@ -48,6 +54,20 @@ def export_configuration(job: Job, domains: Sequence[Domain], directory: str, co
                         "and its filesystem not full or read-only.") from None
     log.info("exported the configuration of %s to %s (config files: %s)",
              ", ".join(d.name for d in domains) or "no domain", directory, ", ".join(copied) or "none found")
+
+
+def _plain_names(domains: Sequence[Domain]) -> list[Domain]:
+    """The domains whose name can be a file name; the others (xl shows what a domain's creator
+    named it, `xen.domains: auto` takes it as it is) are reported and not exported."""
+    plain = []
+    for domain in domains:
+        try:
+            domain_name(domain.name)  # the configuration's own rule for a domain's name
+            plain.append(domain)
+        except ValueError as exc:
+            log.warning("the configuration of a domain is not exported: %s, so it cannot name a file "
+                        "in the export directory; rename the domain", exc)
+    return plain
 
 
 def _config_files(config_dir: str, names: set[str]) -> list[str]:

@@ -41,7 +41,10 @@ def build_disk(world, label: str) -> None:
     world.guest.run([TESTS / "guest" / "drill.sh", label, "vm4-disk", "vm4", world.guest.python], check=True)
     world.guest.sh("lvcreate -q -y -L 64M -n restored system >/dev/null\n"
                    "mkfs.ext4 -q /dev/system/restored\n"
-                   f"mkdir -p {RESTORED} && mount /dev/system/restored {RESTORED}")
+                   # as the README says: root's alone, on a filesystem where the guest's setuid
+                   # files and device nodes do not work
+                   f"mkdir -p {RESTORED} && mount -o nosuid,nodev /dev/system/restored {RESTORED}\n"
+                   f"chmod 700 {RESTORED}")
 
 
 def partition_table(world) -> dict:
@@ -157,10 +160,16 @@ def test_restore_drill_rebuilds_the_disk_from_the_backed_up_files(world, label):
     assert f"label-id: {table['id']}" in dry.stderr and f"-m uuid={ids[3]['UUID']},crc=1," in dry.stderr
     assert world.guest.run(["blkid", "--probe", DISK]).rc == 2  # the dry run changed nothing
 
+    setuid = f"{RESTORED}/vm4/xvda/p1/etc/secret"  # the guest's setuid file, restored as it was
+    world.guest.sh(f"test $(stat -c %a {setuid}) = 4751")
+    nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--", "stat", setuid]
+    assert world.guest.run(nobody).rc != 0  # out of dom0's users' reach
+
     started = time.monotonic()
     done = world.xenlvm("restore-disk", *source, "--yes")
     took = time.monotonic() - started
     assert done.rc == 0, done
+    assert "the restored folder" not in done.stderr, done  # restored the safe way: no warning
     print(f"drill {label}: backup (pre, tar, post) {backup:.1f} s, restore-disk {took:.1f} s")
     assert "restored vm4/xvda onto system/vm4-disk: partition table; partition 1: ext4 with its files; " \
            "partition 2: swap; partition 3: xfs with its files" in done.stdout, done

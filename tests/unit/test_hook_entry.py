@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xenlvm import cli
-from xenlvm.hook_entry import HookArgs, parse_hook_args
+from xenlvm import app, cli
+from xenlvm.hook_entry import HookArgs, parse_hook_args, run_hook
 
 TOKENS = ["--job", "--job=vm", "--config", "--config=/etc/x.yaml", "--dry-run", "--chain", "--chain=/h.local",
           "--", "-x", "--unknown", "--jobs", "xen_vm1", "/mnt/vmbackup", "a b", "-", "", "--dry-run=1",
@@ -44,3 +44,43 @@ def test_help_and_malformed_options_go_to_click(args):
 def test_sesam_arguments_after_a_double_dash_are_never_options():
     parsed = parse_hook_args(["--job", "a", "--", "--job", "b", "--dry-run"])
     assert parsed == HookArgs(["a"], None, False, None, ["--job", "b", "--dry-run"])
+
+
+def chained_hook(tmp_path, status: int = 0) -> str:
+    """An admin's own sbc_post.local: records that it ran, and with which arguments."""
+    hook = tmp_path / "sbc_post.local"
+    hook.write_text(f'#!/bin/sh\necho "own post $*" >> {tmp_path}/own.log\nexit {status}\n')
+    hook.chmod(0o755)
+    return str(hook)
+
+
+def run_post_hook(args: list[str], chain: str) -> int:
+    with pytest.raises(SystemExit) as done:
+        run_hook("post", args, chain=chain)
+    return int(done.value.code or 0)
+
+
+@pytest.mark.parametrize("config_text", [None, "jobs: [not, a, mapping]\n", "settings: {path: 3\n"])
+def test_the_chained_post_hook_runs_when_the_configuration_does_not_load(tmp_path, config_text):
+    config = tmp_path / "config.yaml"
+    if config_text is not None:
+        config.write_text(config_text)
+        config.chmod(0o600)
+    status = run_post_hook(["--config", str(config), "xen_vm1", "FULL"], chained_hook(tmp_path))
+    assert status == 2  # xenlvm's configuration error still decides the exit status
+    assert (tmp_path / "own.log").read_text() == "own post xen_vm1 FULL\n"
+
+
+def test_the_chained_post_hook_runs_after_a_bug_in_xenlvm_and_xenlvms_status_wins(tmp_path, monkeypatch):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"settings: {{log_file: {tmp_path}/xenlvm.log}}\njobs: {{vms: {{volume: data/vms, "
+                      "snapshot: vmsnap, mountpoint: /mnt/vms, tasks: [xen_vm1]}}\n")
+    config.chmod(0o600)
+
+    def broken(*_args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(app, "run_phase", broken)
+    status = run_post_hook(["--config", str(config), "xen_vm1"], chained_hook(tmp_path, status=5))
+    assert status == 1
+    assert (tmp_path / "own.log").read_text() == "own post xen_vm1\n"

@@ -254,11 +254,11 @@ def test_vmdisks_configuration():
 
 def test_post_deletes_only_the_image_files_it_wrote(tmp_path):
     staging = tmp_path / "xenlvm-disks"
-    staging.mkdir()
+    staging.mkdir(mode=0o700)  # as pre makes it (test_image_copy.py: any other is left alone)
     (staging / "vm2.xvda.img").write_bytes(b"\0" * 10)
     vmdisk_teardown._remove_images(str(staging))
     assert not staging.exists()
-    staging.mkdir()
+    staging.mkdir(mode=0o700)
     (staging / "vm2.xvda.img").write_bytes(b"\0")
     (staging / "notes.txt").write_text("an admin's file")
     (staging / "link.img").symlink_to(tmp_path / "elsewhere.img")

@@ -274,3 +274,15 @@ def test_export_writes_each_domains_record_and_its_config_files(tmp_path):
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == ["vm1.cfg", "vm1.xl-list-l.json", "vm2.cfg", "vm2.xl-list-l.json"]
     assert json.loads((tmp_path / "out" / "vm2.xl-list-l.json").read_text()) == records["vm2"]
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "a/b", "/etc/cron.d/x", "-rf", "vm\n1"])
+def test_a_domain_whose_name_is_not_a_file_name_is_not_exported_and_nothing_is_written_outside(
+        tmp_path, caplog, name):
+    out = tmp_path / "state" / "xenvm" / "xen-config"
+    record = {"domid": 7, "config": {"c_info": {"name": name}}}
+    domains = [xen.Domain(name, 7, False, (), record), xen.Domain("vm1", 1, False, (), {"domid": 1})]
+    xen_export.export_configuration(job(), domains, str(out), str(tmp_path / "etc-xen"))
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert written == ["state/xenvm/xen-config/vm1.xl-list-l.json"]
+    assert f"{name!r} is not a Xen domain name" in caplog.text
