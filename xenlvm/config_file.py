@@ -19,6 +19,7 @@ from xenlvm.config import (
     Job,
     Settings,
     SnapshotSpec,
+    ThinPoolSettings,
     VmDiskSettings,
     Volume,
     WatchdogSettings,
@@ -159,6 +160,9 @@ def _read_section(section: type, reader: Reader, node: yaml.Node, key: str) -> A
     values = reader.fields(node, key, _parsers(section), required=_required(section))
     made = section(**{fields[k].name: v for k, v in values.items()
                       if v is not None or fields[k].metadata["null_disables"]})
+    problem = made.problem() if hasattr(made, "problem") else None
+    if problem:
+        raise reader.error(node, key, problem)
     if isinstance(made, VmDiskSettings) and made.expose == "image-copy" and made.image_dir is None:
         raise reader.error(node, key, "expose: image-copy needs 'image_dir:', a directory on a disk "
                            "with room for the images (not a tmpfs)")
@@ -185,6 +189,7 @@ def sections() -> dict[str, dict[str, Any]]:
         "jobs.NAME.xen": _parsers(XenSettings),
         "jobs.NAME.vmdisks": _parsers(VmDiskSettings),
         "jobs.NAME.watchdog": _parsers(WatchdogSettings),
+        "jobs.NAME.thin_pool": _parsers(ThinPoolSettings),
     }
 
 

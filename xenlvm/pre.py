@@ -20,6 +20,7 @@ from xenlvm import (
     image_server,
     layout,
     preflight,
+    thinpool,
     vmdisk_target,
     vmdisk_teardown,
     vmdisks,
@@ -175,6 +176,10 @@ def _sweep_vmdisks(ctx: Context, job: Job, host: Inventory) -> bool:
 def _preflight(ctx: Context, job: Job, specs: Sequence[SnapshotSpec], host: Inventory) -> None:
     findings = [preflight.check_mountpoint(job.mountpoint, host.mounts)]
     findings += preflight.check_job_volumes(job, host.vgs, specs)
+    for finding in thinpool.check_thin_pools(job, specs, host.vgs):
+        if finding.level == "warn":
+            log.warning("%s", finding.message)
+        findings.append(finding)
     findings += [preflight.check_mountpoint(spec.mountpoint, host.mounts) for spec in specs
                  if spec.mountpoint != job.mountpoint and os.path.lexists(spec.mountpoint)]
     if ctx.dry_run:
