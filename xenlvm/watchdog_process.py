@@ -17,7 +17,7 @@ from xenlvm.config import Config, WatchdogSettings
 from xenlvm.errors import XenlvmError
 from xenlvm.fsutil import read_small, remove_if_present
 from xenlvm.runner import quote
-from xenlvm.watchdog import MODULE, Summary, Watched, files, read_pid, read_summary, write_spec
+from xenlvm.watchdog import MODULE, Files, Summary, Watched, files, read_pid, read_summary, write_spec
 
 log = logging.getLogger("xenlvm")
 
@@ -39,11 +39,18 @@ def start(config: Config, job_name: str, watched: Sequence[Watched], settings: W
     if earlier is not None:
         log.warning("a snapshot watchdog of an earlier run of job %s was still there; stopped it", job_name)
     write_spec(paths.spec, job_name, watched, settings)
-    argv = [python, "-m", MODULE, "--config", config.path, "--job", job_name, "--spec", paths.spec]
+    return spawn(config, MODULE, job_name, paths, "the snapshot watchdog", python=python)
+
+
+def spawn(config: Config, module: str, job_name: str, paths: Files, what: str, *,
+          python: str = sys.executable) -> int:
+    """Run ``python -m module --config --job --spec`` detached and return its pid once it has
+    written its pid file; if it does not, remove its spec and summary and raise XenlvmError."""
+    argv = [python, "-m", module, "--config", config.path, "--job", job_name, "--spec", paths.spec]
     # The monitor imports the same xenlvm as its caller, whatever the caller's sys.path was.
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {"PATH": config.settings.path, "LC_ALL": "C", "LANG": "C", "PYTHONPATH": package_parent}
-    log.info("starting the snapshot watchdog: %s", quote(argv))
+    log.info("starting %s: %s", what, quote(argv))
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True,
                             cwd="/", env=env)
@@ -56,7 +63,7 @@ def start(config: Config, job_name: str, watched: Sequence[Watched], settings: W
                 status = proc.wait()
             for path in (paths.spec, paths.summary):
                 remove_if_present(path)
-            raise XenlvmError(f"the snapshot watchdog did not start (exit status {status}); see the log "
+            raise XenlvmError(f"{what} did not start (exit status {status}); see the log "
                               f"file or run it by hand to see why: {quote(argv)}")
         time.sleep(0.05)
     return proc.pid
@@ -77,10 +84,11 @@ def stop(config: Config, job_name: str, timeout: float = 10.0) -> Summary | None
     return summary
 
 
-def is_watchdog(pid: int, job_name: str) -> bool:
-    """True when pid is a running watchdog of this job, as its command line shows."""
+def is_watchdog(pid: int, job_name: str, module: str = MODULE) -> bool:
+    """True when pid is a running watchdog (or another monitor: module) of this job, as its
+    command line shows."""
     args = (read_small(f"/proc/{pid}/cmdline") or "").split("\0")
-    return MODULE in args and any(args[i:i + 2] == ["--job", job_name] for i in range(len(args)))
+    return module in args and any(args[i:i + 2] == ["--job", job_name] for i in range(len(args)))
 
 
 def _has_exited(pid: int) -> bool:
