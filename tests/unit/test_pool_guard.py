@@ -30,7 +30,8 @@ def guard(tmp_path: Path, *reports: str, extra: str = "") -> tuple[Guard, FakeRu
     job = parse_config(CONFIG + extra, "/etc/xenlvm/config.yaml").jobs["tvm"]
     runner = FakeRunner().on("lvs", *(Answer(r) for r in reports)).on("lvextend", Answer()).on(
         "lvremove", Answer())
-    return Guard(job, [GUARDED], job.thin_pool, Lvm(runner), files(str(tmp_path), "tvm"), str(tmp_path)), runner
+    paths = files(str(tmp_path), "tvm")
+    return Guard(job, [GUARDED], job.thin_pool, Lvm(runner), paths, str(tmp_path)), runner
 
 
 def at(percent: str, **pool: str) -> str:
@@ -53,8 +54,8 @@ def test_the_guard_grows_a_pool_at_protect_at_from_the_vgs_free_space(tmp_path):
     [lvextend] = runner.changes
     assert lvextend == ["lvextend", "--size", f"{80 * MiB}b", "system/tpool"]
     [action] = read_summary(files(str(tmp_path), "tvm").summary).actions
-    assert (action["kind"], action["from"], action["to"], action["fill"]) == ("extend-data", 64 * MiB, 80 * MiB,
-                                                                              95.31)
+    assert (action["kind"], action["from"], action["to"], action["fill"]) == \
+        ("extend-data", 64 * MiB, 80 * MiB, 95.31)
     assert watcher.guarded == [GUARDED]  # still guarded
 
 
@@ -107,8 +108,8 @@ def test_post_fails_the_backup_after_a_drop_and_says_why(tmp_path):
     summary = read_summary(files(str(tmp_path), "tvm").summary)
     error = pool_guard_process.judge(watcher.job, summary)
     assert error is not None and error.exit_code == 1
-    assert str(error).startswith("the backup of job 'tvm' is incomplete: thin pool system/tpool reached 95.3% "
-                                 "and could not grow (its data is 95.3% full and growing its data from")
+    assert str(error).startswith("the backup of job 'tvm' is incomplete: thin pool system/tpool reached "
+                                 "95.3% and could not grow (its data is 95.3% full and growing its data from")
     assert "so system/tvmbackup were removed" in str(error)
     assert pool_guard_process.judge(watcher.job, None) is None
 
