@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from xenlvm import logs, pool_guard_drop, thinpool
@@ -36,6 +36,7 @@ from xenlvm.watchdog import Files, StopRequest, read_pid
 log = logging.getLogger("xenlvm")
 
 MODULE = "xenlvm.pool_guard"
+ACTION_SECONDS = 1.0  # what an lvextend may take, before one was measured
 
 
 @dataclass(frozen=True)
@@ -74,16 +75,20 @@ class Guard:
     """Looks at the pools of the guarded snapshots; grows a pool, or drops the snapshots."""
 
     def __init__(self, job: Job, guarded: Sequence[Guarded], settings: ThinPoolSettings, lvm: Lvm,
-                 paths: Files, lock_dir: str) -> None:
+                 paths: Files, lock_dir: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.job, self.settings, self.lvm, self.paths, self.lock_dir = job, settings, lvm, paths, lock_dir
+        self.clock = clock
         self.guarded = list(guarded)
         self.identity: dict[str, tuple[str, str | None]] = {}  # a replaced snapshot is not ours
         self.peak: dict[str, dict[str, float]] = {}
+        self.last: dict[str, tuple[float, thinpool.PoolFill]] = {}  # per pool: the previous look
+        self.reaction = ACTION_SECONDS  # how long a look and an action take here, measured
         self.actions: list[dict] = []
         self.dropped: list[str] = []
         self.problems: list[str] = []
         self.started = time.time()
         self.finished: float | None = None
+        self.looked = self.look_seconds = 0.0
         self._written = ""
 
     def summary(self) -> Summary:
@@ -104,11 +109,14 @@ class Guard:
 
     def look(self) -> None:
         """One lvs for every VG of the guarded pools, then each pool."""
+        started = self.clock()
         try:
             vgs = self.lvm.volume_groups(sorted({g.vg for g in self.guarded}))
         except XenlvmError as exc:
             self.problem(f"the pool guard could not always look at the pools: {exc}")
             return
+        self.looked = self.clock()
+        self.look_seconds = self.looked - started
         for pool_name in sorted({g.pool_name for g in self.guarded}):
             mine = [g for g in self.guarded if g.pool_name == pool_name]
             self._check(mine, vgs[mine[0].vg])
@@ -134,7 +142,12 @@ class Guard:
         fill = thinpool.fill_of(pool)
         peak = self.peak.setdefault(str(pool), {"data": 0.0, "metadata": 0.0})
         peak["data"], peak["metadata"] = max(peak["data"], fill.data), max(peak["metadata"], fill.metadata)
-        for action in thinpool.decide(pool, vg, self.settings):
+        then, before = self.last.get(str(pool), (self.looked, fill))
+        self.last[str(pool)] = (self.looked, fill)
+        # Until it could act after the next look: the wait, that look's lvs, and the action.
+        horizon = self.settings.interval + self.look_seconds + self.reaction
+        ahead = thinpool.lead(before, fill, self.looked - then, horizon)
+        for action in thinpool.decide(pool, vg, self.settings, ahead):
             if action.kind == "drop" or not self._extend(pool, action):
                 reason = action.reason or "growing it failed"
                 self._drop(pool, present, action.fill, reason)
@@ -142,8 +155,10 @@ class Guard:
 
     def _extend(self, pool: LogicalVolume, action: thinpool.Action) -> bool:
         part = action.kind.split("-")[1]
+        started = self.clock()
         try:
             self.lvm.runner.change(thinpool.extend_argv(pool, action))
+            self.reaction = max(self.reaction, self.clock() - started)
         except CommandFailed as exc:
             self.problem(f"could not grow the {part} of thin pool {pool} at {action.fill:.1f}% full: {exc}")
             return False

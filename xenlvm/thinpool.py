@@ -111,6 +111,15 @@ class Action:
     reason: str  # for a drop: why the pool could not grow
 
 
+def lead(before: PoolFill, after: PoolFill, seconds: float, horizon: float) -> PoolFill:
+    """Given two looks at a pool seconds apart, return how many points each part grows within
+    horizon seconds at that rate (never less than 0): a fast writer is met before protect_at."""
+    if seconds <= 0:
+        return PoolFill(0.0, 0.0)
+    return PoolFill(max(0.0, (after.data - before.data) / seconds * horizon),
+                    max(0.0, (after.metadata - before.metadata) / seconds * horizon))
+
+
 def _grown(size: int, percent: float, settings: ThinPoolSettings, extent: int) -> tuple[int, int]:
     """The sizes that bring a part at percent of size back under refuse_above: (enough, wanted),
     wanted with a 20% margin more, both in whole extents."""
@@ -120,25 +129,29 @@ def _grown(size: int, percent: float, settings: ThinPoolSettings, extent: int) -
     return (-(-enough // extent) * extent, -(-wanted // extent) * extent)
 
 
-def decide(pool: LogicalVolume, vg: VolumeGroup, settings: ThinPoolSettings) -> list[Action]:
-    """Given a pool as lvs reports it, return what to do now: nothing below protect_at; else
+def decide(pool: LogicalVolume, vg: VolumeGroup, settings: ThinPoolSettings,
+           lead: PoolFill = PoolFill(0.0, 0.0)) -> list[Action]:
+    """Given a pool as lvs reports it, return what to do now: nothing below protect_at (lead:
+    how many points each part will have grown by the time the guard could act next); else
     extend its data and/or metadata (when extend is set and the VG has room for all of it),
     else drop the job's snapshots in it."""
     fill = fill_of(pool)
     extent = vg.extent_size or 4 << 20
-    hot = [(part, percent) for part, percent in (("data", fill.data), ("metadata", fill.metadata))
-           if percent >= settings.protect_at]
+    hot = [(part, percent, ahead) for part, percent, ahead in (("data", fill.data, lead.data),
+                                                               ("metadata", fill.metadata, lead.metadata))
+           if percent + ahead >= settings.protect_at]
     if not hot:
         return []
-    part, percent = max(hot, key=lambda item: item[1])
+    part, percent, _ = max(hot, key=lambda item: item[1])
     if not settings.extend:
         return [Action("drop", percent, 0, 0, f"its {part} is {percent:.1f}% full and thin_pool: "
                        "extend is false")]
     free = vg.free
     actions = []
-    for part, percent in hot:
+    for part, percent, ahead in hot:
         size = pool.size if part == "data" else pool.metadata_size
         enough, wanted = _grown(size, percent, settings, extent)
+        wanted = max(wanted, _grown(size, percent + ahead, settings, extent)[0])  # a fast writer
         cost = 1 if part == "data" else 2  # the metadata spare LV grows with the metadata
         if part == "metadata":
             enough, wanted = min(enough, MAX_METADATA), min(wanted, MAX_METADATA)

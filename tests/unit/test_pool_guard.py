@@ -31,7 +31,19 @@ def guard(tmp_path: Path, *reports: str, extra: str = "") -> tuple[Guard, FakeRu
     runner = FakeRunner().on("lvs", *(Answer(r) for r in reports)).on("lvextend", Answer()).on(
         "lvremove", Answer())
     paths = files(str(tmp_path), "tvm")
-    return Guard(job, [GUARDED], job.thin_pool, Lvm(runner), paths, str(tmp_path)), runner
+    return Guard(job, [GUARDED], job.thin_pool, Lvm(runner), paths, str(tmp_path), clock=Clock()), runner
+
+
+class Clock:
+    """The guard's clock: each reading is a second later; a look reads it twice, so looks in a
+    row are 2 s (the interval) apart, and each lvs takes 1 s."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
 
 
 def at(percent: str, **pool: str) -> str:
@@ -39,12 +51,12 @@ def at(percent: str, **pool: str) -> str:
 
 
 def test_the_guard_only_watches_below_protect_at_and_keeps_the_peak(tmp_path):
-    watcher, runner = guard(tmp_path, at("70.00"), at("85.50"), at("80.00"))
-    for _ in range(3):
+    watcher, runner = guard(tmp_path, at("80.00"), at("82.00"), at("84.50"), at("83.00"))
+    for _ in range(4):
         watcher.look()
     assert runner.changes == []
     summary = read_summary(files(str(tmp_path), "tvm").summary)
-    assert summary.peak == {"system/tpool": {"data": 85.5, "metadata": 11.33}} and summary.actions == []
+    assert summary.peak == {"system/tpool": {"data": 84.5, "metadata": 11.33}} and summary.actions == []
 
 
 def test_the_guard_grows_a_pool_at_protect_at_from_the_vgs_free_space(tmp_path):
@@ -70,6 +82,18 @@ def test_without_room_the_guard_drops_only_the_jobs_snapshot_and_stops_guarding_
     assert drop["kind"] == "drop" and drop["snapshots"] == ["system/tvmbackup"]
     assert drop["reason"].startswith("its data is 95.3% full and growing its data from 64.0 MiB")
     assert watcher.guarded == []
+
+
+def test_a_fast_writer_is_met_before_protect_at_with_a_larger_step(tmp_path):
+    """70% then 84% a look apart: 14 points per look, so 90% would pass before the next."""
+    watcher, runner = guard(tmp_path, at("70.00"), at("84.00"))
+    watcher.look()
+    assert runner.changes == []
+    watcher.look()
+    [lvextend] = runner.changes
+    assert lvextend[:2] == ["lvextend", "--size"] and int(lvextend[2][:-1]) > 80 * MiB  # past 20% more
+    [action] = read_summary(files(str(tmp_path), "tvm").summary).actions
+    assert action["fill"] == 84.0
 
 
 def test_with_extend_false_the_guard_drops_at_once(tmp_path):
