@@ -23,15 +23,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from xenlvm import logs, pool_guard_drop, thinpool
+from xenlvm import pool_guard_drop, thinpool
 from xenlvm.config import Job, ThinPoolSettings
-from xenlvm.config_file import load_config
 from xenlvm.errors import EXIT_USAGE, CommandFailed, XenlvmError
 from xenlvm.fsutil import read_small, write_atomically
 from xenlvm.lvm import OWNER_TAG, LogicalVolume, Lvm, VolumeGroup, job_tag
+from xenlvm.monitor import StopRequest, read_summary_file, serve, start_monitor, watch_until
 from xenlvm.runner import Runner
 from xenlvm.sizes import human_size
-from xenlvm.watchdog import Files, StopRequest, read_pid
+from xenlvm.watchdog import Files
 
 log = logging.getLogger("xenlvm")
 
@@ -190,17 +190,11 @@ class Guard:
 
     def run(self, stop: StopRequest, max_lifetime: float) -> None:
         """Look every interval until nothing is left to guard, max_lifetime passed, or SIGTERM."""
-        deadline = time.monotonic() + max_lifetime
-        while not stop.requested:
-            self.look()
-            if not self.guarded:
-                log.info("the pool guard has no snapshot left to guard; exiting")
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self.problem(f"the pool guard stopped after {max_lifetime:g} s while the backup still ran")
-                return
-            stop.wait(min(self.settings.interval, remaining))
+        ended = watch_until(stop, self.look, lambda: bool(self.guarded), self.settings.interval, max_lifetime)
+        if ended == "done":
+            log.info("the pool guard has no snapshot left to guard; exiting")
+        elif ended == "lifetime":
+            self.problem(f"the pool guard stopped after {max_lifetime:g} s while the backup still ran")
 
 
 def write_spec(path: str, job_name: str, guarded: Sequence[Guarded], settings: ThinPoolSettings,
@@ -222,34 +216,17 @@ def read_spec(path: str) -> tuple[list[Guarded], ThinPoolSettings, float]:
 
 
 def read_summary(path: str) -> Summary | None:
-    text = read_small(path)
-    if text is None:
-        return None
-    try:
-        data = json.loads(text)
-        return Summary(peak={str(k): {p: float(f) for p, f in v.items()} for k, v in data["peak"].items()},
-                       actions=list(data["actions"]), dropped=[str(d) for d in data["dropped"]],
-                       problems=[str(p) for p in data["problems"]], finished=data.get("finished"))
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        return Summary(problems=[f"the pool guard's summary {path} is unreadable ({exc})"], finished=0.0)
+    return read_summary_file(path, lambda data: Summary(
+        peak={str(k): {p: float(f) for p, f in v.items()} for k, v in data["peak"].items()},
+        actions=list(data["actions"]), dropped=[str(d) for d in data["dropped"]],
+        problems=[str(p) for p in data["problems"]], finished=data.get("finished")),
+        lambda why: Summary(problems=[f"the pool guard: {why}"], finished=0.0))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The guard process, as pre starts it: python -m xenlvm.pool_guard --config --job --spec."""
-    import argparse  # here: the hooks import this module, and never need argparse
-
-    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}",
-                                     description="xenlvm's thin pool guard; pre starts it, post stops it")
-    for option in ("--config", "--job", "--spec"):
-        parser.add_argument(option, required=True)
-    args = parser.parse_args(argv)
-    stop_request = StopRequest()
-    logs.setup(syslog=True)
-    logs.set_job(args.job)
     try:
-        config = load_config(args.config)
-        if config.settings.log_file:
-            logs.add_log_file(config.settings.log_file, logging.INFO)
+        args, stop_request, config = start_monitor(argv, MODULE, "thin pool guard")
         guarded, settings, max_lifetime = read_spec(args.spec)
         job = config.jobs[args.job]
     except (XenlvmError, KeyError) as exc:
@@ -259,28 +236,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = files(lock_dir, args.job)
     runner = Runner(path=config.settings.path, timeout=config.settings.command_timeout, quiet_queries=True)
     guard = Guard(job, guarded, settings, Lvm(runner), paths, lock_dir)
-    status = 0
-    try:
-        guard.write_summary()
-        write_atomically(paths.pid, f"{os.getpid()}\n", dir_mode=0o700)
+
+    def run() -> None:
         log.info("the thin pool guard (pid %d) guards %s: acts at %d%% full, %s, looking every %g s",
                  os.getpid(), ", ".join(sorted({g.pool_name for g in guarded})), settings.protect_at,
                  "grows the pool, else drops the snapshots" if settings.extend else "drops the snapshots",
                  settings.interval)
         guard.run(stop_request, max_lifetime)
-    except Exception as exc:  # a guard that dies silently would leave the pools unguarded
-        log.exception("the thin pool guard failed: %s", exc)
-        guard.problem(f"the pool guard failed and stopped guarding: {type(exc).__name__}: {exc}")
-        status = 1
-    finally:
-        guard.finished = time.time()
-        try:
-            guard.write_summary()
-        finally:
-            if read_pid(paths.pid) == os.getpid():
-                os.unlink(paths.pid)
-    return status
 
+    return serve(guard, paths.pid, run, "the thin pool guard", "the pool guard failed and stopped guarding")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 
 from xenlvm.config import Config, Job
 from xenlvm.errors import XenlvmError
-from xenlvm.fsutil import remove_if_present
 from xenlvm.lvm import VMDISK_TAG
 from xenlvm.pool_guard import MODULE, Guarded, Summary, files, read_summary, write_spec
 
@@ -17,8 +16,7 @@ __all__ = ["Summary", "guarded_of", "judge", "report", "start", "stop"]
 from xenlvm.sizes import human_size
 from xenlvm.state import RunReport
 from xenlvm.targets import Target
-from xenlvm.watchdog import read_pid
-from xenlvm.watchdog_process import is_watchdog, spawn, terminate_proven
+from xenlvm.watchdog_process import spawn, stop_monitor
 
 log = logging.getLogger("xenlvm")
 
@@ -49,17 +47,8 @@ def start(config: Config, job: Job, targets: Sequence[Target]) -> int | None:
 def stop(config: Config, job_name: str, timeout: float = 10.0) -> Summary | None:
     """Stop the job's guard (proven by its command line, through a pidfd) and return what it
     did; None when none ran. Removes its files."""
-    paths = files(config.settings.lock_dir, job_name)
-    pid = read_pid(paths.pid)
-    signalled = pid is not None and terminate_proven(
-        pid, lambda checked: is_watchdog(checked, job_name, MODULE), f"the thin pool guard of job {job_name}",
-        timeout)
-    summary = read_summary(paths.summary)
-    for path in (paths.pid, paths.spec, paths.summary):
-        remove_if_present(path)
-    if summary is None and signalled:
-        summary = Summary(problems=[f"the pool guard (pid {pid}) was stopped before it wrote a summary"])
-    return summary
+    return stop_monitor(files(config.settings.lock_dir, job_name), job_name, MODULE, read_summary,
+                        lambda said: Summary(problems=[f"the pool guard {said}"]), timeout)
 
 
 def report(summary: Summary, run: RunReport) -> None:

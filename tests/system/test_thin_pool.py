@@ -13,7 +13,8 @@ import signal
 
 import pytest
 
-from tests.system.conftest import PRE_STEPS, SESAM_ARGS, XEN_SETTINGS, XL
+from tests.system.conftest import PRE_STEPS, SESAM_ARGS, XL
+from tests.system.test_restore import DRILL_CONFIG
 
 pytestmark = pytest.mark.system
 
@@ -295,18 +296,7 @@ dd if=/dev/urandom of=/run/vmfs/data bs=1M count=36 2>/dev/null && umount /run/v
 sync
 dmesg -C
 """
-THIN_DISK_CONFIG = XEN_SETTINGS + """\
-  disks:
-    mountpoint: /mnt/vmbackup
-    tasks: [xen_vm1]
-    unmount_timeout: 4s
-    vmdisks:
-      domains: [vm4]
-      size: 16M
-    xen:
-      domains: auto
-      timeout: 20s
-"""
+THIN_DISK_CONFIG = DRILL_CONFIG.format(extra="")  # a vmdisks job of domain vm4
 
 
 def test_the_pool_of_a_thin_vm_disk_is_guarded_and_grown(world):
