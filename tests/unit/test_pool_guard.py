@@ -161,3 +161,25 @@ def test_post_says_when_the_guard_was_not_running_at_the_end(tmp_path, caplog, f
     watcher.write_summary()
     pool_guard_process.report(read_summary(files(str(tmp_path), "tvm").summary), state.RunReport())
     assert ("the pool guard was no longer running at post" in caplog.text) is said
+
+
+def test_the_readers_of_a_device_are_the_processes_with_files_on_it_never_the_guard_itself(tmp_path):
+    """What the guard would stop: here the device of tmp_path's filesystem, held by a child
+    whose working directory is there; the guard itself (also there) and init are never named."""
+    import os
+    import subprocess
+
+    from xenlvm.pool_guard_drop import readers_of
+
+    device = os.stat(tmp_path).st_dev
+    child = subprocess.Popen(["sleep", "30"], cwd=tmp_path)
+    here = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        readers = readers_of(os.major(device), os.minor(device))
+        assert child.pid in readers and os.getpid() not in readers and 1 not in readers
+        assert readers_of(4095, 4095) == []  # a device nobody holds
+    finally:
+        os.chdir(here)
+        child.kill()
+        child.wait()
