@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
-from xenlvm import image_server, install, preflight, quiesce_check, vmdisk_target, xen
+from xenlvm import image_server, install, preflight, quiesce_check, thinpool, vmdisk_target, xen
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Config, Job
 from xenlvm.config_file import permission_problem
@@ -71,6 +71,7 @@ def check_job(config: Config, runner: Runner, job: Job, try_quiesce: bool = Fals
     findings = [preflight.check_mountpoint(job.mountpoint, mounts, _own_snapshot_at(job, vgs))]
     findings += preflight.check_job_volumes(job, vgs)
     findings += _check_reach(job)
+    findings += thinpool.check_thin_pools(job, job.volumes, vgs)
     for spec in job.volumes:
         if spec.mountpoint != job.mountpoint and os.path.lexists(spec.mountpoint):
             own = vgs[spec.origin.vg].get(spec.snapshot)
@@ -144,6 +145,7 @@ def _check_vmdisks(job: Job, xl: xen.XlView | XenlvmError | None, every: dict[st
     findings = [Finding("ok" if disks else "fail", "vmdisks", "VM disks to snapshot: " + (", ".join(
         f"{d.domain}/{d.disk} ({d})" for d in disks) or "none found"))]
     findings += preflight.check_job_volumes(job, every, [d.spec for d in disks])
+    findings += thinpool.check_thin_pools(job, [d.spec for d in disks], every)
     room = vmdisk_target.check_image_room(job, disks)
     if room is not None:
         findings.append(Finding("fail", "vmdisks", room))

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = ["Config", "DomainCommands", "Job", "QuiesceSettings", "Settings", "SnapshotSpec", "Size",
-           "Volume", "VmDiskSettings", "WatchdogSettings", "XenSettings", "config_path", "keys",
-           "parse_duration", "parse_size"]
+           "ThinPoolSettings", "Volume", "VmDiskSettings", "WatchdogSettings", "XenSettings", "config_path",
+           "keys", "parse_duration", "parse_size"]
 
 DEFAULT_CONFIG_PATH = "/etc/xenlvm/config.yaml"
 XL_TIMEOUT = 30.0
@@ -128,6 +128,33 @@ class WatchdogSettings:
 
 
 @dataclass(frozen=True)
+class ThinPoolSettings:
+    """Keep a thin pool that holds a job's thin snapshot from filling up (xenlvm.thinpool): a
+    full pool stops every thin LV in it, the VMs' disks too. Applies to every thin snapshot."""
+
+    # pre refuses when the pool's data or metadata use is at or above this
+    refuse_above: int = field(default=80, metadata=key(values.parse_percent_int))
+    # during the backup the pool guard acts when the pool's data or metadata use reaches this
+    protect_at: int = field(default=90, metadata=key(values.parse_percent_int))
+    # first try to grow the pool from the VG's free space; else drop the job's thin snapshots
+    extend: bool = field(default=True, metadata=key(values.parse_bool))
+    # seconds between two looks of the pool guard
+    interval: float = field(default=2.0, metadata=key(values.parse_duration))
+    # what the backup may need in the pool at most (pre warns when it has not that much free);
+    # None: the origin's size (everything is overwritten)
+    expected_growth: Size | None = field(default=None, metadata=key(values.parse_size))
+
+    def problem(self) -> str | None:
+        """What is wrong with these settings together, or None."""
+        if self.protect_at <= self.refuse_above:
+            return (f"protect_at ({self.protect_at}%) must be above refuse_above ({self.refuse_above}%): "
+                    "pre refuses a pool that the guard would have to act on at once")
+        if self.protect_at > 99:
+            return "protect_at must be below 100%: the guard must act before the pool is full"
+        return None
+
+
+@dataclass(frozen=True)
 class VmDiskSettings:
     """VM disks on logical volumes of their own (phy: disks), found through xl at each pre."""
 
@@ -183,6 +210,8 @@ class Job:
     xen: XenSettings | None = field(default=None, metadata=key(XenSettings))
     watchdog: WatchdogSettings | None = field(default=None, metadata=key(WatchdogSettings))
     vmdisks: VmDiskSettings | None = field(default=None, metadata=key(VmDiskSettings))
+    # for thin snapshots: always set (its defaults) whether the file has the section or not
+    thin_pool: ThinPoolSettings = field(default_factory=ThinPoolSettings, metadata=key(ThinPoolSettings))
 
 
 @dataclass(frozen=True)

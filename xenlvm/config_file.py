@@ -20,6 +20,7 @@ from xenlvm.config import (
     QuiesceSettings,
     Settings,
     SnapshotSpec,
+    ThinPoolSettings,
     VmDiskSettings,
     Volume,
     WatchdogSettings,
@@ -191,6 +192,7 @@ def sections() -> dict[str, dict[str, Any]]:
         "jobs.NAME.xen.quiesce": _parsers(QuiesceSettings),
         "jobs.NAME.vmdisks": _parsers(VmDiskSettings),
         "jobs.NAME.watchdog": _parsers(WatchdogSettings),
+        "jobs.NAME.thin_pool": _parsers(ThinPoolSettings),
     }
 
 

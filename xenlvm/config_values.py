@@ -158,6 +158,12 @@ def parse_percent_int(value: Any) -> int:
     return int(text)
 
 
+def parse_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{value!r} is not true or false")
+    return value
+
+
 def parse_search_path(value: Any) -> str:
     text = str(value)
     dirs = text.split(":")

@@ -29,7 +29,8 @@ VMDISK_TAG = "xenlvm_vmdisk"  # beside the owner and job tags: the snapshot of a
 _JSON = ["--reportformat", "json", "--units", "b", "--nosuffix"]
 LV_FIELDS = ("lv_name", "vg_name", "lv_attr", "lv_size", "origin", "pool_lv", "lv_tags",
              "data_percent", "lv_snapshot_invalid", "lv_active", "lv_kernel_major",
-             "lv_kernel_minor", "lv_dm_path", "lv_time", "vg_free", "vg_size", "vg_extent_size", "vg_attr")
+             "lv_kernel_minor", "lv_dm_path", "lv_time", "vg_free", "vg_size", "vg_extent_size", "vg_attr",
+             "metadata_percent", "lv_metadata_size")
 
 
 def job_tag(job_name: str) -> str:
@@ -58,11 +59,18 @@ class LogicalVolume:
     minor: int | None
     dm_path: str
     created: str
+    metadata_percent: float | None = None  # a thin pool's metadata use
+    metadata_size: int = 0  # a thin pool's metadata LV, bytes
 
     @property
     def is_thin(self) -> bool:
         """A thin volume (also when it is the origin of a snapshot: lv_attr 'owi-aotz--')."""
         return bool(self.pool) and self.attr[6:7] == "t"
+
+    @property
+    def is_thin_pool(self) -> bool:
+        """A thin pool: lv_attr 't' first."""
+        return self.attr[:1] == "t"
 
     @property
     def is_snapshot(self) -> bool:
@@ -125,6 +133,7 @@ def parse_lvs_json(text: str) -> list[tuple[LogicalVolume, dict[str, str]]]:
 
 def _logical_volume(row: dict[str, str]) -> LogicalVolume:
     percent = row.get("data_percent", "")
+    metadata = row.get("metadata_percent", "")
     return LogicalVolume(
         vg=row["vg_name"], name=row["lv_name"], attr=row.get("lv_attr", ""),
         size=int(row.get("lv_size") or 0), origin=row.get("origin", ""),
@@ -134,7 +143,9 @@ def _logical_volume(row: dict[str, str]) -> LogicalVolume:
         snapshot_invalid="invalid" in row.get("lv_snapshot_invalid", ""),  # "snapshot invalid"
         active=row.get("lv_active", "") == "active",
         major=_int(row.get("lv_kernel_major", "")), minor=_int(row.get("lv_kernel_minor", "")),
-        dm_path=row.get("lv_dm_path", ""), created=row.get("lv_time", ""))
+        dm_path=row.get("lv_dm_path", ""), created=row.get("lv_time", ""),
+        metadata_percent=float(metadata) if metadata else None,
+        metadata_size=int(row.get("lv_metadata_size") or 0))
 
 
 def parse_volume_group(text: str, vg_name: str) -> VolumeGroup:

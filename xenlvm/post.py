@@ -1,6 +1,6 @@
 """post: what sesam's sbc_post does for each job (and xenlvm cleanup), top to bottom.
 
-Lock the job; resume domains a killed pre left paused; stop the watchdog; find the job's
+Lock the job; resume domains a killed pre left paused; stop the watchdog and the pool guard; find the job's
 snapshots (lvs) and read whether they are still valid; unmount and remove them in reverse, each
 only with proof that it is xenlvm's (xenlvm.teardown); then judge the backup: an invalid
 snapshot fails it. One job's failure does not stop the others. Guests a killed pre left frozen
@@ -13,7 +13,17 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from xenlvm import cow, image_server, preflight, quiesce, vmdisk_teardown, vmdisks, watchdog_process, xen
+from xenlvm import (
+    cow,
+    image_server,
+    pool_guard_process,
+    preflight,
+    quiesce,
+    vmdisk_teardown,
+    vmdisks,
+    watchdog_process,
+    xen,
+)
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Job, SnapshotSpec
 from xenlvm.context import Context
@@ -79,9 +89,15 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
     if job.xen is not None:  # after the resume, as at the end of a pause window
         _collect(errors, quiesce.thaw_leftovers, ctx.runner, job, ctx.config.settings.lock_dir)
     _collect(errors, _stop_watchdog, ctx, job)
+    guard = _collect(errors, _stop_pool_guard, ctx, job)
     _collect(errors, _stop_image_server, ctx, job, judge_backup)  # before the snapshots it holds are removed
     found = _find_artefacts(ctx, job, errors)
     overflowed = _tear_down(ctx, job, found, errors)
+    dropped = pool_guard_process.judge(job, guard)
+    if dropped is not None and judge_backup:
+        errors.append(dropped)
+    elif dropped is not None:
+        log.warning("%s", dropped)
     if errors:
         _report_unfinished(found)
         raise errors[0] if len(errors) == 1 else XenlvmError(" | ".join(str(e) for e in errors))
@@ -222,6 +238,16 @@ def _stop_watchdog(ctx: Context, job: Job) -> None:
     if summary.max_fill:
         report.fill_percent = max(summary.max_fill.values())
     report.watchdog_extensions = len(summary.extensions)
+
+
+def _stop_pool_guard(ctx: Context, job: Job) -> pool_guard_process.Summary | None:
+    """Stop the job's thin pool guard before unmounting; report what it saw and did."""
+    if ctx.dry_run:
+        return None
+    summary = pool_guard_process.stop(ctx.config, job.name)
+    if summary is not None:
+        pool_guard_process.report(summary, ctx.report(job))
+    return summary
 
 
 def _stop_image_server(ctx: Context, job: Job, judge_backup: bool) -> None:

@@ -4,8 +4,9 @@ Lock the job; resume domains a killed run left paused; look at the host once (on
 mount table, xl: xenlvm.inventory); sweep what an earlier run left; plan the targets (the job's
 volumes, and its VM disks as xl shows them: xenlvm.targets); check everything before any
 change (xenlvm.preflight); create each snapshot inside its pause window (xenlvm.windows);
-expose each (mount, or files and images), serve the images; start the watchdog. Each change
-registers its undo as soon as it is made; any failure unwinds them all, in reverse.
+expose each (mount, or files and images), serve the images; start the watchdog and the thin
+pool guard. Each change registers its undo as soon as it is made; any failure unwinds them all,
+in reverse.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from contextlib import ExitStack
 from xenlvm import (
     image_server,
     layout,
+    pool_guard_process,
     preflight,
     quiesce,
     quiesce_guard,
+    thinpool,
     vmdisk_target,
     vmdisk_teardown,
     vmdisks,
@@ -101,6 +104,7 @@ def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
                                     xen_export.export_directory(job, ctx.config.settings.state_dir),
                                     consistent)
     _start_watchdog(ctx, job, targets, undo)
+    _start_pool_guard(ctx, job, targets, undo)
 
 
 def _take_snapshots(ctx: Context, job: Job, targets: Sequence[Target], planned: Sequence[windows.Window],
@@ -193,6 +197,10 @@ def _sweep_vmdisks(ctx: Context, job: Job, host: Inventory) -> bool:
 def _preflight(ctx: Context, job: Job, specs: Sequence[SnapshotSpec], host: Inventory) -> None:
     findings = [preflight.check_mountpoint(job.mountpoint, host.mounts)]
     findings += preflight.check_job_volumes(job, host.vgs, specs)
+    for finding in thinpool.check_thin_pools(job, specs, host.vgs):
+        if finding.level == "warn":
+            log.warning("%s", finding.message)
+        findings.append(finding)
     findings += [preflight.check_mountpoint(spec.mountpoint, host.mounts) for spec in specs
                  if spec.mountpoint != job.mountpoint and os.path.lexists(spec.mountpoint)]
     if ctx.dry_run:
@@ -252,3 +260,14 @@ def _start_watchdog(ctx: Context, job: Job, targets: Sequence[Target], undo: Und
         return
     log.info("snapshot watchdog started (pid %s): extends by %d%% at %d%% full", pid, job.watchdog.step,
              job.watchdog.threshold)
+
+
+def _start_pool_guard(ctx: Context, job: Job, targets: Sequence[Target], undo: UndoStack) -> None:
+    """Guard the pools of the job's thin snapshots through the backup (xenlvm.pool_guard). A
+    pool that fills up stops every VM on it: pre fails when the guard cannot start."""
+    if ctx.dry_run or not pool_guard_process.guarded_of(targets):
+        return
+    undo.push("stop the thin pool guard", functools.partial(pool_guard_process.stop, ctx.config, job.name))
+    pid = pool_guard_process.start(ctx.config, job, targets)
+    log.info("thin pool guard started (pid %s): acts at %d%% full, looking every %g s", pid,
+             job.thin_pool.protect_at, job.thin_pool.interval)

@@ -24,9 +24,9 @@ from xenlvm import logs, xen
 from xenlvm.config import Config
 from xenlvm.errors import EXIT_USAGE, XenlvmError
 from xenlvm.fsutil import read_small, remove_if_present, write_atomically
+from xenlvm.monitor import StopRequest, read_pid
 from xenlvm.quiesce import Frozen, Quiescer
 from xenlvm.runner import Runner, quote
-from xenlvm.watchdog import StopRequest, read_pid
 from xenlvm.watchdog_process import terminate_proven
 
 log = logging.getLogger("xenlvm")

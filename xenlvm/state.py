@@ -38,6 +38,8 @@ class RunReport:
     pause_window_ms: float | None = None  # pre: the longest any domain was paused
     fill_percent: float | None = None  # post: the fullest classic snapshot (100: overflowed)
     watchdog_extensions: int | None = None  # post: how often the watchdog extended a snapshot
+    thin_pool_peak_percent: float | None = None  # post: the fullest a thin snapshot's pool got
+    pool_guard_actions: int | None = None  # post: how often the pool guard grew a pool or dropped
     domain_windows: dict[str, float] = field(default_factory=dict)  # pre: each domain's window (ms)
     consistent: dict[str, bool] = field(default_factory=dict)  # pre, xen.quiesce: each domain froze
 
@@ -102,7 +104,13 @@ _METRICS = (
      "1 if the domain was frozen for its snapshot in the last pre (application-consistent), 0 if not"),
     ("xenlvm_snapshot_fill_ratio",
      "how full the snapshot was when the last post removed it (1 = overflowed)"),
+    ("xenlvm_thin_pool_peak_fill_ratio",
+     "the fullest (data or metadata) a thin snapshot's pool got during the last backup"),
+    ("xenlvm_pool_guard_actions", "how often the pool guard grew a pool or dropped snapshots (last post)"),
 )
+# Notes that become a metric of the job: (note, metric, scale).
+_JOB_NOTES = (("thin_pool_peak_percent", "xenlvm_thin_pool_peak_fill_ratio", 0.01),
+              ("pool_guard_actions", "xenlvm_pool_guard_actions", 1))
 
 
 def _label_value(text: str) -> str:
@@ -140,6 +148,9 @@ def render_metrics(config: Config) -> str:
                                                                           "{:.0f}")
             if "fill_percent" in notes:
                 samples["xenlvm_snapshot_fill_ratio"].append(f"{job_label} {notes['fill_percent'] / 100:.4f}")
+            for note, metric, scale in _JOB_NOTES:
+                if note in notes:
+                    samples[metric].append(f"{job_label} {notes[note] * scale:.4g}")
     lines = []
     for name, text in _METRICS:
         if samples[name]:

@@ -15,27 +15,27 @@ after every change, so a crash loses nothing).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import select
-import signal
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from xenlvm import logs
 from xenlvm.config import Size, WatchdogSettings
-from xenlvm.config_file import load_config
 from xenlvm.cow import invalidated_by_io_errors
 from xenlvm.errors import EXIT_USAGE, CommandFailed, XenlvmError
 from xenlvm.fsutil import read_small, write_atomically
 from xenlvm.lvm import OWNER_TAG, LogicalVolume, Lvm, VolumeGroup, job_tag
+from xenlvm.monitor import StopRequest, read_summary_file, serve, start_monitor, watch_until
 from xenlvm.runner import Runner
 from xenlvm.sizes import human_size
 from xenlvm.watchdog_sizing import limit_reason, next_size, wanted_size
+
+TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+if TYPE_CHECKING:
+    pass
 
 log = logging.getLogger("xenlvm")
 
@@ -207,51 +207,18 @@ class Monitor:
 
     def run(self, stop: StopRequest) -> None:
         """Look every interval until nothing is left to watch, max_lifetime passed, or SIGTERM."""
-        deadline = time.monotonic() + self.settings.max_lifetime
-        while not stop.requested:
-            self.look()
-            if not self.watching:
-                log.info("the watchdog has no snapshot left to watch; exiting")
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                log.warning("the watchdog stops after its max_lifetime of %g s: %s no longer extended",
-                            self.settings.max_lifetime, ", ".join(sorted(self.watching)))
-                self.problem(f"the watchdog stopped after max_lifetime ({self.settings.max_lifetime:g} s) "
-                             f"while the backup still ran: {', '.join(sorted(self.watching))} no longer "
-                             "extended")
-                return
-            stop.wait(min(self.settings.interval, remaining))
-        log.info("the watchdog was asked to stop; exiting")
-
-
-class StopRequest:
-    """SIGTERM asks the monitor to finish (after a running lvextend); SIGINT and SIGHUP, meant
-    for the pre that started it, are ignored. The signal also cuts short the wait between looks."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._wakeup, write_end = os.pipe()
-        os.set_blocking(self._wakeup, False)
-        os.set_blocking(write_end, False)
-        signal.set_wakeup_fd(write_end)
-        signal.signal(signal.SIGTERM, self._handle)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-    def _handle(self, _signum: int, _frame: object) -> None:
-        self.requested = True
-
-    def wait(self, seconds: float) -> None:
-        if not self.requested:
-            select.select([self._wakeup], [], [], seconds)
-        with contextlib.suppress(BlockingIOError):
-            os.read(self._wakeup, 512)
-
-
-def read_pid(path: str) -> int | None:
-    text = (read_small(path) or "").strip()
-    return int(text) if text.isdigit() and int(text) > 1 else None
+        ended = watch_until(stop, self.look, lambda: bool(self.watching), self.settings.interval,
+                            self.settings.max_lifetime)
+        if ended == "done":
+            log.info("the watchdog has no snapshot left to watch; exiting")
+        elif ended == "lifetime":
+            log.warning("the watchdog stops after its max_lifetime of %g s: %s no longer extended",
+                        self.settings.max_lifetime, ", ".join(sorted(self.watching)))
+            self.problem(f"the watchdog stopped after max_lifetime ({self.settings.max_lifetime:g} s) "
+                         f"while the backup still ran: {', '.join(sorted(self.watching))} no longer "
+                         "extended")
+        else:
+            log.info("the watchdog was asked to stop; exiting")
 
 
 def write_spec(path: str, job_name: str, watched: Sequence[Watched], settings: WatchdogSettings) -> None:
@@ -273,34 +240,15 @@ def read_spec(path: str) -> tuple[list[Watched], WatchdogSettings]:
 
 
 def read_summary(path: str) -> Summary | None:
-    text = read_small(path)
-    if text is None:
-        return None
-    try:
-        data = json.loads(text)
-        return Summary(max_fill={str(k): float(v) for k, v in data["max_fill"].items()},
-                       extensions=list(data["extensions"]), problems=[str(p) for p in data["problems"]])
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        return Summary(problems=[f"the watchdog's summary {path} is unreadable ({exc})"])
+    return read_summary_file(path, lambda data: Summary(
+        max_fill={str(k): float(v) for k, v in data["max_fill"].items()}, extensions=list(data["extensions"]),
+        problems=[str(p) for p in data["problems"]]), lambda why: Summary(problems=[f"the watchdog: {why}"]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The monitor process, as start runs it: python -m xenlvm.watchdog --config --job --spec."""
-    import argparse  # here: the hooks import this module, and never need argparse
-
-    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}",
-                                     description="xenlvm's snapshot watchdog; pre starts it, post stops it")
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--job", required=True)
-    parser.add_argument("--spec", required=True)
-    args = parser.parse_args(argv)
-    stop_request = StopRequest()
-    logs.setup(syslog=True)
-    logs.set_job(args.job)
     try:
-        config = load_config(args.config)
-        if config.settings.log_file:
-            logs.add_log_file(config.settings.log_file, logging.INFO)
+        args, stop_request, config = start_monitor(argv, MODULE, "snapshot watchdog")
         watched, settings = read_spec(args.spec)
     except XenlvmError as exc:
         log.error("the snapshot watchdog cannot start: %s", exc)
@@ -309,26 +257,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = files(os.path.dirname(os.path.abspath(args.spec)), args.job)
     runner = Runner(path=config.settings.path, timeout=config.settings.command_timeout, quiet_queries=True)
     monitor = Monitor(args.job, watched, settings, Lvm(runner), paths.summary)
-    status = 0
-    try:
-        monitor.write_summary()
-        write_atomically(paths.pid, f"{os.getpid()}\n", dir_mode=0o700)
+
+    def run() -> None:
         log.info("the snapshot watchdog (pid %d) watches %s: extends by %d%% at %d%% full, up to %s, "
                  "looking every %g s", os.getpid(), ", ".join(map(str, watched)), settings.step,
                  settings.threshold, settings.max_size.text, settings.interval)
         monitor.run(stop_request)
-    except Exception as exc:  # a monitor that dies silently would leave the snapshots unguarded
-        log.exception("the snapshot watchdog failed: %s", exc)
-        monitor.problem(f"the watchdog failed and stopped watching: {type(exc).__name__}: {exc}")
-        status = 1
-    finally:
-        monitor.finished = time.time()
-        try:
-            monitor.write_summary()
-        finally:
-            if read_pid(paths.pid) == os.getpid():
-                os.unlink(paths.pid)
-    return status
+
+    return serve(monitor, paths.pid, run, "the snapshot watchdog", "the watchdog failed and stopped watching")
 
 
 if __name__ == "__main__":

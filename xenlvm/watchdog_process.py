@@ -16,8 +16,15 @@ from collections.abc import Callable, Sequence
 from xenlvm.config import Config, WatchdogSettings
 from xenlvm.errors import XenlvmError
 from xenlvm.fsutil import read_small, remove_if_present
+from xenlvm.monitor import read_pid
 from xenlvm.runner import quote
-from xenlvm.watchdog import MODULE, Summary, Watched, files, read_pid, read_summary, write_spec
+from xenlvm.watchdog import MODULE, Files, Summary, Watched, files, read_summary, write_spec
+
+TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    S = TypeVar("S")  # a monitor's summary
 
 log = logging.getLogger("xenlvm")
 
@@ -39,11 +46,18 @@ def start(config: Config, job_name: str, watched: Sequence[Watched], settings: W
     if earlier is not None:
         log.warning("a snapshot watchdog of an earlier run of job %s was still there; stopped it", job_name)
     write_spec(paths.spec, job_name, watched, settings)
-    argv = [python, "-m", MODULE, "--config", config.path, "--job", job_name, "--spec", paths.spec]
+    return spawn(config, MODULE, job_name, paths, "the snapshot watchdog", python=python)
+
+
+def spawn(config: Config, module: str, job_name: str, paths: Files, what: str, *,
+          python: str = sys.executable) -> int:
+    """Run ``python -m module --config --job --spec`` detached and return its pid once it has
+    written its pid file; if it does not, remove its spec and summary and raise XenlvmError."""
+    argv = [python, "-m", module, "--config", config.path, "--job", job_name, "--spec", paths.spec]
     # The monitor imports the same xenlvm as its caller, whatever the caller's sys.path was.
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {"PATH": config.settings.path, "LC_ALL": "C", "LANG": "C", "PYTHONPATH": package_parent}
-    log.info("starting the snapshot watchdog: %s", quote(argv))
+    log.info("starting %s: %s", what, quote(argv))
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True,
                             cwd="/", env=env)
@@ -56,7 +70,7 @@ def start(config: Config, job_name: str, watched: Sequence[Watched], settings: W
                 status = proc.wait()
             for path in (paths.spec, paths.summary):
                 remove_if_present(path)
-            raise XenlvmError(f"the snapshot watchdog did not start (exit status {status}); see the log "
+            raise XenlvmError(f"{what} did not start (exit status {status}); see the log "
                               f"file or run it by hand to see why: {quote(argv)}")
         time.sleep(0.05)
     return proc.pid
@@ -66,21 +80,29 @@ def stop(config: Config, job_name: str, timeout: float = 10.0) -> Summary | None
     """Stop the job's watchdog (SIGTERM, SIGKILL after timeout) and return what it saw; None
     when no watchdog ran. A pid file whose pid now belongs to another process is never
     signalled. Removes the watchdog's files; calling it again returns None."""
-    paths = files(config.settings.lock_dir, job_name)
+    return stop_monitor(files(config.settings.lock_dir, job_name), job_name, MODULE, read_summary,
+                        lambda said: Summary(problems=[f"the watchdog {said}"]), timeout)
+
+
+def stop_monitor(paths: Files, job_name: str, module: str, read: Callable[[str], S | None],
+                 lost: Callable[[str], S], timeout: float) -> S | None:
+    """Stop the job's monitor process of module (proven by its command line) and return its
+    summary (read reads it; lost makes one when it had written none); remove its files."""
     pid = read_pid(paths.pid)
-    signalled = pid is not None and terminate(pid, job_name, timeout)
-    summary = read_summary(paths.summary)
+    signalled = pid is not None and terminate(pid, job_name, timeout, module)
+    summary = read(paths.summary)
     for path in (paths.pid, paths.spec, paths.summary):
         remove_if_present(path)
     if summary is None and signalled:
-        summary = Summary(problems=[f"the watchdog (pid {pid}) was stopped before it wrote a summary"])
+        summary = lost(f"(pid {pid}) was stopped before it wrote a summary")
     return summary
 
 
-def is_watchdog(pid: int, job_name: str) -> bool:
-    """True when pid is a running watchdog of this job, as its command line shows."""
+def is_watchdog(pid: int, job_name: str, module: str = MODULE) -> bool:
+    """True when pid is a running watchdog (or another monitor: module) of this job, as its
+    command line shows."""
     args = (read_small(f"/proc/{pid}/cmdline") or "").split("\0")
-    return MODULE in args and any(args[i:i + 2] == ["--job", job_name] for i in range(len(args)))
+    return module in args and any(args[i:i + 2] == ["--job", job_name] for i in range(len(args)))
 
 
 def _has_exited(pid: int) -> bool:
@@ -89,11 +111,12 @@ def _has_exited(pid: int) -> bool:
     return stat is None or stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
-def terminate(pid: int, job_name: str, timeout: float) -> bool:
-    """SIGTERM the job's watchdog at pid and wait for it to exit; SIGKILL it after timeout.
-    Return True if pid was the watchdog and was signalled."""
-    return terminate_proven(pid, lambda checked: is_watchdog(checked, job_name),
-                            f"the snapshot watchdog of job {job_name}", timeout)
+def terminate(pid: int, job_name: str, timeout: float, module: str = MODULE) -> bool:
+    """SIGTERM the job's watchdog (or monitor of module) at pid and wait for it to exit; SIGKILL
+    it after timeout. Return True if pid was it and was signalled."""
+    what = "the snapshot watchdog" if module == MODULE else module
+    return terminate_proven(pid, lambda checked: is_watchdog(checked, job_name, module),
+                            f"{what} of job {job_name}", timeout)
 
 
 def terminate_proven(pid: int, is_ours: Callable[[int], bool], what: str, timeout: float) -> bool:

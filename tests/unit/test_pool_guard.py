@@ -1,0 +1,185 @@
+"""The thin pool guard over lvs JSON recorded on real dm-thin (a 64 MiB pool at 95% with the
+job's thin snapshot): it grows the pool, or drops only the job's own snapshot; post fails the
+backup after a drop, and the metrics carry the pool's peak fill and the guard's actions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.unit.fakes import Answer, FakeRunner, lvs_with
+from xenlvm import pool_guard_process, state
+from xenlvm.config_file import parse_config
+from xenlvm.lvm import Lvm
+from xenlvm.pool_guard import Guard, Guarded, files, read_spec, read_summary, write_spec
+
+MiB = 1 << 20
+RECORDED = "lvs_thin_pool_95_percent.json"
+CONFIG = """\
+jobs:
+  tvm:
+    volume: system/tvm
+    snapshot: tvmbackup
+    mountpoint: /mnt/vmbackup
+"""
+GUARDED = Guarded("system", "tpool", "tvmbackup", "tvm", "/mnt/vmbackup")
+
+
+def guard(tmp_path: Path, *reports: str, extra: str = "") -> tuple[Guard, FakeRunner]:
+    job = parse_config(CONFIG + extra, "/etc/xenlvm/config.yaml").jobs["tvm"]
+    runner = FakeRunner().on("lvs", *(Answer(r) for r in reports)).on("lvextend", Answer()).on(
+        "lvremove", Answer())
+    paths = files(str(tmp_path), "tvm")
+    return Guard(job, [GUARDED], job.thin_pool, Lvm(runner), paths, str(tmp_path), clock=Clock()), runner
+
+
+class Clock:
+    """The guard's clock: each reading is a second later; a look reads it twice, so looks in a
+    row are 2 s (the interval) apart, and each lvs takes 1 s."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def at(percent: str, **pool: str) -> str:
+    return lvs_with(RECORDED, {"tpool": {"data_percent": percent, **pool}})
+
+
+def test_the_guard_only_watches_below_protect_at_and_keeps_the_peak(tmp_path):
+    watcher, runner = guard(tmp_path, at("80.00"), at("82.00"), at("84.50"), at("83.00"))
+    for _ in range(4):
+        watcher.look()
+    assert runner.changes == []
+    summary = read_summary(files(str(tmp_path), "tvm").summary)
+    assert summary.peak == {"system/tpool": {"data": 84.5, "metadata": 11.33}} and summary.actions == []
+
+
+def test_the_guard_grows_a_pool_at_protect_at_from_the_vgs_free_space(tmp_path):
+    watcher, runner = guard(tmp_path, at("95.31"), at("76.00"))
+    watcher.look()
+    watcher.look()
+    [lvextend] = runner.changes
+    assert lvextend == ["lvextend", "--size", f"{80 * MiB}b", "system/tpool"]
+    [action] = read_summary(files(str(tmp_path), "tvm").summary).actions
+    assert (action["kind"], action["from"], action["to"], action["fill"]) == \
+        ("extend-data", 64 * MiB, 80 * MiB, 95.31)
+    assert watcher.guarded == [GUARDED]  # still guarded
+
+
+def test_without_room_the_guard_drops_only_the_jobs_snapshot_and_stops_guarding_the_pool(tmp_path):
+    watcher, runner = guard(tmp_path, at("95.31", vg_free="0"), lvs_with(RECORDED, drop=["tvmbackup"]))
+    watcher.look()
+    assert runner.changes == [["lvremove", "--force", "--select", "lv_tags=xenlvm_job_tvm",
+                                 "system/tvmbackup"]]
+    summary = read_summary(files(str(tmp_path), "tvm").summary)
+    assert summary.dropped == ["system/tvmbackup"]
+    [drop] = summary.actions
+    assert drop["kind"] == "drop" and drop["snapshots"] == ["system/tvmbackup"]
+    assert drop["reason"].startswith("its data is 95.3% full and growing its data from 64.0 MiB")
+    assert watcher.guarded == []
+
+
+def test_a_fast_writer_is_met_before_protect_at_with_a_larger_step(tmp_path):
+    """70% then 84% a look apart: 14 points per look, so 90% would pass before the next."""
+    watcher, runner = guard(tmp_path, at("70.00"), at("84.00"))
+    watcher.look()
+    assert runner.changes == []
+    watcher.look()
+    [lvextend] = runner.changes
+    assert lvextend[:2] == ["lvextend", "--size"] and int(lvextend[2][:-1]) > 80 * MiB  # past 20% more
+    [action] = read_summary(files(str(tmp_path), "tvm").summary).actions
+    assert action["fill"] == 84.0
+
+
+def test_with_extend_false_the_guard_drops_at_once(tmp_path):
+    watcher, runner = guard(tmp_path, at("91.00"), extra="    thin_pool:\n      extend: false\n")
+    watcher.look()
+    assert [argv[0] for argv in runner.changes] == ["lvremove"]
+
+
+def test_a_snapshot_that_is_no_longer_the_jobs_is_never_dropped(tmp_path):
+    foreign = lvs_with(RECORDED, {"tpool": {"vg_free": "0"}, "tvmbackup": {"lv_tags": "someone_else"}})
+    watcher, runner = guard(tmp_path, foreign)
+    watcher.look()
+    assert runner.changes == []
+    assert watcher.guarded == []  # not ours: no longer guarded, nothing touched
+
+
+def test_a_snapshot_recreated_under_the_same_name_is_not_the_guarded_one(tmp_path):
+    later = lvs_with(RECORDED, {"tpool": {"vg_free": "0"},
+                                "tvmbackup": {"lv_time": "2026-12-06 05:00:00 +0000"}})
+    watcher, runner = guard(tmp_path, at("50.00"), later)
+    watcher.look()
+    watcher.look()
+    assert runner.changes == []
+
+
+def test_the_spec_is_read_back_as_written(tmp_path):
+    job = parse_config(CONFIG, "/etc/xenlvm/config.yaml").jobs["tvm"]
+    path = str(tmp_path / "tvm.poolguard.spec")
+    write_spec(path, "tvm", [GUARDED], job.thin_pool, 3600.0)
+    assert read_spec(path) == ([GUARDED], job.thin_pool, 3600.0)
+
+
+def test_post_fails_the_backup_after_a_drop_and_says_why(tmp_path):
+    watcher, _ = guard(tmp_path, at("95.31", vg_free="0"))
+    watcher.look()
+    summary = read_summary(files(str(tmp_path), "tvm").summary)
+    error = pool_guard_process.judge(watcher.job, summary)
+    assert error is not None and error.exit_code == 1
+    assert str(error).startswith("the backup of job 'tvm' is incomplete: thin pool system/tpool reached "
+                                 "95.3% and could not grow (its data is 95.3% full and growing its data from")
+    assert "so system/tvmbackup were removed" in str(error)
+    assert pool_guard_process.judge(watcher.job, None) is None
+
+
+def test_the_metrics_carry_the_pools_peak_and_the_guards_actions(tmp_path):
+    watcher, _ = guard(tmp_path, at("95.31"))
+    watcher.look()
+    watcher.finished = 1.0
+    watcher.write_summary()
+    run = state.RunReport()
+    pool_guard_process.report(read_summary(files(str(tmp_path), "tvm").summary), run)
+    assert (run.thin_pool_peak_percent, run.pool_guard_actions) == (95.31, 1)
+    config = parse_config(f"settings:\n  state_dir: {tmp_path}\n" + CONFIG, "/etc/xenlvm/config.yaml")
+    state.record_run(config, ["tvm"], state.RunRecord("post", True, 0, 1.0, 1.0), {"tvm": run})
+    metrics = state.render_metrics(config)
+    assert 'xenlvm_thin_pool_peak_fill_ratio{job="tvm"} 0.9531' in metrics
+    assert 'xenlvm_pool_guard_actions{job="tvm"} 1' in metrics
+
+
+@pytest.mark.parametrize("finished, said", [(None, True), (2.0, False)])
+def test_post_says_when_the_guard_was_not_running_at_the_end(tmp_path, caplog, finished, said):
+    watcher, _ = guard(tmp_path, at("50.00"))
+    watcher.look()
+    watcher.finished = finished
+    watcher.write_summary()
+    pool_guard_process.report(read_summary(files(str(tmp_path), "tvm").summary), state.RunReport())
+    assert ("the pool guard was no longer running at post" in caplog.text) is said
+
+
+def test_the_readers_of_a_device_are_the_processes_with_files_on_it_never_the_guard_itself(tmp_path):
+    """What the guard would stop: here the device of tmp_path's filesystem, held by a child
+    whose working directory is there; the guard itself (also there) and init are never named."""
+    import os
+    import subprocess
+
+    from xenlvm.pool_guard_drop import readers_of
+
+    device = os.stat(tmp_path).st_dev
+    child = subprocess.Popen(["sleep", "30"], cwd=tmp_path)
+    here = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        readers = readers_of(os.major(device), os.minor(device))
+        assert child.pid in readers and os.getpid() not in readers and 1 not in readers
+        assert readers_of(4095, 4095) == []  # a device nobody holds
+    finally:
+        os.chdir(here)
+        child.kill()
+        child.wait()

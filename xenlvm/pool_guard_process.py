@@ -1,0 +1,85 @@
+"""The thin pool guard's supervision, as the watchdog's (xenlvm.watchdog_process): pre starts
+it for the job's thin snapshots (``start``), post stops it (``stop``), tells what it did and
+fails the backup when it had to drop a snapshot (``judge``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from xenlvm.config import Config, Job
+from xenlvm.errors import XenlvmError
+from xenlvm.lvm import VMDISK_TAG
+from xenlvm.pool_guard import MODULE, Guarded, Summary, files, read_summary, write_spec
+
+__all__ = ["Summary", "guarded_of", "judge", "report", "start", "stop"]
+from xenlvm.sizes import human_size
+from xenlvm.state import RunReport
+from xenlvm.targets import Target
+from xenlvm.watchdog_process import spawn, stop_monitor
+
+log = logging.getLogger("xenlvm")
+
+MAX_LIFETIME = 86400.0  # without a watchdog: section, the guard's lifetime is the watchdog's default
+
+
+def guarded_of(targets: Sequence[Target]) -> list[Guarded]:
+    """The targets whose snapshots are thin, each with its pool."""
+    return [Guarded(t.spec.origin.vg, t.origin.pool, t.spec.snapshot, t.origin.name,
+                    "" if VMDISK_TAG in t.extra_tags else t.spec.mountpoint, VMDISK_TAG in t.extra_tags)
+            for t in targets if t.spec.size is None and t.origin.is_thin]
+
+
+def start(config: Config, job: Job, targets: Sequence[Target]) -> int | None:
+    """Start the guard for the job's thin snapshots, detached; return its pid (None: no thin
+    snapshot). A guard of an earlier run of the job is stopped first."""
+    guarded = guarded_of(targets)
+    if not guarded:
+        return None
+    paths = files(config.settings.lock_dir, job.name)
+    if stop(config, job.name) is not None:
+        log.warning("a thin pool guard of an earlier run of job %s was still there; stopped it", job.name)
+    lifetime = job.watchdog.max_lifetime if job.watchdog is not None else MAX_LIFETIME
+    write_spec(paths.spec, job.name, guarded, job.thin_pool, lifetime)
+    return spawn(config, MODULE, job.name, paths, "the thin pool guard")
+
+
+def stop(config: Config, job_name: str, timeout: float = 10.0) -> Summary | None:
+    """Stop the job's guard (proven by its command line, through a pidfd) and return what it
+    did; None when none ran. Removes its files."""
+    return stop_monitor(files(config.settings.lock_dir, job_name), job_name, MODULE, read_summary,
+                        lambda said: Summary(problems=[f"the pool guard {said}"]), timeout)
+
+
+def report(summary: Summary, run: RunReport) -> None:
+    """Log what the guard saw and did; note the pools' peak fill and its actions for the metrics."""
+    for action in summary.actions:
+        if action["kind"].startswith("extend"):
+            log.warning("the pool guard grew the %s of thin pool %s from %s to %s when it was %.1f%% full",
+                        action["kind"].split("-")[1], action["pool"], human_size(action["from"]),
+                        human_size(action["to"]), action["fill"])
+    for pool, peak in summary.peak.items():
+        log.info("the pool guard saw thin pool %s at most %.1f%% full (data), %.1f%% (metadata)", pool,
+                 peak["data"], peak["metadata"])
+    for problem in summary.problems:
+        log.warning("pool guard: %s", problem)
+    if summary.finished is None:
+        log.warning("the pool guard was no longer running at post (killed?): the pools were not "
+                    "guarded for part of the backup")
+    if summary.peak:
+        run.thin_pool_peak_percent = max(max(p.values()) for p in summary.peak.values())
+    run.pool_guard_actions = len(summary.actions)
+
+
+def judge(job: Job, summary: Summary | None) -> XenlvmError | None:
+    """The backup failed when the guard dropped a snapshot to keep a pool from filling up."""
+    drops = [a for a in (summary.actions if summary else []) if a["kind"] == "drop"]
+    if not drops:
+        return None
+    said = "; ".join(f"thin pool {a['pool']} reached {a['fill']:.1f}% and could not grow ({a['reason']}), "
+                     f"so {', '.join(a['snapshots']) or 'its snapshots'} were removed" for a in drops)
+    return XenlvmError(
+        f"the backup of job {job.name!r} is incomplete: {said}. That kept the VMs on the pool running "
+        "(a full pool stops every thin LV in it), but the backup read a snapshot that vanished and "
+        "cannot be trusted. Before the next backup give the pool room: grow it or free space in its "
+        "VG ('lvs -a', 'vgs'), or run the backup when the VMs write less.")
