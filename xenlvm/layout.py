@@ -139,7 +139,7 @@ class DiskLayout:
         mounted it from the device mounted, with what mkfs needs to make it again; else why not."""
         if mounted is not None:
             fstype = probed["TYPE"]
-            self.add(number, probed, exposed_as=exposed_as, mount_options=mount_options(fstype),
+            self.add(number, probed, exposed_as=exposed_as, mount_options=mount_options(fstype, guest=True),
                      mkfs=ext_parameters(runner, mounted) if fstype.startswith("ext") else
                      xfs_parameters(runner, mounted) if fstype == "xfs" else None)
             return

@@ -148,7 +148,7 @@ def _usable(label: str, probed: dict[str, str]) -> str | None:
 def _mount(runner: Runner, source: str, fstype: str, target: str, undo: UndoStack) -> None:
     os.makedirs(target, mode=0o755, exist_ok=True)
     undo.push(f"unmount {target}", lambda: mounts_mod.unmount_if(runner, target, lambda e: _shows(e, source)))
-    mounts_mod.mount_snapshot(runner, source, fstype, target)
+    mounts_mod.mount_snapshot(runner, source, fstype, target, guest=True)
     if not _shows(mounts_mod.mounted_at(target, mounts_mod.read_mounts()), source):
         raise MountError(f"after mounting, {target} does not show {source}")
     log.info("mounted %s (%s) read-only at %s", source, fstype, target)

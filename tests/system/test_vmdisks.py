@@ -299,7 +299,7 @@ def test_pre_writes_each_disks_layout_and_each_domains_on_the_tmpfs(disks):
         [(1, 2048, 32768, "83"), (2, 34816, 8192, "82"), (3, 43008, 88064, "83")]
     ext4, swap, xfs = vm2["contents"]
     assert (ext4["type"], ext4["exposed_as"]) == ("ext4", "p1")
-    assert ext4["mount_options"] == "ro,nodev,nosuid,noexec"
+    assert ext4["mount_options"] == "ro,nodev,nosuid,noexec,errors=continue"
     assert (xfs["type"], xfs["exposed_as"]) == ("xfs", "p3")
     assert xfs["mount_options"] == "ro,nodev,nosuid,noexec,nouuid"
     assert (swap["type"], swap["exposed_as"], swap["reason"]) == ("swap", None, "swap") and swap["uuid"]
