@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from xenlvm import cow, image_server, preflight, vmdisk_teardown, vmdisks, watchdog_process, xen
+from xenlvm import cow, image_server, preflight, unexposed, vmdisk_teardown, vmdisks, watchdog_process, xen
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Job, SnapshotSpec
 from xenlvm.context import Context
@@ -74,6 +74,7 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
     """Unmount and remove the job's snapshots that xenlvm created (in reverse order), then tell
     whether the backup is valid. Every step gets its turn even when one before it failed."""
     errors: list[XenlvmError] = []
+    not_exposed = unexposed.read(ctx.config.settings.lock_dir, job.name) if job.vmdisks else []
     _collect(errors, _resume_paused_domains, ctx, job)
     _collect(errors, _stop_watchdog, ctx, job)
     _collect(errors, _stop_image_server, ctx, job, judge_backup)  # before the snapshots it holds are removed
@@ -84,6 +85,8 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
         raise errors[0] if len(errors) == 1 else XenlvmError(" | ".join(str(e) for e in errors))
     for snapshot in overflowed:
         _judge(ctx, job, snapshot, found.io_failed.get(str(snapshot), False), judge_backup)
+    if not ctx.dry_run:  # a sound backup that lacks some VM disks' files is partial (exit 3)
+        unexposed.verdict(ctx.config.settings.lock_dir, job.name, not_exposed, judge_backup)
 
 
 def _collect(errors: list[XenlvmError], step: Callable[..., Any], *args: Any) -> Any:

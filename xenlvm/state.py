@@ -36,6 +36,7 @@ class RunReport:
     pause_window_ms: float | None = None  # pre: the longest any domain was paused
     fill_percent: float | None = None  # post: the fullest classic snapshot (100: overflowed)
     watchdog_extensions: int | None = None  # post: how often the watchdog extended a snapshot
+    not_exposed: int | None = None  # pre, VM disks: how many disks were not all exposed as files
     domain_windows: dict[str, float] = field(default_factory=dict)  # pre: each domain's window (ms)
 
     def add_window(self, domains: tuple[str, ...], ms: float) -> None:
@@ -45,7 +46,7 @@ class RunReport:
 
     def notes(self) -> dict[str, float]:
         """The state file's notes: pause_window_ms, pause_window_ms:<domain> for each domain,
-        fill_percent, watchdog_extensions; only what was measured."""
+        fill_percent, watchdog_extensions, not_exposed; only what was measured."""
         notes = {name: float(value) for name, value in asdict(self).items()
                  if value is not None and name != "domain_windows"}
         return notes | {f"{DOMAIN_WINDOW}{name}": ms for name, ms in self.domain_windows.items()}
@@ -90,6 +91,8 @@ _METRICS = (
     ("xenlvm_domain_pause_window_seconds", "how long each Xen domain was paused in the last pre"),
     ("xenlvm_snapshot_fill_ratio",
      "how full the snapshot was when the last post removed it (1 = overflowed)"),
+    ("xenlvm_disks_not_exposed",
+     "VM disks whose filesystems the last pre could not all expose as files (expose: files)"),
 )
 
 
@@ -117,6 +120,8 @@ def render_metrics(config: Config) -> str:
                 if key.startswith(DOMAIN_WINDOW) and isinstance(ms, (int, float)):
                     labels = f'job="{job}",domain="{_label_value(key[len(DOMAIN_WINDOW):])}"'
                     samples["xenlvm_domain_pause_window_seconds"].append(f"{{{labels}}} {ms / 1000:.3f}")
+            if "not_exposed" in notes:
+                samples["xenlvm_disks_not_exposed"].append(f"{job_label} {int(notes['not_exposed'])}")
             if "fill_percent" in notes:
                 samples["xenlvm_snapshot_fill_ratio"].append(f"{job_label} {notes['fill_percent'] / 100:.4f}")
     lines = []
