@@ -295,10 +295,23 @@ def read_partitions(runner: Runner, device: str) -> list[Partition]:
 
 
 def job_snapshots(job: Job, vgs: dict[str, VolumeGroup]) -> list[LogicalVolume]:
-    """The job's VM disk snapshots: they carry all three of xenlvm's tags for them."""
+    """The job's VM disk snapshots: they carry all three of xenlvm's tags for them and xenlvm's
+    name for the snapshot of their origin (<origin>.xenlvm). One renamed out of that naming
+    (an admin keeping it: vm2-disk.keep-for-forensics) is not xenlvm's any more: told, kept."""
     wanted = {OWNER_TAG, VMDISK_TAG, job_tag(job.name)}
-    return [lv for vg in vgs.values() for lv in vg.lvs.values() if wanted <= lv.tags and lv.origin]
+    found = []
+    for lv in (lv for vg in vgs.values() for lv in vg.lvs.values() if wanted <= lv.tags and lv.origin):
+        if lv.name == snapshot_name(lv.origin):
+            found.append(lv)
+        else:
+            # debug only: status --json prints on stdout, and every look at the host comes here
+            log.debug("%s carries xenlvm's tags for job %s but not xenlvm's name for a snapshot of %s "
+                     "(%s): renamed to be kept, so xenlvm leaves it alone", lv, job.name, lv.origin,
+                     snapshot_name(lv.origin))
+    return found
 
 
 def spec_of(job: Job, snapshot: LogicalVolume) -> SnapshotSpec:
-    return SnapshotSpec(Volume(snapshot.vg, snapshot.origin), snapshot.name, job.mountpoint)
+    """The spec xenlvm creates a snapshot of snapshot's origin for: its name is xenlvm's own
+    (snapshot_name), never taken from the LV, so the proof of ownership checks it."""
+    return SnapshotSpec(Volume(snapshot.vg, snapshot.origin), snapshot_name(snapshot.origin), job.mountpoint)

@@ -341,3 +341,25 @@ def test_pre_writes_each_disks_layout_and_each_domains_on_the_tmpfs(disks):
     assert disks.post().rc == 0
     assert_disks_clean(disks)
 
+
+def test_a_disk_snapshot_renamed_out_of_xenlvms_naming_survives_pre_and_post(disks):
+    # What an admin keeps of an earlier run: xenlvm's snapshot of vm2's disk, renamed
+    # (lvrename keeps the tags). xenlvm proves a snapshot its own by name as well as tags.
+    tags = ["xenlvm", "xenlvm_job_disks", "xenlvm_vmdisk", "xenlvm_run_20261206T010000_42"]
+    disks.guest.run(["lvcreate", "-q", "-s", "-L", "16M", "-n", "vm2-disk.xenlvm",
+                     *(f"--addtag={tag}" for tag in tags), "system/vm2-disk"], check=True)
+    disks.guest.run(["lvrename", "-q", "system", "vm2-disk.xenlvm", "vm2-disk.keep-for-forensics"],
+                    check=True)
+    pre = disks.pre()
+    assert pre.rc == 0, pre
+    assert "left over by an earlier run" not in pre.stderr
+    assert disks.guest.read(f"{TREE}/vm2/xvda/p1/marker").strip() == MARKERS["vm2/xvda/p1/marker"]
+    status = disks.xenlvm("status", "--json")
+    snapshots = [v["snapshot"] for job in json.loads(status.stdout) for v in job["volumes"]]
+    assert "system/vm2-disk.xenlvm" in snapshots and "system/vm2-disk.keep-for-forensics" not in snapshots
+    post = disks.post()
+    assert post.rc == 0, post
+    kept = disks.lvs()["vm2-disk.keep-for-forensics"]
+    assert kept["origin"] == "vm2-disk" and set(tags) <= set(kept["lv_tags"].split(","))
+    disks.guest.run(["lvremove", "-q", "-y", "system/vm2-disk.keep-for-forensics"], check=True)
+    assert_disks_clean(disks)
