@@ -36,10 +36,12 @@ class NotExposed:
     problems: tuple[str, ...]  # "partition 3: <why>", or "the disk: <why>"
     image: str | None  # the disk's raw image in the tree (relative to the mountpoint), or None
 
+    def instead(self) -> str:
+        return (f"its bytes are in the raw image {self.image}" if self.image else
+                "its bytes are NOT in the backup (no image server and no image_dir for a copy)")
+
     def describe(self) -> str:
-        instead = (f"its bytes are in the raw image {self.image}" if self.image else
-                   "its bytes are NOT in the backup (no image server and no image_dir for a copy)")
-        return f"{self.domain}/{self.disk}: {'; '.join(self.problems)}; {instead}"
+        return f"{self.domain}/{self.disk}: {'; '.join(self.problems)}; {self.instead()}"
 
 
 def note_path(mountpoint: str) -> str:
@@ -51,7 +53,7 @@ def write_note(mountpoint: str, found: NotExposed) -> None:
     """Tell, in the tree itself, what of the disk is not there as files and why."""
     lines = [f"xenlvm did not expose everything of {found.domain}/{found.disk} as files:", ""]
     lines += [f"  {problem}" for problem in found.problems]
-    lines += ["", f"Instead, {found.describe().split('; ')[-1]}.",
+    lines += ["", f"Instead, {found.instead()}.",
               "Restore the disk from the image with 'xenlvm restore-image'." if found.image else
               "Back this disk up another way (expose: image, or from inside the VM).", ""]
     with open(note_path(mountpoint), "x", encoding="utf-8") as handle:

@@ -48,6 +48,18 @@ def test_without_an_image_server_or_image_dir_the_note_says_the_bytes_are_not_ba
     assert "NOT in the backup" in (tmp_path / "vm2" / "xvda.NOT-EXPOSED.txt").read_text()
 
 
+def test_without_an_image_server_the_disk_is_copied_into_image_dir_when_there_is_one(tmp_path, monkeypatch):
+    copied = []
+    monkeypatch.setattr(vmdisks, "_expose_image",
+                        lambda runner, job, target, device, undo: copied.append(device))
+    copying = dataclasses.replace(job(), vmdisks=dataclasses.replace(job().vmdisks, image_dir=str(tmp_path)))
+    target = target_in(tmp_path)
+    vmdisks.expose(probe_runner("TYPE=btrfs\n", {}, ""), copying, target, UndoStack(), can_serve=False)
+    assert copied == ["/dev/mapper/system-vm2--disk.xenlvm"]
+    assert target.fallback == "image-copy"
+    assert target.not_exposed is not None and target.not_exposed.image == "vm2/xvda.img"
+
+
 def test_a_disk_whose_table_cannot_be_read_undoes_its_own_steps_only(tmp_path, monkeypatch):
     detached = []
     monkeypatch.setattr(vmdisks, "detach_loops", lambda runner, devices: detached.append(devices))
