@@ -8,7 +8,9 @@ Everything is exposed below the job's mountpoint, on a small tmpfs that xenlvm m
     <mountpoint>/<domain>/<disk>        a disk that holds a filesystem directly (expose: files)
     <mountpoint>/<domain>/<disk>.img    the whole disk as one read-only file: served through FUSE
                                         (expose: image, xenlvm.image_server) or a sparse copy
-                                        (expose: image-copy)
+                                        (expose: image-copy); with expose: files, also a
+                                        disk not all of which could be exposed as files
+    <mountpoint>/<domain>/<disk>.NOT-EXPOSED.txt   what of it was not, and why (xenlvm.unexposed)
 
 A guest's partitions never become block devices on the host unless xenlvm mounts them: the
 partition table is read with partx and each partition probed with blkid at its offset, and only
