@@ -11,9 +11,9 @@ worker got nearly all the slow modules. Only the order changes; every test still
 from __future__ import annotations
 
 # Slowest first, by the median duration of their tests (see `pytest --durations`).
-SLOW_FIRST = ("test_restore", "test_deb", "test_watchdog", "test_vmdisks", "test_io_errors", "test_xen",
-              "test_multivolume", "test_hardening", "test_faults", "test_admin", "test_cycle",
-              "test_sandbox", "test_refusals")
+SLOW_FIRST = ("test_restore", "test_deb", "test_watchdog", "test_vmdisks", "test_hostile_guests",
+              "test_io_errors", "test_xen", "test_multivolume", "test_hardening", "test_faults",
+              "test_admin", "test_cycle", "test_sandbox", "test_refusals")
 
 
 def _rank(item) -> int:

@@ -1,7 +1,8 @@
 """The application layer, without click: what the command line (xenlvm.cli) and the sesam
 hooks' entry (xenlvm.hook_entry) share. Loading the configuration, making the runner, the pre
 and post work with the admin's chained hook around it, and errors into exit codes: 0 success,
-1 the operation failed, 2 usage or configuration error. Nothing here imports click.
+1 the operation failed, 2 usage or configuration error, 3 post: a partial backup. Nothing here
+imports click.
 
 sesam runs the hooks for every backup of the client, most of them for other tasks: what only a
 matching job, a chained hook or one phase needs is imported where it is needed (see

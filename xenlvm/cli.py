@@ -2,7 +2,7 @@
 ``restore-disk|restore-image``, and the sesam entrypoints sbc_pre/sbc_post.
 
 Errors become exit codes in xenlvm.app, which the hooks' click-free entry (xenlvm.hook_entry)
-shares: 0 success, 1 the operation failed, 2 usage or configuration error.
+shares: 0 success, 1 the operation failed, 2 usage or configuration error, 3 partial backup.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def main(ctx: click.Context, config_file: str | None, verbose: bool, debug: bool
     after it (unmount and remove it); both call 'xenlvm pre' and 'xenlvm post'.
     'restore-disk' and 'restore-image' put a VM disk backed up from its own LV back onto one.
 
-    Exit status: 0 success, 1 the operation failed, 2 usage or configuration error.
+    Exit status: 0 success, 1 the operation failed, 2 usage or configuration error, 3 (post)
+    the backup is partial: a VM disk's files could not be exposed.
     """
     logs.setup(verbose=verbose, debug=debug)
     ctx.obj = {"config": config_path(config_file), "debug": debug}

@@ -1,7 +1,8 @@
 """The errors xenlvm raises, each with a message written for the admin who reads the log.
 
 Every error maps to one process exit code in exactly one place (``exit_code``):
-0 success, 1 the operation failed, 2 usage or configuration error.
+0 success, 1 the operation failed, 2 usage or configuration error, 3 post: the backup is
+partial (a VM disk's files were not exposed; everything was cleaned up).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_PARTIAL = 3
 
 
 class XenlvmError(Exception):
@@ -66,6 +68,13 @@ class MountError(XenlvmError):
 
 class SnapshotOverflowed(XenlvmError):
     """The classic snapshot filled up and became invalid: the backup read bad data."""
+
+
+class PartialBackup(XenlvmError):
+    """post: all was cleaned up, but pre could not expose some of a VM disk's filesystems as
+    files, so the backup lacks them (their bytes may be in a raw image instead)."""
+
+    exit_code = EXIT_PARTIAL
 
 
 class LockTimeout(XenlvmError):

@@ -72,9 +72,10 @@ def files(lock_dir: str, job_name: str) -> Files:
 
 
 def exports_of(disks: Sequence[VmDiskTarget]) -> list[Export]:
-    """The exports for the job's VM disks exposed as images: <mountpoint>/<domain>/<disk>.img."""
+    """The exports for the job's VM disks exposed as images (or, with expose: files, given as an
+    image because not all of it could be exposed as files): <mountpoint>/<domain>/<disk>.img."""
     return [Export(device_path(d.spec.origin.vg, d.spec.snapshot), f"{d.spec.mountpoint}.img")
-            for d in disks if d.how == "image"]
+            for d in disks if d.how == "image" or d.fallback == "image"]
 
 
 def server_argv(exports: Sequence[Export], pid_file: str, program: str = PROGRAM) -> list[str]:

@@ -39,7 +39,7 @@ DISK_FORMAT = "xenlvm-disk-layout"
 DOMAIN_FORMAT = "xenlvm-domain-layout"
 NAME = "layout.json"
 # Why a partition (or a bare disk) was not exposed; each comes with a sentence in "detail".
-REASONS = ("swap", "guest-lvm", "extended", "unknown")
+REASONS = ("swap", "guest-lvm", "extended", "refused", "not-mounted", "unknown")
 # Flags dumpe2fs lists among the features that say how the filesystem is now, not how it was made.
 RUNTIME_FEATURES = ("needs_recovery", "orphan_present")
 _FEATURE = re.compile(r"^[a-z0-9_]{1,32}$")
@@ -134,16 +134,21 @@ class DiskLayout:
         self.contents.append(entry)
 
     def record(self, runner: Runner, number: int | None, probed: dict[str, str], mounted: str | None,
-               exposed_as: str) -> None:
+               exposed_as: str, why: str | None = None) -> None:
         """Record partition number (None: the whole disk): exposed at exposed_as when xenlvm
-        mounted it from the device mounted, with what mkfs needs to make it again; else why not."""
+        mounted it from the device mounted, with what mkfs needs to make it again; else why not
+        (why: a filesystem xenlvm would expose but could not, or does not mount)."""
         if mounted is not None:
             fstype = probed["TYPE"]
-            self.add(number, probed, exposed_as=exposed_as, mount_options=mount_options(fstype),
+            self.add(number, probed, exposed_as=exposed_as, mount_options=mount_options(fstype, guest=True),
                      mkfs=ext_parameters(runner, mounted) if fstype.startswith("ext") else
                      xfs_parameters(runner, mounted) if fstype == "xfs" else None)
             return
         kind = probed.get("TYPE", "")
+        if why is not None:
+            reason = "not-mounted" if kind == "btrfs" else "refused"
+            self.add(number, probed, exposed_as=None, reason=reason, detail=why)
+            return
         reason = {"swap": "swap", "LVM2_member": "guest-lvm"}.get(kind, "unknown")
         detail = {"swap": "swap: nothing to back up; restore-disk recreates it with its UUID and label",
                   "guest-lvm": "a physical volume of the guest's own LVM: back it up from inside the VM"

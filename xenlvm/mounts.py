@@ -102,17 +102,24 @@ def filesystem_type(runner: Runner, lv: LogicalVolume, mounts: list[MountEntry])
     return fstype
 
 
-def mount_options(fstype: str) -> str:
+def mount_options(fstype: str, *, guest: bool = False) -> str:
+    """The options of a snapshot's read-only mount; guest: a filesystem a VM's root wrote,
+    whose every byte is untrusted."""
     options = list(SNAPSHOT_OPTIONS)
+    if guest and fstype in ("ext2", "ext3", "ext4"):
+        # ext takes its reaction to an error from the superblock, which a guest's root may
+        # set to "panic" (tune2fs -e panic): it would panic dom0 even on a read-only mount.
+        # The mount option wins over the superblock.
+        options.append("errors=continue")
     if fstype == "xfs":
         # The snapshot carries the origin's XFS UUID; XFS refuses a second mount without this.
         options.append("nouuid")
     return ",".join(options)
 
 
-def mount_snapshot(runner: Runner, device: str, fstype: str, mountpoint: str) -> None:
+def mount_snapshot(runner: Runner, device: str, fstype: str, mountpoint: str, *, guest: bool = False) -> None:
     try:
-        runner.change(["mount", "-t", fstype, "-o", mount_options(fstype), device, mountpoint])
+        runner.change(["mount", "-t", fstype, "-o", mount_options(fstype, guest=guest), device, mountpoint])
     except CommandFailed as exc:
         raise MountError(f"could not mount the snapshot {device} at {mountpoint}: "
                          f"{exc.stderr or exc}. See 'dmesg' for the kernel's reason.") from None

@@ -19,6 +19,7 @@ from xenlvm import (
     pool_guard_process,
     preflight,
     quiesce,
+    unexposed,
     vmdisk_teardown,
     vmdisks,
     watchdog_process,
@@ -85,6 +86,7 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
     """Unmount and remove the job's snapshots that xenlvm created (in reverse order), then tell
     whether the backup is valid. Every step gets its turn even when one before it failed."""
     errors: list[XenlvmError] = []
+    not_exposed = unexposed.read(ctx.config.settings.lock_dir, job.name) if job.vmdisks else []
     _collect(errors, _resume_paused_domains, ctx, job)
     if job.xen is not None:  # after the resume, as at the end of a pause window
         _collect(errors, quiesce.thaw_leftovers, ctx.runner, job, ctx.config.settings.lock_dir)
@@ -103,6 +105,8 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
         raise errors[0] if len(errors) == 1 else XenlvmError(" | ".join(str(e) for e in errors))
     for snapshot in overflowed:
         _judge(ctx, job, snapshot, found.io_failed.get(str(snapshot), False), judge_backup)
+    if not ctx.dry_run:  # a sound backup that lacks some VM disks' files is partial (exit 3)
+        unexposed.verdict(ctx.config.settings.lock_dir, job.name, not_exposed, judge_backup)
 
 
 def _collect(errors: list[XenlvmError], step: Callable[..., Any], *args: Any) -> Any:

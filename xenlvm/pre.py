@@ -25,6 +25,7 @@ from xenlvm import (
     quiesce,
     quiesce_guard,
     thinpool,
+    unexposed,
     vmdisk_target,
     vmdisk_teardown,
     vmdisks,
@@ -98,6 +99,10 @@ def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
         target.expose(ctx, job, undo)
     # expose: image: every image of the job served through FUSE by one process
     image_server.serve(ctx.runner, ctx.config.settings.lock_dir, job, disks, undo)
+    if job.vmdisks is not None and not ctx.dry_run:  # for status and post: what was not exposed
+        not_exposed = [d.not_exposed for d in disks if d.not_exposed is not None]
+        unexposed.record(ctx.config.settings.lock_dir, job.name, not_exposed, undo)
+        ctx.report(job).not_exposed = len(not_exposed)
     if job.vmdisks is not None and not ctx.dry_run:  # beside the disks: the domains' own layouts
         assert host.xl is not None
         layout.write_domain_layouts(host.xl.records, disks,

@@ -40,6 +40,7 @@ class RunReport:
     watchdog_extensions: int | None = None  # post: how often the watchdog extended a snapshot
     thin_pool_peak_percent: float | None = None  # post: the fullest a thin snapshot's pool got
     pool_guard_actions: int | None = None  # post: how often the pool guard grew a pool or dropped
+    not_exposed: int | None = None  # pre, VM disks: how many disks were not all exposed as files
     domain_windows: dict[str, float] = field(default_factory=dict)  # pre: each domain's window (ms)
     consistent: dict[str, bool] = field(default_factory=dict)  # pre, xen.quiesce: each domain froze
 
@@ -50,7 +51,7 @@ class RunReport:
 
     def notes(self) -> dict[str, float]:
         """The state file's notes: pause_window_ms, pause_window_ms:<domain> for each domain,
-        fill_percent, watchdog_extensions; only what was measured."""
+        fill_percent, watchdog_extensions, not_exposed; only what was measured."""
         notes = {name: float(value) for name, value in asdict(self).items()
                  if value is not None and name not in ("domain_windows", "consistent")}
         notes |= {f"{DOMAIN_CONSISTENT}{name}": float(frozen) for name, frozen in self.consistent.items()}
@@ -107,6 +108,8 @@ _METRICS = (
     ("xenlvm_thin_pool_peak_fill_ratio",
      "the fullest (data or metadata) a thin snapshot's pool got during the last backup"),
     ("xenlvm_pool_guard_actions", "how often the pool guard grew a pool or dropped snapshots (last post)"),
+    ("xenlvm_disks_not_exposed",
+     "VM disks whose filesystems the last pre could not all expose as files (expose: files)"),
 )
 # Notes that become a metric of the job: (note, metric, scale).
 _JOB_NOTES = (("thin_pool_peak_percent", "xenlvm_thin_pool_peak_fill_ratio", 0.01),
@@ -146,6 +149,8 @@ def render_metrics(config: Config) -> str:
                     samples["xenlvm_domain_pause_window_seconds"].append(f"{{{labels}}} {ms / 1000:.3f}")
             samples["xenlvm_domain_application_consistent"] += _per_domain(job, notes, DOMAIN_CONSISTENT,
                                                                           "{:.0f}")
+            if "not_exposed" in notes:
+                samples["xenlvm_disks_not_exposed"].append(f"{job_label} {int(notes['not_exposed'])}")
             if "fill_percent" in notes:
                 samples["xenlvm_snapshot_fill_ratio"].append(f"{job_label} {notes['fill_percent'] / 100:.4f}")
             for note, metric, scale in _JOB_NOTES:

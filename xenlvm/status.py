@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import time
 from typing import Any
 
-from xenlvm import cow, image_server, preflight, quiesce, state, vmdisks, xen
+from xenlvm import cow, image_server, preflight, quiesce, state, unexposed, vmdisks, xen
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Config, Job, SnapshotSpec
 from xenlvm.errors import XenlvmError
@@ -46,6 +47,8 @@ def job_status(config: Config, runner: Runner, job: Job, now: float | None = Non
         report["problems"] += [f.message for f in preflight.check_volume_groups(
             (lv.vg for lv in snapshots if lv.vg not in named), groups)]
         report["image_server"] = image_server_status(config, job)
+        report["not_exposed"] = [dataclasses.asdict(found) for found in
+                                 unexposed.read(config.settings.lock_dir, job.name)]
     if job.xen is not None:
         report["domains"] = _domains(config, runner, job, report["problems"])
         report["domains"]["left_frozen_by_a_killed_run"] = _left_frozen(config, job, report["problems"])
@@ -125,6 +128,8 @@ def describe(report: dict[str, Any]) -> list[str]:
         lines.append(f"  image server (pid {server['pid'] or 'unknown'}): " + (
             f"running, serving {', '.join(server['exports'])}" if server["running"] else
             "NOT RUNNING: reads of the images fail; run post (or xenlvm cleanup) to clean up"))
+    for found in report.get("not_exposed") or []:
+        lines.append(f"  NOT EXPOSED as files: {unexposed.NotExposed(**found).describe()}")
     domains = report.get("domains")
     if domains is not None:
         if "error" in domains:

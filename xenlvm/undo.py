@@ -23,6 +23,11 @@ class UndoStack:
     def __len__(self) -> int:
         return len(self._steps)
 
+    def adopt(self, other: UndoStack) -> None:
+        """Take over other's steps, on top of this stack's, in their order; other is left empty."""
+        self._steps += other._steps
+        other._steps = []
+
     def discard(self) -> None:
         """Forget every undo step: what was done stays done (the success path)."""
         self._steps.clear()

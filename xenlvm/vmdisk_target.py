@@ -8,15 +8,17 @@ import logging
 import os
 from collections.abc import Sequence
 
+from xenlvm import image_server, vmdisks, xen
 from xenlvm import mounts as mounts_mod
-from xenlvm import vmdisks, xen
 from xenlvm.config import Job, SnapshotSpec, Volume
 from xenlvm.context import Context
 from xenlvm.errors import PreflightFailed
 from xenlvm.fsutil import trust_problem
 from xenlvm.lvm import VMDISK_TAG, LogicalVolume, VolumeGroup
+from xenlvm.runner import which
 from xenlvm.targets import Target
 from xenlvm.undo import UndoStack
+from xenlvm.unexposed import NotExposed
 from xenlvm.vmdisks import SAFE_NAME, snapshot_name
 
 log = logging.getLogger("xenlvm")
@@ -31,9 +33,14 @@ class VmDiskTarget(Target):
         self.domain = domain
         self.disk = disk  # its name in the domain (xvda)
         self.how = how  # vmdisks.expose: "files", "image" (FUSE) or "image-copy"
+        # expose: files, when not all of it could be: its image instead ("image" or
+        # "image-copy", or None when neither is possible) and what was not exposed
+        self.fallback: str | None = None
+        self.not_exposed: NotExposed | None = None
 
     def expose(self, ctx: Context, job: Job, undo: UndoStack) -> None:
-        vmdisks.expose(ctx.runner, job, self, undo)
+        can_serve = which(image_server.PROGRAM, ctx.config.settings.path) is not None
+        vmdisks.expose(ctx.runner, job, self, undo, can_serve=can_serve)
 
 
 def discover(job: Job, xl: xen.XlView, vgs: dict[str, VolumeGroup]) -> list[VmDiskTarget]:

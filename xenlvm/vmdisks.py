@@ -8,7 +8,9 @@ Everything is exposed below the job's mountpoint, on a small tmpfs that xenlvm m
     <mountpoint>/<domain>/<disk>        a disk that holds a filesystem directly (expose: files)
     <mountpoint>/<domain>/<disk>.img    the whole disk as one read-only file: served through FUSE
                                         (expose: image, xenlvm.image_server) or a sparse copy
-                                        (expose: image-copy)
+                                        (expose: image-copy); with expose: files, also a
+                                        disk not all of which could be exposed as files
+    <mountpoint>/<domain>/<disk>.NOT-EXPOSED.txt   what of it was not, and why (xenlvm.unexposed)
 
 A guest's partitions never become block devices on the host unless xenlvm mounts them: the
 partition table is read with partx and each partition probed with blkid at its offset, and only
@@ -31,10 +33,10 @@ import os
 import re
 from dataclasses import dataclass
 
-from xenlvm import layout
+from xenlvm import layout, unexposed
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Job, SnapshotSpec, Volume
-from xenlvm.errors import MountError, SafetyRefusal
+from xenlvm.errors import CleanupFailed, CommandFailed, MountError, SafetyRefusal
 from xenlvm.fsutil import remove_if_present
 from xenlvm.lvm import OWNER_TAG, VMDISK_TAG, LogicalVolume, VolumeGroup, device_path, job_tag
 from xenlvm.runner import Runner
@@ -56,7 +58,12 @@ log = logging.getLogger("xenlvm")
 
 TREE_MODE = 0o700  # the tree's tmpfs and every folder xenlvm makes in it: root's alone
 SNAPSHOT_SUFFIX = ".xenlvm"  # the snapshot of VG/LV is VG/LV.xenlvm
-MOUNTABLE = ("ext2", "ext3", "ext4", "xfs", "btrfs")
+MOUNTABLE = ("ext2", "ext3", "ext4", "xfs")
+# Filesystems a guest may hold that xenlvm does not mount, and why: such a disk is backed up as
+# a raw image instead (fall_back).
+NOT_MOUNTED = {"btrfs": "on some errors it finds on disk btrfs stops dom0's kernel (BUG(), or a panic "
+                        "with fatal_errors=panic; no mount option makes it go on), and it takes two "
+                        "devices with the same filesystem UUID for one filesystem"}
 EXTENDED = ("0x5", "0xf", "0x85")  # DOS extended partitions: containers, not filesystems
 SECTOR = 512  # partx (libblkid) gives partition starts in 512-byte sectors
 COPY_TIMEOUT = 24 * 3600.0  # copying a large disk into an image may take hours
@@ -91,8 +98,11 @@ def mount_tree(runner: Runner, job: Job, undo: UndoStack) -> None:
                    tree_source(job), job.mountpoint])
 
 
-def expose(runner: Runner, job: Job, target: VmDiskTarget, undo: UndoStack) -> None:
-    """Make the disk's snapshot readable below the job's mountpoint, registering each undo."""
+def expose(runner: Runner, job: Job, target: VmDiskTarget, undo: UndoStack, *,
+           can_serve: bool = False) -> None:
+    """Make the disk's snapshot readable below the job's mountpoint, registering each undo.
+    With expose: files, what cannot be exposed as files falls back to an image (fall_back);
+    can_serve: the job's image server can be started (qemu-storage-daemon is there)."""
     spec = target.spec
     device = device_path(spec.origin.vg, spec.snapshot)
     what = f"{target.domain}/{target.disk}"
@@ -105,11 +115,31 @@ def expose(runner: Runner, job: Job, target: VmDiskTarget, undo: UndoStack) -> N
     if target.how == "image-copy":
         _expose_image(runner, job, target, device, undo)
         return
+    own = UndoStack()  # this disk's steps: a failure that is not one filesystem's undoes them alone
+    try:
+        problems = _expose_files(runner, target, device, own)
+    except (MountError, CommandFailed) as exc:
+        failed = own.unwind()
+        if failed:
+            raise CleanupFailed(f"{what}: {exc}; undoing its exposure ALSO failed: {'; '.join(failed)}",
+                                exc) from exc
+        problems = [f"the disk: {exc}"]
+    undo.adopt(own)
+    if problems:
+        fall_back(runner, job, target, device, problems, can_serve, undo)
+
+
+def _expose_files(runner: Runner, target: VmDiskTarget, device: str, undo: UndoStack) -> list[str]:
+    """Mount each filesystem of the disk read-only in the tree and write its layout; return what
+    could not be exposed as files, each with why (a refused mount, btrfs)."""
+    spec = target.spec
+    what = f"{target.domain}/{target.disk}"
     undo.push(f"detach the loop devices of {spec.snapshot_volume}",
               lambda: detach_loops(runner, [mounts_mod.device_numbers(device)]))
     whole = probe(runner, device)
     disk = layout.DiskLayout.read_table(runner, device, target.domain, target.disk, str(spec.origin),
                                         bool(whole.get("PTTYPE")))
+    problems: list[str] = []
     if whole.get("PTTYPE"):
         partitions = read_partitions(runner, device)
         log.info("%s has a %s partition table with %d partition(s)", what, whole["PTTYPE"], len(partitions))
@@ -127,14 +157,62 @@ def expose(runner: Runner, job: Job, target: VmDiskTarget, undo: UndoStack) -> N
                 loop = runner.change(["losetup", "--find", "--show", "--offset", str(part.offset),
                                       "--sizelimit", str(part.size), device])
                 source = loop.stdout.strip() if loop is not None else "/dev/loop?"
-                _mount(runner, source, fstype, os.path.join(spec.mountpoint, f"p{part.number}"), undo)
-            disk.record(runner, part.number, probed, source, f"p{part.number}")
+                where = os.path.join(spec.mountpoint, f"p{part.number}")
+                source = _mount_or_tell(runner, source, fstype, where, undo, problems,
+                                        f"partition {part.number}")
+            why = _why_not_files(probed, problems) if source is None else None
+            disk.record(runner, part.number, probed, source, f"p{part.number}", why)
     else:
         fstype = _usable(what, whole)
+        source = None
         if fstype is not None:
-            _mount(runner, device, fstype, spec.mountpoint, undo)
-        disk.record(runner, None, whole, device if fstype is not None else None, ".")
+            source = _mount_or_tell(runner, device, fstype, spec.mountpoint, undo, problems, "the disk")
+        why = _why_not_files(whole, problems) if source is None else None
+        disk.record(runner, None, whole, source, ".", why)
     disk.write(layout.disk_layout_path(spec.mountpoint, bool(whole.get("PTTYPE"))))
+    return problems
+
+
+def _mount_or_tell(runner: Runner, source: str, fstype: str, target: str, undo: UndoStack,
+                   problems: list[str], what: str) -> str | None:
+    """Mount source at target and return it; a mount the kernel refuses is added to problems
+    (the loop device made for it detached) and None returned."""
+    try:
+        _mount(runner, source, fstype, target, undo)
+        return source
+    except MountError as exc:
+        problems.append(f"{what}: {exc}")
+        if source.startswith("/dev/loop"):
+            runner.change(["losetup", "--detach", source])
+        return None
+
+
+def _why_not_files(probed: dict[str, str], problems: list[str]) -> str | None:
+    """Why a filesystem that was not mounted is missing from the files, when it is a problem
+    (a refused mount, just added to problems; btrfs, added here); None for swap, guest LVM, ..."""
+    kind = probed.get("TYPE", "")
+    if kind in NOT_MOUNTED:
+        problems.append(f"{kind}: {NOT_MOUNTED[kind]}")
+        return problems[-1]
+    return problems[-1] if kind in MOUNTABLE and problems else None
+
+
+def fall_back(runner: Runner, job: Job, target: VmDiskTarget, device: str, problems: list[str],
+              can_serve: bool, undo: UndoStack) -> None:
+    """What of the disk could not be exposed as files: back its bytes up as a raw image instead
+    (the job's image server serves it, or a copy into image_dir when there is one), and say so
+    in the tree beside it (unexposed.NOTE_SUFFIX)."""
+    settings = job.vmdisks
+    assert settings is not None
+    if can_serve:
+        target.fallback = "image"  # served with the job's other images (image_server.exports_of)
+    elif settings.image_dir is not None:
+        _expose_image(runner, job, target, device, undo)
+        target.fallback = "image-copy"
+    found = unexposed.NotExposed(target.domain, target.disk, tuple(problems),
+                                 f"{target.domain}/{target.disk}.img" if target.fallback else None)
+    unexposed.write_note(target.spec.mountpoint, found)
+    target.not_exposed = found
 
 
 def _usable(label: str, probed: dict[str, str]) -> str | None:
@@ -142,7 +220,10 @@ def _usable(label: str, probed: dict[str, str]) -> str | None:
     kind = probed.get("TYPE", "")
     if kind in MOUNTABLE:
         return kind
-    if kind == "LVM2_member":
+    if kind in NOT_MOUNTED:
+        log.warning("%s holds %s, which xenlvm does not mount: %s; its disk is backed up as an image",
+                    label, kind, NOT_MOUNTED[kind])
+    elif kind == "LVM2_member":
         log.warning("%s holds guest LVM (a physical volume of the VM's own volume group): not "
                     "exposed. Activating a guest's volume group on the host is dangerous (its names "
                     "can clash with the host's); back up its files from inside the VM", label)
@@ -159,7 +240,7 @@ def _usable(label: str, probed: dict[str, str]) -> str | None:
 def _mount(runner: Runner, source: str, fstype: str, target: str, undo: UndoStack) -> None:
     os.makedirs(target, mode=TREE_MODE, exist_ok=True)
     undo.push(f"unmount {target}", lambda: mounts_mod.unmount_if(runner, target, lambda e: _shows(e, source)))
-    mounts_mod.mount_snapshot(runner, source, fstype, target)
+    mounts_mod.mount_snapshot(runner, source, fstype, target, guest=True)
     if not _shows(mounts_mod.mounted_at(target, mounts_mod.read_mounts()), source):
         raise MountError(f"after mounting, {target} does not show {source}")
     log.info("mounted %s (%s) read-only at %s", source, fstype, target)
@@ -240,10 +321,23 @@ def read_partitions(runner: Runner, device: str) -> list[Partition]:
 
 
 def job_snapshots(job: Job, vgs: dict[str, VolumeGroup]) -> list[LogicalVolume]:
-    """The job's VM disk snapshots: they carry all three of xenlvm's tags for them."""
+    """The job's VM disk snapshots: they carry all three of xenlvm's tags for them and xenlvm's
+    name for the snapshot of their origin (<origin>.xenlvm). One renamed out of that naming
+    (an admin keeping it: vm2-disk.keep-for-forensics) is not xenlvm's any more: told, kept."""
     wanted = {OWNER_TAG, VMDISK_TAG, job_tag(job.name)}
-    return [lv for vg in vgs.values() for lv in vg.lvs.values() if wanted <= lv.tags and lv.origin]
+    found = []
+    for lv in (lv for vg in vgs.values() for lv in vg.lvs.values() if wanted <= lv.tags and lv.origin):
+        if lv.name == snapshot_name(lv.origin):
+            found.append(lv)
+        else:
+            # debug only: status --json prints on stdout, and every look at the host comes here
+            log.debug("%s carries xenlvm's tags for job %s but not xenlvm's name for a snapshot of %s "
+                     "(%s): renamed to be kept, so xenlvm leaves it alone", lv, job.name, lv.origin,
+                     snapshot_name(lv.origin))
+    return found
 
 
 def spec_of(job: Job, snapshot: LogicalVolume) -> SnapshotSpec:
-    return SnapshotSpec(Volume(snapshot.vg, snapshot.origin), snapshot.name, job.mountpoint)
+    """The spec xenlvm creates a snapshot of snapshot's origin for: its name is xenlvm's own
+    (snapshot_name), never taken from the LV, so the proof of ownership checks it."""
+    return SnapshotSpec(Volume(snapshot.vg, snapshot.origin), snapshot_name(snapshot.origin), job.mountpoint)

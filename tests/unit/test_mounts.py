@@ -131,6 +131,14 @@ def test_other_filesystems_do_not_get_nouuid(fstype):
     assert "nouuid" not in mount_options(fstype).split(",")
 
 
+@pytest.mark.parametrize("fstype", ["ext2", "ext3", "ext4"])
+def test_a_guests_ext_filesystem_continues_on_errors_whatever_its_superblock_asks(fstype):
+    # tune2fs -e panic in the guest would otherwise panic dom0 at the first error the backup reads
+    assert mount_options(fstype, guest=True).split(",")[-1] == "errors=continue"
+    assert "errors=continue" not in mount_options(fstype)  # the host's own: the admin's setting
+    assert "errors=continue" not in mount_options("xfs", guest=True)
+
+
 def test_mount_snapshot_mounts_read_only_with_the_filesystem_type():
     runner = FakeRunner().on("mount", "")
     mount_snapshot(runner, "/dev/mapper/system-vmbackup", "xfs", "/mnt/vmbackup")

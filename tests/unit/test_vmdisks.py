@@ -172,7 +172,7 @@ def test_swap_guest_lvm_extended_and_unknown_partitions_never_get_a_device(tmp_p
 
 @pytest.mark.parametrize("probed, expected", [
     ({"TYPE": "ext4"}, "ext4"), ({"TYPE": "ext3"}, "ext3"), ({"TYPE": "xfs"}, "xfs"),
-    ({"TYPE": "btrfs"}, "btrfs"), ({"TYPE": "swap"}, None), ({"TYPE": "LVM2_member"}, None),
+    ({"TYPE": "btrfs"}, None), ({"TYPE": "swap"}, None), ({"TYPE": "LVM2_member"}, None),
     ({"TYPE": "ntfs"}, None), ({}, None),
 ])
 def test_only_filesystems_xenlvm_can_mount_read_only_are_mounted(probed, expected):
@@ -192,6 +192,21 @@ def test_only_lvs_with_all_three_tags_are_the_jobs_disk_snapshots():
     assert [s.name for s in found] == ["a.xenlvm"]
     spec = vmdisks.spec_of(job(), found[0])
     assert found[0].owned_by(job(), spec)
+
+
+def test_a_disk_snapshot_renamed_out_of_xenlvms_naming_is_not_the_jobs_whatever_its_tags(caplog):
+    # An admin keeps a snapshot by renaming it (lvrename keeps the tags): it must survive
+    # the next pre and post, as a volume's renamed snapshot does.
+    tags = frozenset({"xenlvm", "xenlvm_vmdisk", "xenlvm_job_disks", "xenlvm_run_20261206T010000_42"})
+    kept = lv("vm2-disk.keep-for-forensics", (254, 9), origin="vm2-disk", tags=tags)
+    group = VolumeGroup("system", 0, 0, 0, {kept.name: kept})
+    with caplog.at_level(logging.DEBUG, "xenlvm"):
+        assert vmdisks.job_snapshots(job(), {"system": group}) == []
+    assert "renamed to be kept, so xenlvm leaves it alone" in caplog.text
+    # and the proof of ownership checks the name too: the spec is xenlvm's, not the LV's
+    spec = vmdisks.spec_of(job(), kept)
+    assert spec.snapshot == "vm2-disk.xenlvm"
+    assert not kept.owned_by(job(), spec)
 
 
 def test_loop_devices_are_ours_only_when_backed_by_our_snapshot(tmp_path, monkeypatch):
