@@ -156,8 +156,10 @@ def pieces(chain: Chain) -> list[Piece]:
     """Where each byte of the disk as of the chain's last run comes from."""
     result = [Piece(0, chain.disk_size, chain.full)]
     for inc in chain.increments:
+        if len(inc.ranges) != len(inc.data_at):
+            raise ValueError("an Increment has one data_at per range")
         patches = [Piece(r.offset, r.end, inc.path if r.kind == DATA else None, max(at, 0))
-                   for r, at in zip(inc.ranges, inc.data_at, strict=True)]
+                   for r, at in zip(inc.ranges, inc.data_at)]
         result = overlay(result, patches)
     return result
 

@@ -222,7 +222,9 @@ def verify_increment(increment: Increment) -> None:
     try:
         with open(increment.path, "rb") as f:
             whole.update(f.read(increment.header_size))
-            for number, (rng, at) in enumerate(zip(increment.ranges, increment.data_at, strict=True), 1):
+            if len(increment.ranges) != len(increment.data_at):
+                raise ValueError("an Increment has one data_at per range")
+            for number, (rng, at) in enumerate(zip(increment.ranges, increment.data_at), 1):
                 if at < 0:
                     continue
                 digest = hashlib.sha256()
