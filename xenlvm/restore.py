@@ -206,7 +206,7 @@ def restore_chain(runner: Runner, image: str, target_text: str, *, yes: bool, xl
                  len(found.increments) + 1)
         try:
             expected = _write_disk(found, target.device, skip_zeros)
-        except OSError as exc:
+        except (OSError, XenlvmError) as exc:  # a file of the chain changed after it was verified
             raise RestoreFailed(f"writing the chain of {image} onto {target} failed: {exc}. {target} now "
                                 "holds a partial copy and is not usable; fix the cause and run restore-image "
                                 "again.") from None
