@@ -22,7 +22,8 @@ Format version 1 (all integers little-endian, unsigned):
 
 A zeros range holds no data: those bytes read as zeros in this run (the guest discarded them).
 So the file is the changed bytes plus 49 bytes per data range, 17 per zeros range and a header
-of at most 879 bytes. A reader refuses anything else (IncrementInvalid, naming what is wrong).
+of at most 879 bytes. N is at most MAX_RANGES (262144): the table is held in memory.
+A reader refuses anything else (IncrementInvalid, naming what is wrong).
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ VERSION = 1
 DATA, ZEROS = 0, 1
 CHUNK = 4 << 20  # bytes read or written at once: the memory used does not grow with a range
 DIGEST = 32
+# The most ranges an increment may list: its range table is held in memory (about 300 bytes a
+# range in Python), so a hostile header must not make a restore allocate without bound. A real
+# one lists runs of pool chunks (64 KiB at least): this many alternating runs are 16 GiB
+# changed in 64 KiB pieces; a writer with more merges neighbours or writes a full image.
+MAX_RANGES = 1 << 18
 _FIXED = struct.Struct("<8sHHIQQ")
 _RANGE = struct.Struct("<QQB")
 _NAME = re.compile(r"[A-Za-z0-9_.:/+-]{1,255}\Z")
@@ -80,6 +86,8 @@ class Increment:
 
 def check_ranges(ranges: Sequence[Range], disk_size: int) -> str | None:
     """What is wrong with ranges for a disk of disk_size bytes, or None."""
+    if len(ranges) > MAX_RANGES:
+        return too_many(len(ranges))
     end = 0
     for number, rng in enumerate(ranges, 1):
         if rng.kind not in (DATA, ZEROS):
@@ -92,6 +100,11 @@ def check_ranges(ranges: Sequence[Range], disk_size: int) -> str | None:
             return f"range {number} ends at byte {rng.end}, beyond the disk's {disk_size} bytes"
         end = rng.end
     return None
+
+
+def too_many(count: int) -> str:
+    return (f"it lists {count} ranges, more than the {MAX_RANGES} an increment may hold (a damaged or "
+            "foreign header)")
 
 
 def _name_field(what: str, value: str) -> bytes:
@@ -179,6 +192,8 @@ def read_increment(path: str) -> Increment:
             if version != VERSION or flags:
                 raise IncrementInvalid(path, f"it is of format version {version} (flags {flags}); this "
                                        f"xenlvm reads version {VERSION}: use the xenlvm that wrote it")
+            if count > MAX_RANGES:  # before the table is read: it is held in memory
+                raise IncrementInvalid(path, too_many(count))
             at = _FIXED.size
             names = []
             for _ in range(3):
