@@ -579,6 +579,25 @@ def test_a_chain_file_that_shrinks_while_it_is_written_says_the_target_holds_a_p
     assert str(paths[2]) in str(caught.value)
 
 
+def test_a_chain_file_that_changes_after_its_checks_stops_the_write_instead_of_restoring_it(
+        chain_folder, tmp_path, host, monkeypatch):
+    """Rot or a second writer between the checks and the write: the bytes are proven again as
+    they are written, so the restore fails instead of reporting a verified copy of other data."""
+    paths, _ = chain_folder
+    real_resolve = chain.resolve
+
+    def resolve_then_change(path):
+        found = real_resolve(path)
+        with open(paths[0], "r+b") as f:  # the full image, in place: its size stays the same
+            f.write(b"\0\0\0\0")
+        return found
+
+    monkeypatch.setattr(chain, "resolve", resolve_then_change)
+    with pytest.raises(restore.RestoreFailed, match=f"{paths[0]}: bytes 0 to 1024 of it changed since they "
+                       "were verified.*now holds a partial copy and is not usable"):
+        run_chain(host_runner([lvs_row("vm2-disk")]), paths[3], tmp_path, monkeypatch)
+
+
 def test_restore_image_of_an_increment_keeps_a_thin_lv_thin(tmp_path, host, monkeypatch):
     """After blkdiscard (the device reads as zeros), blocks of zeros are not written."""
     folder = tmp_path / "vm2"
