@@ -11,10 +11,11 @@ followed through those names down to a full image.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from xenlvm import increment
 from xenlvm.errors import IncrementInvalid, XenlvmError
@@ -42,11 +43,17 @@ def parse_name(name: str) -> tuple[str, str, str] | None:
 
 @dataclass(frozen=True)
 class Chain:
-    """A full image and the increments over it, oldest first; the disk as of the last one's run."""
+    """A full image and the increments over it, oldest first; the disk as of the last one's run.
+    Each file stays open (files: its path's descriptor) from its checks until read_disk has
+    read it again, or close(); segments: for each file, the byte runs whose SHA-256 was proven,
+    as (offset in the file, length, SHA-256), so that read_disk proves them again as it reads."""
 
     full: str
     full_run: str
     increments: tuple[Increment, ...]
+    files: dict[str, int] = field(default_factory=dict)
+    segments: dict[str, tuple[tuple[int, int, bytes], ...]] = field(default_factory=dict)
+    full_recorded: bool = False  # the full image's SHA-256 matched the one its first increment recorded
 
     @property
     def disk_size(self) -> int:
@@ -54,20 +61,42 @@ class Chain:
 
     def describe(self) -> list[str]:
         """The chain as restore-image --dry-run lists it, oldest first."""
-        lines = [f"full image {self.full} (run {self.full_run}, {self.disk_size} bytes)"]
+        proof = ("SHA-256 as recorded in its first increment" if self.full_recorded else
+                 "no SHA-256 recorded: only read twice and compared")
+        lines = [f"full image {self.full} (run {self.full_run}, {self.disk_size} bytes, {proof})"]
         for inc in self.increments:
             lines.append(f"increment {inc.path} (run {inc.run} over {inc.base}: {len(inc.ranges)} ranges, "
                          f"{inc.data_bytes} bytes of data)")
         return lines
 
+    def close(self) -> None:
+        while self.files:
+            os.close(self.files.popitem()[1])
+
 
 def resolve(path: str) -> Chain:
-    """The chain that ends with the increment at path, from the files beside it. Raise
-    ChainBroken for a gap (naming the missing run), a loop, runs out of order, two files for one
-    run, or files of another disk; IncrementInvalid for a damaged increment. Every increment's
-    checksums are verified."""
+    """The chain that ends with the increment at path, from the files beside it, each opened
+    once (not through a symbolic link) and kept open. Raise ChainBroken for a gap (naming the
+    missing run), a loop, runs out of order, two files for one run, or files of another disk;
+    IncrementInvalid for a damaged increment or full image. Every increment's checksums are
+    verified, and the full image is read whole (against the SHA-256 its first increment
+    recorded, when it did)."""
+    files: dict[str, int] = {}
+    try:
+        return _proven(_follow(path, files), files)
+    except BaseException:
+        Chain("", "", (), files).close()
+        raise
+
+
+def _open(files: dict[str, int], path: str) -> int:
+    files[path] = increment.open_file(path)
+    return files[path]
+
+
+def _follow(path: str, files: dict[str, int]) -> Chain:
     folder = os.path.dirname(os.path.abspath(path))
-    last = increment.read_increment(path)
+    last = increment.read_increment(path, _open(files, path))
     named = parse_name(os.path.basename(path))
     if named is None or named[1] != last.run or named[2] != INCREMENT:
         raise ChainBroken(f"{path} holds run {last.run}, but its name is not <disk>.{last.run}.{INCREMENT}: "
@@ -90,9 +119,12 @@ def resolve(path: str) -> Chain:
             raise ChainBroken(f"run {base} of {disk} has two files in {folder} ({', '.join(found)}): keep "
                               "the one sesam backed up and remove the other")
         candidate = os.path.join(folder, found[0])
+        if candidate in files:
+            raise ChainBroken(f"{candidate} is its own base: the chain loops")
         if found[0].endswith(f".{FULL}"):
-            return _proven(Chain(candidate, base, tuple(reversed(chain))))
-        older = increment.read_increment(candidate)
+            _open(files, candidate)
+            return Chain(candidate, base, tuple(reversed(chain)))
+        older = increment.read_increment(candidate, _open(files, candidate))
         if older.run != base or _time(older.run) >= _time(chain[-1].run):
             raise ChainBroken(f"{candidate} holds run {older.run}, which cannot be the base of run "
                               f"{chain[-1].run}: the chain is out of order")
@@ -104,22 +136,41 @@ def _time(run: str) -> str:
     return run.split("_", 1)[0]
 
 
-def _proven(chain: Chain) -> Chain:
-    """The chain, after checking that it is of one disk and one size and every increment's
-    checksums."""
+def _proven(chain: Chain, files: dict[str, int]) -> Chain:
+    """The chain with its open files, after checking that it is of one disk and one size, every
+    increment's checksums and the full image's."""
     last = chain.increments[-1]
     for inc in chain.increments:
         if (inc.disk, inc.disk_size) != (last.disk, last.disk_size):
             raise ChainBroken(f"{inc.path} is of disk {inc.disk} ({inc.disk_size} bytes), {last.path} of "
                               f"{last.disk} ({last.disk_size} bytes): they are not one chain (a disk resized "
                               "since its full image starts a new chain)")
-    full_size = os.path.getsize(chain.full)
+    full_size = os.fstat(files[chain.full]).st_size
     if full_size != chain.disk_size:
         raise ChainBroken(f"the full image {chain.full} has {full_size} bytes, its increments a disk of "
                           f"{chain.disk_size}: it is not their base (or it was truncated)")
+    segments = {}
     for inc in chain.increments:
-        increment.verify_increment(inc)
-    return chain
+        digests = increment.verify_increment(inc, files[inc.path])
+        segments[inc.path] = tuple((at, r.length, d) for r, at, d in zip(inc.ranges, inc.data_at, digests)
+                                   if r.kind == DATA)
+    recorded = chain.increments[0].base_image_sha256
+    full_digest = _sha256(chain.full, files[chain.full], full_size)
+    if recorded is not None and recorded != full_digest:
+        raise IncrementInvalid(chain.full, f"it fails the SHA-256 that {chain.increments[0].path} recorded "
+                               "for its base image: the full image is damaged or is not that run's")
+    segments[chain.full] = ((0, full_size, full_digest),)
+    return Chain(chain.full, chain.full_run, chain.increments, files, segments, recorded is not None)
+
+
+def _sha256(path: str, fd: int, size: int) -> bytes:
+    digest = hashlib.sha256()
+    try:
+        for block in increment.blocks(fd, 0, size):
+            digest.update(block)
+    except OSError as exc:
+        raise IncrementInvalid(path, f"it cannot be read ({exc.strerror})") from None
+    return digest.digest()
 
 
 @dataclass(frozen=True)
@@ -156,31 +207,78 @@ def pieces(chain: Chain) -> list[Piece]:
     """Where each byte of the disk as of the chain's last run comes from."""
     result = [Piece(0, chain.disk_size, chain.full)]
     for inc in chain.increments:
+        if len(inc.ranges) != len(inc.data_at):
+            raise ValueError("an Increment has one data_at per range")
         patches = [Piece(r.offset, r.end, inc.path if r.kind == DATA else None, max(at, 0))
-                   for r, at in zip(inc.ranges, inc.data_at, strict=True)]
+                   for r, at in zip(inc.ranges, inc.data_at)]
         result = overlay(result, patches)
     return result
 
 
 def read_disk(chain: Chain) -> Iterator[bytes]:
     """The disk as of the chain's last run, from its first byte, in blocks of at most
-    increment.CHUNK bytes."""
-    files: dict[str, int] = {}
+    increment.CHUNK bytes, read through the descriptors its checks read. Each proven byte run
+    that a block comes from is read whole and its SHA-256 checked again (IncrementInvalid when
+    it changed since: the blocks before were yielded already). The files are closed after."""
+    readers = {path: _ProvenReader(path, fd, chain.segments[path]) for path, fd in chain.files.items()}
     try:
         for piece in pieces(chain):
             position = piece.start
             while position < piece.end:
                 length = min(increment.CHUNK, piece.end - position)
                 if piece.path is None:
-                    block = bytes(length)
+                    yield bytes(length)
                 else:
-                    if piece.path not in files:
-                        files[piece.path] = os.open(piece.path, os.O_RDONLY | os.O_CLOEXEC)
-                    block = os.pread(files[piece.path], length, piece.at + position - piece.start)
-                    if len(block) != length:
-                        raise IncrementInvalid(piece.path, "it became shorter while it was read")
-                yield block
+                    yield readers[piece.path].read(piece.at + position - piece.start, length)
                 position += length
+        for reader in readers.values():
+            reader.finish()
     finally:
-        for fd in files.values():
-            os.close(fd)
+        chain.close()
+
+
+class _ProvenReader:
+    """Reads one file of the chain at rising offsets; every byte of each proven run it enters
+    is hashed (the ones it skips too) and the run's SHA-256 is checked when it leaves it."""
+
+    def __init__(self, path: str, fd: int, segments: tuple[tuple[int, int, bytes], ...]) -> None:
+        self.path, self.fd, self.segments = path, fd, segments
+        self.starts = [segment[0] for segment in segments]
+        self.current: int | None = None
+        self.digest = hashlib.sha256()
+        self.position = 0
+
+    def read(self, at: int, length: int) -> bytes:
+        index = bisect.bisect_right(self.starts, at) - 1
+        if index != self.current:
+            self.finish()
+            self.current, self.digest, self.position = index, hashlib.sha256(), self.segments[index][0]
+        start, size, _ = self.segments[index]
+        if at < self.position or at + length > start + size:
+            raise ValueError(f"read_disk reads {self.path} at rising offsets inside its proven runs")
+        self._hash_to(at)
+        block = os.pread(self.fd, length, at)
+        if len(block) != length:
+            raise IncrementInvalid(self.path, "it became shorter while it was read")
+        self.digest.update(block)
+        self.position += length
+        return block
+
+    def finish(self) -> None:
+        """Check the SHA-256 of the run being read, its rest read first."""
+        if self.current is None:
+            return
+        start, size, expected = self.segments[self.current]
+        self._hash_to(start + size)
+        self.current = None
+        if self.digest.digest() != expected:
+            raise IncrementInvalid(self.path, f"bytes {start} to {start + size} of it changed since they "
+                                   "were verified (another writer, or a failing disk)")
+
+    def _hash_to(self, end: int) -> None:
+        try:
+            for block in increment.blocks(self.fd, self.position, end - self.position):
+                self.digest.update(block)
+        except OSError:
+            raise IncrementInvalid(self.path, "it became shorter while it was read") from None
+        self.position = end

@@ -7,13 +7,14 @@ Format version 1 (all integers little-endian, unsigned):
 |---|---|
 | 8 | magic ``XLVMINC\\n`` |
 | 2 | version, 1 |
-| 2 | flags, 0 |
+| 2 | flags: 1 when the base image's SHA-256 follows the names, else 0 |
 | 4 | number of ranges N |
 | 8 | the disk's size in bytes |
 | 8 | data bytes: the sum of the lengths of the data ranges |
 | 1 + n | the disk's name (ASCII, 1 to 255 bytes, preceded by its length) |
 | 1 + n | this run's id (same form) |
 | 1 + n | the base run's id (same form) |
+| 32 | (flag 1 only) SHA-256 of the base run's full image, which is a plain raw image |
 | 17 x N | the ranges, sorted, not overlapping, inside the disk: offset (8), length (8), |
 | | kind (1: 0 data, 1 zeros) |
 | 32 | SHA-256 of everything above (the header is proven before any data is read) |
@@ -22,7 +23,8 @@ Format version 1 (all integers little-endian, unsigned):
 
 A zeros range holds no data: those bytes read as zeros in this run (the guest discarded them).
 So the file is the changed bytes plus 49 bytes per data range, 17 per zeros range and a header
-of at most 879 bytes. A reader refuses anything else (IncrementInvalid, naming what is wrong).
+of at most 911 bytes. N is at most MAX_RANGES (262144): the table is held in memory.
+A reader refuses anything else (IncrementInvalid, naming what is wrong).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -39,8 +42,14 @@ from xenlvm.errors import IncrementInvalid, XenlvmError
 MAGIC = b"XLVMINC\n"
 VERSION = 1
 DATA, ZEROS = 0, 1
+BASE_IMAGE_SHA256 = 1  # the flag: the header records the SHA-256 of the base run's full image
 CHUNK = 4 << 20  # bytes read or written at once: the memory used does not grow with a range
 DIGEST = 32
+# The most ranges an increment may list: its range table is held in memory (about 300 bytes a
+# range in Python), so a hostile header must not make a restore allocate without bound. A real
+# one lists runs of pool chunks (64 KiB at least): this many alternating runs are 16 GiB
+# changed in 64 KiB pieces; a writer with more merges neighbours or writes a full image.
+MAX_RANGES = 1 << 18
 _FIXED = struct.Struct("<8sHHIQQ")
 _RANGE = struct.Struct("<QQB")
 _NAME = re.compile(r"[A-Za-z0-9_.:/+-]{1,255}\Z")
@@ -72,6 +81,7 @@ class Increment:
     data_at: tuple[int, ...]  # per range: its bytes' offset in the file (-1 for a zeros range)
     header_size: int  # the header, the range table and their SHA-256
     size: int  # the file's size, as the header implies it
+    base_image_sha256: bytes | None = None  # recorded when the base run's file is a full image
 
     @property
     def data_bytes(self) -> int:
@@ -80,6 +90,8 @@ class Increment:
 
 def check_ranges(ranges: Sequence[Range], disk_size: int) -> str | None:
     """What is wrong with ranges for a disk of disk_size bytes, or None."""
+    if len(ranges) > MAX_RANGES:
+        return too_many(len(ranges))
     end = 0
     for number, rng in enumerate(ranges, 1):
         if rng.kind not in (DATA, ZEROS):
@@ -94,30 +106,41 @@ def check_ranges(ranges: Sequence[Range], disk_size: int) -> str | None:
     return None
 
 
+def too_many(count: int) -> str:
+    return (f"it lists {count} ranges, more than the {MAX_RANGES} an increment may hold (a damaged or "
+            "foreign header)")
+
+
 def _name_field(what: str, value: str) -> bytes:
     if not _NAME.match(value):
         raise ValueError(f"{what} {value!r} must be 1 to 255 of A-Z a-z 0-9 _ . : / + -")
     return bytes([len(value)]) + value.encode("ascii")
 
 
-def header_bytes(disk: str, disk_size: int, run: str, base: str, ranges: Sequence[Range]) -> bytes:
+def header_bytes(disk: str, disk_size: int, run: str, base: str, ranges: Sequence[Range],
+                 base_image_sha256: bytes | None = None) -> bytes:
     """The header and the range table, followed by their SHA-256."""
     problem = check_ranges(ranges, disk_size)
     if problem:
         raise ValueError(problem)
+    if base_image_sha256 is not None and len(base_image_sha256) != DIGEST:
+        raise ValueError("base_image_sha256 is a SHA-256 digest of 32 bytes")
     data = sum(r.length for r in ranges if r.kind == DATA)
-    head = _FIXED.pack(MAGIC, VERSION, 0, len(ranges), disk_size, data)
+    flags = 0 if base_image_sha256 is None else BASE_IMAGE_SHA256
+    head = _FIXED.pack(MAGIC, VERSION, flags, len(ranges), disk_size, data)
     head += _name_field("disk", disk) + _name_field("run", run) + _name_field("base run", base)
+    head += base_image_sha256 or b""
     head += b"".join(_RANGE.pack(r.offset, r.length, r.kind) for r in ranges)
     return head + hashlib.sha256(head).digest()
 
 
 def write_increment(path: str, source: str, *, disk: str, disk_size: int, run: str, base: str,
-                    ranges: Sequence[Range]) -> int:
+                    ranges: Sequence[Range], base_image_sha256: bytes | None = None) -> int:
     """Write the increment of source (the run's snapshot: a block device or a file) to path, a
     new file, reading each data range in chunks of CHUNK bytes. Return the file's size.
-    A partial file is removed; the file is synced before this returns."""
-    head = header_bytes(disk, disk_size, run, base, ranges)
+    base_image_sha256: the SHA-256 of the base run's full image, when the base is one (restore
+    then proves the image). A partial file is removed; the file is synced before this returns."""
+    head = header_bytes(disk, disk_size, run, base, ranges, base_image_sha256)
     whole = hashlib.sha256(head)
     fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -165,34 +188,58 @@ def is_increment(path: str) -> bool:
         return False
 
 
-def read_increment(path: str) -> Increment:
-    """The proven header of the increment file at path: raise IncrementInvalid if it is not one,
-    is of another version, its header fails its checksum or the file's size is not the one the
-    header implies. The data is not read (verify_increment does)."""
+def open_file(path: str) -> int:
+    """A read-only descriptor of the regular file at path, opened without following a symbolic
+    link. A restore reads each of its input files through one such descriptor only, from its
+    checks to its last write: a file renamed or replaced under its name meanwhile is not read."""
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            raw = f.read(_FIXED.size + 3 * 256)
-            magic, version, flags, count, disk_size, data = _unpack(path, _FIXED, raw, 0)
-            if magic != MAGIC:
-                raise IncrementInvalid(path, "it is not a xenlvm increment file (no XLVMINC magic)")
-            if version != VERSION or flags:
-                raise IncrementInvalid(path, f"it is of format version {version} (flags {flags}); this "
-                                       f"xenlvm reads version {VERSION}: use the xenlvm that wrote it")
-            at = _FIXED.size
-            names = []
-            for _ in range(3):
-                length = raw[at] if at < len(raw) else 0
-                names.append(raw[at + 1:at + 1 + length].decode("ascii", "replace"))
-                at += 1 + length
-            f.seek(at)
-            # a damaged count must not make it read more than the file holds
-            table = f.read(count * _RANGE.size + DIGEST) if at + count * _RANGE.size <= size else b""
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise IncrementInvalid(path, f"it cannot be opened ({exc.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise IncrementInvalid(path, "it is not a regular file")
+    return fd
+
+
+def read_increment(path: str, fd: int | None = None) -> Increment:
+    """The proven header of the increment file at path (read through fd when given): raise
+    IncrementInvalid if it is not one, is of another version, its header fails its checksum or
+    the file's size is not the one the header implies. The data is not read (verify_increment does)."""
+    own = fd is None
+    opened = open_file(path) if fd is None else fd
+    try:
+        return _read_header(path, opened)
     except OSError as exc:
         raise IncrementInvalid(path, f"it cannot be read ({exc.strerror})") from None
+    finally:
+        if own:
+            os.close(opened)
+
+
+def _read_header(path: str, fd: int) -> Increment:
+    size = os.fstat(fd).st_size
+    raw = os.pread(fd, _FIXED.size + 3 * 256 + DIGEST, 0)
+    magic, version, flags, count, disk_size, data = _unpack(path, _FIXED, raw, 0)
+    if magic != MAGIC:
+        raise IncrementInvalid(path, "it is not a xenlvm increment file (no XLVMINC magic)")
+    if version != VERSION or flags & ~BASE_IMAGE_SHA256:
+        raise IncrementInvalid(path, f"it is of format version {version} (flags {flags}); this "
+                               f"xenlvm reads version {VERSION}: use the xenlvm that wrote it")
+    if count > MAX_RANGES:  # before the table is read: it is held in memory
+        raise IncrementInvalid(path, too_many(count))
+    at, names = _FIXED.size, []
+    for _ in range(3):
+        length = raw[at] if at < len(raw) else 0
+        names.append(raw[at + 1:at + 1 + length].decode("ascii", "replace"))
+        at += 1 + length
+    base_image = raw[at:at + DIGEST] if flags & BASE_IMAGE_SHA256 else None
+    at += DIGEST if base_image is not None else 0
+    # a damaged count must not make it read more than the file holds
+    table = os.pread(fd, count * _RANGE.size + DIGEST, at) if at + count * _RANGE.size <= size else b""
     ranges = tuple(Range(*_unpack(path, _RANGE, table, i * _RANGE.size)) for i in range(count))
     head = raw[:at] + table[:count * _RANGE.size]
-    if table[count * _RANGE.size:] != hashlib.sha256(head).digest():
+    if len(head) != at + count * _RANGE.size or table[count * _RANGE.size:] != hashlib.sha256(head).digest():
         raise IncrementInvalid(path, "its header fails its SHA-256: the file is damaged")
     problem = check_ranges(ranges, disk_size)
     if problem or not all(_NAME.match(n) for n in names):
@@ -206,7 +253,7 @@ def read_increment(path: str) -> Increment:
         raise IncrementInvalid(path, f"it has {size} bytes where its header says {expected}: the file is "
                                "truncated or has bytes appended")
     return Increment(path, names[0], disk_size, names[1], names[2], ranges, tuple(data_at),
-                     len(head) + DIGEST, expected)
+                     len(head) + DIGEST, expected, base_image)
 
 
 def _unpack(path: str, layout: struct.Struct, raw: bytes, at: int) -> tuple:
@@ -215,42 +262,60 @@ def _unpack(path: str, layout: struct.Struct, raw: bytes, at: int) -> tuple:
     return layout.unpack_from(raw, at)
 
 
-def verify_increment(increment: Increment) -> None:
-    """Read the whole file and check each range's SHA-256 and the file's; raise IncrementInvalid
-    naming the first damaged range."""
-    whole = hashlib.sha256()
+def verify_increment(increment: Increment, fd: int | None = None) -> tuple[bytes, ...]:
+    """Read the whole file (through fd when given) and check each range's SHA-256 and the
+    file's; raise IncrementInvalid naming the first damaged range. Return each range's proven
+    SHA-256 (empty for a zeros range), which a restore checks again as it writes."""
+    own = fd is None
+    opened = open_file(increment.path) if fd is None else fd
     try:
-        with open(increment.path, "rb") as f:
-            whole.update(f.read(increment.header_size))
-            for number, (rng, at) in enumerate(zip(increment.ranges, increment.data_at, strict=True), 1):
-                if at < 0:
-                    continue
-                digest = hashlib.sha256()
-                for block in _blocks(f, rng.length):
-                    digest.update(block)
-                    whole.update(block)
-                recorded = f.read(DIGEST)
-                whole.update(recorded)
-                if digest.digest() != recorded:
-                    raise IncrementInvalid(increment.path, f"range {number} (bytes {rng.offset} to {rng.end} "
-                                           "of the disk) fails its SHA-256: the file is damaged")
-            if f.read(DIGEST) != whole.digest():
-                raise IncrementInvalid(increment.path, "the file fails its SHA-256: it is damaged")
+        return _verify(increment, opened)
     except OSError as exc:
         raise IncrementInvalid(increment.path, f"it cannot be read ({exc.strerror})") from None
+    finally:
+        if own:
+            os.close(opened)
 
 
-def _blocks(f, length: int) -> Iterator[bytes]:  # noqa: ANN001 (a binary file)
+def _verify(increment: Increment, fd: int) -> tuple[bytes, ...]:
+    whole = hashlib.sha256(os.pread(fd, increment.header_size, 0))
+    if len(increment.ranges) != len(increment.data_at):
+        raise ValueError("an Increment has one data_at per range")
+    digests = []
+    for number, (rng, at) in enumerate(zip(increment.ranges, increment.data_at), 1):
+        if at < 0:
+            digests.append(b"")
+            continue
+        digest = hashlib.sha256()
+        for block in blocks(fd, at, rng.length):
+            digest.update(block)
+            whole.update(block)
+        recorded = os.pread(fd, DIGEST, at + rng.length)
+        whole.update(recorded)
+        if digest.digest() != recorded:
+            raise IncrementInvalid(increment.path, f"range {number} (bytes {rng.offset} to {rng.end} "
+                                   "of the disk) fails its SHA-256: the file is damaged")
+        digests.append(recorded)
+    if os.pread(fd, DIGEST, increment.size - DIGEST) != whole.digest():
+        raise IncrementInvalid(increment.path, "the file fails its SHA-256: it is damaged")
+    return tuple(digests)
+
+
+def blocks(fd: int, at: int, length: int) -> Iterator[bytes]:
+    """length bytes of fd from offset at, in blocks of at most CHUNK bytes; OSError if it ends early."""
     while length:
-        block = f.read(min(CHUNK, length))
+        block = os.pread(fd, min(CHUNK, length), at)
         if not block:
             raise OSError(0, "the file ended early")
         yield block
+        at += len(block)
         length -= len(block)
 
 
 def range_data(increment: Increment, index: int) -> Iterator[bytes]:
     """The bytes of data range index, in chunks of at most CHUNK bytes (read, not verified again)."""
-    with open(increment.path, "rb") as f:
-        f.seek(increment.data_at[index])
-        yield from _blocks(f, increment.ranges[index].length)
+    fd = open_file(increment.path)
+    try:
+        yield from blocks(fd, increment.data_at[index], increment.ranges[index].length)
+    finally:
+        os.close(fd)

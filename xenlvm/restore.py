@@ -189,11 +189,22 @@ def discard(runner: Runner, target: Target) -> bool:
 def restore_chain(runner: Runner, image: str, target_text: str, *, yes: bool, xl_timeout: float,
                   lock_dir: str) -> list[str]:
     """Write the disk as of the increment image's run onto the LV target_text, from the chain in
-    image's folder (every checksum verified first), then prove the LV holds it (SHA-256)."""
+    image's folder, then prove the LV holds it (SHA-256). Every checksum is verified first, and
+    again as the bytes are written, read through the descriptors the checks read (a file that
+    changed meanwhile stops the write: RestoreFailed, the target holds a partial copy)."""
     parse_target(target_text)
     found = chain.resolve(image)
+    try:
+        return _restore_chain(runner, found, image, target_text, yes=yes, xl_timeout=xl_timeout,
+                              lock_dir=lock_dir)
+    finally:
+        found.close()
+
+
+def _restore_chain(runner: Runner, found: chain.Chain, image: str, target_text: str, *, yes: bool,
+                   xl_timeout: float, lock_dir: str) -> list[str]:
     size, run = found.disk_size, found.increments[-1].run
-    lines = ["the chain, oldest first (every increment's SHA-256 verified):",
+    lines = ["the chain, oldest first (every file's SHA-256 verified, and again as it is written):",
              *(f"  {line}" for line in found.describe())]
     with lock(runner, lock_dir, target_text):
         target = check_target(runner, target_text, size, xl_timeout)
@@ -206,7 +217,7 @@ def restore_chain(runner: Runner, image: str, target_text: str, *, yes: bool, xl
                  len(found.increments) + 1)
         try:
             expected = _write_disk(found, target.device, skip_zeros)
-        except OSError as exc:
+        except (OSError, XenlvmError) as exc:  # a file of the chain changed after it was verified
             raise RestoreFailed(f"writing the chain of {image} onto {target} failed: {exc}. {target} now "
                                 "holds a partial copy and is not usable; fix the cause and run restore-image "
                                 "again.") from None

@@ -23,12 +23,19 @@ it changed: the pool knows no finer unit.
 
 A metadata snapshot left reserved by a run that was killed (-9) is released by the next run
 before it reserves its own; the pool holds one at a time, and xenlvm takes it under a lock of
-its own per pool, so a leftover is never another xenlvm run's.
+its own per pool, so a leftover is never another running xenlvm's. Other tools (wyng,
+thin_ls, an admin's thin_delta) reserve it too, so xenlvm writes a record
+(``<lock dir>/thin-pool-<vg>-<pool>.metadata-snap``, the held root) before it reserves and
+removes it after it releases; a leftover is released only when that record says it is xenlvm's.
+The lock dir is in /run: after a reboot a leftover is not released (xenlvm refuses, naming the
+pool and the command that releases it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -120,35 +127,81 @@ def held_metadata_root(status: str) -> str | None:
 @contextmanager
 def metadata_snapshot(runner: Runner, vg: str, pool: str, lock_dir: str) -> Iterator[None]:
     """The pool vg/pool's metadata snapshot, reserved for the block and released after it,
-    whatever happens; a leftover of a killed run is released first."""
+    whatever happens. A leftover is released first only when xenlvm's record says it is
+    xenlvm's (a killed run's); any other is another tool's: ThinDeltaFailed, naming the pool."""
     tpool = dm_name(vg, pool) + "-tpool"
+    record = os.path.join(lock_dir, f"thin-pool-{dm_name(vg, pool)}.metadata-snap")
     with JobLock(lock_dir, f"thin-pool-{dm_name(vg, pool)}", POOL_LOCK_TIMEOUT):
-        if _held(runner, tpool):
-            log.warning("the thin pool %s/%s holds a metadata snapshot that a killed run left reserved: "
-                        "releasing it", vg, pool)
-            _message(runner, tpool, "release_metadata_snap")
+        _release_leftover(runner, f"{vg}/{pool}", tpool, record)
+        _write_record(record, "reserving")  # before the reserve: a kill right after it leaves the record
         try:
             _message(runner, tpool, "reserve_metadata_snap")
+        except BaseException:
+            if _held_root(runner, tpool) is None:
+                _forget(record)
+            raise
+        _write_record(record, _held_root(runner, tpool) or "reserving")
+        try:
             yield
         except BaseException:
             try:
-                _release(runner, tpool)
+                _release(runner, tpool, record)
             except XenlvmError as exc:  # told beside the error that stopped the block, not instead
                 log.error("releasing the metadata snapshot of %s/%s failed: %s (the next run releases it)",
                           vg, pool, exc)
             raise
-        _release(runner, tpool)
+        _release(runner, tpool, record)
 
 
-def _release(runner: Runner, tpool: str) -> None:
+def _release_leftover(runner: Runner, name: str, tpool: str, record: str) -> None:
+    held = _held_root(runner, tpool)
+    recorded = _read_record(record)
+    if held is None:
+        _forget(record)
+    elif recorded in (held, "reserving"):
+        log.warning("the thin pool %s holds a metadata snapshot that a killed xenlvm run left reserved "
+                    "(%s): releasing it", name, record)
+        _release(runner, tpool, record)
+    else:
+        raise ThinDeltaFailed(
+            f"the thin pool {name} holds a metadata snapshot (root {held}) that xenlvm did not reserve"
+            f"{'' if recorded is None else f' (its record {record} names root {recorded})'}: another tool "
+            "(wyng, thin_ls, an admin's thin_delta) may be using it, so xenlvm leaves it alone. If nothing "
+            f"uses it, release it: dmsetup message {tpool} 0 release_metadata_snap")
+
+
+def _release(runner: Runner, tpool: str, record: str) -> None:
     """Release the pool's metadata snapshot if it holds one (a reserve that failed or was never
-    made leaves none)."""
-    if _held(runner, tpool):
+    made leaves none), then forget the record."""
+    if _held_root(runner, tpool) is not None:
         _message(runner, tpool, "release_metadata_snap")
+    _forget(record)
 
 
-def _held(runner: Runner, tpool: str) -> bool:
-    return held_metadata_root(runner.query(["dmsetup", "status", tpool]).stdout) is not None
+def _write_record(record: str, root: str) -> None:
+    """Record (atomically) that xenlvm holds or is reserving the pool's metadata snapshot."""
+    temporary = f"{record}.{os.getpid()}"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{root}\n")
+    os.replace(temporary, record)
+
+
+def _read_record(record: str) -> str | None:
+    try:
+        with open(record, encoding="ascii", errors="replace") as f:
+            return f.read(64).strip() or "reserving"
+    except FileNotFoundError:
+        return None
+
+
+def _forget(record: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(record)
+
+
+def _held_root(runner: Runner, tpool: str) -> str | None:
+    return held_metadata_root(runner.query(["dmsetup", "status", tpool]).stdout)
 
 
 def _message(runner: Runner, tpool: str, message: str) -> None:

@@ -68,7 +68,8 @@ def make_increment(world, number: int) -> dict:
     helper = [world.guest.python, TESTS / "guest" / "thin_chain.py"]
     done = world.guest.run([*helper, "increment", "system", "pool", thin_id(world, f"s{number - 1}"),
                             f"s{number}", thin_id(world, f"s{number}"), chain_file(number), run_id(number),
-                            run_id(number - 1), f"vm5/{DISK}"], check=True)
+                            run_id(number - 1), f"vm5/{DISK}", *([chain_file(0)] if number == 1 else [])],
+                           check=True)
     return json.loads(done.stdout)
 
 
@@ -121,6 +122,7 @@ def test_restore_drill_of_a_chain_made_from_thin_delta(world):
     assert [line.split()[0:3] for line in dry.stdout.splitlines()[1:5]] == [
         ["full", "image", chain_file(0)], ["increment", chain_file(1), "(run"],
         ["increment", chain_file(2), "(run"], ["increment", chain_file(3), "(run"]]
+    assert "SHA-256 as recorded in its first increment" in dry.stdout.splitlines()[1], dry
     for number in range(len(WRITES)):
         done = restore(world, chain_file(number), "--yes")
         assert done.rc == 0, done

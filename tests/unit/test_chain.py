@@ -3,6 +3,7 @@ is read back exactly; a gap, a loop, a damaged or foreign file is refused, namin
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from pathlib import Path
@@ -42,9 +43,11 @@ def changed_ranges(old: bytes, new: bytes) -> list[Range]:
     return result
 
 
-def write_chain(folder: Path, states: list[bytes], disk: str = "xvda") -> list[Path]:
+def write_chain(folder: Path, states: list[bytes], disk: str = "xvda", *, record_full: bool = False
+                ) -> list[Path]:
     """The files of a chain, one per state: the first a full image, each next one an increment
-    over the one before. Return their paths."""
+    over the one before (the first recording the full image's SHA-256 when record_full). Return
+    their paths."""
     paths = [folder / chain.file_name(disk, run_id(0), chain.FULL)]
     paths[0].write_bytes(states[0])
     source = folder.parent / f"{folder.name}-snapshot"
@@ -53,7 +56,9 @@ def write_chain(folder: Path, states: list[bytes], disk: str = "xvda") -> list[P
         path = folder / chain.file_name(disk, run_id(number), chain.INCREMENT)
         increment.write_increment(str(path), str(source), disk=f"vm2/{disk}", disk_size=len(states[0]),
                                   run=run_id(number), base=run_id(number - 1),
-                                  ranges=changed_ranges(states[number - 1], states[number]))
+                                  ranges=changed_ranges(states[number - 1], states[number]),
+                                  base_image_sha256=hashlib.sha256(states[0]).digest()
+                                  if record_full and number == 1 else None)
         paths.append(path)
     return paths
 
@@ -196,7 +201,8 @@ def test_a_renamed_increment_is_refused(folder):
 def test_the_chain_is_listed_oldest_first(folder):
     paths = write_chain(folder, history(3))
     lines = chain.resolve(str(paths[2])).describe()
-    assert lines[0] == f"full image {paths[0]} (run {run_id(0)}, {SIZE} bytes)"
+    assert lines[0] == (f"full image {paths[0]} (run {run_id(0)}, {SIZE} bytes, no SHA-256 recorded: only "
+                        "read twice and compared)")
     assert lines[1].startswith(f"increment {paths[1]} (run {run_id(1)} over {run_id(0)}: 1 ranges")
     assert len(lines) == 3
 
@@ -208,3 +214,55 @@ def test_zeros_ranges_read_as_zeros_and_data_as_written(folder):
     assert [r.kind for r in found.increments[0].ranges] == [ZEROS]
     assert b"".join(chain.read_disk(found)) == states[1]
     assert DATA == 0
+
+
+def test_a_full_image_recorded_in_its_first_increment_is_proven_by_its_sha256(folder):
+    states = history(3)
+    paths = write_chain(folder, states, record_full=True)
+    found = chain.resolve(str(paths[2]))
+    assert found.full_recorded
+    assert "SHA-256 as recorded in its first increment" in found.describe()[0]
+    assert b"".join(chain.read_disk(found)) == states[2]
+    paths[0].write_bytes(b"\0" + states[0][1:])  # one byte rotted, the size the same
+    with pytest.raises(IncrementInvalid, match=f"{paths[0]}: it fails the SHA-256 that .* recorded"):
+        chain.resolve(str(paths[2]))
+
+
+def test_a_chain_file_that_is_a_symbolic_link_is_refused(folder, tmp_path):
+    paths = write_chain(folder, history(3))
+    elsewhere = tmp_path / "elsewhere.incr"
+    paths[1].rename(elsewhere)
+    paths[1].symlink_to(elsewhere)
+    with pytest.raises(IncrementInvalid, match=f"{paths[1]}: it cannot be opened"):
+        chain.resolve(str(paths[2]))
+
+
+def test_files_replaced_under_their_names_after_the_checks_are_not_read(folder):
+    """The chain reads each file through the descriptor its checks read: a file put in its
+    place later (sesam restoring again into the folder) is not what is written."""
+    states = history(4)
+    paths = write_chain(folder, states)
+    found = chain.resolve(str(paths[3]))
+    for path in paths:
+        damaged = bytearray(path.read_bytes())
+        damaged[len(damaged) // 2] ^= 1
+        path.unlink()
+        path.write_bytes(damaged)
+    assert b"".join(chain.read_disk(found)) == states[3]
+    assert found.files == {}  # closed after
+
+
+@pytest.mark.parametrize("which", [0, 1, 3])  # the full image, an increment below, the last
+def test_a_file_changed_in_place_after_its_checks_fails_the_read_that_uses_it(folder, which):
+    states = history(4)
+    paths = write_chain(folder, states)
+    found = chain.resolve(str(paths[3]))
+    with open(paths[which], "r+b") as f:  # the same file: the descriptor sees the change
+        at = max(found.increments[which - 1].data_at) + 3 if which else 5  # in a range's data, or the image
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(IncrementInvalid, match=f"{paths[which]}: bytes .* changed since they were verified"):
+        b"".join(chain.read_disk(found))
+    assert found.files == {}

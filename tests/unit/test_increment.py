@@ -114,6 +114,51 @@ def test_a_newer_version_is_refused_by_name(tmp_path):
         increment.read_increment(path)
 
 
+def test_a_header_listing_more_ranges_than_an_increment_may_hold_is_refused_before_its_table(tmp_path):
+    """A hostile count must not make read_increment build millions of ranges: the file is as
+    large as the count implies (sparse), so only the cap stops it."""
+    path = write(tmp_path, b"a" * 100, [Range(0, 10)])
+    raw = bytearray(Path(path).read_bytes())
+    count = increment.MAX_RANGES + 1
+    raw[12:16] = count.to_bytes(4, "little")
+    Path(path).write_bytes(raw)
+    os.truncate(path, len(raw) + count * 17 + 64)
+    with pytest.raises(IncrementInvalid, match=f"it lists {count} ranges, more than the 262144"):
+        increment.read_increment(path)
+
+
+def test_the_writer_refuses_more_ranges_than_an_increment_may_hold(tmp_path, monkeypatch):
+    monkeypatch.setattr(increment, "MAX_RANGES", 2)
+    with pytest.raises(ValueError, match="it lists 3 ranges, more than the 2"):
+        write(tmp_path, b"a" * 100, [Range(0, 10), Range(20, 10), Range(40, 10)])
+    assert not (tmp_path / "x.incr").exists()
+
+
+def test_the_base_images_sha256_reads_back_when_recorded_and_is_under_the_header_checksum(tmp_path):
+    digest = bytes(range(32))
+    path = write(tmp_path, b"a" * 100, [Range(0, 10)], base_image_sha256=digest)
+    found = increment.read_increment(path)
+    increment.verify_increment(found)
+    assert found.base_image_sha256 == digest
+    plain = write(tmp_path, b"a" * 100, [Range(0, 10)], name="plain.incr")
+    assert increment.read_increment(plain).base_image_sha256 is None
+    raw = bytearray(Path(path).read_bytes())
+    at = raw.index(digest)
+    raw[at] ^= 1
+    Path(path).write_bytes(raw)
+    with pytest.raises(IncrementInvalid, match="its header fails its SHA-256"):
+        increment.read_increment(path)
+
+
+def test_an_unknown_flag_is_refused(tmp_path):
+    path = write(tmp_path, b"a" * 100, [Range(0, 10)])
+    raw = bytearray(Path(path).read_bytes())
+    raw[10] = 2
+    Path(path).write_bytes(raw)
+    with pytest.raises(IncrementInvalid, match=r"flags 2\).*reads version 1"):
+        increment.read_increment(path)
+
+
 def test_a_damaged_range_is_named_with_its_bytes(tmp_path):
     path = write(tmp_path, bytes(range(256)) * 4, [Range(0, 10), Range(512, 100)])
     found = increment.read_increment(path)

@@ -561,6 +561,43 @@ def test_restore_image_refuses_a_damaged_increment_and_writes_nothing(chain_fold
     assert (tmp_path / "device").read_bytes() == b"\xff" * test_chain.SIZE
 
 
+def test_a_chain_file_that_shrinks_while_it_is_written_says_the_target_holds_a_partial_copy(
+        chain_folder, tmp_path, host, monkeypatch):
+    """The files are verified before the first write; one truncated after that (a second sesam
+    restore into the folder, a failing disk) stops the write with what the target now holds."""
+    paths, _ = chain_folder
+    real_resolve = chain.resolve
+
+    def resolve_then_truncate(path):
+        found = real_resolve(path)
+        os.truncate(paths[2], os.path.getsize(paths[2]) // 2)
+        return found
+
+    monkeypatch.setattr(chain, "resolve", resolve_then_truncate)
+    with pytest.raises(restore.RestoreFailed, match="now holds a partial copy and is not usable") as caught:
+        run_chain(host_runner([lvs_row("vm2-disk")]), paths[3], tmp_path, monkeypatch)
+    assert str(paths[2]) in str(caught.value)
+
+
+def test_a_chain_file_that_changes_after_its_checks_stops_the_write_instead_of_restoring_it(
+        chain_folder, tmp_path, host, monkeypatch):
+    """Rot or a second writer between the checks and the write: the bytes are proven again as
+    they are written, so the restore fails instead of reporting a verified copy of other data."""
+    paths, _ = chain_folder
+    real_resolve = chain.resolve
+
+    def resolve_then_change(path):
+        found = real_resolve(path)
+        with open(paths[0], "r+b") as f:  # the full image, in place: its size stays the same
+            f.write(b"\0\0\0\0")
+        return found
+
+    monkeypatch.setattr(chain, "resolve", resolve_then_change)
+    with pytest.raises(restore.RestoreFailed, match=f"{paths[0]}: bytes 0 to 1024 of it changed since they "
+                       "were verified.*now holds a partial copy and is not usable"):
+        run_chain(host_runner([lvs_row("vm2-disk")]), paths[3], tmp_path, monkeypatch)
+
+
 def test_restore_image_of_an_increment_keeps_a_thin_lv_thin(tmp_path, host, monkeypatch):
     """After blkdiscard (the device reads as zeros), blocks of zeros are not written."""
     folder = tmp_path / "vm2"

@@ -129,14 +129,57 @@ def test_thin_delta_runs_over_a_reserved_metadata_snapshot_that_is_released_afte
     assert not pool.held
 
 
-def test_a_snapshot_left_reserved_by_a_killed_run_is_released_first(tmp_path, caplog):
+RECORD = "thin-pool-system-pool2.metadata-snap"
+
+
+@pytest.mark.parametrize("recorded", ["100\n", "reserving\n"])  # killed after the reserve, or during it
+def test_a_snapshot_left_reserved_by_a_killed_run_is_released_first(tmp_path, caplog, recorded):
+    (tmp_path / RECORD).write_text(recorded)
     pool = Pool(held=True)
     runner = pool.runner()
     ranges_of(runner, tmp_path)
     messages = [a[-1] for a in runner.argvs_of("dmsetup", "message")]
     assert messages == ["release_metadata_snap", "reserve_metadata_snap", "release_metadata_snap"]
-    assert "a killed run left reserved" in caplog.text
+    assert "a killed xenlvm run left reserved" in caplog.text
     assert not pool.held
+    assert not (tmp_path / RECORD).exists()
+
+
+@pytest.mark.parametrize("recorded", [None, "7\n"])  # no record, or one of another snapshot
+def test_a_snapshot_another_tool_reserved_is_left_alone_and_named(tmp_path, recorded):
+    if recorded:
+        (tmp_path / RECORD).write_text(recorded)
+    pool = Pool(held=True)
+    runner = pool.runner()
+    with pytest.raises(ThinDeltaFailed, match="the thin pool system/pool2 holds a metadata snapshot "
+                       r"\(root 100\) that xenlvm did not reserve.*release_metadata_snap"):
+        ranges_of(runner, tmp_path)
+    assert runner.argvs_of("dmsetup", "message") == []
+    assert pool.held
+
+
+def test_the_record_of_the_reservation_is_written_before_it_and_removed_after_the_release(tmp_path):
+    pool = Pool()
+    seen = []
+
+    def message(argv):
+        seen.append((argv[-1], (tmp_path / RECORD).read_text() if (tmp_path / RECORD).exists() else None))
+        return pool.message(argv)
+
+    runner = pool.runner().on("dmsetup message", message)
+    ranges_of(runner, tmp_path)
+    assert seen == [("reserve_metadata_snap", "reserving\n"), ("release_metadata_snap", "100\n")]
+    assert not (tmp_path / RECORD).exists()
+
+
+def test_a_failed_reserve_releases_nothing_and_leaves_no_record(tmp_path):
+    pool = Pool()
+    runner = pool.runner().on("dmsetup message", Answer(stderr="device-mapper: message ioctl failed",
+                                                         returncode=1))
+    with pytest.raises(CommandFailed):
+        ranges_of(runner, tmp_path)
+    assert [a[-1] for a in runner.argvs_of("dmsetup", "message")] == ["reserve_metadata_snap"]
+    assert not (tmp_path / RECORD).exists()
 
 
 def test_the_snapshot_is_released_when_thin_delta_fails(tmp_path):
