@@ -121,10 +121,20 @@ class Quiescer:
     def _note(self, names: Sequence[str], since: float) -> None:
         if self.runner.dry_run:
             return
+        self.refuse_foreign_record()
         if names:
             self.record.write(Frozen(tuple(names), self.run, since))
         else:
             self.record.clear()
+
+    def refuse_foreign_record(self) -> None:
+        """Raise QuiesceError when the record is another run's: the guests it names may still be
+        frozen, and only a thaw of them (cleanup) may remove it."""
+        left = None if self.runner.dry_run else self.record.read()
+        if left is not None and left.run != self.run:
+            raise QuiesceError(f"{self.record.path} says run {left.run} may have left "
+                               f"{', '.join(left.domains)} FROZEN; nothing more is frozen before they are "
+                               "thawed: run 'xenlvm cleanup' first")
 
     @contextlib.contextmanager
     def frozen(self, names: Sequence[str]) -> Iterator[dict[str, bool]]:
@@ -136,6 +146,7 @@ class Quiescer:
         to_thaw: list[str] = []
         since = time.time()
         original: BaseException | None = None
+        self.refuse_foreign_record()
         try:
             for name in names:
                 if self.settings.commands(name) is None:

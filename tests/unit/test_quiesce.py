@@ -469,3 +469,27 @@ def test_auto_leaves_an_excluded_domain_out_unless_it_shares_a_volume_that_is_ba
     assert [d.name for d in chosen] == ["vm2", "vm4"]  # vm4's file lies on the backed-up volume
     assert "domain vm4 is excluded (vmdisks.exclude) but has a disk on a volume" in caplog.text
     assert "vm3" not in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Review fixes: a record of another run is never replaced
+
+
+def test_check_quiesce_refuses_while_a_killed_run_left_a_guest_frozen(tmp_path, guard):
+    runner = FakeRunner().on(FREEZE, "").on(THAW, "")
+    q = quiescer(tmp_path, runner)
+    cfg = Config(str(tmp_path / "c.yaml"), Settings(lock_dir=str(tmp_path)), {"vms": q_job(q)})
+    q.record.write(quiesce.Frozen(("vm1",), "run-0", 1.0))
+    [finding] = quiesce_check.try_freeze(cfg, runner, q_job(q), ["vm2"])
+    assert finding.level == "fail" and "run 'xenlvm cleanup' first" in finding.message
+    assert not runner.calls and not guard  # the old guard is not stopped, nothing frozen
+    assert q.record.read() == quiesce.Frozen(("vm1",), "run-0", 1.0)
+
+
+def test_a_window_never_replaces_the_record_of_another_run(tmp_path):
+    runner = FakeRunner().on(FREEZE, "").on(THAW, "")
+    q = quiescer(tmp_path, runner)
+    q.record.write(quiesce.Frozen(("vm1",), "run-0", 1.0))
+    with pytest.raises(quiesce.QuiesceError, match="run-0 may have left vm1 FROZEN"), q.frozen(["vm2"]):
+        pass
+    assert not runner.calls and q.record.read() == quiesce.Frozen(("vm1",), "run-0", 1.0)
