@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -40,11 +41,13 @@ class QuiesceError(XenlvmError):
 
 @dataclass(frozen=True)
 class Frozen:
-    """What a record says: the domains that may be frozen, by which run, since when (Unix time)."""
+    """What a record says: the domains that may be frozen, by which run, since when (Unix time),
+    and the freeze command running now: its process group and its start time (its proof)."""
 
     domains: tuple[str, ...]
     run: str
     since: float
+    freezing: tuple[int, int] | None = None
 
 
 class FreezeRecord:
@@ -55,7 +58,8 @@ class FreezeRecord:
         self.path = os.path.join(lock_dir, f"{job}.frozen")
 
     def write(self, frozen: Frozen) -> None:
-        text = json.dumps({"domains": list(frozen.domains), "run": frozen.run, "since": frozen.since})
+        text = json.dumps({"domains": list(frozen.domains), "run": frozen.run, "since": frozen.since,
+                           "freezing": list(frozen.freezing) if frozen.freezing else None})
         try:
             write_atomically(self.path, text + "\n", mode=0o644)
         except OSError as exc:
@@ -73,7 +77,9 @@ class FreezeRecord:
         else:
             try:
                 data = json.loads(text)
-                return Frozen(tuple(str(d) for d in data["domains"]), str(data["run"]), float(data["since"]))
+                group = data.get("freezing")
+                return Frozen(tuple(str(d) for d in data["domains"]), str(data["run"]), float(data["since"]),
+                              (int(group[0]), int(group[1])) if group else None)
             except (ValueError, KeyError, TypeError) as exc:
                 problem = f"it is not the record xenlvm writes: {exc}"
         raise QuiesceError(f"the record of the domains job {self.job!r} froze, {self.path}, is unreadable "
@@ -95,11 +101,14 @@ class Quiescer:
         self.run = run
         self.consistent: dict[str, bool] = {}  # per domain of this run's windows: did it freeze
 
-    def freeze(self, name: str) -> None:
-        """Run the domain's freeze command; raise CommandFailed when it fails or times out."""
+    def freeze(self, name: str, recorded: Sequence[str] = (), since: float = 0.0) -> None:
+        """Run the domain's freeze command; raise CommandFailed when it fails or times out. Its
+        process group goes into the record of the domains recorded as soon as it runs: a run
+        killed meanwhile leaves it running, and who thaws them kills it first."""
         commands = self.settings.commands(name)
         assert commands is not None
-        self.runner.change(commands[0], timeout=self.settings.timeout, own_group=True)
+        self.runner.change(commands[0], timeout=self.settings.timeout, own_group=True,
+                           started=lambda pgid: self._note(recorded, since, pgid) if recorded else None)
 
     def thaw(self, name: str) -> XenlvmError | None:
         """Run the domain's thaw command; return its failure (logged), None when it worked."""
@@ -118,12 +127,14 @@ class Quiescer:
         with interrupts.deferred():  # no signal may cut the thaws short
             return [name for name in names if self.thaw(name) is not None]
 
-    def _note(self, names: Sequence[str], since: float) -> None:
+    def _note(self, names: Sequence[str], since: float, freezing: int | None = None) -> None:
         if self.runner.dry_run:
             return
         self.refuse_foreign_record()
+        started = None if freezing is None else process_start(freezing)
         if names:
-            self.record.write(Frozen(tuple(names), self.run, since))
+            self.record.write(Frozen(tuple(names), self.run, since,
+                                     None if freezing is None or started is None else (freezing, started)))
         else:
             self.record.clear()
 
@@ -152,13 +163,10 @@ class Quiescer:
                 if self.settings.commands(name) is None:
                     log.info("domain %s has no freeze command: its snapshot is crash-consistent", name)
                     continue
-                to_thaw.append(name)
+                to_thaw.append(name)  # even when its freeze fails: it may freeze late, on the guest
                 self._note(to_thaw, since)  # before the freeze: a kill -9 during it leaves the record
-                if self._freeze_or_thaw(name):
-                    consistent[name] = True
-                else:
-                    to_thaw.remove(name)
-                    self._note(to_thaw, since)
+                consistent[name] = self._freeze_or_thaw(name, to_thaw, since)
+                self._note(to_thaw, since)  # the freeze command is over
             self.consistent.update(consistent)
             yield consistent
         except BaseException as exc:
@@ -167,11 +175,12 @@ class Quiescer:
         finally:
             self._thaw_window(to_thaw, since, original)
 
-    def _freeze_or_thaw(self, name: str) -> bool:
+    def _freeze_or_thaw(self, name: str, recorded: Sequence[str], since: float) -> bool:
         """Freeze the domain; True when it is frozen. A failed freeze (crash-consistent) is thawed
-        at once and gives False; with abort it raises QuiesceError."""
+        at once, and again after the window, and gives False; with abort it raises QuiesceError.
+        A freeze killed at its timeout on dom0 may go on in the guest (ssh does not stop it)."""
         try:
-            self.freeze(name)
+            self.freeze(name, recorded, since)
             return True
         except CommandFailed as exc:
             if self.settings.on_failure == "abort":
@@ -179,7 +188,7 @@ class Quiescer:
                                    "'abort': nothing is snapshotted; the domains frozen so far are thawed."
                                    ) from None
             log.warning("could not freeze domain %s: %s; its snapshot is only crash-consistent (it is "
-                        "thawed now, and paused as usual)", name, exc)
+                        "thawed now and again after its window, and paused as usual)", name, exc)
         if self.thaw_all([name]):
             raise QuiesceError(f"domain {name}: its freeze failed and its thaw failed too: it may be "
                                f"STILL FROZEN. Thaw it by hand now (run the thaw command); then run "
@@ -220,6 +229,7 @@ def thaw_leftovers(runner: Runner, job: Job, lock_dir: str) -> None:
                            f"then remove {record.path}.")
     log.error("an earlier run was killed while guests were frozen (or could not thaw them): thawing %s",
               ", ".join(left.domains))
+    kill_freeze(left)
     failed = quiescer.thaw_all(left.domains)
     if failed:
         if not quiescer.runner.dry_run:
@@ -229,6 +239,28 @@ def thaw_leftovers(runner: Runner, job: Job, lock_dir: str) -> None:
                            f"{quiescer.record.path}.")
     if not quiescer.runner.dry_run:
         quiescer.record.clear()
+
+
+def process_start(pid: int) -> int | None:
+    """The start time of process pid (clock ticks since boot, /proc/PID/stat), None when it is gone:
+    with the pid, it proves a process is the one recorded and not a later one with its number."""
+    text = read_small(f"/proc/{pid}/stat")
+    if text is None or ")" not in text:
+        return None
+    return int(text.rsplit(")", 1)[1].split()[19])
+
+
+def kill_freeze(left: Frozen) -> None:
+    """Kill the process group of the freeze command a killed run left running (it could still
+    freeze its guest after the thaw), once its leader's start time proves it is that one."""
+    if left.freezing is None:
+        return
+    pgid, started = left.freezing
+    if process_start(pgid) != started:
+        return  # gone (or its number reused): nothing of it left to kill
+    log.error("the freeze command of an earlier run still runs (process group %d): killing it", pgid)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def consistency(frozen: bool) -> str:

@@ -24,7 +24,7 @@ from xenlvm import logs, xen
 from xenlvm.config import Config
 from xenlvm.errors import EXIT_USAGE, XenlvmError
 from xenlvm.fsutil import read_small, remove_if_present, write_atomically
-from xenlvm.quiesce import Frozen, Quiescer
+from xenlvm.quiesce import Frozen, Quiescer, kill_freeze
 from xenlvm.runner import Runner, quote
 from xenlvm.watchdog import StopRequest, read_pid
 from xenlvm.watchdog_process import terminate_proven
@@ -138,6 +138,7 @@ def thaw_overdue(quiescer: Quiescer, xl: xen.Xl, pause_record: xen.PauseRecord, 
     log.error("domain(s) %s still frozen %.0f s after their freeze (xen.quiesce.max_frozen): the quiesce "
               "guard resumes and thaws them; the run that froze them is gone or hangs",
               ", ".join(left.domains), time.time() - left.since)
+    kill_freeze(left)  # first: a freeze that hangs could still freeze its guest after the thaw
     try:
         xen.resume_leftovers(xl, pause_record)
     except XenlvmError as exc:

@@ -166,14 +166,17 @@ def test_the_record_names_a_domain_before_its_freeze_runs(tmp_path):
     assert seen == [("vm1",), ("vm1", "vm2")]
 
 
-def test_a_failed_freeze_is_thawed_at_once_and_the_window_goes_on_crash_consistent(tmp_path, caplog):
+def test_a_failed_freeze_is_thawed_at_once_and_again_after_the_window_which_goes_on_crash_consistent(
+        tmp_path, caplog):
     runner = FakeRunner().on(f"{FREEZE} vm1", Timeout()).on(f"{FREEZE} vm2", "").on(THAW, "")
     q = quiescer(tmp_path, runner)
     with q.frozen(["vm1", "vm2"]) as consistent:
         assert commands(runner) == [f"{FREEZE} vm1", f"{THAW} vm1", f"{FREEZE} vm2"]
-        assert q.record.read().domains == ("vm2",)
+        # the timed-out freeze may still freeze vm1 on the guest's side: it stays recorded
+        assert q.record.read().domains == ("vm1", "vm2")
     assert consistent == {"vm1": False, "vm2": True}
-    assert commands(runner)[3:] == [f"{THAW} vm2"]  # vm1 is not thawed twice
+    assert commands(runner)[3:] == [f"{THAW} vm1", f"{THAW} vm2"]  # the last action on vm1 is a thaw
+    assert q.record.read() is None
     assert "could not freeze domain vm1" in caplog.text and "only crash-consistent" in caplog.text
 
 
@@ -493,3 +496,63 @@ def test_a_window_never_replaces_the_record_of_another_run(tmp_path):
     with pytest.raises(quiesce.QuiesceError, match="run-0 may have left vm1 FROZEN"), q.frozen(["vm2"]):
         pass
     assert not runner.calls and q.record.read() == quiesce.Frozen(("vm1",), "run-0", 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Review fixes: a freeze that outlives its run or its timeout
+
+
+def test_the_record_names_the_running_freezes_process_group_with_its_start_time(tmp_path):
+    script = tmp_path / "freeze"
+    script.write_text(f"#!/bin/sh\necho $$ > {tmp_path}/pid\nfor i in $(seq 100); do\n"  # up to 5 s
+                      f"  grep -q '\"freezing\": \\[' {tmp_path}/vms.frozen && break; sleep 0.05\ndone\n"
+                      f"cat {tmp_path}/vms.frozen > {tmp_path}/seen\n")
+    script.chmod(0o755)
+    q = quiescer(tmp_path, Runner())
+    q.settings = QuiesceSettings(freeze=(str(script), "{domain}"), thaw=("/bin/true",))
+    with q.frozen(["vm1"]):
+        assert q.record.read().freezing is None  # the freeze is over
+    import json
+    seen = json.loads((tmp_path / "seen").read_text())
+    pid = int((tmp_path / "pid").read_text())
+    assert seen["domains"] == ["vm1"] and seen["freezing"][0] == pid and seen["freezing"][1] > 0
+
+
+def start_group() -> tuple[object, tuple[int, int]]:
+    import subprocess
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    return proc, (proc.pid, quiesce.process_start(proc.pid))
+
+
+def test_who_thaws_a_killed_runs_guests_first_kills_its_proven_freeze(tmp_path):
+    runner = FakeRunner().on(THAW, "")
+    q = quiescer(tmp_path, runner)
+    proc, group = start_group()
+    other, (other_pid, other_start) = start_group()
+    try:
+        q.record.write(quiesce.Frozen(("vm1",), "run-0", 1.0, group))
+        quiesce.thaw_leftovers(runner, q_job(q), str(tmp_path))
+        assert proc.wait(timeout=5) == -9
+        q.record.write(quiesce.Frozen(("vm1",), "run-0", 1.0, (other_pid, other_start + 1)))
+        quiesce.thaw_leftovers(runner, q_job(q), str(tmp_path))  # not proven: not that process
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_the_guard_kills_the_hanging_freeze_before_it_thaws(tmp_path, monkeypatch):
+    runner = FakeRunner().on(THAW, "")
+    q = quiescer(tmp_path, runner)
+    proc, group = start_group()
+    left = quiesce.Frozen(("vm1",), "run-1", 1.0, group)
+    q.record.write(left)
+    monkeypatch.setattr(quiesce_guard.xen, "resume_leftovers", lambda xl, record: None)
+    quiesce_guard.thaw_overdue(q, None, None, left)
+    assert proc.wait(timeout=5) == -9 and commands(runner) == [f"{THAW} vm1"]
+
+
+def test_a_timed_out_command_keeps_what_it_wrote_on_stderr():
+    with pytest.raises(CommandFailed) as caught:
+        Runner().change(["/bin/sh", "-c", "echo partial >&2; sleep 60"], timeout=1.0, own_group=True)
+    assert caught.value.timed_out and "partial" in caught.value.stderr
