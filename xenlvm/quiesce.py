@@ -15,6 +15,7 @@ A freeze or thaw that does not finish within the timeout is killed with its proc
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -41,13 +42,15 @@ class QuiesceError(XenlvmError):
 
 @dataclass(frozen=True)
 class Frozen:
-    """What a record says: the domains that may be frozen, by which run, since when (Unix time),
-    and the freeze command running now: its process group and its start time (its proof)."""
+    """What a record says: the domains that may be frozen, by which run, since when and until when
+    the guard leaves them so (boot_clock()), and the freeze command running now: its process
+    group and its start time (its proof)."""
 
     domains: tuple[str, ...]
     run: str
     since: float
     freezing: tuple[int, int] | None = None
+    deadline: float = 0.0
 
 
 class FreezeRecord:
@@ -59,7 +62,8 @@ class FreezeRecord:
 
     def write(self, frozen: Frozen) -> None:
         text = json.dumps({"domains": list(frozen.domains), "run": frozen.run, "since": frozen.since,
-                           "freezing": list(frozen.freezing) if frozen.freezing else None})
+                           "freezing": list(frozen.freezing) if frozen.freezing else None,
+                           "deadline": frozen.deadline})
         try:
             write_atomically(self.path, text + "\n", mode=0o644)
         except OSError as exc:
@@ -79,7 +83,7 @@ class FreezeRecord:
                 data = json.loads(text)
                 group = data.get("freezing")
                 return Frozen(tuple(str(d) for d in data["domains"]), str(data["run"]), float(data["since"]),
-                              (int(group[0]), int(group[1])) if group else None)
+                              (int(group[0]), int(group[1])) if group else None, float(data["deadline"]))
             except (ValueError, KeyError, TypeError) as exc:
                 problem = f"it is not the record xenlvm writes: {exc}"
         raise QuiesceError(f"the record of the domains job {self.job!r} froze, {self.path}, is unreadable "
@@ -101,14 +105,14 @@ class Quiescer:
         self.run = run
         self.consistent: dict[str, bool] = {}  # per domain of this run's windows: did it freeze
 
-    def freeze(self, name: str, recorded: Sequence[str] = (), since: float = 0.0) -> None:
+    def freeze(self, name: str, recorded: Sequence[str] = (), since: float = 0.0, left: int = 0) -> None:
         """Run the domain's freeze command; raise CommandFailed when it fails or times out. Its
         process group goes into the record of the domains recorded as soon as it runs: a run
         killed meanwhile leaves it running, and who thaws them kills it first."""
         commands = self.settings.commands(name)
         assert commands is not None
         self.runner.change(commands[0], timeout=self.settings.timeout, own_group=True,
-                           started=lambda pgid: self._note(recorded, since, pgid) if recorded else None)
+                           started=lambda pgid: self._note(recorded, since, left, pgid) if recorded else None)
 
     def thaw(self, name: str) -> XenlvmError | None:
         """Run the domain's thaw command; return its failure (logged), None when it worked."""
@@ -127,14 +131,18 @@ class Quiescer:
         with interrupts.deferred():  # no signal may cut the thaws short
             return [name for name in names if self.thaw(name) is not None]
 
-    def _note(self, names: Sequence[str], since: float, freezing: int | None = None) -> None:
+    def _note(self, names: Sequence[str], since: float, left: int = 0, freezing: int | None = None) -> None:
+        """Record names as frozen; the guard's deadline: max_frozen after the left freezes of
+        the window (each at most timeout), so the guard never thaws a window on its way."""
         if self.runner.dry_run:
             return
         self.refuse_foreign_record()
         started = None if freezing is None else process_start(freezing)
+        deadline = boot_clock() + left * self.settings.timeout + self.settings.max_frozen
         if names:
             self.record.write(Frozen(tuple(names), self.run, since,
-                                     None if freezing is None or started is None else (freezing, started)))
+                                     None if freezing is None or started is None else (freezing, started),
+                                     deadline))
         else:
             self.record.clear()
 
@@ -155,18 +163,20 @@ class Quiescer:
         on with the pause only; with abort, QuiesceError (the finally thaws the others)."""
         consistent = dict.fromkeys(names, False)
         to_thaw: list[str] = []
-        since = time.time()
+        since = boot_clock()
         original: BaseException | None = None
         self.refuse_foreign_record()
+        to_freeze = [name for name in names if self.settings.commands(name) is not None]
+        for name in sorted(set(names) - set(to_freeze)):
+            log.info("domain %s has no freeze command: its snapshot is crash-consistent", name)
         try:
-            for name in names:
-                if self.settings.commands(name) is None:
-                    log.info("domain %s has no freeze command: its snapshot is crash-consistent", name)
-                    continue
-                to_thaw.append(name)  # even when its freeze fails: it may freeze late, on the guest
-                self._note(to_thaw, since)  # before the freeze: a kill -9 during it leaves the record
-                consistent[name] = self._freeze_or_thaw(name, to_thaw, since)
-                self._note(to_thaw, since)  # the freeze command is over
+            with thaw_lock(self):  # the guard does not thaw a window while its freezes run
+                for index, name in enumerate(to_freeze):
+                    to_thaw.append(name)  # even when its freeze fails: it may freeze late, on the guest
+                    left = len(to_freeze) - index
+                    self._note(to_thaw, since, left)  # before the freeze: a kill -9 during it leaves it
+                    consistent[name] = self._freeze_or_thaw(name, to_thaw, since, left)
+                    self._note(to_thaw, since)  # the freeze command is over
             self.consistent.update(consistent)
             yield consistent
         except BaseException as exc:
@@ -175,12 +185,12 @@ class Quiescer:
         finally:
             self._thaw_window(to_thaw, since, original)
 
-    def _freeze_or_thaw(self, name: str, recorded: Sequence[str], since: float) -> bool:
+    def _freeze_or_thaw(self, name: str, recorded: Sequence[str], since: float, left: int) -> bool:
         """Freeze the domain; True when it is frozen. A failed freeze (crash-consistent) is thawed
         at once, and again after the window, and gives False; with abort it raises QuiesceError.
         A freeze killed at its timeout on dom0 may go on in the guest (ssh does not stop it)."""
         try:
-            self.freeze(name, recorded, since)
+            self.freeze(name, recorded, since, left)
             return True
         except CommandFailed as exc:
             if self.settings.on_failure == "abort":
@@ -196,8 +206,10 @@ class Quiescer:
         return False
 
     def _thaw_window(self, names: list[str], since: float, original: BaseException | None) -> None:
-        failed = self.thaw_all(names)
-        self._note(failed, since)  # what failed stays recorded for the next pre, post or cleanup
+        with thaw_lock(self):  # never at the same time as the guard's
+            failed = self.thaw_all(names)
+            self._note(failed, since)  # what failed stays recorded for the next pre, post or cleanup
+            self._downgrade_if_guard_acted(names)
         if not failed:
             return
         message = (f"could not thaw domain(s) {', '.join(failed)}: they may be STILL FROZEN, which hangs "
@@ -206,6 +218,19 @@ class Quiescer:
         if original is None:
             raise QuiesceError(message)
         log.error("%s", message)  # beside the original error, which goes on
+
+    def _downgrade_if_guard_acted(self, names: Sequence[str]) -> None:
+        """The guard resumed and thawed this window's domains in its middle (max_frozen was up):
+        their snapshots are crash-consistent only."""
+        said = guard_acted(self.record, self.run)
+        acted = set(names if said is None else said) & set(names)
+        if not acted:
+            return
+        log.warning("the quiesce guard resumed and thawed %s in the middle of their window "
+                    "(xen.quiesce.max_frozen was up): their snapshots are only crash-consistent",
+                    ", ".join(sorted(acted)))
+        self.consistent.update(dict.fromkeys(acted, False))
+        remove_if_present(acted_path(self.record))
 
 
 def for_job(runner: Runner, job: Job, lock_dir: str, run: str = "") -> Quiescer | None:
@@ -230,15 +255,65 @@ def thaw_leftovers(runner: Runner, job: Job, lock_dir: str) -> None:
     log.error("an earlier run was killed while guests were frozen (or could not thaw them): thawing %s",
               ", ".join(left.domains))
     kill_freeze(left)
-    failed = quiescer.thaw_all(left.domains)
+    with thaw_lock(quiescer):
+        failed = quiescer.thaw_all(left.domains)
     if failed:
         if not quiescer.runner.dry_run:
-            quiescer.record.write(Frozen(tuple(failed), left.run, left.since))
+            quiescer.record.write(Frozen(tuple(failed), left.run, left.since, None, left.deadline))
         raise QuiesceError(f"domain(s) {', '.join(failed)} that an earlier run froze could not be thawed: "
                            "they may be STILL FROZEN. Run their thaw command by hand, then remove "
                            f"{quiescer.record.path}.")
     if not quiescer.runner.dry_run:
         quiescer.record.clear()
+
+
+def boot_clock() -> float:
+    """Seconds since boot, sleep included: the clock of the records (/run goes with a reboot),
+    which NTP does not step."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+@contextlib.contextmanager
+def thaw_lock(quiescer: Quiescer) -> Iterator[None]:
+    """The job's freeze/thaw lock (<lock_dir>/<job>.thaw.lock, fcntl): pre's freezes and thaws
+    and the guard's thaw never run at the same time. Nothing in a dry run."""
+    if quiescer.runner.dry_run:
+        yield
+        return
+    path = os.path.join(os.path.dirname(quiescer.record.path), f"{quiescer.record.job}.thaw.lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise FileError("open the freeze/thaw lock,", exc, "Nothing more is frozen.") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def acted_path(record: FreezeRecord) -> str:
+    """Where the guard notes the run whose domains it thawed: <lock_dir>/<job>.quiesce-guard.acted."""
+    return os.path.join(os.path.dirname(record.path), f"{record.job}.quiesce-guard.acted")
+
+
+def guard_acted(record: FreezeRecord, run: str) -> list[str] | None:
+    """The domains the guard resumed and thawed for run, [] when it did not act for it; None
+    when its note cannot be read (it may have acted on any)."""
+    text = read_small(acted_path(record))
+    if text is None:
+        return None if os.path.lexists(acted_path(record)) else []
+    try:
+        data = json.loads(text)
+        return [str(d) for d in data["domains"]] if data["run"] == run else []
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def note_guard_acted(record: FreezeRecord, left: Frozen) -> None:
+    """The guard's note, before it resumes and thaws: the run and domains it acts on."""
+    write_atomically(acted_path(record), json.dumps({"run": left.run, "domains": list(left.domains)}) + "\n",
+                     mode=0o644)
 
 
 def process_start(pid: int) -> int | None:

@@ -24,7 +24,7 @@ from xenlvm import logs, xen
 from xenlvm.config import Config
 from xenlvm.errors import EXIT_USAGE, XenlvmError
 from xenlvm.fsutil import read_small, remove_if_present, write_atomically
-from xenlvm.quiesce import Frozen, Quiescer, kill_freeze
+from xenlvm.quiesce import Frozen, Quiescer, boot_clock, kill_freeze, note_guard_acted, thaw_lock
 from xenlvm.runner import Runner, quote
 from xenlvm.watchdog import StopRequest, read_pid
 from xenlvm.watchdog_process import terminate_proven
@@ -114,30 +114,41 @@ def stop(config: Config, job_name: str, timeout: float = 10.0) -> bool:
 
 
 def watch(quiescer: Quiescer, act: Callable[[Frozen], None], parent_alive: Callable[[], bool],
-          stop_request: StopRequest, clock: Callable[[], float] = time.time) -> None:
-    """Until stopped: once the run's record has been there longer than max_frozen, act on it and
-    return. Return also when the run is gone and its record with it, or after LIFETIME."""
+          stop_request: StopRequest, clock: Callable[[], float] = boot_clock) -> None:
+    """Until stopped: once the run's record is past its deadline (pre sets one per window), act
+    on it, once per record, and go on watching the run's later windows. Return when the run is
+    gone and nothing of it is left to act on, or after LIFETIME."""
     end = clock() + LIFETIME
+    acted: Frozen | None = None
     while not stop_request.requested and clock() < end:
         left = quiescer.record.read()
-        if left is None or left.run != quiescer.run:  # nothing frozen by our run (now)
+        if left is None or left.run != quiescer.run or left == acted:  # nothing (new) of our run
             if not parent_alive():
                 return
             stop_request.wait(LOOK_EVERY)
             continue
-        due = left.since + quiescer.settings.max_frozen
-        if clock() >= due:
+        if clock() >= left.deadline:
             act(left)
-            return
-        stop_request.wait(min(LOOK_EVERY, due - clock()))
+            acted = left
+            continue
+        stop_request.wait(min(LOOK_EVERY, left.deadline - clock()))
 
 
 def thaw_overdue(quiescer: Quiescer, xl: xen.Xl, pause_record: xen.PauseRecord, left: Frozen) -> None:
-    """Resume the job's paused domains, then thaw the recorded ones; clear the record if all
-    thawed and it is still the one acted on."""
-    log.error("domain(s) %s still frozen %.0f s after their freeze (xen.quiesce.max_frozen): the quiesce "
-              "guard resumes and thaws them; the run that froze them is gone or hangs",
-              ", ".join(left.domains), time.time() - left.since)
+    """Under the job's thaw lock, if the record is still left: note that the guard acts (pre
+    then says the window is crash-consistent only), resume the job's paused domains, then thaw
+    the recorded ones; clear the record if all thawed."""
+    with thaw_lock(quiescer):
+        if quiescer.record.read() != left:
+            return  # pre went on meanwhile (a later deadline) or thawed them
+        note_guard_acted(quiescer.record, left)
+        _resume_and_thaw(quiescer, xl, pause_record, left)
+
+
+def _resume_and_thaw(quiescer: Quiescer, xl: xen.Xl, pause_record: xen.PauseRecord, left: Frozen) -> None:
+    log.error("domain(s) %s still frozen %.0f s after their freeze (past the deadline of their window, "
+              "xen.quiesce.max_frozen): the quiesce guard resumes and thaws them; the run that froze them "
+              "is gone or hangs", ", ".join(left.domains), boot_clock() - left.since)
     kill_freeze(left)  # first: a freeze that hangs could still freeze its guest after the thaw
     try:
         xen.resume_leftovers(xl, pause_record)
@@ -147,7 +158,7 @@ def thaw_overdue(quiescer: Quiescer, xl: xen.Xl, pause_record: xen.PauseRecord, 
     if failed:
         log.error("the quiesce guard could not thaw %s: they may be STILL FROZEN; run their thaw command "
                   "by hand", ", ".join(failed))
-    elif quiescer.record.read() == left:
+    else:
         quiescer.record.clear()
 
 

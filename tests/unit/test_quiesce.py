@@ -287,17 +287,21 @@ class Stop:
         self.clock.now += max(seconds, 0.01)
 
 
-def test_the_guard_acts_once_max_frozen_is_up_and_only_on_its_runs_record(tmp_path):
+def test_the_guard_acts_once_the_windows_deadline_is_up_and_only_on_its_runs_record(tmp_path):
     clock = Clock()
     q = quiescer(tmp_path, FakeRunner(), max_frozen=120.0)
     acted = []
-    q.record.write(quiesce.Frozen(("vm1",), "run-1", 1000.0))
-    quiesce_guard.watch(q, acted.append, lambda: True, Stop(clock), clock)
-    assert acted == [quiesce.Frozen(("vm1",), "run-1", 1000.0)] and 1120.0 <= clock.now < 1122.0
+    left = quiesce.Frozen(("vm1",), "run-1", 1000.0, None, 1120.0)
+    q.record.write(left)
+
+    def act(record):
+        acted.append((record, clock.now))
+    quiesce_guard.watch(q, act, lambda: clock.now < 1300.0, Stop(clock), clock)
+    assert len(acted) == 1 and acted[0][0] == left and 1120.0 <= acted[0][1] < 1122.0
     other = quiescer(tmp_path, FakeRunner(), max_frozen=120.0)
     other.run = "run-2"  # the record is run-1's: not this guard's to act on
     clock.now, acted = 1000.0, []
-    quiesce_guard.watch(other, acted.append, lambda: clock.now < 1500.0, Stop(clock), clock)
+    quiesce_guard.watch(other, act, lambda: clock.now < 1500.0, Stop(clock), clock)
     assert not acted and clock.now >= 1500.0
 
 
@@ -556,3 +560,66 @@ def test_a_timed_out_command_keeps_what_it_wrote_on_stderr():
     with pytest.raises(CommandFailed) as caught:
         Runner().change(["/bin/sh", "-c", "echo partial >&2; sleep 60"], timeout=1.0, own_group=True)
     assert caught.value.timed_out and "partial" in caught.value.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Review fixes: the guard's deadline is per window, it keeps guarding, and pre knows it acted
+
+
+def test_each_windows_deadline_leaves_time_for_its_freezes_on_the_boot_clock(tmp_path):
+    seen = []
+    q = None
+
+    def freeze(argv):
+        seen.append(q.record.read())
+        return ""
+    runner = FakeRunner().on(FREEZE, freeze).on(THAW, "")
+    q = quiescer(tmp_path, runner, timeout=30.0, max_frozen=61.0)
+    now = time.clock_gettime(time.CLOCK_BOOTTIME)
+    with q.frozen(["vm1", "vm2", "vm3"]):
+        after = q.record.read()
+    assert [round(r.deadline - now) for r in seen] == [90 + 61, 60 + 61, 30 + 61]
+    assert round(after.deadline - now) == 61 and abs(after.since - now) < 5  # boot clock, not Unix time
+
+
+def test_the_guard_keeps_guarding_the_later_windows_after_it_acted(tmp_path):
+    clock = Clock()
+    q = quiescer(tmp_path, FakeRunner())
+    first = quiesce.Frozen(("vm1",), "run-1", 1000.0, None, 1010.0)
+    second = quiesce.Frozen(("vm2",), "run-1", 1050.0, None, 1060.0)
+    q.record.write(first)
+    acted = []
+
+    def act(record):
+        acted.append(record)
+        q.record.write(second) if record == first else q.record.clear()
+    quiesce_guard.watch(q, act, lambda: clock.now < 1100.0, Stop(clock), clock)
+    assert acted == [first, second]
+
+
+def test_a_window_the_guard_thawed_in_its_middle_is_only_crash_consistent(tmp_path, caplog, monkeypatch):
+    runner = FakeRunner().on(FREEZE, "").on(THAW, "")
+    q = quiescer(tmp_path, runner)
+    monkeypatch.setattr(quiesce_guard.xen, "resume_leftovers", lambda xl, record: None)
+    with q.frozen(["vm1", "vm2"]):
+        quiesce_guard.thaw_overdue(quiescer(tmp_path, runner), None, None, q.record.read())
+    assert q.consistent == {"vm1": False, "vm2": False}
+    assert "the quiesce guard resumed and thawed vm1, vm2 in the middle of their window" in caplog.text
+    assert not (tmp_path / "vms.quiesce-guard.acted").exists()
+
+
+def test_the_guards_thaw_waits_for_pres_and_acts_only_on_the_record_it_saw(tmp_path, monkeypatch):
+    import threading
+    runner = FakeRunner().on(THAW, "")
+    q = quiescer(tmp_path, runner)
+    left = quiesce.Frozen(("vm1",), "run-1", 1.0, None, 2.0)
+    q.record.write(left)
+    monkeypatch.setattr(quiesce_guard.xen, "resume_leftovers", lambda xl, record: None)
+    with quiesce.thaw_lock(q):  # pre, between two freezes of its window
+        guard_thread = threading.Thread(target=quiesce_guard.thaw_overdue, args=(q, None, None, left))
+        guard_thread.start()
+        time.sleep(0.3)
+        assert not runner.calls  # the guard waits
+        q.record.write(quiesce.Frozen(("vm1", "vm2"), "run-1", 1.0, None, 100.0))  # pre goes on
+    guard_thread.join(timeout=10)
+    assert not runner.calls and not (tmp_path / "vms.quiesce-guard.acted").exists()
