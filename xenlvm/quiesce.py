@@ -8,90 +8,40 @@ write in it hangs. So, as for the pause (xenlvm.xen.PauseRecord):
   a later pre, post or cleanup that finds it (the earlier run was killed with -9) thaws them;
 - the thaw runs in a finally, with signals held back until every thaw has run;
 - a guard process (xenlvm.quiesce_guard), started before the first freeze, thaws what is still
-  frozen after max_frozen even when xenlvm's own process is gone or hangs.
+  frozen past its window's deadline even when xenlvm's own process is gone or hangs.
+The records and the lock: xenlvm.quiesce_record.
 A freeze or thaw that does not finish within the timeout is killed with its process group.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import logging
-import os
-import signal
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 from xenlvm import interrupts
 from xenlvm.config import Job, QuiesceSettings
-from xenlvm.errors import CommandFailed, FileError, XenlvmError
-from xenlvm.fsutil import read_small, remove_if_present, write_atomically
+from xenlvm.errors import CommandFailed, XenlvmError
+from xenlvm.fsutil import remove_if_present
+from xenlvm.quiesce_record import (
+    FreezeRecord,
+    Frozen,
+    QuiesceError,
+    acted_path,
+    boot_clock,
+    guard_acted,
+    kill_freeze,
+    process_start,
+    thaw_lock,
+)
 from xenlvm.runner import Runner
+
+__all__ = ["Frozen", "FreezeRecord", "QuiesceError", "Quiescer", "consistency", "for_job", "thaw_leftovers"]
 
 log = logging.getLogger("xenlvm")
 
 CRASH_CONSISTENT = "crash-consistent"
 APPLICATION_CONSISTENT = "application-consistent"
-
-
-class QuiesceError(XenlvmError):
-    """A freeze failed with on_failure: abort, or a thaw failed: a guest may still be frozen."""
-
-
-@dataclass(frozen=True)
-class Frozen:
-    """What a record says: the domains that may be frozen, by which run, since when and until when
-    the guard leaves them so (boot_clock()), and the freeze command running now: its process
-    group and its start time (its proof)."""
-
-    domains: tuple[str, ...]
-    run: str
-    since: float
-    freezing: tuple[int, int] | None = None
-    deadline: float = 0.0
-
-
-class FreezeRecord:
-    """/run/xenlvm/<job>.frozen: the domains this job may have left frozen."""
-
-    def __init__(self, lock_dir: str, job: str) -> None:
-        self.job = job
-        self.path = os.path.join(lock_dir, f"{job}.frozen")
-
-    def write(self, frozen: Frozen) -> None:
-        text = json.dumps({"domains": list(frozen.domains), "run": frozen.run, "since": frozen.since,
-                           "freezing": list(frozen.freezing) if frozen.freezing else None,
-                           "deadline": frozen.deadline})
-        try:
-            write_atomically(self.path, text + "\n", mode=0o644)
-        except OSError as exc:
-            raise FileError("write the record of the domains about to be frozen,", exc,
-                            "Nothing more is frozen.") from None
-
-    def read(self) -> Frozen | None:
-        """The record, None when there is none. A record that cannot be read is an error: the
-        guests a killed run left frozen would go unnoticed."""
-        text = read_small(self.path)
-        if text is None:
-            if not os.path.lexists(self.path):
-                return None
-            problem = "it cannot be read"
-        else:
-            try:
-                data = json.loads(text)
-                group = data.get("freezing")
-                return Frozen(tuple(str(d) for d in data["domains"]), str(data["run"]), float(data["since"]),
-                              (int(group[0]), int(group[1])) if group else None, float(data["deadline"]))
-            except (ValueError, KeyError, TypeError) as exc:
-                problem = f"it is not the record xenlvm writes: {exc}"
-        raise QuiesceError(f"the record of the domains job {self.job!r} froze, {self.path}, is unreadable "
-                           f"({problem}), so a killed run may have left guests frozen. Thaw each guest "
-                           f"of the job with its thaw command, then remove {self.path}.")
-
-    def clear(self) -> None:
-        remove_if_present(self.path)
 
 
 class Quiescer:
@@ -170,7 +120,8 @@ class Quiescer:
         for name in sorted(set(names) - set(to_freeze)):
             log.info("domain %s has no freeze command: its snapshot is crash-consistent", name)
         try:
-            with thaw_lock(self):  # the guard does not thaw a window while its freezes run
+            # the guard does not thaw a window while its freezes run
+            with thaw_lock(self.record, self.runner.dry_run):
                 for index, name in enumerate(to_freeze):
                     to_thaw.append(name)  # even when its freeze fails: it may freeze late, on the guest
                     left = len(to_freeze) - index
@@ -206,7 +157,7 @@ class Quiescer:
         return False
 
     def _thaw_window(self, names: list[str], since: float, original: BaseException | None) -> None:
-        with thaw_lock(self):  # never at the same time as the guard's
+        with thaw_lock(self.record, self.runner.dry_run):  # never at the same time as the guard's
             failed = self.thaw_all(names)
             self._note(failed, since)  # what failed stays recorded for the next pre, post or cleanup
             self._downgrade_if_guard_acted(names)
@@ -255,7 +206,7 @@ def thaw_leftovers(runner: Runner, job: Job, lock_dir: str) -> None:
     log.error("an earlier run was killed while guests were frozen (or could not thaw them): thawing %s",
               ", ".join(left.domains))
     kill_freeze(left)
-    with thaw_lock(quiescer):
+    with thaw_lock(quiescer.record, quiescer.runner.dry_run):
         failed = quiescer.thaw_all(left.domains)
     if failed:
         if not quiescer.runner.dry_run:
@@ -265,77 +216,6 @@ def thaw_leftovers(runner: Runner, job: Job, lock_dir: str) -> None:
                            f"{quiescer.record.path}.")
     if not quiescer.runner.dry_run:
         quiescer.record.clear()
-
-
-def boot_clock() -> float:
-    """Seconds since boot, sleep included: the clock of the records (/run goes with a reboot),
-    which NTP does not step."""
-    return time.clock_gettime(time.CLOCK_BOOTTIME)
-
-
-@contextlib.contextmanager
-def thaw_lock(quiescer: Quiescer) -> Iterator[None]:
-    """The job's freeze/thaw lock (<lock_dir>/<job>.thaw.lock, fcntl): pre's freezes and thaws
-    and the guard's thaw never run at the same time. Nothing in a dry run."""
-    if quiescer.runner.dry_run:
-        yield
-        return
-    path = os.path.join(os.path.dirname(quiescer.record.path), f"{quiescer.record.job}.thaw.lock")
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    except OSError as exc:
-        raise FileError("open the freeze/thaw lock,", exc, "Nothing more is frozen.") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def acted_path(record: FreezeRecord) -> str:
-    """Where the guard notes the run whose domains it thawed: <lock_dir>/<job>.quiesce-guard.acted."""
-    return os.path.join(os.path.dirname(record.path), f"{record.job}.quiesce-guard.acted")
-
-
-def guard_acted(record: FreezeRecord, run: str) -> list[str] | None:
-    """The domains the guard resumed and thawed for run, [] when it did not act for it; None
-    when its note cannot be read (it may have acted on any)."""
-    text = read_small(acted_path(record))
-    if text is None:
-        return None if os.path.lexists(acted_path(record)) else []
-    try:
-        data = json.loads(text)
-        return [str(d) for d in data["domains"]] if data["run"] == run else []
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def note_guard_acted(record: FreezeRecord, left: Frozen) -> None:
-    """The guard's note, before it resumes and thaws: the run and domains it acts on."""
-    write_atomically(acted_path(record), json.dumps({"run": left.run, "domains": list(left.domains)}) + "\n",
-                     mode=0o644)
-
-
-def process_start(pid: int) -> int | None:
-    """The start time of process pid (clock ticks since boot, /proc/PID/stat), None when it is gone:
-    with the pid, it proves a process is the one recorded and not a later one with its number."""
-    text = read_small(f"/proc/{pid}/stat")
-    if text is None or ")" not in text:
-        return None
-    return int(text.rsplit(")", 1)[1].split()[19])
-
-
-def kill_freeze(left: Frozen) -> None:
-    """Kill the process group of the freeze command a killed run left running (it could still
-    freeze its guest after the thaw), once its leader's start time proves it is that one."""
-    if left.freezing is None:
-        return
-    pgid, started = left.freezing
-    if process_start(pgid) != started:
-        return  # gone (or its number reused): nothing of it left to kill
-    log.error("the freeze command of an earlier run still runs (process group %d): killing it", pgid)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
 
 
 def consistency(frozen: bool) -> str:

@@ -24,7 +24,8 @@ from xenlvm import logs, xen
 from xenlvm.config import Config
 from xenlvm.errors import EXIT_USAGE, XenlvmError
 from xenlvm.fsutil import read_small, remove_if_present, write_atomically
-from xenlvm.quiesce import Frozen, Quiescer, boot_clock, kill_freeze, note_guard_acted, thaw_lock
+from xenlvm.quiesce import Quiescer
+from xenlvm.quiesce_record import Frozen, boot_clock, kill_freeze, note_guard_acted, thaw_lock
 from xenlvm.runner import Runner, quote
 from xenlvm.watchdog import StopRequest, read_pid
 from xenlvm.watchdog_process import terminate_proven
@@ -138,7 +139,7 @@ def thaw_overdue(quiescer: Quiescer, xl: xen.Xl, pause_record: xen.PauseRecord, 
     """Under the job's thaw lock, if the record is still left: note that the guard acts (pre
     then says the window is crash-consistent only), resume the job's paused domains, then thaw
     the recorded ones; clear the record if all thawed."""
-    with thaw_lock(quiescer):
+    with thaw_lock(quiescer.record):
         if quiescer.record.read() != left:
             return  # pre went on meanwhile (a later deadline) or thawed them
         note_guard_acted(quiescer.record, left)

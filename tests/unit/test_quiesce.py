@@ -14,7 +14,7 @@ from tests.unit.fakes import Answer, FakeRunner, Timeout
 from tests.unit.test_vmdisks import VGS, discover, disk, xl_for
 from tests.unit.test_vmdisks import devices as devices  # noqa: F401 (the fixture)
 from tests.unit.test_windows import per_domain_job
-from xenlvm import post, pre, quiesce, quiesce_check, quiesce_guard, state, status, windows
+from xenlvm import post, pre, quiesce, quiesce_check, quiesce_guard, quiesce_record, state, status, windows
 from xenlvm.config import Config, Job, QuiesceSettings, Settings, VmDiskSettings, XenSettings, parse_size
 from xenlvm.config_file import parse_config
 from xenlvm.errors import CommandFailed, ConfigError
@@ -525,7 +525,7 @@ def test_the_record_names_the_running_freezes_process_group_with_its_start_time(
 def start_group() -> tuple[object, tuple[int, int]]:
     import subprocess
     proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    return proc, (proc.pid, quiesce.process_start(proc.pid))
+    return proc, (proc.pid, quiesce_record.process_start(proc.pid))
 
 
 def test_who_thaws_a_killed_runs_guests_first_kills_its_proven_freeze(tmp_path):
@@ -615,7 +615,7 @@ def test_the_guards_thaw_waits_for_pres_and_acts_only_on_the_record_it_saw(tmp_p
     left = quiesce.Frozen(("vm1",), "run-1", 1.0, None, 2.0)
     q.record.write(left)
     monkeypatch.setattr(quiesce_guard.xen, "resume_leftovers", lambda xl, record: None)
-    with quiesce.thaw_lock(q):  # pre, between two freezes of its window
+    with quiesce.thaw_lock(q.record):  # pre, between two freezes of its window
         guard_thread = threading.Thread(target=quiesce_guard.thaw_overdue, args=(q, None, None, left))
         guard_thread.start()
         time.sleep(0.3)
