@@ -134,7 +134,7 @@ class Quiescer:
             original = exc
             raise
         finally:
-            self._thaw_window(to_thaw, since, original)
+            self._thaw_window_held(to_thaw, since, original)
 
     def _freeze_or_thaw(self, name: str, recorded: Sequence[str], since: float, left: int) -> bool:
         """Freeze the domain; True when it is frozen. A failed freeze (crash-consistent) is thawed
@@ -155,6 +155,21 @@ class Quiescer:
                                f"STILL FROZEN. Thaw it by hand now (run the thaw command); then run "
                                "'xenlvm cleanup'.")
         return False
+
+    def _thaw_window_held(self, names: list[str], since: float, original: BaseException | None) -> None:
+        """_thaw_window with signals held back until its thaws are done and recorded. Python may
+        raise a signal's Interrupted just before the hold begins: then the thaws run after it
+        all the same (once one is raised, later signals are ignored), and it goes on after them."""
+        thawed = False
+        try:
+            with interrupts.deferred():
+                self._thaw_window(names, since, original)
+                thawed = True
+        except interrupts.Interrupted as exc:
+            if thawed:
+                raise  # held back during the thaws: raised once they were done and recorded
+            self._thaw_window(names, since, exc)
+            raise
 
     def _thaw_window(self, names: list[str], since: float, original: BaseException | None) -> None:
         with thaw_lock(self.record, self.runner.dry_run):  # never at the same time as the guard's
@@ -206,16 +221,18 @@ def thaw_leftovers(runner: Runner, job: Job, lock_dir: str) -> None:
     log.error("an earlier run was killed while guests were frozen (or could not thaw them): thawing %s",
               ", ".join(left.domains))
     kill_freeze(left)
-    with thaw_lock(quiescer.record, quiescer.runner.dry_run):
+    # held: a signal is raised only once the record says what is still frozen
+    with interrupts.deferred(), thaw_lock(quiescer.record, quiescer.runner.dry_run):
         failed = quiescer.thaw_all(left.domains)
-    if failed:
         if not quiescer.runner.dry_run:
-            quiescer.record.write(Frozen(tuple(failed), left.run, left.since, None, left.deadline))
+            if failed:
+                quiescer.record.write(Frozen(tuple(failed), left.run, left.since, None, left.deadline))
+            else:
+                quiescer.record.clear()
+    if failed:
         raise QuiesceError(f"domain(s) {', '.join(failed)} that an earlier run froze could not be thawed: "
                            "they may be STILL FROZEN. Run their thaw command by hand, then remove "
                            f"{quiescer.record.path}.")
-    if not quiescer.runner.dry_run:
-        quiescer.record.clear()
 
 
 def consistency(frozen: bool) -> str:

@@ -623,3 +623,48 @@ def test_the_guards_thaw_waits_for_pres_and_acts_only_on_the_record_it_saw(tmp_p
         q.record.write(quiesce.Frozen(("vm1", "vm2"), "run-1", 1.0, None, 100.0))  # pre goes on
     guard_thread.join(timeout=10)
     assert not runner.calls and not (tmp_path / "vms.quiesce-guard.acted").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Review fixes: a signal during or just before the thaws
+
+
+@pytest.fixture
+def signals(monkeypatch):
+    from xenlvm import interrupts
+    monkeypatch.setattr(interrupts, "_state", {"depth": 0, "pending": None, "seen": False})
+    return interrupts
+
+
+def test_a_signal_during_the_thaws_is_raised_after_they_are_recorded(tmp_path, signals):
+    import signal
+
+    def thaw_under_signal(argv):
+        signals._handle(signal.SIGTERM, None)  # arrives while the thaw runs: held back
+        return ""
+    runner = FakeRunner().on(FREEZE, "").on(f"{THAW} vm1", thaw_under_signal).on(f"{THAW} vm2", "")
+    q = quiescer(tmp_path, runner)
+    with pytest.raises(signals.Interrupted), q.frozen(["vm1", "vm2"]):
+        pass
+    assert commands(runner)[2:] == [f"{THAW} vm1", f"{THAW} vm2"]
+    assert q.record.read() is None  # both thawed: no stale record for the next run
+
+
+def test_a_signal_just_before_the_hold_of_the_thaws_does_not_skip_them(tmp_path, signals, monkeypatch):
+    import contextlib
+    import signal
+    real = signals.deferred
+    first = []
+
+    @contextlib.contextmanager
+    def deferred():
+        if not first:  # the signal lands in the instant before the hold begins
+            first.append(True)
+            signals._handle(signal.SIGINT, None)
+        with real():
+            yield
+    runner = FakeRunner().on(FREEZE, "").on(THAW, "")
+    q = quiescer(tmp_path, runner)
+    with pytest.raises(signals.Interrupted), q.frozen(["vm1", "vm2"]):
+        monkeypatch.setattr(signals, "deferred", deferred)  # the next hold is the thaws'
+    assert commands(runner)[2:] == [f"{THAW} vm1", f"{THAW} vm2"] and q.record.read() is None
