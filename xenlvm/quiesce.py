@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 
 from xenlvm import interrupts
 from xenlvm.config import Job, QuiesceSettings
+from xenlvm.config_values import is_domain_name
 from xenlvm.errors import CommandFailed, XenlvmError
 from xenlvm.fsutil import remove_if_present
 from xenlvm.quiesce_record import (
@@ -66,6 +67,8 @@ class Quiescer:
 
     def thaw(self, name: str) -> XenlvmError | None:
         """Run the domain's thaw command; return its failure (logged), None when it worked."""
+        if not is_domain_name(name):  # never frozen by xenlvm: {domain} would make it an argument
+            return QuiesceError(f"domain {name!r}: not a domain name xenlvm passes to a command")
         commands = self.settings.commands(name)
         if commands is None:  # a leftover of a domain whose commands were removed since
             return QuiesceError(f"domain {name} has no thaw command in the configuration any more")
@@ -119,6 +122,7 @@ class Quiescer:
         to_freeze = [name for name in names if self.settings.commands(name) is not None]
         for name in sorted(set(names) - set(to_freeze)):
             log.info("domain %s has no freeze command: its snapshot is crash-consistent", name)
+        to_freeze = [name for name in to_freeze if self._safe_name(name)]
         try:
             # the guard does not thaw a window while its freezes run
             with thaw_lock(self.record, self.runner.dry_run):
@@ -135,6 +139,19 @@ class Quiescer:
             raise
         finally:
             self._thaw_window_held(to_thaw, since, original)
+
+    def _safe_name(self, name: str) -> bool:
+        """Whether the domain's name may become an argument of its commands ({domain}); xl
+        (xen.domains: auto) may show any name, such as '-oProxyCommand=...'. A name that may not
+        is a failed freeze: on_failure says what follows."""
+        if is_domain_name(name):
+            return True
+        problem = (f"domain {name!r}: its name is not a Xen domain name xenlvm passes to a command "
+                   "(letters, digits, _ . - ; not starting with -), so it is not frozen")
+        if self.settings.on_failure == "abort":
+            raise QuiesceError(f"{problem}. xen.quiesce.on_failure is 'abort': nothing is snapshotted.")
+        log.warning("%s; its snapshot is only crash-consistent (paused as usual)", problem)
+        return False
 
     def _freeze_or_thaw(self, name: str, recorded: Sequence[str], since: float, left: int) -> bool:
         """Freeze the domain; True when it is frozen. A failed freeze (crash-consistent) is thawed

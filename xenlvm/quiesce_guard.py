@@ -82,14 +82,18 @@ def start(config: Config, job_name: str, run: str, *, python: str = sys.executab
     path = pid_path(config.settings.lock_dir, job_name)
     if stop(config, job_name):
         log.warning("a quiesce guard of an earlier run of job %s was still there; stopped it", job_name)
+    parent = os.pidfd_open(os.getpid())  # the guard gets it open: pre's death shows at once, proven
     argv = [python, "-m", MODULE, "--config", config.path, "--job", job_name, "--run", run,
-            "--parent", str(os.getpid())]
+            "--parent-fd", str(parent)]
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {"PATH": config.settings.path, "LC_ALL": "C", "LANG": "C", "PYTHONPATH": package_parent}
     log.info("starting the quiesce guard: %s", quote(argv))
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True,
-                            cwd="/", env=env)
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, close_fds=True, pass_fds=(parent,),
+                                start_new_session=True, cwd="/", env=env)
+    finally:
+        os.close(parent)
     deadline = time.monotonic() + START_TIMEOUT
     while read_pid(path) != proc.pid:
         status = proc.poll()
@@ -163,25 +167,23 @@ def _resume_and_thaw(quiescer: Quiescer, xl: xen.Xl, pause_record: xen.PauseReco
         quiescer.record.clear()
 
 
-def _parent_alive(pid: int) -> Callable[[], bool]:
-    """Whether the process that started the guard still runs (a pidfd pins it: no reused pid)."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        return lambda: False
+def parent_alive(pidfd: int) -> Callable[[], bool]:
+    """Whether the process that started the guard still runs: its pidfd, which it opened on
+    itself and passed on (no reused pid, no gap while the guard starts), becomes readable when
+    it ends."""
     import select  # only the guard needs it
 
     return lambda: not select.select([pidfd], [], [], 0)[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The guard, as start runs it: python -m xenlvm.quiesce_guard --config --job --run --parent."""
+    """The guard, as start runs it: python -m xenlvm.quiesce_guard --config --job --run --parent-fd."""
     import argparse  # here: the hooks import this module's caller, and never need argparse
 
     from xenlvm.config_file import load_config
 
     parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description="xenlvm's quiesce guard")
-    for option in ("--config", "--job", "--run", "--parent"):
+    for option in ("--config", "--job", "--run", "--parent-fd"):
         parser.add_argument(option, required=True)
     args = parser.parse_args(argv)
     stop_request = StopRequest()
@@ -195,13 +197,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (XenlvmError, KeyError) as exc:
         log.error("the quiesce guard cannot start: %s", exc)
         return EXIT_USAGE
+    try:
+        os.fstat(int(args.parent_fd))
+    except (ValueError, OSError) as exc:
+        log.error("the quiesce guard cannot start: --parent-fd %s is not the pidfd of pre: %s",
+                  args.parent_fd, exc)
+        return EXIT_USAGE
     runner = Runner(path=config.settings.path, timeout=config.settings.command_timeout)
     quiescer = Quiescer(runner, job, config.settings.lock_dir, args.run)
     path = pid_path(config.settings.lock_dir, args.job)
     write_atomically(path, f"{os.getpid()}\n", dir_mode=0o700)
     try:
         watch(quiescer, lambda left: thaw_overdue(quiescer, xen.Xl.for_job(runner, job), xen.PauseRecord(
-            config.settings.lock_dir, job.name), left), _parent_alive(int(args.parent)), stop_request)
+            config.settings.lock_dir, job.name), left), parent_alive(int(args.parent_fd)), stop_request)
     except Exception as exc:  # said in the log: the guests are then guarded by the next run only
         log.exception("the quiesce guard failed: %s", exc)
         return 1

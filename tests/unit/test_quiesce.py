@@ -668,3 +668,74 @@ def test_a_signal_just_before_the_hold_of_the_thaws_does_not_skip_them(tmp_path,
     with pytest.raises(signals.Interrupted), q.frozen(["vm1", "vm2"]):
         monkeypatch.setattr(signals, "deferred", deferred)  # the next hold is the thaws'
     assert commands(runner)[2:] == [f"{THAW} vm1", f"{THAW} vm2"] and q.record.read() is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Review fixes: the guard's pidfd, unsafe domain names, exclude typos, is_guard
+
+
+def test_the_guard_is_started_with_a_pidfd_of_pre_already_open(tmp_path):
+    fake_guard = tmp_path / "python"  # stands in for the guard: says which process its fd is
+    fake_guard.write_text(f"#!/bin/sh\ngrep ^Pid: /proc/$$/fdinfo/${{10}} > {tmp_path}/parent\n"
+                          f"echo $$ > {tmp_path}/vms.quiesce-guard.pid\nexec sleep 30\n")
+    fake_guard.chmod(0o755)
+    cfg = Config(str(tmp_path / "c.yaml"), Settings(lock_dir=str(tmp_path)), {})
+    pid = quiesce_guard.start(cfg, "vms", "run-1", python=str(fake_guard))
+    try:
+        assert (tmp_path / "parent").read_text().split() == ["Pid:", str(os.getpid())]
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+
+
+def test_the_guard_sees_its_parent_end_through_the_pidfd():
+    import subprocess
+    child = subprocess.Popen(["sleep", "30"])
+    alive = quiesce_guard.parent_alive(os.pidfd_open(child.pid))
+    assert alive()
+    child.kill()
+    child.wait()
+    assert not alive()
+
+
+def test_a_domain_name_that_would_become_an_option_is_never_frozen(tmp_path, caplog):
+    runner = FakeRunner().on(FREEZE, "").on(THAW, "")
+    q = quiescer(tmp_path, runner)
+    with q.frozen(["-oProxyCommand=touch /tmp/x", "vm2"]) as consistent:
+        pass
+    assert commands(runner) == [f"{FREEZE} vm2", f"{THAW} vm2"]
+    assert consistent == {"-oProxyCommand=touch /tmp/x": False, "vm2": True}
+    assert "'-oProxyCommand=touch /tmp/x': its name is not a Xen domain name" in caplog.text
+    aborting = quiescer(tmp_path, FakeRunner(), "abort")
+    with pytest.raises(quiesce.QuiesceError, match="not a Xen domain name.*'abort'"), \
+            aborting.frozen(["vm1", "-x"]):
+        pass
+    assert not aborting.runner.calls
+
+
+def test_an_exclude_that_names_no_domain_is_warned_about_in_check():
+    from xenlvm import check, vmdisk_target
+    job = vmdisk_job(("vm3", "vm9", "vm8/xvdb", "vm2/xvdc"))
+    view = xl_for({"vm2": [disk("/dev/system/vm2-disk", "xvda")],
+                   "vm3": [disk("/dev/system/vm3-disk", "xvda")]}).view()
+    assert vmdisk_target.unmatched_excludes(job, view) == ["vm9", "vm8/xvdb"]
+    findings, _ = check._check_vmdisks(job, view, VGS, "/usr/sbin:/usr/bin:/sbin:/bin")
+    assert [f.message for f in findings if f.level == "warn"] == [
+        f"vmdisks.exclude: {item!r} names no domain xl knows (a typo?): nothing is left out for it"
+        for item in ("vm9", "vm8/xvdb")]
+
+
+def test_is_guard_knows_a_guard_of_the_job_by_its_command_line():
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", quiesce_guard.MODULE,
+                             "--job", "vms", "--run", "run-1"])
+    try:
+        deadline = time.monotonic() + 10
+        while not quiesce_guard.is_guard(proc.pid, "vms"):  # its command line, once exec'd
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert not quiesce_guard.is_guard(proc.pid, "other")
+    finally:
+        proc.kill()
+        proc.wait()
