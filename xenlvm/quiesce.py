@@ -227,6 +227,8 @@ def thaw_leftovers(runner: Runner, job: Job, lock_dir: str) -> None:
     """Thaw the domains an earlier, killed run left frozen (its record says which); raise
     QuiesceError when one cannot be thawed (the record stays)."""
     record = FreezeRecord(lock_dir, job.name)
+    if not runner.dry_run:  # the guard's note for a run that is over: no one reads it any more
+        remove_if_present(acted_path(record))
     left = record.read()
     if left is None:
         return

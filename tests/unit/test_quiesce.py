@@ -739,3 +739,10 @@ def test_is_guard_knows_a_guard_of_the_job_by_its_command_line():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_the_guards_note_for_a_run_that_is_over_is_removed_by_the_next_run(tmp_path):
+    q = quiescer(tmp_path, FakeRunner())
+    quiesce_record.note_guard_acted(q.record, quiesce.Frozen(("vm1",), "run-0", 1.0))
+    quiesce.thaw_leftovers(q.runner, q_job(q), str(tmp_path))
+    assert not (tmp_path / "vms.quiesce-guard.acted").exists()
