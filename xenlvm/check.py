@@ -146,6 +146,8 @@ def _check_vmdisks(job: Job, xl: xen.XlView | XenlvmError | None, every: dict[st
         f"{d.domain}/{d.disk} ({d})" for d in disks) or "none found"))]
     findings += preflight.check_job_volumes(job, every, [d.spec for d in disks])
     findings += thinpool.check_thin_pools(job, [d.spec for d in disks], every)
+    findings += [Finding("warn", "vmdisks", f"vmdisks.exclude: {item!r} names no domain xl knows (a typo?): "
+                         "nothing is left out for it") for item in vmdisk_target.unmatched_excludes(job, xl)]
     room = vmdisk_target.check_image_room(job, disks)
     if room is not None:
         findings.append(Finding("fail", "vmdisks", room))

@@ -64,7 +64,7 @@ class QuiesceSettings:
     # a freeze that fails: "crash-consistent" (thaw it, warn, pause only) or "abort" (pre fails)
     on_failure: str = field(default="crash-consistent",
                             metadata=key(values.choice("crash-consistent", "abort")))
-    # a guest still frozen this long after its freeze is thawed by the guard process
+    # the guard thaws a window's guests this long after its last freeze (pre records its deadline)
     max_frozen: float = field(default=600.0, metadata=key(values.parse_duration))
     # domains with commands of their own, instead of freeze/thaw
     per_domain: tuple[DomainCommands, ...] = field(default=(), metadata=key(values.per_domain_commands))

@@ -183,6 +183,11 @@ def optional_path(value: Any) -> str | None:
     return None if value in (False, "") else parse_absolute_path(value)
 
 
+def is_domain_name(text: str) -> bool:
+    """Whether text is a Xen domain name xenlvm accepts (never an option: it cannot start with -)."""
+    return bool(_XEN_DOMAIN.fullmatch(text))
+
+
 def domain_name(value: Any) -> str:
     text = str(value)
     if not _XEN_DOMAIN.fullmatch(text):

@@ -148,6 +148,9 @@ def _find_vm_disks(ctx: Context, job: Job, host: Inventory) -> list[VmDiskTarget
         return []
     assert host.xl is not None
     disks = vmdisk_target.discover(job, host.xl, host.vgs)
+    for item in vmdisk_target.unmatched_excludes(job, host.xl):
+        log.warning("vmdisks.exclude: %r names no domain xl knows (a typo?): nothing is left out for it",
+                    item)
     _check_disk_names(job, disks)
     for problem in (image_server.missing_program(job, ctx.config.settings.path),
                     vmdisk_target.check_image_room(job, disks)):

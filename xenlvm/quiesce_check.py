@@ -69,13 +69,23 @@ def try_freeze(config: Config, runner: Runner, job: Job, domains: Sequence[str])
     if quiescer is None:
         return []
     findings = []
-    with JobLock(config.settings.lock_dir, job.name, config.settings.lock_timeout), \
-            quiesce_guard.guarding(config, job.name, run, quiescer):
-        for name in domains:
-            if quiescer.settings.commands(name) is None:
-                findings.append(Finding("warn", CHECK, f"{name}: no freeze command: crash-consistent only"))
-                continue
-            findings.append(_try_one(quiescer, name))
+    with JobLock(config.settings.lock_dir, job.name, config.settings.lock_timeout):
+        try:  # before the guard starts: it would stop the guard of the run that left them frozen
+            quiescer.refuse_foreign_record()
+        except XenlvmError as exc:
+            return [Finding("fail", CHECK, f"no freeze tried: {exc}")]
+        with quiesce_guard.guarding(config, job.name, run, quiescer):
+            findings += _try_all(quiescer, domains)
+    return findings
+
+
+def _try_all(quiescer: quiesce.Quiescer, domains: Sequence[str]) -> list[Finding]:
+    findings = []
+    for name in domains:
+        if quiescer.settings.commands(name) is None:
+            findings.append(Finding("warn", CHECK, f"{name}: no freeze command: crash-consistent only"))
+            continue
+        findings.append(_try_one(quiescer, name))
     return findings
 
 

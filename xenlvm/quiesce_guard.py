@@ -25,7 +25,8 @@ from xenlvm.config import Config
 from xenlvm.errors import EXIT_USAGE, XenlvmError
 from xenlvm.fsutil import read_small, remove_if_present, write_atomically
 from xenlvm.monitor import StopRequest, read_pid
-from xenlvm.quiesce import Frozen, Quiescer
+from xenlvm.quiesce import Quiescer
+from xenlvm.quiesce_record import Frozen, boot_clock, kill_freeze, note_guard_acted, thaw_lock
 from xenlvm.runner import Runner, quote
 from xenlvm.watchdog_process import terminate_proven
 
@@ -81,14 +82,18 @@ def start(config: Config, job_name: str, run: str, *, python: str = sys.executab
     path = pid_path(config.settings.lock_dir, job_name)
     if stop(config, job_name):
         log.warning("a quiesce guard of an earlier run of job %s was still there; stopped it", job_name)
+    parent = os.pidfd_open(os.getpid())  # the guard gets it open: pre's death shows at once, proven
     argv = [python, "-m", MODULE, "--config", config.path, "--job", job_name, "--run", run,
-            "--parent", str(os.getpid())]
+            "--parent-fd", str(parent)]
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {"PATH": config.settings.path, "LC_ALL": "C", "LANG": "C", "PYTHONPATH": package_parent}
     log.info("starting the quiesce guard: %s", quote(argv))
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True,
-                            cwd="/", env=env)
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, close_fds=True, pass_fds=(parent,),
+                                start_new_session=True, cwd="/", env=env)
+    finally:
+        os.close(parent)
     deadline = time.monotonic() + START_TIMEOUT
     while read_pid(path) != proc.pid:
         status = proc.poll()
@@ -114,30 +119,42 @@ def stop(config: Config, job_name: str, timeout: float = 10.0) -> bool:
 
 
 def watch(quiescer: Quiescer, act: Callable[[Frozen], None], parent_alive: Callable[[], bool],
-          stop_request: StopRequest, clock: Callable[[], float] = time.time) -> None:
-    """Until stopped: once the run's record has been there longer than max_frozen, act on it and
-    return. Return also when the run is gone and its record with it, or after LIFETIME."""
+          stop_request: StopRequest, clock: Callable[[], float] = boot_clock) -> None:
+    """Until stopped: once the run's record is past its deadline (pre sets one per window), act
+    on it, once per record, and go on watching the run's later windows. Return when the run is
+    gone and nothing of it is left to act on, or after LIFETIME."""
     end = clock() + LIFETIME
+    acted: Frozen | None = None
     while not stop_request.requested and clock() < end:
         left = quiescer.record.read()
-        if left is None or left.run != quiescer.run:  # nothing frozen by our run (now)
+        if left is None or left.run != quiescer.run or left == acted:  # nothing (new) of our run
             if not parent_alive():
                 return
             stop_request.wait(LOOK_EVERY)
             continue
-        due = left.since + quiescer.settings.max_frozen
-        if clock() >= due:
+        if clock() >= left.deadline:
             act(left)
-            return
-        stop_request.wait(min(LOOK_EVERY, due - clock()))
+            acted = left
+            continue
+        stop_request.wait(min(LOOK_EVERY, left.deadline - clock()))
 
 
 def thaw_overdue(quiescer: Quiescer, xl: xen.Xl, pause_record: xen.PauseRecord, left: Frozen) -> None:
-    """Resume the job's paused domains, then thaw the recorded ones; clear the record if all
-    thawed and it is still the one acted on."""
-    log.error("domain(s) %s still frozen %.0f s after their freeze (xen.quiesce.max_frozen): the quiesce "
-              "guard resumes and thaws them; the run that froze them is gone or hangs",
-              ", ".join(left.domains), time.time() - left.since)
+    """Under the job's thaw lock, if the record is still left: note that the guard acts (pre
+    then says the window is crash-consistent only), resume the job's paused domains, then thaw
+    the recorded ones; clear the record if all thawed."""
+    with thaw_lock(quiescer.record):
+        if quiescer.record.read() != left:
+            return  # pre went on meanwhile (a later deadline) or thawed them
+        note_guard_acted(quiescer.record, left)
+        _resume_and_thaw(quiescer, xl, pause_record, left)
+
+
+def _resume_and_thaw(quiescer: Quiescer, xl: xen.Xl, pause_record: xen.PauseRecord, left: Frozen) -> None:
+    log.error("domain(s) %s still frozen %.0f s after their freeze (past the deadline of their window, "
+              "xen.quiesce.max_frozen): the quiesce guard resumes and thaws them; the run that froze them "
+              "is gone or hangs", ", ".join(left.domains), boot_clock() - left.since)
+    kill_freeze(left)  # first: a freeze that hangs could still freeze its guest after the thaw
     try:
         xen.resume_leftovers(xl, pause_record)
     except XenlvmError as exc:
@@ -146,29 +163,27 @@ def thaw_overdue(quiescer: Quiescer, xl: xen.Xl, pause_record: xen.PauseRecord, 
     if failed:
         log.error("the quiesce guard could not thaw %s: they may be STILL FROZEN; run their thaw command "
                   "by hand", ", ".join(failed))
-    elif quiescer.record.read() == left:
+    else:
         quiescer.record.clear()
 
 
-def _parent_alive(pid: int) -> Callable[[], bool]:
-    """Whether the process that started the guard still runs (a pidfd pins it: no reused pid)."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        return lambda: False
+def parent_alive(pidfd: int) -> Callable[[], bool]:
+    """Whether the process that started the guard still runs: its pidfd, which it opened on
+    itself and passed on (no reused pid, no gap while the guard starts), becomes readable when
+    it ends."""
     import select  # only the guard needs it
 
     return lambda: not select.select([pidfd], [], [], 0)[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The guard, as start runs it: python -m xenlvm.quiesce_guard --config --job --run --parent."""
+    """The guard, as start runs it: python -m xenlvm.quiesce_guard --config --job --run --parent-fd."""
     import argparse  # here: the hooks import this module's caller, and never need argparse
 
     from xenlvm.config_file import load_config
 
     parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description="xenlvm's quiesce guard")
-    for option in ("--config", "--job", "--run", "--parent"):
+    for option in ("--config", "--job", "--run", "--parent-fd"):
         parser.add_argument(option, required=True)
     args = parser.parse_args(argv)
     stop_request = StopRequest()
@@ -182,13 +197,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (XenlvmError, KeyError) as exc:
         log.error("the quiesce guard cannot start: %s", exc)
         return EXIT_USAGE
+    try:
+        os.fstat(int(args.parent_fd))
+    except (ValueError, OSError) as exc:
+        log.error("the quiesce guard cannot start: --parent-fd %s is not the pidfd of pre: %s",
+                  args.parent_fd, exc)
+        return EXIT_USAGE
     runner = Runner(path=config.settings.path, timeout=config.settings.command_timeout)
     quiescer = Quiescer(runner, job, config.settings.lock_dir, args.run)
     path = pid_path(config.settings.lock_dir, args.job)
     write_atomically(path, f"{os.getpid()}\n", dir_mode=0o700)
     try:
         watch(quiescer, lambda left: thaw_overdue(quiescer, xen.Xl.for_job(runner, job), xen.PauseRecord(
-            config.settings.lock_dir, job.name), left), _parent_alive(int(args.parent)), stop_request)
+            config.settings.lock_dir, job.name), left), parent_alive(int(args.parent_fd)), stop_request)
     except Exception as exc:  # said in the log: the guests are then guarded by the next run only
         log.exception("the quiesce guard failed: %s", exc)
         return 1

@@ -15,7 +15,7 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from xenlvm import interrupts
@@ -69,11 +69,12 @@ class Runner:
 
     def change(self, argv: Sequence[str], *, timeout: float | None = None,
                ok_codes: Sequence[int] = (0,), input: str | None = None,
-               own_group: bool = False) -> Result | None:
+               own_group: bool = False, started: Callable[[int], None] | None = None) -> Result | None:
         """Run a command that changes the system; in a dry run, only log it and return None.
         input, if given, is the command's standard input (sfdisk's script), logged with it.
         own_group: the command runs in a process group of its own, all of which is killed when
-        it times out (an admin's script and the ssh it started: xenlvm.quiesce).
+        it times out (an admin's script and the ssh it started: xenlvm.quiesce); started, if
+        given, is called with the group's id as soon as it runs (to record it: xenlvm.quiesce).
 
         A signal that arrives while it runs is held back until it has finished, so xenlvm
         always knows whether the change happened and can undo it.
@@ -82,7 +83,7 @@ class Runner:
             log.warning("dry run, would run: %s%s", quote(argv), _with_input(input))
             return None
         with interrupts.deferred():
-            return self._run(argv, timeout, ok_codes, logging.INFO, input, own_group)
+            return self._run(argv, timeout, ok_codes, logging.INFO, input, own_group, started)
 
     def change_all(self, argvs: Sequence[Sequence[str]], *,
                    timeout: float | None = None) -> list[Result | CommandFailed | None]:
@@ -105,7 +106,8 @@ class Runner:
             return list(pool.map(attempt, argvs))
 
     def _run(self, argv: Sequence[str], timeout: float | None, ok_codes: Sequence[int], level: int,
-             input: str | None = None, own_group: bool = False) -> Result:
+             input: str | None = None, own_group: bool = False,
+             started: Callable[[int], None] | None = None) -> Result:
         argv = tuple(argv)
         limit = timeout if timeout is not None else self.timeout
         self.count += 1
@@ -114,7 +116,7 @@ class Runner:
         stdin: dict = {"stdin": subprocess.DEVNULL} if input is None else {"input": input}
         try:
             if own_group:
-                proc = _run_in_own_group(argv, self.env, limit)
+                proc = _run_in_own_group(argv, self.env, limit, started)
             else:
                 proc = subprocess.run(argv, env=self.env, **stdin, capture_output=True,
                                       timeout=limit, check=False, text=True, errors="replace")
@@ -141,14 +143,18 @@ class Runner:
         return result
 
 
-def _run_in_own_group(argv: Sequence[str], env: dict[str, str], limit: float) -> subprocess.CompletedProcess:
+def _run_in_own_group(argv: Sequence[str], env: dict[str, str], limit: float,
+                      started: Callable[[int], None] | None = None) -> subprocess.CompletedProcess:
     """subprocess.run in a new session; on timeout its whole process group is killed (SIGKILL),
-    so nothing it started goes on behind xenlvm's back. A command that exits in time may leave
-    a process of its own behind on purpose (a database client holding a lock until the thaw):
-    it must close its standard output and error, or xenlvm waits for it until the timeout."""
+    so nothing it started goes on behind xenlvm's back; what it wrote on stderr so far is kept.
+    A command that exits in time may leave a process of its own behind on purpose (a database
+    client holding a lock until the thaw): it must close its standard output and error, or
+    xenlvm waits for it until the timeout."""
     with subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, start_new_session=True, text=True,
                           errors="replace") as proc:
+        if started is not None:
+            started(proc.pid)
         try:
             stdout, stderr = proc.communicate(timeout=limit)
         except subprocess.TimeoutExpired as exc:

@@ -43,6 +43,12 @@ class VmDiskTarget(Target):
         vmdisks.expose(ctx.runner, job, self, undo, can_serve=can_serve)
 
 
+def unmatched_excludes(job: Job, xl: xen.XlView) -> list[str]:
+    """The items of vmdisks.exclude that name no domain xl knows (a typo leaves the domain in)."""
+    known = set(xl.records) | set(xl.states)
+    return [item for item in (job.vmdisks.exclude if job.vmdisks else ()) if item.split("/")[0] not in known]
+
+
 def discover(job: Job, xl: xen.XlView, vgs: dict[str, VolumeGroup]) -> list[VmDiskTarget]:
     """The job's VM disks that are logical volumes, as targets, from `xl list -l`. What cannot
     be backed up this way is reported, and fails pre when vmdisks.missing says so."""

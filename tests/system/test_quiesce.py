@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.system.conftest import TESTS, XL, assert_nothing_left
+from tests.system.conftest import HOOKS, SESAM_ARGS, TESTS, XL, assert_nothing_left
 from tests.system.test_vmdisks import VMDISK_CONFIG, assert_disks_clean, pause_windows
 from tests.system.test_xen import XEN_CONFIG, assert_all_running, states, xl_calls
 
@@ -194,10 +194,37 @@ def test_kill_9_while_frozen_is_reported_and_the_next_post_thaws(volume):
     assert json.loads(volume.guest.read(RECORD.format(job="xenvm")))["domains"] == ["vm1", "vm2"]
     assert "LEFT FROZEN by a killed run: vm1, vm2" in volume.xenlvm("status").stdout
     assert "left vm1, vm2 FROZEN" in volume.xenlvm("check").stdout
+    tried = volume.xenlvm("check", "--quiesce").stdout  # refuses: it would lose the record of vm1, vm2
+    assert "no freeze tried" in tried and "run 'xenlvm cleanup' first" in tried, tried
+    assert json.loads(volume.guest.read(RECORD.format(job="xenvm")))["domains"] == ["vm1", "vm2"]
+    assert frozen(volume, "vm1") and frozen(volume, "vm2")
     volume.reset_faults()
     post = volume.post()
     assert post.rc == 0, post
     assert "killed while guests were frozen" in post.stderr
+    assert_thawed(volume, "vm1", "vm2")
+    assert_all_running(volume)
+    assert_nothing_left(volume)
+
+
+def test_a_freeze_left_hanging_by_a_pre_killed_with_9_is_killed_before_the_next_run_thaws(volume):
+    volume.write_config(XEN_CONFIG.format(domains="auto", extra=quiesce_block("60s")))
+    volume.reset_faults()
+    volume.guest.write("/run/guests/inject-freeze-vm2", "hang")
+    pid = volume.guest.spawn([f"{HOOKS}/sbc_pre", *SESAM_ARGS], env={}, log="/run/pre.out")
+    volume.wait_for("", "/run/guests/hang.pid")
+    hanging = volume.guest.read("/run/guests/hang.pid").strip()
+    record = json.loads(volume.guest.read(RECORD.format(job="xenvm")))
+    assert record["domains"] == ["vm1", "vm2"] and record["freezing"], record
+    volume.guest.signal(pid, signal.SIGKILL, group=True)
+    volume.guest.wait(pid)
+    assert volume.guest.run(["kill", "-0", hanging]).rc == 0  # its own session: it outlives pre
+    volume.guest.run(["rm", "/run/guests/inject-freeze-vm2"], check=True)
+    post = volume.post()
+    assert post.rc == 0, post
+    assert "the freeze command of an earlier run still runs" in post.stderr, post
+    volume.guest.sh(f"i=0; while kill -0 {hanging} 2>/dev/null; do i=$((i+1)); [ $i -lt 50 ]; sleep 0.1; "
+                    "done")  # gone within 5 s (reaped by init), or this fails
     assert_thawed(volume, "vm1", "vm2")
     assert_all_running(volume)
     assert_nothing_left(volume)

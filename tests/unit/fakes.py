@@ -108,7 +108,7 @@ class FakeRunner:
 
     def change(self, argv: Sequence[str], *, timeout: float | None = None,
                ok_codes: Sequence[int] = (0,), input: str | None = None,
-               own_group: bool = False) -> Result | None:
+               own_group: bool = False, started: Callable[[int], None] | None = None) -> Result | None:
         if own_group:
             self.own_group.append(tuple(argv))
         if self.dry_run:  # as Runner: announced with its input, not run, None

@@ -14,7 +14,7 @@ from tests.unit.fakes import Answer, FakeRunner, Timeout
 from tests.unit.test_vmdisks import VGS, discover, disk, xl_for
 from tests.unit.test_vmdisks import devices as devices  # noqa: F401 (the fixture)
 from tests.unit.test_windows import per_domain_job
-from xenlvm import post, pre, quiesce, quiesce_check, quiesce_guard, state, status, windows
+from xenlvm import post, pre, quiesce, quiesce_check, quiesce_guard, quiesce_record, state, status, windows
 from xenlvm.config import Config, Job, QuiesceSettings, Settings, VmDiskSettings, XenSettings, parse_size
 from xenlvm.config_file import parse_config
 from xenlvm.errors import CommandFailed, ConfigError
@@ -166,14 +166,17 @@ def test_the_record_names_a_domain_before_its_freeze_runs(tmp_path):
     assert seen == [("vm1",), ("vm1", "vm2")]
 
 
-def test_a_failed_freeze_is_thawed_at_once_and_the_window_goes_on_crash_consistent(tmp_path, caplog):
+def test_a_failed_freeze_is_thawed_at_once_and_again_after_the_window_which_goes_on_crash_consistent(
+        tmp_path, caplog):
     runner = FakeRunner().on(f"{FREEZE} vm1", Timeout()).on(f"{FREEZE} vm2", "").on(THAW, "")
     q = quiescer(tmp_path, runner)
     with q.frozen(["vm1", "vm2"]) as consistent:
         assert commands(runner) == [f"{FREEZE} vm1", f"{THAW} vm1", f"{FREEZE} vm2"]
-        assert q.record.read().domains == ("vm2",)
+        # the timed-out freeze may still freeze vm1 on the guest's side: it stays recorded
+        assert q.record.read().domains == ("vm1", "vm2")
     assert consistent == {"vm1": False, "vm2": True}
-    assert commands(runner)[3:] == [f"{THAW} vm2"]  # vm1 is not thawed twice
+    assert commands(runner)[3:] == [f"{THAW} vm1", f"{THAW} vm2"]  # the last action on vm1 is a thaw
+    assert q.record.read() is None
     assert "could not freeze domain vm1" in caplog.text and "only crash-consistent" in caplog.text
 
 
@@ -284,17 +287,21 @@ class Stop:
         self.clock.now += max(seconds, 0.01)
 
 
-def test_the_guard_acts_once_max_frozen_is_up_and_only_on_its_runs_record(tmp_path):
+def test_the_guard_acts_once_the_windows_deadline_is_up_and_only_on_its_runs_record(tmp_path):
     clock = Clock()
     q = quiescer(tmp_path, FakeRunner(), max_frozen=120.0)
     acted = []
-    q.record.write(quiesce.Frozen(("vm1",), "run-1", 1000.0))
-    quiesce_guard.watch(q, acted.append, lambda: True, Stop(clock), clock)
-    assert acted == [quiesce.Frozen(("vm1",), "run-1", 1000.0)] and 1120.0 <= clock.now < 1122.0
+    left = quiesce.Frozen(("vm1",), "run-1", 1000.0, None, 1120.0)
+    q.record.write(left)
+
+    def act(record):
+        acted.append((record, clock.now))
+    quiesce_guard.watch(q, act, lambda: clock.now < 1300.0, Stop(clock), clock)
+    assert len(acted) == 1 and acted[0][0] == left and 1120.0 <= acted[0][1] < 1122.0
     other = quiescer(tmp_path, FakeRunner(), max_frozen=120.0)
     other.run = "run-2"  # the record is run-1's: not this guard's to act on
     clock.now, acted = 1000.0, []
-    quiesce_guard.watch(other, acted.append, lambda: clock.now < 1500.0, Stop(clock), clock)
+    quiesce_guard.watch(other, act, lambda: clock.now < 1500.0, Stop(clock), clock)
     assert not acted and clock.now >= 1500.0
 
 
@@ -469,3 +476,273 @@ def test_auto_leaves_an_excluded_domain_out_unless_it_shares_a_volume_that_is_ba
     assert [d.name for d in chosen] == ["vm2", "vm4"]  # vm4's file lies on the backed-up volume
     assert "domain vm4 is excluded (vmdisks.exclude) but has a disk on a volume" in caplog.text
     assert "vm3" not in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Review fixes: a record of another run is never replaced
+
+
+def test_check_quiesce_refuses_while_a_killed_run_left_a_guest_frozen(tmp_path, guard):
+    runner = FakeRunner().on(FREEZE, "").on(THAW, "")
+    q = quiescer(tmp_path, runner)
+    cfg = Config(str(tmp_path / "c.yaml"), Settings(lock_dir=str(tmp_path)), {"vms": q_job(q)})
+    q.record.write(quiesce.Frozen(("vm1",), "run-0", 1.0))
+    [finding] = quiesce_check.try_freeze(cfg, runner, q_job(q), ["vm2"])
+    assert finding.level == "fail" and "run 'xenlvm cleanup' first" in finding.message
+    assert not runner.calls and not guard  # the old guard is not stopped, nothing frozen
+    assert q.record.read() == quiesce.Frozen(("vm1",), "run-0", 1.0)
+
+
+def test_a_window_never_replaces_the_record_of_another_run(tmp_path):
+    runner = FakeRunner().on(FREEZE, "").on(THAW, "")
+    q = quiescer(tmp_path, runner)
+    q.record.write(quiesce.Frozen(("vm1",), "run-0", 1.0))
+    with pytest.raises(quiesce.QuiesceError, match="run-0 may have left vm1 FROZEN"), q.frozen(["vm2"]):
+        pass
+    assert not runner.calls and q.record.read() == quiesce.Frozen(("vm1",), "run-0", 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Review fixes: a freeze that outlives its run or its timeout
+
+
+def test_the_record_names_the_running_freezes_process_group_with_its_start_time(tmp_path):
+    script = tmp_path / "freeze"
+    script.write_text(f"#!/bin/sh\necho $$ > {tmp_path}/pid\nfor i in $(seq 100); do\n"  # up to 5 s
+                      f"  grep -q '\"freezing\": \\[' {tmp_path}/vms.frozen && break; sleep 0.05\ndone\n"
+                      f"cat {tmp_path}/vms.frozen > {tmp_path}/seen\n")
+    script.chmod(0o755)
+    q = quiescer(tmp_path, Runner())
+    q.settings = QuiesceSettings(freeze=(str(script), "{domain}"), thaw=("/bin/true",))
+    with q.frozen(["vm1"]):
+        assert q.record.read().freezing is None  # the freeze is over
+    import json
+    seen = json.loads((tmp_path / "seen").read_text())
+    pid = int((tmp_path / "pid").read_text())
+    assert seen["domains"] == ["vm1"] and seen["freezing"][0] == pid and seen["freezing"][1] > 0
+
+
+def start_group() -> tuple[object, tuple[int, int]]:
+    import subprocess
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    return proc, (proc.pid, quiesce_record.process_start(proc.pid))
+
+
+def test_who_thaws_a_killed_runs_guests_first_kills_its_proven_freeze(tmp_path):
+    runner = FakeRunner().on(THAW, "")
+    q = quiescer(tmp_path, runner)
+    proc, group = start_group()
+    other, (other_pid, other_start) = start_group()
+    try:
+        q.record.write(quiesce.Frozen(("vm1",), "run-0", 1.0, group))
+        quiesce.thaw_leftovers(runner, q_job(q), str(tmp_path))
+        assert proc.wait(timeout=5) == -9
+        q.record.write(quiesce.Frozen(("vm1",), "run-0", 1.0, (other_pid, other_start + 1)))
+        quiesce.thaw_leftovers(runner, q_job(q), str(tmp_path))  # not proven: not that process
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_the_guard_kills_the_hanging_freeze_before_it_thaws(tmp_path, monkeypatch):
+    runner = FakeRunner().on(THAW, "")
+    q = quiescer(tmp_path, runner)
+    proc, group = start_group()
+    left = quiesce.Frozen(("vm1",), "run-1", 1.0, group)
+    q.record.write(left)
+    monkeypatch.setattr(quiesce_guard.xen, "resume_leftovers", lambda xl, record: None)
+    quiesce_guard.thaw_overdue(q, None, None, left)
+    assert proc.wait(timeout=5) == -9 and commands(runner) == [f"{THAW} vm1"]
+
+
+def test_a_timed_out_command_keeps_what_it_wrote_on_stderr():
+    with pytest.raises(CommandFailed) as caught:
+        Runner().change(["/bin/sh", "-c", "echo partial >&2; sleep 60"], timeout=1.0, own_group=True)
+    assert caught.value.timed_out and "partial" in caught.value.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Review fixes: the guard's deadline is per window, it keeps guarding, and pre knows it acted
+
+
+def test_each_windows_deadline_leaves_time_for_its_freezes_on_the_boot_clock(tmp_path):
+    seen = []
+    q = None
+
+    def freeze(argv):
+        seen.append(q.record.read())
+        return ""
+    runner = FakeRunner().on(FREEZE, freeze).on(THAW, "")
+    q = quiescer(tmp_path, runner, timeout=30.0, max_frozen=61.0)
+    now = time.clock_gettime(time.CLOCK_BOOTTIME)
+    with q.frozen(["vm1", "vm2", "vm3"]):
+        after = q.record.read()
+    assert [round(r.deadline - now) for r in seen] == [90 + 61, 60 + 61, 30 + 61]
+    assert round(after.deadline - now) == 61 and abs(after.since - now) < 5  # boot clock, not Unix time
+
+
+def test_the_guard_keeps_guarding_the_later_windows_after_it_acted(tmp_path):
+    clock = Clock()
+    q = quiescer(tmp_path, FakeRunner())
+    first = quiesce.Frozen(("vm1",), "run-1", 1000.0, None, 1010.0)
+    second = quiesce.Frozen(("vm2",), "run-1", 1050.0, None, 1060.0)
+    q.record.write(first)
+    acted = []
+
+    def act(record):
+        acted.append(record)
+        q.record.write(second) if record == first else q.record.clear()
+    quiesce_guard.watch(q, act, lambda: clock.now < 1100.0, Stop(clock), clock)
+    assert acted == [first, second]
+
+
+def test_a_window_the_guard_thawed_in_its_middle_is_only_crash_consistent(tmp_path, caplog, monkeypatch):
+    runner = FakeRunner().on(FREEZE, "").on(THAW, "")
+    q = quiescer(tmp_path, runner)
+    monkeypatch.setattr(quiesce_guard.xen, "resume_leftovers", lambda xl, record: None)
+    with q.frozen(["vm1", "vm2"]):
+        quiesce_guard.thaw_overdue(quiescer(tmp_path, runner), None, None, q.record.read())
+    assert q.consistent == {"vm1": False, "vm2": False}
+    assert "the quiesce guard resumed and thawed vm1, vm2 in the middle of their window" in caplog.text
+    assert not (tmp_path / "vms.quiesce-guard.acted").exists()
+
+
+def test_the_guards_thaw_waits_for_pres_and_acts_only_on_the_record_it_saw(tmp_path, monkeypatch):
+    import threading
+    runner = FakeRunner().on(THAW, "")
+    q = quiescer(tmp_path, runner)
+    left = quiesce.Frozen(("vm1",), "run-1", 1.0, None, 2.0)
+    q.record.write(left)
+    monkeypatch.setattr(quiesce_guard.xen, "resume_leftovers", lambda xl, record: None)
+    with quiesce.thaw_lock(q.record):  # pre, between two freezes of its window
+        guard_thread = threading.Thread(target=quiesce_guard.thaw_overdue, args=(q, None, None, left))
+        guard_thread.start()
+        time.sleep(0.3)
+        assert not runner.calls  # the guard waits
+        q.record.write(quiesce.Frozen(("vm1", "vm2"), "run-1", 1.0, None, 100.0))  # pre goes on
+    guard_thread.join(timeout=10)
+    assert not runner.calls and not (tmp_path / "vms.quiesce-guard.acted").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Review fixes: a signal during or just before the thaws
+
+
+@pytest.fixture
+def signals(monkeypatch):
+    from xenlvm import interrupts
+    monkeypatch.setattr(interrupts, "_state", {"depth": 0, "pending": None, "seen": False})
+    return interrupts
+
+
+def test_a_signal_during_the_thaws_is_raised_after_they_are_recorded(tmp_path, signals):
+    import signal
+
+    def thaw_under_signal(argv):
+        signals._handle(signal.SIGTERM, None)  # arrives while the thaw runs: held back
+        return ""
+    runner = FakeRunner().on(FREEZE, "").on(f"{THAW} vm1", thaw_under_signal).on(f"{THAW} vm2", "")
+    q = quiescer(tmp_path, runner)
+    with pytest.raises(signals.Interrupted), q.frozen(["vm1", "vm2"]):
+        pass
+    assert commands(runner)[2:] == [f"{THAW} vm1", f"{THAW} vm2"]
+    assert q.record.read() is None  # both thawed: no stale record for the next run
+
+
+def test_a_signal_just_before_the_hold_of_the_thaws_does_not_skip_them(tmp_path, signals, monkeypatch):
+    import contextlib
+    import signal
+    real = signals.deferred
+    first = []
+
+    @contextlib.contextmanager
+    def deferred():
+        if not first:  # the signal lands in the instant before the hold begins
+            first.append(True)
+            signals._handle(signal.SIGINT, None)
+        with real():
+            yield
+    runner = FakeRunner().on(FREEZE, "").on(THAW, "")
+    q = quiescer(tmp_path, runner)
+    with pytest.raises(signals.Interrupted), q.frozen(["vm1", "vm2"]):
+        monkeypatch.setattr(signals, "deferred", deferred)  # the next hold is the thaws'
+    assert commands(runner)[2:] == [f"{THAW} vm1", f"{THAW} vm2"] and q.record.read() is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Review fixes: the guard's pidfd, unsafe domain names, exclude typos, is_guard
+
+
+def test_the_guard_is_started_with_a_pidfd_of_pre_already_open(tmp_path):
+    fake_guard = tmp_path / "python"  # stands in for the guard: says which process its fd is
+    fake_guard.write_text(f"#!/bin/sh\ngrep ^Pid: /proc/$$/fdinfo/${{10}} > {tmp_path}/parent\n"
+                          f"echo $$ > {tmp_path}/vms.quiesce-guard.pid\nexec sleep 30\n")
+    fake_guard.chmod(0o755)
+    cfg = Config(str(tmp_path / "c.yaml"), Settings(lock_dir=str(tmp_path)), {})
+    pid = quiesce_guard.start(cfg, "vms", "run-1", python=str(fake_guard))
+    try:
+        assert (tmp_path / "parent").read_text().split() == ["Pid:", str(os.getpid())]
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+
+
+def test_the_guard_sees_its_parent_end_through_the_pidfd():
+    import subprocess
+    child = subprocess.Popen(["sleep", "30"])
+    alive = quiesce_guard.parent_alive(os.pidfd_open(child.pid))
+    assert alive()
+    child.kill()
+    child.wait()
+    assert not alive()
+
+
+def test_a_domain_name_that_would_become_an_option_is_never_frozen(tmp_path, caplog):
+    runner = FakeRunner().on(FREEZE, "").on(THAW, "")
+    q = quiescer(tmp_path, runner)
+    with q.frozen(["-oProxyCommand=touch /tmp/x", "vm2"]) as consistent:
+        pass
+    assert commands(runner) == [f"{FREEZE} vm2", f"{THAW} vm2"]
+    assert consistent == {"-oProxyCommand=touch /tmp/x": False, "vm2": True}
+    assert "'-oProxyCommand=touch /tmp/x': its name is not a Xen domain name" in caplog.text
+    aborting = quiescer(tmp_path, FakeRunner(), "abort")
+    with pytest.raises(quiesce.QuiesceError, match="not a Xen domain name.*'abort'"), \
+            aborting.frozen(["vm1", "-x"]):
+        pass
+    assert not aborting.runner.calls
+
+
+def test_an_exclude_that_names_no_domain_is_warned_about_in_check():
+    from xenlvm import check, vmdisk_target
+    job = vmdisk_job(("vm3", "vm9", "vm8/xvdb", "vm2/xvdc"))
+    view = xl_for({"vm2": [disk("/dev/system/vm2-disk", "xvda")],
+                   "vm3": [disk("/dev/system/vm3-disk", "xvda")]}).view()
+    assert vmdisk_target.unmatched_excludes(job, view) == ["vm9", "vm8/xvdb"]
+    findings, _ = check._check_vmdisks(job, view, VGS, "/usr/sbin:/usr/bin:/sbin:/bin")
+    assert [f.message for f in findings if f.level == "warn"] == [
+        f"vmdisks.exclude: {item!r} names no domain xl knows (a typo?): nothing is left out for it"
+        for item in ("vm9", "vm8/xvdb")]
+
+
+def test_is_guard_knows_a_guard_of_the_job_by_its_command_line():
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", quiesce_guard.MODULE,
+                             "--job", "vms", "--run", "run-1"])
+    try:
+        deadline = time.monotonic() + 10
+        while not quiesce_guard.is_guard(proc.pid, "vms"):  # its command line, once exec'd
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert not quiesce_guard.is_guard(proc.pid, "other")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_guards_note_for_a_run_that_is_over_is_removed_by_the_next_run(tmp_path):
+    q = quiescer(tmp_path, FakeRunner())
+    quiesce_record.note_guard_acted(q.record, quiesce.Frozen(("vm1",), "run-0", 1.0))
+    quiesce.thaw_leftovers(q.runner, q_job(q), str(tmp_path))
+    assert not (tmp_path / "vms.quiesce-guard.acted").exists()
