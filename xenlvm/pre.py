@@ -98,7 +98,7 @@ def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
     for target in targets:
         target.expose(ctx, job, undo)
     # expose: image: every image of the job served through FUSE by one process
-    image_server.serve(ctx.runner, ctx.config.settings.lock_dir, job, disks, undo)
+    vmdisk_target.serve_images(ctx, job, disks, undo)
     if job.vmdisks is not None and not ctx.dry_run:  # for status and post: what was not exposed
         not_exposed = [d.not_exposed for d in disks if d.not_exposed is not None]
         unexposed.record(ctx.config.settings.lock_dir, job.name, not_exposed, undo)

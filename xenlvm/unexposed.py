@@ -38,7 +38,7 @@ class NotExposed:
 
     def instead(self) -> str:
         return (f"its bytes are in the raw image {self.image}" if self.image else
-                "its bytes are NOT in the backup (no image server and no image_dir for a copy)")
+                "its bytes are NOT in the backup (see above why no image of it was made)")
 
     def describe(self) -> str:
         return f"{self.domain}/{self.disk}: {'; '.join(self.problems)}; {self.instead()}"

@@ -12,8 +12,8 @@ from xenlvm import image_server, vmdisks, xen
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Job, SnapshotSpec, Volume
 from xenlvm.context import Context
-from xenlvm.errors import PreflightFailed
-from xenlvm.fsutil import trust_problem
+from xenlvm.errors import CleanupFailed, PreflightFailed, XenlvmError
+from xenlvm.fsutil import remove_if_present, trust_problem
 from xenlvm.lvm import VMDISK_TAG, LogicalVolume, VolumeGroup
 from xenlvm.runner import which
 from xenlvm.targets import Target
@@ -140,3 +140,30 @@ def check_image_room(job: Job, specs: Sequence[VmDiskTarget]) -> str | None:
                 f"{len(specs)} disk(s) may need up to {needed >> 20} MiB: make room or choose "
                 "another image_dir")
     return None
+
+
+def serve_images(ctx: Context, job: Job, disks: Sequence[VmDiskTarget], undo: UndoStack) -> None:
+    """Start the job's image server (xenlvm.image_server). With expose: image it serves what
+    the job backs up, and its failure fails pre. With expose: files it serves only disks that
+    fell back to an image: a server that does not start fails those disks alone (their bytes
+    are not in the backup; the notes and post say so)."""
+    lock_dir = ctx.config.settings.lock_dir
+    if job.vmdisks is None or job.vmdisks.expose == "image":
+        image_server.serve(ctx.runner, lock_dir, job, disks, undo)
+        return
+    own = UndoStack()
+    try:
+        image_server.serve(ctx.runner, lock_dir, job, disks, own)
+    except (XenlvmError, OSError) as exc:
+        failed = own.unwind()
+        if failed:
+            raise CleanupFailed(f"starting the image server failed ({exc}); undoing it ALSO failed: "
+                                f"{'; '.join(failed)}", exc) from exc
+        for target in (d for d in disks if d.fallback == "image"):
+            remove_if_present(f"{target.spec.mountpoint}.img", ignore_errors=True)  # its empty placeholder
+            target.fallback = None
+            problems = target.not_exposed.problems if target.not_exposed else ()
+            why = f"no image of it: the image server did not start: {exc}"
+            vmdisks.tell_not_exposed(target, [*problems, why])
+        return
+    undo.adopt(own)

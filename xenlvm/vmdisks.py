@@ -31,12 +31,13 @@ import contextlib
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from xenlvm import layout, unexposed
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Job, SnapshotSpec, Volume
-from xenlvm.errors import CleanupFailed, CommandFailed, MountError, SafetyRefusal
+from xenlvm.errors import CleanupFailed, CommandFailed, MountError, SafetyRefusal, XenlvmError
 from xenlvm.fsutil import remove_if_present
 from xenlvm.lvm import OWNER_TAG, VMDISK_TAG, LogicalVolume, VolumeGroup, device_path, job_tag
 from xenlvm.runner import Runner
@@ -201,18 +202,45 @@ def fall_back(runner: Runner, job: Job, target: VmDiskTarget, device: str, probl
               can_serve: bool, undo: UndoStack) -> None:
     """What of the disk could not be exposed as files: back its bytes up as a raw image instead
     (the job's image server serves it, or a copy into image_dir when there is one), and say so
-    in the tree beside it (unexposed.NOTE_SUFFIX)."""
+    in the tree beside it (unexposed.NOTE_SUFFIX). An image that cannot be made fails this disk
+    alone: its bytes are then not in the backup, and the note and post say so."""
     settings = job.vmdisks
     assert settings is not None
+    target.fallback = None
     if can_serve:
         target.fallback = "image"  # served with the job's other images (image_server.exports_of)
     elif settings.image_dir is not None:
-        _expose_image(runner, job, target, device, undo)
-        target.fallback = "image-copy"
+        target.fallback = _copy_or_tell(runner, job, target, device, problems, undo)
+    else:
+        problems.append("no image of it: no image server (qemu-storage-daemon) and no image_dir for a copy")
+    tell_not_exposed(target, problems)
+
+
+def tell_not_exposed(target: VmDiskTarget, problems: Sequence[str]) -> None:
+    """Write (or write again) the disk's note in the tree and keep what was not exposed."""
     found = unexposed.NotExposed(target.domain, target.disk, tuple(problems),
                                  f"{target.domain}/{target.disk}.img" if target.fallback else None)
+    remove_if_present(unexposed.note_path(target.spec.mountpoint))
     unexposed.write_note(target.spec.mountpoint, found)
     target.not_exposed = found
+
+
+def _copy_or_tell(runner: Runner, job: Job, target: VmDiskTarget, device: str, problems: list[str],
+                  undo: UndoStack) -> str | None:
+    """Copy the disk into image_dir ("image-copy"); a copy that fails (no room, a timeout, a
+    refused staging folder) is undone and added to problems (None): only this disk lacks it."""
+    own = UndoStack()
+    try:
+        _expose_image(runner, job, target, device, own)
+    except (XenlvmError, OSError) as exc:
+        failed = own.unwind()
+        if failed:
+            raise CleanupFailed(f"{target.domain}/{target.disk}: copying its image failed ({exc}); undoing "
+                                f"the copy ALSO failed: {'; '.join(failed)}", exc) from exc
+        problems.append(f"no image of it: the copy into image_dir failed: {exc}")
+        return None
+    undo.adopt(own)
+    return "image-copy"
 
 
 def _usable(label: str, probed: dict[str, str]) -> str | None:

@@ -7,11 +7,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import types
 
 import pytest
 
 from tests.unit.test_vmdisks import VGS, devices, discover, disk, job, probe_runner, xl_for
-from xenlvm import unexposed, vmdisks
+from xenlvm import unexposed, vmdisk_target, vmdisks
 from xenlvm.errors import EXIT_PARTIAL, CommandFailed, PartialBackup
 from xenlvm.undo import UndoStack
 
@@ -99,3 +100,58 @@ def test_an_unreadable_record_is_told_and_taken_as_none(tmp_path, caplog):
     with caplog.at_level(logging.ERROR, "xenlvm"):
         assert unexposed.read(str(tmp_path), "disks") == []
     assert "cannot be read" in caplog.text
+
+
+def copying_job(image_dir):
+    return dataclasses.replace(job(), vmdisks=dataclasses.replace(job().vmdisks, image_dir=str(image_dir)))
+
+
+def assert_not_in_backup(target, tmp_path, why):
+    assert target.fallback is None and target.not_exposed is not None and target.not_exposed.image is None
+    assert any(why in problem for problem in target.not_exposed.problems)
+    note = (tmp_path / "vm2" / "xvda.NOT-EXPOSED.txt").read_text()
+    assert "NOT in the backup" in note and why in note
+
+
+def test_a_fallback_copy_that_fails_fails_its_disk_alone_and_is_undone(tmp_path, monkeypatch):
+    monkeypatch.setattr(vmdisks, "staging_problem", lambda stat: None)
+    images = tmp_path / "images"
+    images.mkdir()
+    runner = probe_runner("TYPE=btrfs\n", {}, "").on(
+        "cp", CommandFailed(["cp"], 1, "cp: error writing 'x.img': No space left on device"))
+    target = target_in(tmp_path)
+    undo = UndoStack()
+    vmdisks.expose(runner, copying_job(images), target, undo, can_serve=False)
+    assert_not_in_backup(target, tmp_path, "No space left on device")
+    assert not list((images / "xenlvm-disks").iterdir())  # the partial image is removed at once
+    assert len(undo) == 1  # only the disk's own loop-device step: nothing of the copy is left to undo
+
+
+def test_a_refused_staging_folder_fails_the_fallback_of_its_disk_alone(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "xenlvm-disks").symlink_to(tmp_path)  # planted: root's cp must not write through it
+    target = target_in(tmp_path)
+    vmdisks.expose(probe_runner("TYPE=btrfs\n", {}, ""), copying_job(images), target, UndoStack(),
+                   can_serve=False)
+    assert_not_in_backup(target, tmp_path, "is not xenlvm's private image folder")
+
+
+def test_an_image_server_that_does_not_start_fails_the_fallback_disks_alone(tmp_path):
+    target = target_in(tmp_path)
+    runner = probe_runner("TYPE=btrfs\n", {}, "").on(
+        "qemu-storage-daemon", CommandFailed(["qemu-storage-daemon"], 1, "fuse: device not found"))
+    undo = UndoStack()
+    vmdisks.expose(runner, job(), target, undo, can_serve=True)
+    assert target.fallback == "image"
+    settings = types.SimpleNamespace(lock_dir=str(tmp_path / "lock"))
+    ctx = types.SimpleNamespace(runner=runner, config=types.SimpleNamespace(settings=settings))
+    vmdisk_target.serve_images(ctx, job(), [target], undo)
+    assert_not_in_backup(target, tmp_path, "the image server did not start")
+    assert target.not_exposed.problems[0].startswith("btrfs:")
+    assert not (tmp_path / "vm2" / "xvda.img").exists()  # no empty image left in the tree
+    assert not (tmp_path / "lock" / "disks.images.json").exists()
+    expose_image = dataclasses.replace(job(), vmdisks=dataclasses.replace(job().vmdisks, expose="image"))
+    target.how = "image"
+    with pytest.raises(CommandFailed):  # expose: image: the server is the backup, its failure fails pre
+        vmdisk_target.serve_images(ctx, expose_image, [target], UndoStack())
