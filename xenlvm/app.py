@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from xenlvm import logs
 from xenlvm.config import Config
 from xenlvm.config_file import load_config
-from xenlvm.errors import EXIT_FAILED, EXIT_OK, UsageError, XenlvmError, host_file_error
+from xenlvm.errors import EXIT_FAILED, EXIT_OK, PartialBackup, UsageError, XenlvmError, host_file_error
 from xenlvm.sesam import describe_arguments, select_jobs
 
 TYPE_CHECKING = False  # the runner's import is paid only by a run that makes one
@@ -73,12 +73,22 @@ def hook_work(phase: str, path: str, job_names: Sequence[str], dry_run: bool, ch
         return _xenlvm_part(phase, path, job_names, dry_run, chain, sesam_args)
     try:
         _xenlvm_part(phase, path, job_names, dry_run, None, sesam_args)
-    finally:  # xenlvm's failure, if any, is raised after this and wins
-        local = _run_local_hook(chain, sesam_args)
+    except PartialBackup:  # exit 3 says "incomplete but sound": not when the admin's hook failed
+        if _local_post(chain, sesam_args) != 0:
+            return EXIT_FAILED
+        raise
+    except BaseException:  # xenlvm's own failure is raised after the hook ran, and wins
+        _local_post(chain, sesam_args)
+        raise
+    return _local_post(chain, sesam_args)
+
+
+def _local_post(chain: str, sesam_args: Sequence[str]) -> int:
+    """Run the admin's own post hook; its failure is an error of the run."""
+    local = _run_local_hook(chain, sesam_args)
     if local != 0:
         log.error("your own post hook %s failed (exit %d)", chain, local)
-        return local
-    return EXIT_OK
+    return local
 
 
 def _xenlvm_part(phase: str, path: str, job_names: Sequence[str], dry_run: bool, pre_chain: str | None,

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xenlvm import app, cli
+from xenlvm.errors import PartialBackup
 from xenlvm.hook_entry import HookArgs, parse_hook_args, run_hook
 
 TOKENS = ["--job", "--job=vm", "--config", "--config=/etc/x.yaml", "--dry-run", "--chain", "--chain=/h.local",
@@ -71,11 +72,17 @@ def test_the_chained_post_hook_runs_when_the_configuration_does_not_load(tmp_pat
     assert (tmp_path / "own.log").read_text() == "own post xen_vm1 FULL\n"
 
 
-def test_the_chained_post_hook_runs_after_a_bug_in_xenlvm_and_xenlvms_status_wins(tmp_path, monkeypatch):
+def job_config(tmp_path):
+    """A configuration with one job (for the task xen_vm1) that logs into tmp_path."""
     config = tmp_path / "config.yaml"
     config.write_text(f"settings: {{log_file: {tmp_path}/xenlvm.log}}\njobs: {{vms: {{volume: data/vms, "
                       "snapshot: vmsnap, mountpoint: /mnt/vms, tasks: [xen_vm1]}}\n")
     config.chmod(0o600)
+    return config
+
+
+def test_the_chained_post_hook_runs_after_a_bug_in_xenlvm_and_xenlvms_status_wins(tmp_path, monkeypatch):
+    config = job_config(tmp_path)
 
     def broken(*_args):
         raise RuntimeError("a bug")
@@ -84,3 +91,26 @@ def test_the_chained_post_hook_runs_after_a_bug_in_xenlvm_and_xenlvms_status_win
     status = run_post_hook(["--config", str(config), "xen_vm1"], chained_hook(tmp_path, status=5))
     assert status == 1
     assert (tmp_path / "own.log").read_text() == "own post xen_vm1\n"
+
+
+def partial_post(tmp_path, monkeypatch, hook_status: int) -> int:
+    """post as the hook runs it when xenlvm's own part ends partial (exit 3), with the
+    admin's hook exiting hook_status."""
+    config = job_config(tmp_path)
+
+    def partial(*_args):
+        raise PartialBackup("the backup of job vms is partial: not exposed as files: vm2/xvda")
+
+    monkeypatch.setattr(app, "run_phase", partial)
+    return run_post_hook(["--config", str(config), "xen_vm1"], chained_hook(tmp_path, status=hook_status))
+
+
+def test_a_failed_own_post_hook_is_a_failure_even_when_xenlvms_backup_is_partial(tmp_path, monkeypatch):
+    assert partial_post(tmp_path, monkeypatch, 4) == 1  # not 3: "incomplete but sound"
+    logged = (tmp_path / "xenlvm.log").read_text()
+    assert "ERROR" in logged and "your own post hook" in logged and "failed (exit 4)" in logged
+    assert (tmp_path / "own.log").read_text() == "own post xen_vm1\n"
+
+
+def test_a_partial_backup_with_a_good_own_post_hook_still_exits_3(tmp_path, monkeypatch):
+    assert partial_post(tmp_path, monkeypatch, 0) == 3
