@@ -8,7 +8,7 @@ import logging
 import os
 from collections.abc import Sequence
 
-from xenlvm import image_server, vmdisks, xen
+from xenlvm import image_server, vmdisk_copy, vmdisks, xen
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Job, SnapshotSpec, Volume
 from xenlvm.context import Context
@@ -119,10 +119,12 @@ def _disk_target(job: Job, domain: str, disk: dict, by_device: dict[tuple[int, i
 
 
 def check_image_room(job: Job, specs: Sequence[VmDiskTarget]) -> str | None:
-    """For expose: image-copy, a problem with image_dir (missing, or without room for every disk at
-    its full size: sparse images often take less, but that cannot be known before), or None."""
+    """When image_dir is set, a problem with it (missing, or others may write there); with
+    expose: image-copy also without room for every disk at its full size (sparse images often
+    take less, but that cannot be known before); or None. (expose: files copies a fallback disk
+    there only after vmdisks.image_room says it fits.)"""
     settings = job.vmdisks
-    if settings is None or settings.expose != "image-copy" or settings.image_dir is None:
+    if settings is None or settings.image_dir is None:
         return None
     directory = settings.image_dir
     if os.path.islink(directory) or not os.path.isdir(directory):
@@ -133,8 +135,7 @@ def check_image_room(job: Job, specs: Sequence[VmDiskTarget]) -> str | None:
                 f"link for root's copy to write through, or read the disks: {untrusted}. Or choose "
                 "another image_dir, e.g. 'mkdir -m 700 /var/lib/xenlvm-images'")
     needed = sum(t.origin.size for t in specs if t.how == "image-copy")
-    info = os.statvfs(directory)
-    free = info.f_bavail * info.f_frsize
+    free = vmdisk_copy.free_bytes(directory)
     if needed > free:
         return (f"vmdisks.image_dir {directory} has {free >> 20} MiB free but the images of "
                 f"{len(specs)} disk(s) may need up to {needed >> 20} MiB: make room or choose "

@@ -27,29 +27,22 @@ bind of an image file from ``<image_dir>/xenlvm-<job>``; the tmpfs when its sour
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from xenlvm import layout, unexposed
+from xenlvm import layout, unexposed, vmdisk_copy
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Job, SnapshotSpec, Volume
-from xenlvm.errors import CleanupFailed, CommandFailed, MountError, SafetyRefusal, XenlvmError
+from xenlvm.errors import CleanupFailed, CommandFailed, MountError, XenlvmError
 from xenlvm.fsutil import remove_if_present
 from xenlvm.lvm import OWNER_TAG, VMDISK_TAG, LogicalVolume, VolumeGroup, device_path, job_tag
 from xenlvm.runner import Runner
 from xenlvm.undo import UndoStack
-from xenlvm.vmdisk_teardown import (
-    detach_loops,
-    image_staging,
-    is_image_bind,
-    staging_problem,
-    tree_source,
-    unmount_tree,
-)
+from xenlvm.vmdisk_copy import expose_image as _expose_image
+from xenlvm.vmdisk_teardown import detach_loops, tree_source, unmount_tree
 
 TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
 if TYPE_CHECKING:
@@ -67,7 +60,6 @@ NOT_MOUNTED = {"btrfs": "on some errors it finds on disk btrfs stops dom0's kern
                         "devices with the same filesystem UUID for one filesystem"}
 EXTENDED = ("0x5", "0xf", "0x85")  # DOS extended partitions: containers, not filesystems
 SECTOR = 512  # partx (libblkid) gives partition starts in 512-byte sectors
-COPY_TIMEOUT = 24 * 3600.0  # copying a large disk into an image may take hours
 # Domain and disk names become directory names: one plain path component, nothing else.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,63}$")
 
@@ -229,6 +221,10 @@ def _copy_or_tell(runner: Runner, job: Job, target: VmDiskTarget, device: str, p
                   undo: UndoStack) -> str | None:
     """Copy the disk into image_dir ("image-copy"); a copy that fails (no room, a timeout, a
     refused staging folder) is undone and added to problems (None): only this disk lacks it."""
+    no_room = vmdisk_copy.no_room(job, target)
+    if no_room is not None:
+        problems.append(no_room)
+        return None
     own = UndoStack()
     try:
         _expose_image(runner, job, target, device, own)
@@ -279,42 +275,6 @@ def _shows(entry: mounts_mod.MountEntry | None, source: str) -> bool:
     if entry is not None and entry.fstype == "btrfs":
         return entry.source == source
     return mounts_mod.shows_device(entry, source)
-
-
-def _expose_image(runner: Runner, job: Job, disk: VmDiskTarget, device: str, undo: UndoStack) -> None:
-    """Copy the snapshot into a sparse image file in image_dir and bind it, read-only, into
-    the tree. The undo of the tree (and post) remove both."""
-    spec = disk.spec
-    staging = _private_staging(job)
-    image = os.path.join(staging, f"{disk.domain}.{disk.disk}.img")
-    undo.push(f"remove {image}", lambda: remove_if_present(image))
-    runner.change(["cp", "--sparse=always", "--", device, image], timeout=COPY_TIMEOUT)
-    target = f"{spec.mountpoint}.img"
-    with open(target, "x"):
-        pass
-    undo.push(f"unmount {target}", lambda: _unmount_image(runner, target, staging))
-    runner.change(["mount", "--bind", image, target])
-    runner.change(["mount", "-o", "remount,bind,ro", target])
-    log.info("%s/%s: image of %s at %s (%d MiB on disk)", disk.domain, disk.disk, spec.snapshot_volume,
-             target, os.stat(image).st_blocks * 512 >> 20)
-
-
-def _private_staging(job: Job) -> str:
-    """<image_dir>/xenlvm-<job>, root's alone (mode 700): made here, or left by a killed run and
-    proven to be such a directory. Anything else there (a symbolic link or a folder of somebody
-    else's, through which cp would write a VM's disk as root, or let them read it) is refused."""
-    staging = image_staging(job)
-    with contextlib.suppress(FileExistsError):  # a killed run's: proven like a new one
-        os.mkdir(staging, 0o700)
-    problem = staging_problem(os.lstat(staging))
-    if problem is not None:
-        raise SafetyRefusal(f"{staging} is not xenlvm's private image folder: {problem}. Somebody else "
-                            "may have made it: check what it is and remove it, then run pre again")
-    return staging
-
-
-def _unmount_image(runner: Runner, target: str, staging: str) -> None:
-    mounts_mod.unmount_if(runner, target, lambda entry: entry is not None and is_image_bind(entry, staging))
 
 
 def probe(runner: Runner, device: str, offset: int | None = None, size: int | None = None) -> dict[str, str]:

@@ -10,7 +10,7 @@ import pytest
 
 from tests.unit.test_hooks import context
 from tests.unit.test_vmdisks import VGS, job
-from xenlvm import pre, vmdisk_target, vmdisk_teardown, vmdisks
+from xenlvm import pre, vmdisk_copy, vmdisk_target, vmdisk_teardown
 from xenlvm.config import Job
 from xenlvm.errors import PreflightFailed, SafetyRefusal
 
@@ -74,11 +74,11 @@ def test_pre_checks_image_dir_before_any_change(host, monkeypatch):
 
 def test_the_staging_folder_is_made_root_only(tmp_path):
     copy = copy_job(tmp_path)
-    staging = vmdisks._private_staging(copy)
+    staging = vmdisk_copy.private_staging(copy)
     assert staging == str(tmp_path / "xenlvm-disks")
     info = os.lstat(staging)
     assert (info.st_uid, info.st_mode & 0o777) == (os.geteuid(), 0o700)
-    assert vmdisks._private_staging(copy) == staging  # a killed run's, proven the same way
+    assert vmdisk_copy.private_staging(copy) == staging  # a killed run's, proven the same way
 
 
 @pytest.mark.parametrize("plant", ["symlink", "open folder", "other user"])
@@ -96,7 +96,7 @@ def test_a_staging_folder_somebody_else_made_is_refused_and_nothing_written_thro
         if plant == "other user":
             os.chown(staging, OTHER_UID, OTHER_UID)
     with pytest.raises(SafetyRefusal, match=f"{staging} is not xenlvm's private image folder"):
-        vmdisks._private_staging(copy_job(tmp_path))
+        vmdisk_copy.private_staging(copy_job(tmp_path))
     assert list(victim.iterdir()) == []
 
 
@@ -120,3 +120,14 @@ def test_post_deletes_only_the_image_files_it_wrote_in_its_own_private_folder(tm
     (staging / "their.img").write_text("theirs")
     vmdisk_teardown._remove_images(str(staging))
     assert (staging / "their.img").read_text() == "theirs"
+
+
+def test_with_expose_files_an_image_dir_for_fallback_copies_is_checked_too(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    images.chmod(0o1777)  # others may plant a link for root's fallback copy
+    files = copy_job(images)
+    files = Job(name=files.name, mountpoint=files.mountpoint, volumes=(),
+                vmdisks=type(files.vmdisks)(**{**files.vmdisks.__dict__, "expose": "files"}))
+    problem = vmdisk_target.check_image_room(files, targets(files))
+    assert problem is not None and f"vmdisks.image_dir {images} must be root's alone" in problem

@@ -12,7 +12,7 @@ import types
 import pytest
 
 from tests.unit.test_vmdisks import VGS, devices, discover, disk, job, probe_runner, xl_for
-from xenlvm import unexposed, vmdisk_target, vmdisks
+from xenlvm import unexposed, vmdisk_copy, vmdisk_target, vmdisks
 from xenlvm.errors import EXIT_PARTIAL, CommandFailed, PartialBackup
 from xenlvm.undo import UndoStack
 
@@ -114,7 +114,7 @@ def assert_not_in_backup(target, tmp_path, why):
 
 
 def test_a_fallback_copy_that_fails_fails_its_disk_alone_and_is_undone(tmp_path, monkeypatch):
-    monkeypatch.setattr(vmdisks, "staging_problem", lambda stat: None)
+    monkeypatch.setattr(vmdisk_copy, "staging_problem", lambda stat: None)
     images = tmp_path / "images"
     images.mkdir()
     runner = probe_runner("TYPE=btrfs\n", {}, "").on(
@@ -155,3 +155,12 @@ def test_an_image_server_that_does_not_start_fails_the_fallback_disks_alone(tmp_
     target.how = "image"
     with pytest.raises(CommandFailed):  # expose: image: the server is the backup, its failure fails pre
         vmdisk_target.serve_images(ctx, expose_image, [target], UndoStack())
+
+
+def test_a_fallback_copy_is_not_made_when_image_dir_has_no_room_for_the_whole_disk(tmp_path, monkeypatch):
+    monkeypatch.setattr(vmdisk_copy, "free_bytes", lambda directory: 63 << 20)  # the disk is 64 MiB
+    runner = probe_runner("TYPE=btrfs\n", {}, "")  # a cp would fail the test: none scripted
+    target = target_in(tmp_path)
+    vmdisks.expose(runner, copying_job(tmp_path), target, UndoStack(), can_serve=False)
+    assert not runner.changes
+    assert_not_in_backup(target, tmp_path, "has 63 MiB free, its image may need 64 MiB")
