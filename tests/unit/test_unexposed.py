@@ -164,3 +164,40 @@ def test_a_fallback_copy_is_not_made_when_image_dir_has_no_room_for_the_whole_di
     vmdisks.expose(runner, copying_job(tmp_path), target, UndoStack(), can_serve=False)
     assert not runner.changes
     assert_not_in_backup(target, tmp_path, "has 63 MiB free, its image may need 64 MiB")
+
+
+PARTX_MIXED = ("1 2048 1048576 0x82\n2 4096 33554432 0x5\n5 6144 1048576 0x7\n6 10240 1048576 0x8e\n"
+               "7 14336 1048576 0x83\n8 18432 1048576 0xc\n")
+
+
+def test_everything_but_swap_and_the_extended_partition_that_is_not_files_is_not_exposed(tmp_path):
+    runner = probe_runner("PTTYPE=dos\n", {2048 * 512: "TYPE=swap\n", 6144 * 512: "TYPE=ntfs\n",
+                                          10240 * 512: "TYPE=LVM2_member\n", 18432 * 512: "TYPE=vfat\n"},
+                          PARTX_MIXED).on("sfdisk", "{}")
+    target = target_in(tmp_path)
+    vmdisks.expose(runner, job(), target, UndoStack(), can_serve=True)
+    assert not [a for a in runner.argvs if a[0] in ("losetup", "mount")]
+    assert target.fallback == "image" and target.not_exposed is not None
+    assert [p.split(":")[0] for p in target.not_exposed.problems] == [
+        "partition 5", "partition 6", "partition 7", "partition 8"]
+    note = (tmp_path / "vm2" / "xvda.NOT-EXPOSED.txt").read_text()
+    assert "partition 5: ntfs, which xenlvm does not mount" in note
+    assert "partition 6: guest LVM" in note and "partition 7: no filesystem found" in note
+    assert "partition 8: vfat" in note and "partition 1" not in note and "partition 2" not in note
+
+
+@pytest.mark.parametrize("probed, told", [
+    ("TYPE=crypto_LUKS\n", "the disk: crypto_LUKS, which xenlvm does"), ("TYPE=exfat\n", "the disk: exfat"),
+    ("", "the disk: no filesystem")])
+def test_a_whole_disk_xenlvm_does_not_mount_is_not_exposed_and_falls_back(tmp_path, probed, told):
+    target = target_in(tmp_path)
+    vmdisks.expose(probe_runner(probed, {}, ""), job(), target, UndoStack(), can_serve=True)
+    assert target.not_exposed is not None and target.not_exposed.problems[0].startswith(told)
+    assert target.fallback == "image"
+
+
+def test_a_swap_disk_is_nothing_missing(tmp_path):
+    target = target_in(tmp_path)
+    vmdisks.expose(probe_runner("TYPE=swap\n", {}, ""), job(), target, UndoStack(), can_serve=True)
+    assert target.not_exposed is None and target.fallback is None
+    assert not (tmp_path / "vm2" / "xvda.NOT-EXPOSED.txt").exists()
