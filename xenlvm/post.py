@@ -28,7 +28,7 @@ from xenlvm import (
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Job, SnapshotSpec
 from xenlvm.context import Context
-from xenlvm.errors import SnapshotOverflowed, XenlvmError, host_file_error
+from xenlvm.errors import PartialBackup, SnapshotOverflowed, XenlvmError, host_file_error
 from xenlvm.inventory import Inventory, job_vg_names, read_tolerant
 from xenlvm.logs import set_job
 from xenlvm.lvm import LogicalVolume, VolumeGroup, vg_not_found_message
@@ -67,8 +67,13 @@ def run_post(ctx: Context, jobs: Sequence[Job], *, judge_backup: bool = True) ->
         errors.append(error)
     set_job("")
     if errors:
-        raise errors[0] if len(errors) == 1 else XenlvmError(
-            f"post failed for {len(errors)} jobs: " + " | ".join(str(e) for e in errors))
+        if len(errors) == 1:
+            raise errors[0]
+        # partial backups alone stay partial (exit 3): every job was cleaned up and sound
+        every = " | ".join(str(e) for e in errors)
+        if all(isinstance(e, PartialBackup) for e in errors):
+            raise PartialBackup(f"the backups of {len(errors)} jobs are partial: {every}")
+        raise XenlvmError(f"post failed for {len(errors)} jobs: {every}")
 
 
 @dataclass(frozen=True)

@@ -78,14 +78,17 @@ def record(lock_dir: str, job_name: str, found: Sequence[NotExposed], undo: Undo
 
 
 def read(lock_dir: str, job_name: str) -> list[NotExposed]:
-    """The record pre left (empty when there is none or it cannot be read)."""
+    """The record pre left (empty when there is none). One that cannot be read gives one entry
+    that says so: what pre did not expose is not known, so the backup cannot pass as complete."""
+    path = record_path(lock_dir, job_name)
     try:
-        entries = json.loads(read_small(record_path(lock_dir, job_name)) or "[]")
+        entries = json.loads(read_small(path) or "[]")
         return [NotExposed(str(e["domain"]), str(e["disk"]), tuple(map(str, e["problems"])),
                            None if e.get("image") is None else str(e["image"])) for e in entries]
-    except (ValueError, KeyError, TypeError):
-        log.error("%s cannot be read; what pre did not expose is not known", record_path(lock_dir, job_name))
-        return []
+    except (ValueError, KeyError, TypeError) as exc:
+        log.error("%s cannot be read (%s); what pre did not expose is not known", path, exc)
+        return [NotExposed("?", "?", (f"the record {path} of what pre did not expose cannot be read "
+                                      f"({exc}): any VM disk of the job may lack files",), None)]
 
 
 def verdict(lock_dir: str, job_name: str, found: Sequence[NotExposed], judge_backup: bool) -> None:

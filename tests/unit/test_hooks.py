@@ -12,7 +12,7 @@ from tests.unit.fakehost import ORIGIN_MOUNT
 from tests.unit.fakes import Answer, Timeout
 from xenlvm import context as context_mod
 from xenlvm import mounts, post, pre, vmdisk_teardown, watchdog, watchdog_process, xen
-from xenlvm.errors import FileError, MountError, XenlvmError
+from xenlvm.errors import FileError, MountError, PartialBackup, XenlvmError
 
 XEN = "    xen:\n      domains: auto\n      timeout: 2s\n"
 
@@ -380,3 +380,18 @@ def test_cleanup_only_warns_about_an_image_server_that_died(host, monkeypatch, c
     _dead_image_server(host)
     post.run_post(ctx, list(config.jobs.values()), judge_backup=False)
     assert "died during the backup" in caplog.text
+
+
+def test_two_partial_jobs_keep_post_partial_and_a_real_failure_wins(host, monkeypatch):
+    ctx, config = context(host, two_jobs(host))
+    outcomes = {}
+    monkeypatch.setattr(post, "clean_up", lambda ctx, job, judge: (_ for _ in ()).throw(outcomes[job.name]))
+    jobs = list(config.jobs.values())
+    outcomes.update({j.name: PartialBackup(f"the backup of job {j.name} is partial") for j in jobs})
+    with pytest.raises(PartialBackup) as partial:
+        post.run_post(ctx, jobs)
+    assert partial.value.exit_code == 3 and "the backups of 2 jobs are partial" in str(partial.value)
+    outcomes[jobs[1].name] = XenlvmError("lvremove failed")
+    with pytest.raises(XenlvmError) as failed:
+        post.run_post(ctx, jobs)
+    assert failed.value.exit_code == 1 and "post failed for 2 jobs" in str(failed.value)

@@ -95,11 +95,14 @@ def test_a_run_with_everything_exposed_removes_an_earlier_record(tmp_path):
     assert not (tmp_path / "disks.not-exposed.json").exists()
 
 
-def test_an_unreadable_record_is_told_and_taken_as_none(tmp_path, caplog):
+def test_an_unreadable_record_is_told_and_makes_the_backup_partial(tmp_path, caplog):
     (tmp_path / "disks.not-exposed.json").write_text("{not json")
     with caplog.at_level(logging.ERROR, "xenlvm"):
-        assert unexposed.read(str(tmp_path), "disks") == []
+        found = unexposed.read(str(tmp_path), "disks")
     assert "cannot be read" in caplog.text
+    assert len(found) == 1 and "what pre did not expose cannot be read" in found[0].problems[0]
+    with pytest.raises(PartialBackup, match="cannot be read"):  # post exits 3, not 0
+        unexposed.verdict(str(tmp_path), "disks", found, judge_backup=True)
 
 
 def copying_job(image_dir):
