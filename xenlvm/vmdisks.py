@@ -153,14 +153,14 @@ def _expose_files(runner: Runner, target: VmDiskTarget, device: str, undo: UndoS
                 where = os.path.join(spec.mountpoint, f"p{part.number}")
                 source = _mount_or_tell(runner, source, fstype, where, undo, problems,
                                         f"partition {part.number}")
-            why = _why_not_files(probed, problems, f"partition {part.number}") if source is None else None
+            why = _why_not_files(probed, problems) if source is None else None
             disk.record(runner, part.number, probed, source, f"p{part.number}", why)
     else:
         fstype = _usable(what, whole)
         source = None
         if fstype is not None:
             source = _mount_or_tell(runner, device, fstype, spec.mountpoint, undo, problems, "the disk")
-        why = _why_not_files(whole, problems, "the disk") if source is None else None
+        why = _why_not_files(whole, problems) if source is None else None
         disk.record(runner, None, whole, source, ".", why)
     disk.write(layout.disk_layout_path(spec.mountpoint, bool(whole.get("PTTYPE"))))
     return problems
@@ -180,26 +180,14 @@ def _mount_or_tell(runner: Runner, source: str, fstype: str, target: str, undo: 
         return None
 
 
-def _why_not_files(probed: dict[str, str], problems: list[str], what: str) -> str | None:
-    """Add to problems what of a filesystem that was not mounted is missing from the files
-    (anything but swap: its bytes are then backed up in the disk's image where possible).
-    Return the layout's why for a refused mount or btrfs, else None."""
+def _why_not_files(probed: dict[str, str], problems: list[str]) -> str | None:
+    """Why a filesystem that was not mounted is missing from the files, when it is a problem
+    (a refused mount, just added to problems; btrfs, added here); None for swap, guest LVM, ..."""
     kind = probed.get("TYPE", "")
     if kind in NOT_MOUNTED:
         problems.append(f"{kind}: {NOT_MOUNTED[kind]}")
         return problems[-1]
-    if kind in MOUNTABLE:  # its refused mount was just added to problems
-        return problems[-1] if problems else None
-    if kind == "swap":
-        pass  # nothing to back up: restore-disk makes it again from the layout
-    elif kind == "LVM2_member":
-        problems.append(f"{what}: guest LVM (a physical volume of the VM's own volume group), which "
-                        "xenlvm never activates on the host")
-    elif kind:
-        problems.append(f"{what}: {kind}, which xenlvm does not mount (it mounts {', '.join(MOUNTABLE)})")
-    else:
-        problems.append(f"{what}: no filesystem found")
-    return None
+    return problems[-1] if kind in MOUNTABLE and problems else None
 
 
 def fall_back(runner: Runner, job: Job, target: VmDiskTarget, device: str, problems: list[str],
@@ -261,15 +249,15 @@ def _usable(label: str, probed: dict[str, str]) -> str | None:
                     label, kind, NOT_MOUNTED[kind])
     elif kind == "LVM2_member":
         log.warning("%s holds guest LVM (a physical volume of the VM's own volume group): not "
-                    "exposed as files. Activating a guest's volume group on the host is dangerous (its "
-                    "names can clash with the host's); its disk is backed up as an image", label)
+                    "exposed. Activating a guest's volume group on the host is dangerous (its names "
+                    "can clash with the host's); back up its files from inside the VM", label)
     elif kind == "swap":
         log.info("%s is swap: nothing to back up", label)
     elif kind:
-        log.warning("%s holds %s, which xenlvm does not mount (it mounts %s); its disk is backed up "
-                    "as an image", label, kind, ", ".join(MOUNTABLE))
+        log.warning("%s holds %s, which xenlvm does not mount (it mounts %s); skipped",
+                    label, kind, ", ".join(MOUNTABLE))
     else:
-        log.warning("%s: no filesystem found; its disk is backed up as an image", label)
+        log.warning("%s: no filesystem found; skipped", label)
     return None
 
 

@@ -70,10 +70,9 @@ def test_a_job_with_volumes_in_two_vgs_reads_both_with_one_lvs_and_removes_all_w
 
 
 def vm_disk_job(host, monkeypatch, volumes: str = "") -> str:
-    """A job with Xen and the VM disks of vm1: its xvda is system/vm1-disk (swap: nothing to
-    mount, and nothing missing from the backup that would fall back to an image)."""
+    """A job with Xen and the VM disks of vm1: its xvda is system/vm1-disk (no filesystem on it)."""
     monkeypatch.setattr(vmdisk_teardown, "loops_of", lambda devices, *rest: {})
-    monkeypatch.setattr(vmdisks, "probe", lambda runner, device, *rest: {"TYPE": "swap"})
+    monkeypatch.setattr(vmdisks, "probe", lambda runner, device, *rest: {})  # no filesystem found
     disk = next(r for r in host.lvs_rows if r["lv_name"] == "xenvm")
     host.lvs_rows.append({**copy.deepcopy(disk), "lv_name": "vm1-disk", "lv_kernel_minor": "41",
                           "lv_dm_path": "/dev/mapper/system-vm1--disk"})
