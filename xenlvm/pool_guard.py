@@ -60,7 +60,8 @@ class Summary:
     """What the guard saw and did during one backup."""
 
     peak: dict[str, dict[str, float]] = field(default_factory=dict)  # per pool: {"data", "metadata"}
-    actions: list[dict] = field(default_factory=list)  # {pool, at, kind, fill, from, to, snapshots, reason}
+    # {pool, at, kind, fill, from, to, snapshots, reason}; kind "dropping": a drop begun, not finished
+    actions: list[dict] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # "vg/lv" of each snapshot it removed
     problems: list[str] = field(default_factory=list)  # each a sentence for the admin
     finished: float | None = None  # None: it was still running, or was killed
@@ -172,11 +173,15 @@ class Guard:
         names = [str(lv) for _, lv in present]
         log.error("thin pool %s cannot grow (%s): dropping the snapshot(s) %s of job %s so that the VMs on "
                   "it keep running; this backup fails", pool, reason, ", ".join(names), self.job.name)
+        # Written before the first change: a guard killed mid-drop still leaves the drop on record.
+        self._record(pool, "dropping", fill, 0, 0, names, reason)
         failures = pool_guard_drop.drop(self.lvm, self.job, present, self.lock_dir)
         for name, error in failures.items():
             self.problem(f"could not drop the snapshot {name} from thin pool {pool}: {error}")
-        self.dropped += [name for name in names if name not in failures]
-        self._record(pool, "drop", fill, 0, 0, [n for n in names if n not in failures], reason)
+        kept = [name for name in names if name not in failures]
+        self.dropped += kept
+        self.actions[-1] = {**self.actions[-1], "kind": "drop", "snapshots": kept}
+        self.write_summary()
         self._forget([g for g, lv in present if str(lv) not in failures])
 
     def _record(self, pool: LogicalVolume, kind: str, fill: float, old: int, new: int, snapshots: list[str],

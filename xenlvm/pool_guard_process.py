@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from xenlvm.config import Config, Job
 from xenlvm.errors import XenlvmError
 from xenlvm.lvm import VMDISK_TAG
-from xenlvm.pool_guard import MODULE, Guarded, Summary, files, read_summary, write_spec
+from xenlvm.pool_guard import MODULE, Guarded, Summary, files, read_spec, read_summary, write_spec
 
-__all__ = ["Summary", "guarded_of", "judge", "report", "start", "stop"]
+__all__ = ["Guarded", "Summary", "guarded_of", "guarded_by", "judge", "report", "start", "stop"]
 from xenlvm.sizes import human_size
 from xenlvm.state import RunReport
 from xenlvm.targets import Target
@@ -51,6 +51,15 @@ def stop(config: Config, job_name: str, timeout: float = 10.0) -> Summary | None
                         lambda said: Summary(problems=[f"the pool guard {said}"]), timeout)
 
 
+def guarded_by(config: Config, job_name: str) -> list[Guarded]:
+    """The snapshots the job's guard was started for (its spec; stop removes it): none when no
+    guard was started, or its spec is unreadable."""
+    try:
+        return read_spec(files(config.settings.lock_dir, job_name).spec)[0]
+    except XenlvmError:
+        return []
+
+
 def report(summary: Summary, run: RunReport) -> None:
     """Log what the guard saw and did; note the pools' peak fill and its actions for the metrics."""
     for action in summary.actions:
@@ -71,15 +80,29 @@ def report(summary: Summary, run: RunReport) -> None:
     run.pool_guard_actions = len(summary.actions)
 
 
-def judge(job: Job, summary: Summary | None) -> XenlvmError | None:
-    """The backup failed when the guard dropped a snapshot to keep a pool from filling up."""
-    drops = [a for a in (summary.actions if summary else []) if a["kind"] == "drop"]
-    if not drops:
+def judge(job: Job, summary: Summary | None, vanished: Sequence[str] = ()) -> XenlvmError | None:
+    """The backup failed when the guard dropped a snapshot to keep a pool from filling up, began
+    to and was stopped before it finished, or when a guarded snapshot (vanished: gone at post)
+    is gone and the guard did not record removing it."""
+    drops = [a for a in (summary.actions if summary else []) if a["kind"] in ("drop", "dropping")]
+    accounted = {name for a in drops for name in a["snapshots"]}
+    unaccounted = [name for name in vanished if name not in accounted]
+    if not drops and not unaccounted:
         return None
-    said = "; ".join(f"thin pool {a['pool']} reached {a['fill']:.1f}% and could not grow ({a['reason']}), "
-                     f"so {', '.join(a['snapshots']) or 'its snapshots'} were removed" for a in drops)
+    said = [f"thin pool {a['pool']} reached {a['fill']:.1f}% and could not grow ({a['reason']}), so "
+            + _what_was_dropped(a) for a in drops]
+    if unaccounted:
+        said.append(f"the thin snapshot(s) {', '.join(unaccounted)} vanished during the backup, and the "
+                    "pool guard did not record removing them")
     return XenlvmError(
-        f"the backup of job {job.name!r} is incomplete: {said}. That kept the VMs on the pool running "
-        "(a full pool stops every thin LV in it), but the backup read a snapshot that vanished and "
+        f"the backup of job {job.name!r} is incomplete: {'; '.join(said)}. That kept the VMs on the pool "
+        "running (a full pool stops every thin LV in it), but the backup read a snapshot that vanished and "
         "cannot be trusted. Before the next backup give the pool room: grow it or free space in its "
         "VG ('lvs -a', 'vgs'), or run the backup when the VMs write less.")
+
+
+def _what_was_dropped(action: dict) -> str:
+    names = ", ".join(action["snapshots"])
+    if action["kind"] == "dropping":
+        return f"the pool guard began to remove {names} and was stopped before it finished"
+    return f"{names or 'its snapshots'} were removed"

@@ -91,11 +91,13 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
     if job.xen is not None:  # after the resume, as at the end of a pause window
         _collect(errors, quiesce.thaw_leftovers, ctx.runner, job, ctx.config.settings.lock_dir)
     _collect(errors, _stop_watchdog, ctx, job)
+    guarded = [] if ctx.dry_run else pool_guard_process.guarded_by(ctx.config, job.name)  # stop removes it
     guard = _collect(errors, _stop_pool_guard, ctx, job)
     _collect(errors, _stop_image_server, ctx, job, judge_backup)  # before the snapshots it holds are removed
     found = _find_artefacts(ctx, job, errors)
+    vanished = _vanished(found, guarded)
     overflowed = _tear_down(ctx, job, found, errors)
-    dropped = pool_guard_process.judge(job, guard)
+    dropped = pool_guard_process.judge(job, guard, vanished)
     if dropped is not None and judge_backup:
         errors.append(dropped)
     elif dropped is not None:
@@ -153,6 +155,16 @@ def _find_artefacts(ctx: Context, job: Job, errors: list[XenlvmError]) -> _Found
             invalid.append(lv)
     io_failed = {str(lv): cow.invalidated_by_io_errors(lv) for lv in invalid}
     return _Found(vgs, every, disk_snapshots, io_failed, host.mounts)
+
+
+def _vanished(found: _Found, guarded: Sequence[pool_guard_process.Guarded]) -> list[str]:
+    """The guarded thin snapshots ("vg/lv") that lvs no longer shows (a VG lvs could not read: none)."""
+    gone = []
+    for g in guarded:
+        vg = found.vgs.get(g.vg) or (found.every or {}).get(g.vg)
+        if vg is not None and vg.get(g.snapshot) is None:
+            gone.append(f"{g.vg}/{g.snapshot}")
+    return gone
 
 
 def _tear_down(ctx: Context, job: Job, found: _Found, errors: list[XenlvmError]) -> list[LogicalVolume]:

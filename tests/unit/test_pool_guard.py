@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.fakes import Answer, FakeRunner, lvs_with
-from xenlvm import pool_guard_process, state
+from xenlvm import pool_guard_drop, pool_guard_process, post, state
 from xenlvm.config_file import parse_config
 from xenlvm.lvm import Lvm
 from xenlvm.pool_guard import Guard, Guarded, files, read_spec, read_summary, write_spec
@@ -183,3 +183,67 @@ def test_the_readers_of_a_device_are_the_processes_with_files_on_it_never_the_gu
         os.chdir(here)
         child.kill()
         child.wait()
+
+
+def test_a_drop_is_on_record_before_its_first_change_so_a_guard_killed_mid_drop_still_fails_post(
+        tmp_path, monkeypatch):
+    """post stops the guard after 10 s: a drop that takes longer must already be in the summary."""
+    seen = []
+
+    def killed_mid_drop(*args):
+        seen.append(read_summary(files(str(tmp_path), "tvm").summary))
+        raise SystemExit(-9)
+
+    monkeypatch.setattr(pool_guard_drop, "drop", killed_mid_drop)
+    watcher, _ = guard(tmp_path, at("95.31", vg_free="0"))
+    with pytest.raises(SystemExit):
+        watcher.look()
+    [summary] = seen
+    assert [(a["kind"], a["snapshots"]) for a in summary.actions] == [("dropping", ["system/tvmbackup"])]
+    error = pool_guard_process.judge(watcher.job, summary)
+    assert error is not None and error.exit_code == 1
+    assert "the pool guard began to remove system/tvmbackup and was stopped before it finished" in str(error)
+
+
+def test_a_finished_drop_replaces_its_dropping_record(tmp_path):
+    watcher, _ = guard(tmp_path, at("95.31", vg_free="0"))
+    watcher.look()
+    assert [a["kind"] for a in read_summary(files(str(tmp_path), "tvm").summary).actions] == ["drop"]
+
+
+def test_post_fails_when_a_guarded_snapshot_vanished_that_the_guard_did_not_record(tmp_path):
+    watcher, _ = guard(tmp_path, at("50.00"))
+    watcher.look()
+    summary = read_summary(files(str(tmp_path), "tvm").summary)
+    error = pool_guard_process.judge(watcher.job, summary, ["system/tvmbackup"])
+    assert error is not None and error.exit_code == 1
+    assert "the thin snapshot(s) system/tvmbackup vanished during the backup, and the pool guard did not " \
+           "record removing them" in str(error)
+    assert pool_guard_process.judge(watcher.job, None, ["system/tvmbackup"]) is not None
+    assert pool_guard_process.judge(watcher.job, summary, []) is None
+
+
+def test_a_snapshot_the_guard_dropped_is_accounted_for(tmp_path):
+    watcher, _ = guard(tmp_path, at("95.31", vg_free="0"))
+    watcher.look()
+    error = pool_guard_process.judge(watcher.job, read_summary(files(str(tmp_path), "tvm").summary),
+                                     ["system/tvmbackup"])
+    assert error is not None and "did not record" not in str(error)
+
+
+def test_post_reads_which_snapshots_the_guard_guarded_from_its_spec(tmp_path):
+    config = parse_config(CONFIG + f"settings:\n  lock_dir: {tmp_path}\n", "/etc/xenlvm/config.yaml")
+    assert pool_guard_process.guarded_by(config, "tvm") == []
+    write_spec(files(str(tmp_path), "tvm").spec, "tvm", [GUARDED], config.jobs["tvm"].thin_pool, 60.0)
+    assert pool_guard_process.guarded_by(config, "tvm") == [GUARDED]
+
+
+def test_post_finds_the_guarded_snapshots_that_vanished_from_lvs_as_it_read_them_before_teardown():
+    def found(report: str) -> post._Found:
+        vgs = Lvm(FakeRunner().on("lvs", Answer(report))).volume_groups(["system"])
+        return post._Found(dict(vgs), None, [], {}, [])
+
+    assert post._vanished(found(at("50.00")), [GUARDED]) == []
+    assert post._vanished(found(lvs_with(RECORDED, drop=["tvmbackup"])), [GUARDED]) == ["system/tvmbackup"]
+    unknown = post._Found({"system": None}, None, [], {}, [])
+    assert post._vanished(unknown, [GUARDED]) == []  # a VG lvs could not read: not judged
