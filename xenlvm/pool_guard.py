@@ -2,7 +2,7 @@
 filling up while the backup reads them; a full pool would stop every thin LV in it, the VMs'
 disks too.
 
-pre starts it after the snapshots are exposed (xenlvm.pool_guard_process, supervised like the
+pre starts it as soon as the snapshots exist (xenlvm.pool_guard_process, supervised like the
 watchdog); post stops it. Every ``interval`` seconds it asks ``lvs`` once how full each pool is
 (data and metadata). At ``protect_at`` it grows the pool from the VG's free space (``extend``),
 else it drops the job's thin snapshots in that pool (xenlvm.pool_guard_drop): that frees the

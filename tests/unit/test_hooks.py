@@ -380,3 +380,14 @@ def test_cleanup_only_warns_about_an_image_server_that_died(host, monkeypatch, c
     _dead_image_server(host)
     post.run_post(ctx, list(config.jobs.values()), judge_backup=False)
     assert "died during the backup" in caplog.text
+
+
+def test_pre_starts_the_pool_guard_right_after_the_snapshots_before_exposing_them(host, monkeypatch):
+    """Exposing (a mount, an image copy of hours) runs while the pools fill: it runs guarded."""
+    ctx, config = context(host)
+    started = []
+    monkeypatch.setattr(pre, "_start_pool_guard", lambda ctx, job, targets, undo: started.append(
+        (len(host.runner.argvs_of("lvcreate")), len(host.runner.argvs_of("mount")))))
+    pre.run_pre(ctx, list(config.jobs.values()))
+    assert started == [(1, 0)]  # after the lvcreate, before the mount
+    assert len(host.runner.argvs_of("mount")) == 1
