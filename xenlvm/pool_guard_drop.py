@@ -18,6 +18,7 @@ from xenlvm import image_server, vmdisk_teardown, vmdisks
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Job, SnapshotSpec, Volume
 from xenlvm.errors import CommandFailed, XenlvmError
+from xenlvm.fsutil import read_small
 from xenlvm.lvm import LogicalVolume, Lvm
 from xenlvm.watchdog_process import terminate_proven
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("xenlvm")
 
 READER_STOP_TIMEOUT = 2.0  # SIGTERM, then SIGKILL: the pool fills meanwhile
+SYS = "/sys"
 
 
 def drop(lvm: Lvm, job: Job, present: Sequence[tuple[Guarded, LogicalVolume]],
@@ -104,8 +106,11 @@ def readers_of(major: int, minor: int, proc: str = "/proc") -> list[int]:
 
 
 def _stop_readers(lv: LogicalVolume) -> bool:
-    """Stop every process that holds lv's device; return whether there was one."""
-    if lv.major is None or lv.minor is None:
+    """Stop every process that holds lv's device; return whether there was one. Only while
+    major:minor is still lv's device (its dm uuid): after a failed lvremove device-mapper may have
+    given that number to another device (another job's snapshot, a VM's disk)."""
+    if lv.major is None or lv.minor is None or not is_device_of(lv):
+        log.error("the device number of %s no longer proves to be its device; no reader stopped", lv)
         return False
     major, minor = lv.major, lv.minor
     readers = readers_of(major, minor)
@@ -113,9 +118,15 @@ def _stop_readers(lv: LogicalVolume) -> bool:
         comm = (_comm(pid) or "?").strip()
         log.warning("stopping %s[%d], which still reads the snapshot %s: the pool cannot wait for it",
                     comm, pid, lv)
-        terminate_proven(pid, lambda checked: checked in readers_of(major, minor),
+        terminate_proven(pid, lambda checked: is_device_of(lv) and checked in readers_of(major, minor),
                          f"{comm}[{pid}], a reader of {lv}", READER_STOP_TIMEOUT)
     return bool(readers)
+
+
+def is_device_of(lv: LogicalVolume) -> bool:
+    """True when the device at lv's major:minor is lv, as device-mapper's uuid for it shows."""
+    uuid = read_small(f"{SYS}/dev/block/{lv.major}:{lv.minor}/dm/uuid") if lv.dm_uuid else None
+    return uuid is not None and uuid.strip() == lv.dm_uuid
 
 
 def _comm(pid: int) -> str | None:

@@ -247,3 +247,48 @@ def test_post_finds_the_guarded_snapshots_that_vanished_from_lvs_as_it_read_them
     assert post._vanished(found(lvs_with(RECORDED, drop=["tvmbackup"])), [GUARDED]) == ["system/tvmbackup"]
     unknown = post._Found({"system": None}, None, [], {}, [])
     assert post._vanished(unknown, [GUARDED]) == []  # a VG lvs could not read: not judged
+
+
+VG_UUID, LV_UUID = "lfHD4V-0dLC-ssad-4Xkc-i4l8-P5qk-fX3ue1", "4OtN3d-Hqyf-9ATB-sTqQ-0zuB-PkcL-Bp2Eix"
+DM_UUID = "LVM-lfHD4V0dLCssad4Xkci4l8P5qkfX3ue14OtN3dHqyf9ATBsTqQ0zuBPkcLBp2Eix"
+
+
+def snapshot_row(**changes: str):
+    vgs = Lvm(FakeRunner().on("lvs", Answer(lvs_with(RECORDED, {"tvmbackup": changes})))).volume_groups(
+        ["system"])
+    return vgs["system"].get("tvmbackup")
+
+
+def test_lvs_gives_each_lv_its_device_mapper_uuid_as_the_kernel_shows_it():
+    from xenlvm.lvm import LV_FIELDS
+
+    assert {"lv_uuid", "vg_uuid"} <= set(LV_FIELDS)
+    assert snapshot_row(vg_uuid=VG_UUID, lv_uuid=LV_UUID).dm_uuid == DM_UUID
+    assert snapshot_row().dm_uuid == ""  # an lvs without them: unknown
+
+
+@pytest.mark.parametrize(("uuid", "stopped"), [
+    (DM_UUID + "\n", True),  # still the snapshot's device
+    ("LVM-lfHD4V0dLCssad4Xkci4l8P5qkfX3ue1" + "x" * 32 + "\n", False),  # the number now names another LV
+    (None, False),  # no device there any more
+])
+def test_readers_are_stopped_only_while_the_device_number_is_still_the_snapshots(tmp_path, monkeypatch, uuid,
+                                                                                 stopped):
+    lv = snapshot_row(vg_uuid=VG_UUID, lv_uuid=LV_UUID)
+    if uuid is not None:
+        (tmp_path / f"dev/block/{lv.major}:{lv.minor}/dm").mkdir(parents=True)
+        (tmp_path / f"dev/block/{lv.major}:{lv.minor}/dm/uuid").write_text(uuid)
+    monkeypatch.setattr(pool_guard_drop, "SYS", str(tmp_path))
+    monkeypatch.setattr(pool_guard_drop, "readers_of", lambda major, minor: [4242])
+    terminated = []
+    monkeypatch.setattr(pool_guard_drop, "terminate_proven",
+                        lambda pid, is_ours, what, timeout: terminated.append((pid, is_ours(pid))))
+    assert pool_guard_drop._stop_readers(lv) is stopped
+    assert terminated == ([(4242, True)] if stopped else [])
+
+
+def test_no_reader_is_stopped_when_lvs_gave_no_uuid_to_prove_the_device(tmp_path, monkeypatch):
+    lv = snapshot_row()
+    monkeypatch.setattr(pool_guard_drop, "readers_of", lambda major, minor: [4242])
+    monkeypatch.setattr(pool_guard_drop, "terminate_proven", lambda *args: pytest.fail("killed unproven"))
+    assert pool_guard_drop._stop_readers(lv) is False
