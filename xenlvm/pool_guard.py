@@ -82,7 +82,7 @@ class Guard:
         self.guarded = list(guarded)
         self.identity: dict[str, tuple[str, str | None]] = {}  # a replaced snapshot is not ours
         self.peak: dict[str, dict[str, float]] = {}
-        self.last: dict[str, tuple[float, thinpool.PoolFill]] = {}  # per pool: the previous look
+        self.last: dict[str, tuple[float, thinpool.PoolFill, tuple[int, int]]] = {}  # per pool: the last look
         self.reaction = ACTION_SECONDS  # how long a look and an action take here, measured
         self.actions: list[dict] = []
         self.dropped: list[str] = []
@@ -143,11 +143,12 @@ class Guard:
         fill = thinpool.fill_of(pool)
         peak = self.peak.setdefault(str(pool), {"data": 0.0, "metadata": 0.0})
         peak["data"], peak["metadata"] = max(peak["data"], fill.data), max(peak["metadata"], fill.metadata)
-        then, before = self.last.get(str(pool), (self.looked, fill))
-        self.last[str(pool)] = (self.looked, fill)
+        sizes = (pool.size, pool.metadata_size)
+        then, before, were = self.last.get(str(pool), (self.looked, fill, sizes))
+        self.last[str(pool)] = (self.looked, fill, sizes)
         # Until it could act after the next look: the wait, that look's lvs, and the action.
         horizon = self.settings.interval + self.look_seconds + self.reaction
-        ahead = thinpool.lead(before, fill, self.looked - then, horizon)
+        ahead = thinpool.lead(thinpool.rescaled(before, were, sizes), fill, self.looked - then, horizon)
         for action in thinpool.decide(pool, vg, self.settings, ahead):
             if action.kind == "drop" or not self._extend(pool, action):
                 reason = action.reason or "growing it failed"

@@ -292,3 +292,14 @@ def test_no_reader_is_stopped_when_lvs_gave_no_uuid_to_prove_the_device(tmp_path
     monkeypatch.setattr(pool_guard_drop, "readers_of", lambda major, minor: [4242])
     monkeypatch.setattr(pool_guard_drop, "terminate_proven", lambda *args: pytest.fail("killed unproven"))
     assert pool_guard_drop._stop_readers(lv) is False
+
+
+def test_the_writers_rate_is_measured_in_bytes_across_a_growth_of_the_pool(tmp_path):
+    """95.31% of 64 MiB, grown to 80 MiB; 2 s later 85% of 80 MiB: 7 MiB more in 2 s (8.75 points
+    of the grown pool per look), though the percentage fell: 90% would pass before the next look."""
+    watcher, runner = guard(tmp_path, at("95.31"), at("85.00", lv_size=str(80 * MiB)))
+    watcher.look()
+    assert len(runner.changes) == 1
+    watcher.look()
+    assert len(runner.changes) == 2
+    assert [a["fill"] for a in read_summary(files(str(tmp_path), "tvm").summary).actions] == [95.31, 85.0]
