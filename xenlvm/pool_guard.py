@@ -37,6 +37,7 @@ log = logging.getLogger("xenlvm")
 
 MODULE = "xenlvm.pool_guard"
 ACTION_SECONDS = 1.0  # what an lvextend may take, before one was measured
+FAILED = "the pool guard failed and stopped guarding"  # the problem of a guard that crashed
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  settings.interval)
         guard.run(stop_request, max_lifetime)
 
-    return serve(guard, paths.pid, run, "the thin pool guard", "the pool guard failed and stopped guarding")
+    return serve(guard, paths.pid, run, "the thin pool guard", FAILED)
 
 if __name__ == "__main__":
     sys.exit(main())

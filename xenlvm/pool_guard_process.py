@@ -10,13 +10,15 @@ from collections.abc import Sequence
 from xenlvm.config import Config, Job
 from xenlvm.errors import XenlvmError
 from xenlvm.lvm import VMDISK_TAG
-from xenlvm.pool_guard import MODULE, Guarded, Summary, files, read_spec, read_summary, write_spec
+from xenlvm.pool_guard import FAILED, MODULE, Guarded, Summary, files, read_spec, read_summary, write_spec
 
-__all__ = ["Guarded", "Summary", "guarded_of", "guarded_by", "judge", "report", "start", "stop"]
+__all__ = ["Guarded", "Summary", "guarded_by", "guarded_of", "judge", "report", "running", "start", "stop",
+           "was_lost"]
+from xenlvm.monitor import read_pid
 from xenlvm.sizes import human_size
 from xenlvm.state import RunReport
 from xenlvm.targets import Target
-from xenlvm.watchdog_process import spawn, stop_monitor
+from xenlvm.watchdog_process import is_watchdog, spawn, stop_monitor
 
 log = logging.getLogger("xenlvm")
 
@@ -60,6 +62,18 @@ def guarded_by(config: Config, job_name: str) -> list[Guarded]:
         return []
 
 
+def running(config: Config, job_name: str) -> bool:
+    """The job's guard runs now (its pid file names a process whose command line proves it)."""
+    pid = read_pid(files(config.settings.lock_dir, job_name).pid)
+    return pid is not None and is_watchdog(pid, job_name, MODULE)
+
+
+def was_lost(summary: Summary | None) -> bool:
+    """Given the summary of a guard that was not running when post began: it crashed or was
+    killed (no summary, none with its end, or one that says it failed), not ended by itself."""
+    return summary is None or not summary.finished or any(p.startswith(FAILED) for p in summary.problems)
+
+
 def report(summary: Summary, run: RunReport) -> None:
     """Log what the guard saw and did; note the pools' peak fill and its actions for the metrics."""
     for action in summary.actions:
@@ -80,13 +94,19 @@ def report(summary: Summary, run: RunReport) -> None:
     run.pool_guard_actions = len(summary.actions)
 
 
-def judge(job: Job, summary: Summary | None, vanished: Sequence[str] = ()) -> XenlvmError | None:
+def judge(job: Job, summary: Summary | None, vanished: Sequence[str] = (), lost: bool = False) -> \
+        XenlvmError | None:
     """The backup failed when the guard dropped a snapshot to keep a pool from filling up, began
-    to and was stopped before it finished, or when a guarded snapshot (vanished: gone at post)
-    is gone and the guard did not record removing it."""
+    to and was stopped before it finished, when a guarded snapshot (vanished: gone at post) is
+    gone and the guard did not record removing it, or when the guard was lost (was_lost)."""
     drops = [a for a in (summary.actions if summary else []) if a["kind"] in ("drop", "dropping")]
     accounted = {name for a in drops for name in a["snapshots"]}
     unaccounted = [name for name in vanished if name not in accounted]
+    if lost and not drops and not unaccounted:
+        return XenlvmError(
+            f"the thin pool guard of job {job.name!r} crashed or was killed during the backup (it was no "
+            "longer running at post and did not end by itself): the thin pools were unguarded for part of "
+            "the backup. The snapshots are cleaned up; see the 'pool guard' lines in /var/log/xenlvm.log.")
     if not drops and not unaccounted:
         return None
     said = [f"thin pool {a['pool']} reached {a['fill']:.1f}% and could not grow ({a['reason']}), so "

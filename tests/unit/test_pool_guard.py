@@ -12,7 +12,7 @@ from tests.unit.fakes import Answer, FakeRunner, lvs_with
 from xenlvm import pool_guard_drop, pool_guard_process, post, state
 from xenlvm.config_file import parse_config
 from xenlvm.lvm import Lvm
-from xenlvm.pool_guard import Guard, Guarded, files, read_spec, read_summary, write_spec
+from xenlvm.pool_guard import FAILED, Guard, Guarded, Summary, files, read_spec, read_summary, write_spec
 
 MiB = 1 << 20
 RECORDED = "lvs_thin_pool_95_percent.json"
@@ -303,3 +303,25 @@ def test_the_writers_rate_is_measured_in_bytes_across_a_growth_of_the_pool(tmp_p
     watcher.look()
     assert len(runner.changes) == 2
     assert [a["fill"] for a in read_summary(files(str(tmp_path), "tvm").summary).actions] == [95.31, 85.0]
+
+
+@pytest.mark.parametrize(("summary", "lost"), [
+    (None, True),  # killed before its first summary
+    (Summary(), True),  # killed: its last summary has no end
+    (Summary(problems=[FAILED + ": OSError: boom"], finished=5.0), True),  # crashed
+    (Summary(problems=["the pool guard: its summary x is unreadable (y)"], finished=0.0), True),
+    (Summary(finished=5.0), False),  # ended by itself
+])
+def test_a_guard_not_running_at_post_was_lost_unless_it_ended_by_itself(summary, lost):
+    assert pool_guard_process.was_lost(summary) is lost
+
+
+def test_a_lost_guard_fails_the_backup_and_is_a_metric(tmp_path):
+    job = parse_config(CONFIG, "/etc/xenlvm/config.yaml").jobs["tvm"]
+    error = pool_guard_process.judge(job, Summary(), lost=True)
+    assert error is not None and error.exit_code == 1 and "crashed or was killed" in str(error)
+    assert pool_guard_process.judge(job, Summary(finished=5.0)) is None
+    config = parse_config(f"settings:\n  state_dir: {tmp_path}\n" + CONFIG, "/etc/xenlvm/config.yaml")
+    state.record_run(config, ["tvm"], state.RunRecord("post", False, 1, 1.0, 1.0),
+                     {"tvm": state.RunReport(pool_guard_lost=1)})
+    assert 'xenlvm_pool_guard_lost{job="tvm"} 1' in state.render_metrics(config)
