@@ -283,7 +283,8 @@ def test_readers_are_stopped_only_while_the_device_number_is_still_the_snapshots
     terminated = []
     monkeypatch.setattr(pool_guard_drop, "terminate_proven",
                         lambda pid, is_ours, what, timeout: terminated.append((pid, is_ours(pid))))
-    assert pool_guard_drop._stop_readers(lv) is stopped
+    monkeypatch.setattr(pool_guard_drop.vmdisk_teardown, "loops_of", lambda devices: {})
+    assert pool_guard_drop._stop_readers(Lvm(FakeRunner()), lv) is stopped
     assert terminated == ([(4242, True)] if stopped else [])
 
 
@@ -291,7 +292,7 @@ def test_no_reader_is_stopped_when_lvs_gave_no_uuid_to_prove_the_device(tmp_path
     lv = snapshot_row()
     monkeypatch.setattr(pool_guard_drop, "readers_of", lambda major, minor: [4242])
     monkeypatch.setattr(pool_guard_drop, "terminate_proven", lambda *args: pytest.fail("killed unproven"))
-    assert pool_guard_drop._stop_readers(lv) is False
+    assert pool_guard_drop._stop_readers(Lvm(FakeRunner()), lv) is False
 
 
 def test_the_writers_rate_is_measured_in_bytes_across_a_growth_of_the_pool(tmp_path):
@@ -325,3 +326,39 @@ def test_a_lost_guard_fails_the_backup_and_is_a_metric(tmp_path):
     state.record_run(config, ["tvm"], state.RunRecord("post", False, 1, 1.0, 1.0),
                      {"tvm": state.RunReport(pool_guard_lost=1)})
     assert 'xenlvm_pool_guard_lost{job="tvm"} 1' in state.render_metrics(config)
+
+
+def test_the_readers_of_a_vm_disks_loop_devices_are_stopped_too_then_the_loops_detached(tmp_path,
+                                                                                         monkeypatch):
+    """A VM disk's files are read through loop devices on its snapshot: those readers hold it."""
+    lv = snapshot_row(vg_uuid=VG_UUID, lv_uuid=LV_UUID)
+    (tmp_path / f"dev/block/{lv.major}:{lv.minor}/dm").mkdir(parents=True)
+    (tmp_path / f"dev/block/{lv.major}:{lv.minor}/dm/uuid").write_text(DM_UUID + "\n")
+    monkeypatch.setattr(pool_guard_drop, "SYS", str(tmp_path))
+    monkeypatch.setattr(pool_guard_drop.vmdisk_teardown, "loops_of",
+                        lambda devices: {"/dev/loop3": (7, 3)} if devices == [(lv.major, lv.minor)] else {})
+    monkeypatch.setattr(pool_guard_drop, "readers_of", lambda major, minor: [4343] if major == 7 else [])
+    terminated = []
+    monkeypatch.setattr(pool_guard_drop, "terminate_proven",
+                        lambda pid, is_ours, what, timeout: terminated.append((pid, is_ours(pid))))
+    runner = FakeRunner().on("losetup", Answer())
+    assert pool_guard_drop._stop_readers(Lvm(runner), lv) is True
+    assert terminated == [(4343, True)]
+    assert runner.changes == [["losetup", "--detach", "/dev/loop3"]]
+
+
+def test_a_guard_drop_unmounts_a_vm_disks_filesystems_lazily_while_they_are_read(monkeypatch):
+    from xenlvm import vmdisk_teardown
+    from xenlvm.mounts import MountEntry
+
+    job = parse_config("jobs:\n  vms:\n    mountpoint: /mnt/vmdisks\n    vmdisks:\n      domains: auto\n"
+                       "      size: 16M\n",
+                       "/etc/xenlvm/config.yaml").jobs["vms"]
+    lv = snapshot_row()
+    part = MountEntry(7, 3, "/mnt/vmdisks/vm2/xvda1", ("ro",), "ext4", "/dev/loop3")
+    monkeypatch.setattr(vmdisk_teardown, "loops_of", lambda devices: {"/dev/loop3": (7, 3)})
+    monkeypatch.setattr(vmdisk_teardown.mounts_mod, "read_mounts", lambda: [part])
+    runner = FakeRunner().on("umount", Answer()).on("losetup", Answer(returncode=1, stderr="busy"))
+    vmdisk_teardown.release(runner, job, [lv], 1.0, lazy=True)
+    assert runner.changes == [["umount", "--lazy", "/mnt/vmdisks/vm2/xvda1"],
+                              ["losetup", "--detach", "/dev/loop3"]]  # busy: left for after the readers
