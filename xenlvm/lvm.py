@@ -16,8 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from xenlvm.config import Job, SnapshotSpec
-from xenlvm.errors import CommandFailed, PreflightFailed, SafetyRefusal, XenlvmError
+from xenlvm.errors import CommandFailed, SafetyRefusal, XenlvmError
+from xenlvm.lvm_messages import VolumeGroupNotFound as VolumeGroupNotFound
 from xenlvm.lvm_messages import says_in_use
+from xenlvm.lvm_messages import vg_not_found_message as vg_not_found_message
 from xenlvm.ownership import lost_tags, prove_ownership
 from xenlvm.retry import Backoff
 from xenlvm.runner import Runner
@@ -30,7 +32,7 @@ _JSON = ["--reportformat", "json", "--units", "b", "--nosuffix"]
 LV_FIELDS = ("lv_name", "vg_name", "lv_attr", "lv_size", "origin", "pool_lv", "lv_tags",
              "data_percent", "lv_snapshot_invalid", "lv_active", "lv_kernel_major",
              "lv_kernel_minor", "lv_dm_path", "lv_time", "vg_free", "vg_size", "vg_extent_size", "vg_attr",
-             "metadata_percent", "lv_metadata_size")
+             "metadata_percent", "lv_metadata_size", "lv_uuid", "vg_uuid")
 
 
 def job_tag(job_name: str) -> str:
@@ -61,6 +63,7 @@ class LogicalVolume:
     created: str
     metadata_percent: float | None = None  # a thin pool's metadata use
     metadata_size: int = 0  # a thin pool's metadata LV, bytes
+    dm_uuid: str = ""  # as /sys/dev/block/<major:minor>/dm/uuid shows it ("": unknown)
 
     @property
     def is_thin(self) -> bool:
@@ -145,7 +148,13 @@ def _logical_volume(row: dict[str, str]) -> LogicalVolume:
         major=_int(row.get("lv_kernel_major", "")), minor=_int(row.get("lv_kernel_minor", "")),
         dm_path=row.get("lv_dm_path", ""), created=row.get("lv_time", ""),
         metadata_percent=float(metadata) if metadata else None,
-        metadata_size=int(row.get("lv_metadata_size") or 0))
+        metadata_size=int(row.get("lv_metadata_size") or 0), dm_uuid=_dm_uuid(row))
+
+
+def _dm_uuid(row: dict[str, str]) -> str:
+    """LVM names an LV's device "LVM-" + its VG's uuid + its own, without the dashes lvs shows."""
+    vg_uuid, lv_uuid = row.get("vg_uuid", ""), row.get("lv_uuid", "")
+    return "LVM-" + (vg_uuid + lv_uuid).replace("-", "") if vg_uuid and lv_uuid else ""
 
 
 def parse_volume_group(text: str, vg_name: str) -> VolumeGroup:
@@ -327,18 +336,6 @@ class Lvm:
 
 
 SYS_DEV_BLOCK = "/sys/dev/block"
-
-
-class VolumeGroupNotFound(PreflightFailed):
-    """Named VGs that do not exist (vgs says so)."""
-
-    def __init__(self, names: Sequence[str]) -> None:
-        self.names = list(names)
-        super().__init__("; ".join(map(vg_not_found_message, self.names)))
-
-
-def vg_not_found_message(vg: str) -> str:
-    return f"volume group {vg!r} not found: check 'volume:' in the configuration against the output of 'vgs'"
 
 
 def _lvremove_argv(job: Job, snapshots: Sequence[LogicalVolume]) -> list[str]:

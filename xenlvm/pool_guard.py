@@ -2,7 +2,7 @@
 filling up while the backup reads them; a full pool would stop every thin LV in it, the VMs'
 disks too.
 
-pre starts it after the snapshots are exposed (xenlvm.pool_guard_process, supervised like the
+pre starts it as soon as the snapshots exist (xenlvm.pool_guard_process, supervised like the
 watchdog); post stops it. Every ``interval`` seconds it asks ``lvs`` once how full each pool is
 (data and metadata). At ``protect_at`` it grows the pool from the VG's free space (``extend``),
 else it drops the job's thin snapshots in that pool (xenlvm.pool_guard_drop): that frees the
@@ -37,6 +37,7 @@ log = logging.getLogger("xenlvm")
 
 MODULE = "xenlvm.pool_guard"
 ACTION_SECONDS = 1.0  # what an lvextend may take, before one was measured
+FAILED = "the pool guard failed and stopped guarding"  # the problem of a guard that crashed
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ class Summary:
     """What the guard saw and did during one backup."""
 
     peak: dict[str, dict[str, float]] = field(default_factory=dict)  # per pool: {"data", "metadata"}
-    actions: list[dict] = field(default_factory=list)  # {pool, at, kind, fill, from, to, snapshots, reason}
+    # {pool, at, kind, fill, from, to, snapshots, reason}; kind "dropping": a drop begun, not finished
+    actions: list[dict] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # "vg/lv" of each snapshot it removed
     problems: list[str] = field(default_factory=list)  # each a sentence for the admin
     finished: float | None = None  # None: it was still running, or was killed
@@ -81,7 +83,7 @@ class Guard:
         self.guarded = list(guarded)
         self.identity: dict[str, tuple[str, str | None]] = {}  # a replaced snapshot is not ours
         self.peak: dict[str, dict[str, float]] = {}
-        self.last: dict[str, tuple[float, thinpool.PoolFill]] = {}  # per pool: the previous look
+        self.last: dict[str, tuple[float, thinpool.PoolFill, tuple[int, int]]] = {}  # per pool: the last look
         self.reaction = ACTION_SECONDS  # how long a look and an action take here, measured
         self.actions: list[dict] = []
         self.dropped: list[str] = []
@@ -142,11 +144,12 @@ class Guard:
         fill = thinpool.fill_of(pool)
         peak = self.peak.setdefault(str(pool), {"data": 0.0, "metadata": 0.0})
         peak["data"], peak["metadata"] = max(peak["data"], fill.data), max(peak["metadata"], fill.metadata)
-        then, before = self.last.get(str(pool), (self.looked, fill))
-        self.last[str(pool)] = (self.looked, fill)
+        sizes = (pool.size, pool.metadata_size)
+        then, before, were = self.last.get(str(pool), (self.looked, fill, sizes))
+        self.last[str(pool)] = (self.looked, fill, sizes)
         # Until it could act after the next look: the wait, that look's lvs, and the action.
         horizon = self.settings.interval + self.look_seconds + self.reaction
-        ahead = thinpool.lead(before, fill, self.looked - then, horizon)
+        ahead = thinpool.lead(thinpool.rescaled(before, were, sizes), fill, self.looked - then, horizon)
         for action in thinpool.decide(pool, vg, self.settings, ahead):
             if action.kind == "drop" or not self._extend(pool, action):
                 reason = action.reason or "growing it failed"
@@ -172,11 +175,15 @@ class Guard:
         names = [str(lv) for _, lv in present]
         log.error("thin pool %s cannot grow (%s): dropping the snapshot(s) %s of job %s so that the VMs on "
                   "it keep running; this backup fails", pool, reason, ", ".join(names), self.job.name)
+        # Written before the first change: a guard killed mid-drop still leaves the drop on record.
+        self._record(pool, "dropping", fill, 0, 0, names, reason)
         failures = pool_guard_drop.drop(self.lvm, self.job, present, self.lock_dir)
         for name, error in failures.items():
             self.problem(f"could not drop the snapshot {name} from thin pool {pool}: {error}")
-        self.dropped += [name for name in names if name not in failures]
-        self._record(pool, "drop", fill, 0, 0, [n for n in names if n not in failures], reason)
+        kept = [name for name in names if name not in failures]
+        self.dropped += kept
+        self.actions[-1] = {**self.actions[-1], "kind": "drop", "snapshots": kept}
+        self.write_summary()
         self._forget([g for g, lv in present if str(lv) not in failures])
 
     def _record(self, pool: LogicalVolume, kind: str, fill: float, old: int, new: int, snapshots: list[str],
@@ -244,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  settings.interval)
         guard.run(stop_request, max_lifetime)
 
-    return serve(guard, paths.pid, run, "the thin pool guard", "the pool guard failed and stopped guarding")
+    return serve(guard, paths.pid, run, "the thin pool guard", FAILED)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,9 +4,11 @@ so that the blocks only they hold go back to the pool and the VMs keep running.
 Each snapshot is proven the job's (tags and names, xenlvm.ownership, checked again by LVM
 through lvremove's --select) before anything is done to it. A volume's snapshot is lazily
 unmounted (the mount point is free at once; whoever still reads keeps its open files); the VM
-disks' snapshots are released as post does. If a reader still holds the device, lvremove
-cannot remove it: that reader (the backup's, reading a backup that has failed anyway) is
-stopped, since the alternative is a full pool that stops every VM on it."""
+disks' snapshots are released as post does, but their filesystems unmounted lazily too. If a
+reader still holds the device, or a loop device on it (a VM disk's files), lvremove cannot
+remove it: that reader (the backup's, reading a backup that has failed anyway) is stopped,
+while the device number still proves to be the snapshot's, since the alternative is a full
+pool that stops every VM on it."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from xenlvm import image_server, vmdisk_teardown, vmdisks
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Job, SnapshotSpec, Volume
 from xenlvm.errors import CommandFailed, XenlvmError
+from xenlvm.fsutil import read_small
 from xenlvm.lvm import LogicalVolume, Lvm
 from xenlvm.watchdog_process import terminate_proven
 
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("xenlvm")
 
 READER_STOP_TIMEOUT = 2.0  # SIGTERM, then SIGKILL: the pool fills meanwhile
+SYS = "/sys"
 
 
 def drop(lvm: Lvm, job: Job, present: Sequence[tuple[Guarded, LogicalVolume]],
@@ -40,7 +44,7 @@ def drop(lvm: Lvm, job: Job, present: Sequence[tuple[Guarded, LogicalVolume]],
     if disks:
         try:
             image_server.stop(lvm.runner, lock_dir, job.name)  # it holds them open
-            vmdisk_teardown.release(lvm.runner, job, disks, READER_STOP_TIMEOUT)
+            vmdisk_teardown.release(lvm.runner, job, disks, READER_STOP_TIMEOUT, lazy=True)
         except XenlvmError as exc:
             log.error("could not release every VM disk snapshot of job %s: %s", job.name, exc)
         removals += [(vmdisks.spec_of(job, lv), lv) for lv in disks]
@@ -56,7 +60,7 @@ def drop(lvm: Lvm, job: Job, present: Sequence[tuple[Guarded, LogicalVolume]],
         removals.append((spec, lv))
     not_removed = lvm.remove_snapshots(job, removals, retry_for=1.0)
     for spec, lv in removals:
-        if str(lv) in not_removed and _stop_readers(lv):
+        if str(lv) in not_removed and _stop_readers(lvm, lv):
             try:
                 lvm.remove_snapshot(job, spec, lv, retry_for=READER_STOP_TIMEOUT)
                 del not_removed[str(lv)]
@@ -103,19 +107,43 @@ def readers_of(major: int, minor: int, proc: str = "/proc") -> list[int]:
     return found
 
 
-def _stop_readers(lv: LogicalVolume) -> bool:
-    """Stop every process that holds lv's device; return whether there was one."""
-    if lv.major is None or lv.minor is None:
+def _stop_readers(lvm: Lvm, lv: LogicalVolume) -> bool:
+    """Stop every process that holds lv's device or a loop device on it (a VM disk's partition:
+    its files' readers), then detach those loops; return whether there was one. Only while
+    major:minor is still lv's device (its dm uuid): after a failed lvremove device-mapper may have
+    given that number to another device (another job's snapshot, a VM's disk)."""
+    if lv.major is None or lv.minor is None or not is_device_of(lv):
+        log.error("the device number of %s no longer proves to be its device; no reader stopped", lv)
         return False
-    major, minor = lv.major, lv.minor
-    readers = readers_of(major, minor)
+    snapshot = (lv.major, lv.minor)
+    loops = vmdisk_teardown.loops_of([snapshot])
+    stopped = False
+    for device in [snapshot, *loops.values()]:
+        stopped = _stop_readers_of(lv, snapshot, device) or stopped
+    for loop in loops:
+        vmdisk_teardown.detach_held(lvm.runner, loop)
+    return stopped or bool(loops)
+
+
+def _stop_readers_of(lv: LogicalVolume, snapshot: tuple[int, int], device: tuple[int, int]) -> bool:
+    """Stop the readers of device (lv's at snapshot, or a loop device on it) while that holds."""
+    def still(checked: int) -> bool:
+        on_it = device == snapshot or device in vmdisk_teardown.loops_of([snapshot]).values()
+        return is_device_of(lv) and on_it and checked in readers_of(*device)
+
+    readers = readers_of(*device)
     for pid in readers:
         comm = (_comm(pid) or "?").strip()
         log.warning("stopping %s[%d], which still reads the snapshot %s: the pool cannot wait for it",
                     comm, pid, lv)
-        terminate_proven(pid, lambda checked: checked in readers_of(major, minor),
-                         f"{comm}[{pid}], a reader of {lv}", READER_STOP_TIMEOUT)
+        terminate_proven(pid, still, f"{comm}[{pid}], a reader of {lv}", READER_STOP_TIMEOUT)
     return bool(readers)
+
+
+def is_device_of(lv: LogicalVolume) -> bool:
+    """True when the device at lv's major:minor is lv, as device-mapper's uuid for it shows."""
+    uuid = read_small(f"{SYS}/dev/block/{lv.major}:{lv.minor}/dm/uuid") if lv.dm_uuid else None
+    return uuid is not None and uuid.strip() == lv.dm_uuid
 
 
 def _comm(pid: int) -> str | None:

@@ -10,13 +10,15 @@ from collections.abc import Sequence
 from xenlvm.config import Config, Job
 from xenlvm.errors import XenlvmError
 from xenlvm.lvm import VMDISK_TAG
-from xenlvm.pool_guard import MODULE, Guarded, Summary, files, read_summary, write_spec
+from xenlvm.pool_guard import FAILED, MODULE, Guarded, Summary, files, read_spec, read_summary, write_spec
 
-__all__ = ["Summary", "guarded_of", "judge", "report", "start", "stop"]
+__all__ = ["Guarded", "Summary", "guarded_by", "guarded_of", "judge", "report", "running", "start", "stop",
+           "was_lost"]
+from xenlvm.monitor import read_pid
 from xenlvm.sizes import human_size
 from xenlvm.state import RunReport
 from xenlvm.targets import Target
-from xenlvm.watchdog_process import spawn, stop_monitor
+from xenlvm.watchdog_process import is_watchdog, spawn, stop_monitor
 
 log = logging.getLogger("xenlvm")
 
@@ -51,6 +53,27 @@ def stop(config: Config, job_name: str, timeout: float = 10.0) -> Summary | None
                         lambda said: Summary(problems=[f"the pool guard {said}"]), timeout)
 
 
+def guarded_by(config: Config, job_name: str) -> list[Guarded]:
+    """The snapshots the job's guard was started for (its spec; stop removes it): none when no
+    guard was started, or its spec is unreadable."""
+    try:
+        return read_spec(files(config.settings.lock_dir, job_name).spec)[0]
+    except XenlvmError:
+        return []
+
+
+def running(config: Config, job_name: str) -> bool:
+    """The job's guard runs now (its pid file names a process whose command line proves it)."""
+    pid = read_pid(files(config.settings.lock_dir, job_name).pid)
+    return pid is not None and is_watchdog(pid, job_name, MODULE)
+
+
+def was_lost(summary: Summary | None) -> bool:
+    """Given the summary of a guard that was not running when post began: it crashed or was
+    killed (no summary, none with its end, or one that says it failed), not ended by itself."""
+    return summary is None or not summary.finished or any(p.startswith(FAILED) for p in summary.problems)
+
+
 def report(summary: Summary, run: RunReport) -> None:
     """Log what the guard saw and did; note the pools' peak fill and its actions for the metrics."""
     for action in summary.actions:
@@ -71,15 +94,35 @@ def report(summary: Summary, run: RunReport) -> None:
     run.pool_guard_actions = len(summary.actions)
 
 
-def judge(job: Job, summary: Summary | None) -> XenlvmError | None:
-    """The backup failed when the guard dropped a snapshot to keep a pool from filling up."""
-    drops = [a for a in (summary.actions if summary else []) if a["kind"] == "drop"]
-    if not drops:
+def judge(job: Job, summary: Summary | None, vanished: Sequence[str] = (), lost: bool = False) -> \
+        XenlvmError | None:
+    """The backup failed when the guard dropped a snapshot to keep a pool from filling up, began
+    to and was stopped before it finished, when a guarded snapshot (vanished: gone at post) is
+    gone and the guard did not record removing it, or when the guard was lost (was_lost)."""
+    drops = [a for a in (summary.actions if summary else []) if a["kind"] in ("drop", "dropping")]
+    accounted = {name for a in drops for name in a["snapshots"]}
+    unaccounted = [name for name in vanished if name not in accounted]
+    if lost and not drops and not unaccounted:
+        return XenlvmError(
+            f"the thin pool guard of job {job.name!r} crashed or was killed during the backup (it was no "
+            "longer running at post and did not end by itself): the thin pools were unguarded for part of "
+            "the backup. The snapshots are cleaned up; see the 'pool guard' lines in /var/log/xenlvm.log.")
+    if not drops and not unaccounted:
         return None
-    said = "; ".join(f"thin pool {a['pool']} reached {a['fill']:.1f}% and could not grow ({a['reason']}), "
-                     f"so {', '.join(a['snapshots']) or 'its snapshots'} were removed" for a in drops)
+    said = [f"thin pool {a['pool']} reached {a['fill']:.1f}% and could not grow ({a['reason']}), so "
+            + _what_was_dropped(a) for a in drops]
+    if unaccounted:
+        said.append(f"the thin snapshot(s) {', '.join(unaccounted)} vanished during the backup, and the "
+                    "pool guard did not record removing them")
     return XenlvmError(
-        f"the backup of job {job.name!r} is incomplete: {said}. That kept the VMs on the pool running "
-        "(a full pool stops every thin LV in it), but the backup read a snapshot that vanished and "
+        f"the backup of job {job.name!r} is incomplete: {'; '.join(said)}. That kept the VMs on the pool "
+        "running (a full pool stops every thin LV in it), but the backup read a snapshot that vanished and "
         "cannot be trusted. Before the next backup give the pool room: grow it or free space in its "
         "VG ('lvs -a', 'vgs'), or run the backup when the VMs write less.")
+
+
+def _what_was_dropped(action: dict) -> str:
+    names = ", ".join(action["snapshots"])
+    if action["kind"] == "dropping":
+        return f"the pool guard began to remove {names} and was stopped before it finished"
+    return f"{names or 'its snapshots'} were removed"

@@ -96,11 +96,12 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
     if job.xen is not None:  # after the resume, as at the end of a pause window
         _collect(errors, quiesce.thaw_leftovers, ctx.runner, job, ctx.config.settings.lock_dir)
     _collect(errors, _stop_watchdog, ctx, job)
-    guard = _collect(errors, _stop_pool_guard, ctx, job)
+    guard, guarded, lost = _collect(errors, _stop_pool_guard, ctx, job) or (None, [], False)
     _collect(errors, _stop_image_server, ctx, job, judge_backup)  # before the snapshots it holds are removed
     found = _find_artefacts(ctx, job, errors)
+    vanished = _vanished(found, guarded)
     overflowed = _tear_down(ctx, job, found, errors)
-    dropped = pool_guard_process.judge(job, guard)
+    dropped = pool_guard_process.judge(job, guard, vanished, lost)
     if dropped is not None and judge_backup:
         errors.append(dropped)
     elif dropped is not None:
@@ -158,6 +159,16 @@ def _find_artefacts(ctx: Context, job: Job, errors: list[XenlvmError]) -> _Found
             invalid.append(lv)
     io_failed = {str(lv): cow.invalidated_by_io_errors(lv) for lv in invalid}
     return _Found(vgs, every, disk_snapshots, io_failed, host.mounts)
+
+
+def _vanished(found: _Found, guarded: Sequence[pool_guard_process.Guarded]) -> list[str]:
+    """The guarded thin snapshots ("vg/lv") that lvs no longer shows (a VG lvs could not read: none)."""
+    gone = []
+    for g in guarded:
+        vg = found.vgs.get(g.vg) or (found.every or {}).get(g.vg)
+        if vg is not None and vg.get(g.snapshot) is None:
+            gone.append(f"{g.vg}/{g.snapshot}")
+    return gone
 
 
 def _tear_down(ctx: Context, job: Job, found: _Found, errors: list[XenlvmError]) -> list[LogicalVolume]:
@@ -249,14 +260,22 @@ def _stop_watchdog(ctx: Context, job: Job) -> None:
     report.watchdog_extensions = len(summary.extensions)
 
 
-def _stop_pool_guard(ctx: Context, job: Job) -> pool_guard_process.Summary | None:
-    """Stop the job's thin pool guard before unmounting; report what it saw and did."""
+def _stop_pool_guard(ctx: Context, job: Job) -> \
+        tuple[pool_guard_process.Summary | None, list[pool_guard_process.Guarded], bool]:
+    """Stop the job's thin pool guard before unmounting; report what it saw and did. Return its
+    summary, the snapshots it guarded (its spec, which stop removes), and whether it was lost:
+    pre started it, and it was not running when post began and did not end by itself."""
     if ctx.dry_run:
-        return None
+        return None, [], False
+    guarded = pool_guard_process.guarded_by(ctx.config, job.name)
+    running = pool_guard_process.running(ctx.config, job.name)
     summary = pool_guard_process.stop(ctx.config, job.name)
     if summary is not None:
         pool_guard_process.report(summary, ctx.report(job))
-    return summary
+    lost = bool(guarded) and not running and pool_guard_process.was_lost(summary)
+    if guarded:
+        ctx.report(job).pool_guard_lost = int(lost)
+    return summary, guarded, lost
 
 
 def _stop_image_server(ctx: Context, job: Job, judge_backup: bool) -> None:

@@ -4,8 +4,8 @@ Lock the job; resume domains a killed run left paused; look at the host once (on
 mount table, xl: xenlvm.inventory); sweep what an earlier run left; plan the targets (the job's
 volumes, and its VM disks as xl shows them: xenlvm.targets); check everything before any
 change (xenlvm.preflight); create each snapshot inside its pause window (xenlvm.windows);
-expose each (mount, or files and images), serve the images; start the watchdog and the thin
-pool guard. Each change registers its undo as soon as it is made; any failure unwinds them all,
+start the thin pool guard at once; expose each (mount, or files and images), serve the images;
+start the watchdog. Each change registers its undo as soon as it is made; any failure unwinds them all,
 in reverse.
 """
 
@@ -94,6 +94,7 @@ def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
     if job.vmdisks is not None:
         vmdisks.mount_tree(ctx.runner, job, undo)
     consistent = _take_snapshots(ctx, job, targets, planned, pause, undo)
+    _start_pool_guard(ctx, job, targets, undo)  # at once: exposing them (image-copy: hours) fills pools too
 
     for target in targets:
         target.expose(ctx, job, undo)
@@ -109,7 +110,6 @@ def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
                                     xen_export.export_directory(job, ctx.config.settings.state_dir),
                                     consistent)
     _start_watchdog(ctx, job, targets, undo)
-    _start_pool_guard(ctx, job, targets, undo)
 
 
 def _take_snapshots(ctx: Context, job: Job, targets: Sequence[Target], planned: Sequence[windows.Window],

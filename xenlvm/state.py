@@ -40,6 +40,7 @@ class RunReport:
     watchdog_extensions: int | None = None  # post: how often the watchdog extended a snapshot
     thin_pool_peak_percent: float | None = None  # post: the fullest a thin snapshot's pool got
     pool_guard_actions: int | None = None  # post: how often the pool guard grew a pool or dropped
+    pool_guard_lost: int | None = None  # post: 1 when the pool guard crashed or was killed
     not_exposed: int | None = None  # pre, VM disks: how many disks were not all exposed as files
     domain_windows: dict[str, float] = field(default_factory=dict)  # pre: each domain's window (ms)
     consistent: dict[str, bool] = field(default_factory=dict)  # pre, xen.quiesce: each domain froze
@@ -108,12 +109,14 @@ _METRICS = (
     ("xenlvm_thin_pool_peak_fill_ratio",
      "the fullest (data or metadata) a thin snapshot's pool got during the last backup"),
     ("xenlvm_pool_guard_actions", "how often the pool guard grew a pool or dropped snapshots (last post)"),
+    ("xenlvm_pool_guard_lost", "1 if the pool guard crashed or was killed during the last backup, else 0"),
     ("xenlvm_disks_not_exposed",
      "VM disks whose filesystems the last pre could not all expose as files (expose: files)"),
 )
 # Notes that become a metric of the job: (note, metric, scale).
 _JOB_NOTES = (("thin_pool_peak_percent", "xenlvm_thin_pool_peak_fill_ratio", 0.01),
-              ("pool_guard_actions", "xenlvm_pool_guard_actions", 1))
+              ("pool_guard_actions", "xenlvm_pool_guard_actions", 1),
+              ("pool_guard_lost", "xenlvm_pool_guard_lost", 1))
 
 
 def _label_value(text: str) -> str:

@@ -120,6 +120,13 @@ def lead(before: PoolFill, after: PoolFill, seconds: float, horizon: float) -> P
                     max(0.0, (after.metadata - before.metadata) / seconds * horizon))
 
 
+def rescaled(fill: PoolFill, sizes: tuple[int, int], now: tuple[int, int]) -> PoolFill:
+    """fill of a pool whose (data, metadata) were sizes bytes, as percent of their sizes now:
+    the same bytes used. Growth is measured in bytes, so a look before a growth still counts."""
+    return PoolFill(fill.data * sizes[0] / now[0] if now[0] else fill.data,
+                    fill.metadata * sizes[1] / now[1] if now[1] else fill.metadata)
+
+
 def _grown(size: int, percent: float, settings: ThinPoolSettings, extent: int) -> tuple[int, int]:
     """The sizes that bring a part at percent of size back under refuse_above: (enough, wanted),
     wanted with a 20% margin more, both in whole extents."""

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from xenlvm import mounts as mounts_mod
 from xenlvm.config import Job
-from xenlvm.errors import MountError
+from xenlvm.errors import CommandFailed, MountError
 from xenlvm.fsutil import is_below
 from xenlvm.image_server import is_export
 from xenlvm.lvm import LogicalVolume, device_path
@@ -77,10 +77,12 @@ def detach_loops(runner: Runner, devices: Sequence[tuple[int, int] | None]) -> N
         runner.change(["losetup", "--detach", loop])
 
 
-def release(runner: Runner, job: Job, snapshots: Sequence[LogicalVolume], timeout: float) -> None:
+def release(runner: Runner, job: Job, snapshots: Sequence[LogicalVolume], timeout: float,
+            lazy: bool = False) -> None:
     """Unmount what xenlvm exposed for the job's disk snapshots and detach their loop devices,
     so that the snapshots can be removed; then finish. Raise if something that is not
-    xenlvm's is in the way; it is left alone."""
+    xenlvm's is in the way; it is left alone. lazy (the pool guard's drop): each mount is
+    detached at once even while read, and a loop device still held stays (see detach_held)."""
     ours = {(s.major, s.minor) for s in snapshots if s.major is not None and s.minor is not None}
     loops = loops_of(list(ours))
     devices = ours | set(loops.values())
@@ -97,14 +99,36 @@ def release(runner: Runner, job: Job, snapshots: Sequence[LogicalVolume], timeou
             continue
         if (entry.major, entry.minor) in devices or is_image_bind(entry, staging) or \
                 (in_our_tree and is_export(entry)) or (entry.fstype == "btrfs" and entry.source in sources):
-            mounts_mod.unmount_with_retry(runner, entry.mountpoint, timeout)
+            _unmount(runner, entry.mountpoint, timeout, lazy)
         else:
             foreign.append(entry.mountpoint)
     if foreign:
         raise MountError(f"something xenlvm did not mount is mounted below {job.mountpoint} "
                          f"({', '.join(foreign)}); unmount it yourself, then run 'xenlvm post' again")
     for loop in loops:
+        if lazy:
+            detach_held(runner, loop)
+        else:
+            runner.change(["losetup", "--detach", loop])
+
+
+def _unmount(runner: Runner, mountpoint: str, timeout: float, lazy: bool) -> None:
+    if not lazy:
+        mounts_mod.unmount_with_retry(runner, mountpoint, timeout)
+        return
+    try:
+        runner.change(["umount", "--lazy", mountpoint])
+    except CommandFailed as exc:
+        raise MountError(f"could not unmount {mountpoint} lazily: {exc.stderr or exc}") from None
+
+
+def detach_held(runner: Runner, loop: str) -> None:
+    """Detach loop; one still held by a reader is left (the kernel frees it at its last close
+    if it took the request; else the drop detaches it again after stopping the readers)."""
+    try:
         runner.change(["losetup", "--detach", loop])
+    except CommandFailed as exc:
+        log.warning("could not detach %s yet: %s", loop, exc.stderr or exc)
 
 
 def finish(runner: Runner, job: Job, timeout: float) -> None:

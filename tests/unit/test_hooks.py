@@ -395,3 +395,44 @@ def test_two_partial_jobs_keep_post_partial_and_a_real_failure_wins(host, monkey
     with pytest.raises(XenlvmError) as failed:
         post.run_post(ctx, jobs)
     assert failed.value.exit_code == 1 and "post failed for 2 jobs" in str(failed.value)
+
+
+def test_pre_starts_the_pool_guard_right_after_the_snapshots_before_exposing_them(host, monkeypatch):
+    """Exposing (a mount, an image copy of hours) runs while the pools fill: it runs guarded."""
+    ctx, config = context(host)
+    started = []
+    monkeypatch.setattr(pre, "_start_pool_guard", lambda ctx, job, targets, undo: started.append(
+        (len(host.runner.argvs_of("lvcreate")), len(host.runner.argvs_of("mount")))))
+    pre.run_pre(ctx, list(config.jobs.values()))
+    assert started == [(1, 0)]  # after the lvcreate, before the mount
+    assert len(host.runner.argvs_of("mount")) == 1
+
+
+@pytest.mark.parametrize(("finished", "problems", "running", "lost"), [
+    (None, [], False, True),  # killed: its last summary has no end
+    (5.0, ["the pool guard failed and stopped guarding: OSError: boom"], False, True),  # crashed
+    (5.0, [], False, False),  # ended by itself (its snapshots gone, or its lifetime over)
+    (None, [], True, False),  # running when post began: post stops it
+])
+def test_post_fails_and_notes_a_pool_guard_that_crashed_or_was_killed_and_still_cleans_up(
+        host, monkeypatch, finished, problems, running, lost):
+    from pathlib import Path
+
+    from xenlvm import pool_guard, pool_guard_process
+
+    ctx, config = context(host)
+    host.add_snapshot(lv_attr="swi-aos---")
+    paths = pool_guard.files(str(host.root / "run"), "xenvm")
+    guarded = [pool_guard.Guarded("system", "tpool", "vmbackup", "xenvm", "")]
+    pool_guard.write_spec(paths.spec, "xenvm", guarded, config.jobs["xenvm"].thin_pool, 60.0)
+    Path(paths.summary).write_text(json.dumps({"peak": {}, "actions": [], "dropped": [], "problems": problems,
+                                               "finished": finished}))
+    monkeypatch.setattr(pool_guard_process, "running", lambda config, job: running)
+    if lost:
+        with pytest.raises(XenlvmError, match="thin pool guard of job 'xenvm' crashed or was killed") as e:
+            post.run_post(ctx, list(config.jobs.values()))
+        assert e.value.exit_code == 1
+    else:
+        post.run_post(ctx, list(config.jobs.values()))
+    assert ctx.reports["xenvm"].pool_guard_lost == int(lost)
+    assert host.ours == [] and not Path(paths.spec).exists()  # cleaned up all the same

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from tests.unit.fakes import Answer, FakeRunner, lvs_with
-from xenlvm import pool_guard_process, state
+from xenlvm import pool_guard_drop, pool_guard_process, post, state
 from xenlvm.config_file import parse_config
 from xenlvm.lvm import Lvm
-from xenlvm.pool_guard import Guard, Guarded, files, read_spec, read_summary, write_spec
+from xenlvm.pool_guard import FAILED, Guard, Guarded, Summary, files, read_spec, read_summary, write_spec
 
 MiB = 1 << 20
 RECORDED = "lvs_thin_pool_95_percent.json"
@@ -183,3 +183,182 @@ def test_the_readers_of_a_device_are_the_processes_with_files_on_it_never_the_gu
         os.chdir(here)
         child.kill()
         child.wait()
+
+
+def test_a_drop_is_on_record_before_its_first_change_so_a_guard_killed_mid_drop_still_fails_post(
+        tmp_path, monkeypatch):
+    """post stops the guard after 10 s: a drop that takes longer must already be in the summary."""
+    seen = []
+
+    def killed_mid_drop(*args):
+        seen.append(read_summary(files(str(tmp_path), "tvm").summary))
+        raise SystemExit(-9)
+
+    monkeypatch.setattr(pool_guard_drop, "drop", killed_mid_drop)
+    watcher, _ = guard(tmp_path, at("95.31", vg_free="0"))
+    with pytest.raises(SystemExit):
+        watcher.look()
+    [summary] = seen
+    assert [(a["kind"], a["snapshots"]) for a in summary.actions] == [("dropping", ["system/tvmbackup"])]
+    error = pool_guard_process.judge(watcher.job, summary)
+    assert error is not None and error.exit_code == 1
+    assert "the pool guard began to remove system/tvmbackup and was stopped before it finished" in str(error)
+
+
+def test_a_finished_drop_replaces_its_dropping_record(tmp_path):
+    watcher, _ = guard(tmp_path, at("95.31", vg_free="0"))
+    watcher.look()
+    assert [a["kind"] for a in read_summary(files(str(tmp_path), "tvm").summary).actions] == ["drop"]
+
+
+def test_post_fails_when_a_guarded_snapshot_vanished_that_the_guard_did_not_record(tmp_path):
+    watcher, _ = guard(tmp_path, at("50.00"))
+    watcher.look()
+    summary = read_summary(files(str(tmp_path), "tvm").summary)
+    error = pool_guard_process.judge(watcher.job, summary, ["system/tvmbackup"])
+    assert error is not None and error.exit_code == 1
+    assert "the thin snapshot(s) system/tvmbackup vanished during the backup, and the pool guard did not " \
+           "record removing them" in str(error)
+    assert pool_guard_process.judge(watcher.job, None, ["system/tvmbackup"]) is not None
+    assert pool_guard_process.judge(watcher.job, summary, []) is None
+
+
+def test_a_snapshot_the_guard_dropped_is_accounted_for(tmp_path):
+    watcher, _ = guard(tmp_path, at("95.31", vg_free="0"))
+    watcher.look()
+    error = pool_guard_process.judge(watcher.job, read_summary(files(str(tmp_path), "tvm").summary),
+                                     ["system/tvmbackup"])
+    assert error is not None and "did not record" not in str(error)
+
+
+def test_post_reads_which_snapshots_the_guard_guarded_from_its_spec(tmp_path):
+    config = parse_config(CONFIG + f"settings:\n  lock_dir: {tmp_path}\n", "/etc/xenlvm/config.yaml")
+    assert pool_guard_process.guarded_by(config, "tvm") == []
+    write_spec(files(str(tmp_path), "tvm").spec, "tvm", [GUARDED], config.jobs["tvm"].thin_pool, 60.0)
+    assert pool_guard_process.guarded_by(config, "tvm") == [GUARDED]
+
+
+def test_post_finds_the_guarded_snapshots_that_vanished_from_lvs_as_it_read_them_before_teardown():
+    def found(report: str) -> post._Found:
+        vgs = Lvm(FakeRunner().on("lvs", Answer(report))).volume_groups(["system"])
+        return post._Found(dict(vgs), None, [], {}, [])
+
+    assert post._vanished(found(at("50.00")), [GUARDED]) == []
+    assert post._vanished(found(lvs_with(RECORDED, drop=["tvmbackup"])), [GUARDED]) == ["system/tvmbackup"]
+    unknown = post._Found({"system": None}, None, [], {}, [])
+    assert post._vanished(unknown, [GUARDED]) == []  # a VG lvs could not read: not judged
+
+
+VG_UUID, LV_UUID = "lfHD4V-0dLC-ssad-4Xkc-i4l8-P5qk-fX3ue1", "4OtN3d-Hqyf-9ATB-sTqQ-0zuB-PkcL-Bp2Eix"
+DM_UUID = "LVM-lfHD4V0dLCssad4Xkci4l8P5qkfX3ue14OtN3dHqyf9ATBsTqQ0zuBPkcLBp2Eix"
+
+
+def snapshot_row(**changes: str):
+    vgs = Lvm(FakeRunner().on("lvs", Answer(lvs_with(RECORDED, {"tvmbackup": changes})))).volume_groups(
+        ["system"])
+    return vgs["system"].get("tvmbackup")
+
+
+def test_lvs_gives_each_lv_its_device_mapper_uuid_as_the_kernel_shows_it():
+    from xenlvm.lvm import LV_FIELDS
+
+    assert {"lv_uuid", "vg_uuid"} <= set(LV_FIELDS)
+    assert snapshot_row(vg_uuid=VG_UUID, lv_uuid=LV_UUID).dm_uuid == DM_UUID
+    assert snapshot_row().dm_uuid == ""  # an lvs without them: unknown
+
+
+@pytest.mark.parametrize(("uuid", "stopped"), [
+    (DM_UUID + "\n", True),  # still the snapshot's device
+    ("LVM-lfHD4V0dLCssad4Xkci4l8P5qkfX3ue1" + "x" * 32 + "\n", False),  # the number now names another LV
+    (None, False),  # no device there any more
+])
+def test_readers_are_stopped_only_while_the_device_number_is_still_the_snapshots(tmp_path, monkeypatch, uuid,
+                                                                                 stopped):
+    lv = snapshot_row(vg_uuid=VG_UUID, lv_uuid=LV_UUID)
+    if uuid is not None:
+        (tmp_path / f"dev/block/{lv.major}:{lv.minor}/dm").mkdir(parents=True)
+        (tmp_path / f"dev/block/{lv.major}:{lv.minor}/dm/uuid").write_text(uuid)
+    monkeypatch.setattr(pool_guard_drop, "SYS", str(tmp_path))
+    monkeypatch.setattr(pool_guard_drop, "readers_of", lambda major, minor: [4242])
+    terminated = []
+    monkeypatch.setattr(pool_guard_drop, "terminate_proven",
+                        lambda pid, is_ours, what, timeout: terminated.append((pid, is_ours(pid))))
+    monkeypatch.setattr(pool_guard_drop.vmdisk_teardown, "loops_of", lambda devices: {})
+    assert pool_guard_drop._stop_readers(Lvm(FakeRunner()), lv) is stopped
+    assert terminated == ([(4242, True)] if stopped else [])
+
+
+def test_no_reader_is_stopped_when_lvs_gave_no_uuid_to_prove_the_device(tmp_path, monkeypatch):
+    lv = snapshot_row()
+    monkeypatch.setattr(pool_guard_drop, "readers_of", lambda major, minor: [4242])
+    monkeypatch.setattr(pool_guard_drop, "terminate_proven", lambda *args: pytest.fail("killed unproven"))
+    assert pool_guard_drop._stop_readers(Lvm(FakeRunner()), lv) is False
+
+
+def test_the_writers_rate_is_measured_in_bytes_across_a_growth_of_the_pool(tmp_path):
+    """95.31% of 64 MiB, grown to 80 MiB; 2 s later 85% of 80 MiB: 7 MiB more in 2 s (8.75 points
+    of the grown pool per look), though the percentage fell: 90% would pass before the next look."""
+    watcher, runner = guard(tmp_path, at("95.31"), at("85.00", lv_size=str(80 * MiB)))
+    watcher.look()
+    assert len(runner.changes) == 1
+    watcher.look()
+    assert len(runner.changes) == 2
+    assert [a["fill"] for a in read_summary(files(str(tmp_path), "tvm").summary).actions] == [95.31, 85.0]
+
+
+@pytest.mark.parametrize(("summary", "lost"), [
+    (None, True),  # killed before its first summary
+    (Summary(), True),  # killed: its last summary has no end
+    (Summary(problems=[FAILED + ": OSError: boom"], finished=5.0), True),  # crashed
+    (Summary(problems=["the pool guard: its summary x is unreadable (y)"], finished=0.0), True),
+    (Summary(finished=5.0), False),  # ended by itself
+])
+def test_a_guard_not_running_at_post_was_lost_unless_it_ended_by_itself(summary, lost):
+    assert pool_guard_process.was_lost(summary) is lost
+
+
+def test_a_lost_guard_fails_the_backup_and_is_a_metric(tmp_path):
+    job = parse_config(CONFIG, "/etc/xenlvm/config.yaml").jobs["tvm"]
+    error = pool_guard_process.judge(job, Summary(), lost=True)
+    assert error is not None and error.exit_code == 1 and "crashed or was killed" in str(error)
+    assert pool_guard_process.judge(job, Summary(finished=5.0)) is None
+    config = parse_config(f"settings:\n  state_dir: {tmp_path}\n" + CONFIG, "/etc/xenlvm/config.yaml")
+    state.record_run(config, ["tvm"], state.RunRecord("post", False, 1, 1.0, 1.0),
+                     {"tvm": state.RunReport(pool_guard_lost=1)})
+    assert 'xenlvm_pool_guard_lost{job="tvm"} 1' in state.render_metrics(config)
+
+
+def test_the_readers_of_a_vm_disks_loop_devices_are_stopped_too_then_the_loops_detached(tmp_path,
+                                                                                         monkeypatch):
+    """A VM disk's files are read through loop devices on its snapshot: those readers hold it."""
+    lv = snapshot_row(vg_uuid=VG_UUID, lv_uuid=LV_UUID)
+    (tmp_path / f"dev/block/{lv.major}:{lv.minor}/dm").mkdir(parents=True)
+    (tmp_path / f"dev/block/{lv.major}:{lv.minor}/dm/uuid").write_text(DM_UUID + "\n")
+    monkeypatch.setattr(pool_guard_drop, "SYS", str(tmp_path))
+    monkeypatch.setattr(pool_guard_drop.vmdisk_teardown, "loops_of",
+                        lambda devices: {"/dev/loop3": (7, 3)} if devices == [(lv.major, lv.minor)] else {})
+    monkeypatch.setattr(pool_guard_drop, "readers_of", lambda major, minor: [4343] if major == 7 else [])
+    terminated = []
+    monkeypatch.setattr(pool_guard_drop, "terminate_proven",
+                        lambda pid, is_ours, what, timeout: terminated.append((pid, is_ours(pid))))
+    runner = FakeRunner().on("losetup", Answer())
+    assert pool_guard_drop._stop_readers(Lvm(runner), lv) is True
+    assert terminated == [(4343, True)]
+    assert runner.changes == [["losetup", "--detach", "/dev/loop3"]]
+
+
+def test_a_guard_drop_unmounts_a_vm_disks_filesystems_lazily_while_they_are_read(monkeypatch):
+    from xenlvm import vmdisk_teardown
+    from xenlvm.mounts import MountEntry
+
+    job = parse_config("jobs:\n  vms:\n    mountpoint: /mnt/vmdisks\n    vmdisks:\n      domains: auto\n"
+                       "      size: 16M\n",
+                       "/etc/xenlvm/config.yaml").jobs["vms"]
+    lv = snapshot_row()
+    part = MountEntry(7, 3, "/mnt/vmdisks/vm2/xvda1", ("ro",), "ext4", "/dev/loop3")
+    monkeypatch.setattr(vmdisk_teardown, "loops_of", lambda devices: {"/dev/loop3": (7, 3)})
+    monkeypatch.setattr(vmdisk_teardown.mounts_mod, "read_mounts", lambda: [part])
+    runner = FakeRunner().on("umount", Answer()).on("losetup", Answer(returncode=1, stderr="busy"))
+    vmdisk_teardown.release(runner, job, [lv], 1.0, lazy=True)
+    assert runner.changes == [["umount", "--lazy", "/mnt/vmdisks/vm2/xvda1"],
+                              ["losetup", "--detach", "/dev/loop3"]]  # busy: left for after the readers

@@ -146,3 +146,11 @@ def test_a_metadata_extension_needs_room_for_the_spare_too(free_mib):
 def test_the_recorded_report_is_what_lvm_printed():
     rows = json.loads(recorded("thin_pool_95_percent"))["report"][0]["lv"]
     assert [r["lv_name"] for r in rows] == ["tpool", "tvm", "tvmbackup"]
+
+
+def test_a_fill_before_a_growth_is_rescaled_to_the_pools_size_now():
+    from xenlvm.thinpool import PoolFill, lead, rescaled
+
+    before = rescaled(PoolFill(90.0, 10.0), (100, 8), (120, 8))
+    assert before == PoolFill(75.0, 10.0)
+    assert lead(before, PoolFill(88.0, 10.0), 2.0, 2.0) == PoolFill(pytest.approx(13.0), 0.0)
