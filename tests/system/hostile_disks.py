@@ -8,6 +8,7 @@ Each function makes one disk image at path and returns what the backup must find
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -97,17 +98,24 @@ def cached(name: str, build: Callable[[Path], dict[str, str]]) -> tuple[Path, di
     key = hashlib.sha256(Path(__file__).read_bytes() + name.encode()).hexdigest()[:16]
     cache = Path(__file__).resolve().parents[2] / ".work" / "hostile-disks"
     image, expected = cache / f"{name}-{key}.img", cache / f"{name}-{key}.json"
-    if not expected.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        for old in cache.glob(f"{name}-*"):
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-        building = cache / f"{name}-{key}.building"
-        building.mkdir()
-        found = build(building / "disk.img")
-        (building / "disk.img").rename(image)
-        shutil.rmtree(building)  # and what the builder left beside the image
-        expected.write_text(json.dumps(found))
-    return image, json.loads(expected.read_text())
+    cache.mkdir(parents=True, exist_ok=True)
+    # The pytest workers share the cache and often want the same disk (every case uses the good
+    # one) at the same moment: one builds it while the others wait, and none removes an image
+    # another has just made (they did, and then copied a half-built or missing image).
+    with open(cache / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not expected.exists():
+            for old in cache.glob(f"{name}-*"):
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+            building = cache / f"{name}-{key}.building"
+            building.mkdir()
+            found = build(building / "disk.img")
+            (building / "disk.img").rename(image)
+            shutil.rmtree(building)  # and what the builder left beside the image
+            written = cache / f".{name}-{key}.json.tmp"
+            written.write_text(json.dumps(found))
+            written.rename(expected)  # last: the image is complete once this name exists
+        return image, json.loads(expected.read_text())
 
 
 # ---------------------------------------------------------------------------------------------
