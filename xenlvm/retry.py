@@ -43,7 +43,9 @@ class Backoff:
     def wait(self, *, within_deadline: bool = False) -> float:
         """Sleep the current wait (cut to the time left when within_deadline), then lengthen the
         next one; return the seconds asked for."""
-        seconds = min(self.delay, self.remaining()) if within_deadline else self.delay
+        # The deadline may pass between the caller's last look and this line (a loaded host):
+        # then there is nothing left to wait, not a negative sleep (ValueError).
+        seconds = max(0.0, min(self.delay, self.remaining())) if within_deadline else self.delay
         self.clock.sleep(seconds)
         self.delay = min(self.delay * self.factor + self.step, self.most)
         return seconds
