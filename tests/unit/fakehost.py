@@ -42,6 +42,8 @@ class FakeClock:
         return self.now
 
     def sleep(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("sleep length must be non-negative")  # as time.sleep does
         self.slept.append(seconds)
         self.now += seconds
 

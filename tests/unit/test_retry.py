@@ -2,24 +2,8 @@
 
 from __future__ import annotations
 
+from tests.unit.fakehost import FakeClock
 from xenlvm.retry import Backoff
-
-
-class FakeClock:
-    """monotonic and sleep of a clock that moves only when told to (or when slept on)."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.slept: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float, /) -> None:
-        if seconds < 0:
-            raise ValueError("sleep length must be non-negative")  # as time.sleep does
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 def test_a_wait_within_the_deadline_is_cut_to_the_time_left():
