@@ -48,13 +48,13 @@ REPO = Path(__file__).resolve().parent.parent
 OTHER_TASK = ["other_task", "/mnt/other", "FULL", "20261129-213000", "backup-host"]
 TASKS = {"xenvm": "xen_vm1", "vmdisks": "xen_vmdisks"}
 # The libraries whose whole import cost the report names (each with what it imports itself).
-LIBRARIES = ("dataclasses", "logging", "yaml", "json", "subprocess", "xenlvm.config", "xenlvm.hook_entry",
-             "xenlvm.pre", "xenlvm.post")
+LIBRARIES = ("dataclasses", "logging", "yaml", "json", "subprocess", "xenlvm.config.model",
+             "xenlvm.hook_entry", "xenlvm.phases.pre", "xenlvm.phases.post")
 # What the hook's own imports cost, as the hook starts (its flags and paths), without running it.
 IMPORT_ROWS = {"hook start: stdlib and PyYAML it needs": "import dataclasses, logging, yaml",
                "hook start: xenlvm.hook_entry": "import xenlvm.hook_entry",
-               "hook start: xenlvm.hook_entry + pre": "import xenlvm.hook_entry, xenlvm.pre, xenlvm.context, "
-                                                      "xenlvm.state"}
+               "hook start: xenlvm.hook_entry + pre": "import xenlvm.hook_entry, xenlvm.phases.pre, "
+                                                      "xenlvm.core.context, xenlvm.core.state"}
 ROWS = ["python -c pass", "python -I -S -c pass", *IMPORT_ROWS, "sbc_pre, no matching job",
         "sbc_pre, volume job", "sbc_post, volume job", "sbc_pre, vmdisks + xen job",
         "sbc_post, vmdisks + xen job"]
@@ -63,7 +63,7 @@ ROWS = ["python -c pass", "python -I -S -c pass", *IMPORT_ROWS, "sbc_pre, no mat
 def installed_hook(python: str, source: Path) -> str:
     """The text of the sbc_pre that source's install-hooks writes for python, run as `python -c`
     (sys.argv[1:] are then the hook's arguments, as when sesam runs the file)."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from xenlvm.install import hook_text; "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from xenlvm.admin.install import hook_text; "
             "print(hook_text('pre', 'PYTHON', None), end='')")
     text = subprocess.run([python, "-c", code, str(source)], capture_output=True, text=True,
                           check=True).stdout

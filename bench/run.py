@@ -457,9 +457,9 @@ class Bench:
             Row("sbc_post with the xen section", post),
         ])
         section.notes.append("The window runs from the first `xl pause` to the last `xl unpause` "
-                             "(xenlvm/xen.py) and so includes both xl processes; the stand-in xl is a "
-                             "Python script whose interpreter start-up alone takes hundreds of ms in the "
-                             "emulated kernel, where Xen's xl is a C program. 'from xl pause returning "
+                             "(xenlvm/xen/domains.py) and so includes both xl processes; the stand-in xl "
+                             "is a Python script whose interpreter start-up alone takes hundreds of ms in "
+                             "the emulated kernel, where Xen's xl is a C program. 'from xl pause returning "
                              "to xl unpause starting' is the part xenlvm itself decides (the issue's "
                              "target: at most 1.1x the bare lvcreate + 20 ms). Its lvcreate carries "
                              "three --addtag options. The "

@@ -2,7 +2,7 @@
 from the sources that --help and the README's key lists come from, so that they cannot drift:
 
 - commands and options: the click command tree of xenlvm.cli (its help texts are --help's);
-- configuration keys: the fields of xenlvm.config, which declare which keys exist, with the
+- configuration keys: the fields of xenlvm.config.model, which declare which keys exist, with the
   value and the comment that config.example.yaml gives each (every key must have one there).
 
     python3 doc/generate.py          # rewrite both files
@@ -25,14 +25,16 @@ sys.path.insert(0, str(REPO))
 
 import click  # noqa: E402
 
-from xenlvm import __version__, config, config_file  # noqa: E402
+from xenlvm import __version__  # noqa: E402
 from xenlvm.cli import main  # noqa: E402
+from xenlvm.config import load as config_file  # noqa: E402
+from xenlvm.config import model as config  # noqa: E402
 
 MAN_PAGE = REPO / "doc" / "xenlvm.8"
 COMPLETION = REPO / "doc" / "xenlvm.bash-completion"
 EXAMPLE = REPO / "config.example.yaml"
 
-# Each section of the configuration, and its keys (with their parsers), as xenlvm.config declares them.
+# Each section of the configuration, and its keys (with their parsers), as xenlvm.config.model declares them.
 SECTIONS = config_file.sections()
 
 _KEY_LINE = re.compile(r"^(?P<indent>\s*)(?P<hash>#\s*)?(?P<item>- )?(?P<key>[a-z_]+):(?P<rest>\s.*|)$")
@@ -88,7 +90,7 @@ def config_keys() -> list[tuple[str, list[tuple[str, str, str]]]]:
         in_example = {path[len(prefix):] for path in shown
                       if path.startswith(prefix) and "." not in path[len(prefix):]}
         problems += [f"config.example.yaml does not show {prefix}{key}" for key in sorted(known - in_example)]
-        problems += [f"config.example.yaml shows {prefix}{key}, which xenlvm.config does not know"
+        problems += [f"config.example.yaml shows {prefix}{key}, which xenlvm.config.model does not know"
                      for key in sorted(in_example - known)]
         entries = []
         for key in parsers:

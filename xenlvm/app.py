@@ -17,14 +17,14 @@ import time
 from collections.abc import Callable, Sequence
 
 from xenlvm import logs
-from xenlvm.config import Config
-from xenlvm.config_file import load_config
+from xenlvm.config.load import load_config
+from xenlvm.config.model import Config
 from xenlvm.errors import EXIT_FAILED, EXIT_OK, PartialBackup, UsageError, XenlvmError, host_file_error
 from xenlvm.sesam import describe_arguments, select_jobs
 
 TYPE_CHECKING = False  # the runner's import is paid only by a run that makes one
 if TYPE_CHECKING:
-    from xenlvm.runner import Runner
+    from xenlvm.host.runner import Runner
 
 log = logging.getLogger("xenlvm")
 
@@ -53,7 +53,7 @@ def load(path: str) -> Config:
 
 
 def make_runner(config: Config, dry_run: bool = False) -> Runner:
-    from xenlvm.runner import Runner
+    from xenlvm.host.runner import Runner
 
     return Runner(path=config.settings.path, timeout=config.settings.command_timeout, dry_run=dry_run)
 
@@ -106,7 +106,7 @@ def _xenlvm_part(phase: str, path: str, job_names: Sequence[str], dry_run: bool,
 
 
 def _run_local_hook(chain: str, sesam_args: Sequence[str]) -> int:
-    from xenlvm.install import run_local_hook  # and subprocess: only for a chained hook
+    from xenlvm.admin.install import run_local_hook  # and subprocess: only for a chained hook
 
     return run_local_hook(chain, sesam_args)
 
@@ -120,13 +120,14 @@ def run_phase(config: Config, phase: str, job_names: Sequence[str], dry_run: boo
     if not dry_run:
         require_root(phase)
     # only now, and only the phase's: a call for another task never pays for these imports
-    from xenlvm import interrupts, state
-    from xenlvm.context import Context
+    from xenlvm.core import state
+    from xenlvm.core.context import Context
+    from xenlvm.host import interrupts
 
     if phase == "pre":
-        from xenlvm.pre import run_pre as run
+        from xenlvm.phases.pre import run_pre as run
     else:
-        from xenlvm.post import run_post as run
+        from xenlvm.phases.post import run_post as run
     interrupts.install()
     context = Context(config, make_runner(config, dry_run))
     started, clock = time.time(), time.monotonic()

@@ -14,10 +14,12 @@ from collections.abc import Callable, Sequence
 
 import click
 
-from xenlvm import __version__, app, install, interrupts, logs
-from xenlvm.config import XL_TIMEOUT, Config, Job, Settings, config_path
-from xenlvm.config_file import load_config
+from xenlvm import __version__, app, logs
+from xenlvm.admin import install
+from xenlvm.config.load import load_config
+from xenlvm.config.model import XL_TIMEOUT, Config, Job, Settings, config_path
 from xenlvm.errors import EXIT_FAILED, EXIT_OK
+from xenlvm.host import interrupts
 from xenlvm.sesam import select_jobs
 
 log = logging.getLogger("xenlvm")
@@ -113,7 +115,7 @@ def check(ctx: click.Context, job_names: tuple[str, ...], hooks_dir: str, try_qu
     domain is frozen and thawed once (the only change check makes). Exit 0 when nothing
     failed, else 1.
     """
-    from xenlvm.check import check_host, check_job
+    from xenlvm.admin.check import check_host, check_job
 
     def work() -> int:
         config = load_config(ctx.obj["config"], strict=False)  # check reports permissions itself
@@ -142,7 +144,7 @@ def status(ctx: click.Context, job_names: tuple[str, ...], as_json: bool) -> Non
     errors), where it is mounted, its age and the run that created it, whether it is stale,
     paused domains, guests left frozen, last runs (with each domain's consistency), problems
     such as a volume group missing a PV."""
-    from xenlvm.status import describe, job_status
+    from xenlvm.admin.status import describe, job_status
 
     def work() -> None:
         config = load_config(ctx.obj["config"])
@@ -170,8 +172,8 @@ def cleanup(ctx: click.Context, job_names: tuple[str, ...], dry_run: bool) -> No
         if not dry_run:
             app.require_root("cleanup")
         interrupts.install()
-        from xenlvm.context import Context
-        from xenlvm.post import run_post
+        from xenlvm.core.context import Context
+        from xenlvm.phases.post import run_post
 
         run_post(Context(config, app.make_runner(config, dry_run)), _selected(config, job_names),
                  judge_backup=False)
@@ -226,7 +228,7 @@ def restore_disk(ctx: click.Context, source: str, target: str, dry_run: bool, ye
     Refuses unless the target exists and is at least the recorded size, no domain has it as a
     disk (xl list -l), it is not mounted, mapped, open or snapshotted, and --yes is given.
     """
-    from xenlvm.rebuild import restore_disk as rebuild
+    from xenlvm.admin.rebuild import restore_disk as rebuild
 
     _restore(ctx, "restore-disk", rebuild, source, target, dry_run, yes)
 
@@ -247,7 +249,7 @@ def restore_image(ctx: click.Context, image: str, target: str, dry_run: bool, ye
     every checksum and the chain's order verified before anything is written; --dry-run lists
     the chain. A chain with a gap is refused, naming the missing run.
     """
-    from xenlvm.restore import restore_image as copy_image
+    from xenlvm.admin.restore import restore_image as copy_image
 
     _restore(ctx, "restore-image", copy_image, image, target, dry_run, yes)
 

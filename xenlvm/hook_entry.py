@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from xenlvm import logs
 from xenlvm.app import finish, hook_work
-from xenlvm.config import config_path
+from xenlvm.config.model import config_path
 
 _VALUE_OPTIONS = {"--job": "job_names", "--config": "config_file", "--chain": "chain"}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from xenlvm.config import Config, Job
+from xenlvm.config.model import Config, Job
 from xenlvm.errors import UsageError
 
 

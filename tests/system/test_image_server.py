@@ -1,5 +1,5 @@
 """expose: image without copying: each VM disk snapshot is a read-only file served through FUSE by
-one qemu-storage-daemon that lives from pre to post (xenlvm.image_server). The disks are those
+one qemu-storage-daemon that lives from pre to post (xenlvm.vmdisks.image_server). The disks are those
 of guest/vmdisks.sh, as in test_vmdisks.py.
 """
 

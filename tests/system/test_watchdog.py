@@ -27,11 +27,11 @@ WATCHDOG_CONFIG = DEFAULT_CONFIG.replace("{", "{{").replace("}", "}}") + """\
 """
 
 START = f"""
-from xenlvm.config_file import load_config
-from xenlvm.lvm import Lvm
-from xenlvm.runner import Runner
-from xenlvm.watchdog import Watched
-from xenlvm.watchdog_process import start
+from xenlvm.config.load import load_config
+from xenlvm.host.lvm import Lvm
+from xenlvm.host.runner import Runner
+from xenlvm.watchdog.watch import Watched
+from xenlvm.watchdog.process import start
 
 config = load_config({CONFIG!r})
 origin = Lvm(Runner(path=config.settings.path)).volume_group('system').get('xenvm')
@@ -40,8 +40,8 @@ print(start(config, 'xenvm', [Watched('system', 'vmbackup', origin.size)], confi
 
 STOP = f"""
 import dataclasses, json
-from xenlvm.config_file import load_config
-from xenlvm.watchdog_process import stop
+from xenlvm.config.load import load_config
+from xenlvm.watchdog.process import stop
 
 summary = stop(load_config({CONFIG!r}), 'xenvm')
 print(json.dumps(summary and dataclasses.asdict(summary)))

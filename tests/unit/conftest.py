@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.fakehost import FakeHost
-from xenlvm import lvm
+from xenlvm.host import lvm
 
 
 @pytest.fixture(scope="session", autouse=True)

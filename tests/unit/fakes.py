@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Union
 
 from xenlvm.errors import CommandFailed
-from xenlvm.runner import Result
+from xenlvm.host.runner import Result
 
 DATA = Path(__file__).parent / "data"
 

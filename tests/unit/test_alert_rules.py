@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from xenlvm.state import _METRICS
+from xenlvm.core.state import _METRICS
 
 REPO = Path(__file__).resolve().parents[2]
 

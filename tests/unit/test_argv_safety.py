@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.fakes import FakeRunner
-from xenlvm.config_file import parse_config
+from xenlvm.config.load import parse_config
 from xenlvm.errors import ConfigError
-from xenlvm.lvm import LogicalVolume, Lvm, job_tag
-from xenlvm.mounts import mount_snapshot
+from xenlvm.host.lvm import LogicalVolume, Lvm, job_tag
+from xenlvm.host.mounts import mount_snapshot
 
 OUR_OPTIONS = {"--snapshot", "--name", "--addtag", "--size", "--extents", "--ignoreactivationskip",
                "--force", "--select", "-t", "-o"}

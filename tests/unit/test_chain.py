@@ -1,4 +1,4 @@
-"""A disk's chain in one folder (xenlvm/chain.py): from any increment, the disk as of its run
+"""A disk's chain in one folder (xenlvm/increments/chain.py): from any increment, the disk as of its run
 is read back exactly; a gap, a loop, a damaged or foreign file is refused, naming it."""
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xenlvm import chain, increment
-from xenlvm.chain import ChainBroken, Piece
 from xenlvm.errors import IncrementInvalid
-from xenlvm.increment import DATA, ZEROS, Range
+from xenlvm.increments import chain
+from xenlvm.increments import fileformat as increment
+from xenlvm.increments.chain import ChainBroken, Piece
+from xenlvm.increments.fileformat import DATA, ZEROS, Range
 
 BLOCK = 64  # the pool's block in these tests
 SIZE = 16 * BLOCK

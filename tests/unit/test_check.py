@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests.unit.fakes import Answer, Timeout, lvs_with, recorded
-from xenlvm import check, install
+from xenlvm.admin import check, install
 
 XEN = "    xen:\n      domains: auto\n"
 VMDISKS = "    vmdisks:\n      domains: auto\n      size: 16M\n"

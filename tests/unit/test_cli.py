@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from xenlvm import __version__, app, hook_entry, install, interrupts
+from xenlvm import __version__, app, hook_entry
+from xenlvm.admin import install
 from xenlvm.cli import main
+from xenlvm.host import interrupts
 
 DATA = Path(__file__).parent / "data"
 

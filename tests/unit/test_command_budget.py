@@ -10,7 +10,9 @@ import copy
 import pytest
 
 from tests.unit.test_hooks import VMDISKS, XEN, context
-from xenlvm import post, pre, vmdisk_teardown, vmdisks
+from xenlvm.phases import post, pre
+from xenlvm.vmdisks import expose as vmdisks
+from xenlvm.vmdisks import teardown as vmdisk_teardown
 
 LVM = ("lvs", "vgs", "lvcreate", "lvremove", "lvextend", "lvchange")
 

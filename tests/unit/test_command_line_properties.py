@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 
 from tests.unit.fakehost import FakeHost
 from tests.unit.fakes import Answer, Timeout, recorded
-from xenlvm import app, cli, interrupts
+from xenlvm import app, cli
 from xenlvm.errors import CommandFailed
+from xenlvm.host import interrupts
 
 COMMANDS = {
     "pre": ["pre", "--job", "xenvm"],

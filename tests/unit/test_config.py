@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xenlvm.config import (
+from xenlvm.config.load import load_config, parse_config
+from xenlvm.config.model import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_PATH,
     Config,
@@ -21,7 +22,6 @@ from xenlvm.config import (
     parse_duration,
     parse_size,
 )
-from xenlvm.config_file import load_config, parse_config
 from xenlvm.errors import ConfigError
 
 PATH = "/etc/xenlvm/config.yaml"

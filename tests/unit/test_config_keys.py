@@ -1,4 +1,4 @@
-"""Each configuration key is declared once, on its field in xenlvm.config: config.example.yaml
+"""Each configuration key is declared once, on its field in xenlvm.config.model: config.example.yaml
 and the README's key lists must name exactly those keys, no more and no fewer."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from xenlvm.config_file import sections
+from xenlvm.config.load import sections
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from xenlvm import install
+from xenlvm.admin import install
 
 REPO = Path(__file__).resolve().parents[2]
 PRERM = (REPO / "debian" / "prerm").read_text()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from xenlvm.config import Settings
-from xenlvm.config_file import load_config, parse_config
+from xenlvm.config.load import load_config, parse_config
+from xenlvm.config.model import Settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.yaml"
 

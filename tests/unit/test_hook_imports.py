@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from xenlvm import install
+from xenlvm.admin import install
 
 REPO = Path(__file__).resolve().parents[2]
 # At exit, write the names of the imported modules into the file named by the first argument.
@@ -30,11 +30,11 @@ CONFIG = ("settings: {{log_file: {tmp}/xenlvm.log, lock_dir: {tmp}/lock, state_d
 # a matching job (pre, post and what they use), concurrent xl calls, or nowhere on this path
 # (typing: annotations only; argparse and shutil: the watchdog's command line, Xen config copies).
 NOT_FOR_ANOTHER_TASK = {
-    "click", "xenlvm.cli", "xenlvm.install", "subprocess", "xenlvm.pre", "xenlvm.post", "xenlvm.runner",
-    "xenlvm.lvm", "xenlvm.mounts", "xenlvm.state", "xenlvm.context", "json", "concurrent.futures",
-    "typing", "argparse", "shutil",
+    "click", "xenlvm.cli", "xenlvm.admin.install", "subprocess", "xenlvm.phases.pre", "xenlvm.phases.post",
+    "xenlvm.host.runner", "xenlvm.host.lvm", "xenlvm.host.mounts", "xenlvm.core.state", "xenlvm.core.context",
+    "json", "concurrent.futures", "typing", "argparse", "shutil",
 }
-NOT_FOR_A_MATCHING_JOB = {"click", "xenlvm.cli", "xenlvm.install", "concurrent.futures", "typing",
+NOT_FOR_A_MATCHING_JOB = {"click", "xenlvm.cli", "xenlvm.admin.install", "concurrent.futures", "typing",
                           "argparse", "shutil"}
 
 
@@ -53,15 +53,16 @@ def imported_by(tmp_path: Path, code: str, *args: str) -> set[str]:
 def test_a_call_for_another_task_imports_neither_click_nor_what_only_a_matching_job_needs(tmp_path):
     modules = imported_by(tmp_path, HOOK, "pre", "other_task", "/mnt/other", "FULL")
 
-    assert {"xenlvm.hook_entry", "xenlvm.config_file", "yaml"} <= modules  # it did read the config
+    assert {"xenlvm.hook_entry", "xenlvm.config.load", "yaml"} <= modules  # it did read the config
     assert "no job is configured" in (tmp_path / "xenlvm.log").read_text()
     assert modules & NOT_FOR_ANOTHER_TASK == set()
 
 
 def test_the_modules_of_a_matching_pre_and_post_import_no_more_than_they_use(tmp_path):
-    modules = imported_by(tmp_path, LIST_MODULES + "import xenlvm.hook_entry, xenlvm.pre, xenlvm.post\n")
+    modules = imported_by(tmp_path,
+                          LIST_MODULES + "import xenlvm.hook_entry, xenlvm.phases.pre, xenlvm.phases.post\n")
 
-    assert {"xenlvm.pre", "xenlvm.post", "xenlvm.runner", "subprocess"} <= modules
+    assert {"xenlvm.phases.pre", "xenlvm.phases.post", "xenlvm.host.runner", "subprocess"} <= modules
     assert modules & NOT_FOR_A_MATCHING_JOB == set()
 
 

@@ -10,9 +10,14 @@ import pytest
 
 from tests.unit.fakehost import ORIGIN_MOUNT
 from tests.unit.fakes import Answer, Timeout
-from xenlvm import context as context_mod
-from xenlvm import mounts, post, pre, vmdisk_teardown, watchdog, watchdog_process, xen
+from xenlvm.core import context as context_mod
 from xenlvm.errors import FileError, MountError, PartialBackup, XenlvmError
+from xenlvm.host import mounts
+from xenlvm.phases import post, pre
+from xenlvm.vmdisks import teardown as vmdisk_teardown
+from xenlvm.watchdog import process as watchdog_process
+from xenlvm.watchdog import watch as watchdog
+from xenlvm.xen import domains as xen
 
 XEN = "    xen:\n      domains: auto\n      timeout: 2s\n"
 
@@ -418,7 +423,8 @@ def test_post_fails_and_notes_a_pool_guard_that_crashed_or_was_killed_and_still_
         host, monkeypatch, finished, problems, running, lost):
     from pathlib import Path
 
-    from xenlvm import pool_guard, pool_guard_process
+    from xenlvm.thinpool import guard as pool_guard
+    from xenlvm.thinpool import process as pool_guard_process
 
     ctx, config = context(host)
     host.add_snapshot(lv_attr="swi-aos---")

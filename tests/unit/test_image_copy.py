@@ -10,9 +10,12 @@ import pytest
 
 from tests.unit.test_hooks import context
 from tests.unit.test_vmdisks import VGS, job
-from xenlvm import pre, vmdisk_copy, vmdisk_target, vmdisk_teardown
-from xenlvm.config import Job
+from xenlvm.config.model import Job
 from xenlvm.errors import PreflightFailed, SafetyRefusal
+from xenlvm.phases import pre
+from xenlvm.vmdisks import image_copy as vmdisk_copy
+from xenlvm.vmdisks import target as vmdisk_target
+from xenlvm.vmdisks import teardown as vmdisk_teardown
 
 OTHER_UID = 1000
 

@@ -1,4 +1,4 @@
-"""expose: image through FUSE (xenlvm.image_server): the server's command line, the proof of its
+"""expose: image through FUSE (xenlvm.vmdisks.image_server): the server's command line, the proof of its
 pid before it is signalled, and post's judgement of a server that died. The real server, FUSE
 and the mounts run in the sandbox (tests/system/test_image_server.py)."""
 
@@ -16,15 +16,17 @@ from pathlib import Path
 import pytest
 
 from tests.unit.fakes import FakeRunner
-from xenlvm import image_server, status, vmdisk_teardown
-from xenlvm.config import SnapshotSpec, Volume
-from xenlvm.config_file import parse_config
+from xenlvm.admin import status
+from xenlvm.config.load import parse_config
+from xenlvm.config.model import SnapshotSpec, Volume
+from xenlvm.core.undo import UndoStack
 from xenlvm.errors import MountError
-from xenlvm.fsutil import read_small
-from xenlvm.lvm import LogicalVolume
-from xenlvm.mounts import MountEntry
-from xenlvm.undo import UndoStack
-from xenlvm.vmdisk_target import VmDiskTarget
+from xenlvm.host.fsutil import read_small
+from xenlvm.host.lvm import LogicalVolume
+from xenlvm.host.mounts import MountEntry
+from xenlvm.vmdisks import image_server
+from xenlvm.vmdisks import teardown as vmdisk_teardown
+from xenlvm.vmdisks.target import VmDiskTarget
 
 JOB = "disks"
 CONFIG = (f"jobs:\n  {JOB}:\n    mountpoint: /mnt/vmdisks\n    vmdisks:\n      domains: auto\n"

@@ -1,4 +1,4 @@
-"""The increment file format (xenlvm/increment.py): what is written reads back exactly, its
+"""The increment file format (xenlvm/increments/fileformat.py): what is written reads back exactly, its
 size is the changed bytes plus the documented overhead, and every damage is refused."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xenlvm import increment
 from xenlvm.errors import IncrementInvalid
-from xenlvm.increment import DATA, ZEROS, Range
+from xenlvm.increments import fileformat as increment
+from xenlvm.increments.fileformat import DATA, ZEROS, Range
 
 DISK_SIZE = 4096
 FIXTURE = settings(max_examples=60, deadline=None,

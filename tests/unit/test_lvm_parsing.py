@@ -11,10 +11,10 @@ import pytest
 
 from tests.unit.fakes import Answer, FakeRunner
 from tests.unit.fakes import recorded as recorded_file
-from xenlvm import cow, lvm, lvm_messages
-from xenlvm.config import Job, SnapshotSpec, Volume, parse_size
+from xenlvm.config.model import Job, SnapshotSpec, Volume, parse_size
 from xenlvm.errors import CommandFailed, PreflightFailed, SafetyRefusal, XenlvmError
-from xenlvm.lvm import LogicalVolume, Lvm, device_path, job_tag, parse_lvs_json, parse_volume_group
+from xenlvm.host import cow, lvm, lvm_messages
+from xenlvm.host.lvm import LogicalVolume, Lvm, device_path, job_tag, parse_lvs_json, parse_volume_group
 
 DATA = Path(__file__).parent / "data"
 

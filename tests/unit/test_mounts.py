@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.unit.fakes import FakeRunner
-from xenlvm import mounts
 from xenlvm.errors import CommandFailed, MountError
-from xenlvm.lvm import parse_lvs_json
-from xenlvm.mounts import (
+from xenlvm.host import mounts
+from xenlvm.host.lvm import parse_lvs_json
+from xenlvm.host.mounts import (
     MountEntry,
     filesystem_type,
     holders,

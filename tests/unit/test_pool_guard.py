@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 
 from tests.unit.fakes import Answer, FakeRunner, lvs_with
-from xenlvm import pool_guard_drop, pool_guard_process, post, state
-from xenlvm.config_file import parse_config
-from xenlvm.lvm import Lvm
-from xenlvm.pool_guard import FAILED, Guard, Guarded, Summary, files, read_spec, read_summary, write_spec
+from xenlvm.config.load import parse_config
+from xenlvm.core import state
+from xenlvm.host.lvm import Lvm
+from xenlvm.phases import post
+from xenlvm.thinpool import drop as pool_guard_drop
+from xenlvm.thinpool import process as pool_guard_process
+from xenlvm.thinpool.guard import FAILED, Guard, Guarded, Summary, files, read_spec, read_summary, write_spec
 
 MiB = 1 << 20
 RECORDED = "lvs_thin_pool_95_percent.json"
@@ -169,7 +172,7 @@ def test_the_readers_of_a_device_are_the_processes_with_files_on_it_never_the_gu
     import os
     import subprocess
 
-    from xenlvm.pool_guard_drop import readers_of
+    from xenlvm.thinpool.drop import readers_of
 
     device = os.stat(tmp_path).st_dev
     child = subprocess.Popen(["sleep", "30"], cwd=tmp_path)
@@ -260,7 +263,7 @@ def snapshot_row(**changes: str):
 
 
 def test_lvs_gives_each_lv_its_device_mapper_uuid_as_the_kernel_shows_it():
-    from xenlvm.lvm import LV_FIELDS
+    from xenlvm.host.lvm import LV_FIELDS
 
     assert {"lv_uuid", "vg_uuid"} <= set(LV_FIELDS)
     assert snapshot_row(vg_uuid=VG_UUID, lv_uuid=LV_UUID).dm_uuid == DM_UUID
@@ -348,8 +351,8 @@ def test_the_readers_of_a_vm_disks_loop_devices_are_stopped_too_then_the_loops_d
 
 
 def test_a_guard_drop_unmounts_a_vm_disks_filesystems_lazily_while_they_are_read(monkeypatch):
-    from xenlvm import vmdisk_teardown
-    from xenlvm.mounts import MountEntry
+    from xenlvm.host.mounts import MountEntry
+    from xenlvm.vmdisks import teardown as vmdisk_teardown
 
     job = parse_config("jobs:\n  vms:\n    mountpoint: /mnt/vmdisks\n    vmdisks:\n      domains: auto\n"
                        "      size: 16M\n",

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from xenlvm.config import Job, Size, SnapshotSpec, Volume, parse_size
-from xenlvm.lvm import VolumeGroup, parse_volume_group
-from xenlvm.mounts import MountEntry
-from xenlvm.preflight import (
+from xenlvm.config.model import Job, Size, SnapshotSpec, Volume, parse_size
+from xenlvm.core.preflight import (
     Finding,
     check_job_volumes,
     check_mountpoint,
@@ -22,6 +20,8 @@ from xenlvm.preflight import (
     failures,
     snapshot_bytes,
 )
+from xenlvm.host.lvm import VolumeGroup, parse_volume_group
+from xenlvm.host.mounts import MountEntry
 from xenlvm.sizes import human_size
 
 DATA = Path(__file__).parent / "data"

@@ -140,8 +140,8 @@ def test_every_module_compiles_with_python_3_9():
 
 CHAIN_ON_39 = """
 import hashlib, os, sys
-from xenlvm import chain, increment
-from xenlvm.increment import DATA, ZEROS, Range
+from xenlvm.increments import chain, fileformat as increment
+from xenlvm.increments.fileformat import DATA, ZEROS, Range
 folder = sys.argv[1]
 first = os.urandom(4096)
 second = bytes(512) + first[512:1024] + b"x" * 1024 + first[2048:]

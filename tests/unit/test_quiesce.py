@@ -14,11 +14,26 @@ from tests.unit.fakes import Answer, FakeRunner, Timeout
 from tests.unit.test_vmdisks import VGS, discover, disk, xl_for
 from tests.unit.test_vmdisks import devices as devices  # noqa: F401 (the fixture)
 from tests.unit.test_windows import per_domain_job
-from xenlvm import post, pre, quiesce, quiesce_check, quiesce_guard, quiesce_record, state, status, windows
-from xenlvm.config import Config, Job, QuiesceSettings, Settings, VmDiskSettings, XenSettings, parse_size
-from xenlvm.config_file import parse_config
+from xenlvm.admin import status
+from xenlvm.config.load import parse_config
+from xenlvm.config.model import (
+    Config,
+    Job,
+    QuiesceSettings,
+    Settings,
+    VmDiskSettings,
+    XenSettings,
+    parse_size,
+)
+from xenlvm.core import state
 from xenlvm.errors import CommandFailed, ConfigError
-from xenlvm.runner import Runner
+from xenlvm.host.runner import Runner
+from xenlvm.phases import post, pre
+from xenlvm.quiesce import check as quiesce_check
+from xenlvm.quiesce import freeze as quiesce
+from xenlvm.quiesce import guard as quiesce_guard
+from xenlvm.quiesce import record as quiesce_record
+from xenlvm.xen import windows
 
 FREEZE = "/usr/local/sbin/guest-freeze"
 THAW = "/usr/local/sbin/guest-thaw"
@@ -214,7 +229,7 @@ def test_a_failed_thaw_fails_the_window_thaws_the_others_and_stays_recorded(tmp_
 
 def test_a_domain_without_commands_is_not_frozen_and_counts_as_crash_consistent(tmp_path):
     runner = FakeRunner().on("/usr/local/sbin/db-lock", "").on("/usr/local/sbin/db-unlock", "")
-    from xenlvm.config import DomainCommands
+    from xenlvm.config.model import DomainCommands
     q = quiescer(tmp_path, runner)
     q.settings = QuiesceSettings(per_domain=(DomainCommands("db1", ("/usr/local/sbin/db-lock",),
                                                             ("/usr/local/sbin/db-unlock",)),))
@@ -466,7 +481,7 @@ def test_status_tells_each_domains_consistency_and_a_guest_left_frozen():
 
 
 def test_auto_leaves_an_excluded_domain_out_unless_it_shares_a_volume_that_is_backed_up(caplog):
-    from xenlvm import xen
+    from xenlvm.xen import domains as xen
     job = Job(name="vms", mountpoint="/mnt/vms", volumes=(), xen=XenSettings(domains="auto"),
               vmdisks=VmDiskSettings(domains="auto", size=parse_size("16M"), exclude=("vm3", "vm4")))
     view = xl_for({"vm2": [disk("/dev/system/vm2-disk", "xvda")],
@@ -631,7 +646,7 @@ def test_the_guards_thaw_waits_for_pres_and_acts_only_on_the_record_it_saw(tmp_p
 
 @pytest.fixture
 def signals(monkeypatch):
-    from xenlvm import interrupts
+    from xenlvm.host import interrupts
     monkeypatch.setattr(interrupts, "_state", {"depth": 0, "pending": None, "seen": False})
     return interrupts
 
@@ -714,7 +729,8 @@ def test_a_domain_name_that_would_become_an_option_is_never_frozen(tmp_path, cap
 
 
 def test_an_exclude_that_names_no_domain_is_warned_about_in_check():
-    from xenlvm import check, vmdisk_target
+    from xenlvm.admin import check
+    from xenlvm.vmdisks import target as vmdisk_target
     job = vmdisk_job(("vm3", "vm9", "vm8/xvdb", "vm2/xvdc"))
     view = xl_for({"vm2": [disk("/dev/system/vm2-disk", "xvda")],
                    "vm3": [disk("/dev/system/vm3-disk", "xvda")]}).view()

@@ -13,10 +13,14 @@ import pytest
 
 from tests.unit import test_chain
 from tests.unit.fakes import Answer, FakeRunner, lvs_with, recorded
-from xenlvm import chain, increment, layout, mounts, rebuild, restore
+from xenlvm.admin import rebuild, restore
 from xenlvm.errors import CommandFailed, IncrementInvalid, LockTimeout, SafetyRefusal, UsageError
-from xenlvm.lvm import device_path
-from xenlvm.mounts import MountEntry
+from xenlvm.host import mounts
+from xenlvm.host.lvm import device_path
+from xenlvm.host.mounts import MountEntry
+from xenlvm.increments import chain
+from xenlvm.increments import fileformat as increment
+from xenlvm.vmdisks import layout
 
 # sfdisk --json of a GPT disk (util-linux 2.38.1, taken in the test guest)
 SFDISK_GPT = """{

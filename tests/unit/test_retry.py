@@ -1,9 +1,9 @@
-"""The one backoff of every retry loop (xenlvm.retry)."""
+"""The one backoff of every retry loop (xenlvm.host.retry)."""
 
 from __future__ import annotations
 
 from tests.unit.fakehost import FakeClock
-from xenlvm.retry import Backoff
+from xenlvm.host.retry import Backoff
 
 
 def test_a_wait_within_the_deadline_is_cut_to_the_time_left():

@@ -13,11 +13,16 @@ import threading
 import pytest
 
 from tests.unit.test_xen import job as xen_job
-from xenlvm import check, fsutil, install, logs, rebuild, state, xen, xen_export
-from xenlvm.config_file import parse_config
+from xenlvm import logs
+from xenlvm.admin import check, install, rebuild
+from xenlvm.config.load import parse_config
+from xenlvm.core import state
 from xenlvm.errors import SafetyRefusal
-from xenlvm.lock import JobLock
-from xenlvm.mounts import MountEntry
+from xenlvm.host import fsutil
+from xenlvm.host.lock import JobLock
+from xenlvm.host.mounts import MountEntry
+from xenlvm.xen import domains as xen
+from xenlvm.xen import export as xen_export
 
 OTHER_UID = 1000  # a local user; the tests run as root (make unit) or as that user's peer
 

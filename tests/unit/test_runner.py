@@ -10,9 +10,9 @@ import time
 import pytest
 
 from tests.unit.fakes import FakeRunner
-from xenlvm.config import DEFAULT_PATH
+from xenlvm.config.model import DEFAULT_PATH
 from xenlvm.errors import CommandFailed
-from xenlvm.runner import Result, Runner, quote, which
+from xenlvm.host.runner import Result, Runner, quote, which
 
 
 @pytest.fixture

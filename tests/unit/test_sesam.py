@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from xenlvm.config_file import parse_config
+from xenlvm.config.load import parse_config
 from xenlvm.errors import UsageError
 from xenlvm.sesam import describe_arguments, select_jobs
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.unit.fakes import Answer, Timeout, lvs_with, recorded
-from xenlvm.status import describe, job_status
+from xenlvm.admin.status import describe, job_status
 
 
 def _report(**volume) -> dict:

@@ -8,10 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.unit.fakes import Answer, FakeRunner, recorded
-from xenlvm import thin_delta
 from xenlvm.errors import CommandFailed
-from xenlvm.increment import DATA, ZEROS, Range
-from xenlvm.thin_delta import ThinDeltaFailed
+from xenlvm.increments import thin_delta
+from xenlvm.increments.fileformat import DATA, ZEROS, Range
+from xenlvm.increments.thin_delta import ThinDeltaFailed
 
 BLOCK = 128 * 512  # data_block_size="128" sectors in the recording: 64 KiB
 DISK = 8 << 20  # the recorded disk: 8 MiB, 128 pool blocks

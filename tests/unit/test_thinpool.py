@@ -11,10 +11,10 @@ import pytest
 
 from tests.unit.test_config import PATH, config_error, job_yaml
 from tests.unit.test_lvm_parsing import recorded, recorded_with
-from xenlvm.config import SnapshotSpec, ThinPoolSettings, Volume, parse_size
-from xenlvm.config_file import parse_config
-from xenlvm.lvm import parse_volume_group
-from xenlvm.thinpool import check_thin_pools, decide, extend_argv
+from xenlvm.config.load import parse_config
+from xenlvm.config.model import SnapshotSpec, ThinPoolSettings, Volume, parse_size
+from xenlvm.host.lvm import parse_volume_group
+from xenlvm.thinpool.space import check_thin_pools, decide, extend_argv
 
 MiB = 1 << 20
 
@@ -149,7 +149,7 @@ def test_the_recorded_report_is_what_lvm_printed():
 
 
 def test_a_fill_before_a_growth_is_rescaled_to_the_pools_size_now():
-    from xenlvm.thinpool import PoolFill, lead, rescaled
+    from xenlvm.thinpool.space import PoolFill, lead, rescaled
 
     before = rescaled(PoolFill(90.0, 10.0), (100, 8), (120, 8))
     assert before == PoolFill(75.0, 10.0)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from xenlvm.core.undo import UndoStack
 from xenlvm.errors import LockTimeout, XenlvmError
-from xenlvm.lock import JobLock
-from xenlvm.undo import UndoStack
+from xenlvm.host.lock import JobLock
 
 # ---------------------------------------------------------------------------------------------
 # UndoStack
@@ -131,7 +131,7 @@ def test_lock_is_released_when_the_body_raises(tmp_path):
 
 HOLDER = textwrap.dedent("""\
     import sys, time
-    from xenlvm.lock import JobLock
+    from xenlvm.host.lock import JobLock
     with JobLock(sys.argv[1], "xenvm", timeout=5):
         print("locked", flush=True)
         time.sleep(60)

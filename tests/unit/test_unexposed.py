@@ -12,9 +12,12 @@ import types
 import pytest
 
 from tests.unit.test_vmdisks import VGS, devices, discover, disk, job, probe_runner, xl_for
-from xenlvm import unexposed, vmdisk_copy, vmdisk_target, vmdisks
+from xenlvm.core.undo import UndoStack
 from xenlvm.errors import EXIT_PARTIAL, CommandFailed, PartialBackup
-from xenlvm.undo import UndoStack
+from xenlvm.vmdisks import expose as vmdisks
+from xenlvm.vmdisks import image_copy as vmdisk_copy
+from xenlvm.vmdisks import target as vmdisk_target
+from xenlvm.vmdisks import unexposed
 
 __all__ = ["devices"]  # test_vmdisks.py's autouse fixture: the disks' device numbers
 

@@ -11,13 +11,16 @@ import os
 import pytest
 
 from tests.unit.fakes import FakeRunner, recorded
-from xenlvm import vmdisk_target, vmdisk_teardown, vmdisks, xen
-from xenlvm.config import Job, VmDiskSettings, parse_size
-from xenlvm.config_file import parse_config
+from xenlvm.config.load import parse_config
+from xenlvm.config.model import Job, VmDiskSettings, parse_size
+from xenlvm.core.undo import UndoStack
 from xenlvm.errors import ConfigError, PreflightFailed
-from xenlvm.lvm import LogicalVolume, VolumeGroup
-from xenlvm.mounts import MountEntry
-from xenlvm.undo import UndoStack
+from xenlvm.host.lvm import LogicalVolume, VolumeGroup
+from xenlvm.host.mounts import MountEntry
+from xenlvm.vmdisks import expose as vmdisks
+from xenlvm.vmdisks import target as vmdisk_target
+from xenlvm.vmdisks import teardown as vmdisk_teardown
+from xenlvm.xen import domains as xen
 
 # Real partx output (util-linux 2.38) for the system tests' disks, taken in the guest.
 PARTX_DOS = "1 2048 16777216 0x83\n2 34816 4194304 0x82\n3 43008 45088768 0x83\n"

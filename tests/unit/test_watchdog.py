@@ -17,13 +17,14 @@ import pytest
 
 from tests.unit.fakes import FakeRunner
 from tests.unit.fakes import recorded as recorded_file
-from xenlvm import watchdog, watchdog_process
-from xenlvm.config import WatchdogSettings, parse_size
-from xenlvm.config_file import parse_config
+from xenlvm.config.load import parse_config
+from xenlvm.config.model import WatchdogSettings, parse_size
 from xenlvm.errors import CommandFailed, XenlvmError
-from xenlvm.lvm import Lvm, parse_volume_group
-from xenlvm.watchdog import Monitor, Summary, Watched
-from xenlvm.watchdog_sizing import limit_reason, next_size
+from xenlvm.host.lvm import Lvm, parse_volume_group
+from xenlvm.watchdog import process as watchdog_process
+from xenlvm.watchdog import watch as watchdog
+from xenlvm.watchdog.sizing import limit_reason, next_size
+from xenlvm.watchdog.watch import Monitor, Summary, Watched
 
 DATA = Path(__file__).parent / "data"
 MiB = 1 << 20

@@ -1,4 +1,4 @@
-"""The pause windows (xenlvm/windows.py): which domains share a window, and pre running the
+"""The pause windows (xenlvm/xen/windows.py): which domains share a window, and pre running the
 windows one after another on the fake dom0, each domain resumed whatever fails."""
 
 from __future__ import annotations
@@ -11,13 +11,18 @@ import pytest
 
 from tests.unit.fakehost import FakeHost
 from tests.unit.test_vmdisks import lv
-from xenlvm import context as context_mod
-from xenlvm import interrupts, pre, state, status, windows, xen
-from xenlvm.config import Job, SnapshotSpec, VmDiskSettings, Volume, XenSettings, parse_size
+from xenlvm.admin import status
+from xenlvm.config.model import Job, SnapshotSpec, VmDiskSettings, Volume, XenSettings, parse_size
+from xenlvm.core import context as context_mod
+from xenlvm.core import state
 from xenlvm.errors import CommandFailed
-from xenlvm.mounts import MountEntry
-from xenlvm.vmdisk_target import VmDiskTarget
-from xenlvm.volume_target import VolumeTarget
+from xenlvm.host import interrupts
+from xenlvm.host.mounts import MountEntry
+from xenlvm.phases import pre
+from xenlvm.targets.volume import VolumeTarget
+from xenlvm.vmdisks.target import VmDiskTarget
+from xenlvm.xen import domains as xen
+from xenlvm.xen import windows
 
 # ---------------------------------------------------------------------------------------------
 # Which domains share a window

@@ -9,9 +9,10 @@ import logging
 import pytest
 
 from tests.unit.fakes import Answer, FakeRunner, Timeout, recorded
-from xenlvm import xen, xen_export
-from xenlvm.config_file import parse_config
+from xenlvm.config.load import parse_config
 from xenlvm.errors import CommandFailed, FileError, PreflightFailed
+from xenlvm.xen import domains as xen
+from xenlvm.xen import export as xen_export
 
 RELEASES = ["4.11", "4.17"]
 BUSY = ("libxl: error: libxl_domain.c:590:libxl_domain_unpause: Domain 1:Unpausing domain: "

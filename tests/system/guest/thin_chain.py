@@ -18,8 +18,9 @@ import os
 import sys
 import time
 
-from xenlvm import increment, thin_delta
-from xenlvm.runner import Runner
+from xenlvm.host.runner import Runner
+from xenlvm.increments import fileformat as increment
+from xenlvm.increments import thin_delta
 
 LOCK_DIR = "/run/xenlvm"
 

@@ -1,0 +1,1 @@
+"""Incremental VM-disk backups: the increment file, the chain of a disk's files, and thin_delta."""

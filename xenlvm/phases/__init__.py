@@ -1,0 +1,1 @@
+"""The hooks' two phases, top to bottom: pre and post (with teardown)."""

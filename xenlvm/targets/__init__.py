@@ -1,0 +1,2 @@
+"""Targets: what pre snapshots and shows to sesam, one kind per module (the volume; the VM disks
+are in xenlvm.vmdisks)."""

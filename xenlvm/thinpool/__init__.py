@@ -1,0 +1,1 @@
+"""Thin pools: space decisions, and the guard process that keeps a pool from filling during a backup."""
