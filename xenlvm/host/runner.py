@@ -18,9 +18,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from xenlvm.config.model import DEFAULT_PATH
 from xenlvm.errors import CommandFailed
-from xenlvm.host import interrupts
+from xenlvm.host import DEFAULT_PATH, interrupts
 
 log = logging.getLogger("xenlvm.command")
 
