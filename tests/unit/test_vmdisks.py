@@ -13,6 +13,7 @@ import pytest
 from tests.unit.fakes import FakeRunner, recorded
 from xenlvm.config.load import parse_config
 from xenlvm.config.model import Job, VmDiskSettings, parse_size
+from xenlvm.core import ownership
 from xenlvm.core.undo import UndoStack
 from xenlvm.errors import ConfigError, PreflightFailed
 from xenlvm.host.lvm import LogicalVolume, VolumeGroup
@@ -191,10 +192,10 @@ def test_only_lvs_with_all_three_tags_are_the_jobs_disk_snapshots():
         "d.xenlvm": lv("d.xenlvm", (254, 8), origin="d", tags=frozenset({"xenlvm", "xenlvm_vmdisk",
                                                                            "xenlvm_job_other"})),
     })
-    found = vmdisks.job_snapshots(job(), {"system": group})
+    found = ownership.vm_disk_snapshots(job(), {"system": group})
     assert [s.name for s in found] == ["a.xenlvm"]
-    spec = vmdisks.spec_of(job(), found[0])
-    assert found[0].owned_by(job(), spec)
+    spec = ownership.vm_disk_spec(job(), found[0])
+    assert ownership.owns(job(), spec, found[0])
 
 
 def test_a_disk_snapshot_renamed_out_of_xenlvms_naming_is_not_the_jobs_whatever_its_tags(caplog):
@@ -204,12 +205,12 @@ def test_a_disk_snapshot_renamed_out_of_xenlvms_naming_is_not_the_jobs_whatever_
     kept = lv("vm2-disk.keep-for-forensics", (254, 9), origin="vm2-disk", tags=tags)
     group = VolumeGroup("system", 0, 0, 0, {kept.name: kept})
     with caplog.at_level(logging.DEBUG, "xenlvm"):
-        assert vmdisks.job_snapshots(job(), {"system": group}) == []
+        assert ownership.vm_disk_snapshots(job(), {"system": group}) == []
     assert "renamed to be kept, so xenlvm leaves it alone" in caplog.text
     # and the proof of ownership checks the name too: the spec is xenlvm's, not the LV's
-    spec = vmdisks.spec_of(job(), kept)
+    spec = ownership.vm_disk_spec(job(), kept)
     assert spec.snapshot == "vm2-disk.xenlvm"
-    assert not kept.owned_by(job(), spec)
+    assert not ownership.owns(job(), spec, kept)
 
 
 def test_loop_devices_are_ours_only_when_backed_by_our_snapshot(tmp_path, monkeypatch):

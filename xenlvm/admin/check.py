@@ -9,7 +9,7 @@ import sys
 from xenlvm.admin import install
 from xenlvm.config.load import permission_problem
 from xenlvm.config.model import Config, Job
-from xenlvm.core import preflight
+from xenlvm.core import ownership, preflight
 from xenlvm.core.inventory import read_tolerant, read_xl
 from xenlvm.core.preflight import Finding
 from xenlvm.errors import XenlvmError
@@ -170,4 +170,4 @@ def _own_snapshot_at(job: Job, vgs: dict[str, VolumeGroup]) -> LogicalVolume | N
         return None
     spec = job.volumes[0]
     snapshot = vgs[spec.origin.vg].get(spec.snapshot)
-    return snapshot if snapshot is not None and snapshot.owned_by(job, spec) else None
+    return snapshot if snapshot is not None and ownership.owns(job, spec, snapshot) else None

@@ -17,11 +17,11 @@ import os
 from collections.abc import Sequence
 
 from xenlvm.config.model import Job, SnapshotSpec, Volume
+from xenlvm.core import ownership
 from xenlvm.errors import CommandFailed, XenlvmError
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.fsutil import read_small
 from xenlvm.host.lvm import LogicalVolume, Lvm
-from xenlvm.vmdisks import expose as vmdisks
 from xenlvm.vmdisks import image_server
 from xenlvm.vmdisks import teardown as vmdisk_teardown
 from xenlvm.watchdog.process import terminate_proven
@@ -49,7 +49,7 @@ def drop(lvm: Lvm, job: Job, present: Sequence[tuple[Guarded, LogicalVolume]],
             vmdisk_teardown.release(lvm.runner, job, disks, READER_STOP_TIMEOUT, lazy=True)
         except XenlvmError as exc:
             log.error("could not release every VM disk snapshot of job %s: %s", job.name, exc)
-        removals += [(vmdisks.spec_of(job, lv), lv) for lv in disks]
+        removals += [(ownership.vm_disk_spec(job, lv), lv) for lv in disks]
     for guarded, lv in present:
         if guarded.vmdisk:
             continue
@@ -60,11 +60,11 @@ def drop(lvm: Lvm, job: Job, present: Sequence[tuple[Guarded, LogicalVolume]],
             failures[str(lv)] = exc
             continue
         removals.append((spec, lv))
-    not_removed = lvm.remove_snapshots(job, removals, retry_for=1.0)
+    not_removed = ownership.remove(lvm, job, removals, retry_for=1.0)
     for spec, lv in removals:
         if str(lv) in not_removed and _stop_readers(lvm, lv):
             try:
-                lvm.remove_snapshot(job, spec, lv, retry_for=READER_STOP_TIMEOUT)
+                ownership.remove_one(lvm, job, spec, lv, retry_for=READER_STOP_TIMEOUT)
                 del not_removed[str(lv)]
             except XenlvmError as exc:
                 not_removed[str(lv)] = exc

@@ -1,6 +1,7 @@
 """A VM disk on a logical volume of its own (a job's vmdisks: section), found through xl at
 each pre: its snapshot is exposed below the job's mountpoint as files or as an image
-(xenlvm.vmdisks.expose), and carries the tag xenlvm_vmdisk beside xenlvm's others."""
+(xenlvm.vmdisks.expose), and carries the VM-disk tag beside xenlvm's others
+(xenlvm.core.ownership)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,19 @@ import os
 from collections.abc import Sequence
 
 from xenlvm.config.model import Job, SnapshotSpec, Volume
+from xenlvm.core import ownership
 from xenlvm.core.context import Context
 from xenlvm.core.undo import UndoStack
 from xenlvm.errors import CleanupFailed, PreflightFailed, XenlvmError
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.fsutil import remove_if_present, trust_problem
-from xenlvm.host.lvm import VMDISK_TAG, LogicalVolume, VolumeGroup
+from xenlvm.host.lvm import LogicalVolume, VolumeGroup
 from xenlvm.host.runner import which
 from xenlvm.targets.base import Target
 from xenlvm.vmdisks import expose as vmdisks
 from xenlvm.vmdisks import image_copy as vmdisk_copy
 from xenlvm.vmdisks import image_server
-from xenlvm.vmdisks.expose import SAFE_NAME, snapshot_name
+from xenlvm.vmdisks.expose import SAFE_NAME
 from xenlvm.vmdisks.unexposed import NotExposed
 from xenlvm.xen import domains as xen
 
@@ -28,7 +30,7 @@ log = logging.getLogger("xenlvm")
 
 
 class VmDiskTarget(Target):
-    extra_tags = (VMDISK_TAG,)
+    vm_disk = True
     domain: str
 
     def __init__(self, spec: SnapshotSpec, origin: LogicalVolume, domain: str, disk: str, how: str) -> None:
@@ -116,7 +118,7 @@ def _disk_target(job: Job, domain: str, disk: dict, by_device: dict[tuple[int, i
     if lv.is_snapshot and not lv.is_thin:
         problems.append(f"{where}: {lv} is itself a classic snapshot, which LVM cannot snapshot")
         return None
-    spec = SnapshotSpec(Volume(lv.vg, lv.name), snapshot_name(lv.name),
+    spec = SnapshotSpec(Volume(lv.vg, lv.name), ownership.vm_disk_snapshot_name(lv.name),
                         os.path.join(job.mountpoint, domain, vdev), None if lv.is_thin else settings.size)
     return VmDiskTarget(spec, lv, domain, vdev, settings.expose)
 
