@@ -22,13 +22,13 @@ from collections.abc import Callable, Iterator, Sequence
 
 from xenlvm import logs
 from xenlvm.config.model import Config
-from xenlvm.core.monitor import StopRequest, read_pid, runs_module
+from xenlvm.core.monitor import StopRequest, is_monitor
 from xenlvm.errors import EXIT_USAGE, XenlvmError
-from xenlvm.host.fsutil import read_small, remove_if_present, write_atomically
+from xenlvm.host.fsutil import remove_if_present, write_atomically
+from xenlvm.host.processes import read_pid, terminate_proven
 from xenlvm.host.runner import Runner, quote
 from xenlvm.quiesce.freeze import Quiescer
 from xenlvm.quiesce.record import Frozen, boot_clock, kill_freeze, note_guard_acted, thaw_lock
-from xenlvm.watchdog.process import terminate_proven
 from xenlvm.xen import domains as xen
 
 log = logging.getLogger("xenlvm")
@@ -45,7 +45,7 @@ def pid_path(lock_dir: str, job_name: str) -> str:
 
 def is_guard(pid: int, job_name: str) -> bool:
     """True when pid is a running quiesce guard of this job, as its command line shows."""
-    return runs_module((read_small(f"/proc/{pid}/cmdline") or "").split("\0"), MODULE, job_name)
+    return is_monitor(pid, MODULE, job_name)
 
 
 @contextlib.contextmanager

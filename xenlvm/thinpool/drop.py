@@ -22,9 +22,9 @@ from xenlvm.errors import CommandFailed, XenlvmError
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.fsutil import read_small
 from xenlvm.host.lvm import LogicalVolume, Lvm
+from xenlvm.host.processes import terminate_proven
 from xenlvm.vmdisks import image_server
 from xenlvm.vmdisks import teardown as vmdisk_teardown
-from xenlvm.watchdog.process import terminate_proven
 
 TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
 if TYPE_CHECKING:

@@ -13,8 +13,8 @@ from xenlvm.thinpool.guard import FAILED, MODULE, Guarded, Summary, files, read_
 
 __all__ = ["Guarded", "Summary", "guarded_by", "guarded_of", "judge", "report", "running", "start", "stop",
            "was_lost"]
-from xenlvm.core.monitor import read_pid
 from xenlvm.core.state import RunReport
+from xenlvm.host.processes import read_pid
 from xenlvm.sizes import human_size
 from xenlvm.targets.base import Target
 from xenlvm.watchdog.process import is_watchdog, spawn, stop_monitor
