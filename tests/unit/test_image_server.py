@@ -216,3 +216,9 @@ def test_a_fuse_image_below_the_mountpoint_is_unmounted_only_inside_xenlvms_own_
             with pytest.raises(MountError, match="something xenlvm did not mount"):
                 vmdisk_teardown.release(runner, job, [], 1.0)
             assert runner.argvs == []
+
+
+@pytest.mark.parametrize("text", ["0\n", "1\n"])
+def test_a_pid_file_naming_pid_0_or_init_is_no_trace_of_a_server(tmp_path, text):
+    Path(image_server.files(str(tmp_path), JOB).pid).write_text(text)
+    assert image_server.state(str(tmp_path), JOB) is None
