@@ -17,6 +17,7 @@ from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.fsutil import closed_to_others
 from xenlvm.host.lvm import LogicalVolume, VolumeGroup, vg_not_found_message
 from xenlvm.host.runner import Runner, which
+from xenlvm.host.xl import XlView
 from xenlvm.quiesce import check as quiesce_check
 from xenlvm.thinpool import space as thinpool
 from xenlvm.vmdisks import image_server
@@ -83,7 +84,7 @@ def check_job(config: Config, runner: Runner, job: Job, try_quiesce: bool = Fals
             own = vgs[spec.origin.vg].get(spec.snapshot)
             findings.append(preflight.check_mountpoint(spec.mountpoint, mounts, own))
     origins = [vgs[s.origin.vg].lvs[s.origin.lv] for s in job.volumes if vgs[s.origin.vg].get(s.origin.lv)]
-    xl: xen.XlView | XenlvmError | None = None
+    xl: XlView | XenlvmError | None = None
     try:
         xl = read_xl(runner, job)
     except XenlvmError as exc:  # said by each check that needs xl
@@ -137,7 +138,7 @@ def _check_reach(job: Job) -> list[Finding]:
                     f"it: {fix}")]
 
 
-def _check_vmdisks(job: Job, xl: xen.XlView | XenlvmError | None, every: dict[str, VolumeGroup],
+def _check_vmdisks(job: Job, xl: XlView | XenlvmError | None, every: dict[str, VolumeGroup],
                    path: str) -> tuple[list[Finding], list[str]]:
     """Which VM disks pre would snapshot now, whether image_dir has room for them (image-copy)
     and the image server is installed (image); and their domains."""

@@ -15,6 +15,7 @@ from xenlvm.host import cow
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.lvm import VolumeGroup, vg_not_found_message
 from xenlvm.host.runner import Runner
+from xenlvm.host.xl import Xl
 from xenlvm.quiesce import freeze as quiesce
 from xenlvm.vmdisks import image_server, unexposed
 from xenlvm.xen import domains as xen
@@ -104,7 +105,7 @@ def _domains(config: Config, runner: Runner, job: Job, problems: list[str]) -> d
         problems.append(str(exc))
         left = []
     try:
-        states = xen.Xl.for_job(runner, job).states()
+        states = Xl(runner, job.xl_timeout).states()
     except XenlvmError as exc:
         return {"error": str(exc), "left_paused_by_a_killed_run": left}
     names = list(states) if job.xen.domains == "auto" else list(job.xen.domains)

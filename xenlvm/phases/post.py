@@ -21,6 +21,7 @@ from xenlvm.errors import PartialBackup, SnapshotOverflowed, XenlvmError, host_f
 from xenlvm.host import cow
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.lvm import LogicalVolume, VolumeGroup, vg_not_found_message
+from xenlvm.host.xl import Xl
 from xenlvm.logs import set_job
 from xenlvm.phases.teardown import disk_removals, release_volume_snapshot
 from xenlvm.quiesce import freeze as quiesce
@@ -128,7 +129,7 @@ def _resume_paused_domains(ctx: Context, job: Job) -> None:
         return
     record = xen.PauseRecord(ctx.config.settings.lock_dir, job.name)
     if record.read():
-        xen.resume_leftovers(xen.Xl.for_job(ctx.runner, job), record)
+        xen.resume_leftovers(Xl(ctx.runner, job.xl_timeout), record)
 
 
 def _find_artefacts(ctx: Context, job: Job, errors: list[XenlvmError]) -> _Found:

@@ -25,6 +25,7 @@ from xenlvm.core.undo import UndoStack
 from xenlvm.errors import CleanupFailed, PreflightFailed, XenlvmError
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.mounts import UNDO_UNMOUNT_TIMEOUT
+from xenlvm.host.xl import Xl
 from xenlvm.logs import set_job
 from xenlvm.phases.teardown import remove_job_snapshot, tear_down_vmdisks
 from xenlvm.quiesce import freeze as quiesce
@@ -71,7 +72,7 @@ def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
     check them all; then the snapshots of all of them are created, each inside its pause window,
     and exposed (mounted) after them."""
     if job.xen is not None:  # first: resuming changes what xl list shows; then thawing
-        xen.resume_leftovers(xen.Xl.for_job(ctx.runner, job), _pause_record(ctx, job))
+        xen.resume_leftovers(Xl(ctx.runner, job.xl_timeout), _pause_record(ctx, job))
         quiesce.thaw_leftovers(ctx.runner, job, ctx.config.settings.lock_dir)
     host = read_inventory(ctx.runner, job)
     # Before the sweep, which would change them: LVM refuses any change to a VG missing a PV.
@@ -235,7 +236,7 @@ def _prepare_xen(ctx: Context, job: Job, targets: Sequence[Target],
     if job.xen.mode != "pause":
         return windows.plan(targets, {}, windows.TOGETHER), None
     planned = windows.plan_xen(job, domains, targets, host.mounts)
-    return planned, windows.xen_pause(xen.Xl.for_job(ctx.runner, job), _pause_record(ctx, job), domains)
+    return planned, windows.xen_pause(Xl(ctx.runner, job.xl_timeout), _pause_record(ctx, job), domains)
 
 
 def _create_snapshot(ctx: Context, job: Job, run_tag: str, target: Target) -> None:

@@ -18,13 +18,13 @@ from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.fsutil import remove_if_present, trust_problem
 from xenlvm.host.lvm import LogicalVolume, VolumeGroup
 from xenlvm.host.runner import which
+from xenlvm.host.xl import XlView
 from xenlvm.targets.base import Target
 from xenlvm.vmdisks import expose as vmdisks
 from xenlvm.vmdisks import image_copy as vmdisk_copy
 from xenlvm.vmdisks import image_server
 from xenlvm.vmdisks.expose import SAFE_NAME
 from xenlvm.vmdisks.unexposed import NotExposed
-from xenlvm.xen import domains as xen
 
 log = logging.getLogger("xenlvm")
 
@@ -48,13 +48,13 @@ class VmDiskTarget(Target):
         vmdisks.expose(ctx.runner, job, self, undo, can_serve=can_serve)
 
 
-def unmatched_excludes(job: Job, xl: xen.XlView) -> list[str]:
+def unmatched_excludes(job: Job, xl: XlView) -> list[str]:
     """The items of vmdisks.exclude that name no domain xl knows (a typo leaves the domain in)."""
     known = set(xl.records) | set(xl.states)
     return [item for item in (job.vmdisks.exclude if job.vmdisks else ()) if item.split("/")[0] not in known]
 
 
-def discover(job: Job, xl: xen.XlView, vgs: dict[str, VolumeGroup]) -> list[VmDiskTarget]:
+def discover(job: Job, xl: XlView, vgs: dict[str, VolumeGroup]) -> list[VmDiskTarget]:
     """The job's VM disks that are logical volumes, as targets, from `xl list -l`. What cannot
     be backed up this way is reported, and fails pre when vmdisks.missing says so."""
     settings = job.vmdisks
