@@ -24,7 +24,13 @@ from xenlvm.vmdisks import image_server
 from xenlvm.vmdisks import target as vmdisk_target
 from xenlvm.xen import domains as xen
 
-LVM_TOOLS = ("lvs", "lvcreate", "lvremove", "mount", "umount", "blkid", "losetup", "partx")
+# The programs pre and post run, which check must find on settings.path: for every job (lvm2:
+# the snapshots and the watchdog's lvextend; util-linux: mounts, filesystem probes, loop devices
+# and partition tables), and for a job with VM disks the tools that record each disk's layout
+# (layout.json: sfdisk from util-linux, dumpe2fs from e2fsprogs, xfs_info from xfsprogs).
+HOST_TOOLS = ("lvs", "lvcreate", "lvremove", "lvextend", "vgs",
+              "mount", "umount", "blkid", "losetup", "partx")
+VMDISK_TOOLS = ("sfdisk", "dumpe2fs", "xfs_info")
 
 
 def check_host(config: Config, hook_dir: str) -> list[Finding]:
@@ -35,10 +41,13 @@ def check_host(config: Config, hook_dir: str) -> list[Finding]:
     if os.geteuid() != 0:
         findings.append(Finding("warn", "root", "not running as root: some checks may be incomplete, and "
                                 "pre/post must run as root"))
-    tools = list(LVM_TOOLS) + (["xl"] if any(j.xen or j.vmdisks for j in config.jobs.values()) else [])
+    jobs = config.jobs.values()
+    tools = [*HOST_TOOLS, *(VMDISK_TOOLS if any(j.vmdisks for j in jobs) else ()),
+             *(["xl"] if any(j.xen or j.vmdisks for j in jobs) else [])]
     missing = [t for t in tools if which(t, config.settings.path) is None]
     findings.append(Finding("fail", "tools", f"not found on {config.settings.path}: {', '.join(missing)}; "
-                            "install them (lvm2, util-linux, xen-utils) or set settings.path")
+                            "install them (lvm2, util-linux, e2fsprogs, xfsprogs, xen-utils) or set "
+                            "settings.path")
                     if missing else Finding("ok", "tools", f"found {', '.join(tools)}"))
     findings += check_hooks(hook_dir)
     return findings

@@ -22,7 +22,7 @@ from xenlvm.errors import CommandFailed, SafetyRefusal, UsageError, XenlvmError
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.lock import JobLock
 from xenlvm.host.lvm import LogicalVolume, Lvm, device_path
-from xenlvm.host.runner import Runner
+from xenlvm.host.runner import COPY_TIMEOUT, Runner
 from xenlvm.host.xl import Xl, disk_paths
 from xenlvm.increments import chain
 from xenlvm.increments import fileformat as increment
@@ -30,7 +30,6 @@ from xenlvm.vmdisks import teardown as vmdisk_teardown
 
 log = logging.getLogger("xenlvm")
 
-COPY_TIMEOUT = 24 * 3600.0
 SYS = "/sys"  # loop devices' backing files, device-mapper holders
 
 
@@ -95,7 +94,7 @@ def check_target(runner: Runner, text: str, needed: int, xl_timeout: float) -> T
     if snapshots:
         raise SafetyRefusal(f"the target {text} has snapshots ({', '.join(snapshots)}): remove them first "
                             "(for xenlvm's own: xenlvm post or xenlvm cleanup). Nothing was changed.")
-    if volume.attr[5:6] == "o":
+    if volume.is_open:
         raise SafetyRefusal(f"the target {text} is open (lvs shows 'o' in its attributes): a process or "
                             "a kernel user holds it (see 'fuser -v "
                             f"{device_path(vg_name, lv_name)}', 'dmsetup info'). Nothing was changed.")
