@@ -1,5 +1,6 @@
-"""Processes as /proc and pid files show them, and ending one only once it is proven: the
-one implementation behind the watchdog, the guards and the image server.
+"""Processes as /proc and pid files show them (their command line, start time, the devices
+they hold), and ending one only once it is proven: the one implementation behind the watchdog,
+the guards, the image server and the pool guard's drop.
 
 A pid file names a process xenlvm started; by the time it is read, that process may be gone
 and its pid reused. So a process is only signalled through a pidfd opened before the proof
@@ -56,6 +57,36 @@ def start_time(pid: int) -> int | None:
         return int(fields[19]) if fields[0] != "Z" else None
     except (IndexError, ValueError):
         return None
+
+
+def readers_of(major: int, minor: int, proc: str = "/proc") -> list[int]:
+    """The processes with the device major:minor open, or a file on it (open, cwd or root)."""
+    device = os.makedev(major, minor)
+    found = []
+    for pid in filter(str.isdigit, os.listdir(proc)):
+        if int(pid) in (1, os.getpid()):
+            continue
+        base = os.path.join(proc, pid)
+        try:
+            paths = [os.path.join(base, "cwd"), os.path.join(base, "root")]
+            paths += [os.path.join(base, "fd", fd) for fd in os.listdir(os.path.join(base, "fd"))]
+        except OSError:
+            continue
+        for path in paths:
+            try:
+                info = os.stat(path)
+            except OSError:
+                continue
+            if info.st_dev == device or info.st_rdev == device:
+                found.append(int(pid))
+                break
+    return found
+
+
+def command_name(pid: int) -> str | None:
+    """pid's command name (/proc/<pid>/comm); None when it is gone."""
+    text = read_small(f"/proc/{pid}/comm")
+    return text.strip() if text is not None else None
 
 
 def terminate_proven(pid: int, is_ours: Callable[[int], bool], what: str, timeout: float) -> bool:

@@ -13,7 +13,6 @@ pool that stops every VM on it."""
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 
 from xenlvm.config.model import Job, SnapshotSpec, Volume
@@ -22,7 +21,7 @@ from xenlvm.errors import CommandFailed, XenlvmError
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.fsutil import read_small
 from xenlvm.host.lvm import LogicalVolume, Lvm
-from xenlvm.host.processes import terminate_proven
+from xenlvm.host.processes import command_name, readers_of, terminate_proven
 from xenlvm.vmdisks import image_server
 from xenlvm.vmdisks import teardown as vmdisk_teardown
 
@@ -85,30 +84,6 @@ def _unmount_lazily(lvm: Lvm, spec: SnapshotSpec, lv: LogicalVolume) -> None:
             raise XenlvmError(f"could not unmount {entry.mountpoint} lazily: {exc.stderr or exc}") from None
 
 
-def readers_of(major: int, minor: int, proc: str = "/proc") -> list[int]:
-    """The processes with the device major:minor open, or a file on it (open, cwd or root)."""
-    device = os.makedev(major, minor)
-    found = []
-    for pid in filter(str.isdigit, os.listdir(proc)):
-        if int(pid) in (1, os.getpid()):
-            continue
-        base = os.path.join(proc, pid)
-        try:
-            paths = [os.path.join(base, "cwd"), os.path.join(base, "root")]
-            paths += [os.path.join(base, "fd", fd) for fd in os.listdir(os.path.join(base, "fd"))]
-        except OSError:
-            continue
-        for path in paths:
-            try:
-                info = os.stat(path)
-            except OSError:
-                continue
-            if info.st_dev == device or info.st_rdev == device:
-                found.append(int(pid))
-                break
-    return found
-
-
 def _stop_readers(lvm: Lvm, lv: LogicalVolume) -> bool:
     """Stop every process that holds lv's device or a loop device on it (a VM disk's partition:
     its files' readers), then detach those loops; return whether there was one. Only while
@@ -135,7 +110,7 @@ def _stop_readers_of(lv: LogicalVolume, snapshot: tuple[int, int], device: tuple
 
     readers = readers_of(*device)
     for pid in readers:
-        comm = (_comm(pid) or "?").strip()
+        comm = command_name(pid) or "?"
         log.warning("stopping %s[%d], which still reads the snapshot %s: the pool cannot wait for it",
                     comm, pid, lv)
         terminate_proven(pid, still, f"{comm}[{pid}], a reader of {lv}", READER_STOP_TIMEOUT)
@@ -146,11 +121,3 @@ def is_device_of(lv: LogicalVolume) -> bool:
     """True when the device at lv's major:minor is lv, as device-mapper's uuid for it shows."""
     uuid = read_small(f"{SYS}/dev/block/{lv.major}:{lv.minor}/dm/uuid") if lv.dm_uuid else None
     return uuid is not None and uuid.strip() == lv.dm_uuid
-
-
-def _comm(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as handle:
-            return handle.read()
-    except OSError:
-        return None
