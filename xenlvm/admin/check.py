@@ -42,15 +42,26 @@ def check_host(config: Config, hook_dir: str) -> list[Finding]:
         findings.append(Finding("warn", "root", "not running as root: some checks may be incomplete, and "
                                 "pre/post must run as root"))
     jobs = config.jobs.values()
-    tools = [*HOST_TOOLS, *(VMDISK_TOOLS if any(j.vmdisks for j in jobs) else ()),
-             *(["xl"] if any(j.xen or j.vmdisks for j in jobs) else [])]
+    tools = [*HOST_TOOLS, *(["xl"] if any(j.xen or j.vmdisks for j in jobs) else [])]
     missing = [t for t in tools if which(t, config.settings.path) is None]
     findings.append(Finding("fail", "tools", f"not found on {config.settings.path}: {', '.join(missing)}; "
-                            "install them (lvm2, util-linux, e2fsprogs, xfsprogs, xen-utils) or set "
-                            "settings.path")
+                            "install them (lvm2, util-linux, xen-utils) or set settings.path")
                     if missing else Finding("ok", "tools", f"found {', '.join(tools)}"))
+    if any(j.vmdisks for j in jobs):
+        findings.append(_layout_tools(config.settings.path))
     findings += check_hooks(hook_dir)
     return findings
+
+
+def _layout_tools(path: str) -> Finding:
+    """What pre reads a VM disk's layout with (layout.json): without one, the backup still runs, but
+    restore-disk cannot rebuild the disks it would describe, so a warning, not a failure."""
+    missing = [t for t in VMDISK_TOOLS if which(t, path) is None]
+    if not missing:
+        return Finding("ok", "layout tools", f"found {', '.join(VMDISK_TOOLS)}")
+    return Finding("warn", "layout tools", f"not found on {path}: {', '.join(missing)}; pre still backs up "
+                   "the VM disks, but their layout.json lacks what these tools read, so restore-disk cannot "
+                   "rebuild such a disk: install fdisk, e2fsprogs, xfsprogs (as the guests need)")
 
 
 def check_hooks(hook_dir: str) -> list[Finding]:
