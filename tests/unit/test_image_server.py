@@ -26,6 +26,7 @@ from xenlvm.host.lvm import LogicalVolume
 from xenlvm.host.mounts import MountEntry
 from xenlvm.vmdisks import image_server
 from xenlvm.vmdisks import teardown as vmdisk_teardown
+from xenlvm.vmdisks.kind import image_server_status
 from xenlvm.vmdisks.target import VmDiskTarget
 
 JOB = "disks"
@@ -184,9 +185,9 @@ def test_read_ahead_is_set_on_the_exports_backing_device_info_and_a_failure_only
 
 def test_status_shows_the_server_running_or_not_and_what_it_serves(tmp_path):
     config = parse_config(CONFIG.replace("jobs:\n", f"settings:\n  lock_dir: {tmp_path}\njobs:\n"))
-    assert status.image_server_status(config, config.jobs[JOB]) is None
+    assert image_server_status(image_server.state(config.settings.lock_dir, JOB)) is None
     _record(tmp_path, 4194305, 1)  # its process is gone
-    found = status.image_server_status(config, config.jobs[JOB])
+    found = image_server_status(image_server.state(config.settings.lock_dir, JOB))
     assert found == {"pid": 4194305, "running": False, "exports": ["/nowhere/vm2/xvda.img"]}
     report = {"job": JOB, "mountpoint": "/mnt/vmdisks", "volumes": [], "image_server": found,
               "last_runs": {}, "problems": []}
