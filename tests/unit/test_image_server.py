@@ -216,3 +216,15 @@ def test_a_fuse_image_below_the_mountpoint_is_unmounted_only_inside_xenlvms_own_
             with pytest.raises(MountError, match="something xenlvm did not mount"):
                 vmdisk_teardown.release(runner, job, [], 1.0)
             assert runner.argvs == []
+
+
+def test_the_record_names_what_each_export_serves_for_status_and_an_older_record_names_none(tmp_path):
+    paths = image_server.files(str(tmp_path), JOB)
+    exports = image_server.exports_of([spec("system", "vm2-disk", "vm2", "xvda"),
+                                       spec("data", "vm3-data", "vm3", "xvdb")])
+    image_server._write_record(paths.record, None, exports)
+    found = image_server.state(str(tmp_path), JOB)
+    assert found is not None and found.exports == ("/mnt/vmdisks/vm2/xvda.img", "/mnt/vmdisks/vm3/xvdb.img")
+    assert found.devices == ("/dev/mapper/system-vm2--disk.xenlvm", "/dev/mapper/data-vm3--data.xenlvm")
+    _record(tmp_path, 4194305, 1)  # as xenlvm before it wrote the devices
+    assert image_server.state(str(tmp_path), JOB).devices == ()
