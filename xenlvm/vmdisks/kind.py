@@ -60,7 +60,14 @@ class VmDiskKind(Kind):
     def in_job(self, job: Job) -> bool:
         return job.vmdisks is not None
 
-    every_vg = needs_xl = mounts_tree = in_job  # on any VG; found through xl; below a tree of their own
+    def every_vg(self, job: Job) -> bool:
+        return self.in_job(job)  # a VM disk may be on any VG
+
+    def needs_xl(self, job: Job) -> bool:
+        return self.in_job(job)  # found through xl list -l
+
+    def mounts_tree(self, job: Job) -> bool:
+        return self.in_job(job)  # exposed on a tmpfs of root's alone at the job's mountpoint
 
     def window_mode(self, job: Job) -> str | None:
         return PER_DOMAIN if job.vmdisks is not None else None  # each VM on LVs of its own
