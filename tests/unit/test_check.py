@@ -133,15 +133,16 @@ def test_check_must_find_every_tool_pre_and_post_run_and_the_layout_tools_for_vm
                         settings=settings)
     found = check.check_host(disks, str(tmp_path))
     tools = [f for f in found if f.check == "tools"]
-    assert [f.level for f in tools] == ["fail"] and tools[0].message.startswith(f"not found on {bin_dir}: xl;")
-    layout = [f for f in found if f.check == "layout tools"]  # the backup runs without them: a warning
-    assert [f.level for f in layout] == ["warn"]
-    assert layout[0].message.startswith(f"not found on {bin_dir}: sfdisk, dumpe2fs, xfs_info;")
-    for tool in check.VMDISK_TOOLS:
+    assert [f.level for f in tools] == ["fail"]
+    assert tools[0].message.startswith(f"not found on {bin_dir}: xl;")
+    warned = [f for f in found if f.check == "layout tools"]  # the backup runs without them: a warning
+    assert [f.level for f in warned] == ["warn"]
+    assert warned[0].message.startswith(f"not found on {bin_dir}: sfdisk, dumpe2fs, xfs_info;")
+    for tool in layout.TOOLS:
         (bin_dir / tool).write_text("#!/bin/sh\n")
         (bin_dir / tool).chmod(0o755)
-    layout = [f for f in check.check_host(disks, str(tmp_path)) if f.check == "layout tools"]
-    assert [f.level for f in layout] == ["ok"]
+    found = [f for f in check.check_host(disks, str(tmp_path)) if f.check == "layout tools"]
+    assert [f.level for f in found] == ["ok"]
 
 def test_hooks_that_are_not_xenlvms_or_bound_elsewhere_are_reported(tmp_path):
     (tmp_path / "sbc_pre").write_text("#!/bin/sh\nexit 0\n")

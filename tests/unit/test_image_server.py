@@ -27,6 +27,7 @@ from xenlvm.host.lvm import LogicalVolume
 from xenlvm.host.mounts import MountEntry
 from xenlvm.vmdisks import image_server
 from xenlvm.vmdisks import teardown as vmdisk_teardown
+from xenlvm.vmdisks.kind import image_server_status
 from xenlvm.vmdisks.target import VmDiskTarget
 
 JOB = "disks"
@@ -185,9 +186,9 @@ def test_read_ahead_is_set_on_the_exports_backing_device_info_and_a_failure_only
 
 def test_status_shows_the_server_running_or_not_and_what_it_serves(tmp_path):
     config = parse_config(CONFIG.replace("jobs:\n", f"settings:\n  lock_dir: {tmp_path}\njobs:\n"))
-    assert status.image_server_status(config, config.jobs[JOB]) is None
+    assert image_server_status(image_server.state(config.settings.lock_dir, JOB)) is None
     _record(tmp_path, 4194305, 1)  # its process is gone
-    found = status.image_server_status(config, config.jobs[JOB])
+    found = image_server_status(image_server.state(config.settings.lock_dir, JOB))
     assert found == {"pid": 4194305, "running": False, "exports": ["/nowhere/vm2/xvda.img"]}
     report = {"job": JOB, "mountpoint": "/mnt/vmdisks", "volumes": [], "image_server": found,
               "last_runs": {}, "problems": []}
@@ -222,3 +223,15 @@ def test_a_fuse_image_below_the_mountpoint_is_unmounted_only_inside_xenlvms_own_
 def test_a_pid_file_naming_pid_0_or_init_is_no_trace_of_a_server(tmp_path, text):
     Path(image_server.files(str(tmp_path), JOB).pid).write_text(text)
     assert image_server.state(str(tmp_path), JOB) is None
+
+
+def test_the_record_names_what_each_export_serves_for_status_and_an_older_record_names_none(tmp_path):
+    paths = image_server.files(str(tmp_path), JOB)
+    exports = image_server.exports_of([spec("system", "vm2-disk", "vm2", "xvda"),
+                                       spec("data", "vm3-data", "vm3", "xvdb")])
+    image_server._write_record(paths.record, None, exports)
+    found = image_server.state(str(tmp_path), JOB)
+    assert found is not None and found.exports == ("/mnt/vmdisks/vm2/xvda.img", "/mnt/vmdisks/vm3/xvdb.img")
+    assert found.devices == ("/dev/mapper/system-vm2--disk.xenlvm", "/dev/mapper/data-vm3--data.xenlvm")
+    _record(tmp_path, 4194305, 1)  # as xenlvm before it wrote the devices
+    assert image_server.state(str(tmp_path), JOB).devices == ()

@@ -23,7 +23,7 @@ from typing import Any
 
 from xenlvm.admin.restore import (
     RestoreFailed,
-    Target,
+    RestoreTarget,
     check_target,
     confirm,
     lock,
@@ -98,7 +98,7 @@ def sfdisk_script(table: dict[str, Any]) -> str:
 class DiskRebuild:
     """One restore-disk run: what it did so far, so that a failure can say where it stopped."""
 
-    def __init__(self, runner: Runner, target: Target, disk: dict[str, Any], folder: str) -> None:
+    def __init__(self, runner: Runner, target: RestoreTarget, disk: dict[str, Any], folder: str) -> None:
         self.runner, self.target, self.disk, self.folder = runner, target, disk, folder
         self.done: list[str] = []
         self.report: list[str] = []

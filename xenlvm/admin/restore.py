@@ -38,7 +38,9 @@ class RestoreFailed(XenlvmError):
 
 
 @dataclass(frozen=True)
-class Target:
+class RestoreTarget:
+    """The LV a restore overwrites, proven free to be (not a target of pre: xenlvm.targets)."""
+
     volume: LogicalVolume
     device: str
 
@@ -55,7 +57,7 @@ def parse_target(text: str) -> tuple[str, str]:
     return volume.vg, volume.lv
 
 
-def check_target(runner: Runner, text: str, needed: int, xl_timeout: float) -> Target:
+def check_target(runner: Runner, text: str, needed: int, xl_timeout: float) -> RestoreTarget:
     """The target LV named by text, after proving that it can be overwritten with needed bytes;
     raise SafetyRefusal naming the first reason why not. Nothing is changed."""
     vg_name, lv_name = parse_target(text)
@@ -98,7 +100,7 @@ def check_target(runner: Runner, text: str, needed: int, xl_timeout: float) -> T
         raise SafetyRefusal(f"the target {text} is open (lvs shows 'o' in its attributes): a process or "
                             "a kernel user holds it (see 'fuser -v "
                             f"{device_path(vg_name, lv_name)}', 'dmsetup info'). Nothing was changed.")
-    return Target(volume, device_path(vg_name, lv_name))
+    return RestoreTarget(volume, device_path(vg_name, lv_name))
 
 
 def _holders(numbers: tuple[int, int]) -> list[str]:
@@ -109,7 +111,7 @@ def _holders(numbers: tuple[int, int]) -> list[str]:
         return []
 
 
-def confirm(target: Target, yes: bool, dry_run: bool, what: str) -> None:
+def confirm(target: RestoreTarget, yes: bool, dry_run: bool, what: str) -> None:
     if not yes and not dry_run:
         raise SafetyRefusal(f"{what} overwrites {target} ({target.device}) entirely. Run it with --dry-run "
                             "to see every command, then with --yes to do it. Nothing was changed.")
@@ -162,7 +164,7 @@ def restore_image(runner: Runner, image: str, target_text: str, *, yes: bool, xl
                 *_tail_note(target, info.st_size)]
 
 
-def _tail_note(target: Target, size: int) -> list[str]:
+def _tail_note(target: RestoreTarget, size: int) -> list[str]:
     """What the report says of a target larger than the disk written onto it."""
     if target.volume.size <= size:
         return []
@@ -171,7 +173,7 @@ def _tail_note(target: Target, size: int) -> list[str]:
             "with 'sfdisk --relocate gpt-bak-std')"]
 
 
-def discard(runner: Runner, target: Target) -> bool:
+def discard(runner: Runner, target: RestoreTarget) -> bool:
     """Discard a thin target whole, so that only the data blocks need to be written (it stays
     thin; the rest reads as zeros). Return whether zeros may be skipped."""
     if not target.volume.is_thin:

@@ -14,16 +14,13 @@ from xenlvm.errors import SafetyRefusal
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.fsutil import remove_if_present
 from xenlvm.host.runner import COPY_TIMEOUT, Runner
+from xenlvm.vmdisks.model import VmDisk
 from xenlvm.vmdisks.teardown import image_staging, is_image_bind, staging_problem
-
-TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
-if TYPE_CHECKING:
-    from xenlvm.vmdisks.target import VmDiskTarget
 
 log = logging.getLogger("xenlvm")
 
 
-def expose_image(runner: Runner, job: Job, disk: VmDiskTarget, device: str, undo: UndoStack) -> None:
+def expose_image(runner: Runner, job: Job, disk: VmDisk, device: str, undo: UndoStack) -> None:
     """Copy the snapshot into a sparse image file in image_dir and bind it, read-only, into
     the tree. The undo of the tree (and post) remove both."""
     spec = disk.spec
@@ -41,7 +38,7 @@ def expose_image(runner: Runner, job: Job, disk: VmDiskTarget, device: str, undo
              target, os.stat(image).st_blocks * 512 >> 20)
 
 
-def no_room(job: Job, target: VmDiskTarget) -> str | None:
+def no_room(job: Job, target: VmDisk) -> str | None:
     """Why image_dir cannot take the disk's image at its full size (how sparse it will be
     cannot be known before), or None."""
     assert job.vmdisks is not None and job.vmdisks.image_dir is not None

@@ -28,10 +28,7 @@ from xenlvm.host import processes
 from xenlvm.host.fsutil import read_small, remove_if_present, write_atomically
 from xenlvm.host.lvm import device_path
 from xenlvm.host.runner import Runner, which
-
-TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
-if TYPE_CHECKING:
-    from xenlvm.vmdisks.target import VmDiskTarget
+from xenlvm.vmdisks.model import VmDisk
 
 log = logging.getLogger("xenlvm")
 
@@ -64,6 +61,7 @@ class ServerState:
     running: bool  # the proven server process still runs
     exports: tuple[str, ...]
     started: bool = True  # pre recorded it running (else pre was killed while starting it)
+    devices: tuple[str, ...] = ()  # what each export serves (a record of an older xenlvm: none)
 
 
 def files(lock_dir: str, job_name: str) -> Files:
@@ -71,11 +69,11 @@ def files(lock_dir: str, job_name: str) -> Files:
     return Files(pid=f"{base}.pid", record=f"{base}.json")
 
 
-def exports_of(disks: Sequence[VmDiskTarget]) -> list[Export]:
+def exports_of(disks: Sequence[VmDisk]) -> list[Export]:
     """The exports for the job's VM disks exposed as images (or, with expose: files, given as an
     image because not all of it could be exposed as files): <mountpoint>/<domain>/<disk>.img."""
     return [Export(device_path(d.spec.origin.vg, d.spec.snapshot), f"{d.spec.mountpoint}.img")
-            for d in disks if d.how == "image" or d.fallback == "image"]
+            for d in disks if d.served]
 
 
 def server_argv(exports: Sequence[Export], pid_file: str, program: str = PROGRAM) -> list[str]:
@@ -110,7 +108,7 @@ def missing_program(job: Job, path: str) -> str | None:
 # pre: start
 
 
-def serve(runner: Runner, lock_dir: str, job: Job, disks: Sequence[VmDiskTarget], undo: UndoStack) -> None:
+def serve(runner: Runner, lock_dir: str, job: Job, disks: Sequence[VmDisk], undo: UndoStack) -> None:
     """Serve each image-exposed disk snapshot of disks as a read-only file in the job's tree,
     with one detached server; its stop is registered on undo before it starts."""
     exports = exports_of(disks)
@@ -163,7 +161,8 @@ def _read_ahead(entry: mounts_mod.MountEntry, kib: int, sys_bdi: str = _SYS_BDI)
 def _write_record(path: str, process: tuple[int, int] | None, exports: Sequence[Export]) -> None:
     pid, start_time = process if process is not None else (None, None)
     write_atomically(path, json.dumps({"pid": pid, "start_time": start_time,
-                                       "exports": [e.target for e in exports]}) + "\n",
+                                       "exports": [e.target for e in exports],
+                                       "devices": [e.device for e in exports]}) + "\n",
                      dir_mode=0o700)
 
 
@@ -180,11 +179,13 @@ def state(lock_dir: str, job_name: str) -> ServerState | None:
     if record == {} and pid is None:
         return None
     exports = tuple(str(t) for t in record.get("exports", []) if isinstance(t, str))
+    devices = tuple(str(d) for d in record.get("devices", []) if isinstance(d, str))
+    devices = devices if len(devices) == len(exports) else ()
     started = isinstance(record.get("pid"), int)
     if pid is None:
-        return ServerState(0, False, exports, started)
+        return ServerState(0, False, exports, started, devices)
     start_time = record.get("start_time") if isinstance(record.get("start_time"), int) else None
-    return ServerState(pid, is_server(pid, paths.pid, start_time), exports, started)
+    return ServerState(pid, is_server(pid, paths.pid, start_time), exports, started, devices)
 
 
 def stop(runner: Runner, lock_dir: str, job_name: str, timeout: float = STOP_TIMEOUT) -> ServerState | None:

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 from xenlvm.config.model import Job
@@ -39,17 +39,18 @@ class Domain:
 
 
 @dataclass
-class Window:
+class PauseTiming:
     """What one pause window measured; ms is set when it closes (None: nothing was paused)."""
 
     ms: float | None = None
 
 
 def select_domains(job: Job, xl: XlView, origin_mountpoints: Sequence[str],
-                   disk_domains: Sequence[str] = ()) -> list[Domain]:
+                   disk_domains: Sequence[str] = (), excluded: Collection[str] = ()) -> list[Domain]:
     """The running domains the job quiesces (auto: those with a disk below origin_mountpoints,
     or of disk_domains, which own the job's VM disks). Configured ones that are missing or not
-    running are reported, and fail pre when the job says so."""
+    running are reported, and fail pre when the job says so. excluded: the domains the job's
+    configuration leaves out of its backup (a warning when one is paused all the same)."""
     assert job.xen is not None
     states, records = xl.states, xl.records
     chosen: list[Domain] = []
@@ -63,7 +64,7 @@ def select_domains(job: Job, xl: XlView, origin_mountpoints: Sequence[str],
                 continue
             disks = disk_paths(record)
             shares = any(is_below(d, m) for d in disks for m in origin_mountpoints)
-            if job.vmdisks is not None and job.vmdisks.excludes(name) and shares:
+            if name in excluded and shares:
                 log.warning("domain %s is excluded (vmdisks.exclude) but has a disk on a volume the job "
                             "backs up: it is paused (and frozen) with it", name)
             if name in disk_domains or shares:
@@ -165,14 +166,14 @@ def resume(xl: Xl, names: Sequence[str]) -> None:
 
 
 @contextlib.contextmanager
-def paused(xl: Xl, domains: Sequence[Domain], record: PauseRecord) -> Iterator[Window]:
+def paused(xl: Xl, domains: Sequence[Domain], record: PauseRecord) -> Iterator[PauseTiming]:
     """Pause the domains for the body of the with-block and resume them in every case: an
     exception, a timeout, SIGTERM or SIGINT. They are running ones: a domain that was already
     paused is left out by the plan (xenlvm.xen.windows.plan_xen), so that it is not resumed
-    afterwards (we leave the host as we found it). Yields the Window, which holds how long it
+    afterwards (we leave the host as we found it). Yields the PauseTiming, which holds how long it
     lasted once the block is left."""
     to_pause = [d.name for d in domains]
-    window = Window()
+    window = PauseTiming()
     if not to_pause:
         yield window
         return
