@@ -10,6 +10,7 @@ import pytest
 
 from tests.unit.fakes import Answer, Timeout, lvs_with, recorded
 from xenlvm.admin import check, install
+from xenlvm.vmdisks import layout
 
 XEN = "    xen:\n      domains: auto\n"
 VMDISKS = "    vmdisks:\n      domains: auto\n      size: 16M\n"
