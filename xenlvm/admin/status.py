@@ -15,6 +15,7 @@ from xenlvm.host import cow
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.lvm import VolumeGroup, vg_not_found_message
 from xenlvm.host.runner import Runner
+from xenlvm.increments import bases, record
 from xenlvm.quiesce import freeze as quiesce
 from xenlvm.vmdisks import expose as vmdisks
 from xenlvm.vmdisks import image_server, unexposed
@@ -54,6 +55,9 @@ def job_status(config: Config, runner: Runner, job: Job, now: float | None = Non
         report["image_server"] = image_server_status(config, job)
         report["not_exposed"] = [dataclasses.asdict(found) for found in
                                  unexposed.read(config.settings.lock_dir, job.name)]
+        report["bases"] = bases.describe(job, groups)  # vmdisks.incremental: kept until the next run
+        report["chain_files"] = [dataclasses.asdict(e)
+                                 for e in record.read(config.settings.state_dir, job.name)]
     if job.xen is not None:
         report["domains"] = _domains(config, runner, job, report["problems"])
         report["domains"]["left_frozen_by_a_killed_run"] = _left_frozen(config, job, report["problems"])
@@ -135,6 +139,7 @@ def describe(report: dict[str, Any]) -> list[str]:
             "NOT RUNNING: reads of the images fail; run post (or xenlvm cleanup) to clean up"))
     for found in report.get("not_exposed") or []:
         lines.append(f"  NOT EXPOSED as files: {unexposed.NotExposed(**found).describe()}")
+    lines += _describe_chains(report)
     domains = report.get("domains")
     if domains is not None:
         if "error" in domains:
@@ -159,6 +164,20 @@ def describe(report: dict[str, Any]) -> list[str]:
             lines.append(f"  last {phase}: {when}, {run['duration']:.1f} s, {result}{_pauses(run)}")
             lines += _consistency(run)
     lines += [f"  problem: {p}" for p in report["problems"]]
+    return lines
+
+
+def _describe_chains(report: dict[str, Any]) -> list[str]:
+    """The job's chain bases (each holds the pool blocks its disk was overwritten in since its
+    run) and what its last pre wrote of each chained disk, and why."""
+    lines = []
+    for base in report.get("bases") or []:
+        depth = base["depth"]
+        lines.append(f"  base of {base['disk']}: {base['base']} (run {base['run']}, "
+                     f"{'its full image' if depth == 0 else f'increment {depth}'}; "
+                     f"{'active' if base['active'] else 'inactive'}; in pool {base['pool']}, where it holds "
+                     "every block the disk was overwritten in since)")
+    lines += [f"  last chain file: {record.Exposed(**e).describe()}" for e in report.get("chain_files") or []]
     return lines
 
 

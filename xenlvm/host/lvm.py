@@ -28,6 +28,7 @@ log = logging.getLogger("xenlvm")
 
 OWNER_TAG = "xenlvm"
 VMDISK_TAG = "xenlvm_vmdisk"  # beside the owner and job tags: the snapshot of a VM disk
+BASE_TAG = "xenlvm_base"  # a VM disk's snapshot kept as its chain's base (xenlvm.increments.bases)
 _JSON = ["--reportformat", "json", "--units", "b", "--nosuffix"]
 LV_FIELDS = ("lv_name", "vg_name", "lv_attr", "lv_size", "origin", "pool_lv", "lv_tags",
              "data_percent", "lv_snapshot_invalid", "lv_active", "lv_kernel_major",

@@ -21,6 +21,7 @@ from xenlvm.errors import PartialBackup, SnapshotOverflowed, XenlvmError, host_f
 from xenlvm.host import cow
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.lvm import LogicalVolume, VolumeGroup, vg_not_found_message
+from xenlvm.increments import bases
 from xenlvm.logs import set_job
 from xenlvm.phases.teardown import disk_removals, release_volume_snapshot
 from xenlvm.quiesce import freeze as quiesce
@@ -97,7 +98,7 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
     _collect(errors, _stop_image_server, ctx, job, judge_backup)  # before the snapshots it holds are removed
     found = _find_artefacts(ctx, job, errors)
     vanished = _vanished(found, guarded)
-    overflowed = _tear_down(ctx, job, found, errors)
+    overflowed = _tear_down(ctx, job, found, errors, judge_backup)
     dropped = pool_guard_process.judge(job, guard, vanished, lost)
     if dropped is not None and judge_backup:
         errors.append(dropped)
@@ -168,7 +169,8 @@ def _vanished(found: _Found, guarded: Sequence[pool_guard_process.Guarded]) -> l
     return gone
 
 
-def _tear_down(ctx: Context, job: Job, found: _Found, errors: list[XenlvmError]) -> list[LogicalVolume]:
+def _tear_down(ctx: Context, job: Job, found: _Found, errors: list[XenlvmError],
+               judge_backup: bool) -> list[LogicalVolume]:
     """Unmount every volume's snapshot in reverse, then what exposes the VM disks (their tree
     holds the volumes' mounts); remove all those snapshots with one lvremove; then the VM disks'
     images and tree. Return the removed snapshots that were invalid. Each volume's failures,
@@ -185,7 +187,9 @@ def _tear_down(ctx: Context, job: Job, found: _Found, errors: list[XenlvmError])
     disks: list[tuple[SnapshotSpec, LogicalVolume]] = []
     if found.every is not None and _collect(failures.setdefault("", []), _release_vmdisks, ctx, job,
                                             found.disk_snapshots):
-        disks = disk_removals(job, found.disk_snapshots)
+        # vmdisks.incremental: a sound backup's snapshots of chained disks become their bases
+        disks = disk_removals(job, bases.keep_bases(ctx, job, found.disk_snapshots, found.every,
+                                                    judge_backup and not errors))
     not_removed = ctx.lvm.remove_snapshots(job, volumes + disks)
     for spec, snapshot in volumes:
         if str(snapshot) in not_removed:
@@ -227,11 +231,9 @@ def _judge(ctx: Context, job: Job, snapshot: LogicalVolume, io_error: bool, judg
             f"of this run read inconsistent data and cannot be trusted. {removed} Check the disks of "
             f"volume group {snapshot.vg!r} ('dmesg', 'pvs') before the next backup.")
     raise SnapshotOverflowed(
-        f"the snapshot {snapshot} overflowed during the backup: its "
-        f"{human_size(snapshot.size)} "
+        f"the snapshot {snapshot} overflowed during the backup: its {human_size(snapshot.size)} "
         "of copy-on-write space filled up and it became invalid, so the backup of this run read "
-        f"inconsistent data and cannot be trusted. {removed} "
-        "Make it larger "
+        f"inconsistent data and cannot be trusted. {removed} Make it larger "
         f"('size:' of job {job.name!r}, e.g. 20%ORIGIN, checking 'vgs' for free space) or run "
         "the backup when the VMs write less.")
 

@@ -26,6 +26,7 @@ from xenlvm.errors import CleanupFailed, PreflightFailed, XenlvmError
 from xenlvm.host import lvm as lvm_mod
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.mounts import UNDO_UNMOUNT_TIMEOUT
+from xenlvm.increments import expose as increments_expose
 from xenlvm.logs import set_job
 from xenlvm.phases.teardown import remove_job_snapshot, tear_down_vmdisks
 from xenlvm.quiesce import freeze as quiesce
@@ -94,6 +95,7 @@ def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
 
     for target in targets:
         target.expose(ctx, job, undo)
+    increments_expose.expose_chains(ctx, job, disks, undo)  # vmdisks.incremental: each thin disk's file
     # expose: image: every image of the job served through FUSE by one process
     vmdisk_target.serve_images(ctx, job, disks, undo)
     if job.vmdisks is not None and not ctx.dry_run:  # for status and post: what was not exposed

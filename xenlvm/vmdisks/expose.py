@@ -104,8 +104,8 @@ def expose(runner: Runner, job: Job, target: VmDiskTarget, undo: UndoStack, *,
         log.info("dry run: would expose %s (%s) as %s", what, spec.snapshot_volume, target.how)
         return
     os.makedirs(os.path.dirname(spec.mountpoint), mode=TREE_MODE, exist_ok=True)
-    if target.how == "image":  # FUSE: all of the job's images by one server, after the last snapshot
-        return  # (xenlvm.image_server.serve, called by pre)
+    if target.how in ("image", "chain"):  # FUSE: all of the job's images by one server, after the last
+        return  # snapshot (image_server.serve, called by pre); a chain's file: increments.expose
     if target.how == "image-copy":
         _expose_image(runner, job, target, device, undo)
         return

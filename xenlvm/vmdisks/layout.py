@@ -222,8 +222,8 @@ def write_domain_layouts(records: dict[str, dict], exposed: Sequence[VmDiskTarge
         mountpoint = target.spec.mountpoint
         folder = os.path.dirname(mountpoint)
         folders[target.domain] = folder
-        if target.how in ("image", "image-copy"):
-            disks.setdefault(target.domain, {})[target.disk] = f"{target.disk}.img"
+        if target.how in ("image", "image-copy", "chain"):
+            disks.setdefault(target.domain, {})[target.disk] = target.image_file or f"{target.disk}.img"
         else:
             found = [path for path in (disk_layout_path(mountpoint, True),
                                        disk_layout_path(mountpoint, False)) if os.path.isfile(path)]

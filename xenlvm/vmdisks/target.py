@@ -26,6 +26,8 @@ from xenlvm.xen import domains as xen
 
 log = logging.getLogger("xenlvm")
 
+CHAIN = "chain"  # how a disk of a chain is exposed (xenlvm.increments.expose writes its file)
+
 
 class VmDiskTarget(Target):
     extra_tags = (VMDISK_TAG,)
@@ -35,7 +37,10 @@ class VmDiskTarget(Target):
         super().__init__(spec, origin)
         self.domain = domain
         self.disk = disk  # its name in the domain (xvda)
-        self.how = how  # vmdisks.expose: "files", "image" (FUSE) or "image-copy"
+        # vmdisks.expose: "files", "image" (FUSE) or "image-copy"; CHAIN: a thin disk of a job
+        # with vmdisks.incremental, written into image_dir as a full image or an increment
+        self.how = how
+        self.image_file: str | None = None  # CHAIN: the file's name in the domain's folder, once written
         # expose: files, when not all of it could be: its image instead ("image" or
         # "image-copy", or None when neither is possible) and what was not exposed
         self.fallback: str | None = None
@@ -118,7 +123,13 @@ def _disk_target(job: Job, domain: str, disk: dict, by_device: dict[tuple[int, i
         return None
     spec = SnapshotSpec(Volume(lv.vg, lv.name), snapshot_name(lv.name),
                         os.path.join(job.mountpoint, domain, vdev), None if lv.is_thin else settings.size)
-    return VmDiskTarget(spec, lv, domain, vdev, settings.expose)
+    how = settings.expose
+    if settings.incremental == "thin" and lv.is_thin:
+        how = CHAIN
+    elif settings.incremental == "thin":
+        log.warning("%s: not a thin LV, so no increments (thin_delta reads thin pools only): its whole "
+                    "image %s.img every run", where, vdev)
+    return VmDiskTarget(spec, lv, domain, vdev, how)
 
 
 def check_image_room(job: Job, specs: Sequence[VmDiskTarget]) -> str | None:
@@ -137,7 +148,7 @@ def check_image_room(job: Job, specs: Sequence[VmDiskTarget]) -> str | None:
         return (f"vmdisks.image_dir {directory} must be root's alone, where nobody else can plant a "
                 f"link for root's copy to write through, or read the disks: {untrusted}. Or choose "
                 "another image_dir, e.g. 'mkdir -m 700 /var/lib/xenlvm-images'")
-    needed = sum(t.origin.size for t in specs if t.how == "image-copy")
+    needed = sum(t.origin.size for t in specs if t.how in ("image-copy", CHAIN))
     free = vmdisk_copy.free_bytes(directory)
     if needed > free:
         return (f"vmdisks.image_dir {directory} has {free >> 20} MiB free but the images of "
