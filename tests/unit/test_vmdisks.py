@@ -101,6 +101,18 @@ def test_each_disk_on_an_lv_becomes_a_snapshot_spec_below_domain_and_disk():
     assert {s.how for s in specs} == {"files"}
 
 
+def test_with_incremental_thin_a_thin_disk_is_chained_and_a_classic_one_exposed_whole_with_a_warning(caplog):
+    xl = xl_for({"vm3": [disk("/dev/system/vm3-disk", "xvda"), disk("/dev/system/thin-disk", "xvdb")]})
+    chained = dataclasses.replace(job(expose="image-copy"), vmdisks=VmDiskSettings(
+        domains="auto", size=parse_size("16M"), expose="image-copy", image_dir="/srv/images",
+        incremental="thin"))
+    with caplog.at_level(logging.WARNING, "xenlvm"):
+        specs = discover(chained, xl, VGS)
+    assert [(s.disk, s.how) for s in specs] == [("xvda", "image-copy"), ("xvdb", vmdisk_target.CHAIN)]
+    assert ("disk xvda of domain vm3 (/dev/system/vm3-disk): not a thin LV, so no increments (thin_delta "
+            "reads thin pools only): its whole image xvda.img every run") in caplog.text
+
+
 def test_disks_that_are_not_lvs_are_reported_and_fail_pre_when_asked(caplog):
     xl = xl_for({"vm2": [disk("/dev/system/vm2-disk", "xvda"), disk("/dev/sdb", "xvdb"),
                          disk("/srv/vm2/disk.img", "xvdc", backend="qdisk"),
