@@ -5,6 +5,7 @@ and to drop the one before, and the configuration that turns chains on."""
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 
@@ -234,3 +235,14 @@ def test_incremental_is_thin_or_null_and_full_every_defaults_to_7():
     off = off.vmdisks
     assert off is not None and off.incremental is None
     assert "is not one of: thin" in config_error(config_text("      incremental: yes\n").format(state="/s"))
+
+
+def test_the_record_is_neither_written_nor_read_in_a_folder_others_can_write(tmp_path, caplog):
+    record.write(str(tmp_path), "disks", RUN2, [entry(RUN2, 1)])
+    assert record.read(str(tmp_path), "disks") == [entry(RUN2, 1)]
+    os.chmod(tmp_path / "disks", 0o777)
+    assert record.read(str(tmp_path), "disks") == []
+    (tmp_path / "disks" / "increments.json").unlink()
+    record.write(str(tmp_path), "disks", RUN2, [entry(RUN2, 1)])
+    assert not (tmp_path / "disks" / "increments.json").exists()
+    assert "its folder must be root's alone" in caplog.text

@@ -17,7 +17,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 
-from xenlvm.host.fsutil import read_small, write_atomically
+from xenlvm.host.fsutil import read_small, trust_problem, write_atomically
 
 log = logging.getLogger("xenlvm")
 
@@ -52,15 +52,27 @@ def record_path(state_dir: str, job_name: str) -> str:
 
 
 def write(state_dir: str, job_name: str, run: str, entries: list[Exposed]) -> None:
+    """Record the run's files; in a folder others could write, nothing (post then keeps no base)."""
+    path = record_path(state_dir, job_name)
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    problem = trust_problem(os.path.dirname(path))  # post acts on it, as root
+    if problem is not None:
+        log.warning("%s was not written, so post keeps no base and the next run writes full images: its "
+                    "folder must be root's alone: %s", path, problem)
+        return
     text = json.dumps({"format": FORMAT, "format_version": 1, "run": run,
                        "disks": [asdict(e) for e in entries]}, indent=2)
-    write_atomically(record_path(state_dir, job_name), text + "\n", mode=0o644, dir_mode=0o755)
+    write_atomically(path, text + "\n", mode=0o644)
 
 
 def read(state_dir: str, job_name: str) -> list[Exposed]:
     """The last run's entries; none when there is no record or it cannot be read (then post
     keeps no base: the next run of each disk is a full image)."""
     path = record_path(state_dir, job_name)
+    problem = trust_problem(os.path.dirname(path)) if os.path.exists(path) else None
+    if problem is not None:
+        log.warning("%s is not read: its folder must be root's alone: %s", path, problem)
+        return []
     try:
         data = json.loads(read_small(path) or "{}")
         if not data:
