@@ -98,7 +98,8 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
     _collect(errors, _stop_image_server, ctx, job, judge_backup)  # before the snapshots it holds are removed
     found = _find_artefacts(ctx, job, errors)
     vanished = _vanished(found, guarded)
-    overflowed = _tear_down(ctx, job, found, errors, judge_backup)
+    sound = judge_backup and not (errors or found.io_failed or vanished)  # chains keep their bases then
+    overflowed = _tear_down(ctx, job, found, errors, sound)
     dropped = pool_guard_process.judge(job, guard, vanished, lost)
     if dropped is not None and judge_backup:
         errors.append(dropped)
@@ -170,11 +171,12 @@ def _vanished(found: _Found, guarded: Sequence[pool_guard_process.Guarded]) -> l
 
 
 def _tear_down(ctx: Context, job: Job, found: _Found, errors: list[XenlvmError],
-               judge_backup: bool) -> list[LogicalVolume]:
+               sound: bool) -> list[LogicalVolume]:
     """Unmount every volume's snapshot in reverse, then what exposes the VM disks (their tree
     holds the volumes' mounts); remove all those snapshots with one lvremove; then the VM disks'
     images and tree. Return the removed snapshots that were invalid. Each volume's failures,
-    then the VM disks', go into errors in that order."""
+    then the VM disks', go into errors in that order. sound: the chained disks' snapshots become
+    their bases (vmdisks.incremental, increments.bases) instead of being removed."""
     volumes: list[tuple[SnapshotSpec, LogicalVolume]] = []
     failures: dict[str, list[XenlvmError]] = {}  # by snapshot ("vg/lv"); "": the VM disks'
     for spec in reversed(job.volumes):
@@ -187,9 +189,7 @@ def _tear_down(ctx: Context, job: Job, found: _Found, errors: list[XenlvmError],
     disks: list[tuple[SnapshotSpec, LogicalVolume]] = []
     if found.every is not None and _collect(failures.setdefault("", []), _release_vmdisks, ctx, job,
                                             found.disk_snapshots):
-        # vmdisks.incremental: a sound backup's snapshots of chained disks become their bases
-        disks = disk_removals(job, bases.keep_bases(ctx, job, found.disk_snapshots, found.every,
-                                                    judge_backup and not errors))
+        disks = disk_removals(job, bases.keep_bases(ctx, job, found.disk_snapshots, found.every, sound))
     not_removed = ctx.lvm.remove_snapshots(job, volumes + disks)
     for spec, snapshot in volumes:
         if str(snapshot) in not_removed:
