@@ -142,8 +142,9 @@ def check(ctx: click.Context, job_names: tuple[str, ...], hooks_dir: str, try_qu
 def status(ctx: click.Context, job_names: tuple[str, ...], as_json: bool) -> None:
     """Show per job: snapshot present or not, fill, valid or invalid and why (overflowed or I/O
     errors), where it is mounted, its age and the run that created it, whether it is stale,
-    paused domains, guests left frozen, last runs (with each domain's consistency), problems
-    such as a volume group missing a PV."""
+    paused domains, guests left frozen, last runs (with each domain's consistency), the chain
+    bases and last files of chained VM disks (vmdisks.incremental), problems such as a volume
+    group missing a PV."""
     from xenlvm.admin.status import describe, job_status
 
     def work() -> None:
