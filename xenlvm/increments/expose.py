@@ -130,20 +130,26 @@ def write_image(source: str, path: str, size: int) -> bytes:
     SPARSE_BLOCK zeros are not written. Return their SHA-256 (the next increment records it).
     A partial file is removed; the file is synced before this returns."""
     digest = hashlib.sha256()
-    zeros = memoryview(bytes(SPARSE_BLOCK))
+    zeros, chunk_of_zeros = bytes(SPARSE_BLOCK), bytes(fileformat.CHUNK)
+    data = bytearray(fileformat.CHUNK)  # one buffer: no new pages to fault in per read
+    buffer = memoryview(data)
     fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     try:
         with open(path, "xb") as out:
             try:
                 position = 0
-                for block in fileformat.blocks(fd, 0, size):
-                    digest.update(block)
-                    view = memoryview(block)
-                    for at in range(0, len(view), SPARSE_BLOCK):
-                        piece = view[at:at + SPARSE_BLOCK]
-                        if piece != zeros[:len(piece)]:
-                            os.pwrite(out.fileno(), piece, position + at)
-                    position += len(block)
+                while position < size:
+                    got = os.preadv(fd, [buffer[:min(fileformat.CHUNK, size - position)]], position)
+                    if got <= 0:
+                        raise OSError(0, "the file ended early")
+                    digest.update(buffer[:got])
+                    # bytes compared as bytearray slices (memcmp); a memoryview compares item by item
+                    if got < fileformat.CHUNK or data != chunk_of_zeros:
+                        for at in range(0, got, SPARSE_BLOCK):
+                            end = min(at + SPARSE_BLOCK, got)
+                            if data[at:end] != zeros[:end - at]:
+                                os.pwrite(out.fileno(), buffer[at:end], position + at)
+                    position += got
                 out.truncate(size)
                 os.fsync(out.fileno())
             except BaseException:
