@@ -57,10 +57,13 @@ def _expose(ctx: Context, job: Job, target: VmDiskTarget, run: str, undo: UndoSt
     snapshot = vg.get(spec.snapshot)
     size = snapshot.size if snapshot is not None else origin.size
     chosen = bases.plan(job, origin, vg, size)
-    if ctx.dry_run or snapshot is None:
+    if ctx.dry_run:
         log.info("dry run: %s would be %s", what, f"a full image ({chosen.reason})" if chosen.full
                  else f"an increment over {chosen.base}")
         return None
+    if snapshot is None:
+        raise XenlvmError(f"{what}: lvs does not show its snapshot {spec.snapshot_volume}, which pre just "
+                          "created: nothing of it can be exposed")
     ranges = None
     if chosen.base is not None:
         ranges, why = changed_ranges(ctx.runner, chosen.base, snapshot, size, ctx.config.settings.lock_dir)
