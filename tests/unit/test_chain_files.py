@@ -1,4 +1,4 @@
-"""pre's files of a chained disk (xenlvm/increments/expose.py): the full image written sparse
+"""pre's files of a chained disk (xenlvm/vmdisks/chains.py): the full image written sparse
 with its SHA-256, the thin device ids of the base and the new snapshot, and a full image
 instead when the changes cannot be read."""
 
@@ -13,8 +13,8 @@ import pytest
 from tests.unit.fakes import Answer, FakeRunner
 from tests.unit.test_bases import base, snapshot
 from xenlvm.errors import XenlvmError
-from xenlvm.increments import expose
 from xenlvm.increments.thin_delta import ThinDeltaFailed
+from xenlvm.vmdisks import chains as expose
 
 BLOCK = expose.SPARSE_BLOCK
 

@@ -21,6 +21,7 @@ from xenlvm.config.load import parse_config
 from xenlvm.config.model import SnapshotSpec, Volume
 from xenlvm.core.undo import UndoStack
 from xenlvm.errors import MountError
+from xenlvm.host import processes
 from xenlvm.host.fsutil import read_small
 from xenlvm.host.lvm import LogicalVolume
 from xenlvm.host.mounts import MountEntry
@@ -109,7 +110,7 @@ def test_stop_terminates_the_proven_server_and_is_idempotent(tmp_path):
     server = _server_like(paths.pid)
     try:
         _wait_for_exec(server)
-        _record(tmp_path, server.pid, image_server.process_start_time(server.pid))
+        _record(tmp_path, server.pid, processes.start_time(server.pid))
         assert image_server.state(str(tmp_path), JOB) == image_server.ServerState(
             server.pid, True, ("/nowhere/vm2/xvda.img",))
         found = image_server.stop(FakeRunner(), str(tmp_path), JOB, timeout=5)
@@ -128,7 +129,7 @@ def test_a_pid_with_another_start_time_is_never_signalled_and_post_says_the_serv
     server = _server_like(paths.pid)
     try:
         _wait_for_exec(server)
-        start_time = image_server.process_start_time(server.pid)
+        start_time = processes.start_time(server.pid)
         assert start_time is not None
         _record(tmp_path, server.pid, start_time - 1)  # the recorded server ended; its pid was reused
         found = image_server.stop(FakeRunner(), str(tmp_path), JOB, timeout=1)
@@ -215,3 +216,9 @@ def test_a_fuse_image_below_the_mountpoint_is_unmounted_only_inside_xenlvms_own_
             with pytest.raises(MountError, match="something xenlvm did not mount"):
                 vmdisk_teardown.release(runner, job, [], 1.0)
             assert runner.argvs == []
+
+
+@pytest.mark.parametrize("text", ["0\n", "1\n"])
+def test_a_pid_file_naming_pid_0_or_init_is_no_trace_of_a_server(tmp_path, text):
+    Path(image_server.files(str(tmp_path), JOB).pid).write_text(text)
+    assert image_server.state(str(tmp_path), JOB) is None

@@ -27,6 +27,7 @@ from xenlvm.config.model import (
 )
 from xenlvm.core import state
 from xenlvm.errors import CommandFailed, ConfigError
+from xenlvm.host import processes
 from xenlvm.host.runner import Runner
 from xenlvm.phases import post, pre
 from xenlvm.quiesce import check as quiesce_check
@@ -540,7 +541,7 @@ def test_the_record_names_the_running_freezes_process_group_with_its_start_time(
 def start_group() -> tuple[object, tuple[int, int]]:
     import subprocess
     proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    return proc, (proc.pid, quiesce_record.process_start(proc.pid))
+    return proc, (proc.pid, processes.start_time(proc.pid))
 
 
 def test_who_thaws_a_killed_runs_guests_first_kills_its_proven_freeze(tmp_path):

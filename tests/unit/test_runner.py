@@ -10,8 +10,8 @@ import time
 import pytest
 
 from tests.unit.fakes import FakeRunner
-from xenlvm.config.model import DEFAULT_PATH
 from xenlvm.errors import CommandFailed
+from xenlvm.host import DEFAULT_PATH
 from xenlvm.host.runner import Result, Runner, quote, which
 
 

@@ -9,7 +9,7 @@ import sys
 from xenlvm.admin import install
 from xenlvm.config.load import permission_problem
 from xenlvm.config.model import Config, Job
-from xenlvm.core import preflight
+from xenlvm.core import ownership, preflight
 from xenlvm.core.inventory import read_tolerant, read_xl
 from xenlvm.core.preflight import Finding
 from xenlvm.errors import XenlvmError
@@ -17,13 +17,20 @@ from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.fsutil import closed_to_others
 from xenlvm.host.lvm import LogicalVolume, VolumeGroup, vg_not_found_message
 from xenlvm.host.runner import Runner, which
+from xenlvm.host.xl import XlView
 from xenlvm.quiesce import check as quiesce_check
 from xenlvm.thinpool import space as thinpool
 from xenlvm.vmdisks import image_server
 from xenlvm.vmdisks import target as vmdisk_target
 from xenlvm.xen import domains as xen
 
-LVM_TOOLS = ("lvs", "lvcreate", "lvremove", "mount", "umount", "blkid", "losetup", "partx")
+# The programs pre and post run, which check must find on settings.path: for every job (lvm2:
+# the snapshots and the watchdog's lvextend; util-linux: mounts, filesystem probes, loop devices
+# and partition tables), and for a job with VM disks the tools that record each disk's layout
+# (layout.json: sfdisk from util-linux, dumpe2fs from e2fsprogs, xfs_info from xfsprogs).
+HOST_TOOLS = ("lvs", "lvcreate", "lvremove", "lvextend", "vgs",
+              "mount", "umount", "blkid", "losetup", "partx")
+VMDISK_TOOLS = ("sfdisk", "dumpe2fs", "xfs_info")
 
 
 def check_host(config: Config, hook_dir: str) -> list[Finding]:
@@ -34,13 +41,27 @@ def check_host(config: Config, hook_dir: str) -> list[Finding]:
     if os.geteuid() != 0:
         findings.append(Finding("warn", "root", "not running as root: some checks may be incomplete, and "
                                 "pre/post must run as root"))
-    tools = list(LVM_TOOLS) + (["xl"] if any(j.xen or j.vmdisks for j in config.jobs.values()) else [])
+    jobs = config.jobs.values()
+    tools = [*HOST_TOOLS, *(["xl"] if any(j.xen or j.vmdisks for j in jobs) else [])]
     missing = [t for t in tools if which(t, config.settings.path) is None]
     findings.append(Finding("fail", "tools", f"not found on {config.settings.path}: {', '.join(missing)}; "
                             "install them (lvm2, util-linux, xen-utils) or set settings.path")
                     if missing else Finding("ok", "tools", f"found {', '.join(tools)}"))
+    if any(j.vmdisks for j in jobs):
+        findings.append(_layout_tools(config.settings.path))
     findings += check_hooks(hook_dir)
     return findings
+
+
+def _layout_tools(path: str) -> Finding:
+    """What pre reads a VM disk's layout with (layout.json): without one, the backup still runs, but
+    restore-disk cannot rebuild the disks it would describe, so a warning, not a failure."""
+    missing = [t for t in VMDISK_TOOLS if which(t, path) is None]
+    if not missing:
+        return Finding("ok", "layout tools", f"found {', '.join(VMDISK_TOOLS)}")
+    return Finding("warn", "layout tools", f"not found on {path}: {', '.join(missing)}; pre still backs up "
+                   "the VM disks, but their layout.json lacks what these tools read, so restore-disk cannot "
+                   "rebuild such a disk: install fdisk, e2fsprogs, xfsprogs (as the guests need)")
 
 
 def check_hooks(hook_dir: str) -> list[Finding]:
@@ -83,7 +104,7 @@ def check_job(config: Config, runner: Runner, job: Job, try_quiesce: bool = Fals
             own = vgs[spec.origin.vg].get(spec.snapshot)
             findings.append(preflight.check_mountpoint(spec.mountpoint, mounts, own))
     origins = [vgs[s.origin.vg].lvs[s.origin.lv] for s in job.volumes if vgs[s.origin.vg].get(s.origin.lv)]
-    xl: xen.XlView | XenlvmError | None = None
+    xl: XlView | XenlvmError | None = None
     try:
         xl = read_xl(runner, job)
     except XenlvmError as exc:  # said by each check that needs xl
@@ -137,7 +158,7 @@ def _check_reach(job: Job) -> list[Finding]:
                     f"it: {fix}")]
 
 
-def _check_vmdisks(job: Job, xl: xen.XlView | XenlvmError | None, every: dict[str, VolumeGroup],
+def _check_vmdisks(job: Job, xl: XlView | XenlvmError | None, every: dict[str, VolumeGroup],
                    path: str) -> tuple[list[Finding], list[str]]:
     """Which VM disks pre would snapshot now, whether image_dir has room for them (image-copy)
     and the image server is installed (image); and their domains."""
@@ -170,4 +191,4 @@ def _own_snapshot_at(job: Job, vgs: dict[str, VolumeGroup]) -> LogicalVolume | N
         return None
     spec = job.volumes[0]
     snapshot = vgs[spec.origin.vg].get(spec.snapshot)
-    return snapshot if snapshot is not None and snapshot.owned_by(job, spec) else None
+    return snapshot if snapshot is not None and ownership.owns(job, spec, snapshot) else None

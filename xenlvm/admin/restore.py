@@ -22,15 +22,14 @@ from xenlvm.errors import CommandFailed, SafetyRefusal, UsageError, XenlvmError
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.lock import JobLock
 from xenlvm.host.lvm import LogicalVolume, Lvm, device_path
-from xenlvm.host.runner import Runner
+from xenlvm.host.runner import COPY_TIMEOUT, Runner
+from xenlvm.host.xl import Xl, disk_paths
 from xenlvm.increments import chain
 from xenlvm.increments import fileformat as increment
 from xenlvm.vmdisks import teardown as vmdisk_teardown
-from xenlvm.xen import domains as xen
 
 log = logging.getLogger("xenlvm")
 
-COPY_TIMEOUT = 24 * 3600.0
 SYS = "/sys"  # loop devices' backing files, device-mapper holders
 
 
@@ -72,12 +71,12 @@ def check_target(runner: Runner, text: str, needed: int, xl_timeout: float) -> T
                             f"extend it (lvextend -L {needed}b {text}). Nothing was changed.")
     numbers = (volume.major, volume.minor)
     try:
-        records = xen.Xl(runner, xl_timeout).records()
+        records = Xl(runner, xl_timeout).records()
     except XenlvmError as exc:
         raise SafetyRefusal(f"cannot tell whether a domain has {text} as a disk: {exc}. Nothing was "
                             "changed.") from None
     for domain, record in records.items():
-        if any(mounts_mod.device_numbers(path) == numbers for path in xen.disk_paths(record)):
+        if any(mounts_mod.device_numbers(path) == numbers for path in disk_paths(record)):
             raise SafetyRefusal(f"the target {text} is a disk of domain {domain!r}, which exists (running"
                                 f" or paused): shut it down first (xl shutdown {domain}). Nothing was "
                                 "changed.")
@@ -96,7 +95,7 @@ def check_target(runner: Runner, text: str, needed: int, xl_timeout: float) -> T
         raise SafetyRefusal(f"the target {text} has snapshots ({', '.join(snapshots)}): remove them first "
                             "(for xenlvm's own: xenlvm post or xenlvm cleanup; a chain's base, "
                             "<LV>.xenlvm-base.<run>: xenlvm cleanup --bases). Nothing was changed.")
-    if volume.attr[5:6] == "o":
+    if volume.is_open:
         raise SafetyRefusal(f"the target {text} is open (lvs shows 'o' in its attributes): a process or "
                             "a kernel user holds it (see 'fuser -v "
                             f"{device_path(vg_name, lv_name)}', 'dmsetup info'). Nothing was changed.")

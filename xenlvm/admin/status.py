@@ -8,16 +8,16 @@ import time
 from typing import Any
 
 from xenlvm.config.model import Config, Job, SnapshotSpec
-from xenlvm.core import preflight, state
+from xenlvm.core import ownership, preflight, state
 from xenlvm.core.inventory import Inventory, job_vg_names, read_tolerant
 from xenlvm.errors import XenlvmError
 from xenlvm.host import cow
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.lvm import VolumeGroup, vg_not_found_message
 from xenlvm.host.runner import Runner
+from xenlvm.host.xl import Xl
 from xenlvm.increments import bases, record
 from xenlvm.quiesce import freeze as quiesce
-from xenlvm.vmdisks import expose as vmdisks
 from xenlvm.vmdisks import image_server, unexposed
 from xenlvm.xen import domains as xen
 
@@ -47,9 +47,9 @@ def job_status(config: Config, runner: Runner, job: Job, now: float | None = Non
     report["volumes"] = [_volume_status(config, job, spec, groups.get(spec.origin.vg), mounts, now)
                          for spec in job.volumes]
     if job.vmdisks is not None:  # the VM disk snapshots that exist now, found by their tags
-        snapshots = vmdisks.job_snapshots(job, groups)
-        report["volumes"] += [_volume_status(config, job, vmdisks.spec_of(job, lv), groups[lv.vg], mounts,
-                                             now) for lv in snapshots]
+        snapshots = ownership.vm_disk_snapshots(job, groups)
+        report["volumes"] += [_volume_status(config, job, ownership.vm_disk_spec(job, lv), groups[lv.vg],
+                                             mounts, now) for lv in snapshots]
         report["problems"] += [f.message for f in preflight.check_volume_groups(
             (lv.vg for lv in snapshots if lv.vg not in named), groups)]
         report["image_server"] = image_server_status(config, job)
@@ -75,7 +75,7 @@ def _volume_status(config: Config, job: Job, spec: SnapshotSpec, vg: VolumeGroup
     age = lv_age(snapshot.created, now)
     report.update({
         "present": True,
-        "owned_by_xenlvm": snapshot.owned_by(job, spec),
+        "owned_by_xenlvm": ownership.owns(job, spec, snapshot),
         "thin": snapshot.is_thin,
         "active": snapshot.active,
         "size_bytes": snapshot.size,
@@ -87,7 +87,7 @@ def _volume_status(config: Config, job: Job, spec: SnapshotSpec, vg: VolumeGroup
         "mounted_at": [e.mountpoint for e in mounts_mod.mounts_of(snapshot, mounts)],
         "created": snapshot.created,
         "age_seconds": None if age is None else round(age),
-        "created_by_run": snapshot.run_tag(),
+        "created_by_run": ownership.run_of(snapshot),
         "stale": age is not None and age > config.settings.stale_after,
     })
     return report
@@ -109,7 +109,7 @@ def _domains(config: Config, runner: Runner, job: Job, problems: list[str]) -> d
         problems.append(str(exc))
         left = []
     try:
-        states = xen.Xl.for_job(runner, job).states()
+        states = Xl(runner, job.xl_timeout).states()
     except XenlvmError as exc:
         return {"error": str(exc), "left_paused_by_a_killed_run": left}
     names = list(states) if job.xen.domains == "auto" else list(job.xen.domains)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from xenlvm.config import values
 from xenlvm.config.values import Size, Volume, parse_duration, parse_size
+from xenlvm.host import DEFAULT_PATH
 
 TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
 if TYPE_CHECKING:
@@ -25,7 +26,6 @@ __all__ = ["Config", "DomainCommands", "Job", "QuiesceSettings", "Settings", "Sn
 
 DEFAULT_CONFIG_PATH = "/etc/xenlvm/config.yaml"
 XL_TIMEOUT = 30.0
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def key(parse: Callable[[Any], Any] | type, *, null_disables: bool = False, name: str = "",
@@ -228,6 +228,12 @@ class Job:
     vmdisks: VmDiskSettings | None = field(default=None, metadata=key(VmDiskSettings))
     # for thin snapshots: always set (its defaults) whether the file has the section or not
     thin_pool: ThinPoolSettings = field(default_factory=ThinPoolSettings, metadata=key(ThinPoolSettings))
+
+    @property
+    def xl_timeout(self) -> float:
+        """The timeout of the job's xl calls: its xen.timeout, or the default for a job with VM
+        disks and no xen: section."""
+        return self.xen.timeout if self.xen is not None else XL_TIMEOUT
 
 
 @dataclass(frozen=True)

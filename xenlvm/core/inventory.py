@@ -13,14 +13,14 @@ from xenlvm.config.model import Job
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.lvm import Lvm, VolumeGroup, VolumeGroupNotFound
 from xenlvm.host.runner import Runner
-from xenlvm.xen import domains as xen
+from xenlvm.host.xl import Xl, XlView
 
 
 @dataclass(frozen=True)
 class Inventory:
     vgs: dict[str, VolumeGroup]  # the VGs of the job's volumes; every VG when it has VM disks
     mounts: list[mounts_mod.MountEntry]
-    xl: xen.XlView | None = None  # for a job with xen: or vmdisks:
+    xl: XlView | None = None  # for a job with xen: or vmdisks:
     missing_vgs: tuple[str, ...] = ()  # named VGs that do not exist (read_tolerant only)
 
     def reread(self, runner: Runner, job: Job) -> Inventory:
@@ -46,11 +46,11 @@ def read_tolerant(runner: Runner, job: Job) -> Inventory:
         return Inventory(vgs, mounts_mod.read_mounts(), missing_vgs=tuple(exc.names))
 
 
-def read_xl(runner: Runner, job: Job) -> xen.XlView | None:
+def read_xl(runner: Runner, job: Job) -> XlView | None:
     """One `xl list` and one `xl list -l`, for a job with xen: or vmdisks: (else None)."""
     if job.xen is None and job.vmdisks is None:
         return None
-    return xen.Xl.for_job(runner, job).view()
+    return Xl(runner, job.xl_timeout).view()
 
 
 def job_vg_names(job: Job) -> list[str]:

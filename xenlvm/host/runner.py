@@ -18,11 +18,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from xenlvm.config.model import DEFAULT_PATH
 from xenlvm.errors import CommandFailed
-from xenlvm.host import interrupts
+from xenlvm.host import DEFAULT_PATH, interrupts
 
 log = logging.getLogger("xenlvm.command")
+
+# The timeout of a command that reads or writes a whole disk (an image copy, a restore, a
+# discard of the target): hours on a large one, but not forever.
+COPY_TIMEOUT = 24 * 3600.0
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,15 @@ from dataclasses import dataclass
 
 from xenlvm.config.model import Job
 from xenlvm.core.context import Context
+from xenlvm.core.ownership import BASE_TAG, OWNER_TAG, RUN_TAG_PREFIX, job_tag
 from xenlvm.errors import SafetyRefusal, XenlvmError
-from xenlvm.host.lvm import BASE_TAG, OWNER_TAG, LogicalVolume, VolumeGroup, job_tag
+from xenlvm.host.lvm import LogicalVolume, VolumeGroup
 from xenlvm.host.runner import Runner
 from xenlvm.increments import record
 
 log = logging.getLogger("xenlvm")
 
-RUN_PREFIX = "xenlvm_run_"
+RUN_PREFIX = RUN_TAG_PREFIX
 DEPTH_PREFIX = "xenlvm_depth_"
 SHA256_PREFIX = "xenlvm_sha256_"
 NAME_INFIX = ".xenlvm-base."

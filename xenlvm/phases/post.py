@@ -14,20 +14,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from xenlvm.config.model import Job, SnapshotSpec
-from xenlvm.core import preflight
+from xenlvm.core import ownership, preflight
 from xenlvm.core.context import Context
 from xenlvm.core.inventory import Inventory, job_vg_names, read_tolerant
 from xenlvm.errors import PartialBackup, SnapshotOverflowed, XenlvmError, host_file_error
 from xenlvm.host import cow
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.lvm import LogicalVolume, VolumeGroup, vg_not_found_message
+from xenlvm.host.xl import Xl
 from xenlvm.increments import bases
 from xenlvm.logs import set_job
 from xenlvm.phases.teardown import disk_removals, release_volume_snapshot
 from xenlvm.quiesce import freeze as quiesce
 from xenlvm.sizes import human_size
 from xenlvm.thinpool import process as pool_guard_process
-from xenlvm.vmdisks import expose as vmdisks
 from xenlvm.vmdisks import image_server, unexposed
 from xenlvm.vmdisks import teardown as vmdisk_teardown
 from xenlvm.watchdog import process as watchdog_process
@@ -131,7 +131,7 @@ def _resume_paused_domains(ctx: Context, job: Job) -> None:
         return
     record = xen.PauseRecord(ctx.config.settings.lock_dir, job.name)
     if record.read():
-        xen.resume_leftovers(xen.Xl.for_job(ctx.runner, job), record)
+        xen.resume_leftovers(Xl(ctx.runner, job.xl_timeout), record)
 
 
 def _find_artefacts(ctx: Context, job: Job, errors: list[XenlvmError]) -> _Found:
@@ -149,12 +149,12 @@ def _find_artefacts(ctx: Context, job: Job, errors: list[XenlvmError]) -> _Found
     for name in host.missing_vgs:
         log.warning("%s; so there is no snapshot to clean up there", vg_not_found_message(name))
         vgs[name] = None
-    disk_snapshots = vmdisks.job_snapshots(job, every or {})
+    disk_snapshots = ownership.vm_disk_snapshots(job, every or {})
     invalid = [lv for lv in disk_snapshots if lv.invalid]
     for spec in job.volumes:
         vg = vgs.get(spec.origin.vg)
         lv = vg.get(spec.snapshot) if vg is not None else None
-        if lv is not None and lv.owned_by(job, spec) and lv.invalid:
+        if lv is not None and ownership.owns(job, spec, lv) and lv.invalid:
             invalid.append(lv)
     io_failed = {str(lv): cow.invalidated_by_io_errors(lv) for lv in invalid}
     return _Found(vgs, every, disk_snapshots, io_failed, host.mounts)
@@ -190,7 +190,7 @@ def _tear_down(ctx: Context, job: Job, found: _Found, errors: list[XenlvmError],
     if found.every is not None and _collect(failures.setdefault("", []), _release_vmdisks, ctx, job,
                                             found.disk_snapshots):
         disks = disk_removals(job, bases.keep_bases(ctx, job, found.disk_snapshots, found.every, sound))
-    not_removed = ctx.lvm.remove_snapshots(job, volumes + disks)
+    not_removed = ownership.remove(ctx.lvm, job, volumes + disks)
     for spec, snapshot in volumes:
         if str(snapshot) in not_removed:
             failures[str(spec.snapshot_volume)].append(not_removed[str(snapshot)])
@@ -305,7 +305,7 @@ def _release_volume(ctx: Context, job: Job, spec: SnapshotSpec, vg: VolumeGroup 
                         spec.mountpoint, entry.source)
         log.info("nothing to clean up: %s does not exist", spec.snapshot_volume)
         return None
-    if not snapshot.owned_by(job, spec):
+    if not ownership.owns(job, spec, snapshot):
         log.warning("%s exists but xenlvm did not create it (no xenlvm tags); left untouched",
                     snapshot)
         return None

@@ -18,15 +18,14 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 
 from xenlvm.config.model import Job, SnapshotSpec
-from xenlvm.core import preflight
+from xenlvm.core import ownership, preflight
 from xenlvm.core.context import Context
 from xenlvm.core.inventory import Inventory, job_vg_names, read_inventory
 from xenlvm.core.undo import UndoStack
 from xenlvm.errors import CleanupFailed, PreflightFailed, XenlvmError
-from xenlvm.host import lvm as lvm_mod
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.mounts import UNDO_UNMOUNT_TIMEOUT
-from xenlvm.increments import expose as increments_expose
+from xenlvm.host.xl import Xl
 from xenlvm.logs import set_job
 from xenlvm.phases.teardown import remove_job_snapshot, tear_down_vmdisks
 from xenlvm.quiesce import freeze as quiesce
@@ -35,6 +34,7 @@ from xenlvm.targets.base import Target
 from xenlvm.targets.volume import VolumeTarget
 from xenlvm.thinpool import process as pool_guard_process
 from xenlvm.thinpool import space as thinpool
+from xenlvm.vmdisks import chains as vmdisk_chains
 from xenlvm.vmdisks import expose as vmdisks
 from xenlvm.vmdisks import image_server, layout, unexposed
 from xenlvm.vmdisks import target as vmdisk_target
@@ -73,11 +73,11 @@ def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
     check them all; then the snapshots of all of them are created, each inside its pause window,
     and exposed (mounted) after them."""
     if job.xen is not None:  # first: resuming changes what xl list shows; then thawing
-        xen.resume_leftovers(xen.Xl.for_job(ctx.runner, job), _pause_record(ctx, job))
+        xen.resume_leftovers(Xl(ctx.runner, job.xl_timeout), _pause_record(ctx, job))
         quiesce.thaw_leftovers(ctx.runner, job, ctx.config.settings.lock_dir)
     host = read_inventory(ctx.runner, job)
     # Before the sweep, which would change them: LVM refuses any change to a VG missing a PV.
-    disk_vgs = [lv.vg for lv in vmdisks.job_snapshots(job, host.vgs)]
+    disk_vgs = [lv.vg for lv in ownership.vm_disk_snapshots(job, host.vgs)]
     _refuse_on_failures(preflight.check_volume_groups(job_vg_names(job) + disk_vgs, host.vgs))
     if _sweep(ctx, job, host) and not ctx.dry_run:
         host = host.reread(ctx.runner, job)  # the one re-read: the sweep changed the host
@@ -95,7 +95,7 @@ def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
 
     for target in targets:
         target.expose(ctx, job, undo)
-    increments_expose.expose_chains(ctx, job, disks, undo)  # vmdisks.incremental: each thin disk's file
+    vmdisk_chains.expose_chains(ctx, job, disks, undo)  # vmdisks.incremental: each thin disk's file
     # expose: image: every image of the job served through FUSE by one process
     vmdisk_target.serve_images(ctx, job, disks, undo)
     if job.vmdisks is not None and not ctx.dry_run:  # for status and post: what was not exposed
@@ -115,8 +115,7 @@ def _take_snapshots(ctx: Context, job: Job, targets: Sequence[Target], planned: 
     """Create the snapshots, each in its pause window (xenlvm.xen.windows): nothing but lvcreate
     happens inside one; its domains frozen around it (xen.quiesce) under a guard process
     (xenlvm.quiesce.guard). Return, per domain frozen or not, whether it froze."""
-    run_tag = lvm_mod.run_tag(ctx.started, os.getpid())
-    tags = [lvm_mod.OWNER_TAG, lvm_mod.job_tag(job.name), run_tag]
+    run_tag = ownership.run_tag(ctx.started, os.getpid())
     # Each undo is registered before its change and checks what really happened: a command
     # that fails (or times out) after doing its work must not leave that work behind.
     for target in targets:
@@ -125,9 +124,8 @@ def _take_snapshots(ctx: Context, job: Job, targets: Sequence[Target], planned: 
     quiescer = quiesce.for_job(ctx.runner, job, ctx.config.settings.lock_dir, run_tag) \
         if pause is not None and any(w.domains for w in planned) else None
     with quiesce_guard.guarding(ctx.config, job.name, run_tag, quiescer):
-        for paused, ms in windows.run(planned, lambda target: ctx.lvm.create_snapshot(
-                target.spec, target.origin, [*tags, *target.extra_tags]), pause,
-                quiescer.frozen if quiescer is not None else None):
+        for paused, ms in windows.run(planned, functools.partial(_create_snapshot, ctx, job, run_tag), pause,
+                                      quiescer.frozen if quiescer is not None else None):
             ctx.report(job).add_window(paused, ms)
     consistent = quiescer.consistent if quiescer is not None else {}
     ctx.report(job).consistent.update(consistent)
@@ -173,10 +171,11 @@ def _sweep_leftovers(ctx: Context, job: Job, host: Inventory) -> bool:
     swept = False
     for spec in job.volumes:
         existing = host.vgs[spec.origin.vg].get(spec.snapshot)
-        if existing is None or not existing.owned_by(job, spec):
+        if existing is None or not ownership.owns(job, spec, existing):
             continue
         log.warning("found %s left over by an earlier run (%s, created %s); removing it first",
-                    existing, existing.run_tag() or "unknown run", existing.created or "at an unknown time")
+                    existing, ownership.run_of(existing) or "unknown run",
+                    existing.created or "at an unknown time")
         if os.path.isdir(spec.mountpoint):
             finding = preflight.check_mountpoint(spec.mountpoint, host.mounts, existing)
             if finding.level == "fail":
@@ -190,7 +189,7 @@ def _sweep_vmdisks(ctx: Context, job: Job, host: Inventory) -> bool:
     """Tear down what an earlier run of the job exposed for its VM disks, if anything."""
     if job.vmdisks is None:
         return False
-    snapshots = vmdisks.job_snapshots(job, host.vgs)
+    snapshots = ownership.vm_disk_snapshots(job, host.vgs)
     tree = mounts_mod.mounted_at(job.mountpoint, host.mounts)
     if not snapshots and (tree is None or tree.source != vmdisk_teardown.tree_source(job)):
         return False
@@ -239,15 +238,23 @@ def _prepare_xen(ctx: Context, job: Job, targets: Sequence[Target],
     if job.xen.mode != "pause":
         return windows.plan(targets, {}, windows.TOGETHER), None
     planned = windows.plan_xen(job, domains, targets, host.mounts)
-    return planned, windows.xen_pause(xen.Xl.for_job(ctx.runner, job), _pause_record(ctx, job), domains)
+    return planned, windows.xen_pause(Xl(ctx.runner, job.xl_timeout), _pause_record(ctx, job), domains)
+
+
+def _create_snapshot(ctx: Context, job: Job, run_tag: str, target: Target) -> None:
+    """Create target's snapshot, with the tags that prove it is this run's (xenlvm.core.ownership)."""
+    spec = target.spec
+    tags = ownership.tags_for(job, run_tag, vm_disk=target.vm_disk)
+    ctx.lvm.create_snapshot(target.origin, spec.snapshot, tags,
+                            spec.size.lvcreate_args() if spec.size is not None else None)
 
 
 def _remove_if_created(ctx: Context, job: Job, spec: SnapshotSpec, run_tag: str) -> None:
     if ctx.dry_run:
         return
     snapshot = ctx.lvm.volume_group(spec.origin.vg).get(spec.snapshot)
-    if snapshot is not None and snapshot.owned_by(job, spec) and run_tag in snapshot.tags:
-        ctx.lvm.remove_snapshot(job, spec, snapshot)
+    if snapshot is not None and ownership.created_by(job, spec, snapshot, run_tag):
+        ownership.remove_one(ctx.lvm, job, spec, snapshot)
 
 
 def _start_watchdog(ctx: Context, job: Job, targets: Sequence[Target], undo: UndoStack) -> None:

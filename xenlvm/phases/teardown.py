@@ -6,11 +6,11 @@ lvremove; pre's sweep of an earlier run's leftovers removes each at once."""
 from __future__ import annotations
 
 from xenlvm.config.model import Job, SnapshotSpec
+from xenlvm.core import ownership
 from xenlvm.core.context import Context
 from xenlvm.errors import MountError, SafetyRefusal
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.lvm import LogicalVolume
-from xenlvm.vmdisks import expose as vmdisks
 from xenlvm.vmdisks import image_server
 from xenlvm.vmdisks import teardown as vmdisk_teardown
 
@@ -18,7 +18,7 @@ from xenlvm.vmdisks import teardown as vmdisk_teardown
 def release_volume_snapshot(ctx: Context, job: Job, spec: SnapshotSpec, snapshot: LogicalVolume,
                             mounts: list[mounts_mod.MountEntry], unmount_timeout: float) -> None:
     """Unmount spec's snapshot from its mountpoint, after proving it is the job's."""
-    if not snapshot.owned_by(job, spec):
+    if not ownership.owns(job, spec, snapshot):
         raise SafetyRefusal(f"{snapshot} is not xenlvm's; refusing to touch it")
     for entry in mounts_mod.mounts_of(snapshot, mounts):
         if entry.mountpoint != spec.mountpoint:
@@ -36,12 +36,12 @@ def remove_job_snapshot(ctx: Context, job: Job, spec: SnapshotSpec, snapshot: Lo
                         mounts: list[mounts_mod.MountEntry], unmount_timeout: float) -> None:
     """Unmount spec's snapshot from its mountpoint, then remove it."""
     release_volume_snapshot(ctx, job, spec, snapshot, mounts, unmount_timeout)
-    ctx.lvm.remove_snapshot(job, spec, snapshot)
+    ownership.remove_one(ctx.lvm, job, spec, snapshot)
 
 
 def disk_removals(job: Job, snapshots: list[LogicalVolume]) -> list[tuple[SnapshotSpec, LogicalVolume]]:
     """The job's VM disk snapshots as lvremove takes them, each with the spec that proves it."""
-    return [(vmdisks.spec_of(job, lv), lv) for lv in snapshots]
+    return [(ownership.vm_disk_spec(job, lv), lv) for lv in snapshots]
 
 
 def tear_down_vmdisks(ctx: Context, job: Job, snapshots: list[LogicalVolume], timeout: float) -> None:
@@ -49,5 +49,5 @@ def tear_down_vmdisks(ctx: Context, job: Job, snapshots: list[LogicalVolume], ti
     image_server.stop(ctx.runner, ctx.config.settings.lock_dir, job.name)  # it holds them open
     vmdisk_teardown.release(ctx.runner, job, snapshots, timeout)
     for spec, snapshot in disk_removals(job, snapshots):
-        ctx.lvm.remove_snapshot(job, spec, snapshot)
+        ownership.remove_one(ctx.lvm, job, spec, snapshot)
     vmdisk_teardown.finish(ctx.runner, job, timeout)

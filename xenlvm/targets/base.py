@@ -2,7 +2,7 @@
 and the host as the inventory saw it (never kept in the frozen configuration).
 
 Every kind goes through the same steps, in pre's order: ``prepare`` (queries only, before any
-change), the snapshot (created by pre inside the pause window, with the kind's ``extra_tags``),
+change), the snapshot (created by pre inside the pause window, tagged by xenlvm.core.ownership),
 ``expose`` (after the window, each change registering its undo). Tearing down, with proof of
 ownership, is the kind's too: xenlvm.phases.teardown. The kinds: a volume of the job, mounted at a
 path (xenlvm.targets.volume); a VM disk that xl shows, exposed as files or an image
@@ -25,7 +25,7 @@ class Target(ABC):
     """One snapshot to make and show: spec says what (origin, snapshot name, size, where),
     origin is the origin LV as the inventory saw it."""
 
-    extra_tags: tuple[str, ...] = ()  # beside xenlvm's owner, job and run tags
+    vm_disk = False  # its snapshot carries the VM-disk tag beside xenlvm's others (ownership.tags_for)
     domain: str | None = None  # the Xen domain whose disk this is, if it is a VM disk
 
     def __init__(self, spec: SnapshotSpec, origin: LogicalVolume) -> None:

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from xenlvm.config.model import Job, SnapshotSpec, ThinPoolSettings
+from xenlvm.core.ownership import BASE_TAG, job_tag
 from xenlvm.core.preflight import Finding
-from xenlvm.host.lvm import BASE_TAG, LogicalVolume, VolumeGroup, job_tag
+from xenlvm.host.lvm import LogicalVolume, VolumeGroup
 from xenlvm.sizes import human_size
 
 # LVM's largest thin pool metadata (lvmthin(7): 15.81 GiB); an lvextend beyond fails.

@@ -19,10 +19,11 @@ swap or LVM physical volume is never seen by the host's LVM or udev. The loop de
 writable so that a journal can be replayed on mount: those writes land in the snapshot's
 copy-on-write area, never on the VM's disk.
 
-Ownership, proven before anything is undone: the snapshots carry xenlvm's owner and job tags
-and ``xenlvm_vmdisk``; a loop device is ours when its backing device is one of them; a mount
-below the mountpoint is ours when its device is such a loop device or snapshot, or it is a
-bind of an image file from ``<image_dir>/xenlvm-<job>``; the tmpfs when its source is ours.
+Ownership, proven before anything is undone: the snapshots carry xenlvm's tags for a VM disk
+and xenlvm's name for it (xenlvm.core.ownership.vm_disk_snapshots); a loop device is ours when
+its backing device is one of them; a mount below the mountpoint is ours when its device is such
+a loop device or snapshot, or it is a bind of an image file from ``<image_dir>/xenlvm-<job>``;
+the tmpfs when its source is ours.
 """
 
 from __future__ import annotations
@@ -33,12 +34,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from xenlvm.config.model import Job, SnapshotSpec, Volume
+from xenlvm.config.model import Job
 from xenlvm.core.undo import UndoStack
 from xenlvm.errors import CleanupFailed, CommandFailed, MountError, XenlvmError
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.fsutil import remove_if_present
-from xenlvm.host.lvm import OWNER_TAG, VMDISK_TAG, LogicalVolume, VolumeGroup, device_path, job_tag
+from xenlvm.host.lvm import device_path
 from xenlvm.host.runner import Runner
 from xenlvm.vmdisks import image_copy as vmdisk_copy
 from xenlvm.vmdisks import layout, unexposed
@@ -52,7 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("xenlvm")
 
 TREE_MODE = 0o700  # the tree's tmpfs and every folder xenlvm makes in it: root's alone
-SNAPSHOT_SUFFIX = ".xenlvm"  # the snapshot of VG/LV is VG/LV.xenlvm
 MOUNTABLE = ("ext2", "ext3", "ext4", "xfs")
 # Filesystems a guest may hold that xenlvm does not mount, and why: such a disk is backed up as
 # a raw image instead (fall_back).
@@ -71,10 +71,6 @@ class Partition:
     offset: int  # bytes
     size: int  # bytes
     type: str  # the partition table's type code or GUID
-
-
-def snapshot_name(lv: str) -> str:
-    return f"{lv}{SNAPSHOT_SUFFIX}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,7 +101,7 @@ def expose(runner: Runner, job: Job, target: VmDiskTarget, undo: UndoStack, *,
         return
     os.makedirs(os.path.dirname(spec.mountpoint), mode=TREE_MODE, exist_ok=True)
     if target.how in ("image", "chain"):  # FUSE: all of the job's images by one server, after the last
-        return  # snapshot (image_server.serve, called by pre); a chain's file: increments.expose
+        return  # snapshot (image_server.serve, called by pre); a chain's file: vmdisks.chains
     if target.how == "image-copy":
         _expose_image(runner, job, target, device, undo)
         return
@@ -303,30 +299,3 @@ def read_partitions(runner: Runner, device: str) -> list[Partition]:
     result = runner.query(["partx", "--raw", "--bytes", "--noheadings", "--output", "NR,START,SIZE,TYPE",
                            device])
     return parse_partx(result.stdout)
-
-
-# ---------------------------------------------------------------------------------------------
-# the job's VM disk snapshots, as lvs shows them (tearing them down: xenlvm.vmdisks.teardown)
-
-
-def job_snapshots(job: Job, vgs: dict[str, VolumeGroup]) -> list[LogicalVolume]:
-    """The job's VM disk snapshots: they carry all three of xenlvm's tags for them and xenlvm's
-    name for the snapshot of their origin (<origin>.xenlvm). One renamed out of that naming
-    (an admin keeping it: vm2-disk.keep-for-forensics) is not xenlvm's any more: told, kept."""
-    wanted = {OWNER_TAG, VMDISK_TAG, job_tag(job.name)}
-    found = []
-    for lv in (lv for vg in vgs.values() for lv in vg.lvs.values() if wanted <= lv.tags and lv.origin):
-        if lv.name == snapshot_name(lv.origin):
-            found.append(lv)
-        else:
-            # debug only: status --json prints on stdout, and every look at the host comes here
-            log.debug("%s carries xenlvm's tags for job %s but not xenlvm's name for a snapshot of %s "
-                     "(%s): renamed to be kept, so xenlvm leaves it alone", lv, job.name, lv.origin,
-                     snapshot_name(lv.origin))
-    return found
-
-
-def spec_of(job: Job, snapshot: LogicalVolume) -> SnapshotSpec:
-    """The spec xenlvm creates a snapshot of snapshot's origin for: its name is xenlvm's own
-    (snapshot_name), never taken from the LV, so the proof of ownership checks it."""
-    return SnapshotSpec(Volume(snapshot.vg, snapshot.origin), snapshot_name(snapshot.origin), job.mountpoint)

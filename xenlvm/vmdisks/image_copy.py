@@ -13,7 +13,7 @@ from xenlvm.core.undo import UndoStack
 from xenlvm.errors import SafetyRefusal
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.fsutil import remove_if_present
-from xenlvm.host.runner import Runner
+from xenlvm.host.runner import COPY_TIMEOUT, Runner
 from xenlvm.vmdisks.teardown import image_staging, is_image_bind, staging_problem
 
 TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
@@ -21,8 +21,6 @@ if TYPE_CHECKING:
     from xenlvm.vmdisks.target import VmDiskTarget
 
 log = logging.getLogger("xenlvm")
-
-COPY_TIMEOUT = 24 * 3600.0  # copying a large disk into an image may take hours
 
 
 def expose_image(runner: Runner, job: Job, disk: VmDiskTarget, device: str, undo: UndoStack) -> None:

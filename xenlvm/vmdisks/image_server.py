@@ -24,10 +24,10 @@ from xenlvm.config.model import Job
 from xenlvm.core.undo import UndoStack
 from xenlvm.errors import MountError, XenlvmError
 from xenlvm.host import mounts as mounts_mod
+from xenlvm.host import processes
 from xenlvm.host.fsutil import read_small, remove_if_present, write_atomically
 from xenlvm.host.lvm import device_path
 from xenlvm.host.runner import Runner, which
-from xenlvm.watchdog.process import terminate_proven
 
 TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
 if TYPE_CHECKING:
@@ -132,8 +132,8 @@ def serve(runner: Runner, lock_dir: str, job: Job, disks: Sequence[VmDiskTarget]
     undo.push("stop the image server", lambda: stop(runner, lock_dir, job.name))
     _write_record(paths.record, None, exports)  # before the start: a killed pre leaves it to find
     runner.change(argv, timeout=START_TIMEOUT)
-    pid = _read_pid(paths.pid)
-    start_time = process_start_time(pid) if pid is not None else None
+    pid = processes.read_pid(paths.pid)
+    start_time = processes.start_time(pid) if pid is not None else None
     if pid is None or start_time is None:
         raise XenlvmError(f"{PROGRAM} reported success but is not running (pid file {paths.pid}); "
                           "see the log file for its messages")
@@ -176,7 +176,7 @@ def state(lock_dir: str, job_name: str) -> ServerState | None:
     when there is no trace of one."""
     paths = files(lock_dir, job_name)
     record = _read_record(paths.record)
-    pid = record.get("pid") if isinstance(record.get("pid"), int) else _read_pid(paths.pid)
+    pid = record.get("pid") if isinstance(record.get("pid"), int) else processes.read_pid(paths.pid)
     if record == {} and pid is None:
         return None
     exports = tuple(str(t) for t in record.get("exports", []) if isinstance(t, str))
@@ -198,7 +198,7 @@ def stop(runner: Runner, lock_dir: str, job_name: str, timeout: float = STOP_TIM
         return None
     if found.running and not runner.dry_run:
         start_time = _read_record(paths.record).get("start_time")
-        terminate_proven(found.pid, lambda pid: is_server(pid, paths.pid, start_time),
+        processes.terminate_proven(found.pid, lambda pid: is_server(pid, paths.pid, start_time),
                          f"the image server of job {job_name}", timeout)
     for target in found.exports:
         mounts_mod.unmount_if(runner, target, is_export)
@@ -233,26 +233,11 @@ def is_export(entry: mounts_mod.MountEntry | None) -> bool:
 def is_server(pid: int, pid_file: str, start_time: int | None) -> bool:
     """True when pid runs this job's server: its command line is the server's with this job's
     pid file, and (when recorded) it started when the recorded process started."""
-    args = (read_small(f"/proc/{pid}/cmdline") or "").split("\0")
-    if os.path.basename(args[0]) != PROGRAM or not any(args[i:i + 2] == ["--pidfile", pid_file]
-                                                       for i in range(len(args))):
+    args = processes.command_line(pid)
+    if not args or os.path.basename(args[0]) != PROGRAM or \
+            not any(args[i:i + 2] == ["--pidfile", pid_file] for i in range(len(args))):
         return False
-    return start_time is None or process_start_time(pid) == start_time
-
-
-def process_start_time(pid: int) -> int | None:
-    """When pid started, in clock ticks since boot (/proc/<pid>/stat field 22); None if gone."""
-    stat = read_small(f"/proc/{pid}/stat")
-    fields = stat.rpartition(")")[2].split() if stat else []
-    try:
-        return int(fields[19]) if fields[0] != "Z" else None
-    except (IndexError, ValueError):
-        return None
-
-
-def _read_pid(path: str) -> int | None:
-    text = (read_small(path, 64) or "").strip()
-    return int(text) if text.isdigit() and int(text) > 0 else None
+    return start_time is None or processes.start_time(pid) == start_time
 
 
 def _read_record(path: str) -> dict:

@@ -1,6 +1,7 @@
 """A VM disk on a logical volume of its own (a job's vmdisks: section), found through xl at
 each pre: its snapshot is exposed below the job's mountpoint as files or as an image
-(xenlvm.vmdisks.expose), and carries the tag xenlvm_vmdisk beside xenlvm's others."""
+(xenlvm.vmdisks.expose), and carries the VM-disk tag beside xenlvm's others
+(xenlvm.core.ownership)."""
 
 from __future__ import annotations
 
@@ -9,28 +10,29 @@ import os
 from collections.abc import Sequence
 
 from xenlvm.config.model import Job, SnapshotSpec, Volume
+from xenlvm.core import ownership
 from xenlvm.core.context import Context
 from xenlvm.core.undo import UndoStack
 from xenlvm.errors import CleanupFailed, PreflightFailed, XenlvmError
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.fsutil import remove_if_present, trust_problem
-from xenlvm.host.lvm import VMDISK_TAG, LogicalVolume, VolumeGroup
+from xenlvm.host.lvm import LogicalVolume, VolumeGroup
 from xenlvm.host.runner import which
+from xenlvm.host.xl import XlView
 from xenlvm.targets.base import Target
 from xenlvm.vmdisks import expose as vmdisks
 from xenlvm.vmdisks import image_copy as vmdisk_copy
 from xenlvm.vmdisks import image_server
-from xenlvm.vmdisks.expose import SAFE_NAME, snapshot_name
+from xenlvm.vmdisks.expose import SAFE_NAME
 from xenlvm.vmdisks.unexposed import NotExposed
-from xenlvm.xen import domains as xen
 
 log = logging.getLogger("xenlvm")
 
-CHAIN = "chain"  # how a disk of a chain is exposed (xenlvm.increments.expose writes its file)
+CHAIN = "chain"  # how a disk of a chain is exposed (xenlvm.vmdisks.chains writes its file)
 
 
 class VmDiskTarget(Target):
-    extra_tags = (VMDISK_TAG,)
+    vm_disk = True
     domain: str
 
     def __init__(self, spec: SnapshotSpec, origin: LogicalVolume, domain: str, disk: str, how: str) -> None:
@@ -51,13 +53,13 @@ class VmDiskTarget(Target):
         vmdisks.expose(ctx.runner, job, self, undo, can_serve=can_serve)
 
 
-def unmatched_excludes(job: Job, xl: xen.XlView) -> list[str]:
+def unmatched_excludes(job: Job, xl: XlView) -> list[str]:
     """The items of vmdisks.exclude that name no domain xl knows (a typo leaves the domain in)."""
     known = set(xl.records) | set(xl.states)
     return [item for item in (job.vmdisks.exclude if job.vmdisks else ()) if item.split("/")[0] not in known]
 
 
-def discover(job: Job, xl: xen.XlView, vgs: dict[str, VolumeGroup]) -> list[VmDiskTarget]:
+def discover(job: Job, xl: XlView, vgs: dict[str, VolumeGroup]) -> list[VmDiskTarget]:
     """The job's VM disks that are logical volumes, as targets, from `xl list -l`. What cannot
     be backed up this way is reported, and fails pre when vmdisks.missing says so."""
     settings = job.vmdisks
@@ -121,7 +123,7 @@ def _disk_target(job: Job, domain: str, disk: dict, by_device: dict[tuple[int, i
     if lv.is_snapshot and not lv.is_thin:
         problems.append(f"{where}: {lv} is itself a classic snapshot, which LVM cannot snapshot")
         return None
-    spec = SnapshotSpec(Volume(lv.vg, lv.name), snapshot_name(lv.name),
+    spec = SnapshotSpec(Volume(lv.vg, lv.name), ownership.vm_disk_snapshot_name(lv.name),
                         os.path.join(job.mountpoint, domain, vdev), None if lv.is_thin else settings.size)
     how = settings.expose
     if settings.incremental == "thin" and lv.is_thin:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from xenlvm.config.model import Job
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.fsutil import is_below
+from xenlvm.host.xl import Xl
 from xenlvm.targets.base import Target
 from xenlvm.xen import domains as xen
 
@@ -125,7 +126,7 @@ def run(windows: Sequence[Window], snapshot: Callable[[Target], None],
             yield window.domains, measured.ms
 
 
-def xen_pause(xl: xen.Xl, record: xen.PauseRecord, domains: Sequence[xen.Domain]) -> Pause:
+def xen_pause(xl: Xl, record: xen.PauseRecord, domains: Sequence[xen.Domain]) -> Pause:
     """The pause of one window over xl, for run(): xen.paused() of the named domains."""
     by_name = {domain.name: domain for domain in domains}
 

@@ -16,10 +16,11 @@ from collections.abc import Sequence
 
 from xenlvm.config.model import Job
 from xenlvm.core.context import Context
+from xenlvm.core.ownership import run_tag
 from xenlvm.core.undo import UndoStack
 from xenlvm.errors import XenlvmError
 from xenlvm.host.fsutil import remove_if_present
-from xenlvm.host.lvm import LogicalVolume, device_path, run_tag
+from xenlvm.host.lvm import LogicalVolume, device_path
 from xenlvm.host.runner import Runner
 from xenlvm.increments import bases, chain, fileformat, record, thin_delta
 from xenlvm.increments.fileformat import Range
