@@ -6,7 +6,11 @@ system test does; pre does not write increments yet):
   changed in 256 KiB extents, and 1% changed as scattered 4 KiB writes (each costs a whole
   64 KiB pool block), against the full image that expose: image shows every run;
 - thin_delta's time (reserve, thin_delta -m, release) against the pool's mapped size;
-- restore-image of a full image plus 6 increments against the full image alone.
+- restore-image of a full image plus 6 increments against the full image alone;
+- pre through the hooks (vmdisks.incremental: thin, expose: image-copy) for a 64 GiB virtual
+  thin disk: its increment after 192 MiB changed against its full image (the disk whole) of the
+  same state. (192 MiB, not the issue's 1 GiB: the sandbox's VG has 2 GiB for both thin pools,
+  the disk's and image_dir's.)
 
 bench.run calls increments(); on its own (boots a sandbox, prints the table):
 
@@ -15,11 +19,12 @@ bench.run calls increments(); on its own (boots a sandbox, prints the table):
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 
 from tests.system import test_increments as drill
-from tests.system.conftest import World
+from tests.system.conftest import SESAM_ARGS, XEN_SETTINGS, XL, World
 from tests.system.sandbox import Guest
 
 SIZE = 128 << 20
@@ -28,11 +33,27 @@ EXTENT = 256 << 10
 RUNS = [(1, EXTENT), (10, EXTENT), (50, EXTENT), (1, 4096), (1, EXTENT), (1, EXTENT)]
 PWRITE = """\
 import os, sys
-fd = os.open("/dev/system/vm5-disk", os.O_WRONLY)
-length = int(sys.argv[1])
-for offset in sys.argv[2:]:
+fd = os.open(sys.argv[1], os.O_WRONLY)
+length = int(sys.argv[2])
+for offset in sys.argv[3:]:
     os.pwrite(fd, os.urandom(length), int(offset))
 os.fsync(fd)
+"""
+BIG = 64 << 30  # the virtual thin disk whose pre is timed, with BIG_CHANGE bytes changed
+BIG_CHANGE = 192 << 20
+BIG_CONFIG = XEN_SETTINGS + """\
+  disks:
+    mountpoint: /mnt/vmbackup
+    tasks: [xen_vm1]
+    vmdisks:
+      domains: [vm6]
+      size: 16M
+      expose: image-copy
+      image_dir: /srv/images
+      incremental: thin
+    xen:
+      domains: auto
+      timeout: 60s
 """
 
 
@@ -41,13 +62,56 @@ def _row(label: str, values: list[float], unit: str = "ms", baseline=None):
     return Row(label, values, unit, baseline)
 
 
-def _change(guest: Guest, percent: int, length: int, rng: random.Random) -> int:
-    """Write random bytes to percent of the disk in writes of length bytes at distinct aligned
-    offsets; return the bytes changed."""
-    count = max(1, round(SIZE * percent / 100 / length))
-    offsets = rng.sample(range(0, SIZE, length), count)
-    guest.run([guest.python, "-c", PWRITE, str(length), *map(str, offsets)], check=True)
+def _change(guest: Guest, percent: float, length: int, rng: random.Random, size: int = SIZE,
+            device: str = "/dev/system/vm5-disk") -> int:
+    """Write random bytes to percent of the disk (size bytes) in writes of length bytes at
+    distinct aligned offsets; return the bytes changed."""
+    count = max(1, round(size * percent / 100 / length))
+    offsets = rng.sample(range(0, size, length), count)
+    guest.run([guest.python, "-c", PWRITE, device, str(length), *map(str, offsets)], check=True)
     return count * length
+
+
+def _hooks_run(world: World, kind: str) -> float:
+    """pre and post of the chained job; return pre's seconds, after checking that it wrote kind."""
+    pre = world.hook("sbc_pre", *SESAM_ARGS, timeout=3600)  # a full image reads the whole disk
+    if pre.rc != 0:
+        raise RuntimeError(f"pre failed, so its time means nothing:\n{pre}")
+    [entry] = json.loads(world.guest.read("/var/lib/xenlvm/disks/increments.json"))["disks"]
+    post = world.post()
+    if post.rc != 0 or entry["kind"] != kind:
+        raise RuntimeError(f"expected pre to write {kind}, it wrote {entry}; post: {post}")
+    return pre.duration
+
+
+def pre_of_a_big_disk(guest: Guest, world: World, rng: random.Random) -> list:
+    """pre's time for the BIG disk: its increment after BIG_CHANGE bytes changed, then (its base
+    dropped) its full image of the same state."""
+    from bench.run import progress
+    world.build(layout="thin", config=None)
+    # image_dir must have room for the disk's full size (pre checks): a 70 GiB thin LV in a pool of
+    # its own, which only the blocks written take room in
+    guest.sh("lvcreate -q -y -L 1000M -T system/ipool >/dev/null\n"
+             "lvcreate -q -y -V 70G -T system/ipool -n images >/dev/null 2>&1\n"
+             "mkfs.xfs -q -K /dev/system/images\n"
+             "mkdir -p -m 700 /srv/images && mount /dev/system/images /srv/images\n"
+             f"lvcreate -q -y -V {BIG}b -T system/pool -n vm6-disk >/dev/null 2>&1\n"
+             f"{XL} fake-create vm6 --disk /dev/system/vm6-disk,xvda >/dev/null")
+    world.write_config(BIG_CONFIG)
+    progress("increments: pre of a 64 GiB thin disk, its first full image")
+    _change(guest, BIG_CHANGE * 100 / BIG, EXTENT, rng, BIG, "/dev/system/vm6-disk")
+    _hooks_run(world, "full")
+    progress("increments: pre of the 64 GiB thin disk after 192 MiB changed: the increment")
+    _change(guest, BIG_CHANGE * 100 / BIG, EXTENT, rng, BIG, "/dev/system/vm6-disk")
+    increment = _hooks_run(world, "increment")
+    if world.xenlvm("cleanup", "--bases").rc != 0:
+        raise RuntimeError("xenlvm cleanup --bases failed")
+    progress("increments: pre of the same 64 GiB thin disk, whole (its full image)")
+    whole = _hooks_run(world, "full")
+    guest.sh("umount /srv/images")
+    whole_row = _row("pre, a 64 GiB thin disk (384 MiB mapped) exposed whole: its full image", [whole * 1000])
+    return [whole_row, _row("pre, the same disk after 192 MiB changed: its increment", [increment * 1000],
+                            baseline=whole_row)]
 
 
 def _mapped_mib(guest: Guest) -> float:
@@ -100,13 +164,17 @@ def increments(guest: Guest, world: World, rounds: int = 3):
     alone_row = _row("restore-image of the full image alone (128 MiB)", alone)
     rows += delta_rows + [alone_row, _row(f"restore-image of the full image and {len(RUNS)} increments",
                                           chained, baseline=alone_row)]
+    rows += pre_of_a_big_disk(guest, world, rng)
     world.build(config=None)
     return Section("Increments from thin-pool metadata (thin_delta) against full images", rows, notes=[
         "target: an increment is at most the bytes changed plus 1% of the disk plus a fixed header "
         "(for writes of at least one pool block: a 4 KiB write costs a 64 KiB block)",
         "a 128 MiB thin disk, all written before the full image; pool blocks of 64 KiB; each run's "
         "increment is made over the previous run's thin snapshot, then that snapshot is removed",
-        "the chain restored is checked against the disk as of its last run (SHA-256)"])
+        "the chain restored is checked against the disk as of its last run (SHA-256)",
+        "pre of the 64 GiB disk: through the hooks, one round each; the full image reads all 64 GiB "
+        "(unmapped blocks read as zeros) and writes the mapped ones, the increment reads and writes only "
+        "the 192 MiB changed (thin_delta over the base)"])
 
 
 def main(argv: list[str] | None = None) -> int:

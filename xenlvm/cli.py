@@ -142,8 +142,9 @@ def check(ctx: click.Context, job_names: tuple[str, ...], hooks_dir: str, try_qu
 def status(ctx: click.Context, job_names: tuple[str, ...], as_json: bool) -> None:
     """Show per job: snapshot present or not, fill, valid or invalid and why (overflowed or I/O
     errors), where it is mounted, its age and the run that created it, whether it is stale,
-    paused domains, guests left frozen, last runs (with each domain's consistency), problems
-    such as a volume group missing a PV."""
+    paused domains, guests left frozen, last runs (with each domain's consistency), the chain
+    bases and last files of chained VM disks (vmdisks.incremental), problems such as a volume
+    group missing a PV."""
     from xenlvm.admin.status import describe, job_status
 
     def work() -> None:
@@ -161,11 +162,14 @@ def status(ctx: click.Context, job_names: tuple[str, ...], as_json: bool) -> Non
 @main.command()
 @click.option("--job", "job_names", multiple=True, metavar="NAME", help="Only this job (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
+@click.option("--bases", "drop_bases", is_flag=True,
+              help="Also drop the jobs' chain bases (vmdisks.incremental): the next run writes full images.")
 @click.pass_context
-def cleanup(ctx: click.Context, job_names: tuple[str, ...], dry_run: bool) -> None:
+def cleanup(ctx: click.Context, job_names: tuple[str, ...], dry_run: bool, drop_bases: bool) -> None:
     """Remove xenlvm's leftovers: unmount and remove the jobs' snapshots (only those carrying
     xenlvm's tags), resume domains a killed run left paused and thaw those it left frozen.
-    Like post, without judging the backup."""
+    Like post, without judging the backup (so no snapshot becomes a chain's base). With --bases,
+    also every base a job keeps for its chains."""
 
     def work() -> None:
         config = _load(ctx)
@@ -175,8 +179,13 @@ def cleanup(ctx: click.Context, job_names: tuple[str, ...], dry_run: bool) -> No
         from xenlvm.core.context import Context
         from xenlvm.phases.post import run_post
 
-        run_post(Context(config, app.make_runner(config, dry_run)), _selected(config, job_names),
-                 judge_backup=False)
+        run = Context(config, app.make_runner(config, dry_run))
+        run_post(run, _selected(config, job_names), judge_backup=False)
+        if drop_bases:
+            from xenlvm.increments.bases import drop_all
+            for job in _selected(config, job_names):
+                with run.lock(job):
+                    drop_all(run, job)
     _finish(ctx, work)
 
 

@@ -85,7 +85,8 @@ class World:
         """No fault rule, no released hold, an empty call log (between the steps of one test);
         with hold=TOOL, the rule 'hold' on TOOL."""
         self.guest.run(["/bin/sh", "-ec", 'cd /run/faults; rm -f -- lvs lvcreate lvremove lvchange mount '
-                        'umount blkid *.go *.count; : > calls.log; [ -z "$1" ] || echo hold > "$1"',
+                        'umount blkid thin_delta *.go *.count; : > calls.log; '
+                        '[ -z "$1" ] || echo hold > "$1"',
                         "sh", hold], check=True)
 
     def start_held(self, hook: str, tool: str, *args: str, log: str | None = None) -> int:

@@ -13,6 +13,7 @@ import signal
 import pytest
 
 from tests.system.conftest import DEFAULT_CONFIG, TESTS, XEN_SETTINGS
+from xenlvm.increments import fileformat
 
 pytestmark = pytest.mark.system
 
@@ -114,7 +115,7 @@ def test_restore_drill_of_a_chain_made_from_thin_delta(world):
     for number, increment in enumerate(made, 1):
         data = sum(length for _, length, kind in increment["ranges"] if kind == 0)
         assert data <= touched_blocks(WRITES[number]) * BLOCK, (number, increment)  # only the blocks written
-        assert increment["size"] <= data + 49 * len(increment["ranges"]) + 879
+        assert increment["size"] <= data + 49 * len(increment["ranges"]) + fileformat.MAX_HEADER_BYTES
         print(f"run {number}: increment {increment['size']} bytes, {len(increment['ranges'])} ranges")
 
     dry = restore(world, chain_file(3), "--dry-run")

@@ -70,7 +70,15 @@ def test_the_size_is_the_changed_bytes_plus_the_documented_overhead(tmp_path, co
     names = len("vm2/xvda") + len("20261206T010000_42") + len("20261205T010000_41") + 3
     overhead = 32 + names + 17 * len(chosen) + 32 + 32 * len(data) + 32
     assert os.path.getsize(path) == sum(r.length for r in data) + overhead
-    assert 32 + 3 * 256 + 2 * 32 + 15 == 879  # the README's bound on the header, names at their longest
+
+
+def test_the_header_bound_is_met_exactly_with_the_longest_names_and_the_base_images_sha256(tmp_path):
+    source = tmp_path / "disk"
+    source.write_bytes(bytes(DISK_SIZE))
+    longest = "n" * 255
+    size = increment.write_increment(str(tmp_path / "inc"), str(source), disk=longest, disk_size=DISK_SIZE,
+                                     run=longest, base=longest, ranges=[], base_image_sha256=bytes(32))
+    assert size == increment.MAX_HEADER_BYTES == 896  # the bound the module docstring and README give
 
 
 @FIXTURE

@@ -135,7 +135,7 @@ class ExtraKind(Kind):
     def stop(self, ctx, job, judge_backup) -> None:
         self.calls.append("stop")
 
-    def release(self, ctx, job, host, found, failures) -> list[Removal]:
+    def release(self, ctx, job, host, found, failures, sound) -> list[Removal]:
         self.calls.append("release")
         return [Removal("extra", spec, snapshot) for spec, snapshot in found.snapshots]
 

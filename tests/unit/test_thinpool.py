@@ -154,3 +154,39 @@ def test_a_fill_before_a_growth_is_rescaled_to_the_pools_size_now():
     before = rescaled(PoolFill(90.0, 10.0), (100, 8), (120, 8))
     assert before == PoolFill(75.0, 10.0)
     assert lead(before, PoolFill(88.0, 10.0), 2.0, 2.0) == PoolFill(pytest.approx(13.0), 0.0)
+
+
+def chained_disks_job(extra: str = ""):
+    text = ("jobs:\n  disks:\n    mountpoint: /mnt/vmdisks\n    vmdisks:\n      domains: [vm]\n"
+            "      size: 16M\n      expose: image-copy\n      image_dir: /srv/images\n"
+            "      incremental: thin\n" + extra)
+    return parse_config(text, PATH).jobs["disks"]
+
+
+DISK_SPEC = SnapshotSpec(Volume("system", "tvm"), "tvm.xenlvm", "/mnt/vmdisks/vm/xvda")
+
+
+def test_a_chained_disks_snapshot_counts_at_its_origins_size_being_kept_until_the_next_run():
+    vg = pool_vg(data_percent="50.00", vg_free="0")
+    growth = "    thin_pool:\n      expected_growth: 10%ORIGIN\n"
+    plain = parse_config("jobs:\n  disks:\n    mountpoint: /mnt/vmdisks\n    vmdisks:\n      domains: [vm]\n"
+                         "      size: 16M\n" + growth, PATH).jobs["disks"]
+    assert [f.level for f in check_thin_pools(plain, [DISK_SPEC], {"system": vg})] == ["ok"]
+    [finding] = check_thin_pools(chained_disks_job(growth), [DISK_SPEC], {"system": vg})
+    assert finding.level == "warn"
+    assert finding.message.startswith("the snapshot(s) system/tvm.xenlvm (kept as a base until the next run) "
+                                      "may take up to 256.0 MiB from thin pool system/tpool")
+
+
+def test_a_refused_pool_names_the_jobs_bases_in_it_and_how_to_drop_them():
+    vg = pool_vg()
+    held = dataclasses.replace(vg.lvs["tvmbackup"], name="tvm.xenlvm-base.20261206T010000_4",
+                               tags=frozenset({"xenlvm", "xenlvm_job_disks", "xenlvm_base"}))
+    vg.lvs[held.name] = held
+    [finding] = check_thin_pools(chained_disks_job(), [DISK_SPEC], {"system": vg})
+    assert finding.level == "fail"
+    assert finding.message.endswith(
+        "The job's chain bases system/tvm.xenlvm-base.20261206T010000_4 hold every block their disks were "
+        "overwritten in since their run: 'xenlvm cleanup --job disks --bases' drops them (the next run then "
+        "writes full images)")
+    assert "chain bases" not in check_thin_pools(thin_job(), [SPEC], {"system": pool_vg()})[0].message

@@ -22,6 +22,7 @@ from xenlvm.host.xl import Xl
 from xenlvm.vmdisks import expose as vmdisks
 from xenlvm.vmdisks import target as vmdisk_target
 from xenlvm.vmdisks import teardown as vmdisk_teardown
+from xenlvm.vmdisks.model import Exposure
 from xenlvm.xen import domains as xen
 
 # Real partx output (util-linux 2.38) for the system tests' disks, taken in the guest.
@@ -101,6 +102,18 @@ def test_each_disk_on_an_lv_becomes_a_snapshot_spec_below_domain_and_disk():
     ]
     assert [s.spec.size.text if s.spec.size else None for s in specs] == ["16M", "16M", None]  # thin: no size
     assert {s.how for s in specs} == {"files"}
+
+
+def test_with_incremental_thin_a_thin_disk_is_chained_and_a_classic_one_exposed_whole_with_a_warning(caplog):
+    xl = xl_for({"vm3": [disk("/dev/system/vm3-disk", "xvda"), disk("/dev/system/thin-disk", "xvdb")]})
+    chained = dataclasses.replace(job(expose="image-copy"), vmdisks=VmDiskSettings(
+        domains="auto", size=parse_size("16M"), expose="image-copy", image_dir="/srv/images",
+        incremental="thin"))
+    with caplog.at_level(logging.WARNING, "xenlvm"):
+        specs = discover(chained, xl, VGS)
+    assert [(s.disk, s.how) for s in specs] == [("xvda", "image-copy"), ("xvdb", Exposure.CHAIN)]
+    assert ("disk xvda of domain vm3 (/dev/system/vm3-disk): not a thin LV, so no increments (thin_delta "
+            "reads thin pools only): its whole image xvda.img every run") in caplog.text
 
 
 def test_disks_that_are_not_lvs_are_reported_and_fail_pre_when_asked(caplog):

@@ -95,7 +95,8 @@ def check_target(runner: Runner, text: str, needed: int, xl_timeout: float) -> R
     snapshots = sorted(lv.name for lv in vg.lvs.values() if lv.origin == lv_name)
     if snapshots:
         raise SafetyRefusal(f"the target {text} has snapshots ({', '.join(snapshots)}): remove them first "
-                            "(for xenlvm's own: xenlvm post or xenlvm cleanup). Nothing was changed.")
+                            "(for xenlvm's own: xenlvm post or xenlvm cleanup; a chain's base, "
+                            "<LV>.xenlvm-base.<run>: xenlvm cleanup --bases). Nothing was changed.")
     if volume.is_open:
         raise SafetyRefusal(f"the target {text} is open (lvs shows 'o' in its attributes): a process or "
                             "a kernel user holds it (see 'fuser -v "

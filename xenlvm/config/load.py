@@ -165,9 +165,6 @@ def _read_section(section: type, reader: Reader, node: yaml.Node, key: str) -> A
     problem = made.problem() if hasattr(made, "problem") else None
     if problem:
         raise reader.error(node, key, problem)
-    if isinstance(made, VmDiskSettings) and made.expose == "image-copy" and made.image_dir is None:
-        raise reader.error(node, key, "expose: image-copy needs 'image_dir:', a directory on a disk "
-                           "with room for the images (not a tmpfs)")
     return made
 
 

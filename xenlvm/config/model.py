@@ -171,6 +171,22 @@ class VmDiskSettings:
     image_dir: str | None = field(default=None, metadata=key(values.parse_absolute_path))
     # domains (vm3) and disks (vm2/xvdb) not to back up; also for xen.domains: auto
     exclude: tuple[str, ...] = field(default=(), metadata=key(values.exclude))
+    # "thin": each thin disk as a chain, a full image then increments read from the thin pool's
+    # metadata (xenlvm.increments); other disks whole every run. None: every disk whole
+    incremental: str | None = field(default=None,
+                                    metadata=key(values.choice("thin"), null_disables=True))
+    # a chained disk's full image every N runs (1: every run), increments in between
+    full_every: int = field(default=7, metadata=key(values.parse_count))
+
+    def problem(self) -> str | None:
+        """What is wrong with these settings together, or None."""
+        if self.expose == "image-copy" and self.image_dir is None:
+            return ("expose: image-copy needs 'image_dir:', a directory on a disk with room for the images "
+                    "(not a tmpfs)")
+        if self.incremental is not None and self.expose != "image-copy":
+            return (f"incremental: {self.incremental} needs expose: image-copy (not {self.expose}): each "
+                    "run's full image or increment is a file that xenlvm writes into image_dir")
+        return None
 
     def excludes(self, domain: str, disk: str = "") -> bool:
         """True when the domain (disk not given) or its disk is excluded."""

@@ -158,6 +158,13 @@ def parse_percent_int(value: Any) -> int:
     return int(text)
 
 
+def parse_count(value: Any) -> int:
+    """A whole number of runs, 1 to 1000 (vmdisks.full_every)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+        raise ValueError(f"{value!r} is not a whole number from 1 to 1000")
+    return value
+
+
 def parse_bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{value!r} is not true or false")

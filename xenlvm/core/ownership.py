@@ -29,6 +29,7 @@ log = logging.getLogger("xenlvm")
 
 OWNER_TAG = "xenlvm"
 VMDISK_TAG = "xenlvm_vmdisk"  # beside the owner and job tags: the snapshot of a VM disk
+BASE_TAG = "xenlvm_base"  # a VM disk's snapshot kept as its chain's base (xenlvm.increments.bases)
 RUN_TAG_PREFIX = "xenlvm_run_"
 VMDISK_SNAPSHOT_SUFFIX = ".xenlvm"  # the snapshot of the VM disk VG/LV is VG/LV.xenlvm
 

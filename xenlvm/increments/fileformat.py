@@ -23,7 +23,8 @@ Format version 1 (all integers little-endian, unsigned):
 
 A zeros range holds no data: those bytes read as zeros in this run (the guest discarded them).
 So the file is the changed bytes plus 49 bytes per data range, 17 per zeros range and a header
-of at most 911 bytes. N is at most MAX_RANGES (262144): the table is held in memory.
+of at most 896 bytes (MAX_HEADER_BYTES). N is at most MAX_RANGES (262144): the table is held in
+memory.
 A reader refuses anything else (IncrementInvalid, naming what is wrong).
 """
 
@@ -52,6 +53,10 @@ DIGEST = 32
 MAX_RANGES = 1 << 18
 _FIXED = struct.Struct("<8sHHIQQ")
 _RANGE = struct.Struct("<QQB")
+# A file's bytes besides its ranges (17 each in the table, and a data range's bytes and SHA-256):
+# the fixed fields, the three names at their longest, the base image's SHA-256, the header's and
+# the whole file's SHA-256.
+MAX_HEADER_BYTES = _FIXED.size + 3 * (1 + 255) + 3 * 32
 _NAME = re.compile(r"[A-Za-z0-9_.:/+-]{1,255}\Z")
 
 

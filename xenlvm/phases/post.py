@@ -88,7 +88,8 @@ def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
     io_failed = {str(lv): cow.invalidated_by_io_errors(lv) for artefacts in found.values()
                  for _, lv in artefacts.snapshots if lv.invalid}
     vanished = _vanished(host.vgs if host is not None else {}, guarded)
-    overflowed = _tear_down(ctx, job, host, found, errors) if host is not None else []
+    sound = judge_backup and not (errors or io_failed or vanished)  # chains keep their bases then
+    overflowed = _tear_down(ctx, job, host, found, errors, sound) if host is not None else []
     dropped = pool_guard_process.judge(job, guard, vanished, lost)
     if dropped is not None and judge_backup:
         errors.append(dropped)
@@ -137,17 +138,19 @@ def _vanished(vgs: Mapping[str, VolumeGroup | None],
 
 
 def _tear_down(ctx: Context, job: Job, host: Inventory, found: Mapping[Kind, Artefacts],
-               errors: list[XenlvmError]) -> list[LogicalVolume]:
+               errors: list[XenlvmError], sound: bool) -> list[LogicalVolume]:
     """Each kind releases its snapshots (the volumes' unmounted in reverse, then what exposes
     the VM disks: their tree holds the volumes' mounts); all are removed with one lvremove; then
     each kind cleans up what is left (the VM disks' images and tree). Return the removed
     snapshots that were invalid. The failures go into errors in the kinds' order (each volume's,
-    then the VM disks')."""
+    then the VM disks'). sound: the backup is sound so far (the chained disks' snapshots then
+    become their bases instead of being removed: vmdisks.incremental)."""
     failures: Failures = {}
     for artefacts in found.values():
         for _, snapshot in artefacts.snapshots:
             _note_fill(ctx, job, snapshot)  # before unmounting: this is what the backup saw
-    released = {kind: kind.release(ctx, job, host, artefacts, failures) for kind, artefacts in found.items()}
+    released = {kind: kind.release(ctx, job, host, artefacts, failures, sound)
+                for kind, artefacts in found.items()}
     removals = [removal for each in released.values() for removal in each]
     not_removed = ownership.remove(ctx.lvm, job, [(r.spec, r.snapshot) for r in removals])
     for removal in removals:
@@ -188,11 +191,9 @@ def _judge(ctx: Context, job: Job, snapshot: LogicalVolume, io_error: bool, judg
             f"of this run read inconsistent data and cannot be trusted. {removed} Check the disks of "
             f"volume group {snapshot.vg!r} ('dmesg', 'pvs') before the next backup.")
     raise SnapshotOverflowed(
-        f"the snapshot {snapshot} overflowed during the backup: its "
-        f"{human_size(snapshot.size)} "
+        f"the snapshot {snapshot} overflowed during the backup: its {human_size(snapshot.size)} "
         "of copy-on-write space filled up and it became invalid, so the backup of this run read "
-        f"inconsistent data and cannot be trusted. {removed} "
-        "Make it larger "
+        f"inconsistent data and cannot be trusted. {removed} Make it larger "
         f"('size:' of job {job.name!r}, e.g. 20%ORIGIN, checking 'vgs' for free space) or run "
         "the backup when the VMs write less.")
 

@@ -181,10 +181,11 @@ class Kind(ABC):
         """Before its snapshots are found and released: stop what holds them open."""
 
     @abstractmethod
-    def release(self, ctx: Context, job: Job, host: Inventory, found: Artefacts,
-                failures: Failures) -> list[Removal]:
+    def release(self, ctx: Context, job: Job, host: Inventory, found: Artefacts, failures: Failures,
+                sound: bool) -> list[Removal]:
         """Unmount what exposes its snapshots, with proof; return those to remove. Each failure
-        goes into failures under the key of what failed."""
+        goes into failures under the key of what failed. sound: the backup is sound so far (a
+        kind may then keep what its next run builds on, as the VM disks' chain bases)."""
 
     def removed(self, ctx: Context, job: Job, found: Artefacts,  # noqa: B027 (optional)
                 removed: Sequence[LogicalVolume], failures: Failures) -> None:

@@ -113,8 +113,8 @@ class VolumeKind(Kind):
             ownership.remove_one(ctx.lvm, job, spec, existing)
         return bool(found.snapshots)
 
-    def release(self, ctx: Context, job: Job, host: Inventory, found: Artefacts,
-                failures: Failures) -> list[Removal]:
+    def release(self, ctx: Context, job: Job, host: Inventory, found: Artefacts, failures: Failures,
+                sound: bool) -> list[Removal]:
         """Unmount every volume's snapshot, in reverse; each failure under its snapshot's name."""
         removals = []
         for spec in reversed(job.volumes):

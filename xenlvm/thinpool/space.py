@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from xenlvm.config.model import Job, SnapshotSpec, ThinPoolSettings
+from xenlvm.core.ownership import BASE_TAG, job_tag
 from xenlvm.core.preflight import Finding
 from xenlvm.host.lvm import LogicalVolume, VolumeGroup
 from xenlvm.sizes import human_size
@@ -52,10 +53,19 @@ def expected_growth(spec: SnapshotSpec, origin: LogicalVolume, vg: VolumeGroup,
     return settings.expected_growth.resolve(origin.size, vg.free, vg.size)
 
 
+def kept_as_base(job: Job, spec: SnapshotSpec, origin: LogicalVolume) -> bool:
+    """Whether spec's snapshot stays after the backup, as its chain's base until the next run
+    (a thin VM disk of a job with vmdisks.incremental: thin; xenlvm.increments.bases)."""
+    return (job.vmdisks is not None and job.vmdisks.incremental == "thin" and origin.is_thin
+            and spec not in job.volumes)
+
+
 def check_thin_pools(job: Job, specs: Sequence[SnapshotSpec], vgs: dict[str, VolumeGroup]) -> list[Finding]:
     """For each pool that one of specs' thin snapshots would live in: refuse at or above
     refuse_above (data or metadata), and warn when the pool (with the VG's free space, if the
-    guard may extend it) could not absorb what the backup may need."""
+    guard may extend it) could not absorb what the backup may need. A snapshot kept as a base
+    until the next run may take its origin's whole size by then, whatever expected_growth says
+    of the backup (the base before it is in the pool's use already, until post removes it)."""
     settings = job.thin_pool
     needs: dict[str, tuple[LogicalVolume, VolumeGroup, int, list[str]]] = {}
     for spec in specs:
@@ -64,9 +74,11 @@ def check_thin_pools(job: Job, specs: Sequence[SnapshotSpec], vgs: dict[str, Vol
         pool = pool_of(origin, vg) if origin is not None and vg is not None and spec.size is None else None
         if pool is None or vg is None or origin is None:
             continue
+        kept = kept_as_base(job, spec, origin)
+        growth = origin.size if kept else expected_growth(spec, origin, vg, settings)
         _, _, need, names = needs.get(str(pool), (pool, vg, 0, []))
-        needs[str(pool)] = (pool, vg, need + expected_growth(spec, origin, vg, settings),
-                            [*names, str(spec.snapshot_volume)])
+        name = f"{spec.snapshot_volume}{' (kept as a base until the next run)' * kept}"
+        needs[str(pool)] = (pool, vg, need + growth, [*names, name])
     return [_check_pool(job, pool, vg, need, names) for pool, vg, need, names in needs.values()]
 
 
@@ -83,7 +95,7 @@ def _check_pool(job: Job, pool: LogicalVolume, vg: VolumeGroup, need: int, names
             "VMs overwrite take new space from the pool, and a full pool stops every thin LV in it, "
             f"the VMs' disks too. Free space in the pool (remove thin LVs or snapshots it no longer "
             f"needs, fstrim the VMs' filesystems) or grow it ({grow}; 'vgs {vg.name}' shows the "
-            "free space)"))
+            f"free space){_bases_hint(job, pool, vg)}"))
     free = pool.size * (100 - fill.data) / 100
     room = free + (vg.free if settings.extend else 0)
     snapshots = ", ".join(names)
@@ -97,6 +109,17 @@ def _check_pool(job: Job, pool: LogicalVolume, vg: VolumeGroup, need: int, names
             "to what the VMs really write during a backup"))
     return Finding("ok", "thin pool", f"thin pool {pool} is {fill}: room for the {human_size(need)} "
                    f"that {snapshots} may take")
+
+
+def _bases_hint(job: Job, pool: LogicalVolume, vg: VolumeGroup) -> str:
+    """What the job's chain bases in pool hold, and how to free it, or ''."""
+    held = sorted(str(lv) for lv in vg.lvs.values()
+                  if {BASE_TAG, job_tag(job.name)} <= lv.tags and lv.pool == pool.name)
+    if not held:
+        return ""
+    return (f". The job's chain bases {', '.join(held)} hold every block their disks were overwritten in "
+            f"since their run: 'xenlvm cleanup --job {job.name} --bases' drops them (the next run then "
+            "writes full images)")
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,14 @@ def _files_or_image(runner: Runner, job: Job, target: VmDisk, device: str, undo:
         fall_back(runner, job, target, device, problems, can_serve, undo)
 
 
-_EXPOSE = {Exposure.FILES: _files_or_image, Exposure.IMAGE: _serve_later, Exposure.IMAGE_COPY: _copy}
+def _written_later(runner: Runner, job: Job, target: VmDisk, device: str, undo: UndoStack,
+                   can_serve: bool) -> None:
+    """vmdisks.incremental: the disk's one file (its full image or an increment) is written once
+    every disk is exposed (xenlvm.vmdisks.chains, through the target's kind)."""
+
+
+_EXPOSE = {Exposure.FILES: _files_or_image, Exposure.IMAGE: _serve_later, Exposure.IMAGE_COPY: _copy,
+           Exposure.CHAIN: _written_later}
 
 
 def _expose_files(runner: Runner, target: VmDisk, device: str, undo: UndoStack) -> list[str]:

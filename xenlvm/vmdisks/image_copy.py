@@ -29,13 +29,18 @@ def expose_image(runner: Runner, job: Job, disk: VmDisk, device: str, undo: Undo
     undo.push(f"remove {image}", lambda: remove_if_present(image))
     runner.change(["cp", "--sparse=always", "--", device, image], timeout=COPY_TIMEOUT)
     target = f"{spec.mountpoint}.img"
+    bind_read_only(runner, image, target, staging, undo)
+    log.info("%s/%s: image of %s at %s (%d MiB on disk)", disk.domain, disk.disk, spec.snapshot_volume,
+             target, os.stat(image).st_blocks * 512 >> 20)
+
+
+def bind_read_only(runner: Runner, image: str, target: str, staging: str, undo: UndoStack) -> None:
+    """Bind image (a file in the staging folder) read-only at target, a new file in the tree."""
     with open(target, "x"):
         pass
     undo.push(f"unmount {target}", lambda: _unmount_image(runner, target, staging))
     runner.change(["mount", "--bind", image, target])
     runner.change(["mount", "-o", "remount,bind,ro", target])
-    log.info("%s/%s: image of %s at %s (%d MiB on disk)", disk.domain, disk.disk, spec.snapshot_volume,
-             target, os.stat(image).st_blocks * 512 >> 20)
 
 
 def no_room(job: Job, target: VmDisk) -> str | None:

@@ -23,9 +23,10 @@ from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.lvm import LogicalVolume, VolumeGroup, device_path
 from xenlvm.host.mounts import UNDO_UNMOUNT_TIMEOUT, MountEntry
 from xenlvm.host.runner import which
+from xenlvm.increments import bases, record
 from xenlvm.targets.base import Artefacts, Failures, Kind, Removal, Shown, Target, collect
+from xenlvm.vmdisks import chains, image_server, layout, unexposed
 from xenlvm.vmdisks import expose as vmdisks
-from xenlvm.vmdisks import image_server, layout, unexposed
 from xenlvm.vmdisks import target as vmdisk_target
 from xenlvm.vmdisks import teardown as vmdisk_teardown
 from xenlvm.vmdisks.target import VmDiskTarget
@@ -45,11 +46,12 @@ KEY = "vmdisks"  # post's failures of the VM disks, together (they are released 
 @dataclass(frozen=True)
 class DiskArtefacts(Artefacts):
     """Beside its snapshots: what is mounted at the job's mountpoint (xenlvm's tree, if its
-    source is xenlvm's), and the image server's trace. (Base snapshots kept from one run to
-    the next, issue 27, would be found here too, apart from the snapshots to tear down.)"""
+    source is xenlvm's), the image server's trace, and the chains' bases (vmdisks.incremental:
+    kept from one run to the next, never torn down with the snapshots; described for status)."""
 
     tree: MountEntry | None = None
     server: image_server.ServerState | None = None
+    bases: tuple[dict[str, Any], ...] = ()
 
     @property
     def anything(self) -> bool:
@@ -101,6 +103,7 @@ class VmDiskKind(Kind):
         then, for status and post, record what was not exposed; beside the disks, the domains'
         own layouts."""
         disks = [t for t in targets if isinstance(t, VmDiskTarget)]
+        chains.expose_chains(ctx, job, disks, undo)  # vmdisks.incremental: each thin disk's one file
         vmdisk_target.serve_images(ctx, job, disks, undo)
         if ctx.dry_run:
             return
@@ -135,7 +138,8 @@ class VmDiskKind(Kind):
         tree = mounts_mod.mounted_at(job.mountpoint, host.mounts)
         if tree is not None and tree.source != vmdisk_teardown.tree_source(job):
             tree = None
-        return DiskArtefacts(snapshots, tree, image_server.state(config.settings.lock_dir, job.name))
+        return DiskArtefacts(snapshots, tree, image_server.state(config.settings.lock_dir, job.name),
+                             tuple(bases.describe(job, host.vgs)))
 
     # -- post -----------------------------------------------------------------------------------
     def stop(self, ctx: Context, job: Job, judge_backup: bool) -> None:
@@ -152,13 +156,18 @@ class VmDiskKind(Kind):
         if found is not None and found.running:
             log.info("image server (pid %d) stopped; it served %s", found.pid, ", ".join(found.exports))
 
-    def release(self, ctx: Context, job: Job, host: Inventory, found: Artefacts,
-                failures: Failures) -> list[Removal]:
-        """Unmount all that exposes the job's VM disk snapshots, so that they can be removed."""
+    def release(self, ctx: Context, job: Job, host: Inventory, found: Artefacts, failures: Failures,
+                sound: bool) -> list[Removal]:
+        """Unmount all that exposes the job's VM disk snapshots, so that they can be removed; with
+        vmdisks.incremental and a sound backup, each chained disk's snapshot becomes its base
+        instead (xenlvm.increments.bases) and is not removed."""
         mine = failures.setdefault(KEY, [])
         collect(mine, vmdisk_teardown.release, ctx.runner, job, [lv for _, lv in found.snapshots],
                 job.unmount_timeout)
-        return [] if mine else [Removal(KEY, spec, lv) for spec, lv in found.snapshots]
+        if mine:
+            return []
+        left = bases.keep_bases(ctx, job, [lv for _, lv in found.snapshots], host.vgs, sound)
+        return [Removal(KEY, spec, lv) for spec, lv in found.snapshots if lv in left]
 
     def removed(self, ctx: Context, job: Job, found: Artefacts, removed: Sequence[LogicalVolume],
                 failures: Failures) -> None:
@@ -169,9 +178,8 @@ class VmDiskKind(Kind):
         collect(mine, vmdisk_teardown.finish, ctx.runner, job, job.unmount_timeout)
         if mine:
             return
-        if found.snapshots and not ctx.dry_run:
-            log.info("VM disk snapshots unmounted and removed: %s",
-                     ", ".join(str(lv) for _, lv in found.snapshots))
+        if removed and not ctx.dry_run:
+            log.info("VM disk snapshots unmounted and removed: %s", ", ".join(str(lv) for lv in removed))
         elif not found.snapshots:
             log.info("no VM disk snapshot of job %s to clean up", job.name)
 
@@ -196,7 +204,11 @@ class VmDiskKind(Kind):
         server = found.server if isinstance(found, DiskArtefacts) else None
         return {"image_server": image_server_status(server),
                 "not_exposed": [dataclasses.asdict(item) for item in
-                                unexposed.read(config.settings.lock_dir, job.name)]}
+                                unexposed.read(config.settings.lock_dir, job.name)],
+                # vmdisks.incremental: the bases kept until the next run, and the last run's files
+                "bases": list(found.bases) if isinstance(found, DiskArtefacts) else [],
+                "chain_files": [dataclasses.asdict(e)
+                                for e in record.read(config.settings.state_dir, job.name)]}
 
     def describe(self, report: dict[str, Any]) -> list[str]:
         lines = []
@@ -207,7 +219,7 @@ class VmDiskKind(Kind):
                 "NOT RUNNING: reads of the images fail; run post (or xenlvm cleanup) to clean up"))
         for found in report.get("not_exposed") or []:
             lines.append(f"  NOT EXPOSED as files: {unexposed.NotExposed(**found).describe()}")
-        return lines
+        return lines + chains.describe(report)
 
     def host_findings(self, config: Config, job: Job) -> list[Finding]:
         return [layout_tools_finding(config.settings.path)]

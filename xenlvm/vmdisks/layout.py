@@ -223,7 +223,7 @@ def write_domain_layouts(records: dict[str, dict], exposed: Sequence[VmDisk],
         folder = os.path.dirname(mountpoint)
         folders[target.domain] = folder
         if target.how.is_image:
-            disks.setdefault(target.domain, {})[target.disk] = f"{target.disk}.img"
+            disks.setdefault(target.domain, {})[target.disk] = target.image_file or f"{target.disk}.img"
         else:
             found = [path for path in (disk_layout_path(mountpoint, True),
                                        disk_layout_path(mountpoint, False)) if os.path.isfile(path)]

@@ -20,6 +20,9 @@ class Exposure(str, Enum):
     FILES = "files"  # each filesystem mounted read-only in the tree (xenlvm.vmdisks.expose)
     IMAGE = "image"  # <disk>.img served through FUSE (xenlvm.vmdisks.image_server)
     IMAGE_COPY = "image-copy"  # <disk>.img a sparse copy in image_dir (xenlvm.vmdisks.image_copy)
+    # a thin disk of a job with vmdisks.incremental: its full image or an increment, written into
+    # image_dir as <disk>.<run>.img or .incr (xenlvm.vmdisks.chains)
+    CHAIN = "chain"
 
     @property
     def is_image(self) -> bool:
@@ -44,6 +47,7 @@ class VmDisk:
     how: Exposure
     fallback: Exposure | None = None
     not_exposed: NotExposed | None = None
+    image_file: str | None = None  # CHAIN: the file's name in the domain's folder, once written
 
     def __post_init__(self) -> None:
         self.how = Exposure(self.how)  # also given as the configuration's word

@@ -29,6 +29,7 @@ from xenlvm.vmdisks.model import Exposure, VmDisk
 log = logging.getLogger("xenlvm")
 
 
+
 class VmDiskTarget(VmDisk, Target):
     """A VM disk as pre plans it: its record (xenlvm.vmdisks.model), which the modules below
     take, and the target's steps."""
@@ -115,7 +116,13 @@ def _disk_target(job: Job, domain: str, disk: dict, by_device: dict[tuple[int, i
         return None
     spec = SnapshotSpec(Volume(lv.vg, lv.name), ownership.vm_disk_snapshot_name(lv.name),
                         os.path.join(job.mountpoint, domain, vdev), None if lv.is_thin else settings.size)
-    return VmDiskTarget(spec, lv, domain, vdev, Exposure(settings.expose))
+    how = Exposure(settings.expose)
+    if settings.incremental == "thin" and lv.is_thin:
+        how = Exposure.CHAIN
+    elif settings.incremental == "thin":
+        log.warning("%s: not a thin LV, so no increments (thin_delta reads thin pools only): its whole "
+                    "image %s.img every run", where, vdev)
+    return VmDiskTarget(spec, lv, domain, vdev, how)
 
 
 def check_image_room(job: Job, specs: Sequence[VmDiskTarget]) -> str | None:
@@ -134,7 +141,7 @@ def check_image_room(job: Job, specs: Sequence[VmDiskTarget]) -> str | None:
         return (f"vmdisks.image_dir {directory} must be root's alone, where nobody else can plant a "
                 f"link for root's copy to write through, or read the disks: {untrusted}. Or choose "
                 "another image_dir, e.g. 'mkdir -m 700 /var/lib/xenlvm-images'")
-    needed = sum(t.origin.size for t in specs if t.how is Exposure.IMAGE_COPY)
+    needed = sum(t.origin.size for t in specs if t.how in (Exposure.IMAGE_COPY, Exposure.CHAIN))
     free = vmdisk_copy.free_bytes(directory)
     if needed > free:
         return (f"vmdisks.image_dir {directory} has {free >> 20} MiB free but the images of "

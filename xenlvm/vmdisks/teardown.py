@@ -23,6 +23,9 @@ from xenlvm.vmdisks.image_server import is_export
 log = logging.getLogger("xenlvm")
 
 _SYS_BLOCK = "/sys/block"
+# The files xenlvm writes into a job's staging folder: images, and a chain's increments
+# (vmdisks.incremental, xenlvm.increments)
+IMAGE_SUFFIXES = (".img", ".incr")
 
 
 def tree_source(job: Job) -> str:
@@ -147,8 +150,8 @@ def finish(runner: Runner, job: Job, timeout: float) -> None:
 
 def _remove_images(staging: str) -> None:
     """Delete the image files xenlvm wrote into its staging directory, then the directory; a
-    file it did not write (not a regular *.img file) is left, and so is the directory. A staging
-    directory that is not xenlvm's private one (see staging_problem) is left alone."""
+    file it did not write (not a regular *.img or *.incr file) is left, and so is the directory.
+    A staging directory that is not xenlvm's private one (see staging_problem) is left alone."""
     try:
         fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -163,7 +166,7 @@ def _remove_images(staging: str) -> None:
             log.warning("%s was left alone: %s, so xenlvm did not make it", staging, problem)
             return
         for entry in list(os.scandir(fd)):
-            if entry.name.endswith(".img") and entry.is_file(follow_symlinks=False):
+            if entry.name.endswith(IMAGE_SUFFIXES) and entry.is_file(follow_symlinks=False):
                 os.unlink(entry.name, dir_fd=fd)
     finally:
         os.close(fd)
@@ -177,7 +180,8 @@ def _remove_images(staging: str) -> None:
 
 def is_image_bind(entry: mounts_mod.MountEntry, staging: str | None) -> bool:
     """A bind mount of one of the job's image files: it comes from the staging directory's
-    filesystem, and its root (relative to that filesystem) is an image file in that directory."""
+    filesystem, and its root (relative to that filesystem) is an image (or increment) file in
+    that directory."""
     if staging is None:
         return False
     try:
@@ -186,7 +190,7 @@ def is_image_bind(entry: mounts_mod.MountEntry, staging: str | None) -> bool:
         return False
     return ((entry.major, entry.minor) == (os.major(device), os.minor(device))
             and os.path.dirname(entry.root).endswith("/" + os.path.basename(staging))
-            and entry.root.endswith(".img"))
+            and entry.root.endswith(IMAGE_SUFFIXES))
 
 
 def unmount_tree(runner: Runner, job: Job, timeout: float) -> None:

@@ -79,7 +79,7 @@ sync
 if [ ! -d /run/faults/bin ]; then
     mkdir -p /run/faults/bin
     fault="$(dirname "$0")/fault"
-    for tool in lvs lvcreate lvremove lvchange mount umount blkid losetup partx cp; do
+    for tool in lvs lvcreate lvremove lvchange mount umount blkid losetup partx cp thin_delta; do
         ln -s "$fault" "/run/faults/bin/$tool"
     done
 fi
