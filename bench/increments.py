@@ -1,5 +1,5 @@
 """Increments from thin-pool metadata (issue 27), measured in the sandbox on real dm-thin with
-xenlvm's thin_delta.py and increment.py (driven by tests/system/guest/thin_chain.py, as the
+xenlvm's thin_delta.py and increment.py (driven by sandbox/guest/thin_chain.py, as the
 system test does; pre does not write increments yet):
 
 - the increment's size against the bytes changed, for 1%, 10% and 50% of a 128 MiB thin disk
@@ -18,9 +18,10 @@ from __future__ import annotations
 import random
 import sys
 
-from tests.system import test_increments as drill
-from tests.system.conftest import World
-from tests.system.sandbox import Guest
+from bench.common import Row, Section, progress, section_main
+from sandbox import chain as drill
+from sandbox.machine import Guest
+from sandbox.world import World
 
 SIZE = 128 << 20
 EXTENT = 256 << 10
@@ -34,11 +35,6 @@ for offset in sys.argv[2:]:
     os.pwrite(fd, os.urandom(length), int(offset))
 os.fsync(fd)
 """
-
-
-def _row(label: str, values: list[float], unit: str = "ms", baseline=None):
-    from bench.run import Row  # bench.run imports this module only when it runs
-    return Row(label, values, unit, baseline)
 
 
 def _change(guest: Guest, percent: int, length: int, rng: random.Random) -> int:
@@ -58,7 +54,6 @@ def _mapped_mib(guest: Guest) -> float:
 
 def increments(guest: Guest, world: World, rounds: int = 3):
     """Measure; return a bench.run.Section."""
-    from bench.run import Section, progress
     rng = random.Random(27)
     world.build(layout="thin", config=drill.CONFIG)
     guest.sh(f"lvcreate -q -y -V {SIZE}b -T system/pool -n vm5-disk >/dev/null\n"
@@ -67,7 +62,7 @@ def increments(guest: Guest, world: World, rounds: int = 3):
              "status=none")
     expected = drill.snapshot(world, 0)
     guest.run(["dd", "if=/dev/system/s0", f"of={drill.chain_file(0)}", "bs=4M", "status=none"], check=True)
-    full = _row("the full image (what expose: image shows every run)", [SIZE / (1 << 20)], "MiB")
+    full = Row("the full image (what expose: image shows every run)", [SIZE / (1 << 20)], "MiB")
     rows, delta_rows = [full], []
     for number, (percent, length) in enumerate(RUNS, 1):
         progress(f"increments: run {number}, {percent}% changed in writes of {length} bytes")
@@ -78,13 +73,13 @@ def increments(guest: Guest, world: World, rounds: int = 3):
         guest.run(["lvremove", "-q", "-f", f"system/s{number - 1}"], check=True)
         if number <= 4:
             what = f"{length >> 10} KiB extents" if length >= EXTENT else "scattered 4 KiB writes"
-            changed_row = _row(f"run {number}: bytes changed, {percent}% of the disk in {what}",
+            changed_row = Row(f"run {number}: bytes changed, {percent}% of the disk in {what}",
                                [changed / (1 << 20)], "MiB")
-            rows += [changed_row, _row(f"run {number}: its increment file ({len(made['ranges'])} ranges)",
+            rows += [changed_row, Row(f"run {number}: its increment file ({len(made['ranges'])} ranges)",
                                        [made["size"] / (1 << 20)], "MiB", changed_row),
-                     _row(f"run {number}: the increment file less the bytes changed",
+                     Row(f"run {number}: the increment file less the bytes changed",
                           [(made["size"] - changed) / 1024], "KiB")]
-        delta_rows.append(_row(f"thin_delta with reserve and release, pool {mapped:.0f} MiB mapped",
+        delta_rows.append(Row(f"thin_delta with reserve and release, pool {mapped:.0f} MiB mapped",
                                [made["delta_s"] * 1000]))
     alone, chained = [], []
     for number in range(rounds + 1):  # round 0 warms up and is dropped
@@ -97,8 +92,8 @@ def increments(guest: Guest, world: World, rounds: int = 3):
                 into.append(done.duration * 1000)
         if drill.sha256(world, "/dev/system/restored") != expected:
             raise RuntimeError("the chain restored is not the disk as of its last run")
-    alone_row = _row("restore-image of the full image alone (128 MiB)", alone)
-    rows += delta_rows + [alone_row, _row(f"restore-image of the full image and {len(RUNS)} increments",
+    alone_row = Row("restore-image of the full image alone (128 MiB)", alone)
+    rows += delta_rows + [alone_row, Row(f"restore-image of the full image and {len(RUNS)} increments",
                                           chained, baseline=alone_row)]
     world.build(config=None)
     return Section("Increments from thin-pool metadata (thin_delta) against full images", rows, notes=[
@@ -110,7 +105,6 @@ def increments(guest: Guest, world: World, rounds: int = 3):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.run import section_main
     return section_main("increments", __doc__, increments, argv, rounds_help="measured restore rounds [3]")
 
 
