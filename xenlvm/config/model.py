@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from xenlvm.config import values
-from xenlvm.config.values import Size, Volume, parse_duration, parse_size
+from xenlvm.config.values import DomainCommands, Size, Volume, parse_duration, parse_size
 from xenlvm.host import DEFAULT_PATH
 
 TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
@@ -40,15 +40,6 @@ def key(parse: Callable[[Any], Any] | type, *, null_disables: bool = False, name
 def keys(section: type) -> dict[str, dataclasses.Field]:
     """Given a section's dataclass, return its keys in the file, each with the field it sets."""
     return {f.metadata["key"] or f.name: f for f in dataclasses.fields(section) if "parse" in f.metadata}
-
-
-@dataclass(frozen=True)
-class DomainCommands:
-    """One domain's own freeze and thaw commands (xen.quiesce.per_domain)."""
-
-    domain: str
-    freeze: tuple[str, ...]
-    thaw: tuple[str, ...]
 
 
 @dataclass(frozen=True)

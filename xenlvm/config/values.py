@@ -65,6 +65,14 @@ class Volume:
         return f"{self.vg}/{self.lv}"
 
 
+@dataclass(frozen=True)
+class DomainCommands:
+    """One domain's own freeze and thaw commands (xen.quiesce.per_domain)."""
+
+    domain: str
+    freeze: tuple[str, ...]
+    thaw: tuple[str, ...]
+
 
 def parse_size(value: Any) -> Size:
     """Given '512M', '1G', '1.5GiB', '20%ORIGIN', '50%FREE', return a Size."""
@@ -267,10 +275,8 @@ def substitute(argv: tuple[str, ...], domain: str) -> tuple[str, ...]:
     return tuple(domain if item == DOMAIN_PLACEHOLDER else item for item in argv)
 
 
-def per_domain_commands(value: Any) -> tuple:
+def per_domain_commands(value: Any) -> tuple[DomainCommands, ...]:
     """Given {vm1: {freeze: [...], thaw: [...]}, ...}, return DomainCommands in name order."""
-    from xenlvm.config.model import DomainCommands  # the dataclass lives with the others
-
     if not isinstance(value, dict) or not value:
         raise ValueError("must map domain names to their commands, e.g. "
                          "{db1: {freeze: [/usr/local/sbin/db-freeze], thaw: [/usr/local/sbin/db-thaw]}}")
