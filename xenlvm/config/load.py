@@ -31,7 +31,7 @@ from xenlvm.config.model import (
 from xenlvm.config.values import JOB_NAME, volume_name
 from xenlvm.errors import ConfigError
 
-TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+TYPE_CHECKING = False  # xenlvm/__init__.py says why
 if TYPE_CHECKING:
     from typing import Any, Union
 

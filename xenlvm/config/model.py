@@ -16,7 +16,7 @@ from xenlvm.config import values
 from xenlvm.config.values import DomainCommands, Size, Volume, parse_duration, parse_size
 from xenlvm.host import DEFAULT_PATH
 
-TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+TYPE_CHECKING = False  # xenlvm/__init__.py says why
 if TYPE_CHECKING:
     from typing import Any
 

@@ -19,7 +19,7 @@ from xenlvm.config.load import load_config
 from xenlvm.config.model import Config
 from xenlvm.host.fsutil import read_small, write_atomically
 
-TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+TYPE_CHECKING = False  # xenlvm/__init__.py says why
 if TYPE_CHECKING:
     from typing import Any, TypeVar
 

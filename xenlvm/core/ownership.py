@@ -7,7 +7,7 @@ from __future__ import annotations
 from xenlvm.config.model import Job, SnapshotSpec
 from xenlvm.errors import SafetyRefusal
 
-TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+TYPE_CHECKING = False  # xenlvm/__init__.py says why
 if TYPE_CHECKING:
     from xenlvm.host.lvm import LogicalVolume
 

@@ -32,7 +32,7 @@ from xenlvm.vmdisks import teardown as vmdisk_teardown
 from xenlvm.watchdog import process as watchdog_process
 from xenlvm.xen import domains as xen
 
-TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+TYPE_CHECKING = False  # xenlvm/__init__.py says why
 if TYPE_CHECKING:
     from typing import Any
 

@@ -45,7 +45,7 @@ from xenlvm.vmdisks import layout, unexposed
 from xenlvm.vmdisks.image_copy import expose_image as _expose_image
 from xenlvm.vmdisks.teardown import detach_loops, tree_source, unmount_tree
 
-TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+TYPE_CHECKING = False  # xenlvm/__init__.py says why
 if TYPE_CHECKING:
     from xenlvm.vmdisks.target import VmDiskTarget
 

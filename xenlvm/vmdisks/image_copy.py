@@ -16,7 +16,7 @@ from xenlvm.host.fsutil import remove_if_present
 from xenlvm.host.runner import Runner
 from xenlvm.vmdisks.teardown import image_staging, is_image_bind, staging_problem
 
-TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+TYPE_CHECKING = False  # xenlvm/__init__.py says why
 if TYPE_CHECKING:
     from xenlvm.vmdisks.target import VmDiskTarget
 

@@ -29,7 +29,7 @@ from xenlvm.host.lvm import device_path
 from xenlvm.host.runner import Runner, which
 from xenlvm.watchdog.process import terminate_proven
 
-TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+TYPE_CHECKING = False  # xenlvm/__init__.py says why
 if TYPE_CHECKING:
     from xenlvm.vmdisks.target import VmDiskTarget
 

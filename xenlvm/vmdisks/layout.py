@@ -26,7 +26,7 @@ from xenlvm.errors import CommandFailed, UsageError, XenlvmError
 from xenlvm.host.mounts import mount_options
 from xenlvm.host.runner import Runner
 
-TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+TYPE_CHECKING = False  # xenlvm/__init__.py says why
 if TYPE_CHECKING:
     from typing import Any
 

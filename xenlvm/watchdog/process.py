@@ -20,7 +20,7 @@ from xenlvm.host.fsutil import read_small, remove_if_present
 from xenlvm.host.runner import quote
 from xenlvm.watchdog.watch import MODULE, Files, Summary, Watched, files, read_summary, write_spec
 
-TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+TYPE_CHECKING = False  # xenlvm/__init__.py says why
 if TYPE_CHECKING:
     from typing import TypeVar
 
