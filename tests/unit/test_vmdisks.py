@@ -12,7 +12,7 @@ import pytest
 
 from tests.unit.fakes import FakeRunner, recorded
 from xenlvm.config.load import parse_config
-from xenlvm.config.model import Job, VmDiskSettings, parse_size
+from xenlvm.config.model import AUTO, Job, VmDiskSettings, parse_size
 from xenlvm.core.undo import UndoStack
 from xenlvm.errors import ConfigError, PreflightFailed
 from xenlvm.host.lvm import LogicalVolume, VolumeGroup
@@ -72,7 +72,7 @@ def xl_for(domains: dict[str, list[dict]]) -> xen.Xl:
     return xen.Xl(runner, 5.0)
 
 
-def job(domains="auto", missing="warn", expose="files") -> Job:
+def job(domains=AUTO, missing="warn", expose="files") -> Job:
     return Job(name="disks", mountpoint="/mnt/vmdisks", volumes=(),
                vmdisks=VmDiskSettings(domains=domains, size=parse_size("16M"), missing=missing,
                                       expose=expose))
@@ -255,7 +255,7 @@ BASE = "jobs:\n  disks:\n    mountpoint: /mnt/vmdisks\n    vmdisks:\n      domai
 def test_vmdisks_configuration():
     config = parse_config(BASE + "      expose: image-copy\n      image_dir: /var/tmp/images\n")
     settings = config.jobs["disks"].vmdisks
-    assert settings == VmDiskSettings("auto", parse_size("16M"), "image-copy", "warn", "/var/tmp/images")
+    assert settings == VmDiskSettings(AUTO, parse_size("16M"), "image-copy", "warn", "/var/tmp/images")
     assert config.jobs["disks"].volumes == ()
     assert "expose: image-copy needs 'image_dir:'" in config_error(BASE + "      expose: image-copy\n")
     fuse = parse_config(BASE + "      expose: image\n").jobs["disks"].vmdisks

@@ -7,7 +7,7 @@ import datetime
 import time
 from typing import Any
 
-from xenlvm.config.model import Config, Job, SnapshotSpec
+from xenlvm.config.model import AUTO, Config, Job, SnapshotSpec
 from xenlvm.core import preflight, state
 from xenlvm.core.inventory import Inventory, job_vg_names, read_tolerant
 from xenlvm.errors import XenlvmError
@@ -108,7 +108,7 @@ def _domains(config: Config, runner: Runner, job: Job, problems: list[str]) -> d
         states = xen.Xl.for_job(runner, job).states()
     except XenlvmError as exc:
         return {"error": str(exc), "left_paused_by_a_killed_run": left}
-    names = list(states) if job.xen.domains == "auto" else list(job.xen.domains)
+    names = list(states) if job.xen.domains is AUTO else list(job.xen.domains)
     return {"paused": sorted(n for n in names if n in states and states[n][1] and n != "Domain-0"),
             "missing": sorted(n for n in names if n not in states),
             "left_paused_by_a_killed_run": left}

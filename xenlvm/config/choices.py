@@ -4,7 +4,7 @@ image files must not land in what it backs up (vmdisks.image_dir)."""
 
 from __future__ import annotations
 
-from xenlvm.config.model import Job
+from xenlvm.config.model import AUTO, Job
 from xenlvm.host.fsutil import is_below
 
 
@@ -21,8 +21,8 @@ def contradicting_choices(job: Job) -> tuple[str, str, str] | None:
     if vmdisks is None or not vmdisks.exclude:
         return None
     whole = {item for item in vmdisks.exclude if "/" not in item}
-    for section, named in (("xen", xen.domains if xen is not None else "auto"), ("vmdisks", vmdisks.domains)):
-        both = sorted(whole & set(named)) if named != "auto" else []
+    for section, named in (("xen", xen.domains if xen is not None else AUTO), ("vmdisks", vmdisks.domains)):
+        both = sorted(whole & set(named)) if named is not AUTO else []
         if both:
             return (section, f"{section}.domains", f"names {both[0]!r}, which vmdisks.exclude leaves out: "
                     "remove it from one of the two")

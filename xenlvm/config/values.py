@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
 TYPE_CHECKING = False  # xenlvm/__init__.py says why
 if TYPE_CHECKING:
@@ -72,6 +73,30 @@ class DomainCommands:
     domain: str
     freeze: tuple[str, ...]
     thaw: tuple[str, ...]
+
+
+class Auto(Enum):
+    """A value xenlvm finds or derives itself: ``domains: auto`` (the running domains with a disk
+    there), and the default of xen.window (from the job's kinds) and xen.export_dir (below
+    state_dir)."""
+
+    AUTO = "auto"
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+AUTO = Auto.AUTO
+
+
+class WindowMode(Enum):
+    """xen.window: which of a job's domains share a pause window (xenlvm.xen.windows)."""
+
+    PER_DOMAIN = "per-domain"  # each domain paused only while its own disks' snapshots are taken
+    TOGETHER = "together"  # every domain at once, for all of the job's snapshots
+
+    def __str__(self) -> str:
+        return str(self.value)
 
 
 def parse_size(value: Any) -> Size:
@@ -204,9 +229,9 @@ def domain_name(value: Any) -> str:
     return text
 
 
-def domains(value: Any) -> tuple[str, ...] | str:
+def domains(value: Any) -> tuple[str, ...] | Auto:
     if value == "auto":
-        return "auto"
+        return AUTO
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not value:
@@ -223,6 +248,10 @@ def choice(*allowed: str) -> Callable[[Any], str]:
             raise ValueError(f"{value!r} is not one of: {', '.join(allowed)}")
         return str(value)
     return parse
+
+
+def window_mode(value: Any) -> WindowMode:
+    return WindowMode(choice(*(mode.value for mode in WindowMode))(value))
 
 
 def tasks(value: Any) -> tuple[str, ...]:

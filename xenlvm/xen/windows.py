@@ -22,7 +22,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-from xenlvm.config.model import Job
+from xenlvm.config.model import AUTO, Job, WindowMode
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.fsutil import is_below
 from xenlvm.targets.base import Target
@@ -30,8 +30,8 @@ from xenlvm.xen import domains as xen
 
 log = logging.getLogger("xenlvm")
 
-PER_DOMAIN = "per-domain"
-TOGETHER = "together"
+PER_DOMAIN = WindowMode.PER_DOMAIN
+TOGETHER = WindowMode.TOGETHER
 # One window over the named domains (xen.paused): yields the xen.Window that measures it.
 Pause = Callable[[Sequence[str]], AbstractContextManager[xen.Window]]
 # The freeze around one window (xenlvm.quiesce.freeze, Quiescer.frozen): yields, per domain, whether it froze.
@@ -46,15 +46,15 @@ class Window:
     targets: tuple[Target, ...]  # in the job's order
 
 
-def mode_of(job: Job) -> str:
+def mode_of(job: Job) -> WindowMode:
     """The job's xen.window: as configured; else per-domain for a job with vmdisks (each VM on
     LVs of its own), together for a job of volumes only (today's one window for the job)."""
-    if job.xen is not None and job.xen.window:
+    if job.xen is not None and job.xen.window is not AUTO:
         return job.xen.window
     return PER_DOMAIN if job.vmdisks is not None else TOGETHER
 
 
-def plan(targets: Sequence[Target], uses: Mapping[str, Collection[Target]], mode: str) -> list[Window]:
+def plan(targets: Sequence[Target], uses: Mapping[str, Collection[Target]], mode: WindowMode) -> list[Window]:
     """Given the job's targets in order, the targets each domain to pause has a disk on, and the
     mode, return the windows in the order of their first target.
 
