@@ -282,8 +282,11 @@ def test_a_domain_that_is_not_running_is_reported_and_the_others_backed_up(disks
     assert "domain 'vm3' does not exist or is not running" in pre.stderr
     assert sorted(tree_mounts(disks)) == [TREE, f"{TREE}/vm2/xvda/p1", f"{TREE}/vm2/xvda/p3"]
     status = disks.xenlvm("status")
-    assert "system/vm2-disk -> system/vm2-disk.xenlvm at /mnt/vmbackup: snapshot present, xenlvm's" \
+    # where the disk really is exposed: its filesystems' mounts, through its loop devices (issue
+    # 24: status said every VM disk snapshot was mounted at the job's mountpoint)
+    assert "system/vm2-disk -> system/vm2-disk.xenlvm (VM disk): snapshot present, xenlvm's" \
         in status.stdout, status
+    assert f"    exposed at: {TREE}/vm2/xvda/p1, {TREE}/vm2/xvda/p3\n" in status.stdout, status
     assert disks.post().rc == 0
     assert_disks_clean(disks)
 

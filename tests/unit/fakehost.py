@@ -23,8 +23,9 @@ import xenlvm.xen.domains
 from tests.unit.fakes import Answer, FakeRunner, recorded
 from xenlvm.config.load import parse_config
 from xenlvm.config.model import Config
+from xenlvm.core import ownership
 from xenlvm.errors import CommandFailed
-from xenlvm.host import lvm, mounts
+from xenlvm.host import mounts
 
 ORIGIN_MOUNT = "/srv/xenvm"  # where the origin is mounted in the fake mount table (VM disks below it)
 _ROOT_LINE = "22 1 254:10 / / rw,relatime shared:1 - ext4 /dev/mapper/system-root rw"
@@ -68,7 +69,7 @@ class FakeHost:
         monkeypatch.setattr(mounts, "MOUNTINFO", str(self.mountinfo))
         monkeypatch.setattr(mounts, "device_numbers", self.device_numbers)
         self.clock = FakeClock()
-        for module in (lvm, mounts, xenlvm.xen.domains):  # retries wait on this clock: no real waiting
+        for module in (ownership, mounts, xenlvm.xen.domains):  # retries wait on this clock: no real waiting
             monkeypatch.setattr(module, "time", self.clock)
         self.xl_text = recorded(f"xl_list_xen-{release}.txt")
         self.xl_records = recorded(f"xl_list_l_xen-{release}.json")

@@ -10,8 +10,10 @@ from hypothesis import strategies as st
 
 from tests.unit.fakes import FakeRunner
 from xenlvm.config.load import parse_config
+from xenlvm.core import ownership
+from xenlvm.core.ownership import job_tag
 from xenlvm.errors import ConfigError
-from xenlvm.host.lvm import LogicalVolume, Lvm, job_tag
+from xenlvm.host.lvm import LogicalVolume, Lvm
 from xenlvm.host.mounts import mount_snapshot
 
 OUR_OPTIONS = {"--snapshot", "--name", "--addtag", "--size", "--extents", "--ignoreactivationskip",
@@ -34,10 +36,11 @@ def _argvs_for(text: str) -> list[list[str]] | None:
         for spec in job.volumes:
             origin = LogicalVolume(spec.origin.vg, spec.origin.lv, "owi-a-----", 1 << 30, "", "", frozenset(),
                                    None, False, True, 254, 0, "", "")
-            Lvm(runner).create_snapshot(spec, origin, ["xenlvm", job_tag(job.name)])
+            Lvm(runner).create_snapshot(origin, spec.snapshot, ["xenlvm", job_tag(job.name)],
+                                        spec.size.lvcreate_args() if spec.size is not None else None)
             mine = LogicalVolume(spec.origin.vg, spec.snapshot, "swi-a-s---", 1 << 26, spec.origin.lv, "",
                                  frozenset({"xenlvm", job_tag(job.name)}), 0.0, False, True, 254, 3, "", "")
-            Lvm(runner).remove_snapshot(job, spec, mine)
+            ownership.remove_one(Lvm(runner), job, spec, mine)
             mount_snapshot(runner, f"/dev/mapper/{spec.origin.vg}-{spec.snapshot}", "ext4", spec.mountpoint)
     return runner.argvs
 

@@ -10,6 +10,7 @@ import pytest
 
 from tests.unit.fakes import Answer, Timeout, lvs_with, recorded
 from xenlvm.admin import check, install
+from xenlvm.vmdisks import layout
 
 XEN = "    xen:\n      domains: auto\n"
 VMDISKS = "    vmdisks:\n      domains: auto\n      size: 16M\n"
@@ -113,6 +114,36 @@ def test_host_checks_report_the_config_tools_and_hooks(host, tmp_path):
     if os.geteuid() == 0:
         assert ("ok", "config", f"{config.path} is valid, owned by root, writable only by root") in found
 
+
+def test_check_must_find_every_tool_pre_and_post_run_and_the_layout_tools_for_vm_disks(host, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("lvs", "lvcreate", "lvremove", "lvextend", "vgs", "mount", "umount", "blkid", "losetup",
+                 "partx"):
+        (bin_dir / tool).write_text("#!/bin/sh\n")
+        (bin_dir / tool).chmod(0o755)
+    settings = f"  path: {bin_dir}\n"
+    tools = [f for f in check.check_host(host.config(settings=settings), str(tmp_path)) if f.check == "tools"]
+    assert [f.level for f in tools] == ["ok"] and "lvextend" in tools[0].message
+    (bin_dir / "lvextend").unlink()  # the watchdog's
+    tools = [f for f in check.check_host(host.config(settings=settings), str(tmp_path)) if f.check == "tools"]
+    assert tools[0].message.startswith(f"not found on {bin_dir}: lvextend;")
+    (bin_dir / "lvextend").write_text("#!/bin/sh\n")
+    (bin_dir / "lvextend").chmod(0o755)
+    disks = host.config(f"  disks:\n    mountpoint: {host.root / 'mnt' / 'vmbackup'}\n{VMDISKS}",
+                        settings=settings)
+    found = check.check_host(disks, str(tmp_path))
+    tools = [f for f in found if f.check == "tools"]
+    assert [f.level for f in tools] == ["fail"]
+    assert tools[0].message.startswith(f"not found on {bin_dir}: xl;")
+    warned = [f for f in found if f.check == "layout tools"]  # the backup runs without them: a warning
+    assert [f.level for f in warned] == ["warn"]
+    assert warned[0].message.startswith(f"not found on {bin_dir}: sfdisk, dumpe2fs, xfs_info;")
+    for tool in layout.TOOLS:
+        (bin_dir / tool).write_text("#!/bin/sh\n")
+        (bin_dir / tool).chmod(0o755)
+    found = [f for f in check.check_host(disks, str(tmp_path)) if f.check == "layout tools"]
+    assert [f.level for f in found] == ["ok"]
 
 def test_hooks_that_are_not_xenlvms_or_bound_elsewhere_are_reported(tmp_path):
     (tmp_path / "sbc_pre").write_text("#!/bin/sh\nexit 0\n")

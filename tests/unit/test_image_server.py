@@ -21,11 +21,13 @@ from xenlvm.config.load import parse_config
 from xenlvm.config.model import SnapshotSpec, Volume
 from xenlvm.core.undo import UndoStack
 from xenlvm.errors import MountError
+from xenlvm.host import processes
 from xenlvm.host.fsutil import read_small
 from xenlvm.host.lvm import LogicalVolume
 from xenlvm.host.mounts import MountEntry
 from xenlvm.vmdisks import image_server
 from xenlvm.vmdisks import teardown as vmdisk_teardown
+from xenlvm.vmdisks.kind import image_server_status
 from xenlvm.vmdisks.target import VmDiskTarget
 
 JOB = "disks"
@@ -109,7 +111,7 @@ def test_stop_terminates_the_proven_server_and_is_idempotent(tmp_path):
     server = _server_like(paths.pid)
     try:
         _wait_for_exec(server)
-        _record(tmp_path, server.pid, image_server.process_start_time(server.pid))
+        _record(tmp_path, server.pid, processes.start_time(server.pid))
         assert image_server.state(str(tmp_path), JOB) == image_server.ServerState(
             server.pid, True, ("/nowhere/vm2/xvda.img",))
         found = image_server.stop(FakeRunner(), str(tmp_path), JOB, timeout=5)
@@ -128,7 +130,7 @@ def test_a_pid_with_another_start_time_is_never_signalled_and_post_says_the_serv
     server = _server_like(paths.pid)
     try:
         _wait_for_exec(server)
-        start_time = image_server.process_start_time(server.pid)
+        start_time = processes.start_time(server.pid)
         assert start_time is not None
         _record(tmp_path, server.pid, start_time - 1)  # the recorded server ended; its pid was reused
         found = image_server.stop(FakeRunner(), str(tmp_path), JOB, timeout=1)
@@ -184,9 +186,9 @@ def test_read_ahead_is_set_on_the_exports_backing_device_info_and_a_failure_only
 
 def test_status_shows_the_server_running_or_not_and_what_it_serves(tmp_path):
     config = parse_config(CONFIG.replace("jobs:\n", f"settings:\n  lock_dir: {tmp_path}\njobs:\n"))
-    assert status.image_server_status(config, config.jobs[JOB]) is None
+    assert image_server_status(image_server.state(config.settings.lock_dir, JOB)) is None
     _record(tmp_path, 4194305, 1)  # its process is gone
-    found = status.image_server_status(config, config.jobs[JOB])
+    found = image_server_status(image_server.state(config.settings.lock_dir, JOB))
     assert found == {"pid": 4194305, "running": False, "exports": ["/nowhere/vm2/xvda.img"]}
     report = {"job": JOB, "mountpoint": "/mnt/vmdisks", "volumes": [], "image_server": found,
               "last_runs": {}, "problems": []}
@@ -215,3 +217,21 @@ def test_a_fuse_image_below_the_mountpoint_is_unmounted_only_inside_xenlvms_own_
             with pytest.raises(MountError, match="something xenlvm did not mount"):
                 vmdisk_teardown.release(runner, job, [], 1.0)
             assert runner.argvs == []
+
+
+@pytest.mark.parametrize("text", ["0\n", "1\n"])
+def test_a_pid_file_naming_pid_0_or_init_is_no_trace_of_a_server(tmp_path, text):
+    Path(image_server.files(str(tmp_path), JOB).pid).write_text(text)
+    assert image_server.state(str(tmp_path), JOB) is None
+
+
+def test_the_record_names_what_each_export_serves_for_status_and_an_older_record_names_none(tmp_path):
+    paths = image_server.files(str(tmp_path), JOB)
+    exports = image_server.exports_of([spec("system", "vm2-disk", "vm2", "xvda"),
+                                       spec("data", "vm3-data", "vm3", "xvdb")])
+    image_server._write_record(paths.record, None, exports)
+    found = image_server.state(str(tmp_path), JOB)
+    assert found is not None and found.exports == ("/mnt/vmdisks/vm2/xvda.img", "/mnt/vmdisks/vm3/xvdb.img")
+    assert found.devices == ("/dev/mapper/system-vm2--disk.xenlvm", "/dev/mapper/data-vm3--data.xenlvm")
+    _record(tmp_path, 4194305, 1)  # as xenlvm before it wrote the devices
+    assert image_server.state(str(tmp_path), JOB).devices == ()

@@ -12,9 +12,11 @@ import pytest
 from tests.unit.fakes import Answer, FakeRunner
 from tests.unit.fakes import recorded as recorded_file
 from xenlvm.config.model import Job, SnapshotSpec, Volume, parse_size
+from xenlvm.core import ownership
+from xenlvm.core.ownership import job_tag
 from xenlvm.errors import CommandFailed, PreflightFailed, SafetyRefusal, XenlvmError
 from xenlvm.host import cow, lvm, lvm_messages
-from xenlvm.host.lvm import LogicalVolume, Lvm, device_path, job_tag, parse_lvs_json, parse_volume_group
+from xenlvm.host.lvm import LogicalVolume, Lvm, device_path, parse_lvs_json, parse_volume_group
 
 DATA = Path(__file__).parent / "data"
 
@@ -48,7 +50,7 @@ JOB = Job(name="xenvm", mountpoint="/mnt/vmbackup", volumes=(SPEC,), tasks=("xen
 def no_sleep(monkeypatch):
     """Retry loops run without waiting; the delays they asked for are recorded."""
     delays: list[float] = []
-    monkeypatch.setattr(lvm.time, "sleep", delays.append)
+    monkeypatch.setattr(ownership.time, "sleep", delays.append)
     return delays
 
 
@@ -67,7 +69,7 @@ def test_mounted_snapshot_row_becomes_a_typed_record():
     assert snapshot.is_snapshot
     assert not snapshot.invalid
     assert not snapshot.is_thin
-    assert snapshot.run_tag() == "xenlvm_run_20261129T213500_829"
+    assert ownership.run_of(snapshot) == "xenlvm_run_20261129T213500_829"
 
 
 def test_origin_row_has_no_fill_level_and_is_not_a_snapshot():
@@ -78,7 +80,7 @@ def test_origin_row_has_no_fill_level_and_is_not_a_snapshot():
     assert origin.tags == frozenset()
     assert not origin.is_snapshot
     assert not origin.invalid  # lv_snapshot_invalid is "unknown" for a non-snapshot
-    assert origin.run_tag() is None
+    assert ownership.run_of(origin) is None
     assert (origin.major, origin.minor) == (254, 0)
 
 
@@ -107,7 +109,7 @@ def test_thin_pool_report_keeps_pool_and_classic_snapshot_apart():
     snapshot = lvs["vmbackup"]
     assert snapshot.origin == "xenvm" and snapshot.pool == ""
     assert not snapshot.is_thin  # a classic (COW) snapshot of a thin volume
-    assert snapshot.owned_by(JOB, SPEC)
+    assert ownership.owns(JOB, SPEC, snapshot)
 
 
 def test_thin_volume_is_thin():
@@ -123,13 +125,13 @@ def test_thin_origin_with_a_classic_snapshot_is_thin():
 
 def test_snapshot_is_owned_by_the_job_whose_tags_origin_and_name_it_carries():
     snapshot = lvs_of("snapshot_mounted")["vmbackup"]
-    assert snapshot.owned_by(JOB, SPEC)
+    assert ownership.owns(JOB, SPEC, snapshot)
 
 
 def test_snapshot_is_not_owned_by_another_job():
     snapshot = lvs_of("snapshot_mounted")["vmbackup"]
     other = dataclasses.replace(JOB, name="other")
-    assert not snapshot.owned_by(other, SPEC)
+    assert not ownership.owns(other, SPEC, snapshot)
 
 
 @pytest.mark.parametrize("change", [
@@ -140,7 +142,7 @@ def test_snapshot_is_not_owned_by_another_job():
 def test_snapshot_is_not_owned_for_another_snapshot_name_or_volume(change):
     snapshot = lvs_of("snapshot_mounted")["vmbackup"]
     spec = dataclasses.replace(SPEC, **change)
-    assert not snapshot.owned_by(dataclasses.replace(JOB, volumes=(spec,)), spec)
+    assert not ownership.owns(dataclasses.replace(JOB, volumes=(spec,)), spec, snapshot)
 
 
 def test_snapshot_in_another_volume_group_is_not_owned():
@@ -148,7 +150,7 @@ def test_snapshot_in_another_volume_group_is_not_owned():
     text = recorded_with("snapshot_mounted", "vmbackup", vg_name="data")
     snapshot = {lv.name: lv for lv, _ in parse_lvs_json(text)}["vmbackup"]
     assert snapshot.vg == "data"
-    assert not snapshot.owned_by(JOB, SPEC)
+    assert not ownership.owns(JOB, SPEC, snapshot)
 
 
 @pytest.mark.parametrize("tags", [
@@ -160,17 +162,17 @@ def test_snapshot_in_another_volume_group_is_not_owned():
 def test_snapshot_without_both_tags_is_not_owned(tags):
     text = recorded_with("snapshot_mounted", "vmbackup", lv_tags=tags)
     snapshot = {lv.name: lv for lv, _ in parse_lvs_json(text)}["vmbackup"]
-    assert not snapshot.owned_by(JOB, SPEC)
+    assert not ownership.owns(JOB, SPEC, snapshot)
 
 
 def test_origin_is_never_owned():
-    assert not lvs_of("snapshot_mounted")["xenvm"].owned_by(JOB, SPEC)
+    assert not ownership.owns(JOB, SPEC, lvs_of("snapshot_mounted")["xenvm"])
 
 
 def test_snapshot_of_another_origin_with_our_tags_is_not_owned():
     text = recorded_with("snapshot_mounted", "vmbackup", origin="othervm")
     snapshot = {lv.name: lv for lv, _ in parse_lvs_json(text)}["vmbackup"]
-    assert not snapshot.owned_by(JOB, SPEC)
+    assert not ownership.owns(JOB, SPEC, snapshot)
 
 
 def test_volume_group_carries_its_space_and_its_volumes():
@@ -291,7 +293,8 @@ def test_other_lvs_failure_is_reported_as_it_is():
 def test_classic_snapshot_is_created_with_its_size_in_bytes_and_tags():
     runner = FakeRunner().on("lvcreate", "")
     origin = lvs_of("snapshot_mounted")["xenvm"]
-    Lvm(runner).create_snapshot(SPEC, origin, ["xenlvm", "xenlvm_job_xenvm", "xenlvm_run_1_2"])
+    Lvm(runner).create_snapshot(origin, "vmbackup", ["xenlvm", "xenlvm_job_xenvm", "xenlvm_run_1_2"],
+                                parse_size("1G").lvcreate_args())
 
     assert runner.changes == runner.argvs == [[
         "lvcreate", "--snapshot", "--name", "vmbackup",
@@ -302,7 +305,7 @@ def test_classic_snapshot_is_created_with_its_size_in_bytes_and_tags():
 def test_snapshot_sized_by_percent_is_created_with_extents():
     runner = FakeRunner().on("lvcreate", "")
     origin = lvs_of("snapshot_mounted")["xenvm"]
-    Lvm(runner).create_snapshot(dataclasses.replace(SPEC, size=parse_size("20%ORIGIN")), origin, ["xenlvm"])
+    Lvm(runner).create_snapshot(origin, "vmbackup", ["xenlvm"], parse_size("20%ORIGIN").lvcreate_args())
 
     [argv] = runner.argvs
     assert argv[argv.index("--extents") + 1] == "20%ORIGIN"
@@ -313,7 +316,7 @@ def test_snapshot_sized_by_percent_is_created_with_extents():
 def test_thin_snapshot_is_created_without_size_and_activated():
     runner = FakeRunner().on("lvcreate", "")
     origin = lvs_of("thin_pool_with_thick_snapshot")["xenvm"]
-    Lvm(runner).create_snapshot(dataclasses.replace(SPEC, size=None), origin, ["xenlvm"])
+    Lvm(runner).create_snapshot(origin, "vmbackup", ["xenlvm"], None)
 
     [argv] = runner.argvs
     assert argv[:4] == ["lvcreate", "--snapshot", "--name", "vmbackup"]
@@ -328,7 +331,7 @@ def test_remove_refuses_a_volume_without_xenlvm_tags_and_runs_nothing():
     runner = FakeRunner()
 
     with pytest.raises(SafetyRefusal) as caught:
-        Lvm(runner).remove_snapshot(JOB, SPEC, foreign)
+        ownership.remove_one(Lvm(runner), JOB, SPEC, foreign)
     assert runner.calls == []
     assert "system/vmbackup" in str(caught.value)
     assert "tags: none" in str(caught.value)
@@ -337,7 +340,7 @@ def test_remove_refuses_a_volume_without_xenlvm_tags_and_runs_nothing():
 def test_remove_refuses_the_origin_and_runs_nothing():
     runner = FakeRunner()
     with pytest.raises(SafetyRefusal):
-        Lvm(runner).remove_snapshot(JOB, SPEC, lvs_of("snapshot_mounted")["xenvm"])
+        ownership.remove_one(Lvm(runner), JOB, SPEC, lvs_of("snapshot_mounted")["xenvm"])
     assert runner.calls == []
 
 
@@ -345,11 +348,11 @@ def test_remove_refuses_our_snapshot_once_somebody_snapshotted_it_and_runs_nothi
     # lvremove --force of an origin removes its snapshots too, and --select only guards the LVs
     # named: a snapshot of xenlvm's snapshot (lv_attr 'o...') must stop the removal.
     ours = lvs_of("snapshot_mounted")["vmbackup"]
-    assert ours.owned_by(JOB, SPEC)
+    assert ownership.owns(JOB, SPEC, ours)
     runner = FakeRunner()
     with pytest.raises(SafetyRefusal, match="somebody made a snapshot of it"):
-        Lvm(runner).remove_snapshot(JOB, SPEC, dataclasses.replace(ours, attr="ori-a-----"))
-    failures = Lvm(runner).remove_snapshots(JOB, [(SPEC, dataclasses.replace(ours, attr="Owi-a-----"))])
+        ownership.remove_one(Lvm(runner), JOB, SPEC, dataclasses.replace(ours, attr="ori-a-----"))
+    failures = ownership.remove(Lvm(runner), JOB, [(SPEC, dataclasses.replace(ours, attr="Owi-a-----"))])
     assert list(failures) == ["system/vmbackup"] and isinstance(failures["system/vmbackup"], SafetyRefusal)
     assert runner.calls == []
 
@@ -363,7 +366,7 @@ def test_an_lvs_that_fails_after_one_lvremove_is_told_on_each_lv_and_does_not_st
     lvs_failed = CommandFailed(("lvs",), 5, "  Couldn't find device with uuid 3f2a.\n")
     runner = FakeRunner().on("lvremove", "").on("lvs", lvs_failed, lvs_failed).on("vgs", VGS, VGS)
 
-    failures = Lvm(runner).remove_snapshots(JOB, specs)
+    failures = ownership.remove(Lvm(runner), JOB, specs)
 
     assert sorted(failures) == ["system/vmbackup", "system/vmbackup2"]
     assert all(isinstance(f, XenlvmError) for f in failures.values())
@@ -376,7 +379,7 @@ def test_remove_refuses_a_tagged_snapshot_in_another_volume_group_and_runs_nothi
     runner = FakeRunner()
 
     with pytest.raises(SafetyRefusal) as caught:
-        Lvm(runner).remove_snapshot(JOB, SPEC, elsewhere)
+        ownership.remove_one(Lvm(runner), JOB, SPEC, elsewhere)
     assert runner.calls == []
     assert "data/vmbackup" in str(caught.value)
 
@@ -386,7 +389,7 @@ def test_each_volume_of_a_job_gets_its_own_snapshot_name_and_size():
     origin = lvs_of("snapshot_mounted")["xenvm"]
     second = SnapshotSpec(Volume("system", "data"), "databackup", "/mnt/vmbackup/data", parse_size("512M"))
     data = dataclasses.replace(origin, name="data")
-    Lvm(runner).create_snapshot(second, data, ["xenlvm"])
+    Lvm(runner).create_snapshot(data, second.snapshot, ["xenlvm"], second.size.lvcreate_args())
 
     assert runner.argvs == [["lvcreate", "--snapshot", "--name", "databackup", "--addtag", "xenlvm",
                              "--size", f"{512 << 20}b", "system/data"]]
@@ -417,7 +420,7 @@ def dm(tmp_path, monkeypatch):
 
 def test_remove_lets_lvm_check_the_job_tag_at_removal(no_sleep, dm):
     runner = FakeRunner().on("lvremove", REMOVED)
-    Lvm(runner).remove_snapshot(JOB, SPEC, SNAPSHOT)
+    ownership.remove_one(Lvm(runner), JOB, SPEC, SNAPSHOT)
 
     assert runner.changes == runner.argvs == [["lvremove", "--force", "--select", "lv_tags=xenlvm_job_xenvm",
                                                "system/vmbackup"]]
@@ -426,12 +429,12 @@ def test_remove_lets_lvm_check_the_job_tag_at_removal(no_sleep, dm):
 @pytest.mark.parametrize("release", sorted(MESSAGES["lvremove_removed_stdout"]))
 def test_a_removal_is_judged_by_the_device_being_gone_not_by_lvremoves_words(no_sleep, dm, release):
     for said in (lvremove_says("lvremove_removed_stdout", release), "", "  Something else entirely.\n"):
-        Lvm(FakeRunner().on("lvremove", said)).remove_snapshot(JOB, SPEC, SNAPSHOT)  # 254:3 is gone
+        ownership.remove_one(Lvm(FakeRunner().on("lvremove", said)), JOB, SPEC, SNAPSHOT)  # 254:3 is gone
 
 
 def test_remove_retries_while_the_snapshot_is_in_use(no_sleep, dm):
     runner = FakeRunner().on("lvremove", IN_USE, IN_USE, REMOVED).on("lvs", OPEN)
-    Lvm(runner).remove_snapshot(JOB, SPEC, SNAPSHOT, retry_for=60)
+    ownership.remove_one(Lvm(runner), JOB, SPEC, SNAPSHOT, retry_for=60)
 
     assert len(runner.argvs_of("lvremove")) == 3
     assert len(runner.argvs_of("lvs")) == 2  # each failure: is it open?
@@ -446,20 +449,20 @@ def test_every_releases_in_use_words_are_retried_even_when_lvs_no_longer_sees_it
     # whatever held it let go between lvremove and lvs: the words of any release still count
     failed = Answer(stderr=lvremove_says(kind, release), returncode=5)
     runner = FakeRunner().on("lvremove", failed, REMOVED).on("lvs", CLOSED)
-    Lvm(runner).remove_snapshot(JOB, SPEC, SNAPSHOT, retry_for=60)
+    ownership.remove_one(Lvm(runner), JOB, SPEC, SNAPSHOT, retry_for=60)
     assert len(runner.argvs_of("lvremove")) == 2
 
 
 def test_an_open_snapshot_is_retried_whatever_lvremove_said(no_sleep, dm):
     runner = FakeRunner().on("lvremove", Answer(stderr="  Unheard-of wording.", returncode=5), REMOVED)
-    Lvm(runner.on("lvs", OPEN)).remove_snapshot(JOB, SPEC, SNAPSHOT, retry_for=60)
+    ownership.remove_one(Lvm(runner.on("lvs", OPEN)), JOB, SPEC, SNAPSHOT, retry_for=60)
     assert len(runner.argvs_of("lvremove")) == 2
 
 
 def test_remove_gives_up_when_still_in_use_after_retry_time(no_sleep, dm):
     runner = FakeRunner().on("lvremove", IN_USE, REMOVED).on("lvs", OPEN)
     with pytest.raises(CommandFailed) as caught:
-        Lvm(runner).remove_snapshot(JOB, SPEC, SNAPSHOT, retry_for=0)
+        ownership.remove_one(Lvm(runner), JOB, SPEC, SNAPSHOT, retry_for=0)
     assert "in use" in caught.value.stderr
     assert len(runner.argvs_of("lvremove")) == 1
 
@@ -468,7 +471,7 @@ def test_remove_does_not_retry_other_failures(no_sleep, dm):
     failure = Answer(stderr="  Failed to update pool system/pool.", returncode=5)
     runner = FakeRunner().on("lvremove", failure, REMOVED).on("lvs", CLOSED)
     with pytest.raises(CommandFailed):
-        Lvm(runner).remove_snapshot(JOB, SPEC, SNAPSHOT, retry_for=60)
+        ownership.remove_one(Lvm(runner), JOB, SPEC, SNAPSHOT, retry_for=60)
     assert len(runner.argvs_of("lvremove")) == 1
     assert no_sleep == []
 
@@ -476,7 +479,7 @@ def test_remove_does_not_retry_other_failures(no_sleep, dm):
 def test_a_failed_remove_of_a_snapshot_that_is_gone_is_not_retried(no_sleep, dm):
     runner = FakeRunner().on("lvremove", IN_USE, REMOVED).on("lvs", GONE)
     with pytest.raises(CommandFailed):
-        Lvm(runner).remove_snapshot(JOB, SPEC, SNAPSHOT, retry_for=60)
+        ownership.remove_one(Lvm(runner), JOB, SPEC, SNAPSHOT, retry_for=60)
     assert len(runner.argvs_of("lvremove")) == 1
 
 
@@ -487,14 +490,14 @@ def test_remove_refuses_when_lvm_selected_nothing_to_remove(no_sleep, dm):
     said = MESSAGES["lvremove_select_matched_nothing_stdout"]["2.03.16"]
     runner = FakeRunner().on("lvremove", said)
     with pytest.raises(SafetyRefusal) as caught:
-        Lvm(runner).remove_snapshot(JOB, SPEC, SNAPSHOT)
+        ownership.remove_one(Lvm(runner), JOB, SPEC, SNAPSHOT)
     assert "left untouched" in str(caught.value)
     assert runner.argvs_of("lvs") == []  # the kernel told; no lvs
 
 
 def test_another_device_with_the_old_numbers_is_not_the_snapshot(no_sleep, dm):
     dm("254:3", "system-other")
-    Lvm(FakeRunner().on("lvremove", "")).remove_snapshot(JOB, SPEC, SNAPSHOT)
+    ownership.remove_one(Lvm(FakeRunner().on("lvremove", "")), JOB, SPEC, SNAPSHOT)
 
 
 @pytest.mark.parametrize(("after", "refused"), [("lvs_snapshot_inactive.json", True),
@@ -504,15 +507,15 @@ def test_an_inactive_snapshot_is_looked_up_with_lvs_after_removal(no_sleep, dm, 
     runner = FakeRunner().on("lvremove", "").on("lvs", recorded_file(after))
     if refused:
         with pytest.raises(SafetyRefusal):
-            Lvm(runner).remove_snapshot(JOB, SPEC, inactive["vmbackup"])
+            ownership.remove_one(Lvm(runner), JOB, SPEC, inactive["vmbackup"])
     else:
-        Lvm(runner).remove_snapshot(JOB, SPEC, inactive["vmbackup"])
+        ownership.remove_one(Lvm(runner), JOB, SPEC, inactive["vmbackup"])
     assert len(runner.argvs_of("lvs")) == 1
 
 
 def test_remove_in_a_dry_run_only_announces_the_command(no_sleep):
     runner = FakeRunner(dry_run=True)
-    Lvm(runner).remove_snapshot(JOB, SPEC, SNAPSHOT)
+    ownership.remove_one(Lvm(runner), JOB, SPEC, SNAPSHOT)
     assert [call.kind for call in runner.calls] == ["would change"]
 
 

@@ -242,13 +242,12 @@ def test_post_reads_which_snapshots_the_guard_guarded_from_its_spec(tmp_path):
 
 
 def test_post_finds_the_guarded_snapshots_that_vanished_from_lvs_as_it_read_them_before_teardown():
-    def found(report: str) -> post._Found:
-        vgs = Lvm(FakeRunner().on("lvs", Answer(report))).volume_groups(["system"])
-        return post._Found(dict(vgs), None, [], {}, [])
+    def found(report: str) -> dict:
+        return dict(Lvm(FakeRunner().on("lvs", Answer(report))).volume_groups(["system"]))
 
     assert post._vanished(found(at("50.00")), [GUARDED]) == []
     assert post._vanished(found(lvs_with(RECORDED, drop=["tvmbackup"])), [GUARDED]) == ["system/tvmbackup"]
-    unknown = post._Found({"system": None}, None, [], {}, [])
+    unknown = {"system": None}
     assert post._vanished(unknown, [GUARDED]) == []  # a VG lvs could not read: not judged
 
 

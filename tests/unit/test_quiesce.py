@@ -28,6 +28,7 @@ from xenlvm.config.model import (
 )
 from xenlvm.core import state
 from xenlvm.errors import CommandFailed, ConfigError
+from xenlvm.host import processes
 from xenlvm.host.runner import Runner
 from xenlvm.phases import post, pre
 from xenlvm.quiesce import check as quiesce_check
@@ -271,7 +272,7 @@ def test_windows_freeze_before_the_pause_and_thaw_after_the_unpause(tmp_path):
     @contextlib.contextmanager
     def cm(what, names):
         events.append(f"{what} {','.join(names)}")
-        yield {} if what == "freeze" else windows.xen.Window(ms=1.0)
+        yield {} if what == "freeze" else windows.xen.PauseTiming(ms=1.0)
         events.append(f"un{what} {','.join(names)}")
 
     planned = [windows.Window(("vm1",), ("a",)), windows.Window(("vm2", "vm3"), ("b", "c"))]
@@ -482,13 +483,15 @@ def test_status_tells_each_domains_consistency_and_a_guest_left_frozen():
 
 
 def test_auto_leaves_an_excluded_domain_out_unless_it_shares_a_volume_that_is_backed_up(caplog):
+    from xenlvm.phases import kinds
     from xenlvm.xen import domains as xen
     job = Job(name="vms", mountpoint="/mnt/vms", volumes=(), xen=XenSettings(domains=AUTO),
               vmdisks=VmDiskSettings(domains=AUTO, size=parse_size("16M"), exclude=("vm3", "vm4")))
     view = xl_for({"vm2": [disk("/dev/system/vm2-disk", "xvda")],
                    "vm3": [disk("/dev/system/vm3-disk", "xvda")],
                    "vm4": [disk("/srv/xenvm/vm4/disk.img", "xvda")]}).view()
-    chosen = xen.select_domains(job, view, ["/srv/xenvm"], disk_domains=["vm2"])
+    chosen = xen.select_domains(job, view, ["/srv/xenvm"], disk_domains=["vm2"],
+                                excluded=kinds.excluded_domains(job))
     assert [d.name for d in chosen] == ["vm2", "vm4"]  # vm4's file lies on the backed-up volume
     assert "domain vm4 is excluded (vmdisks.exclude) but has a disk on a volume" in caplog.text
     assert "vm3" not in caplog.text
@@ -541,7 +544,7 @@ def test_the_record_names_the_running_freezes_process_group_with_its_start_time(
 def start_group() -> tuple[object, tuple[int, int]]:
     import subprocess
     proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    return proc, (proc.pid, quiesce_record.process_start(proc.pid))
+    return proc, (proc.pid, processes.start_time(proc.pid))
 
 
 def test_who_thaws_a_killed_runs_guests_first_kills_its_proven_freeze(tmp_path):
@@ -730,13 +733,13 @@ def test_a_domain_name_that_would_become_an_option_is_never_frozen(tmp_path, cap
 
 
 def test_an_exclude_that_names_no_domain_is_warned_about_in_check():
-    from xenlvm.admin import check
+    from xenlvm.vmdisks import kind as vmdisk_kind
     from xenlvm.vmdisks import target as vmdisk_target
     job = vmdisk_job(("vm3", "vm9", "vm8/xvdb", "vm2/xvdc"))
     view = xl_for({"vm2": [disk("/dev/system/vm2-disk", "xvda")],
                    "vm3": [disk("/dev/system/vm3-disk", "xvda")]}).view()
     assert vmdisk_target.unmatched_excludes(job, view) == ["vm9", "vm8/xvdb"]
-    findings, _ = check._check_vmdisks(job, view, VGS, "/usr/sbin:/usr/bin:/sbin:/bin")
+    findings, _ = vmdisk_kind.check_disks(job, view, VGS, "/usr/sbin:/usr/bin:/sbin:/bin")
     assert [f.message for f in findings if f.level == "warn"] == [
         f"vmdisks.exclude: {item!r} names no domain xl knows (a typo?): nothing is left out for it"
         for item in ("vm9", "vm8/xvdb")]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from xenlvm.core.undo import UndoStack
-from xenlvm.errors import LockTimeout, XenlvmError
+from xenlvm.core.undo import UndoStack, taken_down
+from xenlvm.errors import CleanupFailed, LockTimeout, XenlvmError
 from xenlvm.host.lock import JobLock
 
 # ---------------------------------------------------------------------------------------------
@@ -56,6 +56,32 @@ def test_every_failing_step_is_reported():
     undo.push("first", fail("one"))
     undo.push("second", fail("two"))
     assert undo.unwind() == ["second: two", "first: one"]
+
+
+def test_what_a_step_set_up_for_itself_is_taken_down_when_it_ends_well_or_not():
+    done: list[str] = []
+    with taken_down() as undo:
+        undo.push("detach /dev/loop7", lambda: done.append("losetup"))
+        undo.push("unmount /tmp/x", lambda: done.append("umount"))
+    assert done == ["umount", "losetup"]
+    with pytest.raises(RuntimeError, match="cp failed"), taken_down() as undo:
+        undo.push("unmount /tmp/x", lambda: done.append("umount again"))
+        raise RuntimeError("cp failed")
+    assert done[-1] == "umount again"
+
+
+def test_a_failed_take_down_is_told_beside_the_steps_own_error():
+    def busy() -> None:
+        raise OSError("target is busy")
+
+    with pytest.raises(CleanupFailed) as caught, taken_down() as undo:
+        undo.push("unmount /tmp/x", busy)
+        raise RuntimeError("cp failed")
+    assert str(caught.value) == "cp failed; cleaning up ALSO failed: unmount /tmp/x: target is busy"
+    assert isinstance(caught.value.original, RuntimeError)
+    with pytest.raises(CleanupFailed, match="^cleaning up failed: unmount /tmp/x: target is busy$"), \
+            taken_down() as undo:
+        undo.push("unmount /tmp/x", busy)
 
 
 def test_unwind_empties_the_stack_so_nothing_is_undone_twice():

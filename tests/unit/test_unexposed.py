@@ -18,6 +18,7 @@ from xenlvm.vmdisks import expose as vmdisks
 from xenlvm.vmdisks import image_copy as vmdisk_copy
 from xenlvm.vmdisks import target as vmdisk_target
 from xenlvm.vmdisks import unexposed
+from xenlvm.vmdisks.model import Exposure
 
 __all__ = ["devices"]  # test_vmdisks.py's autouse fixture: the disks' device numbers
 
@@ -158,7 +159,7 @@ def test_an_image_server_that_does_not_start_fails_the_fallback_disks_alone(tmp_
     assert not (tmp_path / "vm2" / "xvda.img").exists()  # no empty image left in the tree
     assert not (tmp_path / "lock" / "disks.images.json").exists()
     expose_image = dataclasses.replace(job(), vmdisks=dataclasses.replace(job().vmdisks, expose="image"))
-    target.how = "image"
+    target.how = Exposure.IMAGE
     with pytest.raises(CommandFailed):  # expose: image: the server is the backup, its failure fails pre
         vmdisk_target.serve_images(ctx, expose_image, [target], UndoStack())
 

@@ -13,10 +13,12 @@ import pytest
 from tests.unit.fakes import FakeRunner, recorded
 from xenlvm.config.load import parse_config
 from xenlvm.config.model import AUTO, Job, VmDiskSettings, parse_size
+from xenlvm.core import ownership
 from xenlvm.core.undo import UndoStack
 from xenlvm.errors import ConfigError, PreflightFailed
 from xenlvm.host.lvm import LogicalVolume, VolumeGroup
 from xenlvm.host.mounts import MountEntry
+from xenlvm.host.xl import Xl
 from xenlvm.vmdisks import expose as vmdisks
 from xenlvm.vmdisks import target as vmdisk_target
 from xenlvm.vmdisks import teardown as vmdisk_teardown
@@ -59,7 +61,7 @@ def disk(path: str, vdev: str, **extra) -> dict:
     return {"pdev_path": path, "vdev": vdev, "backend": "phy", "format": "raw", "readwrite": 1, **extra}
 
 
-def xl_for(domains: dict[str, list[dict]]) -> xen.Xl:
+def xl_for(domains: dict[str, list[dict]]) -> Xl:
     """xl on a host running Domain-0 and the given domains with their disks: `xl list` and
     `xl list -l` in the layout of the recorded Xen 4.17 output (tests/unit/data)."""
     names = ["Domain-0", *domains]
@@ -69,7 +71,7 @@ def xl_for(domains: dict[str, list[dict]]) -> xen.Xl:
                                            **({"disks": domains[name]} if domains.get(name) else {})}}
                for domid, name in enumerate(names)]
     runner = FakeRunner().on("xl list", listing).on("xl list -l", json.dumps(records, indent=4))
-    return xen.Xl(runner, 5.0)
+    return Xl(runner, 5.0)
 
 
 def job(domains=AUTO, missing="warn", expose="files") -> Job:
@@ -78,7 +80,7 @@ def job(domains=AUTO, missing="warn", expose="files") -> Job:
                                       expose=expose))
 
 
-def discover(job: Job, xl: xen.Xl, vgs: dict[str, VolumeGroup]) -> list[vmdisk_target.VmDiskTarget]:
+def discover(job: Job, xl: Xl, vgs: dict[str, VolumeGroup]) -> list[vmdisk_target.VmDiskTarget]:
     """The job's VM disk targets, from xl's answers as pre's inventory reads them."""
     return vmdisk_target.discover(job, xl.view(), vgs)
 
@@ -191,10 +193,10 @@ def test_only_lvs_with_all_three_tags_are_the_jobs_disk_snapshots():
         "d.xenlvm": lv("d.xenlvm", (254, 8), origin="d", tags=frozenset({"xenlvm", "xenlvm_vmdisk",
                                                                            "xenlvm_job_other"})),
     })
-    found = vmdisks.job_snapshots(job(), {"system": group})
+    found = ownership.vm_disk_snapshots(job(), {"system": group})
     assert [s.name for s in found] == ["a.xenlvm"]
-    spec = vmdisks.spec_of(job(), found[0])
-    assert found[0].owned_by(job(), spec)
+    spec = ownership.vm_disk_spec(job(), found[0])
+    assert ownership.owns(job(), spec, found[0])
 
 
 def test_a_disk_snapshot_renamed_out_of_xenlvms_naming_is_not_the_jobs_whatever_its_tags(caplog):
@@ -204,12 +206,12 @@ def test_a_disk_snapshot_renamed_out_of_xenlvms_naming_is_not_the_jobs_whatever_
     kept = lv("vm2-disk.keep-for-forensics", (254, 9), origin="vm2-disk", tags=tags)
     group = VolumeGroup("system", 0, 0, 0, {kept.name: kept})
     with caplog.at_level(logging.DEBUG, "xenlvm"):
-        assert vmdisks.job_snapshots(job(), {"system": group}) == []
+        assert ownership.vm_disk_snapshots(job(), {"system": group}) == []
     assert "renamed to be kept, so xenlvm leaves it alone" in caplog.text
     # and the proof of ownership checks the name too: the spec is xenlvm's, not the LV's
-    spec = vmdisks.spec_of(job(), kept)
+    spec = ownership.vm_disk_spec(job(), kept)
     assert spec.snapshot == "vm2-disk.xenlvm"
-    assert not kept.owned_by(job(), spec)
+    assert not ownership.owns(job(), spec, kept)
 
 
 def test_loop_devices_are_ours_only_when_backed_by_our_snapshot(tmp_path, monkeypatch):
@@ -313,9 +315,9 @@ RECORDED_DEVICES = {"/dev/system/vm1-disk": (254, 11), "/dev/mapper/system-vm1--
                     "/dev/system/vm2-root": (254, 13), "/dev/dm-5": (254, 5), "/dev/dm-3": (254, 3)}
 
 
-def recorded_xl(release: str) -> xen.Xl:
+def recorded_xl(release: str) -> Xl:
     runner = FakeRunner().on("xl list", recorded(f"xl_list_xen-{release}.txt"))
-    return xen.Xl(runner.on("xl list -l", recorded(f"xl_list_l_xen-{release}.json")), 5.0)
+    return Xl(runner.on("xl list -l", recorded(f"xl_list_l_xen-{release}.json")), 5.0)
 
 
 @pytest.mark.parametrize("release", ["4.11", "4.17"])
@@ -344,7 +346,7 @@ def test_named_domains_are_found_in_recorded_xl_output(monkeypatch, release):
 
 def test_xl_set_to_sxp_output_fails_discovery_saying_what_to_set():
     runner = FakeRunner().on("xl list", recorded("xl_list_xen-4.17.txt"))
-    xl = xen.Xl(runner.on("xl list -l", recorded("xl_list_l_sxp_xen-4.17.txt")), 5.0)
+    xl = Xl(runner.on("xl list -l", recorded("xl_list_l_sxp_xen-4.17.txt")), 5.0)
     with pytest.raises(xen.XenError, match="set output_format to json in /etc/xen/xl.conf"):
         discover(job(), xl, RECORDED_VGS)
 

@@ -28,7 +28,7 @@ from xenlvm.core import state
 from xenlvm.errors import CommandFailed
 from xenlvm.host import interrupts
 from xenlvm.host.mounts import MountEntry
-from xenlvm.phases import pre
+from xenlvm.phases import kinds, pre
 from xenlvm.targets.volume import VolumeTarget
 from xenlvm.vmdisks.target import VmDiskTarget
 from xenlvm.xen import domains as xen
@@ -77,10 +77,10 @@ def test_the_default_is_per_domain_with_vmdisks_and_together_for_volumes_only():
         disks = VmDiskSettings(domains=AUTO, size=parse_size("1G")) if vmdisks else None
         return Job(name="j", volumes=(), mountpoint="/mnt/j", vmdisks=disks,
                    xen=XenSettings(domains=AUTO, window=window))
-    assert windows.mode_of(job(vmdisks=True)) == windows.PER_DOMAIN
-    assert windows.mode_of(job()) == windows.TOGETHER
-    assert windows.mode_of(job(WindowMode.PER_DOMAIN)) == windows.PER_DOMAIN
-    assert windows.mode_of(job(WindowMode.TOGETHER, vmdisks=True)) == windows.TOGETHER
+    assert kinds.window_mode(job(vmdisks=True)) == windows.PER_DOMAIN
+    assert kinds.window_mode(job()) == windows.TOGETHER
+    assert kinds.window_mode(job(WindowMode.PER_DOMAIN)) == windows.PER_DOMAIN
+    assert kinds.window_mode(job(WindowMode.TOGETHER, vmdisks=True)) == windows.TOGETHER
 
 
 def test_a_domain_uses_its_own_disks_any_origin_it_has_as_a_disk_and_volumes_holding_its_files(monkeypatch):
@@ -97,7 +97,8 @@ def test_a_domain_uses_its_own_disks_any_origin_it_has_as_a_disk_and_volumes_hol
                xen.Domain("vm2", 2, False, ("/dev/mapper/system-vm2--disk",)),  # another path to it
                xen.Domain("vm3", 3, False, ()),
                xen.Domain("vm4", 4, False, ("/dev/system/shared",))]
-    uses = windows.domain_uses(domains, [volume, vm2_disk, shared], mounts)
+    volume, vm2_disk, shared = snapshots = [t.window_snapshot(mounts) for t in (volume, vm2_disk, shared)]
+    uses = windows.domain_uses(domains, snapshots)
     assert uses == {"vm1": {volume}, "vm2": {vm2_disk}, "vm3": {shared}, "vm4": {shared}}
     assert [w.domains for w in windows.plan([volume, vm2_disk, shared], uses, windows.PER_DOMAIN)] == [
         ("vm1",), ("vm2",), ("vm3", "vm4")]

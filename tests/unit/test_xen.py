@@ -11,6 +11,7 @@ import pytest
 from tests.unit.fakes import Answer, FakeRunner, Timeout, recorded
 from xenlvm.config.load import parse_config
 from xenlvm.errors import CommandFailed, FileError, PreflightFailed
+from xenlvm.host.xl import Xl, disk_paths, parse_xl_list, parse_xl_list_long
 from xenlvm.xen import domains as xen
 from xenlvm.xen import export as xen_export
 
@@ -26,12 +27,12 @@ def no_sleep(monkeypatch):
     return delays
 
 
-def xl_of(release: str = "4.17", **answers) -> xen.Xl:
+def xl_of(release: str = "4.17", **answers) -> Xl:
     runner = FakeRunner().on("xl list", recorded(f"xl_list_xen-{release}.txt"))
     runner.on("xl list -l", recorded(f"xl_list_l_xen-{release}.json"))
     for command, answer in answers.items():
         runner.on(command.replace("_", " "), *answer)
-    return xen.Xl(runner, 5.0)
+    return Xl(runner, 5.0)
 
 
 def job(domains="auto", missing="warn", volume="system/xenvm"):
@@ -53,23 +54,23 @@ def job(domains="auto", missing="warn", volume="system/xenvm"):
 
 @pytest.mark.parametrize("release", RELEASES)
 def test_xl_list_gives_every_domain_with_its_id_and_whether_it_is_paused(release):
-    assert xen.parse_xl_list(recorded(f"xl_list_xen-{release}.txt")) == {
+    assert parse_xl_list(recorded(f"xl_list_xen-{release}.txt")) == {
         "Domain-0": (0, False), "vm1": (1, False), "vm2": (3, False), "vm3": (4, True)}
 
 
 @pytest.mark.parametrize("release", RELEASES)
 def test_xl_list_l_gives_each_domains_record_and_its_disks(release):
-    records = xen.parse_xl_list_long(recorded(f"xl_list_l_xen-{release}.json"))
+    records = parse_xl_list_long(recorded(f"xl_list_l_xen-{release}.json"))
     assert list(records) == ["Domain-0", "vm1", "vm2", "vm3"]
-    assert xen.disk_paths(records["Domain-0"]) == ()  # no "disks" at all: empty arrays are left out
-    assert xen.disk_paths(records["vm1"]) == ("/dev/system/vm1-disk", "/dev/mapper/system-vm1--swap",
+    assert disk_paths(records["Domain-0"]) == ()  # no "disks" at all: empty arrays are left out
+    assert disk_paths(records["vm1"]) == ("/dev/system/vm1-disk", "/dev/mapper/system-vm1--swap",
                                               "/srv/xenvm/vm1/data.img")
-    assert xen.disk_paths(records["vm3"]) == ("/dev/dm-3", "/var/lib/xen/images/vm3-data.qcow2")  # no CD
+    assert disk_paths(records["vm3"]) == ("/dev/dm-3", "/var/lib/xen/images/vm3-data.qcow2")  # no CD
 
 
 def test_sxp_output_says_to_set_json_in_xl_conf():
     with pytest.raises(xen.XenError) as caught:
-        xen.parse_xl_list_long(recorded("xl_list_l_sxp_xen-4.17.txt"))
+        parse_xl_list_long(recorded("xl_list_l_sxp_xen-4.17.txt"))
     assert "set output_format to json in /etc/xen/xl.conf" in str(caught.value)
 
 
@@ -82,13 +83,13 @@ def test_sxp_output_says_to_set_json_in_xl_conf():
                                   '[{"config": {"c_info": {"name": "vm1"}, "disks": [{"vdev": null}]}}]'])
 def test_xl_list_l_output_that_is_not_xls_is_a_xen_error(text):
     with pytest.raises(xen.XenError, match="cannot understand the output of 'xl list -l'"):
-        xen.parse_xl_list_long(text)
+        parse_xl_list_long(text)
 
 
 def test_xl_list_output_with_a_column_that_is_not_a_number_is_a_xen_error():
     text = recorded("xl_list_xen-4.17.txt").replace("    1  1024", "    x  1024")
     with pytest.raises(xen.XenError, match="cannot understand the output of 'xl list'"):
-        xen.parse_xl_list(text)
+        parse_xl_list(text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,10 +137,10 @@ VM1_PAUSED = RUNNING.replace("-b----     812.0", "--p---     812.0")
 
 def test_the_window_pauses_runs_the_body_and_resumes_and_forgets_the_record(tmp_path):
     xl, record = paused_host(tmp_path, xl_pause=[""], xl_unpause=[""])
-    with xen.paused(xl, [domain("vm1"), domain("vm3", paused=True)], record) as window:
+    with xen.paused(xl, [domain("vm1")], record) as window:
         assert record.read() == ["vm1"]  # written before the pause
         assert window.ms is None  # measured when it closes
-    assert xl.runner.changes == [["xl", "pause", "vm1"], ["xl", "unpause", "vm1"]]  # vm3 stays paused
+    assert xl.runner.changes == [["xl", "pause", "vm1"], ["xl", "unpause", "vm1"]]
     assert record.read() == [] and window.ms is not None and window.ms >= 0
 
 
@@ -189,7 +190,7 @@ def test_resume_when_xl_list_fails_assumes_still_paused_and_retries(tmp_path):
 
 def test_nothing_to_pause_runs_no_xl(tmp_path):
     xl, record = paused_host(tmp_path)
-    with xen.paused(xl, [domain("vm3", paused=True)], record):
+    with xen.paused(xl, [], record):
         pass
     assert xl.runner.changes == []
 
@@ -269,7 +270,7 @@ def test_export_writes_each_domains_record_and_its_config_files(tmp_path):
     (etc / "vm1.cfg").write_text('name = "vm1"\nmemory = 1024\n')
     (etc / "auto" / "vm2.cfg").write_text("name='vm2'\n")
     (etc / "other.cfg").write_text('name = "other"\n')
-    records = xen.parse_xl_list_long(recorded("xl_list_l_xen-4.17.json"))
+    records = parse_xl_list_long(recorded("xl_list_l_xen-4.17.json"))
     domains = [xen.Domain(n, 1, False, (), records[n]) for n in ("vm1", "vm2")]
     xen_export.export_configuration(job(), domains, str(tmp_path / "out"), str(etc))
     written = sorted(p.name for p in (tmp_path / "out").iterdir())

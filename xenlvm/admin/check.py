@@ -5,25 +5,31 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 
 from xenlvm.admin import install
 from xenlvm.config.load import permission_problem
 from xenlvm.config.model import Config, Job
-from xenlvm.core import preflight
-from xenlvm.core.inventory import read_tolerant, read_xl
+from xenlvm.core import ownership, preflight
+from xenlvm.core.inventory import Inventory, read_tolerant, read_xl
 from xenlvm.core.preflight import Finding
 from xenlvm.errors import XenlvmError
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.fsutil import closed_to_others
-from xenlvm.host.lvm import LogicalVolume, VolumeGroup, vg_not_found_message
+from xenlvm.host.lvm import LogicalVolume, vg_not_found_message
 from xenlvm.host.runner import Runner, which
+from xenlvm.host.xl import XlView
+from xenlvm.phases import kinds
 from xenlvm.quiesce import check as quiesce_check
+from xenlvm.targets.base import Target
 from xenlvm.thinpool import space as thinpool
-from xenlvm.vmdisks import image_server
-from xenlvm.vmdisks import target as vmdisk_target
 from xenlvm.xen import domains as xen
 
-LVM_TOOLS = ("lvs", "lvcreate", "lvremove", "mount", "umount", "blkid", "losetup", "partx")
+# The programs pre and post run, which check must find on settings.path for every job (lvm2:
+# the snapshots and the watchdog's lvextend; util-linux: mounts, filesystem probes, loop devices
+# and partition tables); a kind adds its own (Kind.host_findings).
+HOST_TOOLS = ("lvs", "lvcreate", "lvremove", "lvextend", "vgs",
+              "mount", "umount", "blkid", "losetup", "partx")
 
 
 def check_host(config: Config, hook_dir: str) -> list[Finding]:
@@ -34,11 +40,15 @@ def check_host(config: Config, hook_dir: str) -> list[Finding]:
     if os.geteuid() != 0:
         findings.append(Finding("warn", "root", "not running as root: some checks may be incomplete, and "
                                 "pre/post must run as root"))
-    tools = list(LVM_TOOLS) + (["xl"] if any(j.xen or j.vmdisks for j in config.jobs.values()) else [])
+    jobs = config.jobs.values()
+    tools = [*HOST_TOOLS, *(["xl"] if any(kinds.scope(j).xl for j in jobs) else [])]
     missing = [t for t in tools if which(t, config.settings.path) is None]
     findings.append(Finding("fail", "tools", f"not found on {config.settings.path}: {', '.join(missing)}; "
                             "install them (lvm2, util-linux, xen-utils) or set settings.path")
                     if missing else Finding("ok", "tools", f"found {', '.join(tools)}"))
+    for finding in (f for job in jobs for kind in kinds.of(job) for f in kind.host_findings(config, job)):
+        if finding not in findings:  # once for the host, however many jobs have the kind
+            findings.append(finding)
     findings += check_hooks(hook_dir)
     return findings
 
@@ -67,62 +77,71 @@ def check_hooks(hook_dir: str) -> list[Finding]:
 
 def check_job(config: Config, runner: Runner, job: Job, try_quiesce: bool = False) -> list[Finding]:
     """What pre would find for the job; try_quiesce: also freeze and thaw each of its domains."""
+    scope = kinds.scope(job)
     try:  # the host through the inventory: one lvs, the mount table; xl once, below
-        host = read_tolerant(runner, job)
+        host = read_tolerant(runner, scope)
     except XenlvmError as exc:
         return [Finding("fail", "origin", str(exc))]
     if host.missing_vgs:
         return [Finding("fail", "origin", vg_not_found_message(vg)) for vg in host.missing_vgs]
-    vgs, mounts = host.vgs, host.mounts
-    findings = [preflight.check_mountpoint(job.mountpoint, mounts, _own_snapshot_at(job, vgs))]
-    findings += preflight.check_job_volumes(job, vgs)
+    findings = kinds.check_targets(job, job.volumes, host.vgs, host.mounts, _own_snapshot(job, host))
     findings += _check_reach(job)
-    findings += thinpool.check_thin_pools(job, job.volumes, vgs)
-    for spec in job.volumes:
-        if spec.mountpoint != job.mountpoint and os.path.lexists(spec.mountpoint):
-            own = vgs[spec.origin.vg].get(spec.snapshot)
-            findings.append(preflight.check_mountpoint(spec.mountpoint, mounts, own))
-    origins = [vgs[s.origin.vg].lvs[s.origin.lv] for s in job.volumes if vgs[s.origin.vg].get(s.origin.lv)]
-    xl: xen.XlView | XenlvmError | None = None
+    xl: XlView | XenlvmError | None = None
     try:
-        xl = read_xl(runner, job)
+        xl = read_xl(runner, job, scope)
     except XenlvmError as exc:  # said by each check that needs xl
         xl = exc
-    disk_domains: list[str] = []
-    if job.vmdisks is not None:
-        vmdisk_findings, disk_domains = _check_vmdisks(job, xl, vgs, config.settings.path)
-        findings += vmdisk_findings
+    planned: list[Target] = []
+    for kind in kinds.of(job):
+        kind_findings, targets = kind.check(config, job, host, xl)
+        findings += kind_findings
+        planned += targets
+    specs = [t.spec for t in planned]  # a kind's targets found on the host: checked as pre does
+    findings += preflight.check_job_volumes(job, host.vgs, specs)
+    findings += thinpool.check_thin_pools(job, specs, host.vgs)
     if job.xen is not None:
-        try:
-            if isinstance(xl, XenlvmError):
-                raise xl
-            assert xl is not None
-            paths = [e.mountpoint for origin in origins for e in mounts_mod.mounts_of(origin, mounts)]
-            domains = xen.select_domains(job, xl, paths, disk_domains)
-            findings.append(Finding("ok", "xen", f"domains to {job.xen.mode}: "
-                                    f"{', '.join(d.name for d in domains) or 'none'}"))
-        except XenlvmError as exc:
-            findings.append(Finding("fail", "xen", str(exc)))
-            domains = []
-        findings += quiesce_check.check_commands(job) + quiesce_check.check_leftover(config, job)
-        if try_quiesce:
-            running = [d.name for d in domains if not d.paused]
-            findings += quiesce_check.try_freeze(config, runner, job, running)
-        try:
-            left = xen.PauseRecord(config.settings.lock_dir, job.name).read()
-        except XenlvmError as exc:
-            findings.append(Finding("fail", "xen", str(exc)))
-            left = []
-        if left:
-            findings.append(Finding("fail", "xen", f"a killed run may have left {', '.join(left)} paused: "
-                                    "run 'xenlvm cleanup'"))
+        disk_domains = [d for d in (t.domain_of() for t in planned) if d]
+        findings += _check_xen(config, runner, job, host, xl, disk_domains, try_quiesce)
+    return findings
+
+
+def _check_xen(config: Config, runner: Runner, job: Job, host: Inventory, xl: xen.XlView | XenlvmError | None,
+               disk_domains: list[str], try_quiesce: bool) -> list[Finding]:
+    """The domains pre would pause, freezing them (try_quiesce), what a killed run left."""
+    assert job.xen is not None
+    findings = []
+    try:
+        if isinstance(xl, XenlvmError):
+            raise xl
+        assert xl is not None
+        origins = [host.vgs[s.origin.vg].lvs[s.origin.lv] for s in job.volumes
+                   if host.vgs[s.origin.vg].get(s.origin.lv)]
+        paths = [e.mountpoint for origin in origins for e in mounts_mod.mounts_of(origin, host.mounts)]
+        domains = xen.select_domains(job, xl, paths, disk_domains, kinds.excluded_domains(job))
+        findings.append(Finding("ok", "xen", f"domains to {job.xen.mode}: "
+                                f"{', '.join(d.name for d in domains) or 'none'}"))
+    except XenlvmError as exc:
+        findings.append(Finding("fail", "xen", str(exc)))
+        domains = []
+    findings += quiesce_check.check_commands(job) + quiesce_check.check_leftover(config, job)
+    if try_quiesce:
+        running = [d.name for d in domains if not d.paused]
+        findings += quiesce_check.try_freeze(config, runner, job, running)
+    try:
+        left = xen.PauseRecord(config.settings.lock_dir, job.name).read()
+    except XenlvmError as exc:
+        findings.append(Finding("fail", "xen", str(exc)))
+        left = []
+    if left:
+        findings.append(Finding("fail", "xen", f"a killed run may have left {', '.join(left)} paused: "
+                                "run 'xenlvm cleanup'"))
     return findings
 
 
 def _check_reach(job: Job) -> list[Finding]:
     """Whether dom0's other users can reach the job's volume snapshots. (VM disks are exposed on
     a tmpfs of root's alone; a volume's snapshot is mounted where the admin said.)"""
-    if not job.volumes or job.vmdisks is not None:
+    if not job.volumes or kinds.mounts_tree(job):
         return []
     several = job.volumes[0].mountpoint != job.mountpoint  # then mounted at <mountpoint>/<name>
     way = job.mountpoint if several else os.path.dirname(job.mountpoint)
@@ -137,37 +156,15 @@ def _check_reach(job: Job) -> list[Finding]:
                     f"it: {fix}")]
 
 
-def _check_vmdisks(job: Job, xl: xen.XlView | XenlvmError | None, every: dict[str, VolumeGroup],
-                   path: str) -> tuple[list[Finding], list[str]]:
-    """Which VM disks pre would snapshot now, whether image_dir has room for them (image-copy)
-    and the image server is installed (image); and their domains."""
-    try:
-        if isinstance(xl, XenlvmError):
-            raise xl
-        assert xl is not None
-        disks = vmdisk_target.discover(job, xl, every)
-    except XenlvmError as exc:
-        return [Finding("fail", "vmdisks", str(exc))], []
-    findings = [Finding("ok" if disks else "fail", "vmdisks", "VM disks to snapshot: " + (", ".join(
-        f"{d.domain}/{d.disk} ({d})" for d in disks) or "none found"))]
-    findings += preflight.check_job_volumes(job, every, [d.spec for d in disks])
-    findings += thinpool.check_thin_pools(job, [d.spec for d in disks], every)
-    findings += [Finding("warn", "vmdisks", f"vmdisks.exclude: {item!r} names no domain xl knows (a typo?): "
-                         "nothing is left out for it") for item in vmdisk_target.unmatched_excludes(job, xl)]
-    room = vmdisk_target.check_image_room(job, disks)
-    if room is not None:
-        findings.append(Finding("fail", "vmdisks", room))
-    missing = image_server.missing_program(job, path)
-    if missing is not None:
-        findings.append(Finding("fail", "vmdisks", missing))
-    return findings, [d.domain for d in disks]
-
-
-def _own_snapshot_at(job: Job, vgs: dict[str, VolumeGroup]) -> LogicalVolume | None:
-    """The job's snapshot mounted directly at the job's mountpoint (single-volume jobs), if any:
-    a mount there is then expected, not a problem."""
-    if len(job.volumes) != 1 or job.vmdisks is not None:
+def _own_snapshot(job: Job, host: Inventory) -> Callable[[str], LogicalVolume | None]:
+    """For check_targets: at a volume's own mountpoint, its snapshot (whoever's: the mountpoint's
+    check tells); at the job's mountpoint, the snapshot of the volume mounted there itself, when
+    it is the job's: a mount there is then expected, not a problem."""
+    def own(path: str) -> LogicalVolume | None:
+        for spec in job.volumes:
+            if spec.mountpoint == path:
+                snapshot = host.vgs[spec.origin.vg].get(spec.snapshot)
+                if path != job.mountpoint or (snapshot is not None and ownership.owns(job, spec, snapshot)):
+                    return snapshot
         return None
-    spec = job.volumes[0]
-    snapshot = vgs[spec.origin.vg].get(spec.snapshot)
-    return snapshot if snapshot is not None and snapshot.owned_by(job, spec) else None
+    return own

@@ -19,22 +19,21 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Callable
 from typing import Any
 
 from xenlvm.admin.restore import (
-    COPY_TIMEOUT,
     RestoreFailed,
-    Target,
+    RestoreTarget,
     check_target,
     confirm,
     lock,
     parse_target,
 )
-from xenlvm.errors import CleanupFailed, CommandFailed, UsageError, XenlvmError
+from xenlvm.core.undo import UndoStack, taken_down
+from xenlvm.errors import CommandFailed, UsageError, XenlvmError
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.fsutil import closed_to_others, is_below
-from xenlvm.host.runner import Runner
+from xenlvm.host.runner import COPY_TIMEOUT, Runner
 from xenlvm.vmdisks import layout
 
 log = logging.getLogger("xenlvm")
@@ -99,7 +98,7 @@ def sfdisk_script(table: dict[str, Any]) -> str:
 class DiskRebuild:
     """One restore-disk run: what it did so far, so that a failure can say where it stopped."""
 
-    def __init__(self, runner: Runner, target: Target, disk: dict[str, Any], folder: str) -> None:
+    def __init__(self, runner: Runner, target: RestoreTarget, disk: dict[str, Any], folder: str) -> None:
         self.runner, self.target, self.disk, self.folder = runner, target, disk, folder
         self.done: list[str] = []
         self.report: list[str] = []
@@ -140,7 +139,7 @@ class DiskRebuild:
         self.runner.change(["sfdisk", "--wipe", "always", "--no-tell-kernel", self.target.device],
                            input=sfdisk_script(table))
 
-    def _region(self, number: int | None, undo: _Cleanup) -> str:
+    def _region(self, number: int | None, undo: UndoStack) -> str:
         """The device that holds partition number (None: the whole LV): a loop device over it."""
         if number is None:
             return self.target.device
@@ -157,7 +156,7 @@ class DiskRebuild:
 
     def _filesystem(self, entry: dict[str, Any]) -> None:
         source = os.path.normpath(os.path.join(self.folder, entry["exposed_as"]))
-        with _Cleanup() as undo:
+        with taken_down() as undo:
             device = self._region(entry["partition"], undo)
             self.runner.change(mkfs_argv(entry, device))
             mountpoint = "/tmp/xenlvm-restore-XXXX" if self.runner.dry_run else \
@@ -174,36 +173,10 @@ class DiskRebuild:
                                     "but holds only part of the files") from None
 
     def _swap(self, entry: dict[str, Any]) -> None:
-        with _Cleanup() as undo:
+        with taken_down() as undo:
             device = self._region(entry["partition"], undo)
             self.runner.change(["mkswap"] + (["-U", entry["uuid"]] if entry["uuid"] else []) +
                                (["-L", entry["label"]] if entry["label"] else []) + [device])
-
-
-class _Cleanup:
-    """What a step set up (loop device, mount, directory), taken down in reverse when the step
-    ends, successful or not; a failure to take down is reported beside the step's own error."""
-
-    def __init__(self) -> None:
-        self.steps: list[tuple[str, Callable[[], Any]]] = []
-
-    def push(self, description: str, action: Callable[[], Any]) -> None:
-        self.steps.append((description, action))
-
-    def __enter__(self) -> _Cleanup:
-        return self
-
-    def __exit__(self, kind, error, _traceback) -> None:
-        failed = []
-        for description, action in reversed(self.steps):
-            try:
-                action()
-            except Exception as exc:  # every step gets its chance
-                log.error("could not %s: %s", description, exc)
-                failed.append(f"{description}: {exc}")
-        if failed:
-            also = f"{error}; cleaning up ALSO failed" if error is not None else "cleaning up failed"
-            raise CleanupFailed(f"{also}: {'; '.join(failed)}", error)
 
 
 def restore_disk(runner: Runner, source: str, target_text: str, *, yes: bool, xl_timeout: float,

@@ -22,15 +22,14 @@ from xenlvm.errors import CommandFailed, SafetyRefusal, UsageError, XenlvmError
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.lock import JobLock
 from xenlvm.host.lvm import LogicalVolume, Lvm, device_path
-from xenlvm.host.runner import Runner
+from xenlvm.host.runner import COPY_TIMEOUT, Runner
+from xenlvm.host.xl import Xl, disk_paths
 from xenlvm.increments import chain
 from xenlvm.increments import fileformat as increment
 from xenlvm.vmdisks import teardown as vmdisk_teardown
-from xenlvm.xen import domains as xen
 
 log = logging.getLogger("xenlvm")
 
-COPY_TIMEOUT = 24 * 3600.0
 SYS = "/sys"  # loop devices' backing files, device-mapper holders
 
 
@@ -39,7 +38,9 @@ class RestoreFailed(XenlvmError):
 
 
 @dataclass(frozen=True)
-class Target:
+class RestoreTarget:
+    """The LV a restore overwrites, proven free to be (not a target of pre: xenlvm.targets)."""
+
     volume: LogicalVolume
     device: str
 
@@ -56,7 +57,7 @@ def parse_target(text: str) -> tuple[str, str]:
     return volume.vg, volume.lv
 
 
-def check_target(runner: Runner, text: str, needed: int, xl_timeout: float) -> Target:
+def check_target(runner: Runner, text: str, needed: int, xl_timeout: float) -> RestoreTarget:
     """The target LV named by text, after proving that it can be overwritten with needed bytes;
     raise SafetyRefusal naming the first reason why not. Nothing is changed."""
     vg_name, lv_name = parse_target(text)
@@ -72,12 +73,12 @@ def check_target(runner: Runner, text: str, needed: int, xl_timeout: float) -> T
                             f"extend it (lvextend -L {needed}b {text}). Nothing was changed.")
     numbers = (volume.major, volume.minor)
     try:
-        records = xen.Xl(runner, xl_timeout).records()
+        records = Xl(runner, xl_timeout).records()
     except XenlvmError as exc:
         raise SafetyRefusal(f"cannot tell whether a domain has {text} as a disk: {exc}. Nothing was "
                             "changed.") from None
     for domain, record in records.items():
-        if any(mounts_mod.device_numbers(path) == numbers for path in xen.disk_paths(record)):
+        if any(mounts_mod.device_numbers(path) == numbers for path in disk_paths(record)):
             raise SafetyRefusal(f"the target {text} is a disk of domain {domain!r}, which exists (running"
                                 f" or paused): shut it down first (xl shutdown {domain}). Nothing was "
                                 "changed.")
@@ -95,11 +96,11 @@ def check_target(runner: Runner, text: str, needed: int, xl_timeout: float) -> T
     if snapshots:
         raise SafetyRefusal(f"the target {text} has snapshots ({', '.join(snapshots)}): remove them first "
                             "(for xenlvm's own: xenlvm post or xenlvm cleanup). Nothing was changed.")
-    if volume.attr[5:6] == "o":
+    if volume.is_open:
         raise SafetyRefusal(f"the target {text} is open (lvs shows 'o' in its attributes): a process or "
                             "a kernel user holds it (see 'fuser -v "
                             f"{device_path(vg_name, lv_name)}', 'dmsetup info'). Nothing was changed.")
-    return Target(volume, device_path(vg_name, lv_name))
+    return RestoreTarget(volume, device_path(vg_name, lv_name))
 
 
 def _holders(numbers: tuple[int, int]) -> list[str]:
@@ -110,7 +111,7 @@ def _holders(numbers: tuple[int, int]) -> list[str]:
         return []
 
 
-def confirm(target: Target, yes: bool, dry_run: bool, what: str) -> None:
+def confirm(target: RestoreTarget, yes: bool, dry_run: bool, what: str) -> None:
     if not yes and not dry_run:
         raise SafetyRefusal(f"{what} overwrites {target} ({target.device}) entirely. Run it with --dry-run "
                             "to see every command, then with --yes to do it. Nothing was changed.")
@@ -163,7 +164,7 @@ def restore_image(runner: Runner, image: str, target_text: str, *, yes: bool, xl
                 *_tail_note(target, info.st_size)]
 
 
-def _tail_note(target: Target, size: int) -> list[str]:
+def _tail_note(target: RestoreTarget, size: int) -> list[str]:
     """What the report says of a target larger than the disk written onto it."""
     if target.volume.size <= size:
         return []
@@ -172,7 +173,7 @@ def _tail_note(target: Target, size: int) -> list[str]:
             "with 'sfdisk --relocate gpt-bak-std')"]
 
 
-def discard(runner: Runner, target: Target) -> bool:
+def discard(runner: Runner, target: RestoreTarget) -> bool:
     """Discard a thin target whole, so that only the data blocks need to be written (it stays
     thin; the rest reads as zeros). Return whether zeros may be skipped."""
     if not target.volume.is_thin:

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import time
 from typing import Any
 
-from xenlvm.config.model import AUTO, Config, Job, SnapshotSpec
-from xenlvm.core import preflight, state
-from xenlvm.core.inventory import Inventory, job_vg_names, read_tolerant
+from xenlvm.config.model import AUTO, Config, Job
+from xenlvm.core import ownership, preflight, state
+from xenlvm.core.inventory import Inventory, read_tolerant
 from xenlvm.errors import XenlvmError
 from xenlvm.host import cow
 from xenlvm.host import mounts as mounts_mod
-from xenlvm.host.lvm import VolumeGroup, vg_not_found_message
+from xenlvm.host.lvm import vg_not_found_message
 from xenlvm.host.runner import Runner
+from xenlvm.host.xl import Xl
+from xenlvm.phases import kinds
 from xenlvm.quiesce import freeze as quiesce
-from xenlvm.vmdisks import expose as vmdisks
-from xenlvm.vmdisks import image_server, unexposed
+from xenlvm.targets.base import Kind, Shown
 from xenlvm.xen import domains as xen
 
 
@@ -31,29 +31,23 @@ def lv_age(created: str, now: float) -> float | None:
 
 
 def job_status(config: Config, runner: Runner, job: Job, now: float | None = None) -> dict[str, Any]:
-    """Given a job, return its snapshots, mounts, domains and last runs as plain data."""
+    """Given a job, return its snapshots (what each kind of target finds of it on the host, and
+    where each is really exposed), domains and last runs as plain data."""
     now = time.time() if now is None else now
     report: dict[str, Any] = {"job": job.name, "mountpoint": job.mountpoint, "problems": []}
     try:  # the host through the inventory: one lvs (all VGs for VM disks), the mount table
-        host = read_tolerant(runner, job)
+        host = read_tolerant(runner, kinds.scope(job))
     except XenlvmError as exc:
         report["problems"].append(str(exc))
         host = Inventory({}, mounts_mod.read_mounts())
     report["problems"] += [vg_not_found_message(vg) for vg in host.missing_vgs]
-    groups, mounts = host.vgs, host.mounts
-    named = job_vg_names(job)
-    report["problems"] += [f.message for f in preflight.check_volume_groups(named, groups)]
-    report["volumes"] = [_volume_status(config, job, spec, groups.get(spec.origin.vg), mounts, now)
-                         for spec in job.volumes]
-    if job.vmdisks is not None:  # the VM disk snapshots that exist now, found by their tags
-        snapshots = vmdisks.job_snapshots(job, groups)
-        report["volumes"] += [_volume_status(config, job, vmdisks.spec_of(job, lv), groups[lv.vg], mounts,
-                                             now) for lv in snapshots]
-        report["problems"] += [f.message for f in preflight.check_volume_groups(
-            (lv.vg for lv in snapshots if lv.vg not in named), groups)]
-        report["image_server"] = image_server_status(config, job)
-        report["not_exposed"] = [dataclasses.asdict(found) for found in
-                                 unexposed.read(config.settings.lock_dir, job.name)]
+    found = {kind: kind.find(config, job, host) for kind in kinds.of(job)}
+    report["problems"] += [f.message for f in preflight.check_volume_groups(
+        kinds.vgs_in_play(job, found.values()), host.vgs)]
+    report["volumes"] = [_volume_status(config, job, kind, shown, now)
+                         for kind, artefacts in found.items() for shown in kind.shown(job, host, artefacts)]
+    for kind, artefacts in found.items():
+        report.update(kind.status(config, job, artefacts))
     if job.xen is not None:
         report["domains"] = _domains(config, runner, job, report["problems"])
         report["domains"]["left_frozen_by_a_killed_run"] = _left_frozen(config, job, report["problems"])
@@ -61,17 +55,17 @@ def job_status(config: Config, runner: Runner, job: Job, now: float | None = Non
     return report
 
 
-def _volume_status(config: Config, job: Job, spec: SnapshotSpec, vg: VolumeGroup | None,
-                   mounts: list[mounts_mod.MountEntry], now: float) -> dict[str, Any]:
-    report: dict[str, Any] = {"volume": str(spec.origin), "snapshot": str(spec.snapshot_volume),
-                              "mountpoint": spec.mountpoint, "present": False}
-    snapshot = vg.get(spec.snapshot) if vg else None
+def _volume_status(config: Config, job: Job, kind: Kind, shown: Shown, now: float) -> dict[str, Any]:
+    spec, snapshot = shown.spec, shown.snapshot
+    report: dict[str, Any] = {"kind": kind.name, "volume": str(spec.origin),
+                              "snapshot": str(spec.snapshot_volume),
+                              "mountpoint": shown.mountpoint, "present": False}
     if snapshot is None:
         return report
     age = lv_age(snapshot.created, now)
     report.update({
         "present": True,
-        "owned_by_xenlvm": snapshot.owned_by(job, spec),
+        "owned_by_xenlvm": ownership.owns(job, spec, snapshot),
         "thin": snapshot.is_thin,
         "active": snapshot.active,
         "size_bytes": snapshot.size,
@@ -80,21 +74,13 @@ def _volume_status(config: Config, job: Job, spec: SnapshotSpec, vg: VolumeGroup
         "valid": None if not snapshot.active and not snapshot.is_thin else not snapshot.invalid,
         # lvs shows both alike; the copy-on-write device's header tells them apart
         "invalid_cause": cow.invalid_cause(snapshot) if snapshot.invalid else None,
-        "mounted_at": [e.mountpoint for e in mounts_mod.mounts_of(snapshot, mounts)],
+        "mounted_at": list(shown.exposed_at),
         "created": snapshot.created,
         "age_seconds": None if age is None else round(age),
-        "created_by_run": snapshot.run_tag(),
+        "created_by_run": ownership.run_of(snapshot),
         "stale": age is not None and age > config.settings.stale_after,
     })
     return report
-
-
-def image_server_status(config: Config, job: Job) -> dict[str, Any] | None:
-    """expose: image: the job's FUSE image server, if there is a trace of one (issue 16)."""
-    found = image_server.state(config.settings.lock_dir, job.name)
-    if found is None:
-        return None
-    return {"pid": found.pid or None, "running": found.running, "exports": list(found.exports)}
 
 
 def _domains(config: Config, runner: Runner, job: Job, problems: list[str]) -> dict[str, Any]:
@@ -105,7 +91,7 @@ def _domains(config: Config, runner: Runner, job: Job, problems: list[str]) -> d
         problems.append(str(exc))
         left = []
     try:
-        states = xen.Xl.for_job(runner, job).states()
+        states = Xl(runner, job.xl_timeout).states()
     except XenlvmError as exc:
         return {"error": str(exc), "left_paused_by_a_killed_run": left}
     names = list(states) if job.xen.domains is AUTO else list(job.xen.domains)
@@ -128,13 +114,8 @@ def describe(report: dict[str, Any]) -> list[str]:
     lines = [f"job {report['job']} (mounted at {report['mountpoint']}):"]
     for volume in report["volumes"]:
         lines += _describe_volume(volume)
-    server = report.get("image_server")
-    if server is not None:
-        lines.append(f"  image server (pid {server['pid'] or 'unknown'}): " + (
-            f"running, serving {', '.join(server['exports'])}" if server["running"] else
-            "NOT RUNNING: reads of the images fail; run post (or xenlvm cleanup) to clean up"))
-    for found in report.get("not_exposed") or []:
-        lines.append(f"  NOT EXPOSED as files: {unexposed.NotExposed(**found).describe()}")
+    for kind in kinds.KINDS:
+        lines += kind.describe(report)
     domains = report.get("domains")
     if domains is not None:
         if "error" in domains:
@@ -188,7 +169,8 @@ def _consistency(run: dict[str, Any]) -> list[str]:
 
 
 def _describe_volume(volume: dict[str, Any]) -> list[str]:
-    head = f"  {volume['volume']} -> {volume['snapshot']} at {volume['mountpoint']}"
+    where = f"at {volume['mountpoint']}" if volume.get("mountpoint") else f"({volume.get('kind', 'VM disk')})"
+    head = f"  {volume['volume']} -> {volume['snapshot']} {where}"
     if not volume["present"]:
         return [f"{head}: no snapshot (nothing to clean up)"]
     owner = "xenlvm's" if volume["owned_by_xenlvm"] else "NOT xenlvm's (no xenlvm tags)"
@@ -216,4 +198,5 @@ def _describe_volume(volume: dict[str, Any]) -> list[str]:
     return [f"{head}: snapshot present, {owner}, {fill}, {validity}",
             f"    created {created} ({'?' if age is None else f'{age // 60} min ago'}) by "
             f"{volume['created_by_run'] or 'unknown run'}{stale}",
-            f"    mounted at: {', '.join(volume['mounted_at']) or 'not mounted'}"]
+            f"    {'mounted' if volume.get('mountpoint') else 'exposed'} at: "
+            f"{', '.join(volume['mounted_at']) or 'not mounted'}"]

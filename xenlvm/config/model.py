@@ -213,6 +213,12 @@ class Job:
     # for thin snapshots: always set (its defaults) whether the file has the section or not
     thin_pool: ThinPoolSettings = field(default_factory=ThinPoolSettings, metadata=key(ThinPoolSettings))
 
+    @property
+    def xl_timeout(self) -> float:
+        """The timeout of the job's xl calls: its xen.timeout, or the default for a job with VM
+        disks and no xen: section."""
+        return self.xen.timeout if self.xen is not None else XL_TIMEOUT
+
 
 @dataclass(frozen=True)
 class Settings:

@@ -1,6 +1,6 @@
 """What the watchdog and the pool guard share as processes: their start (arguments,
 SIGTERM, logging, the configuration), their body (summary, pid file, a failure recorded), the
-loop of looks, and reading a pid file. Their supervision from pre and post:
+loop of looks, and how a running one is recognised (its command line). Their supervision from pre and post:
 xenlvm.watchdog.process."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from xenlvm import logs
 from xenlvm.config.load import load_config
 from xenlvm.config.model import Config
 from xenlvm.host.fsutil import read_small, write_atomically
+from xenlvm.host.processes import command_line, read_pid
 
 TYPE_CHECKING = False  # xenlvm/__init__.py says why
 if TYPE_CHECKING:
@@ -36,6 +37,12 @@ def runs_module(args: Sequence[str], module: str, job_name: str) -> bool:
     """True when a process's command line (args) is module's (or its former name's) for job_name."""
     return (module in args or FORMER_NAMES.get(module, module) in args) and \
         any(list(args[i:i + 2]) == ["--job", job_name] for i in range(len(args)))
+
+
+def is_monitor(pid: int, module: str, job_name: str) -> bool:
+    """True when pid runs module (a monitor: the watchdog, a guard) for job_name, as its
+    command line shows."""
+    return runs_module(command_line(pid), module, job_name)
 
 
 class StopRequest:
@@ -60,11 +67,6 @@ class StopRequest:
             select.select([self._wakeup], [], [], seconds)
         with contextlib.suppress(BlockingIOError):
             os.read(self._wakeup, 512)
-
-
-def read_pid(path: str) -> int | None:
-    text = (read_small(path) or "").strip()
-    return int(text) if text.isdigit() and int(text) > 1 else None
 
 
 def start_monitor(argv: Sequence[str] | None, module: str, what: str) -> tuple[Any, StopRequest, Config]:

@@ -1,34 +1,207 @@
-"""The proof xenlvm asks before it removes a snapshot: the LV carries xenlvm's tags for this
-job and this volume (LogicalVolume.owned_by), and removing it takes nothing else along. An
-LV that fails it is left untouched, with a message that says what to do."""
+"""Ownership: the tags xenlvm puts on the snapshots it creates, the proof it asks before it
+touches one, and the guarded removal. Every rule of "is this LV xenlvm's?" lives here.
+
+- Tags (tags_for): ``xenlvm`` (the owner), ``xenlvm_job_<job>`` (the job), ``xenlvm_run_<time>_<pid>``
+  (the run that created it) and, on a VM disk's snapshot, ``xenlvm_vmdisk``.
+- The job's snapshot of a volume (owns): the owner and job tags, on the volume's VG, of the
+  volume, under the snapshot name the spec gives. A VM disk's snapshot also carries the VM-disk
+  tag and xenlvm's own name for it, ``<origin>.xenlvm`` (vm_disk_snapshots); one renamed out of
+  that naming is being kept by an admin and is not xenlvm's any more.
+- Before removal (prove): the job's snapshot, and no snapshot of it exists (lvremove would take
+  that along). The removal itself (remove, remove_one) names the job's tag to lvremove
+  --select, so LVM checks it again at that very moment.
+- The monitors, which watch for hours (SameSnapshots): only the snapshot they first saw, not
+  one re-created under its name.
+"""
 
 from __future__ import annotations
 
-from xenlvm.config.model import Job, SnapshotSpec
-from xenlvm.errors import SafetyRefusal
+import logging
+import time
+from collections.abc import Mapping, Sequence
 
-TYPE_CHECKING = False  # xenlvm/__init__.py says why
-if TYPE_CHECKING:
-    from xenlvm.host.lvm import LogicalVolume
+from xenlvm.config.model import Job, SnapshotSpec, Volume
+from xenlvm.errors import CommandFailed, SafetyRefusal, XenlvmError
+from xenlvm.host.lvm import LogicalVolume, Lvm, VolumeGroup
+from xenlvm.host.retry import Backoff
+
+log = logging.getLogger("xenlvm")
+
+OWNER_TAG = "xenlvm"
+VMDISK_TAG = "xenlvm_vmdisk"  # beside the owner and job tags: the snapshot of a VM disk
+RUN_TAG_PREFIX = "xenlvm_run_"
+VMDISK_SNAPSHOT_SUFFIX = ".xenlvm"  # the snapshot of the VM disk VG/LV is VG/LV.xenlvm
 
 
-def prove_ownership(job: Job, spec: SnapshotSpec, snapshot: LogicalVolume) -> None:
-    """Raise SafetyRefusal unless snapshot is the job's, made by xenlvm for spec, and lvremove
-    of it would remove nothing else."""
-    if not snapshot.owned_by(job, spec):
+def job_tag(job_name: str) -> str:
+    return f"xenlvm_job_{job_name}"
+
+
+def run_tag(started: float, pid: int) -> str:
+    """The tag of the run of pid that started at started (time.time())."""
+    return f"{RUN_TAG_PREFIX}{time.strftime('%Y%m%dT%H%M%S', time.localtime(started))}_{pid}"
+
+
+def tags_for(job: Job, run: str, *, vm_disk: bool = False) -> list[str]:
+    """The tags of a snapshot that the run (run_tag) creates for the job."""
+    return [OWNER_TAG, job_tag(job.name), run, *([VMDISK_TAG] if vm_disk else [])]
+
+
+def run_of(lv: LogicalVolume) -> str | None:
+    """The tag of the run that created lv, if it carries one."""
+    return next((t for t in sorted(lv.tags) if t.startswith(RUN_TAG_PREFIX)), None)
+
+
+def carries_job_tags(job_name: str, lv: LogicalVolume) -> bool:
+    """lv carries xenlvm's owner and job tags for the job (whatever it is a snapshot of)."""
+    return {OWNER_TAG, job_tag(job_name)} <= lv.tags
+
+
+def owns(job: Job, spec: SnapshotSpec, lv: LogicalVolume) -> bool:
+    """True when xenlvm created lv for the job, as the snapshot of spec's volume."""
+    return (carries_job_tags(job.name, lv) and lv.vg == spec.origin.vg and lv.origin == spec.origin.lv
+            and lv.name == spec.snapshot)
+
+
+def created_by(job: Job, spec: SnapshotSpec, lv: LogicalVolume, run: str) -> bool:
+    """owns, and the run (run_tag) created it: not an earlier run's."""
+    return owns(job, spec, lv) and run in lv.tags
+
+
+def prove(job: Job, spec: SnapshotSpec, lv: LogicalVolume) -> None:
+    """Raise SafetyRefusal unless lv is the job's, made by xenlvm for spec, and lvremove of it
+    would remove nothing else."""
+    if not owns(job, spec, lv):
         raise SafetyRefusal(
-            f"{snapshot} does not carry xenlvm's tags for job {job.name!r} (tags: "
-            f"{','.join(sorted(snapshot.tags)) or 'none'}); xenlvm did not create it and will "
+            f"{lv} does not carry xenlvm's tags for job {job.name!r} (tags: "
+            f"{','.join(sorted(lv.tags)) or 'none'}); xenlvm did not create it and will "
             "not remove it. Rename or remove it yourself, or choose another 'snapshot:' name.")
-    if snapshot.attr[:1] in ("o", "O"):  # an origin: lvremove would take its snapshots along
+    if lv.is_origin:  # lvremove would take its snapshots along
         raise SafetyRefusal(
-            f"{snapshot} is xenlvm's, but somebody made a snapshot of it (lv_attr {snapshot.attr}), "
+            f"{lv} is xenlvm's, but somebody made a snapshot of it (lv_attr {lv.attr}), "
             "which lvremove would remove with it: xenlvm did not create that one and will not "
             "remove it. Remove or keep it yourself ('lvs -o lv_name,origin'), then run 'xenlvm "
             "post' again.")
 
 
-def lost_tags(snapshot: LogicalVolume) -> SafetyRefusal:
+def lost_tags(lv: LogicalVolume) -> SafetyRefusal:
     """lvremove's --select guard matched nothing: the LV lost its tags after it was proven."""
-    return SafetyRefusal(f"{snapshot} lost xenlvm's tags just before removal; it was left untouched. "
+    return SafetyRefusal(f"{lv} lost xenlvm's tags just before removal; it was left untouched. "
                          "Check who changed it ('lvs -o+lv_tags').")
+
+
+# ---------------------------------------------------------------------------------------------
+# VM disks' snapshots: found by their tags and xenlvm's name for them, not by the configuration
+
+
+def vm_disk_snapshot_name(origin: str) -> str:
+    """xenlvm's name for the snapshot of the VM disk origin (an LV name)."""
+    return f"{origin}{VMDISK_SNAPSHOT_SUFFIX}"
+
+
+def vm_disk_snapshots(job: Job, vgs: Mapping[str, VolumeGroup]) -> list[LogicalVolume]:
+    """The job's VM disk snapshots: they carry all three of xenlvm's tags for them and xenlvm's
+    name for the snapshot of their origin (<origin>.xenlvm). One renamed out of that naming
+    (an admin keeping it: vm2-disk.keep-for-forensics) is not xenlvm's any more: told, kept."""
+    found = []
+    for lv in (lv for vg in vgs.values() for lv in vg.lvs.values()
+               if lv.origin and VMDISK_TAG in lv.tags and carries_job_tags(job.name, lv)):
+        if lv.name == vm_disk_snapshot_name(lv.origin):
+            found.append(lv)
+        else:
+            # debug only: status --json prints on stdout, and every look at the host comes here
+            log.debug("%s carries xenlvm's tags for job %s but not xenlvm's name for a snapshot of %s "
+                      "(%s): renamed to be kept, so xenlvm leaves it alone", lv, job.name, lv.origin,
+                      vm_disk_snapshot_name(lv.origin))
+    return found
+
+
+def vm_disk_spec(job: Job, snapshot: LogicalVolume) -> SnapshotSpec:
+    """The spec xenlvm creates a snapshot of snapshot's origin for: its name is xenlvm's own
+    (vm_disk_snapshot_name), never taken from the LV, so the proof of ownership checks it."""
+    return SnapshotSpec(Volume(snapshot.vg, snapshot.origin), vm_disk_snapshot_name(snapshot.origin),
+                        job.mountpoint)
+
+
+# ---------------------------------------------------------------------------------------------
+# the monitors: the same snapshot as at the first look
+
+
+class SameSnapshots:
+    """What a monitor (the watchdog, the pool guard) saw of each snapshot of the job at its
+    first look: a snapshot is still ours only with the job's tags and the same creation time
+    and run as then, so one removed and re-created under its name is never acted on."""
+
+    def __init__(self, job_name: str) -> None:
+        self.job_name = job_name
+        self._first: dict[str, tuple[str, str | None]] = {}
+
+    def still_ours(self, lv: LogicalVolume) -> bool:
+        if not carries_job_tags(self.job_name, lv):
+            return False
+        identity = (lv.created, run_of(lv))
+        return self._first.setdefault(str(lv), identity) == identity
+
+
+# ---------------------------------------------------------------------------------------------
+# the guarded removal
+
+
+def remove(lvm: Lvm, job: Job, snapshots: Sequence[tuple[SnapshotSpec, LogicalVolume]], *,
+           retry_for: float = 15.0) -> dict[str, XenlvmError]:
+    """Remove the job's snapshots with ONE lvremove, each after proving it is xenlvm's; return
+    the failures by snapshot ("vg/lv"). If that lvremove fails, each snapshot lvs still shows
+    is then removed on its own (remove_one), so each failure is told on its own LV."""
+    failures: dict[str, XenlvmError] = {}
+    mine = []
+    for spec, snapshot in snapshots:
+        try:
+            prove(job, spec, snapshot)
+            mine.append((spec, snapshot))
+        except SafetyRefusal as exc:
+            failures[str(snapshot)] = exc
+    if len(mine) > 1:
+        try:
+            result = lvm.remove_tagged([lv for _, lv in mine], job_tag(job.name))
+        except CommandFailed:
+            listed = {str(lv) for lv in lvm.still_listed([lv for _, lv in mine])}
+            mine = [(spec, lv) for spec, lv in mine if str(lv) in listed]
+        else:
+            if result is not None:
+                for _, lv in mine:
+                    try:
+                        if lvm.still_exists(lv):
+                            failures[str(lv)] = lost_tags(lv)
+                    except XenlvmError as exc:  # lvs could not tell: said on that LV, post goes on
+                        failures[str(lv)] = exc
+            return failures
+    for spec, snapshot in mine:
+        try:
+            remove_one(lvm, job, spec, snapshot, retry_for=retry_for)
+        except XenlvmError as exc:
+            failures[str(snapshot)] = exc
+    return failures
+
+
+def remove_one(lvm: Lvm, job: Job, spec: SnapshotSpec, snapshot: LogicalVolume, *,
+               retry_for: float = 15.0) -> None:
+    """Remove the job's snapshot after proving it is xenlvm's; retry while it is in use.
+
+    The --select guard makes LVM itself check the tags at the moment of removal, so an LV
+    that was replaced behind our back between the check and the removal is not touched.
+    """
+    prove(job, spec, snapshot)
+    backoff = Backoff(retry_for, first=0.5, most=4.0, clock=time)
+    while True:
+        try:
+            result = lvm.remove_tagged([snapshot], job_tag(job.name))
+        except CommandFailed as exc:
+            if backoff.expired() or not lvm.in_use(snapshot, exc):
+                raise
+            log.warning("%s is still in use, retrying lvremove in %.1f s", snapshot, backoff.delay)
+            backoff.wait()
+            continue
+        # lvremove exits 0 also when its --select guard matched nothing: look whether it is gone.
+        if result is not None and lvm.still_exists(snapshot):
+            raise lost_tags(snapshot)
+        return

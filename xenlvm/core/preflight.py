@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from xenlvm.config.model import Job, SnapshotSpec
+from xenlvm.core import ownership
 from xenlvm.host.lvm import LogicalVolume, VolumeGroup
 from xenlvm.host.mounts import MountEntry, mounted_at
 from xenlvm.sizes import human_size
@@ -47,7 +48,7 @@ def check_volumes(job: Job, spec: SnapshotSpec, vg: VolumeGroup, reserved: int =
 def check_snapshot_name(job: Job, spec: SnapshotSpec, existing: LogicalVolume | None) -> Finding:
     if existing is None:
         return Finding("ok", "snapshot name", f"{spec.snapshot_volume} does not exist yet")
-    if existing.owned_by(job, spec):
+    if ownership.owns(job, spec, existing):
         return Finding("warn", "snapshot name", f"{existing} is a leftover of an earlier xenlvm run; "
                        "pre removes it first ('xenlvm cleanup' or 'xenlvm post' removes it now)")
     return Finding("fail", "snapshot name", f"an LV {existing} exists that xenlvm did not create (it "

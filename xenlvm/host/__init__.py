@@ -1,4 +1,5 @@
-"""The host: running commands, LVM, mounts, locks, retries, signals, files. Knows nothing of jobs."""
+"""The host: running commands, LVM, mounts, xl, processes, locks, retries, signals, files. Knows
+nothing of jobs."""
 
 # The search path for every command xenlvm runs, unless settings.path says otherwise: system
 # directories only (the hooks start under sesam with whatever PATH it has).

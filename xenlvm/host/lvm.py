@@ -1,8 +1,8 @@
-"""LVM: ask lvs in its JSON form, create xenlvm's snapshots, remove only those, and tell why
-one became invalid.
+"""LVM: ask lvs in its JSON form; create, extend and remove logical volumes with plain
+arguments (names, tags as strings).
 
-Ownership is proven by LVM tags that xenlvm adds at creation: ``xenlvm`` and
-``xenlvm_job_<job>``. An LV without both is never removed, whatever its name.
+This module knows nothing of jobs: which tags xenlvm puts on its snapshots, and the proof
+that an LV is xenlvm's before it is removed, are xenlvm.core.ownership's.
 """
 
 from __future__ import annotations
@@ -11,36 +11,22 @@ import dataclasses
 import json
 import logging
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from xenlvm.config.model import Job, SnapshotSpec
-from xenlvm.core.ownership import lost_tags, prove_ownership
-from xenlvm.errors import CommandFailed, SafetyRefusal, XenlvmError
+from xenlvm.errors import CommandFailed, XenlvmError
 from xenlvm.host.lvm_messages import VolumeGroupNotFound as VolumeGroupNotFound
 from xenlvm.host.lvm_messages import says_in_use
 from xenlvm.host.lvm_messages import vg_not_found_message as vg_not_found_message
-from xenlvm.host.retry import Backoff
-from xenlvm.host.runner import Runner
+from xenlvm.host.runner import Result, Runner
 
 log = logging.getLogger("xenlvm")
 
-OWNER_TAG = "xenlvm"
-VMDISK_TAG = "xenlvm_vmdisk"  # beside the owner and job tags: the snapshot of a VM disk
 _JSON = ["--reportformat", "json", "--units", "b", "--nosuffix"]
 LV_FIELDS = ("lv_name", "vg_name", "lv_attr", "lv_size", "origin", "pool_lv", "lv_tags",
              "data_percent", "lv_snapshot_invalid", "lv_active", "lv_kernel_major",
              "lv_kernel_minor", "lv_dm_path", "lv_time", "vg_free", "vg_size", "vg_extent_size", "vg_attr",
              "metadata_percent", "lv_metadata_size", "lv_uuid", "vg_uuid")
-
-
-def job_tag(job_name: str) -> str:
-    return f"xenlvm_job_{job_name}"
-
-
-def run_tag(started: float, pid: int) -> str:
-    return f"xenlvm_run_{time.strftime('%Y%m%dT%H%M%S', time.localtime(started))}_{pid}"
 
 
 @dataclass(frozen=True)
@@ -80,6 +66,11 @@ class LogicalVolume:
         return bool(self.origin)
 
     @property
+    def is_origin(self) -> bool:
+        """Somebody made a snapshot of it: lv_attr 'o' (or 'O' while one merges) first."""
+        return self.attr[:1] in ("o", "O")
+
+    @property
     def is_open(self) -> bool:
         """Its device is open (mounted, or held by a process or another device): lv_attr 'o'."""
         return self.attr[5:6] == "o"
@@ -88,14 +79,6 @@ class LogicalVolume:
     def invalid(self) -> bool:
         """A classic snapshot that overflowed: lvs shows 'I' as the 5th attribute character."""
         return self.snapshot_invalid or self.attr[4:5] == "I"
-
-    def owned_by(self, job: Job, spec: SnapshotSpec) -> bool:
-        """True when xenlvm created this LV for the job, as the snapshot of spec's volume."""
-        return (OWNER_TAG in self.tags and job_tag(job.name) in self.tags and self.vg == spec.origin.vg
-                and self.origin == spec.origin.lv and self.name == spec.snapshot)
-
-    def run_tag(self) -> str | None:
-        return next((t for t in sorted(self.tags) if t.startswith("xenlvm_run_")), None)
 
     def __str__(self) -> str:
         return f"{self.vg}/{self.name}"
@@ -227,92 +210,46 @@ class Lvm:
         """One lvs call that returns every LV of every VG (VGs without LVs are left out)."""
         return self.volume_groups([], every=True)
 
-    def create_snapshot(self, spec: SnapshotSpec, origin: LogicalVolume, tags: Sequence[str]) -> None:
-        """Create spec's snapshot of origin: thin (no size) or classic (with spec.size)."""
-        argv = ["lvcreate", "--snapshot", "--name", spec.snapshot]
+    def create_snapshot(self, origin: LogicalVolume, name: str, tags: Sequence[str],
+                        size: Sequence[str] | None) -> None:
+        """Create the snapshot name of origin with tags: classic with lvcreate's size arguments
+        (size: --size or --extents), or thin (size None)."""
+        argv = ["lvcreate", "--snapshot", "--name", name]
         for tag in tags:
             argv += ["--addtag", tag]
-        if spec.size is None:
+        if size is None:
             # Thin snapshots carry the activation-skip flag; -K activates this one anyway.
             argv.append("--ignoreactivationskip")
         else:
-            argv += spec.size.lvcreate_args()
+            argv += size
         argv.append(f"{origin.vg}/{origin.name}")
         self.runner.change(argv)
 
-    def remove_snapshots(self, job: Job, snapshots: Sequence[tuple[SnapshotSpec, LogicalVolume]], *,
-                         retry_for: float = 15.0) -> dict[str, XenlvmError]:
-        """Remove the job's snapshots with ONE lvremove, each after proving it is xenlvm's; return
-        the failures by snapshot ("vg/lv"). If that lvremove fails, each snapshot lvs still shows
-        is then removed on its own (remove_snapshot), so each failure is told on its own LV."""
-        failures: dict[str, XenlvmError] = {}
-        mine = []
-        for spec, snapshot in snapshots:
-            try:
-                prove_ownership(job, spec, snapshot)
-                mine.append((spec, snapshot))
-            except SafetyRefusal as exc:
-                failures[str(snapshot)] = exc
-        if len(mine) > 1:
-            try:
-                result = self.runner.change(_lvremove_argv(job, [lv for _, lv in mine]))
-            except CommandFailed:
-                mine = self._still_listed(mine)
-            else:
-                if result is not None:
-                    for _, lv in mine:
-                        try:
-                            if self._still_exists(lv):
-                                failures[str(lv)] = lost_tags(lv)
-                        except XenlvmError as exc:  # lvs could not tell: said on that LV, post goes on
-                            failures[str(lv)] = exc
-                return failures
-        for spec, snapshot in mine:
-            try:
-                self.remove_snapshot(job, spec, snapshot, retry_for=retry_for)
-            except XenlvmError as exc:
-                failures[str(snapshot)] = exc
-        return failures
+    def extend(self, lv: LogicalVolume, size: int) -> None:
+        """Grow lv to size bytes."""
+        self.runner.change(["lvextend", "--size", f"{size}b", str(lv)])
 
-    def _still_listed(self, snapshots: list[tuple[SnapshotSpec, LogicalVolume]]) -> \
-            list[tuple[SnapshotSpec, LogicalVolume]]:
-        """Those of snapshots that lvs still shows (all of them if lvs cannot tell)."""
+    def remove_tagged(self, lvs: Sequence[LogicalVolume], tag: str) -> Result | None:
+        """Remove those of lvs that carry tag at the moment of removal, with ONE lvremove: its
+        --select makes LVM itself check the tag, so an LV replaced behind the caller's back is
+        not touched. lvremove exits 0 also when the guard matched nothing (still_exists tells).
+        None in a dry run."""
+        return self.runner.change(["lvremove", "--force", "--select", f"lv_tags={tag}", *map(str, lvs)])
+
+    def still_listed(self, lvs: Sequence[LogicalVolume]) -> list[LogicalVolume]:
+        """Those of lvs that lvs still shows (all of them if lvs cannot tell)."""
         try:
-            now = self.volume_groups([lv.vg for _, lv in snapshots])
+            now = self.volume_groups([lv.vg for lv in lvs])
         except XenlvmError:
-            return snapshots
-        return [(spec, lv) for spec, lv in snapshots if lv.name in now[lv.vg].lvs]
+            return list(lvs)
+        return [lv for lv in lvs if lv.name in now[lv.vg].lvs]
 
-    def remove_snapshot(self, job: Job, spec: SnapshotSpec, snapshot: LogicalVolume, *,
-                        retry_for: float = 15.0) -> None:
-        """Remove the job's snapshot after proving it is xenlvm's; retry while it is in use.
-
-        The --select guard makes LVM itself check the tags at the moment of removal, so an LV
-        that was replaced behind our back between the check and the removal is not touched.
-        """
-        prove_ownership(job, spec, snapshot)
-        argv = _lvremove_argv(job, [snapshot])
-        backoff = Backoff(retry_for, first=0.5, most=4.0, clock=time)
-        while True:
-            try:
-                result = self.runner.change(argv)
-            except CommandFailed as exc:
-                if backoff.expired() or not self._in_use(snapshot, exc):
-                    raise
-                log.warning("%s is still in use, retrying lvremove in %.1f s", snapshot, backoff.delay)
-                backoff.wait()
-                continue
-            # lvremove exits 0 also when its --select guard matched nothing: look whether it is gone.
-            if result is not None and self._still_exists(snapshot):
-                raise lost_tags(snapshot)
-            return
-
-    def _in_use(self, snapshot: LogicalVolume, failure: CommandFailed) -> bool:
-        """Whether a failed lvremove of snapshot is worth retrying because the LV is open: lvs
-        says so (lv_attr), or lvremove said so in one of its releases' words (IN_USE_MESSAGES:
-        whatever held it may have let go before lvs looked)."""
+    def in_use(self, lv: LogicalVolume, failure: CommandFailed) -> bool:
+        """Whether a failed lvremove of lv is worth retrying because the LV is open: lvs says so
+        (lv_attr), or lvremove said so in one of its releases' words (IN_USE_MESSAGES: whatever
+        held it may have let go before lvs looked)."""
         try:
-            now = self.volume_group(snapshot.vg).get(snapshot.name)
+            now = self.volume_group(lv.vg).get(lv.name)
         except XenlvmError:
             now = None
         else:
@@ -320,26 +257,22 @@ class Lvm:
                 return False  # gone: nothing to retry; the failure is reported as it is
         return (now is not None and now.is_open) or says_in_use(failure.stderr)
 
-    def _still_exists(self, snapshot: LogicalVolume) -> bool:
-        """Whether snapshot still exists after lvremove exited 0. An active LV's device-mapper
-        device tells (the kernel's state, no lvs call); an inactive one is looked up with lvs."""
-        if snapshot.major is not None and snapshot.minor is not None:
-            dm_name = f"{SYS_DEV_BLOCK}/{snapshot.major}:{snapshot.minor}/dm/name"
+    def still_exists(self, lv: LogicalVolume) -> bool:
+        """Whether lv still exists after lvremove exited 0. An active LV's device-mapper device
+        tells (the kernel's state, no lvs call); an inactive one is looked up with lvs."""
+        if lv.major is not None and lv.minor is not None:
+            dm_name = f"{SYS_DEV_BLOCK}/{lv.major}:{lv.minor}/dm/name"
             try:
                 with open(dm_name, encoding="utf-8") as handle:
-                    return handle.read().strip() == os.path.basename(device_path(snapshot.vg, snapshot.name))
+                    return handle.read().strip() == os.path.basename(device_path(lv.vg, lv.name))
             except FileNotFoundError:
                 return False
             except OSError:
                 pass
-        return self.volume_group(snapshot.vg).get(snapshot.name) is not None
+        return self.volume_group(lv.vg).get(lv.name) is not None
 
 
 SYS_DEV_BLOCK = "/sys/dev/block"
-
-
-def _lvremove_argv(job: Job, snapshots: Sequence[LogicalVolume]) -> list[str]:
-    return ["lvremove", "--force", "--select", f"lv_tags={job_tag(job.name)}", *map(str, snapshots)]
 
 
 def device_path(vg: str, lv: str) -> str:

@@ -23,6 +23,10 @@ from xenlvm.host import DEFAULT_PATH, interrupts
 
 log = logging.getLogger("xenlvm.command")
 
+# The timeout of a command that reads or writes a whole disk (an image copy, a restore, a
+# discard of the target): hours on a large one, but not forever.
+COPY_TIMEOUT = 24 * 3600.0
+
 
 @dataclass(frozen=True)
 class Result:

@@ -1,47 +1,44 @@
 """post: what sesam's sbc_post does for each job (and xenlvm cleanup), top to bottom.
 
-Lock the job; resume domains a killed pre left paused; stop the watchdog and the pool guard; find the job's
-snapshots (lvs) and read whether they are still valid; unmount and remove them in reverse, each
-only with proof that it is xenlvm's (xenlvm.phases.teardown); then judge the backup: an invalid
-snapshot fails it. One job's failure does not stop the others. Guests a killed pre left frozen
+Lock the job; resume domains a killed pre left paused; stop the watchdog and the pool guard, and
+what each kind of target keeps running (the image server); find what each kind left on the host
+(one lvs: xenlvm.phases.kinds) and read whether its snapshots are still valid; each kind
+releases them, in reverse, only with proof that they are xenlvm's; all are removed with one
+lvremove; then judge the backup: an invalid snapshot fails it, and each kind has its say. One
+job's failure does not stop the others. Guests a killed pre left frozen
 (xen.quiesce) are thawed right after the resume, as at the end of a pause window.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 
-from xenlvm.config.model import Job, SnapshotSpec
-from xenlvm.core import preflight
+from xenlvm.config.model import Job
+from xenlvm.core import ownership, preflight
 from xenlvm.core.context import Context
-from xenlvm.core.inventory import Inventory, job_vg_names, read_tolerant
+from xenlvm.core.inventory import Inventory, read_tolerant
 from xenlvm.errors import PartialBackup, SnapshotOverflowed, XenlvmError, host_file_error
 from xenlvm.host import cow
-from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.lvm import LogicalVolume, VolumeGroup, vg_not_found_message
+from xenlvm.host.xl import Xl
 from xenlvm.logs import set_job
-from xenlvm.phases.teardown import disk_removals, release_volume_snapshot
+from xenlvm.phases import kinds
 from xenlvm.quiesce import freeze as quiesce
 from xenlvm.sizes import human_size
+from xenlvm.targets.base import Artefacts, Failures, Kind, collect
 from xenlvm.thinpool import process as pool_guard_process
-from xenlvm.vmdisks import expose as vmdisks
-from xenlvm.vmdisks import image_server, unexposed
-from xenlvm.vmdisks import teardown as vmdisk_teardown
 from xenlvm.watchdog import process as watchdog_process
 from xenlvm.xen import domains as xen
-
-TYPE_CHECKING = False  # xenlvm/__init__.py says why
-if TYPE_CHECKING:
-    from typing import Any
 
 log = logging.getLogger("xenlvm")
 
 
 def run_post(ctx: Context, jobs: Sequence[Job], *, judge_backup: bool = True) -> None:
-    """Clean up every job; one job's failure does not stop the others. Raise the first failure.
-    judge_backup=False (xenlvm cleanup) reports an overflowed snapshot as a warning only."""
+    """Clean up every job; one job's failure does not stop the others. Then raise: one job's
+    failure as it is; several as one error that names them all (partial, exit 3, when every one
+    of them is a partial backup). judge_backup=False (xenlvm cleanup) reports an overflowed
+    snapshot as a warning only."""
     errors: list[XenlvmError] = []
     for job in jobs:
         set_job(job.name)
@@ -73,54 +70,37 @@ def run_post(ctx: Context, jobs: Sequence[Job], *, judge_backup: bool = True) ->
         raise XenlvmError(f"post failed for {len(errors)} jobs: {every}")
 
 
-@dataclass(frozen=True)
-class _Found:
-    """The job's artefacts on the host, as post found them before removing anything."""
-
-    vgs: dict[str, VolumeGroup | None]  # per VG of the job's volumes; None: the VG does not exist
-    every: dict[str, VolumeGroup] | None  # all VGs, for a job with VM disks (None: without, or lvs failed)
-    disk_snapshots: list[LogicalVolume]
-    io_failed: dict[str, bool]  # per invalid snapshot: invalidated by I/O errors (else it overflowed)
-    mounts: list[mounts_mod.MountEntry]
-
-
 def clean_up(ctx: Context, job: Job, judge_backup: bool = True) -> None:
     """Unmount and remove the job's snapshots that xenlvm created (in reverse order), then tell
     whether the backup is valid. Every step gets its turn even when one before it failed."""
     errors: list[XenlvmError] = []
-    not_exposed = unexposed.read(ctx.config.settings.lock_dir, job.name) if job.vmdisks else []
-    _collect(errors, _resume_paused_domains, ctx, job)
+    collect(errors, _resume_paused_domains, ctx, job)
     if job.xen is not None:  # after the resume, as at the end of a pause window
-        _collect(errors, quiesce.thaw_leftovers, ctx.runner, job, ctx.config.settings.lock_dir)
-    _collect(errors, _stop_watchdog, ctx, job)
-    guard, guarded, lost = _collect(errors, _stop_pool_guard, ctx, job) or (None, [], False)
-    _collect(errors, _stop_image_server, ctx, job, judge_backup)  # before the snapshots it holds are removed
-    found = _find_artefacts(ctx, job, errors)
-    vanished = _vanished(found, guarded)
-    overflowed = _tear_down(ctx, job, found, errors)
+        collect(errors, quiesce.thaw_leftovers, ctx.runner, job, ctx.config.settings.lock_dir)
+    collect(errors, _stop_watchdog, ctx, job)
+    guard, guarded, lost = collect(errors, _stop_pool_guard, ctx, job) or (None, [], False)
+    job_kinds = kinds.of(job)
+    for kind in job_kinds:  # e.g. the image server, before the snapshots it holds are removed
+        collect(errors, kind.stop, ctx, job, judge_backup)
+    host = _read_host(ctx, job, errors)
+    found = {kind: kind.find(ctx.config, job, host or Inventory({}, [])) for kind in job_kinds}
+    # whether each invalid snapshot overflowed: that can only be read while they exist
+    io_failed = {str(lv): cow.invalidated_by_io_errors(lv) for artefacts in found.values()
+                 for _, lv in artefacts.snapshots if lv.invalid}
+    vanished = _vanished(host.vgs if host is not None else {}, guarded)
+    overflowed = _tear_down(ctx, job, host, found, errors) if host is not None else []
     dropped = pool_guard_process.judge(job, guard, vanished, lost)
     if dropped is not None and judge_backup:
         errors.append(dropped)
     elif dropped is not None:
         log.warning("%s", dropped)
     if errors:
-        _report_unfinished(found)
+        _report_unfinished(job, host, found, io_failed)
         raise errors[0] if len(errors) == 1 else XenlvmError(" | ".join(str(e) for e in errors))
     for snapshot in overflowed:
-        _judge(ctx, job, snapshot, found.io_failed.get(str(snapshot), False), judge_backup)
-    if not ctx.dry_run:  # a sound backup that lacks some VM disks' files is partial (exit 3)
-        unexposed.verdict(ctx.config.settings.lock_dir, job.name, not_exposed, judge_backup)
-
-
-def _collect(errors: list[XenlvmError], step: Callable[..., Any], *args: Any) -> Any:
-    """Run step; a failure goes into errors (the rest of post still runs). Return its result."""
-    try:
-        return step(*args)
-    except XenlvmError as exc:
-        errors.append(exc)
-    except OSError as exc:
-        errors.append(host_file_error(exc))
-    return None
+        _judge(ctx, job, snapshot, io_failed.get(str(snapshot), False), judge_backup)
+    for kind in job_kinds:  # e.g. a sound backup that lacks some VM disks' files is partial (exit 3)
+        kind.judge(ctx, job, judge_backup)
 
 
 def _resume_paused_domains(ctx: Context, job: Job) -> None:
@@ -129,86 +109,67 @@ def _resume_paused_domains(ctx: Context, job: Job) -> None:
         return
     record = xen.PauseRecord(ctx.config.settings.lock_dir, job.name)
     if record.read():
-        xen.resume_leftovers(xen.Xl.for_job(ctx.runner, job), record)
+        xen.resume_leftovers(Xl(ctx.runner, job.xl_timeout), record)
 
 
-def _find_artefacts(ctx: Context, job: Job, errors: list[XenlvmError]) -> _Found:
-    """The host through the inventory (one lvs for the job's VGs, all VGs if it has VM disks;
-    the mount table), and which of the job's snapshots are invalid and why: that can only be
-    read while they exist."""
+def _read_host(ctx: Context, job: Job, errors: list[XenlvmError]) -> Inventory | None:
+    """The host through the inventory (one lvs for what the job's kinds need; the mount table),
+    or None when lvs failed (told in errors): nothing is then released or removed."""
     try:
-        host = read_tolerant(ctx.runner, job)
+        host = read_tolerant(ctx.runner, kinds.scope(job))
     except XenlvmError as exc:
         errors.append(exc)
-        host, every = Inventory({}, mounts_mod.read_mounts()), None
-    else:
-        every = host.vgs if job.vmdisks is not None else None
-    vgs: dict[str, VolumeGroup | None] = {vg: host.vgs[vg] for vg in job_vg_names(job) if vg in host.vgs}
+        return None
     for name in host.missing_vgs:
         log.warning("%s; so there is no snapshot to clean up there", vg_not_found_message(name))
-        vgs[name] = None
-    disk_snapshots = vmdisks.job_snapshots(job, every or {})
-    invalid = [lv for lv in disk_snapshots if lv.invalid]
-    for spec in job.volumes:
-        vg = vgs.get(spec.origin.vg)
-        lv = vg.get(spec.snapshot) if vg is not None else None
-        if lv is not None and lv.owned_by(job, spec) and lv.invalid:
-            invalid.append(lv)
-    io_failed = {str(lv): cow.invalidated_by_io_errors(lv) for lv in invalid}
-    return _Found(vgs, every, disk_snapshots, io_failed, host.mounts)
+    return host
 
 
-def _vanished(found: _Found, guarded: Sequence[pool_guard_process.Guarded]) -> list[str]:
+def _vanished(vgs: Mapping[str, VolumeGroup | None],
+              guarded: Sequence[pool_guard_process.Guarded]) -> list[str]:
     """The guarded thin snapshots ("vg/lv") that lvs no longer shows (a VG lvs could not read: none)."""
     gone = []
     for g in guarded:
-        vg = found.vgs.get(g.vg) or (found.every or {}).get(g.vg)
+        vg = vgs.get(g.vg)
         if vg is not None and vg.get(g.snapshot) is None:
             gone.append(f"{g.vg}/{g.snapshot}")
     return gone
 
 
-def _tear_down(ctx: Context, job: Job, found: _Found, errors: list[XenlvmError]) -> list[LogicalVolume]:
-    """Unmount every volume's snapshot in reverse, then what exposes the VM disks (their tree
-    holds the volumes' mounts); remove all those snapshots with one lvremove; then the VM disks'
-    images and tree. Return the removed snapshots that were invalid. Each volume's failures,
-    then the VM disks', go into errors in that order."""
-    volumes: list[tuple[SnapshotSpec, LogicalVolume]] = []
-    failures: dict[str, list[XenlvmError]] = {}  # by snapshot ("vg/lv"); "": the VM disks'
-    for spec in reversed(job.volumes):
-        if spec.origin.vg not in found.vgs:
-            continue  # its lvs failed: reported above
-        mine = failures.setdefault(str(spec.snapshot_volume), [])
-        snapshot = _collect(mine, _release_volume, ctx, job, spec, found.vgs[spec.origin.vg], found.mounts)
-        if snapshot is not None:
-            volumes.append((spec, snapshot))
-    disks: list[tuple[SnapshotSpec, LogicalVolume]] = []
-    if found.every is not None and _collect(failures.setdefault("", []), _release_vmdisks, ctx, job,
-                                            found.disk_snapshots):
-        disks = disk_removals(job, found.disk_snapshots)
-    not_removed = ctx.lvm.remove_snapshots(job, volumes + disks)
-    for spec, snapshot in volumes:
-        if str(snapshot) in not_removed:
-            failures[str(spec.snapshot_volume)].append(not_removed[str(snapshot)])
-        else:
-            _removed_volume(ctx, job, snapshot)
-    failures.get("", []).extend(not_removed[str(lv)] for _, lv in disks if str(lv) in not_removed)
-    if found.every is not None and not failures[""]:
-        _collect(failures[""], _finish_vmdisks, ctx, job, found.disk_snapshots)
+def _tear_down(ctx: Context, job: Job, host: Inventory, found: Mapping[Kind, Artefacts],
+               errors: list[XenlvmError]) -> list[LogicalVolume]:
+    """Each kind releases its snapshots (the volumes' unmounted in reverse, then what exposes
+    the VM disks: their tree holds the volumes' mounts); all are removed with one lvremove; then
+    each kind cleans up what is left (the VM disks' images and tree). Return the removed
+    snapshots that were invalid. The failures go into errors in the kinds' order (each volume's,
+    then the VM disks')."""
+    failures: Failures = {}
+    for artefacts in found.values():
+        for _, snapshot in artefacts.snapshots:
+            _note_fill(ctx, job, snapshot)  # before unmounting: this is what the backup saw
+    released = {kind: kind.release(ctx, job, host, artefacts, failures) for kind, artefacts in found.items()}
+    removals = [removal for each in released.values() for removal in each]
+    not_removed = ownership.remove(ctx.lvm, job, [(r.spec, r.snapshot) for r in removals])
+    for removal in removals:
+        if str(removal.snapshot) in not_removed:
+            failures.setdefault(removal.key, []).append(not_removed[str(removal.snapshot)])
+    for kind, artefacts in found.items():
+        gone = [r.snapshot for r in released[kind] if str(r.snapshot) not in not_removed]
+        kind.removed(ctx, job, artefacts, gone, failures)
     for told in failures.values():
         errors += told
-    return [lv for _, lv in volumes + disks if lv.invalid and str(lv) not in not_removed]
+    return [r.snapshot for r in removals if r.snapshot.invalid and str(r.snapshot) not in not_removed]
 
 
-def _report_unfinished(found: _Found) -> None:
+def _report_unfinished(job: Job, host: Inventory | None, found: Mapping[Kind, Artefacts],
+                       io_failed: Mapping[str, bool]) -> None:
     """Say what a failed post leaves for the admin: VGs missing a PV, snapshots that were invalid."""
-    partial = {vg.name for vg in found.vgs.values() if vg is not None and vg.partial}
-    every = found.every or {}
-    partial |= {lv.vg for lv in found.disk_snapshots if lv.vg in every and every[lv.vg].partial}
+    vgs = host.vgs if host is not None else {}
+    partial = [vg for vg in kinds.vgs_in_play(job, found.values()) if vg in vgs and vgs[vg].partial]
     for vg_name in sorted(partial):
         log.error("%s. What could not be removed stays; once the disk is back, run 'xenlvm post' "
                   "again.", preflight.partial_vg_message(vg_name))
-    for name, io_error in found.io_failed.items():
+    for name, io_error in io_failed.items():
         log.error("the snapshot %s is invalid (%s), so the backup of this run cannot be trusted", name,
                   "because of I/O errors on its copy-on-write device" if io_error else "it overflowed")
 
@@ -275,74 +236,9 @@ def _stop_pool_guard(ctx: Context, job: Job) -> \
     return summary, guarded, lost
 
 
-def _stop_image_server(ctx: Context, job: Job, judge_backup: bool) -> None:
-    """Stop the job's image server (expose: image); one that had died fails post (when it judges
-    a backup), after all of post has run: the backup read nothing from it from then on."""
-    if ctx.dry_run or job.vmdisks is None:
-        return
-    found = image_server.stop(ctx.runner, ctx.config.settings.lock_dir, job.name)
-    problem = image_server.died_during_backup(found)
-    if problem is not None and judge_backup:
-        raise problem
-    if problem is not None:
-        log.warning("%s", problem)
-    if found is not None and found.running:
-        log.info("image server (pid %d) stopped; it served %s", found.pid, ", ".join(found.exports))
-
-
-def _release_volume(ctx: Context, job: Job, spec: SnapshotSpec, vg: VolumeGroup | None,
-                    mounts: list[mounts_mod.MountEntry]) -> LogicalVolume | None:
-    """Unmount spec's snapshot if it is xenlvm's; return it as it was before, to be removed."""
-    if vg is None:  # the VG does not exist, so neither does the snapshot
-        return None
-    snapshot = vg.get(spec.snapshot)
-    if snapshot is None:
-        entry = mounts_mod.mounted_at(spec.mountpoint, mounts)
-        if entry is not None:
-            log.warning("%s has %s mounted on it, which is not xenlvm's snapshot; left alone",
-                        spec.mountpoint, entry.source)
-        log.info("nothing to clean up: %s does not exist", spec.snapshot_volume)
-        return None
-    if not snapshot.owned_by(job, spec):
-        log.warning("%s exists but xenlvm did not create it (no xenlvm tags); left untouched",
-                    snapshot)
-        return None
-    _note_fill(ctx, job, snapshot)  # before unmounting: this is what the backup saw
-    release_volume_snapshot(ctx, job, spec, snapshot, mounts, job.unmount_timeout)
-    return snapshot
-
-
-def _removed_volume(ctx: Context, job: Job, snapshot: LogicalVolume) -> None:
-    if ctx.dry_run:
-        return
-    fill = snapshot.data_percent if not snapshot.is_thin else None
-    if fill is not None and not snapshot.invalid:
-        level = logging.WARNING if fill >= job.fill_warning else logging.INFO
-        log.log(level, "the snapshot %s was %.1f%% full before removal%s", snapshot, fill,
-                " - close to overflowing: consider a larger 'size:'" if level == logging.WARNING else "")
-    log.info("snapshot %s unmounted and removed", snapshot)
-
-
 def _note_fill(ctx: Context, job: Job, snapshot: LogicalVolume) -> None:
     """The fullest classic snapshot of the job, for its state file (an invalid one: 100)."""
     if snapshot.data_percent is not None and not snapshot.is_thin:
         report = ctx.report(job)
         fill = 100.0 if snapshot.invalid else snapshot.data_percent
         report.fill_percent = max(report.fill_percent or 0.0, fill)
-
-
-def _release_vmdisks(ctx: Context, job: Job, snapshots: list[LogicalVolume]) -> bool:
-    """Unmount all that exposes the job's VM disk snapshots, so that they can be removed."""
-    for snapshot in snapshots:
-        _note_fill(ctx, job, snapshot)
-    vmdisk_teardown.release(ctx.runner, job, snapshots, job.unmount_timeout)
-    return True
-
-
-def _finish_vmdisks(ctx: Context, job: Job, snapshots: list[LogicalVolume]) -> None:
-    """After the VM disk snapshots are removed: their images and the tree."""
-    vmdisk_teardown.finish(ctx.runner, job, job.unmount_timeout)
-    if snapshots and not ctx.dry_run:
-        log.info("VM disk snapshots unmounted and removed: %s", ", ".join(map(str, snapshots)))
-    elif not snapshots:
-        log.info("no VM disk snapshot of job %s to clean up", job.name)

@@ -24,6 +24,7 @@ from xenlvm.config.values import is_domain_name
 from xenlvm.errors import CommandFailed, XenlvmError
 from xenlvm.host import interrupts
 from xenlvm.host.fsutil import remove_if_present
+from xenlvm.host.processes import start_time
 from xenlvm.host.runner import Runner
 from xenlvm.quiesce.record import (
     FreezeRecord,
@@ -33,7 +34,6 @@ from xenlvm.quiesce.record import (
     boot_clock,
     guard_acted,
     kill_freeze,
-    process_start,
     thaw_lock,
 )
 
@@ -90,7 +90,7 @@ class Quiescer:
         if self.runner.dry_run:
             return
         self.refuse_foreign_record()
-        started = None if freezing is None else process_start(freezing)
+        started = None if freezing is None else start_time(freezing)
         deadline = boot_clock() + left * self.settings.timeout + self.settings.max_frozen
         if names:
             self.record.write(Frozen(tuple(names), self.run, since,

@@ -22,13 +22,14 @@ from collections.abc import Callable, Iterator, Sequence
 
 from xenlvm import logs
 from xenlvm.config.model import Config
-from xenlvm.core.monitor import StopRequest, read_pid, runs_module
+from xenlvm.core.monitor import StopRequest, is_monitor
 from xenlvm.errors import EXIT_USAGE, XenlvmError
-from xenlvm.host.fsutil import read_small, remove_if_present, write_atomically
+from xenlvm.host.fsutil import remove_if_present, write_atomically
+from xenlvm.host.processes import read_pid, terminate_proven
 from xenlvm.host.runner import Runner, quote
+from xenlvm.host.xl import Xl
 from xenlvm.quiesce.freeze import Quiescer
 from xenlvm.quiesce.record import Frozen, boot_clock, kill_freeze, note_guard_acted, thaw_lock
-from xenlvm.watchdog.process import terminate_proven
 from xenlvm.xen import domains as xen
 
 log = logging.getLogger("xenlvm")
@@ -45,7 +46,7 @@ def pid_path(lock_dir: str, job_name: str) -> str:
 
 def is_guard(pid: int, job_name: str) -> bool:
     """True when pid is a running quiesce guard of this job, as its command line shows."""
-    return runs_module((read_small(f"/proc/{pid}/cmdline") or "").split("\0"), MODULE, job_name)
+    return is_monitor(pid, MODULE, job_name)
 
 
 @contextlib.contextmanager
@@ -139,7 +140,7 @@ def watch(quiescer: Quiescer, act: Callable[[Frozen], None], parent_alive: Calla
         stop_request.wait(min(LOOK_EVERY, left.deadline - clock()))
 
 
-def thaw_overdue(quiescer: Quiescer, xl: xen.Xl, pause_record: xen.PauseRecord, left: Frozen) -> None:
+def thaw_overdue(quiescer: Quiescer, xl: Xl, pause_record: xen.PauseRecord, left: Frozen) -> None:
     """Under the job's thaw lock, if the record is still left: note that the guard acts (pre
     then says the window is crash-consistent only), resume the job's paused domains, then thaw
     the recorded ones; clear the record if all thawed."""
@@ -150,7 +151,7 @@ def thaw_overdue(quiescer: Quiescer, xl: xen.Xl, pause_record: xen.PauseRecord, 
         _resume_and_thaw(quiescer, xl, pause_record, left)
 
 
-def _resume_and_thaw(quiescer: Quiescer, xl: xen.Xl, pause_record: xen.PauseRecord, left: Frozen) -> None:
+def _resume_and_thaw(quiescer: Quiescer, xl: Xl, pause_record: xen.PauseRecord, left: Frozen) -> None:
     log.error("domain(s) %s still frozen %.0f s after their freeze (past the deadline of their window, "
               "xen.quiesce.max_frozen): the quiesce guard resumes and thaws them; the run that froze them "
               "is gone or hangs", ", ".join(left.domains), boot_clock() - left.since)
@@ -208,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = pid_path(config.settings.lock_dir, args.job)
     write_atomically(path, f"{os.getpid()}\n", dir_mode=0o700)
     try:
-        watch(quiescer, lambda left: thaw_overdue(quiescer, xen.Xl.for_job(runner, job), xen.PauseRecord(
+        watch(quiescer, lambda left: thaw_overdue(quiescer, Xl(runner, job.xl_timeout), xen.PauseRecord(
             config.settings.lock_dir, job.name), left), parent_alive(int(args.parent_fd)), stop_request)
     except Exception as exc:  # said in the log: the guests are then guarded by the next run only
         log.exception("the quiesce guard failed: %s", exc)

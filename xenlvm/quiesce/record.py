@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from xenlvm.errors import FileError, XenlvmError
 from xenlvm.host.fsutil import read_small, remove_if_present, write_atomically
+from xenlvm.host.processes import start_time
 
 log = logging.getLogger("xenlvm")
 
@@ -128,22 +129,13 @@ def note_guard_acted(record: FreezeRecord, left: Frozen) -> None:
                      mode=0o644)
 
 
-def process_start(pid: int) -> int | None:
-    """The start time of process pid (clock ticks since boot, /proc/PID/stat), None when it is gone:
-    with the pid, it proves a process is the one recorded and not a later one with its number."""
-    text = read_small(f"/proc/{pid}/stat")
-    if text is None or ")" not in text:
-        return None
-    return int(text.rsplit(")", 1)[1].split()[19])
-
-
 def kill_freeze(left: Frozen) -> None:
     """Kill the process group of the freeze command a killed run left running (it could still
     freeze its guest after the thaw), once its leader's start time proves it is that one."""
     if left.freezing is None:
         return
     pgid, started = left.freezing
-    if process_start(pgid) != started:
+    if start_time(pgid) != started:
         return  # gone (or its number reused): nothing of it left to kill
     log.error("the freeze command of an earlier run still runs (process group %d): killing it", pgid)
     with contextlib.suppress(ProcessLookupError):

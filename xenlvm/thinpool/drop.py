@@ -13,19 +13,18 @@ pool that stops every VM on it."""
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from xenlvm.config.model import Job, SnapshotSpec, Volume
+from xenlvm.core import ownership
 from xenlvm.errors import CommandFailed, XenlvmError
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.fsutil import read_small
 from xenlvm.host.lvm import LogicalVolume, Lvm
-from xenlvm.vmdisks import expose as vmdisks
+from xenlvm.host.processes import command_name, readers_of, terminate_proven
 from xenlvm.vmdisks import image_server
 from xenlvm.vmdisks import teardown as vmdisk_teardown
-from xenlvm.watchdog.process import terminate_proven
 
 log = logging.getLogger("xenlvm")
 
@@ -63,7 +62,7 @@ def drop(lvm: Lvm, job: Job, present: Sequence[tuple[Guarded, LogicalVolume]],
             vmdisk_teardown.release(lvm.runner, job, disks, READER_STOP_TIMEOUT, lazy=True)
         except XenlvmError as exc:
             log.error("could not release every VM disk snapshot of job %s: %s", job.name, exc)
-        removals += [(vmdisks.spec_of(job, lv), lv) for lv in disks]
+        removals += [(ownership.vm_disk_spec(job, lv), lv) for lv in disks]
     for guarded, lv in present:
         if guarded.vmdisk:
             continue
@@ -74,11 +73,11 @@ def drop(lvm: Lvm, job: Job, present: Sequence[tuple[Guarded, LogicalVolume]],
             failures[str(lv)] = exc
             continue
         removals.append((spec, lv))
-    not_removed = lvm.remove_snapshots(job, removals, retry_for=1.0)
+    not_removed = ownership.remove(lvm, job, removals, retry_for=1.0)
     for spec, lv in removals:
         if str(lv) in not_removed and _stop_readers(lvm, lv):
             try:
-                lvm.remove_snapshot(job, spec, lv, retry_for=READER_STOP_TIMEOUT)
+                ownership.remove_one(lvm, job, spec, lv, retry_for=READER_STOP_TIMEOUT)
                 del not_removed[str(lv)]
             except XenlvmError as exc:
                 not_removed[str(lv)] = exc
@@ -97,30 +96,6 @@ def _unmount_lazily(lvm: Lvm, spec: SnapshotSpec, lv: LogicalVolume) -> None:
             lvm.runner.change(["umount", "--lazy", entry.mountpoint])
         except CommandFailed as exc:
             raise XenlvmError(f"could not unmount {entry.mountpoint} lazily: {exc.stderr or exc}") from None
-
-
-def readers_of(major: int, minor: int, proc: str = "/proc") -> list[int]:
-    """The processes with the device major:minor open, or a file on it (open, cwd or root)."""
-    device = os.makedev(major, minor)
-    found = []
-    for pid in filter(str.isdigit, os.listdir(proc)):
-        if int(pid) in (1, os.getpid()):
-            continue
-        base = os.path.join(proc, pid)
-        try:
-            paths = [os.path.join(base, "cwd"), os.path.join(base, "root")]
-            paths += [os.path.join(base, "fd", fd) for fd in os.listdir(os.path.join(base, "fd"))]
-        except OSError:
-            continue
-        for path in paths:
-            try:
-                info = os.stat(path)
-            except OSError:
-                continue
-            if info.st_dev == device or info.st_rdev == device:
-                found.append(int(pid))
-                break
-    return found
 
 
 def _stop_readers(lvm: Lvm, lv: LogicalVolume) -> bool:
@@ -149,7 +124,7 @@ def _stop_readers_of(lv: LogicalVolume, snapshot: tuple[int, int], device: tuple
 
     readers = readers_of(*device)
     for pid in readers:
-        comm = (_comm(pid) or "?").strip()
+        comm = command_name(pid) or "?"
         log.warning("stopping %s[%d], which still reads the snapshot %s: the pool cannot wait for it",
                     comm, pid, lv)
         terminate_proven(pid, still, f"{comm}[{pid}], a reader of {lv}", READER_STOP_TIMEOUT)
@@ -160,11 +135,3 @@ def is_device_of(lv: LogicalVolume) -> bool:
     """True when the device at lv's major:minor is lv, as device-mapper's uuid for it shows."""
     uuid = read_small(f"{SYS}/dev/block/{lv.major}:{lv.minor}/dm/uuid") if lv.dm_uuid else None
     return uuid is not None and uuid.strip() == lv.dm_uuid
-
-
-def _comm(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as handle:
-            return handle.read()
-    except OSError:
-        return None

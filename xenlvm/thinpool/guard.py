@@ -25,9 +25,10 @@ from dataclasses import asdict, dataclass, field
 
 from xenlvm.config.model import Job, ThinPoolSettings
 from xenlvm.core.monitor import StopRequest, read_summary_file, serve, start_monitor, watch_until
+from xenlvm.core.ownership import SameSnapshots
 from xenlvm.errors import EXIT_USAGE, CommandFailed, XenlvmError
 from xenlvm.host.fsutil import read_small, write_atomically
-from xenlvm.host.lvm import OWNER_TAG, LogicalVolume, Lvm, VolumeGroup, job_tag
+from xenlvm.host.lvm import LogicalVolume, Lvm, VolumeGroup
 from xenlvm.host.runner import Runner
 from xenlvm.sizes import human_size
 from xenlvm.thinpool import drop as pool_guard_drop
@@ -67,7 +68,7 @@ class Guard:
         self.job, self.settings, self.lvm, self.paths, self.lock_dir = job, settings, lvm, paths, lock_dir
         self.clock = clock
         self.guarded = list(guarded)
-        self.identity: dict[str, tuple[str, str | None]] = {}  # a replaced snapshot is not ours
+        self.same = SameSnapshots(job.name)  # a snapshot re-created under its name is not ours
         self.peak: dict[str, dict[str, float]] = {}
         self.last: dict[str, tuple[float, thinpool.PoolFill, tuple[int, int]]] = {}  # per pool: the last look
         self.reaction = ACTION_SECONDS  # how long a look and an action take here, measured
@@ -113,11 +114,9 @@ class Guard:
     def _ours(self, guarded: Guarded, vg: VolumeGroup) -> LogicalVolume | None:
         """The snapshot as lvs shows it if it is still the one pre made for the job, else None."""
         lv = vg.get(guarded.snapshot)
-        if lv is None or lv.origin != guarded.origin or lv.pool != guarded.pool or \
-                not {OWNER_TAG, job_tag(self.job.name)} <= lv.tags:
+        if lv is None or lv.origin != guarded.origin or lv.pool != guarded.pool:
             return None
-        identity = (lv.created, lv.run_tag())
-        return lv if self.identity.setdefault(str(lv), identity) == identity else None
+        return lv if self.same.still_ours(lv) else None
 
     def _check(self, mine: list[Guarded], vg: VolumeGroup) -> None:
         pool = vg.get(mine[0].pool)

@@ -9,13 +9,12 @@ from collections.abc import Sequence
 
 from xenlvm.config.model import Config, Job
 from xenlvm.errors import XenlvmError
-from xenlvm.host.lvm import VMDISK_TAG
 from xenlvm.thinpool.guard import FAILED, MODULE, Guarded, Summary, files, read_spec, read_summary, write_spec
 
 __all__ = ["Guarded", "Summary", "guarded_by", "guarded_of", "judge", "report", "running", "start", "stop",
            "was_lost"]
-from xenlvm.core.monitor import read_pid
 from xenlvm.core.state import RunReport
+from xenlvm.host.processes import read_pid
 from xenlvm.sizes import human_size
 from xenlvm.targets.base import Target
 from xenlvm.watchdog.process import is_watchdog, spawn, stop_monitor
@@ -28,7 +27,7 @@ MAX_LIFETIME = 86400.0  # without a watchdog: section, the guard's lifetime is t
 def guarded_of(targets: Sequence[Target]) -> list[Guarded]:
     """The targets whose snapshots are thin, each with its pool."""
     return [Guarded(t.spec.origin.vg, t.origin.pool, t.spec.snapshot, t.origin.name,
-                    "" if VMDISK_TAG in t.extra_tags else t.spec.mountpoint, VMDISK_TAG in t.extra_tags)
+                    "" if t.vm_disk else t.spec.mountpoint, t.vm_disk)
             for t in targets if t.spec.size is None and t.origin.is_thin]
 
 

@@ -19,10 +19,11 @@ swap or LVM physical volume is never seen by the host's LVM or udev. The loop de
 writable so that a journal can be replayed on mount: those writes land in the snapshot's
 copy-on-write area, never on the VM's disk.
 
-Ownership, proven before anything is undone: the snapshots carry xenlvm's owner and job tags
-and ``xenlvm_vmdisk``; a loop device is ours when its backing device is one of them; a mount
-below the mountpoint is ours when its device is such a loop device or snapshot, or it is a
-bind of an image file from ``<image_dir>/xenlvm-<job>``; the tmpfs when its source is ours.
+Ownership, proven before anything is undone: the snapshots carry xenlvm's tags for a VM disk
+and xenlvm's name for it (xenlvm.core.ownership.vm_disk_snapshots); a loop device is ours when
+its backing device is one of them; a mount below the mountpoint is ours when its device is such
+a loop device or snapshot, or it is a bind of an image file from ``<image_dir>/xenlvm-<job>``;
+the tmpfs when its source is ours.
 """
 
 from __future__ import annotations
@@ -33,26 +34,22 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from xenlvm.config.model import Job, SnapshotSpec, Volume
+from xenlvm.config.model import Job
 from xenlvm.core.undo import UndoStack
 from xenlvm.errors import CleanupFailed, CommandFailed, MountError, XenlvmError
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.fsutil import remove_if_present
-from xenlvm.host.lvm import OWNER_TAG, VMDISK_TAG, LogicalVolume, VolumeGroup, device_path, job_tag
+from xenlvm.host.lvm import device_path
 from xenlvm.host.runner import Runner
 from xenlvm.vmdisks import image_copy as vmdisk_copy
 from xenlvm.vmdisks import layout, unexposed
 from xenlvm.vmdisks.image_copy import expose_image as _expose_image
+from xenlvm.vmdisks.model import Exposure, VmDisk
 from xenlvm.vmdisks.teardown import detach_loops, tree_source, unmount_tree
-
-TYPE_CHECKING = False  # xenlvm/__init__.py says why
-if TYPE_CHECKING:
-    from xenlvm.vmdisks.target import VmDiskTarget
 
 log = logging.getLogger("xenlvm")
 
 TREE_MODE = 0o700  # the tree's tmpfs and every folder xenlvm makes in it: root's alone
-SNAPSHOT_SUFFIX = ".xenlvm"  # the snapshot of VG/LV is VG/LV.xenlvm
 MOUNTABLE = ("ext2", "ext3", "ext4", "xfs")
 # Filesystems a guest may hold that xenlvm does not mount, and why: such a disk is backed up as
 # a raw image instead (fall_back).
@@ -73,10 +70,6 @@ class Partition:
     type: str  # the partition table's type code or GUID
 
 
-def snapshot_name(lv: str) -> str:
-    return f"{lv}{SNAPSHOT_SUFFIX}"
-
-
 # ---------------------------------------------------------------------------------------------
 # exposing (pre, after the pause window)
 
@@ -92,38 +85,53 @@ def mount_tree(runner: Runner, job: Job, undo: UndoStack) -> None:
                    tree_source(job), job.mountpoint])
 
 
-def expose(runner: Runner, job: Job, target: VmDiskTarget, undo: UndoStack, *,
+def expose(runner: Runner, job: Job, target: VmDisk, undo: UndoStack, *,
            can_serve: bool = False) -> None:
-    """Make the disk's snapshot readable below the job's mountpoint, registering each undo.
-    With expose: files, what cannot be exposed as files falls back to an image (fall_back);
-    can_serve: the job's image server can be started (qemu-storage-daemon is there)."""
+    """Make the disk's snapshot readable below the job's mountpoint as its exposure says
+    (_EXPOSE), registering each undo. With expose: files, what cannot be exposed as files falls
+    back to an image (fall_back); can_serve: the job's image server can be started
+    (qemu-storage-daemon is there)."""
     spec = target.spec
     device = device_path(spec.origin.vg, spec.snapshot)
-    what = f"{target.domain}/{target.disk}"
     if runner.dry_run:
-        log.info("dry run: would expose %s (%s) as %s", what, spec.snapshot_volume, target.how)
+        log.info("dry run: would expose %s (%s) as %s", target.label, spec.snapshot_volume, target.how)
         return
     os.makedirs(os.path.dirname(spec.mountpoint), mode=TREE_MODE, exist_ok=True)
-    if target.how == "image":  # FUSE: all of the job's images by one server, after the last snapshot
-        return  # (xenlvm.image_server.serve, called by pre)
-    if target.how == "image-copy":
-        _expose_image(runner, job, target, device, undo)
-        return
+    _EXPOSE[target.how](runner, job, target, device, undo, can_serve)
+
+
+def _serve_later(runner: Runner, job: Job, target: VmDisk, device: str, undo: UndoStack,
+                 can_serve: bool) -> None:
+    """expose: image: all of the job's images are served through FUSE by one server, started
+    after the last snapshot (xenlvm.vmdisks.image_server.serve, through the target's kind)."""
+
+
+def _copy(runner: Runner, job: Job, target: VmDisk, device: str, undo: UndoStack, can_serve: bool) -> None:
+    """expose: image-copy: a sparse copy in image_dir, bound into the tree."""
+    _expose_image(runner, job, target, device, undo)
+
+
+def _files_or_image(runner: Runner, job: Job, target: VmDisk, device: str, undo: UndoStack,
+                    can_serve: bool) -> None:
+    """expose: files: each filesystem mounted read-only; what is not falls back to an image."""
     own = UndoStack()  # this disk's steps: a failure that is not one filesystem's undoes them alone
     try:
         problems = _expose_files(runner, target, device, own)
     except (MountError, CommandFailed) as exc:
         failed = own.unwind()
         if failed:
-            raise CleanupFailed(f"{what}: {exc}; undoing its exposure ALSO failed: {'; '.join(failed)}",
-                                exc) from exc
+            raise CleanupFailed(f"{target.label}: {exc}; undoing its exposure ALSO failed: "
+                                f"{'; '.join(failed)}", exc) from exc
         problems = [f"the disk: {exc}"]
     undo.adopt(own)
     if problems:
         fall_back(runner, job, target, device, problems, can_serve, undo)
 
 
-def _expose_files(runner: Runner, target: VmDiskTarget, device: str, undo: UndoStack) -> list[str]:
+_EXPOSE = {Exposure.FILES: _files_or_image, Exposure.IMAGE: _serve_later, Exposure.IMAGE_COPY: _copy}
+
+
+def _expose_files(runner: Runner, target: VmDisk, device: str, undo: UndoStack) -> list[str]:
     """Mount each filesystem of the disk read-only in the tree and write its layout; return what
     could not be exposed as files, each with why (a refused mount, btrfs)."""
     spec = target.spec
@@ -150,7 +158,8 @@ def _expose_files(runner: Runner, target: VmDiskTarget, device: str, undo: UndoS
             if fstype is not None:
                 loop = runner.change(["losetup", "--find", "--show", "--offset", str(part.offset),
                                       "--sizelimit", str(part.size), device])
-                source = loop.stdout.strip() if loop is not None else "/dev/loop?"
+                assert loop is not None  # changes are made: a dry run does not get here (expose)
+                source = loop.stdout.strip()
                 where = os.path.join(spec.mountpoint, f"p{part.number}")
                 source = _mount_or_tell(runner, source, fstype, where, undo, problems,
                                         f"partition {part.number}")
@@ -191,7 +200,7 @@ def _why_not_files(probed: dict[str, str], problems: list[str]) -> str | None:
     return problems[-1] if kind in MOUNTABLE and problems else None
 
 
-def fall_back(runner: Runner, job: Job, target: VmDiskTarget, device: str, problems: list[str],
+def fall_back(runner: Runner, job: Job, target: VmDisk, device: str, problems: list[str],
               can_serve: bool, undo: UndoStack) -> None:
     """What of the disk could not be exposed as files: back its bytes up as a raw image instead
     (the job's image server serves it, or a copy into image_dir when there is one), and say so
@@ -201,7 +210,7 @@ def fall_back(runner: Runner, job: Job, target: VmDiskTarget, device: str, probl
     assert settings is not None
     target.fallback = None
     if can_serve:
-        target.fallback = "image"  # served with the job's other images (image_server.exports_of)
+        target.fallback = Exposure.IMAGE  # served with the job's other images (image_server.exports_of)
     elif settings.image_dir is not None:
         target.fallback = _copy_or_tell(runner, job, target, device, problems, undo)
     else:
@@ -209,7 +218,7 @@ def fall_back(runner: Runner, job: Job, target: VmDiskTarget, device: str, probl
     tell_not_exposed(target, problems)
 
 
-def tell_not_exposed(target: VmDiskTarget, problems: Sequence[str]) -> None:
+def tell_not_exposed(target: VmDisk, problems: Sequence[str]) -> None:
     """Write (or write again) the disk's note in the tree and keep what was not exposed."""
     found = unexposed.NotExposed(target.domain, target.disk, tuple(problems),
                                  f"{target.domain}/{target.disk}.img" if target.fallback else None)
@@ -218,9 +227,9 @@ def tell_not_exposed(target: VmDiskTarget, problems: Sequence[str]) -> None:
     target.not_exposed = found
 
 
-def _copy_or_tell(runner: Runner, job: Job, target: VmDiskTarget, device: str, problems: list[str],
-                  undo: UndoStack) -> str | None:
-    """Copy the disk into image_dir ("image-copy"); a copy that fails (no room, a timeout, a
+def _copy_or_tell(runner: Runner, job: Job, target: VmDisk, device: str, problems: list[str],
+                  undo: UndoStack) -> Exposure | None:
+    """Copy the disk into image_dir (image-copy); a copy that fails (no room, a timeout, a
     refused staging folder) is undone and added to problems (None): only this disk lacks it."""
     no_room = vmdisk_copy.no_room(job, target)
     if no_room is not None:
@@ -237,7 +246,7 @@ def _copy_or_tell(runner: Runner, job: Job, target: VmDiskTarget, device: str, p
         problems.append(f"no image of it: the copy into image_dir failed: {exc}")
         return None
     undo.adopt(own)
-    return "image-copy"
+    return Exposure.IMAGE_COPY
 
 
 def _usable(label: str, probed: dict[str, str]) -> str | None:
@@ -303,30 +312,3 @@ def read_partitions(runner: Runner, device: str) -> list[Partition]:
     result = runner.query(["partx", "--raw", "--bytes", "--noheadings", "--output", "NR,START,SIZE,TYPE",
                            device])
     return parse_partx(result.stdout)
-
-
-# ---------------------------------------------------------------------------------------------
-# the job's VM disk snapshots, as lvs shows them (tearing them down: xenlvm.vmdisks.teardown)
-
-
-def job_snapshots(job: Job, vgs: dict[str, VolumeGroup]) -> list[LogicalVolume]:
-    """The job's VM disk snapshots: they carry all three of xenlvm's tags for them and xenlvm's
-    name for the snapshot of their origin (<origin>.xenlvm). One renamed out of that naming
-    (an admin keeping it: vm2-disk.keep-for-forensics) is not xenlvm's any more: told, kept."""
-    wanted = {OWNER_TAG, VMDISK_TAG, job_tag(job.name)}
-    found = []
-    for lv in (lv for vg in vgs.values() for lv in vg.lvs.values() if wanted <= lv.tags and lv.origin):
-        if lv.name == snapshot_name(lv.origin):
-            found.append(lv)
-        else:
-            # debug only: status --json prints on stdout, and every look at the host comes here
-            log.debug("%s carries xenlvm's tags for job %s but not xenlvm's name for a snapshot of %s "
-                     "(%s): renamed to be kept, so xenlvm leaves it alone", lv, job.name, lv.origin,
-                     snapshot_name(lv.origin))
-    return found
-
-
-def spec_of(job: Job, snapshot: LogicalVolume) -> SnapshotSpec:
-    """The spec xenlvm creates a snapshot of snapshot's origin for: its name is xenlvm's own
-    (snapshot_name), never taken from the LV, so the proof of ownership checks it."""
-    return SnapshotSpec(Volume(snapshot.vg, snapshot.origin), snapshot_name(snapshot.origin), job.mountpoint)

@@ -13,19 +13,14 @@ from xenlvm.core.undo import UndoStack
 from xenlvm.errors import SafetyRefusal
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.fsutil import remove_if_present
-from xenlvm.host.runner import Runner
+from xenlvm.host.runner import COPY_TIMEOUT, Runner
+from xenlvm.vmdisks.model import VmDisk
 from xenlvm.vmdisks.teardown import image_staging, is_image_bind, staging_problem
-
-TYPE_CHECKING = False  # xenlvm/__init__.py says why
-if TYPE_CHECKING:
-    from xenlvm.vmdisks.target import VmDiskTarget
 
 log = logging.getLogger("xenlvm")
 
-COPY_TIMEOUT = 24 * 3600.0  # copying a large disk into an image may take hours
 
-
-def expose_image(runner: Runner, job: Job, disk: VmDiskTarget, device: str, undo: UndoStack) -> None:
+def expose_image(runner: Runner, job: Job, disk: VmDisk, device: str, undo: UndoStack) -> None:
     """Copy the snapshot into a sparse image file in image_dir and bind it, read-only, into
     the tree. The undo of the tree (and post) remove both."""
     spec = disk.spec
@@ -43,7 +38,7 @@ def expose_image(runner: Runner, job: Job, disk: VmDiskTarget, device: str, undo
              target, os.stat(image).st_blocks * 512 >> 20)
 
 
-def no_room(job: Job, target: VmDiskTarget) -> str | None:
+def no_room(job: Job, target: VmDisk) -> str | None:
     """Why image_dir cannot take the disk's image at its full size (how sparse it will be
     cannot be known before), or None."""
     assert job.vmdisks is not None and job.vmdisks.image_dir is not None

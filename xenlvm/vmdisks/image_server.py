@@ -24,14 +24,11 @@ from xenlvm.config.model import Job
 from xenlvm.core.undo import UndoStack
 from xenlvm.errors import MountError, XenlvmError
 from xenlvm.host import mounts as mounts_mod
+from xenlvm.host import processes
 from xenlvm.host.fsutil import read_small, remove_if_present, write_atomically
 from xenlvm.host.lvm import device_path
 from xenlvm.host.runner import Runner, which
-from xenlvm.watchdog.process import terminate_proven
-
-TYPE_CHECKING = False  # xenlvm/__init__.py says why
-if TYPE_CHECKING:
-    from xenlvm.vmdisks.target import VmDiskTarget
+from xenlvm.vmdisks.model import VmDisk
 
 log = logging.getLogger("xenlvm")
 
@@ -64,6 +61,7 @@ class ServerState:
     running: bool  # the proven server process still runs
     exports: tuple[str, ...]
     started: bool = True  # pre recorded it running (else pre was killed while starting it)
+    devices: tuple[str, ...] = ()  # what each export serves (a record of an older xenlvm: none)
 
 
 def files(lock_dir: str, job_name: str) -> Files:
@@ -71,11 +69,11 @@ def files(lock_dir: str, job_name: str) -> Files:
     return Files(pid=f"{base}.pid", record=f"{base}.json")
 
 
-def exports_of(disks: Sequence[VmDiskTarget]) -> list[Export]:
+def exports_of(disks: Sequence[VmDisk]) -> list[Export]:
     """The exports for the job's VM disks exposed as images (or, with expose: files, given as an
     image because not all of it could be exposed as files): <mountpoint>/<domain>/<disk>.img."""
     return [Export(device_path(d.spec.origin.vg, d.spec.snapshot), f"{d.spec.mountpoint}.img")
-            for d in disks if d.how == "image" or d.fallback == "image"]
+            for d in disks if d.served]
 
 
 def server_argv(exports: Sequence[Export], pid_file: str, program: str = PROGRAM) -> list[str]:
@@ -110,7 +108,7 @@ def missing_program(job: Job, path: str) -> str | None:
 # pre: start
 
 
-def serve(runner: Runner, lock_dir: str, job: Job, disks: Sequence[VmDiskTarget], undo: UndoStack) -> None:
+def serve(runner: Runner, lock_dir: str, job: Job, disks: Sequence[VmDisk], undo: UndoStack) -> None:
     """Serve each image-exposed disk snapshot of disks as a read-only file in the job's tree,
     with one detached server; its stop is registered on undo before it starts."""
     exports = exports_of(disks)
@@ -132,8 +130,8 @@ def serve(runner: Runner, lock_dir: str, job: Job, disks: Sequence[VmDiskTarget]
     undo.push("stop the image server", lambda: stop(runner, lock_dir, job.name))
     _write_record(paths.record, None, exports)  # before the start: a killed pre leaves it to find
     runner.change(argv, timeout=START_TIMEOUT)
-    pid = _read_pid(paths.pid)
-    start_time = process_start_time(pid) if pid is not None else None
+    pid = processes.read_pid(paths.pid)
+    start_time = processes.start_time(pid) if pid is not None else None
     if pid is None or start_time is None:
         raise XenlvmError(f"{PROGRAM} reported success but is not running (pid file {paths.pid}); "
                           "see the log file for its messages")
@@ -163,7 +161,8 @@ def _read_ahead(entry: mounts_mod.MountEntry, kib: int, sys_bdi: str = _SYS_BDI)
 def _write_record(path: str, process: tuple[int, int] | None, exports: Sequence[Export]) -> None:
     pid, start_time = process if process is not None else (None, None)
     write_atomically(path, json.dumps({"pid": pid, "start_time": start_time,
-                                       "exports": [e.target for e in exports]}) + "\n",
+                                       "exports": [e.target for e in exports],
+                                       "devices": [e.device for e in exports]}) + "\n",
                      dir_mode=0o700)
 
 
@@ -176,15 +175,17 @@ def state(lock_dir: str, job_name: str) -> ServerState | None:
     when there is no trace of one."""
     paths = files(lock_dir, job_name)
     record = _read_record(paths.record)
-    pid = record.get("pid") if isinstance(record.get("pid"), int) else _read_pid(paths.pid)
+    pid = record.get("pid") if isinstance(record.get("pid"), int) else processes.read_pid(paths.pid)
     if record == {} and pid is None:
         return None
     exports = tuple(str(t) for t in record.get("exports", []) if isinstance(t, str))
+    devices = tuple(str(d) for d in record.get("devices", []) if isinstance(d, str))
+    devices = devices if len(devices) == len(exports) else ()
     started = isinstance(record.get("pid"), int)
     if pid is None:
-        return ServerState(0, False, exports, started)
+        return ServerState(0, False, exports, started, devices)
     start_time = record.get("start_time") if isinstance(record.get("start_time"), int) else None
-    return ServerState(pid, is_server(pid, paths.pid, start_time), exports, started)
+    return ServerState(pid, is_server(pid, paths.pid, start_time), exports, started, devices)
 
 
 def stop(runner: Runner, lock_dir: str, job_name: str, timeout: float = STOP_TIMEOUT) -> ServerState | None:
@@ -198,7 +199,7 @@ def stop(runner: Runner, lock_dir: str, job_name: str, timeout: float = STOP_TIM
         return None
     if found.running and not runner.dry_run:
         start_time = _read_record(paths.record).get("start_time")
-        terminate_proven(found.pid, lambda pid: is_server(pid, paths.pid, start_time),
+        processes.terminate_proven(found.pid, lambda pid: is_server(pid, paths.pid, start_time),
                          f"the image server of job {job_name}", timeout)
     for target in found.exports:
         mounts_mod.unmount_if(runner, target, is_export)
@@ -233,26 +234,11 @@ def is_export(entry: mounts_mod.MountEntry | None) -> bool:
 def is_server(pid: int, pid_file: str, start_time: int | None) -> bool:
     """True when pid runs this job's server: its command line is the server's with this job's
     pid file, and (when recorded) it started when the recorded process started."""
-    args = (read_small(f"/proc/{pid}/cmdline") or "").split("\0")
-    if os.path.basename(args[0]) != PROGRAM or not any(args[i:i + 2] == ["--pidfile", pid_file]
-                                                       for i in range(len(args))):
+    args = processes.command_line(pid)
+    if not args or os.path.basename(args[0]) != PROGRAM or \
+            not any(args[i:i + 2] == ["--pidfile", pid_file] for i in range(len(args))):
         return False
-    return start_time is None or process_start_time(pid) == start_time
-
-
-def process_start_time(pid: int) -> int | None:
-    """When pid started, in clock ticks since boot (/proc/<pid>/stat field 22); None if gone."""
-    stat = read_small(f"/proc/{pid}/stat")
-    fields = stat.rpartition(")")[2].split() if stat else []
-    try:
-        return int(fields[19]) if fields[0] != "Z" else None
-    except (IndexError, ValueError):
-        return None
-
-
-def _read_pid(path: str) -> int | None:
-    text = (read_small(path, 64) or "").strip()
-    return int(text) if text.isdigit() and int(text) > 0 else None
+    return start_time is None or processes.start_time(pid) == start_time
 
 
 def _read_record(path: str) -> dict:

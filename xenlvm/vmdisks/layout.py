@@ -25,12 +25,11 @@ from xenlvm import __version__
 from xenlvm.errors import CommandFailed, UsageError, XenlvmError
 from xenlvm.host.mounts import mount_options
 from xenlvm.host.runner import Runner
+from xenlvm.vmdisks.model import VmDisk
 
 TYPE_CHECKING = False  # xenlvm/__init__.py says why
 if TYPE_CHECKING:
     from typing import Any
-
-    from xenlvm.vmdisks.target import VmDiskTarget
 
 log = logging.getLogger("xenlvm")
 
@@ -38,6 +37,7 @@ FORMAT_VERSION = 1
 DISK_FORMAT = "xenlvm-disk-layout"
 DOMAIN_FORMAT = "xenlvm-domain-layout"
 NAME = "layout.json"
+TOOLS = ("sfdisk", "dumpe2fs", "xfs_info")  # what it reads a disk's layout with (check warns without)
 # Why a partition (or a bare disk) was not exposed; each comes with a sentence in "detail".
 REASONS = ("swap", "guest-lvm", "extended", "refused", "not-mounted", "unknown")
 # Flags dumpe2fs lists among the features that say how the filesystem is now, not how it was made.
@@ -210,7 +210,7 @@ def xfs_parameters(runner: Runner, device: str) -> dict[str, Any] | None:
         return None
 
 
-def write_domain_layouts(records: dict[str, dict], exposed: Sequence[VmDiskTarget],
+def write_domain_layouts(records: dict[str, dict], exposed: Sequence[VmDisk],
                          export_dir: str | None, frozen: Mapping[str, bool] | None = None) -> None:
     """Write <mountpoint>/<domain>/layout.json for each domain with exposed disks: its `xl list -l`
     record (records: as pre's inventory read it), where each disk's layout (or image) is,
@@ -222,7 +222,7 @@ def write_domain_layouts(records: dict[str, dict], exposed: Sequence[VmDiskTarge
         mountpoint = target.spec.mountpoint
         folder = os.path.dirname(mountpoint)
         folders[target.domain] = folder
-        if target.how in ("image", "image-copy"):
+        if target.how.is_image:
             disks.setdefault(target.domain, {})[target.disk] = f"{target.disk}.img"
         else:
             found = [path for path in (disk_layout_path(mountpoint, True),

@@ -1,6 +1,7 @@
 """A VM disk on a logical volume of its own (a job's vmdisks: section), found through xl at
 each pre: its snapshot is exposed below the job's mountpoint as files or as an image
-(xenlvm.vmdisks.expose), and carries the tag xenlvm_vmdisk beside xenlvm's others."""
+(xenlvm.vmdisks.expose), and carries the VM-disk tag beside xenlvm's others
+(xenlvm.core.ownership)."""
 
 from __future__ import annotations
 
@@ -9,50 +10,46 @@ import os
 from collections.abc import Sequence
 
 from xenlvm.config.model import AUTO, Job, SnapshotSpec, Volume
+from xenlvm.core import ownership
 from xenlvm.core.context import Context
 from xenlvm.core.undo import UndoStack
 from xenlvm.errors import CleanupFailed, PreflightFailed, XenlvmError
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.fsutil import remove_if_present, trust_problem
-from xenlvm.host.lvm import VMDISK_TAG, LogicalVolume, VolumeGroup
+from xenlvm.host.lvm import LogicalVolume, VolumeGroup
 from xenlvm.host.runner import which
+from xenlvm.host.xl import XlView
 from xenlvm.targets.base import Target
 from xenlvm.vmdisks import expose as vmdisks
 from xenlvm.vmdisks import image_copy as vmdisk_copy
 from xenlvm.vmdisks import image_server
-from xenlvm.vmdisks.expose import SAFE_NAME, snapshot_name
-from xenlvm.vmdisks.unexposed import NotExposed
-from xenlvm.xen import domains as xen
+from xenlvm.vmdisks.expose import SAFE_NAME
+from xenlvm.vmdisks.model import Exposure, VmDisk
 
 log = logging.getLogger("xenlvm")
 
 
-class VmDiskTarget(Target):
-    extra_tags = (VMDISK_TAG,)
-    domain: str
+class VmDiskTarget(VmDisk, Target):
+    """A VM disk as pre plans it: its record (xenlvm.vmdisks.model), which the modules below
+    take, and the target's steps."""
 
-    def __init__(self, spec: SnapshotSpec, origin: LogicalVolume, domain: str, disk: str, how: str) -> None:
-        super().__init__(spec, origin)
-        self.domain = domain
-        self.disk = disk  # its name in the domain (xvda)
-        self.how = how  # vmdisks.expose: "files", "image" (FUSE) or "image-copy"
-        # expose: files, when not all of it could be: its image instead ("image" or
-        # "image-copy", or None when neither is possible) and what was not exposed
-        self.fallback: str | None = None
-        self.not_exposed: NotExposed | None = None
+    vm_disk = True
+
+    def domain_of(self) -> str | None:
+        return self.domain
 
     def expose(self, ctx: Context, job: Job, undo: UndoStack) -> None:
         can_serve = which(image_server.PROGRAM, ctx.config.settings.path) is not None
         vmdisks.expose(ctx.runner, job, self, undo, can_serve=can_serve)
 
 
-def unmatched_excludes(job: Job, xl: xen.XlView) -> list[str]:
+def unmatched_excludes(job: Job, xl: XlView) -> list[str]:
     """The items of vmdisks.exclude that name no domain xl knows (a typo leaves the domain in)."""
     known = set(xl.records) | set(xl.states)
     return [item for item in (job.vmdisks.exclude if job.vmdisks else ()) if item.split("/")[0] not in known]
 
 
-def discover(job: Job, xl: xen.XlView, vgs: dict[str, VolumeGroup]) -> list[VmDiskTarget]:
+def discover(job: Job, xl: XlView, vgs: dict[str, VolumeGroup]) -> list[VmDiskTarget]:
     """The job's VM disks that are logical volumes, as targets, from `xl list -l`. What cannot
     be backed up this way is reported, and fails pre when vmdisks.missing says so."""
     settings = job.vmdisks
@@ -116,9 +113,9 @@ def _disk_target(job: Job, domain: str, disk: dict, by_device: dict[tuple[int, i
     if lv.is_snapshot and not lv.is_thin:
         problems.append(f"{where}: {lv} is itself a classic snapshot, which LVM cannot snapshot")
         return None
-    spec = SnapshotSpec(Volume(lv.vg, lv.name), snapshot_name(lv.name),
+    spec = SnapshotSpec(Volume(lv.vg, lv.name), ownership.vm_disk_snapshot_name(lv.name),
                         os.path.join(job.mountpoint, domain, vdev), None if lv.is_thin else settings.size)
-    return VmDiskTarget(spec, lv, domain, vdev, settings.expose)
+    return VmDiskTarget(spec, lv, domain, vdev, Exposure(settings.expose))
 
 
 def check_image_room(job: Job, specs: Sequence[VmDiskTarget]) -> str | None:
@@ -137,7 +134,7 @@ def check_image_room(job: Job, specs: Sequence[VmDiskTarget]) -> str | None:
         return (f"vmdisks.image_dir {directory} must be root's alone, where nobody else can plant a "
                 f"link for root's copy to write through, or read the disks: {untrusted}. Or choose "
                 "another image_dir, e.g. 'mkdir -m 700 /var/lib/xenlvm-images'")
-    needed = sum(t.origin.size for t in specs if t.how == "image-copy")
+    needed = sum(t.origin.size for t in specs if t.how is Exposure.IMAGE_COPY)
     free = vmdisk_copy.free_bytes(directory)
     if needed > free:
         return (f"vmdisks.image_dir {directory} has {free >> 20} MiB free but the images of "
@@ -163,7 +160,7 @@ def serve_images(ctx: Context, job: Job, disks: Sequence[VmDiskTarget], undo: Un
         if failed:
             raise CleanupFailed(f"starting the image server failed ({exc}); undoing it ALSO failed: "
                                 f"{'; '.join(failed)}", exc) from exc
-        for target in (d for d in disks if d.fallback == "image"):
+        for target in (d for d in disks if d.fallback is Exposure.IMAGE):
             remove_if_present(f"{target.spec.mountpoint}.img", ignore_errors=True)  # its empty placeholder
             target.fallback = None
             problems = target.not_exposed.problems if target.not_exposed else ()

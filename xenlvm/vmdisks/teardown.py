@@ -1,6 +1,8 @@
 """Tearing down what pre exposed of a job's VM disks (post, and pre's sweep before it starts
 over): unmount below the job's tree only what is xenlvm's (by device numbers, loop devices,
-image binds), detach the loop devices, remove the snapshots, the image files and the tree."""
+image binds) and detach the loop devices (release), so that the snapshots can be removed
+(by xenlvm.phases.teardown, with proof of ownership); then remove the image files and the
+tree (finish)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from xenlvm.config.model import Job
 from xenlvm.errors import CommandFailed, MountError
@@ -73,8 +75,17 @@ def loops_of(devices: Sequence[tuple[int, int] | None],
 
 
 def detach_loops(runner: Runner, devices: Sequence[tuple[int, int] | None]) -> None:
-    for loop in loops_of(devices):
-        runner.change(["losetup", "--detach", loop])
+    """Detach the loop devices backed by devices."""
+    _detach(runner, loops_of(devices), lazy=False)
+
+
+def _detach(runner: Runner, loops: Iterable[str], lazy: bool) -> None:
+    """Detach loops; lazy: one still held by a reader stays (detach_held)."""
+    for loop in loops:
+        if lazy:
+            detach_held(runner, loop)
+        else:
+            runner.change(["losetup", "--detach", loop])
 
 
 def release(runner: Runner, job: Job, snapshots: Sequence[LogicalVolume], timeout: float,
@@ -105,11 +116,7 @@ def release(runner: Runner, job: Job, snapshots: Sequence[LogicalVolume], timeou
     if foreign:
         raise MountError(f"something xenlvm did not mount is mounted below {job.mountpoint} "
                          f"({', '.join(foreign)}); unmount it yourself, then run 'xenlvm post' again")
-    for loop in loops:
-        if lazy:
-            detach_held(runner, loop)
-        else:
-            runner.change(["losetup", "--detach", loop])
+    _detach(runner, loops, lazy)
 
 
 def _unmount(runner: Runner, mountpoint: str, timeout: float, lazy: bool) -> None:

@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import logging
 import os
-import select
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 
 from xenlvm.config.model import Config, WatchdogSettings
-from xenlvm.core.monitor import read_pid, runs_module
+from xenlvm.core.monitor import is_monitor
 from xenlvm.errors import XenlvmError
-from xenlvm.host.fsutil import read_small, remove_if_present
+from xenlvm.host.fsutil import remove_if_present
+from xenlvm.host.processes import read_pid, terminate_proven
 from xenlvm.host.runner import quote
 from xenlvm.watchdog.watch import MODULE, Files, Summary, Watched, files, read_summary, write_spec
 
@@ -101,13 +100,7 @@ def stop_monitor(paths: Files, job_name: str, module: str, read: Callable[[str],
 def is_watchdog(pid: int, job_name: str, module: str = MODULE) -> bool:
     """True when pid is a running watchdog (or another monitor: module) of this job, as its
     command line shows."""
-    return runs_module((read_small(f"/proc/{pid}/cmdline") or "").split("\0"), module, job_name)
-
-
-def _has_exited(pid: int) -> bool:
-    """Gone, or a zombie waiting for its parent to collect its exit status."""
-    stat = read_small(f"/proc/{pid}/stat")
-    return stat is None or stat.rpartition(")")[2].split()[:1] == ["Z"]
+    return is_monitor(pid, module, job_name)
 
 
 def terminate(pid: int, job_name: str, timeout: float, module: str = MODULE) -> bool:
@@ -116,56 +109,3 @@ def terminate(pid: int, job_name: str, timeout: float, module: str = MODULE) -> 
     what = "the snapshot watchdog" if module == MODULE else module
     return terminate_proven(pid, lambda checked: is_watchdog(checked, job_name, module),
                             f"{what} of job {job_name}", timeout)
-
-
-def terminate_proven(pid: int, is_ours: Callable[[int], bool], what: str, timeout: float) -> bool:
-    """SIGTERM the process at pid when is_ours proves it is what (e.g. the job's watchdog), and
-    wait for it to exit; SIGKILL it after timeout. Return True if it was ours and was signalled.
-
-    A pidfd pins the process that was checked, so a pid recycled between the check and the
-    signal cannot be hit; kernels older than 5.3 fall back to a plain kill."""
-    try:
-        pidfd: int | None = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return False
-    except (OSError, AttributeError):
-        pidfd = None
-    try:
-        if _has_exited(pid):
-            return False
-        if not is_ours(pid):
-            log.warning("the pid file of %s names pid %d, which is not it (the pid was reused); "
-                        "it is left alone", what, pid)
-            return False
-        _signal(pid, pidfd, signal.SIGTERM)
-        if not _wait_exit(pid, pidfd, timeout):
-            log.warning("%s (pid %d) did not stop within %g s of SIGTERM; killing it", what, pid, timeout)
-            _signal(pid, pidfd, signal.SIGKILL)
-            _wait_exit(pid, pidfd, 5.0)
-        return True
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
-
-
-def _signal(pid: int, pidfd: int | None, signum: int) -> None:
-    try:
-        if pidfd is not None:
-            signal.pidfd_send_signal(pidfd, signum)
-        else:
-            os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
-
-
-def _wait_exit(pid: int, pidfd: int | None, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not _has_exited(pid):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        if pidfd is not None:
-            select.select([pidfd], [], [], min(remaining, 1.0))  # readable once the process has exited
-        else:
-            time.sleep(min(remaining, 0.05))
-    return True

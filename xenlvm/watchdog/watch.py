@@ -25,10 +25,11 @@ from dataclasses import asdict, dataclass, field
 
 from xenlvm.config.model import Size, WatchdogSettings
 from xenlvm.core.monitor import StopRequest, read_summary_file, serve, start_monitor, watch_until
+from xenlvm.core.ownership import SameSnapshots
 from xenlvm.errors import EXIT_USAGE, CommandFailed, XenlvmError
 from xenlvm.host.cow import invalidated_by_io_errors
 from xenlvm.host.fsutil import read_small, write_atomically
-from xenlvm.host.lvm import OWNER_TAG, LogicalVolume, Lvm, VolumeGroup, job_tag
+from xenlvm.host.lvm import LogicalVolume, Lvm, VolumeGroup
 from xenlvm.host.runner import Runner
 from xenlvm.sizes import human_size
 from xenlvm.watchdog.sizing import limit_reason, next_size, wanted_size
@@ -89,7 +90,9 @@ class Monitor:
         self.lvm = lvm
         self.summary_path = summary_path
         self.watching = {str(w): w for w in watched}
-        self.identity: dict[str, tuple[str, str | None]] = {}  # a replaced snapshot is not ours
+        # Only a snapshot xenlvm created for this job, and the same one as at the first look
+        # (not one re-created under the same name), is ever extended.
+        self.same = SameSnapshots(job_name)
         self.stuck: set[str] = set()  # could not grow; the error was logged once
         self.max_fill: dict[str, float] = {}
         self.extensions: list[dict] = []
@@ -138,7 +141,7 @@ class Monitor:
                         "classic snapshots only", key)
             del self.watching[key]
             return
-        if lv is not None and not self._is_ours(lv):
+        if lv is not None and not (lv.is_snapshot and self.same.still_ours(lv)):
             log.error("%s is no longer the snapshot the watchdog started with (tags %s); it is not "
                       "touched and no longer watched", key, ",".join(sorted(lv.tags)) or "none")
             self.problem(f"{key} was replaced by another LV while the backup ran; not watched further")
@@ -183,18 +186,10 @@ class Monitor:
             self.problem(message)
             self.stuck.add(key)
 
-    def _is_ours(self, lv: LogicalVolume) -> bool:
-        """Only a classic snapshot that xenlvm created for this job, and the same one as at the
-        first look (not one re-created under the same name), is ever extended."""
-        if not lv.is_snapshot or not {OWNER_TAG, job_tag(self.job_name)} <= lv.tags:
-            return False
-        identity = (lv.created, lv.run_tag())
-        return self.identity.setdefault(str(lv), identity) == identity
-
     def _extend(self, lv: LogicalVolume, fill: float, new_size: int) -> bool:
         key = str(lv)
         try:
-            self.lvm.runner.change(["lvextend", "--size", f"{new_size}b", key])
+            self.lvm.extend(lv, new_size)
         except CommandFailed as exc:
             log.error("cannot extend %s (%.1f%% full) to %s: %s", key, fill, human_size(new_size), exc)
             self.problem(f"cannot extend {key} to {human_size(new_size)}: {exc}")

@@ -1,11 +1,10 @@
 """Xen: find the domains whose disks live on a job's volume, and pause them for the instant of
 the snapshot, resuming them whatever happens (their configuration export: xenlvm.xen.export).
 
-xl's own exit status is not enough: ``xl pause`` and ``xl unpause`` exit 0 even when libxl
-fails (tools/xl/xl_vmcontrol.c ignores the result), so failures are read from stderr and the
-outcome is checked with ``xl list``. Before pausing, the names of the domains about to be
-paused are written to /run/xenlvm/<job>.paused; a later run that finds this file (the earlier
-one was killed with -9 inside the pause window) resumes them first.
+xl's calls and the parsing of its output: xenlvm.host.xl. Since ``xl unpause`` exits 0 even when
+libxl fails, the outcome of a resume is checked with ``xl list``. Before pausing, the names of
+the domains about to be paused are written to /run/xenlvm/<job>.paused; a later run that finds
+this file (the earlier one was killed with -9 inside the pause window) resumes them first.
 """
 
 from __future__ import annotations
@@ -15,23 +14,19 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
-from xenlvm.config.model import AUTO, XL_TIMEOUT, Job
-from xenlvm.errors import CommandFailed, FileError, PreflightFailed, XenlvmError
+from xenlvm.config.model import AUTO, Job
+from xenlvm.errors import CommandFailed, FileError, PreflightFailed
 from xenlvm.host import interrupts
 from xenlvm.host.fsutil import is_below, remove_if_present, write_atomically
 from xenlvm.host.retry import Backoff
-from xenlvm.host.runner import Runner
+from xenlvm.host.xl import XenError, Xl, XlView, disk_paths
 
 log = logging.getLogger("xenlvm")
 
 UNPAUSE_ATTEMPTS = 4
-
-
-class XenError(XenlvmError):
-    """An xl call failed, or a domain could not be paused or resumed."""
 
 
 @dataclass(frozen=True)
@@ -43,101 +38,19 @@ class Domain:
     record: dict | None = None  # the domain's object from `xl list -l`
 
 
-def parse_xl_list(text: str) -> dict[str, tuple[int, bool]]:
-    """Given `xl list` output, return name -> (domid, paused). Names may contain spaces, so the
-    five numeric/state columns are taken from the right."""
-    domains = {}
-    for line in text.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) < 6:
-            continue
-        if not fields[-5].isdigit():
-            raise XenError(f"cannot understand the output of 'xl list': no domain id in {line!r}")
-        domains[" ".join(fields[:-5])] = (int(fields[-5]), "p" in fields[-2])
-    return domains
-
-
-def parse_xl_list_long(text: str) -> dict[str, dict]:
-    """Given `xl list -l` JSON, return name -> the domain's record."""
-    if text.lstrip().startswith("("):
-        raise XenError("'xl list -l' printed SXP, not JSON: set output_format to json in "
-                       "/etc/xen/xl.conf (output_format=\"json\", xl's default)")
-    try:
-        records = json.loads(text) if text.strip() else []
-        named = {r["config"]["c_info"]["name"]: r for r in records}
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise XenError(f"cannot understand the output of 'xl list -l' ({type(exc).__name__}: {exc})") \
-            from None
-    if not all(isinstance(name, str) and isinstance(record, dict) for name, record in named.items()):
-        raise XenError("cannot understand the output of 'xl list -l': a domain without a name")
-    for name, record in named.items():
-        disks = record["config"].get("disks", [])
-        if not isinstance(disks, list) or not all(
-                isinstance(d, dict) and all(isinstance(d.get(key, ""), str) for key in ("pdev_path", "vdev"))
-                for d in disks):
-            raise XenError(f"cannot understand the output of 'xl list -l': the disks of domain {name!r} are "
-                           "not in libxl's form (a list of objects with the text fields pdev_path and vdev)")
-    return named
-
-
-def disk_paths(record: dict) -> tuple[str, ...]:
-    return tuple(d["pdev_path"] for d in record.get("config", {}).get("disks", []) if d.get("pdev_path"))
-
-
-@dataclass(frozen=True)
-class XlView:
-    """The domains as one `xl list` (name -> (domid, paused)) and one `xl list -l` showed them."""
-
-    states: dict[str, tuple[int, bool]]
-    records: dict[str, dict]
-
-
 @dataclass
-class Window:
+class PauseTiming:
     """What one pause window measured; ms is set when it closes (None: nothing was paused)."""
 
     ms: float | None = None
 
 
-class Xl:
-    """The xl calls xenlvm makes, each with the job's timeout."""
-
-    def __init__(self, runner: Runner, timeout: float) -> None:
-        self.runner = runner
-        self.timeout = timeout
-
-    @classmethod
-    def for_job(cls, runner: Runner, job: Job) -> Xl:
-        """The job's xl: its xen.timeout, or the default for a job with VM disks and no xen."""
-        return cls(runner, job.xen.timeout if job.xen is not None else XL_TIMEOUT)
-
-    def states(self) -> dict[str, tuple[int, bool]]:
-        return parse_xl_list(self.runner.query(["xl", "list"], timeout=self.timeout).stdout)
-
-    def records(self) -> dict[str, dict]:
-        return parse_xl_list_long(self.runner.query(["xl", "list", "-l"], timeout=self.timeout).stdout)
-
-    def view(self) -> XlView:
-        return XlView(self.states(), self.records())
-
-    def control(self, verb: str, names: Sequence[str]) -> dict[str, XenlvmError]:
-        """Run `xl pause|unpause NAME` for all names at once; return the failures by name.
-        xl exits 0 even when libxl fails, so an error on stderr counts as a failure too."""
-        outcomes = self.runner.change_all([["xl", verb, name] for name in names], timeout=self.timeout)
-        failures: dict[str, XenlvmError] = {}
-        for name, outcome in zip(names, outcomes):
-            if isinstance(outcome, CommandFailed):
-                failures[name] = outcome
-            elif outcome is not None and "error" in outcome.stderr.lower():
-                failures[name] = XenError(f"xl {verb} {name} reported: {outcome.stderr.strip()}")
-        return failures
-
-
 def select_domains(job: Job, xl: XlView, origin_mountpoints: Sequence[str],
-                   disk_domains: Sequence[str] = ()) -> list[Domain]:
+                   disk_domains: Sequence[str] = (), excluded: Collection[str] = ()) -> list[Domain]:
     """The running domains the job quiesces (auto: those with a disk below origin_mountpoints,
     or of disk_domains, which own the job's VM disks). Configured ones that are missing or not
-    running are reported, and fail pre when the job says so."""
+    running are reported, and fail pre when the job says so. excluded: the domains the job's
+    configuration leaves out of its backup (a warning when one is paused all the same)."""
     assert job.xen is not None
     states, records = xl.states, xl.records
     chosen: list[Domain] = []
@@ -151,7 +64,7 @@ def select_domains(job: Job, xl: XlView, origin_mountpoints: Sequence[str],
                 continue
             disks = disk_paths(record)
             shares = any(is_below(d, m) for d in disks for m in origin_mountpoints)
-            if job.vmdisks is not None and job.vmdisks.excludes(name) and shares:
+            if name in excluded and shares:
                 log.warning("domain %s is excluded (vmdisks.exclude) but has a disk on a volume the job "
                             "backs up: it is paused (and frozen) with it", name)
             if name in disk_domains or shares:
@@ -253,16 +166,14 @@ def resume(xl: Xl, names: Sequence[str]) -> None:
 
 
 @contextlib.contextmanager
-def paused(xl: Xl, domains: Sequence[Domain], record: PauseRecord) -> Iterator[Window]:
-    """Pause the running domains for the body of the with-block and resume them in every case:
-    an exception, a timeout, SIGTERM or SIGINT. Domains that were already paused are left as
-    they are (and not resumed afterwards: we leave the host as we found it). Yields the Window,
-    which holds how long it lasted once the block is left."""
-    to_pause = [d.name for d in domains if not d.paused]
-    for domain in domains:
-        if domain.paused:
-            log.warning("domain %s was already paused; it stays paused", domain.name)
-    window = Window()
+def paused(xl: Xl, domains: Sequence[Domain], record: PauseRecord) -> Iterator[PauseTiming]:
+    """Pause the domains for the body of the with-block and resume them in every case: an
+    exception, a timeout, SIGTERM or SIGINT. They are running ones: a domain that was already
+    paused is left out by the plan (xenlvm.xen.windows.plan_xen), so that it is not resumed
+    afterwards (we leave the host as we found it). Yields the PauseTiming, which holds how long it
+    lasted once the block is left."""
+    to_pause = [d.name for d in domains]
+    window = PauseTiming()
     if not to_pause:
         yield window
         return

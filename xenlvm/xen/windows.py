@@ -22,20 +22,36 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-from xenlvm.config.model import AUTO, Job, WindowMode
+from xenlvm.config.model import WindowMode
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.fsutil import is_below
-from xenlvm.targets.base import Target
+from xenlvm.host.xl import Xl
 from xenlvm.xen import domains as xen
 
 log = logging.getLogger("xenlvm")
 
 PER_DOMAIN = WindowMode.PER_DOMAIN
 TOGETHER = WindowMode.TOGETHER
-# One window over the named domains (xen.paused): yields the xen.Window that measures it.
-Pause = Callable[[Sequence[str]], AbstractContextManager[xen.Window]]
+# One window over the named domains (xen.paused): yields the xen.PauseTiming that measures it.
+Pause = Callable[[Sequence[str]], AbstractContextManager[xen.PauseTiming]]
 # The freeze around one window (xenlvm.quiesce.freeze, Quiescer.frozen): yields, per domain, whether it froze.
 Freeze = Callable[[Sequence[str]], AbstractContextManager[dict[str, bool]]]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One snapshot to take, as the windows need it (pre makes one of each target): its name
+    (vg/lv), its origin (vg/lv) and the origin's device numbers, where the origin is mounted on
+    the host, the domain whose disk it is (a VM disk found for that domain)."""
+
+    name: str
+    origin: str
+    device: tuple[int, int] | None = None
+    mountpoints: tuple[str, ...] = ()
+    domain: str | None = None
+
+    def __str__(self) -> str:
+        return self.origin
 
 
 @dataclass(frozen=True)
@@ -43,18 +59,11 @@ class Window:
     """Domains paused together, and the snapshots taken while they are paused."""
 
     domains: tuple[str, ...]  # none: the snapshots are taken without pausing anyone
-    targets: tuple[Target, ...]  # in the job's order
+    targets: tuple[Snapshot, ...]  # in the job's order
 
 
-def mode_of(job: Job) -> WindowMode:
-    """The job's xen.window: as configured; else per-domain for a job with vmdisks (each VM on
-    LVs of its own), together for a job of volumes only (today's one window for the job)."""
-    if job.xen is not None and job.xen.window is not AUTO:
-        return job.xen.window
-    return PER_DOMAIN if job.vmdisks is not None else TOGETHER
-
-
-def plan(targets: Sequence[Target], uses: Mapping[str, Collection[Target]], mode: WindowMode) -> list[Window]:
+def plan(targets: Sequence[Snapshot], uses: Mapping[str, Collection[Snapshot]],
+         mode: WindowMode) -> list[Window]:
     """Given the job's targets in order, the targets each domain to pause has a disk on, and the
     mode, return the windows in the order of their first target.
 
@@ -73,7 +82,7 @@ def plan(targets: Sequence[Target], uses: Mapping[str, Collection[Target]], mode
         return [Window(domains, tuple(targets))]
     parent = {target: target for target in targets}
 
-    def root(target: Target) -> Target:
+    def root(target: Snapshot) -> Snapshot:
         while parent[target] != target:
             parent[target] = parent[parent[target]]
             target = parent[target]
@@ -83,30 +92,29 @@ def plan(targets: Sequence[Target], uses: Mapping[str, Collection[Target]], mode
         used = [t for t in targets if t in uses[name]]
         for target in used[1:]:
             parent[root(target)] = root(used[0])
-    targets_of: dict[Target, list[Target]] = {}
+    targets_of: dict[Snapshot, list[Snapshot]] = {}
     for target in targets:
         targets_of.setdefault(root(target), []).append(target)
-    domains_of: dict[Target, list[str]] = {}
+    domains_of: dict[Snapshot, list[str]] = {}
     for name in domains:
         domains_of.setdefault(root(next(t for t in targets if t in uses[name])), []).append(name)
     return [Window(tuple(domains_of.get(key, ())), tuple(group)) for key, group in targets_of.items()]
 
 
-def plan_xen(job: Job, domains: Sequence[xen.Domain], targets: Sequence[Target],
-             mounts: Sequence[mounts_mod.MountEntry]) -> list[Window]:
-    """The job's windows over the domains it pauses. A domain that was already paused is left so,
-    and has no say in the windows."""
+def plan_xen(mode: WindowMode, domains: Sequence[xen.Domain], snapshots: Sequence[Snapshot]) -> list[Window]:
+    """The windows (mode: xen.window) over the domains the job pauses, for its snapshots in
+    order. A domain that was already paused is left so, and has no say in
+    the windows."""
     for domain in domains:
         if domain.paused:
             log.warning("domain %s was already paused; it stays paused", domain.name)
     running = [domain for domain in domains if not domain.paused]
-    mode = mode_of(job)
-    planned = plan(targets, domain_uses(running, targets, mounts), mode)
+    planned = plan(snapshots, domain_uses(running, snapshots), mode)
     log.info("xen.window %s: %d pause window(s): %s", mode, len(planned), describe(planned))
     return planned
 
 
-def run(windows: Sequence[Window], snapshot: Callable[[Target], None],
+def run(windows: Sequence[Window], snapshot: Callable[[Snapshot], None],
         pause: Pause | None = None, freeze: Freeze | None = None) -> Iterator[tuple[tuple[str, ...], float]]:
     """Take each window's snapshots while its domains (and only they) are paused, one window
     after the other; yield each paused window's domains and how long it lasted (ms). pause(names)
@@ -116,7 +124,8 @@ def run(windows: Sequence[Window], snapshot: Callable[[Target], None],
     for window in windows:
         if window.domains and pause is None:
             raise ValueError("a window with domains needs a pause")  # a bug, never a host's state
-        paused = pause(window.domains) if window.domains and pause else contextlib.nullcontext(xen.Window())
+        unpaused = contextlib.nullcontext(xen.PauseTiming())
+        paused = pause(window.domains) if window.domains and pause else unpaused
         frozen = freeze(window.domains) if window.domains and freeze else contextlib.nullcontext({})
         with frozen, paused as measured:
             for target in window.targets:
@@ -125,31 +134,30 @@ def run(windows: Sequence[Window], snapshot: Callable[[Target], None],
             yield window.domains, measured.ms
 
 
-def xen_pause(xl: xen.Xl, record: xen.PauseRecord, domains: Sequence[xen.Domain]) -> Pause:
+def xen_pause(xl: Xl, record: xen.PauseRecord, domains: Sequence[xen.Domain]) -> Pause:
     """The pause of one window over xl, for run(): xen.paused() of the named domains."""
     by_name = {domain.name: domain for domain in domains}
 
-    def pause(names: Sequence[str]) -> AbstractContextManager[xen.Window]:
+    def pause(names: Sequence[str]) -> AbstractContextManager[xen.PauseTiming]:
         return xen.paused(xl, [by_name[name] for name in names], record)
     return pause
 
 
-def domain_uses(domains: Sequence[xen.Domain], targets: Sequence[Target],
-                mounts: Sequence[mounts_mod.MountEntry]) -> dict[str, set[Target]]:
-    """Given the domains to pause and the job's targets, return the targets each domain has a
-    disk on: a VM disk found for it, any disk that is a target's origin (by device number,
+def domain_uses(domains: Sequence[xen.Domain], snapshots: Sequence[Snapshot]) -> dict[str, set[Snapshot]]:
+    """Given the domains to pause and the job's snapshots, return the snapshots each domain has
+    a disk on: a VM disk found for it, any disk that is a snapshot's origin (by device number,
     whatever path the domain's config uses), and a volume with a disk file of the domain below
     one of its origin's mount points."""
-    by_device = {(t.origin.major, t.origin.minor): t for t in targets if t.origin.major is not None}
-    below = [(mountpoint, t) for t in targets for mountpoint in t.origin_mountpoints(mounts)]
-    uses: dict[str, set[Target]] = {}
+    by_device = {s.device: s for s in snapshots if s.device is not None}
+    below = [(mountpoint, s) for s in snapshots for mountpoint in s.mountpoints]
+    uses: dict[str, set[Snapshot]] = {}
     for domain in domains:
-        used = {t for t in targets if t.domain == domain.name}
+        used = {s for s in snapshots if s.domain == domain.name}
         for path in domain.disks:
             numbers = mounts_mod.device_numbers(path)
             if numbers in by_device:
                 used.add(by_device[numbers])
-            used |= {t for mountpoint, t in below if is_below(path, mountpoint)}
+            used |= {s for mountpoint, s in below if is_below(path, mountpoint)}
         uses[domain.name] = used
     return uses
 

@@ -1,0 +1,109 @@
+"""xenlvm.core.ownership: the tags xenlvm puts on its snapshots, the proof before it touches
+one, and the guarded removal, on LVs as real lvs showed them (tests/unit/data)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tests.unit.fakes import FakeRunner, lvs_with
+from xenlvm.config.model import Job, SnapshotSpec, Volume, parse_size
+from xenlvm.core import ownership
+from xenlvm.errors import SafetyRefusal
+from xenlvm.host import lvm
+from xenlvm.host.lvm import LogicalVolume, Lvm, VolumeGroup, parse_lvs_json
+
+SPEC = SnapshotSpec(Volume("system", "xenvm"), "vmbackup", "/mnt/vmbackup", parse_size("1G"))
+JOB = Job(name="xenvm", mountpoint="/mnt/vmbackup", volumes=(SPEC,), tasks=("xen_vm1",))
+RUN = "xenlvm_run_20261129T213500_829"  # the run that created the recorded snapshot
+
+
+def lvs(changes: dict[str, dict[str, str]] | None = None) -> dict[str, LogicalVolume]:
+    """system/xenvm and its snapshot system/vmbackup, as pre left them (mounted), changed."""
+    return {lv.name: lv for lv, _ in parse_lvs_json(lvs_with("lvs_snapshot_mounted.json", changes))}
+
+
+OURS = lvs()["vmbackup"]
+
+
+def test_a_volumes_snapshot_is_tagged_with_owner_job_and_run_and_a_vm_disks_also_as_such():
+    run = ownership.run_tag(0.0, 829)
+    assert run.startswith("xenlvm_run_") and run.endswith("_829")
+    assert ownership.tags_for(JOB, run) == ["xenlvm", "xenlvm_job_xenvm", run]
+    assert ownership.tags_for(JOB, run, vm_disk=True) == ["xenlvm", "xenlvm_job_xenvm", run, "xenlvm_vmdisk"]
+
+
+def test_the_recorded_snapshot_is_the_jobs_and_its_runs():
+    assert ownership.owns(JOB, SPEC, OURS)
+    assert ownership.run_of(OURS) == RUN
+    assert ownership.created_by(JOB, SPEC, OURS, RUN)
+    assert not ownership.created_by(JOB, SPEC, OURS, "xenlvm_run_20261130T213500_900")  # an earlier run's
+
+
+@pytest.mark.parametrize("tags", ["", "xenlvm", "xenlvm_job_xenvm,xenlvm_run_20261129T213500_829",
+                                  "xenlvm,xenlvm_job_other"])
+def test_a_foreign_lv_under_the_snapshots_name_is_refused_and_nothing_runs(tags):
+    foreign = lvs({"vmbackup": {"lv_tags": tags}})["vmbackup"]
+    runner = FakeRunner()
+    assert not ownership.owns(JOB, SPEC, foreign)
+    with pytest.raises(SafetyRefusal, match="does not carry xenlvm's tags for job 'xenvm'"):
+        ownership.prove(JOB, SPEC, foreign)
+    with pytest.raises(SafetyRefusal):
+        ownership.remove_one(Lvm(runner), JOB, SPEC, foreign)
+    failures = ownership.remove(Lvm(runner), JOB, [(SPEC, foreign), (SPEC, foreign)])
+    assert list(failures) == ["system/vmbackup"]
+    assert runner.calls == []
+
+
+def test_an_origin_with_a_snapshot_nobody_told_xenlvm_about_is_never_removed():
+    # The admin snapshotted xenlvm's snapshot: lvremove --force would take theirs along.
+    theirs = lvs({"vmbackup": {"lv_attr": "owi-aos---"}})["vmbackup"]
+    assert theirs.is_origin and ownership.owns(JOB, SPEC, theirs)
+    runner = FakeRunner()
+    with pytest.raises(SafetyRefusal, match="somebody made a snapshot of it"):
+        ownership.prove(JOB, SPEC, theirs)
+    with pytest.raises(SafetyRefusal, match="somebody made a snapshot of it"):
+        ownership.remove_one(Lvm(runner), JOB, SPEC, theirs)
+    assert runner.calls == []
+
+
+def test_a_snapshot_that_lost_its_tag_before_lvremove_is_left_and_told(tmp_path, monkeypatch):
+    # Proven, then its tags go: lvremove's --select matches nothing and exits 0; the device
+    # is still there, so it was not removed.
+    monkeypatch.setattr(lvm, "SYS_DEV_BLOCK", str(tmp_path))
+    (tmp_path / "254:3" / "dm").mkdir(parents=True)
+    (tmp_path / "254:3" / "dm" / "name").write_text("system-vmbackup\n")
+    runner = FakeRunner().on("lvremove", "")
+    with pytest.raises(SafetyRefusal, match="lost xenlvm's tags just before removal"):
+        ownership.remove_one(Lvm(runner), JOB, SPEC, OURS)
+    assert runner.argvs == [["lvremove", "--force", "--select", "lv_tags=xenlvm_job_xenvm",
+                             "system/vmbackup"]]
+
+    second_spec = dataclasses.replace(SPEC, snapshot="vmbackup2")
+    second = dataclasses.replace(OURS, name="vmbackup2", major=254, minor=4)  # its device is gone
+    both = [(SPEC, OURS), (second_spec, second)]
+    failures = ownership.remove(Lvm(FakeRunner().on("lvremove", "")), JOB, both)
+    assert list(failures) == ["system/vmbackup"] and "lost xenlvm's tags" in str(failures["system/vmbackup"])
+
+
+def test_the_monitors_act_only_on_the_snapshot_they_first_saw():
+    same = ownership.SameSnapshots("xenvm")
+    assert same.still_ours(OURS)
+    assert same.still_ours(OURS)
+    recreated = lvs({"vmbackup": {"lv_time": "2026-11-29 23:10:00 +0000"}})["vmbackup"]
+    assert not same.still_ours(recreated)  # removed and made again under its name: not acted on
+    assert not ownership.SameSnapshots("other").still_ours(OURS)  # another job's monitor
+
+
+def test_vm_disk_snapshots_are_found_by_tags_and_xenlvms_name_and_proven_by_its_spec():
+    tags = "xenlvm,xenlvm_vmdisk,xenlvm_job_xenvm," + RUN
+    disk = lvs({"vmbackup": {"lv_name": "xenvm.xenlvm", "lv_tags": tags}})["xenvm.xenlvm"]
+    vgs = {"system": VolumeGroup("system", 0, 0, 0, {disk.name: disk})}
+    assert ownership.vm_disk_snapshot_name("xenvm") == "xenvm.xenlvm"
+    assert ownership.vm_disk_snapshots(JOB, vgs) == [disk]
+    spec = ownership.vm_disk_spec(JOB, disk)
+    assert (spec.origin, spec.snapshot) == (Volume("system", "xenvm"), "xenvm.xenlvm")
+    ownership.prove(JOB, spec, disk)
+    assert ownership.vm_disk_snapshots(dataclasses.replace(JOB, name="other"), vgs) == []
+
