@@ -7,7 +7,7 @@ VPY        := $(VENV)/bin/python
 # Debian packages the sandbox needs: a real Linux kernel as a process (user-mode-linux),
 # LVM and the filesystems it tests with; fdisk (sfdisk) writes the test VM disks' partition
 # tables; gcc and libc6-dev build the sandbox's vector-register check and, for hosts with
-# AVX-512 or AMX, its XSTATE shim for UML (tests/system/uml/). Installed only when missing.
+# AVX-512 or AMX, its XSTATE shim for UML (sandbox/uml/). Installed only when missing.
 DEB_PACKAGES := user-mode-linux lvm2 kmod xfsprogs e2fsprogs thin-provisioning-tools \
                 util-linux fdisk psmisc python3-venv gcc libc6-dev qemu-system-common
 
@@ -93,7 +93,7 @@ PYTEST_PARALLEL := -n 4 --dist load --maxschedchunk 1
 
 # The .deb first: tests/system/test_deb.py installs it in the sandbox.
 test: deps deb
-	$(VPY) -m ruff check xenlvm tests
+	$(VPY) -m ruff check xenlvm tests sandbox bench
 	$(VPY) -m mypy xenlvm
 	$(VPY) -m pytest -q $(PYTEST_PARALLEL) tests
 
@@ -126,7 +126,7 @@ bench-host: $(VENV)/.installed
 	$(VPY) -m bench.hostcost
 
 lint: deps
-	$(VPY) -m ruff check xenlvm tests
+	$(VPY) -m ruff check xenlvm tests sandbox bench
 	$(VPY) -m mypy xenlvm
 
 # One file for hosts without network access: xenlvm with click and PyYAML (pure Python; click

@@ -63,7 +63,9 @@ ROWS = ["python -c pass", "python -I -S -c pass", *IMPORT_ROWS, "sbc_pre, no mat
 def installed_hook(python: str, source: Path) -> str:
     """The text of the sbc_pre that source's install-hooks writes for python, run as `python -c`
     (sys.argv[1:] are then the hook's arguments, as when sesam runs the file)."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from xenlvm.admin.install import hook_text; "
+    code = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+            "try:\n    from xenlvm.admin.install import hook_text\n"
+            "except ImportError:\n    from xenlvm.install import hook_text\n"  # before the layout by layer
             "print(hook_text('pre', 'PYTHON', None), end='')")
     text = subprocess.run([python, "-c", code, str(source)], capture_output=True, text=True,
                           check=True).stdout

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import sys
 
-from tests.system.conftest import World
-from tests.system.sandbox import Guest
+from bench.common import Row, Section, progress, section_main
+from sandbox.machine import Guest
+from sandbox.world import HOOKS, World
 
-HOOKS = "/opt/sesam/bin/sesam"
-XL = "/opt/xen/bin/xl"
 SIZES = {"small": 64, "big": 1024}  # MiB: the domain's one disk
 CONFIG = """\
 settings:
@@ -44,13 +43,10 @@ for name in small big; do
     /opt/xen/bin/xl fake-create "$name" --disk "/dev/system/img-$name,xvda" >/dev/null
     mkdir -p "/mnt/img-$name"
 done
-mkdir -p /var/tmp/images
+# image-copy's image_dir: pre copies a disk only into room for its whole size (1 GiB here), more
+# than the guest's /var/tmp (a tmpfs of half its memory) has; the copy is sparse (64 MiB written)
+mkdir -p /var/tmp/images && mount -t tmpfs -o size=1200M,mode=0755 tmpfs /var/tmp/images
 """
-
-
-def _row(label: str, values: list[float], unit: str = "ms", baseline=None):
-    from bench.run import Row  # bench.run imports this module only when it runs
-    return Row(label, values, unit, baseline)
 
 
 def _hook(guest: Guest, name: str, job: str) -> float:
@@ -77,7 +73,6 @@ def _used_kib(guest: Guest, path: str) -> float:
 
 def image_exposure(guest: Guest, world: World, rounds: int = 3):
     """Measure; return a bench.run.Section."""
-    from bench.run import Section, progress
     world.build(config=None)
     guest.sh(SETUP.replace("$1", str(SIZES["small"])).replace("$2", str(SIZES["big"])))
     fuse = CONFIG + "".join(JOB.format(name=n, expose="image", image_dir="") for n in SIZES)
@@ -105,17 +100,18 @@ def image_exposure(guest: Guest, world: World, rounds: int = 3):
             for name in SIZES:
                 pre_copy[name].append(_hook(guest, "sbc_pre", name))
                 _hook(guest, "sbc_post", name)
-    small = _row("sbc_pre, expose: image (FUSE), 64 MiB disk", pre["small"])
-    small_copy = _row("sbc_pre, expose: image-copy, 64 MiB disk", pre_copy["small"])
-    device = _row("dd of the snapshot device, 1 GiB (page cache dropped)", device_read, "MiB/s")
+    small = Row("sbc_pre, expose: image (FUSE), 64 MiB disk", pre["small"])
+    small_copy = Row("sbc_pre, expose: image-copy, 64 MiB disk", pre_copy["small"])
+    device = Row("dd of the snapshot device, 1 GiB (page cache dropped)", device_read, "MiB/s")
     rows = [small,
-            _row("sbc_pre, expose: image (FUSE), 1 GiB disk", pre["big"], baseline=small),
+            Row("sbc_pre, expose: image (FUSE), 1 GiB disk", pre["big"], baseline=small),
             small_copy,
-            _row("sbc_pre, expose: image-copy, 1 GiB disk", pre_copy["big"], baseline=small_copy),
+            Row("sbc_pre, expose: image-copy, 1 GiB disk", pre_copy["big"], baseline=small_copy),
             device,
-            _row("dd of the exposed image file, 1 GiB (page cache dropped)", image_read, "MiB/s", device),
-            _row("space used in the tree's tmpfs after pre (layout files)", tree_used, "KiB"),
-            _row("space used in /var/tmp/images by pre (expose: image)", dir_used, "KiB")]
+            Row("dd of the exposed image file, 1 GiB (page cache dropped)", image_read, "MiB/s", device),
+            Row("space used in the tree's tmpfs after pre (layout files)", tree_used, "KiB"),
+            Row("space used in /var/tmp/images by pre (expose: image)", dir_used, "KiB")]
+    guest.run(["umount", "/var/tmp/images"], check=True)
     world.build(config=None)
     return Section("expose: image without copying (FUSE) against the copying mode", rows, notes=[
         "targets: pre with 1 GiB within 10% of pre with 64 MiB; the image read at least 80% of the "
@@ -125,7 +121,6 @@ def image_exposure(guest: Guest, world: World, rounds: int = 3):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.run import section_main
     return section_main("images", __doc__, image_exposure, argv)
 
 

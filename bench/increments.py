@@ -1,5 +1,5 @@
 """Increments from thin-pool metadata (issue 27), measured in the sandbox on real dm-thin with
-xenlvm's thin_delta.py and increment.py (driven by tests/system/guest/thin_chain.py, as the
+xenlvm's thin_delta.py and increment.py (driven by sandbox/guest/thin_chain.py, as the
 system test does; pre does not write increments yet):
 
 - the increment's size against the bytes changed, for 1%, 10% and 50% of a 128 MiB thin disk
@@ -23,9 +23,10 @@ import json
 import random
 import sys
 
-from tests.system import test_increments as drill
-from tests.system.conftest import SESAM_ARGS, XEN_SETTINGS, XL, World
-from tests.system.sandbox import Guest
+from bench.common import Row, Section, progress, section_main
+from sandbox import chain as drill
+from sandbox.machine import Guest
+from sandbox.world import SESAM_ARGS, XEN_SETTINGS, XL, World
 
 SIZE = 128 << 20
 EXTENT = 256 << 10
@@ -57,11 +58,6 @@ BIG_CONFIG = XEN_SETTINGS + """\
 """
 
 
-def _row(label: str, values: list[float], unit: str = "ms", baseline=None):
-    from bench.run import Row  # bench.run imports this module only when it runs
-    return Row(label, values, unit, baseline)
-
-
 def _change(guest: Guest, percent: float, length: int, rng: random.Random, size: int = SIZE,
             device: str = "/dev/system/vm5-disk") -> int:
     """Write random bytes to percent of the disk (size bytes) in writes of length bytes at
@@ -87,7 +83,6 @@ def _hooks_run(world: World, kind: str) -> float:
 def pre_of_a_big_disk(guest: Guest, world: World, rng: random.Random) -> list:
     """pre's time for the BIG disk: its increment after BIG_CHANGE bytes changed, then (its base
     dropped) its full image of the same state."""
-    from bench.run import progress
     world.build(layout="thin", config=None)
     # image_dir must have room for the disk's full size (pre checks): a 70 GiB thin LV in a pool of
     # its own, which only the blocks written take room in
@@ -109,8 +104,8 @@ def pre_of_a_big_disk(guest: Guest, world: World, rng: random.Random) -> list:
     progress("increments: pre of the same 64 GiB thin disk, whole (its full image)")
     whole = _hooks_run(world, "full")
     guest.sh("umount /srv/images")
-    whole_row = _row("pre, a 64 GiB thin disk (384 MiB mapped) exposed whole: its full image", [whole * 1000])
-    return [whole_row, _row("pre, the same disk after 192 MiB changed: its increment", [increment * 1000],
+    whole_row = Row("pre, a 64 GiB thin disk (384 MiB mapped) exposed whole: its full image", [whole * 1000])
+    return [whole_row, Row("pre, the same disk after 192 MiB changed: its increment", [increment * 1000],
                             baseline=whole_row)]
 
 
@@ -122,7 +117,6 @@ def _mapped_mib(guest: Guest) -> float:
 
 def increments(guest: Guest, world: World, rounds: int = 3):
     """Measure; return a bench.run.Section."""
-    from bench.run import Section, progress
     rng = random.Random(27)
     world.build(layout="thin", config=drill.CONFIG)
     guest.sh(f"lvcreate -q -y -V {SIZE}b -T system/pool -n vm5-disk >/dev/null\n"
@@ -131,7 +125,7 @@ def increments(guest: Guest, world: World, rounds: int = 3):
              "status=none")
     expected = drill.snapshot(world, 0)
     guest.run(["dd", "if=/dev/system/s0", f"of={drill.chain_file(0)}", "bs=4M", "status=none"], check=True)
-    full = _row("the full image (what expose: image shows every run)", [SIZE / (1 << 20)], "MiB")
+    full = Row("the full image (what expose: image shows every run)", [SIZE / (1 << 20)], "MiB")
     rows, delta_rows = [full], []
     for number, (percent, length) in enumerate(RUNS, 1):
         progress(f"increments: run {number}, {percent}% changed in writes of {length} bytes")
@@ -142,13 +136,13 @@ def increments(guest: Guest, world: World, rounds: int = 3):
         guest.run(["lvremove", "-q", "-f", f"system/s{number - 1}"], check=True)
         if number <= 4:
             what = f"{length >> 10} KiB extents" if length >= EXTENT else "scattered 4 KiB writes"
-            changed_row = _row(f"run {number}: bytes changed, {percent}% of the disk in {what}",
+            changed_row = Row(f"run {number}: bytes changed, {percent}% of the disk in {what}",
                                [changed / (1 << 20)], "MiB")
-            rows += [changed_row, _row(f"run {number}: its increment file ({len(made['ranges'])} ranges)",
+            rows += [changed_row, Row(f"run {number}: its increment file ({len(made['ranges'])} ranges)",
                                        [made["size"] / (1 << 20)], "MiB", changed_row),
-                     _row(f"run {number}: the increment file less the bytes changed",
+                     Row(f"run {number}: the increment file less the bytes changed",
                           [(made["size"] - changed) / 1024], "KiB")]
-        delta_rows.append(_row(f"thin_delta with reserve and release, pool {mapped:.0f} MiB mapped",
+        delta_rows.append(Row(f"thin_delta with reserve and release, pool {mapped:.0f} MiB mapped",
                                [made["delta_s"] * 1000]))
     alone, chained = [], []
     for number in range(rounds + 1):  # round 0 warms up and is dropped
@@ -161,8 +155,8 @@ def increments(guest: Guest, world: World, rounds: int = 3):
                 into.append(done.duration * 1000)
         if drill.sha256(world, "/dev/system/restored") != expected:
             raise RuntimeError("the chain restored is not the disk as of its last run")
-    alone_row = _row("restore-image of the full image alone (128 MiB)", alone)
-    rows += delta_rows + [alone_row, _row(f"restore-image of the full image and {len(RUNS)} increments",
+    alone_row = Row("restore-image of the full image alone (128 MiB)", alone)
+    rows += delta_rows + [alone_row, Row(f"restore-image of the full image and {len(RUNS)} increments",
                                           chained, baseline=alone_row)]
     rows += pre_of_a_big_disk(guest, world, rng)
     world.build(config=None)
@@ -178,7 +172,6 @@ def increments(guest: Guest, world: World, rounds: int = 3):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.run import section_main
     return section_main("increments", __doc__, increments, argv, rounds_help="measured restore rounds [3]")
 
 

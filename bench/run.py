@@ -20,7 +20,7 @@ against full images: their size, thin_delta's time, a chain's restore (bench/inc
 First, before the guest boots, bench/hostcost.py measures xenlvm's own cost on the host itself,
 every command it runs a stub (its section ends results.md; `make bench-host` runs it alone).
 
-Everything runs in ONE boot of the User-Mode Linux guest (tests/system/sandbox.py). Every
+Everything runs in ONE boot of the User-Mode Linux guest (sandbox/machine.py). Every
 duration is measured inside the guest by its agent around the process (fork to exit), never as
 the host's round trip. The two sides of each comparison are interleaved (A B A B ...) so that
 drift hits both alike, after one warm-up round that is not counted. Results are medians with
@@ -38,23 +38,32 @@ import hashlib
 import os
 import platform
 import re
-import statistics
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import xenlvm
 from bench import hostcost
-from tests.system.conftest import SESAM_ARGS, World
-from tests.system.sandbox import REPO, Completed, Guest, SandboxError
+from bench.common import (
+    XEN_PATH,
+    Bench,
+    BenchError,
+    Row,
+    Section,
+    hook,
+    logged_runs,
+    markdown_table,
+    progress,
+    timed,
+)
+from bench.images import image_exposure
+from bench.increments import increments
+from bench.windows import per_domain_windows
+from sandbox.machine import REPO, Completed, Guest, SandboxError
+from sandbox.world import HOOKS, SESAM_ARGS, XL, World
 
 BENCH = Path(__file__).resolve().parent
-HOOKS = "/opt/sesam/bin/sesam"
-XL = "/opt/xen/bin/xl"
-LOG = "/var/log/xenlvm.log"
-XEN_PATH = "/opt/xen/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # the stand-in xl first
 NO_JOB_ARGS = ["other_task", "/mnt/other", "FULL", "20261129-213000", "backup-host"]
 VOLUME_COUNTS = (1, 2, 4, 8)
 
@@ -97,79 +106,7 @@ sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
-LOG_LINE = re.compile(r"^\S+ \S+ xenlvm\[(\d+)\] \w+ (?:job [^ :]+: )?(.*)$")
-EXIT_LINE = re.compile(r"^exit -?\d+ after ([\d.]+) s: ")
-WINDOW_LINE = re.compile(r"^pause window: (\d+) ms \(domains [^;)]*(?:; (\d+) ms from xl pause returning)?")
 IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \| ( *)(\S+)")
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-# ---------------------------------------------------------------------------------------------
-# What is reported: rows of samples, grouped in sections
-
-
-@dataclass
-class Row:
-    """One measurement: its samples, and optionally the row it is compared with."""
-
-    label: str
-    values: list[float]
-    unit: str = "ms"
-    baseline: Row | None = None
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.values)
-
-
-@dataclass
-class Section:
-    title: str
-    rows: list[Row] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-def number(value: float, unit: str) -> str:
-    return f"{value:.1f}" if unit == "MiB" or abs(value) < 10 else f"{value:.0f}"
-
-
-def markdown_table(rows: list[Row]) -> str:
-    lines = ["| measurement | median | min–max | n | baseline | ratio of medians | difference |",
-             "|---|--:|--:|--:|---|--:|--:|"]
-    for row in rows:
-        cells = [row.label, f"{number(row.median, row.unit)} {row.unit}",
-                 f"{number(min(row.values), row.unit)}–{number(max(row.values), row.unit)}",
-                 str(len(row.values))]
-        base = row.baseline
-        if base is None:
-            cells += ["", "", ""]
-        else:
-            ratio = f"{row.median / base.median:.2f}×" if base.median else "–"
-            difference = row.median - base.median
-            sign = "+" if difference >= 0 else "-"
-            cells += [base.label, ratio, f"{sign}{number(abs(difference), row.unit)} {row.unit}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
-# Running things in the guest and reading what xenlvm logged
-
-
-def timed(guest: Guest, argv: list, env: dict | None = None) -> float:
-    """Run argv in the guest; return its wall time in ms as the guest measured it."""
-    done = guest.run(argv, env=env)
-    if done.rc != 0:
-        raise BenchError(f"a measured command failed, so its timing means nothing:\n{done}")
-    return done.duration * 1000
-
-
-def hook(guest: Guest, name: str, args: list[str] = SESAM_ARGS) -> float:
-    """Call a hook exactly as sesam does: the executable, the task's arguments, no environment."""
-    return timed(guest, [f"{HOOKS}/{name}", *args], env={})
 
 
 def baseline(guest: Guest, name: str) -> float:
@@ -201,127 +138,17 @@ def own_usage_of(guest: Guest, hook_name: str) -> dict[str, float]:
             "kids_rss": kids_rss / 1024}
 
 
-@dataclass
-class Invocation:
-    """One hook run as its lines in xenlvm's log show it."""
-
-    phase: str = ""
-    commands: list[tuple[str, float]] = field(default_factory=list)  # (command, ms) in order
-    windows: list[float] = field(default_factory=list)  # pause windows, ms
-    between: list[float] = field(default_factory=list)  # from xl pause returning to xl unpause starting
-
-    @property
-    def command_ms(self) -> float:
-        return sum(ms for _, ms in self.commands)
-
-
-def command_name(argv: list[str]) -> str:
-    """'lvcreate', 'mount', or for xl its subcommand: 'xl pause', 'xl list -l'."""
-    if argv[0] != "xl":
-        return argv[0]
-    return " ".join(argv[:3]) if argv[2:3] == ["-l"] else " ".join(argv[:2])
-
-
-def read_log(guest: Guest) -> list[Invocation]:
-    """Every hook run logged since the log was last removed, in order (one pid per run)."""
-    runs: dict[str, Invocation] = {}
-    pending = ""
-    for line in guest.run(["cat", LOG]).stdout.splitlines():
-        match = LOG_LINE.match(line)
-        if not match:
-            continue
-        run = runs.setdefault(match.group(1), Invocation())
-        message = match.group(2)
-        if " called with arguments: " in message:
-            run.phase = message.split()[0]
-        elif message.startswith("run: "):
-            pending = command_name(message[len("run: "):].split())
-        elif exited := EXIT_LINE.match(message):
-            run.commands.append((pending, float(exited.group(1)) * 1000))
-        elif window := WINDOW_LINE.match(message):
-            run.windows.append(float(window.group(1)))
-            if window.group(2):
-                run.between.append(float(window.group(2)))
-    return list(runs.values())
-
-
-def logged_runs(guest: Guest, phases: list[str]) -> list[Invocation]:
-    """The logged hook runs, checked against the calls the bench made (pre, post, ...)."""
-    runs = read_log(guest)
-    if [r.phase for r in runs] != phases:
-        raise BenchError(f"expected the log to show the runs {phases}, found {[r.phase for r in runs]}")
-    return runs
-
-
-def progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def run_alone(name: str, measure: Callable[[Guest, World], Section]) -> int:
-    """One section of the bench on its own (python -m bench.<name>): boot the sandbox, measure,
-    halt, print the section. 1 if the sandbox cannot start."""
-    started = time.monotonic()
-    guest = Guest(f"bench-{name}")
-    progress("booting the sandbox")
-    try:  # halt() is safe whatever boot() got to
-        guest.boot()
-        world = World(guest)
-        world.build(config=None)
-        section = measure(guest, world)
-    except SandboxError as exc:
-        print(f"bench.{name}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        guest.halt()
-    print(f"## {section.title}\n\n{markdown_table(section.rows)}\n")
-    print("\n".join(f"- {note}" for note in section.notes))
-    print(f"\n({(time.monotonic() - started) / 60:.1f} min)")
-    return 0
-
-
-def section_main(name: str, doc: str, measure: Callable[[Guest, World, int], Section],
-                 argv: list[str] | None, rounds_help: str = "measured rounds [3]") -> int:
-    """The command line of a section run on its own: python -m bench.<name> [--rounds N]."""
-    parser = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=doc.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help=rounds_help)
-    rounds = parser.parse_args(argv).rounds
-    return run_alone(name, lambda guest, world: measure(guest, world, rounds))
-
-
 # ---------------------------------------------------------------------------------------------
 # The measurements
 
 
 @dataclass
-class Bench:
-    guest: Guest
-    world: World
-    rounds: int
-    cpu_rounds: int
-    scaling_rounds: int
-    commands: dict[str, list[float]] = field(default_factory=dict)  # every logged command, ms
-    sequences: dict[str, list[str]] = field(default_factory=dict)  # what each kind of run ran
+class Measurements(Bench):
+    """Sections 1 to 5 (section 6 and the rest are in modules of their own)."""
+
     pre_row: Row | None = None  # sbc_pre without xen (section 1), the baseline of pre with xen
     import_profile: str = ""
-    rounds_run: int = 0
-    rounds_beside_others: int = 0  # rounds that began while another sandbox ran on this host
 
-    def measured_rounds(self, title: str, count: int):
-        """Yield 0, a warm-up round whose samples the caller drops, then 1 to count; xenlvm's log
-        starts afresh with round 1, so it holds exactly the counted runs."""
-        for number_ in range(count + 1):
-            progress(f"{title}: round {number_}/{count}" + (" (warm-up)" if number_ == 0 else ""))
-            self.rounds_run += 1
-            self.rounds_beside_others += bool(other_sandboxes(self.guest))
-            if number_ == 1:
-                self.guest.run(["rm", "-f", LOG], check=True)
-            yield number_
-
-    def remember(self, kind: str, runs: list[Invocation]) -> None:
-        for run in runs:
-            for name, ms in run.commands:
-                self.commands.setdefault(name, []).append(ms)
-        self.sequences[kind] = [name for name, _ in runs[-1].commands]
 
     def against_the_manual(self) -> Section:
         """1. sbc_pre/sbc_post against the manual's shell, no xen section, interleaved."""
@@ -591,23 +418,9 @@ def machine(guest: Guest) -> list[str]:
             f"Python {platform.python_version()} ({guest.python}); the stand-in xl runs it with -S"]
 
 
-def other_sandboxes(guest: Guest) -> set[str]:
-    """The disk images of other User-Mode Linux guests running on this host now: they compete
-    for the same CPUs and make every timing slower and noisier."""
-    disks = set()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if argv[0].endswith("linux.uml"):
-            disks.update(a for a in argv if a.startswith("ubd0=") and a != f"ubd0={guest.disk}")
-    return disks
-
-
 def code_measured(before: str, after: str) -> str:
     """Which code was measured: a fingerprint of it, taken before and after the run."""
-    line = (f"xenlvm {xenlvm.__version__}, source fingerprint {before} (sha256 of xenlvm/*.py, "
+    line = (f"xenlvm {xenlvm.__version__}, source fingerprint {before} (sha256 of xenlvm/**/*.py, "
             "sbc_pre and sbc_post)")
     if after != before:
         line += (f"; WARNING: the source changed during the run (now {after}), so some rounds may "
@@ -617,8 +430,8 @@ def code_measured(before: str, after: str) -> str:
 
 def source_fingerprint() -> str:
     digest = hashlib.sha256()
-    for path in sorted(REPO.glob("xenlvm/*.py")) + [REPO / "sbc_pre", REPO / "sbc_post"]:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for path in sorted(REPO.glob("xenlvm/**/*.py")) + [REPO / "sbc_pre", REPO / "sbc_post"]:
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
 
 
@@ -669,19 +482,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         world = World(guest)
         world.build(config=None)
-        bench = Bench(guest, world, args.rounds, args.cpu_rounds, args.scaling_rounds)
+        bench = Measurements(guest, world, args.rounds, args.cpu_rounds, args.scaling_rounds)
         about = machine(guest)
         # Section 4 runs second, in the plain world; section 3 last, as it adds volumes.
         manual = bench.against_the_manual()
         cpu = bench.cpu_and_memory()
         window = bench.pause_window()
         growth = bench.growth()
-        from bench.windows import per_domain_windows  # section 6; it imports this module
-        per_domain = per_domain_windows(bench)
-        from bench.images import image_exposure  # expose: image without copying (issue 16)
-        images = image_exposure(guest, world)
-        from bench.increments import increments  # thin_delta and increment files (issue 27)
-        chain = increments(guest, world)
+        per_domain = per_domain_windows(bench)  # section 6
+        images = image_exposure(guest, world)  # expose: image without copying (issue 16)
+        chain = increments(guest, world)  # thin_delta and increment files (issue 27)
         sections = [manual, window, growth, cpu, bench.command_costs(), per_domain, images, chain]
     finally:
         guest.halt()

@@ -87,7 +87,10 @@ Inode size:\t          256
 
 # Put into an installed hook's text just before its run_hook(...) line (see seam).
 _SEAM = """\
-from xenlvm.host import mounts  # bench/stubhost.py: the stand-in host's mount table and devices
+try:  # bench/stubhost.py: the stand-in host's mount table and devices
+    from xenlvm.host import mounts
+except ImportError:  # a xenlvm before its layout by layer (make bench's BENCH_BASELINE)
+    from xenlvm import mounts
 mounts.MOUNTINFO = {mountinfo!r}
 with open({devices!r}) as handle:
     table = {{path: (int(major), int(minor)) for path, major, minor in map(str.split, handle)}}

@@ -1,9 +1,9 @@
 """The fastest writer the thin pool guard keeps up with (issue 26; README, Thin pools).
 
-The world of tests/system/test_thin_pool.py: a 64 MiB pool system/tpool whose thin volume holds
-36 MiB that the job's thin snapshot shares. For each pace, pre, then the VM overwrites those
-36 MiB in synced chunks (each chunk, then a pause), then post. Per run: the writer's rate, the
-pool's size after the guard grew it, and whether the kernel switched the pool to
+The world of tests/system/test_thin_pool.py (sandbox/thin_pool.py): a 64 MiB pool system/tpool
+whose thin volume holds 36 MiB that the job's thin snapshot shares. For each pace, pre, then the
+VM overwrites those 36 MiB in synced chunks (each chunk, then a pause), then post. Per run: the
+writer's rate, the pool's size after the guard grew it, and whether the kernel switched the pool to
 out-of-data-space (writes queued) at any time. Defaults of thin_pool: (interval 2s, protect_at
 90%: 6.4 MiB of headroom).
 
@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from tests.system import test_thin_pool as thin
-from tests.system.conftest import World
-from tests.system.sandbox import Guest
+from sandbox import thin_pool as thin
+from sandbox.machine import Guest
+from sandbox.world import World
 
 
 def run(world: World, chunk: int, pause: float) -> str:

@@ -20,8 +20,8 @@ import argparse
 import statistics
 import sys
 
-from bench import run as bench_run
-from bench.run import XEN_PATH, XL, Bench, BenchError, Row, Section, hook, logged_runs, progress
+from bench.common import XEN_PATH, Bench, BenchError, Row, Section, hook, logged_runs, progress, run_alone
+from sandbox.world import XL
 
 DOMAINS = 8
 COUNTS = (1, 4, 8)
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.windows", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="counted rounds [3]")
     rounds = parser.parse_args(argv).rounds
-    return bench_run.run_alone("windows", lambda guest, world: per_domain_windows(
+    return run_alone("windows", lambda guest, world: per_domain_windows(
         Bench(guest, world, rounds=0, cpu_rounds=0, scaling_rounds=rounds)))
 
 

@@ -13,8 +13,8 @@ import sys
 import textwrap
 import time
 
-from tests.system.conftest import SESAM_ARGS, World
-from tests.system.sandbox import Guest, SandboxError
+from sandbox.machine import Guest, SandboxError
+from sandbox.world import SESAM_ARGS, World
 
 CONFIG = """\
 settings:

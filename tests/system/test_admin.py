@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from tests.system.conftest import DEFAULT_CONFIG, SESAM_ARGS, assert_nothing_left
+from sandbox.world import DEFAULT_CONFIG, SESAM_ARGS
+from tests.system.conftest import assert_nothing_left
 
 pytestmark = pytest.mark.system
 

@@ -12,8 +12,9 @@ import signal
 
 import pytest
 
-from tests.system.conftest import XEN_SETTINGS, XL
-from tests.system.test_increments import BLOCK, SIZE, WRITES, held, sha256, touched_blocks, write
+from sandbox.chain import BLOCK, sha256
+from sandbox.world import XEN_SETTINGS, XL
+from tests.system.test_increments import SIZE, WRITES, held, touched_blocks, write
 from xenlvm.increments import fileformat
 
 pytestmark = pytest.mark.system

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.conftest import DEFAULT_CONFIG, SESAM_ARGS, World, assert_nothing_left
-from tests.system.sandbox import REPO, Guest
+from sandbox.machine import REPO, Guest
+from sandbox.world import DEFAULT_CONFIG, SESAM_ARGS, World
+from tests.system.conftest import assert_nothing_left
 
 pytestmark = pytest.mark.system
 

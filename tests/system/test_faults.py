@@ -7,13 +7,8 @@ import signal
 
 import pytest
 
-from tests.system.conftest import (
-    DEFAULT_CONFIG,
-    PRE_STEPS,
-    SESAM_ARGS,
-    assert_lock_free,
-    assert_nothing_left,
-)
+from sandbox.world import DEFAULT_CONFIG, PRE_STEPS, SESAM_ARGS
+from tests.system.conftest import assert_lock_free, assert_nothing_left
 
 pytestmark = pytest.mark.system
 

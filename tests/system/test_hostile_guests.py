@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.world import XEN_SETTINGS, XL, World
 from tests.system import hostile_disks
-from tests.system.conftest import TESTS, XEN_SETTINGS, XL, World
+from tests.system.conftest import TESTS
 
 pytestmark = pytest.mark.system
 

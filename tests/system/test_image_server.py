@@ -10,7 +10,8 @@ import signal
 
 import pytest
 
-from tests.system.conftest import SESAM_ARGS, TESTS
+from sandbox.world import SESAM_ARGS
+from tests.system.conftest import TESTS
 from tests.system.test_vmdisks import TREE, VMDISK_CONFIG, assert_disks_clean
 
 pytestmark = pytest.mark.system

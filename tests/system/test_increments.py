@@ -7,21 +7,27 @@ is released by the next."""
 
 from __future__ import annotations
 
-import json
 import signal
 
 import pytest
 
-from tests.system.conftest import DEFAULT_CONFIG, TESTS, XEN_SETTINGS
+from sandbox.chain import (
+    BLOCK,
+    CONFIG,
+    FOLDER,
+    chain_file,
+    make_increment,
+    restore,
+    run_id,
+    sha256,
+    snapshot,
+)
+from sandbox.machine import GUEST_FILES
 from xenlvm.increments import fileformat
 
 pytestmark = pytest.mark.system
 
-CONFIG = XEN_SETTINGS + DEFAULT_CONFIG.split("jobs:\n", 1)[1]  # the stand-in xl for restore-image
-FOLDER = "/srv/chain/vm5"
-DISK = "xvda"
 SIZE = 16 << 20
-BLOCK = 64 << 10  # the world's pool: lvcreate's default chunk size for its size
 # Each run's writes: (offset, length) of random bytes, or (offset, -length) discarded.
 WRITES = [
     [(0, 8 << 20)],
@@ -29,23 +35,6 @@ WRITES = [
     [*((block * BLOCK + 7, 4096) for block in range(0, 256, 37)), (10 << 20, -(1 << 20)), (SIZE - 1, 1)],
     [(5 * BLOCK + 100, 3 * BLOCK), (12 << 20, 5000), (2 << 20, -(2 * BLOCK))],
 ]
-
-
-def run_id(number: int) -> str:
-    return f"20261206T{number:02d}0000_{4000 + number}"
-
-
-def chain_file(number: int, folder: str = FOLDER) -> str:
-    return f"{folder}/{DISK}.{run_id(number)}.{'img' if number == 0 else 'incr'}"
-
-
-def sha256(world, path: str) -> str:
-    return world.guest.run(["sha256sum", path], check=True).stdout.split()[0]
-
-
-def thin_id(world, lv: str) -> str:
-    done = world.guest.run(["lvs", "--noheadings", "-o", "thin_id", f"system/{lv}"], check=True)
-    return done.stdout.strip()
 
 
 def write(world, writes) -> None:
@@ -56,22 +45,6 @@ def write(world, writes) -> None:
         else:
             world.guest.run(["blkdiscard", "-o", str(offset), "-l", str(-length), "/dev/system/vm5-disk"],
                             check=True)
-
-
-def snapshot(world, number: int) -> str:
-    """Run number's thin snapshot of the disk, active; return the SHA-256 of its bytes."""
-    world.guest.sh(f"sync; lvcreate -q -y -s -n s{number} system/vm5-disk >/dev/null\n"
-                   f"lvchange -q -ay -K system/s{number}")
-    return sha256(world, f"/dev/system/s{number}")
-
-
-def make_increment(world, number: int) -> dict:
-    helper = [world.guest.python, TESTS / "guest" / "thin_chain.py"]
-    done = world.guest.run([*helper, "increment", "system", "pool", thin_id(world, f"s{number - 1}"),
-                            f"s{number}", thin_id(world, f"s{number}"), chain_file(number), run_id(number),
-                            run_id(number - 1), f"vm5/{DISK}", *([chain_file(0)] if number == 1 else [])],
-                           check=True)
-    return json.loads(done.stdout)
 
 
 def touched_blocks(writes) -> int:
@@ -98,10 +71,6 @@ def back_up(world, runs: int) -> tuple[list[str], list[dict]]:
             made.append(make_increment(world, number))
             world.guest.run(["lvremove", "-q", "-f", f"system/s{number - 1}"], check=True)
     return expected, made
-
-
-def restore(world, path: str, *extra: str):
-    return world.xenlvm("restore-image", path, "--to", "system/restored", *extra)
 
 
 def held(world) -> bool:
@@ -146,7 +115,7 @@ def test_restore_refuses_a_damaged_increment_and_a_chain_with_a_gap(world):
 
 def test_a_metadata_snapshot_left_by_a_killed_run_is_released_by_the_next(world):
     back_up(world, 1)
-    helper = [world.guest.python, TESTS / "guest" / "thin_chain.py"]
+    helper = [world.guest.python, GUEST_FILES / "thin_chain.py"]
     pid = world.guest.spawn([*helper, "hold", "system", "pool", "/run/held"])
     world.wait_for("held", path="/run/held")
     assert held(world)

@@ -25,7 +25,8 @@ import json
 
 import pytest
 
-from tests.system.conftest import DEFAULT_CONFIG, assert_lock_free
+from sandbox.world import DEFAULT_CONFIG
+from tests.system.conftest import assert_lock_free
 
 pytestmark = pytest.mark.system
 

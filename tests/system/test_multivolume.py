@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from tests.system.conftest import XEN_SETTINGS, XL, assert_nothing_left
+from sandbox.world import XEN_SETTINGS, XL
+from tests.system.conftest import assert_nothing_left
 
 pytestmark = pytest.mark.system
 

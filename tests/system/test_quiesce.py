@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from tests.system.conftest import HOOKS, SESAM_ARGS, TESTS, XL, assert_nothing_left
+from sandbox.world import HOOKS, SESAM_ARGS, XL
+from tests.system.conftest import TESTS, assert_nothing_left
 from tests.system.test_vmdisks import VMDISK_CONFIG, assert_disks_clean, pause_windows
 from tests.system.test_xen import XEN_CONFIG, assert_all_running, states, xl_calls
 

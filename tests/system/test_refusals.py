@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.system.conftest import DEFAULT_CONFIG, assert_nothing_left
+from sandbox.world import DEFAULT_CONFIG
+from tests.system.conftest import assert_nothing_left
 
 pytestmark = pytest.mark.system
 

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from tests.system.conftest import TESTS, XEN_SETTINGS, XL
+from sandbox.world import XEN_SETTINGS, XL
+from tests.system.conftest import TESTS
 from tests.system.test_vmdisks import VMDISK_CONFIG
 
 pytestmark = pytest.mark.system

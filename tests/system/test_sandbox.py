@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.system import uml_host
-from tests.system.conftest import World
-from tests.system.sandbox import Guest, SandboxError, work_root
+from sandbox import uml_host
+from sandbox.machine import Guest, SandboxError, work_root
+from sandbox.world import World
 
 # A workload whose result depends on glibc's vectorised string and memory functions.
 HASH_WORKLOAD = ("import hashlib; data = b''.join(bytes([i % 251]) * 4096 for i in range(512)); "

@@ -12,7 +12,8 @@ import signal
 
 import pytest
 
-from tests.system.conftest import SESAM_ARGS, TESTS, XEN_SETTINGS, XL
+from sandbox.world import SESAM_ARGS, XEN_SETTINGS, XL
+from tests.system.conftest import TESTS
 from tests.system.test_xen import lvcreate_times, states, xl_calls
 
 pytestmark = pytest.mark.system

@@ -10,7 +10,8 @@ import json
 
 import pytest
 
-from tests.system.conftest import CONFIG, DEFAULT_CONFIG, assert_nothing_left
+from sandbox.world import CONFIG, DEFAULT_CONFIG
+from tests.system.conftest import assert_nothing_left
 
 pytestmark = pytest.mark.system
 

@@ -9,7 +9,8 @@ import signal
 
 import pytest
 
-from tests.system.conftest import SESAM_ARGS, XEN_SETTINGS, XL, assert_nothing_left
+from sandbox.world import SESAM_ARGS, XEN_SETTINGS, XL
+from tests.system.conftest import assert_nothing_left
 
 pytestmark = pytest.mark.system
 

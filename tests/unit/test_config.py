@@ -12,12 +12,14 @@ from hypothesis import strategies as st
 
 from xenlvm.config.load import load_config, parse_config
 from xenlvm.config.model import (
+    AUTO,
     DEFAULT_CONFIG_PATH,
     DEFAULT_PATH,
     Config,
     Size,
     SnapshotSpec,
     Volume,
+    WindowMode,
     config_path,
     parse_duration,
     parse_size,
@@ -863,3 +865,22 @@ def test_any_volumes_list_gives_a_config_or_a_config_error(volumes, single):
 
 def test_size_dataclass_keeps_the_text_the_admin_wrote():
     assert parse_size(" 1G ") == Size(text="1G", bytes=1 << 30)
+
+
+def test_what_xenlvm_decides_reads_as_auto_and_a_window_as_its_mode():
+    """domains: auto, and xen.window and xen.export_dir left out, are AUTO: xenlvm finds or derives
+    them (xenlvm.xen.windows, xenlvm.xen.export). export_dir "" or null is None: no export."""
+    def xen(lines: str):
+        return parse_config(job_yaml(extra="    xen:\n" + lines), PATH).jobs["xenvm"].xen
+
+    left_out = xen("      domains: auto\n")
+    assert left_out.domains is AUTO and left_out.window is AUTO and left_out.export_dir is AUTO
+    given = xen("      domains: [vm1]\n      window: together\n      export_dir: /srv/xen-export\n")
+    assert given.domains == ("vm1",) and given.window is WindowMode.TOGETHER
+    assert given.export_dir == "/srv/xen-export"
+    assert xen("      domains: [vm1]\n      window: per-domain\n").window is WindowMode.PER_DOMAIN
+    for disabled in ('""', "null"):
+        assert xen(f"      domains: [vm1]\n      export_dir: {disabled}\n").export_dir is None
+    with pytest.raises(ConfigError) as caught:
+        xen("      domains: [vm1]\n      window: auto\n")
+    assert "xen.window: 'auto' is not one of: per-domain, together" in str(caught.value)

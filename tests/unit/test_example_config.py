@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from xenlvm.config.load import load_config, parse_config
-from xenlvm.config.model import Settings
+from xenlvm.config.model import AUTO, Settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.yaml"
 
@@ -25,6 +25,6 @@ def test_commented_optional_sections_load_when_uncommented():
     text = re.sub(r"^    # (?=[a-z ]|  )", "    ", text, flags=re.M)
     job = parse_config(text, str(EXAMPLE)).jobs["xenvm"]
     assert [spec.mountpoint for spec in job.volumes] == ["/mnt/vmbackup/xenvm", "/mnt/vmbackup/vms2"]
-    assert job.xen is not None and job.xen.domains == "auto"
+    assert job.xen is not None and job.xen.domains is AUTO
     assert job.watchdog is not None and job.watchdog.threshold == 70
-    assert job.vmdisks is not None and job.vmdisks.domains == "auto" and job.vmdisks.expose == "files"
+    assert job.vmdisks is not None and job.vmdisks.domains is AUTO and job.vmdisks.expose == "files"

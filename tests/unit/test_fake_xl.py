@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-XL = Path(__file__).resolve().parents[1] / "system" / "guest" / "xl"
+XL = Path(__file__).resolve().parents[2] / "sandbox" / "guest" / "xl"
 
 HEADER = "Name                                        ID   Mem VCPUs\tState\tTime(s)"
 

@@ -138,6 +138,15 @@ def test_bench_does_not_import_the_tests():
             for target in targets if target.startswith("tests")] == []
 
 
+def test_the_sandbox_imports_neither_the_tests_nor_the_bench_and_has_no_circle():
+    """sandbox/ is what tests/system, make demo and make bench share: it depends on neither."""
+    assert [f"{source} imports {target}" for source, targets in graph_with_tests("sandbox").items()
+            for target in targets] == []
+    assert not any(name.startswith("bench") for path in sorted((REPO / "sandbox").rglob("*.py"))
+                   for name in imports_of(path, module_name(path, REPO)))
+    assert circles(graph("sandbox")) == []
+
+
 def graph_with_tests(package: str) -> dict[str, set[str]]:
     files = [p for p in sorted((REPO / package).rglob("*.py"))]
     return {module_name(p, REPO): {t for t in imports_of(p, module_name(p, REPO)) if t.startswith("tests.")}

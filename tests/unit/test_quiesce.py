@@ -17,6 +17,7 @@ from tests.unit.test_windows import per_domain_job
 from xenlvm.admin import status
 from xenlvm.config.load import parse_config
 from xenlvm.config.model import (
+    AUTO,
     Config,
     Job,
     QuiesceSettings,
@@ -127,7 +128,7 @@ def test_exclude_mistakes_and_contradictions_are_told(exclude, xen, said):
 
 def vmdisk_job(exclude: tuple[str, ...]) -> Job:
     return Job(name="disks", mountpoint="/mnt/vmdisks", volumes=(),
-               vmdisks=VmDiskSettings(domains="auto", size=parse_size("16M"), exclude=exclude))
+               vmdisks=VmDiskSettings(domains=AUTO, size=parse_size("16M"), exclude=exclude))
 
 
 def test_excluded_domains_and_disks_are_not_discovered():
@@ -148,7 +149,7 @@ def quiescer(tmp_path, runner: FakeRunner, on_failure: str = "crash-consistent",
     quiesce_settings = QuiesceSettings(freeze=(FREEZE, "{domain}"), thaw=(THAW, "{domain}"),
                                        on_failure=on_failure, **settings)
     job = Job(name="vms", mountpoint="/mnt/vms", volumes=(),
-              xen=XenSettings(domains="auto", quiesce=quiesce_settings))
+              xen=XenSettings(domains=AUTO, quiesce=quiesce_settings))
     return quiesce.Quiescer(runner, job, str(tmp_path), "run-1")
 
 
@@ -254,7 +255,7 @@ def test_leftovers_of_a_killed_run_are_thawed_and_an_unthawable_one_stays_record
 
 def q_job(q: quiesce.Quiescer) -> Job:
     return Job(name="vms", mountpoint="/mnt/vms", volumes=(),
-               xen=XenSettings(domains="auto", quiesce=q.settings))
+               xen=XenSettings(domains=AUTO, quiesce=q.settings))
 
 
 def test_an_unreadable_record_is_an_error_not_nothing_frozen(tmp_path):
@@ -463,7 +464,7 @@ def test_check_tells_unsafe_programs_and_a_leftover(tmp_path):
     assert "No such file" in quiesce_check.program_problem(str(tmp_path / "missing"))
     settings = QuiesceSettings(freeze=(str(script), "{domain}"), thaw=(str(tmp_path / "missing"),))
     job = Job(name="vms", mountpoint="/mnt/vms", volumes=(),
-              xen=XenSettings(domains="auto", quiesce=settings))
+              xen=XenSettings(domains=AUTO, quiesce=settings))
     assert [f.level for f in quiesce_check.check_commands(job)] == ["fail"]
     cfg = Config(str(tmp_path / "c.yaml"), Settings(lock_dir=str(tmp_path)), {"vms": job})
     quiesce.FreezeRecord(str(tmp_path), "vms").write(quiesce.Frozen(("vm1",), "run-0", 1.0))
@@ -484,8 +485,8 @@ def test_status_tells_each_domains_consistency_and_a_guest_left_frozen():
 def test_auto_leaves_an_excluded_domain_out_unless_it_shares_a_volume_that_is_backed_up(caplog):
     from xenlvm.phases import kinds
     from xenlvm.xen import domains as xen
-    job = Job(name="vms", mountpoint="/mnt/vms", volumes=(), xen=XenSettings(domains="auto"),
-              vmdisks=VmDiskSettings(domains="auto", size=parse_size("16M"), exclude=("vm3", "vm4")))
+    job = Job(name="vms", mountpoint="/mnt/vms", volumes=(), xen=XenSettings(domains=AUTO),
+              vmdisks=VmDiskSettings(domains=AUTO, size=parse_size("16M"), exclude=("vm3", "vm4")))
     view = xl_for({"vm2": [disk("/dev/system/vm2-disk", "xvda")],
                    "vm3": [disk("/dev/system/vm3-disk", "xvda")],
                    "vm4": [disk("/srv/xenvm/vm4/disk.img", "xvda")]}).view()

@@ -1,5 +1,5 @@
 """The sandbox's decisions about this host, and its explanations, without booting anything
-(tests/system/uml_host.py; the boots themselves are in tests/system/test_sandbox.py)."""
+(sandbox/uml_host.py; the boots themselves are in tests/system/test_sandbox.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.system import guest_paths, uml_host
-from tests.system.uml_host import Component, HostCpu, SandboxError
+from sandbox import guest_paths, uml_host
+from sandbox.uml_host import Component, HostCpu, SandboxError
 
 DATA = Path(__file__).parent / "data"
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.unit.fakes import FakeRunner, recorded
 from xenlvm.config.load import parse_config
-from xenlvm.config.model import Job, VmDiskSettings, parse_size
+from xenlvm.config.model import AUTO, Job, VmDiskSettings, parse_size
 from xenlvm.core import ownership
 from xenlvm.core.undo import UndoStack
 from xenlvm.errors import ConfigError, PreflightFailed
@@ -75,7 +75,7 @@ def xl_for(domains: dict[str, list[dict]]) -> Xl:
     return Xl(runner, 5.0)
 
 
-def job(domains="auto", missing="warn", expose="files") -> Job:
+def job(domains=AUTO, missing="warn", expose="files") -> Job:
     return Job(name="disks", mountpoint="/mnt/vmdisks", volumes=(),
                vmdisks=VmDiskSettings(domains=domains, size=parse_size("16M"), missing=missing,
                                       expose=expose))
@@ -107,7 +107,7 @@ def test_each_disk_on_an_lv_becomes_a_snapshot_spec_below_domain_and_disk():
 def test_with_incremental_thin_a_thin_disk_is_chained_and_a_classic_one_exposed_whole_with_a_warning(caplog):
     xl = xl_for({"vm3": [disk("/dev/system/vm3-disk", "xvda"), disk("/dev/system/thin-disk", "xvdb")]})
     chained = dataclasses.replace(job(expose="image-copy"), vmdisks=VmDiskSettings(
-        domains="auto", size=parse_size("16M"), expose="image-copy", image_dir="/srv/images",
+        domains=AUTO, size=parse_size("16M"), expose="image-copy", image_dir="/srv/images",
         incremental="thin"))
     with caplog.at_level(logging.WARNING, "xenlvm"):
         specs = discover(chained, xl, VGS)
@@ -270,7 +270,7 @@ BASE = "jobs:\n  disks:\n    mountpoint: /mnt/vmdisks\n    vmdisks:\n      domai
 def test_vmdisks_configuration():
     config = parse_config(BASE + "      expose: image-copy\n      image_dir: /var/tmp/images\n")
     settings = config.jobs["disks"].vmdisks
-    assert settings == VmDiskSettings("auto", parse_size("16M"), "image-copy", "warn", "/var/tmp/images")
+    assert settings == VmDiskSettings(AUTO, parse_size("16M"), "image-copy", "warn", "/var/tmp/images")
     assert config.jobs["disks"].volumes == ()
     assert "expose: image-copy needs 'image_dir:'" in config_error(BASE + "      expose: image-copy\n")
     fuse = parse_config(BASE + "      expose: image\n").jobs["disks"].vmdisks

@@ -12,7 +12,17 @@ import pytest
 from tests.unit.fakehost import FakeHost
 from tests.unit.test_vmdisks import lv
 from xenlvm.admin import status
-from xenlvm.config.model import Job, SnapshotSpec, VmDiskSettings, Volume, XenSettings, parse_size
+from xenlvm.config.model import (
+    AUTO,
+    Auto,
+    Job,
+    SnapshotSpec,
+    VmDiskSettings,
+    Volume,
+    WindowMode,
+    XenSettings,
+    parse_size,
+)
 from xenlvm.core import context as context_mod
 from xenlvm.core import state
 from xenlvm.errors import CommandFailed
@@ -63,14 +73,14 @@ def test_a_domain_whose_disks_are_on_none_of_the_volumes_is_paused_for_all_of_th
 
 
 def test_the_default_is_per_domain_with_vmdisks_and_together_for_volumes_only():
-    def job(window: str = "", vmdisks: bool = False) -> Job:
-        disks = VmDiskSettings(domains="auto", size=parse_size("1G")) if vmdisks else None
+    def job(window: WindowMode | Auto = AUTO, vmdisks: bool = False) -> Job:
+        disks = VmDiskSettings(domains=AUTO, size=parse_size("1G")) if vmdisks else None
         return Job(name="j", volumes=(), mountpoint="/mnt/j", vmdisks=disks,
-                   xen=XenSettings(domains="auto", window=window))
+                   xen=XenSettings(domains=AUTO, window=window))
     assert kinds.window_mode(job(vmdisks=True)) == windows.PER_DOMAIN
     assert kinds.window_mode(job()) == windows.TOGETHER
-    assert kinds.window_mode(job("per-domain")) == windows.PER_DOMAIN
-    assert kinds.window_mode(job("together", vmdisks=True)) == windows.TOGETHER
+    assert kinds.window_mode(job(WindowMode.PER_DOMAIN)) == windows.PER_DOMAIN
+    assert kinds.window_mode(job(WindowMode.TOGETHER, vmdisks=True)) == windows.TOGETHER
 
 
 def test_a_domain_uses_its_own_disks_any_origin_it_has_as_a_disk_and_volumes_holding_its_files(monkeypatch):

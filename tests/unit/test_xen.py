@@ -288,3 +288,16 @@ def test_a_domain_whose_name_is_not_a_file_name_is_not_exported_and_nothing_is_w
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert written == ["state/xenvm/xen-config/vm1.xl-list-l.json"]
     assert f"{name!r} is not a Xen domain name" in caplog.text
+
+
+def test_the_export_directory_is_below_state_dir_unless_given_or_disabled():
+    def directory(export_dir: str) -> str | None:
+        configured = parse_config("jobs:\n  xenvm:\n    volume: system/xenvm\n    snapshot: vmbackup\n"
+                                  "    size: 1G\n    mountpoint: /mnt/vmbackup\n    xen:\n"
+                                  f"      domains: auto\n{export_dir}", "/etc/xenlvm/config.yaml")
+        return xen_export.export_directory(configured.jobs["xenvm"], "/var/lib/xenlvm")
+
+    assert directory("") == "/var/lib/xenlvm/xenvm/xen-config"
+    assert directory("      export_dir: /srv/xen-export\n") == "/srv/xen-export"
+    assert directory('      export_dir: ""\n') is None
+    assert directory("      export_dir: null\n") is None

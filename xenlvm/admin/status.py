@@ -6,7 +6,7 @@ import datetime
 import time
 from typing import Any
 
-from xenlvm.config.model import Config, Job
+from xenlvm.config.model import AUTO, Config, Job
 from xenlvm.core import ownership, preflight, state
 from xenlvm.core.inventory import Inventory, read_tolerant
 from xenlvm.errors import XenlvmError
@@ -94,7 +94,7 @@ def _domains(config: Config, runner: Runner, job: Job, problems: list[str]) -> d
         states = Xl(runner, job.xl_timeout).states()
     except XenlvmError as exc:
         return {"error": str(exc), "left_paused_by_a_killed_run": left}
-    names = list(states) if job.xen.domains == "auto" else list(job.xen.domains)
+    names = list(states) if job.xen.domains is AUTO else list(job.xen.domains)
     return {"paused": sorted(n for n in names if n in states and states[n][1] and n != "Domain-0"),
             "missing": sorted(n for n in names if n not in states),
             "left_paused_by_a_killed_run": left}

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import yaml
 
-from xenlvm.config.choices import check_choices
+from xenlvm.config.choices import contradicting_choices, nested
 from xenlvm.config.model import (
     Config,
     Job,
@@ -30,9 +30,8 @@ from xenlvm.config.model import (
 )
 from xenlvm.config.values import JOB_NAME, volume_name
 from xenlvm.errors import ConfigError
-from xenlvm.host.fsutil import is_below
 
-TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+TYPE_CHECKING = False  # xenlvm/__init__.py says why
 if TYPE_CHECKING:
     from typing import Any, Union
 
@@ -236,14 +235,12 @@ def _jobs_section(reader: Reader, node: yaml.Node, key: str) -> dict[str, Job]:
         values = reader.fields(value_node, f"jobs.{name}", _job_parsers(), required=("mountpoint",),
                                not_empty=("volume", "snapshot", "volumes"))
         volumes = _job_volumes(reader, value_node, f"jobs.{name}", values)
-        nodes = values.nodes
         own = {k: v for k, v in values.items() if k not in (*keys(SnapshotSpec), "volumes") and v is not None}
         job = Job(name=name, volumes=volumes, **own)
-        image_dir = job.vmdisks.image_dir if job.vmdisks is not None else None
-        if image_dir is not None and _nested(image_dir, job.mountpoint):
-            raise reader.error(nodes["vmdisks"], f"jobs.{name}.vmdisks.image_dir",
-                               f"{image_dir} must lie outside the job's mountpoint {job.mountpoint}")
-        check_choices(reader, nodes, f"jobs.{name}", job)
+        contradiction = contradicting_choices(job)
+        if contradiction is not None:
+            section, below, message = contradiction
+            raise reader.error(values.nodes[section], f"jobs.{name}.{below}", message)
         jobs[name] = job
     _check_jobs_apart(reader, node, list(jobs.values()))
     return jobs
@@ -294,11 +291,6 @@ def _job_volumes(reader: Reader, node: yaml.Node, key: str, values: Fields) -> t
     return tuple(spec for spec, _, _ in specs)
 
 
-def _nested(a: str, b: str) -> bool:
-    """True when a and b are the same directory or one lies below the other."""
-    return is_below(a, b, or_same=True) or is_below(b, a)
-
-
 def _check_jobs_apart(reader: Reader, node: yaml.Node, jobs: list[Job]) -> None:
     """Two jobs must never share a mountpoint (or nest them) or a snapshot LV."""
     for i, a in enumerate(jobs):
@@ -306,7 +298,7 @@ def _check_jobs_apart(reader: Reader, node: yaml.Node, jobs: list[Job]) -> None:
             pair = f"jobs {a.name!r} and {b.name!r}"
             if a.mountpoint == b.mountpoint:
                 raise reader.error(node, "jobs", f"{pair} use the same mountpoint {a.mountpoint}")
-            if _nested(a.mountpoint, b.mountpoint):
+            if nested(a.mountpoint, b.mountpoint):
                 raise reader.error(node, "jobs", f"{pair} have nested mountpoints "
                                    f"{a.mountpoint} and {b.mountpoint}")
             shared = {v.snapshot_volume for v in a.volumes} & {v.snapshot_volume for v in b.volumes}

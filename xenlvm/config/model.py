@@ -13,16 +13,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from xenlvm.config import values
-from xenlvm.config.values import Size, Volume, parse_duration, parse_size
+from xenlvm.config.values import (
+    AUTO,
+    Auto,
+    DomainCommands,
+    Size,
+    Volume,
+    WindowMode,
+    parse_duration,
+    parse_size,
+)
 from xenlvm.host import DEFAULT_PATH
 
-TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+TYPE_CHECKING = False  # xenlvm/__init__.py says why
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["Config", "DomainCommands", "Job", "QuiesceSettings", "Settings", "SnapshotSpec", "Size",
-           "ThinPoolSettings", "Volume", "VmDiskSettings", "WatchdogSettings", "XenSettings", "config_path",
-           "keys", "parse_duration", "parse_size"]
+__all__ = ["AUTO", "Auto", "Config", "DomainCommands", "Job", "QuiesceSettings", "Settings", "SnapshotSpec",
+           "Size", "ThinPoolSettings", "Volume", "VmDiskSettings", "WatchdogSettings", "WindowMode",
+           "XenSettings", "config_path", "keys", "parse_duration", "parse_size"]
 
 DEFAULT_CONFIG_PATH = "/etc/xenlvm/config.yaml"
 XL_TIMEOUT = 30.0
@@ -40,15 +49,6 @@ def key(parse: Callable[[Any], Any] | type, *, null_disables: bool = False, name
 def keys(section: type) -> dict[str, dataclasses.Field]:
     """Given a section's dataclass, return its keys in the file, each with the field it sets."""
     return {f.metadata["key"] or f.name: f for f in dataclasses.fields(section) if "parse" in f.metadata}
-
-
-@dataclass(frozen=True)
-class DomainCommands:
-    """One domain's own freeze and thaw commands (xen.quiesce.per_domain)."""
-
-    domain: str
-    freeze: tuple[str, ...]
-    thaw: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -93,19 +93,19 @@ class QuiesceSettings:
 class XenSettings:
     """How a job quiesces the Xen domains whose disks live on its volume."""
 
-    # names, or "auto": every running domain with a disk on the volume
-    domains: tuple[str, ...] | str = field(metadata=key(values.domains))
+    # names, or AUTO: every running domain with a disk on the volume
+    domains: tuple[str, ...] | Auto = field(metadata=key(values.domains))
     mode: str = field(default="pause", metadata=key(values.choice("none", "pause")))
     # a configured domain that is not running: "warn" and go on, or "fail"
     missing: str = field(default="warn", metadata=key(values.choice("warn", "fail")))
     # for every xl call: xl can hang
     timeout: float = field(default=XL_TIMEOUT, metadata=key(values.parse_duration))
-    # "" means /var/lib/xenlvm/<job>/xen-config; None disables
-    export_dir: str | None = field(default="", metadata=key(values.optional_path, null_disables=True))
+    # AUTO: <state_dir>/<job>/xen-config (xenlvm.xen.export); None: no export
+    export_dir: str | Auto | None = field(default=AUTO,
+                                          metadata=key(values.optional_path, null_disables=True))
     config_dir: str = field(default="/etc/xen", metadata=key(values.parse_absolute_path))
-    # "per-domain": each domain paused only for its own disks' snapshots; "together": one window
-    # for all; "" means per-domain for a job with vmdisks, together otherwise (xenlvm.xen.windows)
-    window: str = field(default="", metadata=key(values.choice("per-domain", "together")))
+    # AUTO: per-domain for a job with vmdisks, together otherwise (xenlvm.xen.windows)
+    window: WindowMode | Auto = field(default=AUTO, metadata=key(values.window_mode))
     # freeze each domain's applications just before its pause window, thaw them after
     quiesce: QuiesceSettings | None = field(default=None, metadata=key(QuiesceSettings))
 
@@ -158,8 +158,8 @@ class ThinPoolSettings:
 class VmDiskSettings:
     """VM disks on logical volumes of their own (phy: disks), found through xl at each pre."""
 
-    # names, or "auto": every running domain but Domain-0
-    domains: tuple[str, ...] | str = field(metadata=key(values.domains))
+    # names, or AUTO: every running domain but Domain-0
+    domains: tuple[str, ...] | Auto = field(metadata=key(values.domains))
     # of each classic disk's snapshot; thin disks get thin snapshots
     size: Size = field(metadata=key(values.parse_size))
     # "files": mount the guest's filesystems; "image": a read-only image file served through FUSE

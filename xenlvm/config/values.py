@@ -7,8 +7,9 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
-TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+TYPE_CHECKING = False  # xenlvm/__init__.py says why
 if TYPE_CHECKING:
     from typing import Any
 
@@ -64,6 +65,38 @@ class Volume:
     def __str__(self) -> str:
         return f"{self.vg}/{self.lv}"
 
+
+@dataclass(frozen=True)
+class DomainCommands:
+    """One domain's own freeze and thaw commands (xen.quiesce.per_domain)."""
+
+    domain: str
+    freeze: tuple[str, ...]
+    thaw: tuple[str, ...]
+
+
+class Auto(Enum):
+    """A value xenlvm finds or derives itself: ``domains: auto`` (the running domains with a disk
+    there), and the default of xen.window (from the job's kinds) and xen.export_dir (below
+    state_dir)."""
+
+    AUTO = "auto"
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+AUTO = Auto.AUTO
+
+
+class WindowMode(Enum):
+    """xen.window: which of a job's domains share a pause window (xenlvm.xen.windows)."""
+
+    PER_DOMAIN = "per-domain"  # each domain paused only while its own disks' snapshots are taken
+    TOGETHER = "together"  # every domain at once, for all of the job's snapshots
+
+    def __str__(self) -> str:
+        return str(self.value)
 
 
 def parse_size(value: Any) -> Size:
@@ -203,9 +236,9 @@ def domain_name(value: Any) -> str:
     return text
 
 
-def domains(value: Any) -> tuple[str, ...] | str:
+def domains(value: Any) -> tuple[str, ...] | Auto:
     if value == "auto":
-        return "auto"
+        return AUTO
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not value:
@@ -222,6 +255,10 @@ def choice(*allowed: str) -> Callable[[Any], str]:
             raise ValueError(f"{value!r} is not one of: {', '.join(allowed)}")
         return str(value)
     return parse
+
+
+def window_mode(value: Any) -> WindowMode:
+    return WindowMode(choice(*(mode.value for mode in WindowMode))(value))
 
 
 def tasks(value: Any) -> tuple[str, ...]:
@@ -274,10 +311,8 @@ def substitute(argv: tuple[str, ...], domain: str) -> tuple[str, ...]:
     return tuple(domain if item == DOMAIN_PLACEHOLDER else item for item in argv)
 
 
-def per_domain_commands(value: Any) -> tuple:
+def per_domain_commands(value: Any) -> tuple[DomainCommands, ...]:
     """Given {vm1: {freeze: [...], thaw: [...]}, ...}, return DomainCommands in name order."""
-    from xenlvm.config.model import DomainCommands  # the dataclass lives with the others
-
     if not isinstance(value, dict) or not value:
         raise ValueError("must map domain names to their commands, e.g. "
                          "{db1: {freeze: [/usr/local/sbin/db-freeze], thaw: [/usr/local/sbin/db-thaw]}}")

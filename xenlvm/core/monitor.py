@@ -20,7 +20,7 @@ from xenlvm.config.model import Config
 from xenlvm.host.fsutil import read_small, write_atomically
 from xenlvm.host.processes import command_line, read_pid
 
-TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+TYPE_CHECKING = False  # xenlvm/__init__.py says why
 if TYPE_CHECKING:
     from typing import Any, TypeVar
 

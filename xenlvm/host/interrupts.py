@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from xenlvm.errors import XenlvmError
 
-TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+TYPE_CHECKING = False  # xenlvm/__init__.py says why
 if TYPE_CHECKING:
     from typing import Any
 

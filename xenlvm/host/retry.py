@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 
-TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+TYPE_CHECKING = False  # xenlvm/__init__.py says why
 if TYPE_CHECKING:
     from typing import Protocol
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Sequence
 
-from xenlvm.config.model import Job, SnapshotSpec
+from xenlvm.config.model import AUTO, Job, SnapshotSpec, WindowMode
 from xenlvm.core import preflight
 from xenlvm.core.inventory import Scope
 from xenlvm.core.preflight import Finding
@@ -40,10 +40,10 @@ def scope(job: Job) -> Scope:
                  job.xen is not None or any(kind.needs_xl(job) for kind in kinds))
 
 
-def window_mode(job: Job) -> str:
+def window_mode(job: Job) -> WindowMode:
     """The job's xen.window: as configured; else what its kinds suit (per-domain for VM disks,
     each VM on LVs of its own), else together (one window for the job)."""
-    if job.xen is not None and job.xen.window:
+    if job.xen is not None and job.xen.window is not AUTO:
         return job.xen.window
     return next((mode for kind in of(job) if (mode := kind.window_mode(job))), windows.TOGETHER)
 

@@ -28,7 +28,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from xenlvm.config.model import Config, Job, SnapshotSpec
+from xenlvm.config.model import Config, Job, SnapshotSpec, WindowMode
 from xenlvm.core.context import Context
 from xenlvm.core.inventory import Inventory
 from xenlvm.core.preflight import Finding
@@ -39,7 +39,7 @@ from xenlvm.host.mounts import MountEntry
 from xenlvm.xen import windows
 from xenlvm.xen.domains import XlView
 
-TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+TYPE_CHECKING = False  # xenlvm/__init__.py says why
 if TYPE_CHECKING:
     from typing import Any
 
@@ -146,7 +146,7 @@ class Kind(ABC):
         are then exposed inside it)."""
         return False
 
-    def window_mode(self, job: Job) -> str | None:
+    def window_mode(self, job: Job) -> WindowMode | None:
         """The pause windows it suits when xen.window is not set (xenlvm.xen.windows), or None."""
         return None
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from xenlvm.config.model import Job, SnapshotSpec, Volume
 from xenlvm.core import ownership
@@ -25,14 +26,27 @@ from xenlvm.host.processes import command_name, readers_of, terminate_proven
 from xenlvm.vmdisks import image_server
 from xenlvm.vmdisks import teardown as vmdisk_teardown
 
-TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
-if TYPE_CHECKING:
-    from xenlvm.thinpool.guard import Guarded
-
 log = logging.getLogger("xenlvm")
 
 READER_STOP_TIMEOUT = 2.0  # SIGTERM, then SIGKILL: the pool fills meanwhile
 SYS = "/sys"
+
+
+@dataclass(frozen=True)
+class Guarded:
+    """One of the job's thin snapshots that the pool guard guards (and may drop), and the pool it
+    takes its space from."""
+
+    vg: str
+    pool: str
+    snapshot: str
+    origin: str
+    mountpoint: str  # where pre mounted it ("" for a VM disk's snapshot: its tree)
+    vmdisk: bool = False
+
+    @property
+    def pool_name(self) -> str:
+        return f"{self.vg}/{self.pool}"
 
 
 def drop(lvm: Lvm, job: Job, present: Sequence[tuple[Guarded, LogicalVolume]],

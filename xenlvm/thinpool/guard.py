@@ -33,6 +33,7 @@ from xenlvm.host.runner import Runner
 from xenlvm.sizes import human_size
 from xenlvm.thinpool import drop as pool_guard_drop
 from xenlvm.thinpool import space as thinpool
+from xenlvm.thinpool.drop import Guarded
 from xenlvm.watchdog.watch import Files
 
 log = logging.getLogger("xenlvm")
@@ -40,22 +41,6 @@ log = logging.getLogger("xenlvm")
 MODULE = "xenlvm.thinpool.guard"
 ACTION_SECONDS = 1.0  # what an lvextend may take, before one was measured
 FAILED = "the pool guard failed and stopped guarding"  # the problem of a guard that crashed
-
-
-@dataclass(frozen=True)
-class Guarded:
-    """One of the job's thin snapshots, and the pool it takes its space from."""
-
-    vg: str
-    pool: str
-    snapshot: str
-    origin: str
-    mountpoint: str  # where pre mounted it ("" for a VM disk's snapshot: its tree)
-    vmdisk: bool = False
-
-    @property
-    def pool_name(self) -> str:
-        return f"{self.vg}/{self.pool}"
 
 
 @dataclass(frozen=True)

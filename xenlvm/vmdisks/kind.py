@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from xenlvm.config.model import Config, Job
+from xenlvm.config.model import Config, Job, WindowMode
 from xenlvm.core import ownership
 from xenlvm.core.context import Context
 from xenlvm.core.inventory import Inventory
@@ -34,7 +34,7 @@ from xenlvm.xen import domains as xen
 from xenlvm.xen import export as xen_export
 from xenlvm.xen.windows import PER_DOMAIN
 
-TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+TYPE_CHECKING = False  # xenlvm/__init__.py says why
 if TYPE_CHECKING:
     from typing import Any
 
@@ -73,7 +73,7 @@ class VmDiskKind(Kind):
     def mounts_tree(self, job: Job) -> bool:
         return self.in_job(job)  # exposed on a tmpfs of root's alone at the job's mountpoint
 
-    def window_mode(self, job: Job) -> str | None:
+    def window_mode(self, job: Job) -> WindowMode | None:
         return PER_DOMAIN if job.vmdisks is not None else None  # each VM on LVs of its own
 
     def excluded_domains(self, job: Job) -> tuple[str, ...]:

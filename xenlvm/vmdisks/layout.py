@@ -27,7 +27,7 @@ from xenlvm.host.mounts import mount_options
 from xenlvm.host.runner import Runner
 from xenlvm.vmdisks.model import VmDisk
 
-TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+TYPE_CHECKING = False  # xenlvm/__init__.py says why
 if TYPE_CHECKING:
     from typing import Any
 

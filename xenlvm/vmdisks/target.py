@@ -9,7 +9,7 @@ import logging
 import os
 from collections.abc import Sequence
 
-from xenlvm.config.model import Job, SnapshotSpec, Volume
+from xenlvm.config.model import AUTO, Job, SnapshotSpec, Volume
 from xenlvm.core import ownership
 from xenlvm.core.context import Context
 from xenlvm.core.undo import UndoStack
@@ -57,7 +57,7 @@ def discover(job: Job, xl: XlView, vgs: dict[str, VolumeGroup]) -> list[VmDiskTa
     assert settings is not None
     states, records = xl.states, xl.records
     problems: list[str] = []
-    if settings.domains == "auto":
+    if settings.domains is AUTO:
         names = [n for n in records if n != "Domain-0" and n in states and not settings.excludes(n)]
     else:
         names = [n for n in settings.domains if n in states and n in records]

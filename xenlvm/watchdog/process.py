@@ -19,7 +19,7 @@ from xenlvm.host.processes import read_pid, terminate_proven
 from xenlvm.host.runner import quote
 from xenlvm.watchdog.watch import MODULE, Files, Summary, Watched, files, read_summary, write_spec
 
-TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+TYPE_CHECKING = False  # xenlvm/__init__.py says why
 if TYPE_CHECKING:
     from typing import TypeVar
 

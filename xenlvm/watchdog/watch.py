@@ -34,7 +34,7 @@ from xenlvm.host.runner import Runner
 from xenlvm.sizes import human_size
 from xenlvm.watchdog.sizing import limit_reason, next_size, wanted_size
 
-TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+TYPE_CHECKING = False  # xenlvm/__init__.py says why
 if TYPE_CHECKING:
     pass
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
-from xenlvm.config.model import Job
+from xenlvm.config.model import AUTO, Job
 from xenlvm.errors import CommandFailed, FileError, PreflightFailed
 from xenlvm.host import interrupts
 from xenlvm.host.fsutil import is_below, remove_if_present, write_atomically
@@ -54,7 +54,7 @@ def select_domains(job: Job, xl: XlView, origin_mountpoints: Sequence[str],
     assert job.xen is not None
     states, records = xl.states, xl.records
     chosen: list[Domain] = []
-    if job.xen.domains == "auto":
+    if job.xen.domains is AUTO:
         volumes = [str(spec.origin) for spec in job.volumes]
         if volumes and not origin_mountpoints:
             raise PreflightFailed(f"xen.domains is 'auto' but {', '.join(volumes)} is not mounted, so no "

@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Sequence
 
-from xenlvm.config.model import Job
+from xenlvm.config.model import AUTO, Job
 from xenlvm.config.values import domain_name
 from xenlvm.errors import FileError, SafetyRefusal
 from xenlvm.host.fsutil import trust_problem, write_atomically
@@ -26,7 +26,9 @@ def export_directory(job: Job, state_dir: str) -> str | None:
     """Where pre exports the job's domain configuration, or None when it does not."""
     if job.xen is None or job.xen.export_dir is None:
         return None
-    return job.xen.export_dir or os.path.join(state_dir, job.name, "xen-config")
+    if job.xen.export_dir is AUTO:
+        return os.path.join(state_dir, job.name, "xen-config")
+    return job.xen.export_dir
 
 
 def export_configuration(job: Job, domains: Sequence[Domain], directory: str, config_dir: str) -> None:

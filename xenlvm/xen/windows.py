@@ -22,6 +22,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
+from xenlvm.config.model import WindowMode
 from xenlvm.host import mounts as mounts_mod
 from xenlvm.host.fsutil import is_below
 from xenlvm.host.xl import Xl
@@ -29,8 +30,8 @@ from xenlvm.xen import domains as xen
 
 log = logging.getLogger("xenlvm")
 
-PER_DOMAIN = "per-domain"
-TOGETHER = "together"
+PER_DOMAIN = WindowMode.PER_DOMAIN
+TOGETHER = WindowMode.TOGETHER
 # One window over the named domains (xen.paused): yields the xen.PauseTiming that measures it.
 Pause = Callable[[Sequence[str]], AbstractContextManager[xen.PauseTiming]]
 # The freeze around one window (xenlvm.quiesce.freeze, Quiescer.frozen): yields, per domain, whether it froze.
@@ -61,7 +62,8 @@ class Window:
     targets: tuple[Snapshot, ...]  # in the job's order
 
 
-def plan(targets: Sequence[Snapshot], uses: Mapping[str, Collection[Snapshot]], mode: str) -> list[Window]:
+def plan(targets: Sequence[Snapshot], uses: Mapping[str, Collection[Snapshot]],
+         mode: WindowMode) -> list[Window]:
     """Given the job's targets in order, the targets each domain to pause has a disk on, and the
     mode, return the windows in the order of their first target.
 
@@ -99,7 +101,7 @@ def plan(targets: Sequence[Snapshot], uses: Mapping[str, Collection[Snapshot]], 
     return [Window(tuple(domains_of.get(key, ())), tuple(group)) for key, group in targets_of.items()]
 
 
-def plan_xen(mode: str, domains: Sequence[xen.Domain], snapshots: Sequence[Snapshot]) -> list[Window]:
+def plan_xen(mode: WindowMode, domains: Sequence[xen.Domain], snapshots: Sequence[Snapshot]) -> list[Window]:
     """The windows (mode: xen.window) over the domains the job pauses, for its snapshots in
     order. A domain that was already paused is left so, and has no say in
     the windows."""

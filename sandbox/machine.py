@@ -1,4 +1,4 @@
-"""The real-kernel sandbox: a User-Mode Linux guest with real LVM, driven from this machine.
+"""One sandbox guest: a User-Mode Linux kernel with real LVM, driven from this machine.
 
 The guest's root is this machine's filesystem, with everything writable hidden behind tmpfs
 or overlays (guest/init.sh; what is hidden and what stays in view: guest_paths.py); it talks
@@ -19,13 +19,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.system import guest_paths, uml_host
-from tests.system.uml_host import SandboxError
+from sandbox import guest_paths, uml_host
+from sandbox.uml_host import SandboxError
 
-__all__ = ["Completed", "Guest", "SandboxError", "REPO", "TESTS", "GUEST_PATH"]
+__all__ = ["Completed", "Guest", "SandboxError", "REPO", "GUEST_FILES", "GUEST_PATH"]
 
-REPO = Path(__file__).resolve().parents[2]
-TESTS = REPO / "tests" / "system"
+REPO = Path(__file__).resolve().parents[1]
+GUEST_FILES = Path(__file__).resolve().parent / "guest"  # what runs in the guest
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LINUX = uml_host.LINUX
 
@@ -76,7 +76,7 @@ class Guest:
         self.shim_uml_bytes = int(os.environ.get("XENLVM_UML_SHIM_UML_BYTES") or 0) \
             if shim_uml_bytes is None else shim_uml_bytes
         self.vregcheck_args = vregcheck_args
-        self.init = init or TESTS / "guest" / "init.sh"
+        self.init = init or GUEST_FILES / "init.sh"
         self.tools: uml_host.Tools | None = None
         self.shim = False
 
@@ -95,7 +95,7 @@ class Guest:
         keep = guest_paths.boot_binds(self._in_view())
         argv = [LINUX, f"mem={self.memory}", "root=/dev/root", "rootfstype=hostfs", "rootflags=/", "rw",
                 f"ubd0={self.disk}", f"init={self.init}", "con=null",
-                "con0=fd:0,fd:1", f"XENLVM_WORK={self.work}", f"XENLVM_TESTS={TESTS}",
+                "con0=fd:0,fd:1", f"XENLVM_WORK={self.work}", f"XENLVM_GUEST_FILES={GUEST_FILES}",
                 f"XENLVM_PYTHON={self.python}", f"XENLVM_HIDE={':'.join(guest_paths.HIDDEN)}",
                 f"XENLVM_OVERLAY={':'.join(guest_paths.OVERLAID)}", f"XENLVM_KEEP={':'.join(keep)}",
                 f"XENLVM_VREGCHECK={self.tools.vregcheck}"]
@@ -139,7 +139,7 @@ class Guest:
         keep = guest_paths.private_binds(str(self.work)) if keep is None else keep
         env = {"PATH": GUEST_PATH, "HOME": "/root", "LC_ALL": "C",
                "XENLVM_PRIVATE": ":".join(guest_paths.PRIVATE), "XENLVM_KEEP": ":".join(keep)}
-        return self.run([TESTS / "guest" / "private-root.sh"], env=env)
+        return self.run([GUEST_FILES / "private-root.sh"], env=env)
 
     def _explain(self, what: str) -> str:
         self.console.flush()

@@ -9,7 +9,7 @@ set -x
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 # Before anything else, and while the host's paths are all still visible: do this guest's
-# processes keep their vector registers (tests/system/uml/vregcheck.c)? A guest that loses
+# processes keep their vector registers (sandbox/uml/vregcheck.c)? A guest that loses
 # them computes wrong results, so it stops here and tells the host why.
 if ! "$XENLVM_VREGCHECK" $XENLVM_VREGCHECK_ARGS >"$WORK/vregcheck.log" 2>&1; then
     echo unsound > "$WORK/guest-unsound"
@@ -18,7 +18,7 @@ if ! "$XENLVM_VREGCHECK" $XENLVM_VREGCHECK_ARGS >"$WORK/vregcheck.log" 2>&1; the
 fi
 mount -t tmpfs -o mode=0755 tmpfs /run
 # What is hidden, and what is bound back afterwards, the host decides
-# (tests/system/guest_paths.py): tmpfs over XENLVM_HIDE, an overlay whose writes stay in the
+# (sandbox/guest_paths.py): tmpfs over XENLVM_HIDE, an overlay whose writes stay in the
 # guest over XENLVM_OVERLAY, and back in place XENLVM_KEEP: those of the checkout, its virtual
 # environment, the Python installation and this work directory that lie below them (a clone
 # in /var/tmp, pyenv under /root). Take a handle on each while it is still in view.
@@ -67,7 +67,7 @@ rm -rf /etc/xenlvm
 pvcreate -q /dev/ubda && vgcreate -q system /dev/ubda
 set +x
 echo ready > "$WORK/guest-ready"
-"$XENLVM_PYTHON" "$XENLVM_TESTS/guest/agent.py" "$WORK/mailbox"
+"$XENLVM_PYTHON" "$XENLVM_GUEST_FILES/agent.py" "$WORK/mailbox"
 echo "agent exited with $?"
 sync
 halt -f

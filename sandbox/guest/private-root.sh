@@ -8,7 +8,7 @@
 # The sandbox's work directory, whose mailbox carries the host's requests and the guest's
 # answers, may lie below them (a checkout in /var/tmp or /usr/local/src): behind the overlay
 # the answers would stay in the guest and the host would wait for them in vain. XENLVM_KEEP
-# names what to bind back after the overlays (tests/system/guest_paths.py decides). This
+# names what to bind back after the overlays (sandbox/guest_paths.py decides). This
 # script refuses, before changing anything, to overlay a directory that holds the mailbox
 # unless the work directory is kept; afterwards it proves that the work directory is this
 # machine's (else it takes the overlays away again) and that both are overlays.

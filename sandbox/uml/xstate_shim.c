@@ -34,7 +34,7 @@
  * test can prove which paths ran. XENLVM_UML_SHIM_UML_BYTES=N (tests only): use only the
  * first N bytes of UML's buffer, as if the host's area were that much longer than UML's: on a
  * host that does not need the shim this runs its resizing path at every guest stop. N must
- * hold every component the guest's processes use (tests/system/uml_host.py, resize_bytes).
+ * hold every component the guest's processes use (sandbox/uml_host.py, resize_bytes).
  * Memory only the tracer needs is kept out of the host processes UML clones for guest address
  * spaces (MADV_DONTFORK).
  */

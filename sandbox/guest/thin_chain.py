@@ -1,4 +1,5 @@
-"""Guest helper for tests/system/test_increments.py: xenlvm's own thin_delta and increment
+"""Guest helper for a thin VM disk's chain (sandbox/chain.py, used by
+tests/system/test_increments.py and bench/increments.py): xenlvm's own thin_delta and increment
 writer, run on the guest's real dm-thin.
 
 Usage:

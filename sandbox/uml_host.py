@@ -263,7 +263,7 @@ def _likely_cause(console: str, vregs: str, unsound: bool, cpu: HostCpu | None,
                 f"({cpu.describe() if cpu else 'CPU unknown'}): every result computed in the guest "
                 "would be suspect, so the sandbox stops here.",
                 "if the XSTATE shim was off, run with XENLVM_UML_SHIM=on; if it was on, this host's "
-                "CPU has a feature the shim does not handle (see tests/system/uml/xstate_shim.c). "
+                "CPU has a feature the shim does not handle (see sandbox/uml/xstate_shim.c). "
                 "Report the check's output above.")
     if "ptrace set fp regs failed" in console or "ptrace get fp regs failed" in console:
         size = f"{cpu.xsave_size} bytes" if cpu else "larger"
@@ -278,7 +278,7 @@ def _likely_cause(console: str, vregs: str, unsound: bool, cpu: HostCpu | None,
                 "let the sandbox load its XSTATE shim: unset XENLVM_UML_SHIM or set it to auto or on.")
     if re.search(r"Requested init .* failed|No working init found", console):
         return ("the guest's init script could not be started.",
-                "check that tests/system/guest/init.sh exists and is executable.")
+                "check that sandbox/guest/init.sh exists and is executable.")
     if re.search(r"must be not mounted noexec|Checking PROT_EXEC mmap in \S+\.\.\.(?!OK)", console):
         return (f"{uml_temp_dir()} does not allow executable mappings (mounted noexec).",
                 "remount it with exec, or set TMPDIR to a directory that allows it.")
