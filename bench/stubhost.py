@@ -16,7 +16,7 @@ The directory holds:
 The hooks prove a mount by the device numbers in /proc/self/mountinfo against a stat of the
 snapshot's device. Neither can be faked without a real mount, and the bench makes none, so
 hostcost runs each matching hook through seam(): the installed hook's own text with three
-lines before its run_hook(...) that point xenlvm.host.mounts at this directory's mountinfo and
+lines before its run_hook(...) that point xenlvm.host.mount at this directory's mountinfo and
 devices. The seam lives only here: production code has no switch for it.
 """
 
@@ -88,19 +88,19 @@ Inode size:\t          256
 # Put into an installed hook's text just before its run_hook(...) line (see seam).
 _SEAM = """\
 try:  # bench/stubhost.py: the stand-in host's mount table and devices
-    from xenlvm.host import mounts
+    from xenlvm.host import mount
 except ImportError:  # a xenlvm before its layout by layer (make bench's BENCH_BASELINE)
-    from xenlvm import mounts
-mounts.MOUNTINFO = {mountinfo!r}
+    from xenlvm import mounts as mount
+mount.MOUNTINFO = {mountinfo!r}
 with open({devices!r}) as handle:
     table = {{path: (int(major), int(minor)) for path, major, minor in map(str.split, handle)}}
-mounts.device_numbers = table.get
+mount.device_numbers = table.get
 """
 
 
 def seam(hook: str, root: Path) -> str:
     """Given the text of a hook as install-hooks writes it, the same hook reading the mount
-    table and device numbers of the stand-in host at root (the import of xenlvm.host.mounts, which a
+    table and device numbers of the stand-in host at root (the import of xenlvm.host.mount, which a
     matching run makes anyway, moves to just after the hook entry's)."""
     last = hook.rindex("run_hook(")
     return hook[:last] + _SEAM.format(mountinfo=str(root / "mountinfo"), devices=str(root / "devices")) \

@@ -25,7 +25,7 @@ from xenlvm.config.load import parse_config
 from xenlvm.config.model import Config
 from xenlvm.core import ownership
 from xenlvm.errors import CommandFailed
-from xenlvm.host import mounts
+from xenlvm.host import mount
 
 ORIGIN_MOUNT = "/srv/xenvm"  # where the origin is mounted in the fake mount table (VM disks below it)
 _ROOT_LINE = "22 1 254:10 / / rw,relatime shared:1 - ext4 /dev/mapper/system-root rw"
@@ -66,10 +66,10 @@ class FakeHost:
                                         "/dev/mapper/system-xenvm rw"]
         self.mountinfo = root / "mountinfo"
         self._write_mountinfo()
-        monkeypatch.setattr(mounts, "MOUNTINFO", str(self.mountinfo))
-        monkeypatch.setattr(mounts, "device_numbers", self.device_numbers)
+        monkeypatch.setattr(mount, "MOUNTINFO", str(self.mountinfo))
+        monkeypatch.setattr(mount, "device_numbers", self.device_numbers)
         self.clock = FakeClock()
-        for module in (ownership, mounts, xenlvm.xen.domains):  # retries wait on this clock: no real waiting
+        for module in (ownership, mount, xenlvm.xen.domains):  # retries wait on this clock: no real waiting
             monkeypatch.setattr(module, "time", self.clock)
         self.xl_text = recorded(f"xl_list_xen-{release}.txt")
         self.xl_records = recorded(f"xl_list_l_xen-{release}.json")

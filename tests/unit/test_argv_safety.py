@@ -14,7 +14,7 @@ from xenlvm.core import ownership
 from xenlvm.core.ownership import job_tag
 from xenlvm.errors import ConfigError
 from xenlvm.host.lvm import LogicalVolume, Lvm
-from xenlvm.host.mounts import mount_snapshot
+from xenlvm.host.mount import mount_snapshot
 
 OUR_OPTIONS = {"--snapshot", "--name", "--addtag", "--size", "--extents", "--ignoreactivationskip",
                "--force", "--select", "-t", "-o"}

@@ -31,7 +31,7 @@ CONFIG = ("settings: {{log_file: {tmp}/xenlvm.log, lock_dir: {tmp}/lock, state_d
 # (typing: annotations only; argparse and shutil: the watchdog's command line, Xen config copies).
 NOT_FOR_ANOTHER_TASK = {
     "click", "xenlvm.cli", "xenlvm.admin.install", "subprocess", "xenlvm.phases.pre", "xenlvm.phases.post",
-    "xenlvm.host.runner", "xenlvm.host.lvm", "xenlvm.host.mounts", "xenlvm.core.state", "xenlvm.core.context",
+    "xenlvm.host.runner", "xenlvm.host.lvm", "xenlvm.host.mount", "xenlvm.core.state", "xenlvm.core.context",
     "json", "concurrent.futures", "typing", "argparse", "shutil",
 }
 NOT_FOR_A_MATCHING_JOB = {"click", "xenlvm.cli", "xenlvm.admin.install", "concurrent.futures", "typing",

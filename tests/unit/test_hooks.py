@@ -12,7 +12,7 @@ from tests.unit.fakehost import ORIGIN_MOUNT
 from tests.unit.fakes import Answer, Timeout
 from xenlvm.core import context as context_mod
 from xenlvm.errors import FileError, MountError, PartialBackup, XenlvmError
-from xenlvm.host import mounts
+from xenlvm.host import mount
 from xenlvm.phases import post, pre
 from xenlvm.vmdisks import teardown as vmdisk_teardown
 from xenlvm.watchdog import process as watchdog_process
@@ -188,14 +188,14 @@ def test_an_os_error_in_one_job_does_not_stop_the_others(host, monkeypatch):
     ctx, config = context(host, two_jobs(host))
     host.add_snapshot(lv_attr="swi-aos---")
     host.add_snapshot("second", "second", str(host.root / "mnt" / "second"), lv_attr="swi-aos---")
-    real, calls = mounts.read_mounts, []
+    real, calls = mount.read_mounts, []
 
     def unreadable_once():
         calls.append(1)
         if len(calls) == 1:
             raise PermissionError(errno.EACCES, "Permission denied", "/proc/self/mountinfo")
         return real()
-    monkeypatch.setattr(mounts, "read_mounts", unreadable_once)
+    monkeypatch.setattr(mount, "read_mounts", unreadable_once)
 
     with pytest.raises(XenlvmError) as caught:
         post.run_post(ctx, list(config.jobs.values()))

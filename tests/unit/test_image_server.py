@@ -24,7 +24,7 @@ from xenlvm.errors import MountError
 from xenlvm.host import processes
 from xenlvm.host.fsutil import read_small
 from xenlvm.host.lvm import LogicalVolume
-from xenlvm.host.mounts import MountEntry
+from xenlvm.host.mount import MountEntry
 from xenlvm.vmdisks import image_server
 from xenlvm.vmdisks import teardown as vmdisk_teardown
 from xenlvm.vmdisks.kind import image_server_status
@@ -206,9 +206,9 @@ def test_a_fuse_image_below_the_mountpoint_is_unmounted_only_inside_xenlvms_own_
     tree = MountEntry(0, 39, "/mnt/vmdisks", ("rw",), "tmpfs", vmdisk_teardown.tree_source(job))
     monkeypatch.setattr(vmdisk_teardown, "loops_of", lambda devices: {})
     for mounts, unmounted in (([tree, export], True), ([export], False)):
-        monkeypatch.setattr(vmdisk_teardown.mounts_mod, "read_mounts", lambda mounts=mounts: list(mounts))
+        monkeypatch.setattr(vmdisk_teardown.mount, "read_mounts", lambda mounts=mounts: list(mounts))
         runner = FakeRunner().on("umount", "")
-        monkeypatch.setattr(vmdisk_teardown.mounts_mod, "unmount_with_retry",
+        monkeypatch.setattr(vmdisk_teardown.mount, "unmount_with_retry",
                             lambda runner, target, timeout: runner.change(["umount", target]))
         if unmounted:
             vmdisk_teardown.release(runner, job, [], 1.0)

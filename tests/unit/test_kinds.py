@@ -16,7 +16,7 @@ from xenlvm.core import context as context_mod
 from xenlvm.core.inventory import Inventory, Scope
 from xenlvm.core.ownership import OWNER_TAG, VMDISK_TAG, job_tag
 from xenlvm.host.lvm import VolumeGroup
-from xenlvm.host.mounts import MountEntry
+from xenlvm.host.mount import MountEntry
 from xenlvm.phases import kinds, post
 from xenlvm.targets.base import Artefacts, Kind, Removal, Shown
 from xenlvm.targets.volume import VolumeKind

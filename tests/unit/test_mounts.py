@@ -11,9 +11,9 @@ import pytest
 
 from tests.unit.fakes import FakeRunner
 from xenlvm.errors import CommandFailed, MountError
-from xenlvm.host import mounts
+from xenlvm.host import mount
 from xenlvm.host.lvm import parse_lvs_json
-from xenlvm.host.mounts import (
+from xenlvm.host.mount import (
     MountEntry,
     filesystem_type,
     holders,
@@ -107,7 +107,7 @@ def test_inactive_volume_without_device_numbers_has_no_mounts():
 
 
 def test_read_mounts_reads_this_process_mount_table():
-    entries = mounts.read_mounts()
+    entries = mount.read_mounts()
     assert any(e.mountpoint == "/" for e in entries)
 
 
@@ -243,8 +243,8 @@ BUSY = CommandFailed(["umount", "/mnt/vmbackup"], 32, "umount: /mnt/vmbackup: ta
 @pytest.fixture
 def no_sleep(monkeypatch):
     delays: list[float] = []
-    monkeypatch.setattr(mounts.time, "sleep", delays.append)
-    monkeypatch.setattr(mounts, "holders", lambda path: ["tar[4242]"])
+    monkeypatch.setattr(mount.time, "sleep", delays.append)
+    monkeypatch.setattr(mount, "holders", lambda path: ["tar[4242]"])
     return delays
 
 

@@ -350,7 +350,7 @@ def test_the_readers_of_a_vm_disks_loop_devices_are_stopped_too_then_the_loops_d
 
 
 def test_a_guard_drop_unmounts_a_vm_disks_filesystems_lazily_while_they_are_read(monkeypatch):
-    from xenlvm.host.mounts import MountEntry
+    from xenlvm.host.mount import MountEntry
     from xenlvm.vmdisks import teardown as vmdisk_teardown
 
     job = parse_config("jobs:\n  vms:\n    mountpoint: /mnt/vmdisks\n    vmdisks:\n      domains: auto\n"
@@ -359,7 +359,7 @@ def test_a_guard_drop_unmounts_a_vm_disks_filesystems_lazily_while_they_are_read
     lv = snapshot_row()
     part = MountEntry(7, 3, "/mnt/vmdisks/vm2/xvda1", ("ro",), "ext4", "/dev/loop3")
     monkeypatch.setattr(vmdisk_teardown, "loops_of", lambda devices: {"/dev/loop3": (7, 3)})
-    monkeypatch.setattr(vmdisk_teardown.mounts_mod, "read_mounts", lambda: [part])
+    monkeypatch.setattr(vmdisk_teardown.mount, "read_mounts", lambda: [part])
     runner = FakeRunner().on("umount", Answer()).on("losetup", Answer(returncode=1, stderr="busy"))
     vmdisk_teardown.release(runner, job, [lv], 1.0, lazy=True)
     assert runner.changes == [["umount", "--lazy", "/mnt/vmdisks/vm2/xvda1"],

@@ -21,7 +21,7 @@ from xenlvm.core.preflight import (
     snapshot_bytes,
 )
 from xenlvm.host.lvm import VolumeGroup, parse_volume_group
-from xenlvm.host.mounts import MountEntry
+from xenlvm.host.mount import MountEntry
 from xenlvm.sizes import human_size
 
 DATA = Path(__file__).parent / "data"

@@ -15,9 +15,9 @@ from tests.unit import test_chain
 from tests.unit.fakes import Answer, FakeRunner, lvs_with, recorded
 from xenlvm.admin import rebuild, restore
 from xenlvm.errors import CommandFailed, IncrementInvalid, LockTimeout, SafetyRefusal, UsageError
-from xenlvm.host import mounts
+from xenlvm.host import mount
 from xenlvm.host.lvm import device_path
-from xenlvm.host.mounts import MountEntry
+from xenlvm.host.mount import MountEntry
 from xenlvm.increments import chain
 from xenlvm.increments import fileformat as increment
 from xenlvm.vmdisks import layout
@@ -101,7 +101,7 @@ def host_runner(rows: list[dict], *, dry_run: bool = False, fail: str | None = N
 def domain_has_the_target(monkeypatch) -> None:
     """Domain vm2's recorded disk /dev/dm-5 (xl given the device-mapper name) is the target."""
     paths = {**TARGET_PATHS, "/dev/dm-5": NUMBERS}
-    monkeypatch.setattr(mounts, "device_numbers", lambda path: paths.get(path))
+    monkeypatch.setattr(mount, "device_numbers", lambda path: paths.get(path))
 
 
 @pytest.fixture
@@ -113,8 +113,8 @@ def host(tmp_path, monkeypatch):
     (sys_root / "block").mkdir(parents=True)
     (sys_root / "dev" / "block" / "250:7" / "holders").mkdir(parents=True)
     monkeypatch.setattr(restore, "SYS", str(sys_root))
-    monkeypatch.setattr(mounts, "read_mounts", lambda: [])
-    monkeypatch.setattr(mounts, "device_numbers", lambda path: TARGET_PATHS.get(path))
+    monkeypatch.setattr(mount, "read_mounts", lambda: [])
+    monkeypatch.setattr(mount, "device_numbers", lambda path: TARGET_PATHS.get(path))
     monkeypatch.setattr(rebuild.tempfile, "mkdtemp", lambda prefix: str(tmp_path / "mnt"))
     (tmp_path / "mnt").mkdir()
     return sys_root
@@ -175,7 +175,7 @@ def test_restore_disk_refuses_a_target_that_another_restore_is_writing(restored,
 
 
 def test_restore_disk_refuses_a_mounted_target(restored, tmp_path, host, monkeypatch):
-    monkeypatch.setattr(mounts, "read_mounts", lambda: [
+    monkeypatch.setattr(mount, "read_mounts", lambda: [
         MountEntry(*NUMBERS, "/srv/vm2", ("rw",), "ext4", "/dev/mapper/system-vm2--disk")])
     assert "is mounted at /srv/vm2: unmount it first" in \
         refusal(host_runner([lvs_row("vm2-disk")]), restored, tmp_path)

@@ -20,7 +20,7 @@ from xenlvm.core import state
 from xenlvm.errors import SafetyRefusal
 from xenlvm.host import fsutil
 from xenlvm.host.lock import JobLock
-from xenlvm.host.mounts import MountEntry
+from xenlvm.host.mount import MountEntry
 from xenlvm.xen import domains as xen
 from xenlvm.xen import export as xen_export
 

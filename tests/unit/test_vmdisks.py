@@ -17,7 +17,7 @@ from xenlvm.core import ownership
 from xenlvm.core.undo import UndoStack
 from xenlvm.errors import ConfigError, PreflightFailed
 from xenlvm.host.lvm import LogicalVolume, VolumeGroup
-from xenlvm.host.mounts import MountEntry
+from xenlvm.host.mount import MountEntry
 from xenlvm.host.xl import Xl
 from xenlvm.vmdisks import expose as vmdisks
 from xenlvm.vmdisks import target as vmdisk_target
@@ -88,7 +88,7 @@ def discover(job: Job, xl: Xl, vgs: dict[str, VolumeGroup]) -> list[vmdisk_targe
 
 @pytest.fixture(autouse=True)
 def devices(monkeypatch):
-    monkeypatch.setattr(vmdisks.mounts_mod, "device_numbers", DEVICES.get)
+    monkeypatch.setattr(vmdisks.mount, "device_numbers", DEVICES.get)
 
 
 def test_each_disk_on_an_lv_becomes_a_snapshot_spec_below_domain_and_disk():
@@ -238,7 +238,7 @@ def test_loop_devices_are_ours_only_when_backed_by_our_snapshot(tmp_path, monkey
             (sys_block / name / "loop" / "backing_file").write_text(backing + "\n")
     (sys_block / "sda").mkdir()
     numbers = {"/dev/mapper/system-a.xenlvm": (254, 5), "/srv/other.img": None}
-    monkeypatch.setattr(vmdisks.mounts_mod, "device_numbers", numbers.get)
+    monkeypatch.setattr(vmdisks.mount, "device_numbers", numbers.get)
     assert vmdisk_teardown.loops_of([(254, 5)], str(sys_block)) == {"/dev/loop0": (7, 0)}
     assert vmdisk_teardown.loops_of([(254, 9)], str(sys_block)) == {}
 
@@ -303,7 +303,7 @@ def test_post_deletes_only_the_image_files_it_wrote(tmp_path):
 
 
 def test_a_btrfs_mount_is_recognised_by_its_source_device_not_its_anonymous_number(monkeypatch):
-    monkeypatch.setattr(vmdisks.mounts_mod, "device_numbers", {"/dev/loop3": (7, 3)}.get)
+    monkeypatch.setattr(vmdisks.mount, "device_numbers", {"/dev/loop3": (7, 3)}.get)
     btrfs = MountEntry(0, 52, "/mnt/vmdisks/vm2/xvda/p1", ("ro",), "btrfs", "/dev/loop3")
     assert vmdisks._shows(btrfs, "/dev/loop3")
     assert not vmdisks._shows(dataclasses.replace(btrfs, source="/dev/loop4"), "/dev/loop3")
@@ -335,7 +335,7 @@ def recorded_xl(release: str) -> Xl:
 
 @pytest.mark.parametrize("release", ["4.11", "4.17"])
 def test_vm_disks_are_found_in_recorded_xl_output_however_xl_names_them(monkeypatch, caplog, release):
-    monkeypatch.setattr(vmdisks.mounts_mod, "device_numbers", RECORDED_DEVICES.get)
+    monkeypatch.setattr(vmdisks.mount, "device_numbers", RECORDED_DEVICES.get)
     with caplog.at_level(logging.WARNING, "xenlvm"):
         specs = discover(job(), recorded_xl(release), RECORDED_VGS)
     assert [(s.domain, s.disk, str(s.origin)) for s in specs] == [
@@ -352,7 +352,7 @@ def test_vm_disks_are_found_in_recorded_xl_output_however_xl_names_them(monkeypa
 
 @pytest.mark.parametrize("release", ["4.11", "4.17"])
 def test_named_domains_are_found_in_recorded_xl_output(monkeypatch, release):
-    monkeypatch.setattr(vmdisks.mounts_mod, "device_numbers", RECORDED_DEVICES.get)
+    monkeypatch.setattr(vmdisks.mount, "device_numbers", RECORDED_DEVICES.get)
     specs = discover(job(domains=("vm2",)), recorded_xl(release), RECORDED_VGS)
     assert [s.spec.mountpoint for s in specs] == ["/mnt/vmdisks/vm2/xvda1", "/mnt/vmdisks/vm2/xvda2"]
 

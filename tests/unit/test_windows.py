@@ -27,7 +27,7 @@ from xenlvm.core import context as context_mod
 from xenlvm.core import state
 from xenlvm.errors import CommandFailed
 from xenlvm.host import interrupts
-from xenlvm.host.mounts import MountEntry
+from xenlvm.host.mount import MountEntry
 from xenlvm.phases import kinds, pre
 from xenlvm.targets.volume import VolumeTarget
 from xenlvm.vmdisks.target import VmDiskTarget
@@ -84,7 +84,7 @@ def test_the_default_is_per_domain_with_vmdisks_and_together_for_volumes_only():
 
 
 def test_a_domain_uses_its_own_disks_any_origin_it_has_as_a_disk_and_volumes_holding_its_files(monkeypatch):
-    monkeypatch.setattr(windows.mounts_mod, "device_numbers",
+    monkeypatch.setattr(windows.mount, "device_numbers",
                         {"/dev/mapper/system-vm2--disk": (254, 1), "/dev/system/shared": (254, 5)}.get)
     volume = VolumeTarget(SnapshotSpec(Volume("system", "xenvm"), "vmbackup", "/mnt/b/xenvm"),
                           lv("xenvm", (254, 0)))

@@ -14,7 +14,7 @@ from xenlvm.core import ownership, preflight
 from xenlvm.core.inventory import Inventory, read_tolerant, read_xl
 from xenlvm.core.preflight import Finding
 from xenlvm.errors import XenlvmError
-from xenlvm.host import mounts as mounts_mod
+from xenlvm.host import mount
 from xenlvm.host.fsutil import closed_to_others
 from xenlvm.host.lvm import LogicalVolume, vg_not_found_message
 from xenlvm.host.runner import Runner, which
@@ -116,7 +116,7 @@ def _check_xen(config: Config, runner: Runner, job: Job, host: Inventory, xl: xe
         assert xl is not None
         origins = [host.vgs[s.origin.vg].lvs[s.origin.lv] for s in job.volumes
                    if host.vgs[s.origin.vg].get(s.origin.lv)]
-        paths = [e.mountpoint for origin in origins for e in mounts_mod.mounts_of(origin, host.mounts)]
+        paths = [e.mountpoint for origin in origins for e in mount.mounts_of(origin, host.mounts)]
         domains = xen.select_domains(job, xl, paths, disk_domains, kinds.excluded_domains(job))
         findings.append(Finding("ok", "xen", f"domains to {job.xen.mode}: "
                                 f"{', '.join(d.name for d in domains) or 'none'}"))

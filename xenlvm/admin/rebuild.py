@@ -31,7 +31,7 @@ from xenlvm.admin.restore import (
 )
 from xenlvm.core.undo import UndoStack, taken_down
 from xenlvm.errors import CommandFailed, UsageError, XenlvmError
-from xenlvm.host import mounts as mounts_mod
+from xenlvm.host import mount
 from xenlvm.host.fsutil import closed_to_others, is_below
 from xenlvm.host.runner import COPY_TIMEOUT, Runner
 from xenlvm.vmdisks import layout
@@ -192,7 +192,7 @@ def restore_disk(runner: Runner, source: str, target_text: str, *, yes: bool, xl
             if not os.path.isdir(files) or os.path.islink(files):
                 raise UsageError(f"{files} is missing from the restored folder: restore the whole "
                                  f"{disk['domain']}/{disk['disk']} folder. Nothing was changed.")
-    warning = restored_folder_warning(source, mounts_mod.read_mounts())
+    warning = restored_folder_warning(source, mount.read_mounts())
     if warning is not None:
         log.warning("%s", warning)
     parse_target(target_text)
@@ -202,7 +202,7 @@ def restore_disk(runner: Runner, source: str, target_text: str, *, yes: bool, xl
         return DiskRebuild(runner, target, disk, folder).run()
 
 
-def restored_folder_warning(folder: str, mounts: list[mounts_mod.MountEntry]) -> str | None:
+def restored_folder_warning(folder: str, mounts: list[mount.MountEntry]) -> str | None:
     """What to say when the restored folder lets the guest's files act on dom0: its setuid
     files and device nodes work on a filesystem mounted without nosuid or nodev, for every
     user who can get to them. None when the folder is safe."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from xenlvm.config.values import parse_volume
 from xenlvm.errors import CommandFailed, SafetyRefusal, UsageError, XenlvmError
-from xenlvm.host import mounts as mounts_mod
+from xenlvm.host import mount
 from xenlvm.host.lock import JobLock
 from xenlvm.host.lvm import LogicalVolume, Lvm, device_path
 from xenlvm.host.runner import COPY_TIMEOUT, Runner
@@ -78,11 +78,11 @@ def check_target(runner: Runner, text: str, needed: int, xl_timeout: float) -> R
         raise SafetyRefusal(f"cannot tell whether a domain has {text} as a disk: {exc}. Nothing was "
                             "changed.") from None
     for domain, record in records.items():
-        if any(mounts_mod.device_numbers(path) == numbers for path in disk_paths(record)):
+        if any(mount.device_numbers(path) == numbers for path in disk_paths(record)):
             raise SafetyRefusal(f"the target {text} is a disk of domain {domain!r}, which exists (running"
                                 f" or paused): shut it down first (xl shutdown {domain}). Nothing was "
                                 "changed.")
-    mounted = [e.mountpoint for e in mounts_mod.read_mounts() if (e.major, e.minor) == numbers]
+    mounted = [e.mountpoint for e in mount.read_mounts() if (e.major, e.minor) == numbers]
     if mounted:
         raise SafetyRefusal(f"the target {text} is mounted at {', '.join(mounted)}: unmount it first. "
                             "Nothing was changed.")

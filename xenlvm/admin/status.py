@@ -10,8 +10,7 @@ from xenlvm.config.model import AUTO, Config, Job
 from xenlvm.core import ownership, preflight, state
 from xenlvm.core.inventory import Inventory, read_tolerant
 from xenlvm.errors import XenlvmError
-from xenlvm.host import cow
-from xenlvm.host import mounts as mounts_mod
+from xenlvm.host import cow, mount
 from xenlvm.host.lvm import vg_not_found_message
 from xenlvm.host.runner import Runner
 from xenlvm.host.xl import Xl
@@ -39,7 +38,7 @@ def job_status(config: Config, runner: Runner, job: Job, now: float | None = Non
         host = read_tolerant(runner, kinds.scope(job))
     except XenlvmError as exc:
         report["problems"].append(str(exc))
-        host = Inventory({}, mounts_mod.read_mounts())
+        host = Inventory({}, mount.read_mounts())
     report["problems"] += [vg_not_found_message(vg) for vg in host.missing_vgs]
     found = {kind: kind.find(config, job, host) for kind in kinds.of(job)}
     report["problems"] += [f.message for f in preflight.check_volume_groups(

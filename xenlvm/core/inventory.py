@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from xenlvm.config.model import Job
-from xenlvm.host import mounts as mounts_mod
+from xenlvm.host import mount
 from xenlvm.host.lvm import Lvm, VolumeGroup, VolumeGroupNotFound
 from xenlvm.host.runner import Runner
 from xenlvm.host.xl import Xl, XlView
@@ -30,20 +30,20 @@ class Scope:
 @dataclass(frozen=True)
 class Inventory:
     vgs: dict[str, VolumeGroup]  # the VGs the scope names; every VG when it says so
-    mounts: list[mounts_mod.MountEntry]
+    mounts: list[mount.MountEntry]
     xl: XlView | None = None  # when the scope asks xl
     missing_vgs: tuple[str, ...] = ()  # named VGs that do not exist (read_tolerant only)
 
     def reread(self, runner: Runner, scope: Scope) -> Inventory:
         """The host after a change to its LVs and mounts (a sweep); xl's answers are kept."""
         return dataclasses.replace(self, vgs=volume_groups(Lvm(runner), scope),
-                                   mounts=mounts_mod.read_mounts())
+                                   mounts=mount.read_mounts())
 
 
 def read_inventory(runner: Runner, job: Job, scope: Scope) -> Inventory:
     """Given a job and what to read of the host for it, return the host as it is now. A named VG
     that does not exist raises VolumeGroupNotFound; a failing lvs or xl raises its error."""
-    return Inventory(volume_groups(Lvm(runner), scope), mounts_mod.read_mounts(), read_xl(runner, job, scope))
+    return Inventory(volume_groups(Lvm(runner), scope), mount.read_mounts(), read_xl(runner, job, scope))
 
 
 def read_tolerant(runner: Runner, scope: Scope) -> Inventory:
@@ -51,11 +51,11 @@ def read_tolerant(runner: Runner, scope: Scope) -> Inventory:
     are named in missing_vgs (the others are then read with a second lvs), not raised."""
     lvm = Lvm(runner)
     try:
-        return Inventory(volume_groups(lvm, scope), mounts_mod.read_mounts())
+        return Inventory(volume_groups(lvm, scope), mount.read_mounts())
     except VolumeGroupNotFound as exc:
         rest = [vg for vg in scope.vgs if vg not in exc.names]
         vgs = lvm.volume_groups(rest, every=scope.every_vg)
-        return Inventory(vgs, mounts_mod.read_mounts(), missing_vgs=tuple(exc.names))
+        return Inventory(vgs, mount.read_mounts(), missing_vgs=tuple(exc.names))
 
 
 def read_xl(runner: Runner, job: Job, scope: Scope) -> XlView | None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from xenlvm.config.model import Job, SnapshotSpec
 from xenlvm.core import ownership
 from xenlvm.host.lvm import LogicalVolume, VolumeGroup
-from xenlvm.host.mounts import MountEntry, mounted_at
+from xenlvm.host.mount import MountEntry, mounted_at
 from xenlvm.sizes import human_size
 
 

@@ -14,7 +14,7 @@ from xenlvm.core import preflight
 from xenlvm.core.inventory import Scope
 from xenlvm.core.preflight import Finding
 from xenlvm.host.lvm import LogicalVolume, VolumeGroup
-from xenlvm.host.mounts import MountEntry
+from xenlvm.host.mount import MountEntry
 from xenlvm.targets.base import Artefacts, Kind
 from xenlvm.targets.volume import VolumeKind
 from xenlvm.thinpool import space as thinpool

@@ -35,7 +35,7 @@ from xenlvm.core.preflight import Finding
 from xenlvm.core.undo import UndoStack
 from xenlvm.errors import XenlvmError, host_file_error
 from xenlvm.host.lvm import LogicalVolume
-from xenlvm.host.mounts import MountEntry
+from xenlvm.host.mount import MountEntry
 from xenlvm.xen import windows
 from xenlvm.xen.domains import XlView
 

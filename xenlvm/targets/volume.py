@@ -16,9 +16,9 @@ from xenlvm.core.context import Context
 from xenlvm.core.inventory import Inventory
 from xenlvm.core.undo import UndoStack
 from xenlvm.errors import FileError, MountError, PreflightFailed, SafetyRefusal
-from xenlvm.host import mounts as mounts_mod
+from xenlvm.host import mount
 from xenlvm.host.lvm import LogicalVolume, VolumeGroup, device_path
-from xenlvm.host.mounts import UNDO_UNMOUNT_TIMEOUT, MountEntry
+from xenlvm.host.mount import UNDO_UNMOUNT_TIMEOUT, MountEntry
 from xenlvm.targets.base import Artefacts, Failures, Kind, Removal, Shown, Target, collect
 
 log = logging.getLogger("xenlvm")
@@ -28,10 +28,10 @@ class VolumeTarget(Target):
     fstype = ""
 
     def origin_mountpoints(self, mounts: Sequence[MountEntry]) -> list[str]:
-        return [e.mountpoint for e in mounts_mod.mounts_of(self.origin, list(mounts))]
+        return [e.mountpoint for e in mount.mounts_of(self.origin, list(mounts))]
 
     def prepare(self, ctx: Context, mounts: Sequence[MountEntry]) -> None:
-        self.fstype = mounts_mod.filesystem_type(ctx.runner, self.origin, list(mounts))
+        self.fstype = mount.filesystem_type(ctx.runner, self.origin, list(mounts))
 
     def expose(self, ctx: Context, job: Job, undo: UndoStack) -> None:
         """Mount the snapshot read-only at its mountpoint and check that the kernel shows it there."""
@@ -47,7 +47,7 @@ class VolumeTarget(Target):
             undo.push(f"remove the directory {spec.mountpoint}", functools.partial(os.rmdir, spec.mountpoint))
         undo.push(f"unmount {spec.mountpoint} if the snapshot is mounted there",
                   functools.partial(_unmount_if_mounted, ctx, spec.mountpoint, device))
-        mounts_mod.mount_snapshot(ctx.runner, device, self.fstype, spec.mountpoint)
+        mount.mount_snapshot(ctx.runner, device, self.fstype, spec.mountpoint)
         if ctx.dry_run:
             return
         _verify_mounted(spec.mountpoint, device)
@@ -57,8 +57,8 @@ class VolumeTarget(Target):
 
 def _verify_mounted(mountpoint: str, device: str) -> None:
     """mount said yes; make sure the kernel shows exactly our device at the mountpoint."""
-    entry = mounts_mod.mounted_at(mountpoint, mounts_mod.read_mounts())
-    if entry is None or not mounts_mod.shows_device(entry, device):
+    entry = mount.mounted_at(mountpoint, mount.read_mounts())
+    if entry is None or not mount.shows_device(entry, device):
         raise MountError(f"after mounting, {mountpoint} does not show the snapshot {device}; "
                          "something else changed the mount table")
     if "ro" not in entry.options:
@@ -67,7 +67,7 @@ def _verify_mounted(mountpoint: str, device: str) -> None:
 
 def _unmount_if_mounted(ctx: Context, mountpoint: str, device: str) -> None:
     if not ctx.dry_run:
-        mounts_mod.unmount_if(ctx.runner, mountpoint, lambda entry: mounts_mod.shows_device(entry, device))
+        mount.unmount_if(ctx.runner, mountpoint, lambda entry: mount.shows_device(entry, device))
 
 
 class VolumeKind(Kind):
@@ -146,19 +146,19 @@ class VolumeKind(Kind):
         for spec in job.volumes:
             vg = host.vgs.get(spec.origin.vg)
             snapshot = vg.get(spec.snapshot) if vg is not None else None
-            mounted = [e.mountpoint for e in mounts_mod.mounts_of(snapshot, host.mounts)] if snapshot else []
+            mounted = [e.mountpoint for e in mount.mounts_of(snapshot, host.mounts)] if snapshot else []
             shown.append(Shown(spec, spec.mountpoint, snapshot, tuple(mounted)))
         return shown
 
 
 def _release_volume(ctx: Context, job: Job, spec: SnapshotSpec, vg: VolumeGroup | None,
-                    mounts: list[mounts_mod.MountEntry]) -> LogicalVolume | None:
+                    mounts: list[mount.MountEntry]) -> LogicalVolume | None:
     """Unmount spec's snapshot if it is xenlvm's; return it as it was before, to be removed."""
     if vg is None:  # the VG does not exist, so neither does the snapshot
         return None
     snapshot = vg.get(spec.snapshot)
     if snapshot is None:
-        entry = mounts_mod.mounted_at(spec.mountpoint, mounts)
+        entry = mount.mounted_at(spec.mountpoint, mounts)
         if entry is not None:
             log.warning("%s has %s mounted on it, which is not xenlvm's snapshot; left alone",
                         spec.mountpoint, entry.source)
@@ -173,17 +173,17 @@ def _release_volume(ctx: Context, job: Job, spec: SnapshotSpec, vg: VolumeGroup 
 
 
 def release_snapshot(ctx: Context, job: Job, spec: SnapshotSpec, snapshot: LogicalVolume,
-                     mounts: list[mounts_mod.MountEntry], unmount_timeout: float) -> None:
+                     mounts: list[mount.MountEntry], unmount_timeout: float) -> None:
     """Unmount spec's snapshot from its mountpoint, after proving it is the job's."""
     if not ownership.owns(job, spec, snapshot):
         raise SafetyRefusal(f"{snapshot} is not xenlvm's; refusing to touch it")
-    for entry in mounts_mod.mounts_of(snapshot, mounts):
+    for entry in mount.mounts_of(snapshot, mounts):
         if entry.mountpoint != spec.mountpoint:
             raise MountError(f"{snapshot} is also mounted at {entry.mountpoint}, which xenlvm did not "
                              "do; unmount it yourself, then run 'xenlvm post' again")
-    if mounts_mod.mounts_of(snapshot, mounts):
-        top = mounts_mod.mounted_at(spec.mountpoint, mounts)
+    if mount.mounts_of(snapshot, mounts):
+        top = mount.mounted_at(spec.mountpoint, mounts)
         if top is None or not top.is_device(snapshot):
             raise MountError(f"something else is mounted on top of the snapshot at {spec.mountpoint}; "
                              "unmount it yourself, then run 'xenlvm post' again")
-        mounts_mod.unmount_with_retry(ctx.runner, spec.mountpoint, unmount_timeout)
+        mount.unmount_with_retry(ctx.runner, spec.mountpoint, unmount_timeout)

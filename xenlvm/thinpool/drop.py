@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from xenlvm.config.model import Job, SnapshotSpec, Volume
 from xenlvm.core import ownership
 from xenlvm.errors import CommandFailed, XenlvmError
-from xenlvm.host import mounts as mounts_mod
+from xenlvm.host import mount
 from xenlvm.host.fsutil import read_small
 from xenlvm.host.lvm import LogicalVolume, Lvm
 from xenlvm.host.processes import command_name, readers_of, terminate_proven
@@ -88,7 +88,7 @@ def drop(lvm: Lvm, job: Job, present: Sequence[tuple[Guarded, LogicalVolume]],
 
 def _unmount_lazily(lvm: Lvm, spec: SnapshotSpec, lv: LogicalVolume) -> None:
     """Detach the snapshot's mount at spec's mountpoint if it is there; refuse any other."""
-    for entry in mounts_mod.mounts_of(lv, mounts_mod.read_mounts()):
+    for entry in mount.mounts_of(lv, mount.read_mounts()):
         if entry.mountpoint != spec.mountpoint:
             raise XenlvmError(f"{lv} is also mounted at {entry.mountpoint}, which xenlvm did not do; "
                               "left alone")

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from xenlvm.config.model import Job
 from xenlvm.core.undo import UndoStack
 from xenlvm.errors import CleanupFailed, CommandFailed, MountError, XenlvmError
-from xenlvm.host import mounts as mounts_mod
+from xenlvm.host import mount
 from xenlvm.host.fsutil import remove_if_present
 from xenlvm.host.lvm import device_path
 from xenlvm.host.runner import Runner
@@ -77,7 +77,7 @@ class Partition:
 def mount_tree(runner: Runner, job: Job, undo: UndoStack) -> None:
     """Mount the small tmpfs that holds the job's exposure tree at its mountpoint."""
     undo.push(f"unmount the tmpfs at {job.mountpoint}",
-              lambda: unmount_tree(runner, job, mounts_mod.UNDO_UNMOUNT_TIMEOUT))
+              lambda: unmount_tree(runner, job, mount.UNDO_UNMOUNT_TIMEOUT))
     # size is a cap, not a reservation: directories and layout files take a page each. Mode
     # 700, and 700 below: a guest's files carry the guest's uids, which dom0 users would read
     # as their own, and a user's shell inside a mount would stop post's unmount. sesam is root.
@@ -144,7 +144,7 @@ def _expose_files(runner: Runner, target: VmDisk, device: str, undo: UndoStack) 
     spec = target.spec
     what = f"{target.domain}/{target.disk}"
     undo.push(f"detach the loop devices of {spec.snapshot_volume}",
-              lambda: detach_loops(runner, [mounts_mod.device_numbers(device)]))
+              lambda: detach_loops(runner, [mount.device_numbers(device)]))
     whole = probe(runner, device)
     disk = layout.DiskLayout.read_table(runner, device, target.domain, target.disk, str(spec.origin),
                                         bool(whole.get("PTTYPE")))
@@ -280,18 +280,18 @@ def _usable(label: str, probed: dict[str, str]) -> str | None:
 
 def _mount(runner: Runner, source: str, fstype: str, target: str, undo: UndoStack) -> None:
     os.makedirs(target, mode=TREE_MODE, exist_ok=True)
-    undo.push(f"unmount {target}", lambda: mounts_mod.unmount_if(runner, target, lambda e: _shows(e, source)))
-    mounts_mod.mount_snapshot(runner, source, fstype, target, guest=True)
-    if not _shows(mounts_mod.mounted_at(target, mounts_mod.read_mounts()), source):
+    undo.push(f"unmount {target}", lambda: mount.unmount_if(runner, target, lambda e: _shows(e, source)))
+    mount.mount_snapshot(runner, source, fstype, target, guest=True)
+    if not _shows(mount.mounted_at(target, mount.read_mounts()), source):
         raise MountError(f"after mounting, {target} does not show {source}")
     log.info("mounted %s (%s) read-only at %s", source, fstype, target)
 
 
-def _shows(entry: mounts_mod.MountEntry | None, source: str) -> bool:
+def _shows(entry: mount.MountEntry | None, source: str) -> bool:
     """True when the mount entry is source's filesystem (btrfs: by name, see tear_down)."""
     if entry is not None and entry.fstype == "btrfs":
         return entry.source == source
-    return mounts_mod.shows_device(entry, source)
+    return mount.shows_device(entry, source)
 
 
 def probe(runner: Runner, device: str, offset: int | None = None, size: int | None = None) -> dict[str, str]:

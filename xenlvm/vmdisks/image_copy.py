@@ -11,7 +11,7 @@ import os
 from xenlvm.config.model import Job
 from xenlvm.core.undo import UndoStack
 from xenlvm.errors import SafetyRefusal
-from xenlvm.host import mounts as mounts_mod
+from xenlvm.host import mount
 from xenlvm.host.fsutil import remove_if_present
 from xenlvm.host.runner import COPY_TIMEOUT, Runner
 from xenlvm.vmdisks.model import VmDisk
@@ -79,4 +79,4 @@ def private_staging(job: Job) -> str:
 
 
 def _unmount_image(runner: Runner, target: str, staging: str) -> None:
-    mounts_mod.unmount_if(runner, target, lambda entry: entry is not None and is_image_bind(entry, staging))
+    mount.unmount_if(runner, target, lambda entry: entry is not None and is_image_bind(entry, staging))

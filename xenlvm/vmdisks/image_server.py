@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from xenlvm.config.model import Job
 from xenlvm.core.undo import UndoStack
 from xenlvm.errors import MountError, XenlvmError
-from xenlvm.host import mounts as mounts_mod
-from xenlvm.host import processes
+from xenlvm.host import mount, processes
 from xenlvm.host.fsutil import read_small, remove_if_present, write_atomically
 from xenlvm.host.lvm import device_path
 from xenlvm.host.runner import Runner, which
@@ -138,7 +137,7 @@ def serve(runner: Runner, lock_dir: str, job: Job, disks: Sequence[VmDisk], undo
     _write_record(paths.record, (pid, start_time), exports)
     for export in exports:
         runner.change(["mount", "-o", "remount,bind,ro", export.target])
-        entry = mounts_mod.mounted_at(export.target, mounts_mod.read_mounts())
+        entry = mount.mounted_at(export.target, mount.read_mounts())
         if not is_export(entry) or entry is None or "ro" not in entry.options:
             raise MountError(f"after starting {PROGRAM}, {export.target} is not its read-only export")
         _read_ahead(entry, READ_AHEAD_KIB)
@@ -146,7 +145,7 @@ def serve(runner: Runner, lock_dir: str, job: Job, disks: Sequence[VmDisk], undo
              PROGRAM, pid, len(exports), ", ".join(e.target for e in exports))
 
 
-def _read_ahead(entry: mounts_mod.MountEntry, kib: int, sys_bdi: str = _SYS_BDI) -> None:
+def _read_ahead(entry: mount.MountEntry, kib: int, sys_bdi: str = _SYS_BDI) -> None:
     """Let the kernel read kib ahead on the export (its backing device info, by the mount's
     device numbers). Only speed depends on it: a failure is logged and the backup goes on."""
     path = os.path.join(sys_bdi, f"{entry.major}:{entry.minor}", "read_ahead_kb")
@@ -202,7 +201,7 @@ def stop(runner: Runner, lock_dir: str, job_name: str, timeout: float = STOP_TIM
         processes.terminate_proven(found.pid, lambda pid: is_server(pid, paths.pid, start_time),
                          f"the image server of job {job_name}", timeout)
     for target in found.exports:
-        mounts_mod.unmount_if(runner, target, is_export)
+        mount.unmount_if(runner, target, is_export)
     if not runner.dry_run:
         for path in (paths.pid, paths.record):
             remove_if_present(path)
@@ -225,7 +224,7 @@ def died_during_backup(found: ServerState | None) -> XenlvmError | None:
 # proof
 
 
-def is_export(entry: mounts_mod.MountEntry | None) -> bool:
+def is_export(entry: mount.MountEntry | None) -> bool:
     """A FUSE mount on an image file of the tree: what the server mounts (the tree's tmpfs is
     xenlvm's own, and nothing else mounts FUSE on its *.img files)."""
     return entry is not None and entry.fstype == "fuse" and entry.mountpoint.endswith(".img")

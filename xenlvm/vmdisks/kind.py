@@ -19,9 +19,9 @@ from xenlvm.core.inventory import Inventory
 from xenlvm.core.preflight import Finding
 from xenlvm.core.undo import UndoStack
 from xenlvm.errors import PreflightFailed, XenlvmError
-from xenlvm.host import mounts as mounts_mod
+from xenlvm.host import mount
 from xenlvm.host.lvm import LogicalVolume, VolumeGroup, device_path
-from xenlvm.host.mounts import UNDO_UNMOUNT_TIMEOUT, MountEntry
+from xenlvm.host.mount import UNDO_UNMOUNT_TIMEOUT, MountEntry
 from xenlvm.host.runner import which
 from xenlvm.increments import bases, record
 from xenlvm.targets.base import Artefacts, Failures, Kind, Removal, Shown, Target, collect
@@ -135,7 +135,7 @@ class VmDiskKind(Kind):
         mountpoint when its source is xenlvm's tree, the image server's trace."""
         snapshots = tuple((ownership.vm_disk_spec(job, lv), lv)
                           for lv in ownership.vm_disk_snapshots(job, host.vgs))
-        tree = mounts_mod.mounted_at(job.mountpoint, host.mounts)
+        tree = mount.mounted_at(job.mountpoint, host.mounts)
         if tree is not None and tree.source != vmdisk_teardown.tree_source(job):
             tree = None
         return DiskArtefacts(snapshots, tree, image_server.state(config.settings.lock_dir, job.name),

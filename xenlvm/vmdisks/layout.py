@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from xenlvm import __version__
 from xenlvm.errors import CommandFailed, UsageError, XenlvmError
-from xenlvm.host.mounts import mount_options
+from xenlvm.host.mount import mount_options
 from xenlvm.host.runner import Runner
 from xenlvm.vmdisks.model import VmDisk
 

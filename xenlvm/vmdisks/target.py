@@ -14,7 +14,7 @@ from xenlvm.core import ownership
 from xenlvm.core.context import Context
 from xenlvm.core.undo import UndoStack
 from xenlvm.errors import CleanupFailed, PreflightFailed, XenlvmError
-from xenlvm.host import mounts as mounts_mod
+from xenlvm.host import mount
 from xenlvm.host.fsutil import remove_if_present, trust_problem
 from xenlvm.host.lvm import LogicalVolume, VolumeGroup
 from xenlvm.host.runner import which
@@ -106,7 +106,7 @@ def _disk_target(job: Job, domain: str, disk: dict, by_device: dict[tuple[int, i
     if not SAFE_NAME.fullmatch(vdev) or not path.startswith("/"):
         problems.append(f"{where}: not a disk xenlvm understands")
         return None
-    numbers = mounts_mod.device_numbers(path)
+    numbers = mount.device_numbers(path)
     lv = by_device.get(numbers) if numbers is not None else None
     if lv is None:
         problems.append(f"{where}: not a logical volume (back up file disks with 'volume:' instead)")

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 
 from xenlvm.config.model import Job
 from xenlvm.errors import CommandFailed, MountError
-from xenlvm.host import mounts as mounts_mod
+from xenlvm.host import mount
 from xenlvm.host.fsutil import is_below
 from xenlvm.host.lvm import LogicalVolume, device_path
 from xenlvm.host.runner import Runner
@@ -33,7 +33,7 @@ def tree_source(job: Job) -> str:
     return f"xenlvm-{job.name}"
 
 
-def is_our_tree(job: Job, entry: mounts_mod.MountEntry | None) -> bool:
+def is_our_tree(job: Job, entry: mount.MountEntry | None) -> bool:
     """Whether entry (what is mounted at the job's mountpoint) is xenlvm's tmpfs tree."""
     return entry is not None and entry.fstype == "tmpfs" and entry.source == tree_source(job)
 
@@ -72,7 +72,7 @@ def loops_of(devices: Sequence[tuple[int, int] | None],
                 major, minor = handle.read().strip().split(":")
         except (OSError, ValueError):
             continue  # not bound to anything
-        if mounts_mod.device_numbers(backing) in wanted:
+        if mount.device_numbers(backing) in wanted:
             found[f"/dev/{name}"] = (int(major), int(minor))
     return found
 
@@ -104,10 +104,10 @@ def release(runner: Runner, job: Job, snapshots: Sequence[LogicalVolume], timeou
     sources = set(loops) | {device_path(s.vg, s.name) for s in snapshots}
     staging = image_staging(job) if job.vmdisks is not None and job.vmdisks.image_dir else None
     foreign = []
-    mounts = mounts_mod.read_mounts()
+    mounts = mount.read_mounts()
     # The image server mounts its exports on files of xenlvm's own tmpfs only: a FUSE *.img
     # elsewhere below the mountpoint is somebody else's.
-    in_our_tree = is_our_tree(job, mounts_mod.mounted_at(job.mountpoint, mounts))
+    in_our_tree = is_our_tree(job, mount.mounted_at(job.mountpoint, mounts))
     for entry in reversed(mounts):
         if not is_below(entry.mountpoint, job.mountpoint):
             continue
@@ -124,7 +124,7 @@ def release(runner: Runner, job: Job, snapshots: Sequence[LogicalVolume], timeou
 
 def _unmount(runner: Runner, mountpoint: str, timeout: float, lazy: bool) -> None:
     if not lazy:
-        mounts_mod.unmount_with_retry(runner, mountpoint, timeout)
+        mount.unmount_with_retry(runner, mountpoint, timeout)
         return
     try:
         runner.change(["umount", "--lazy", mountpoint])
@@ -178,7 +178,7 @@ def _remove_images(staging: str) -> None:
     log.info("removed the image files and %s", staging)
 
 
-def is_image_bind(entry: mounts_mod.MountEntry, staging: str | None) -> bool:
+def is_image_bind(entry: mount.MountEntry, staging: str | None) -> bool:
     """A bind mount of one of the job's image files: it comes from the staging directory's
     filesystem, and its root (relative to that filesystem) is an image (or increment) file in
     that directory."""
@@ -194,11 +194,11 @@ def is_image_bind(entry: mounts_mod.MountEntry, staging: str | None) -> bool:
 
 
 def unmount_tree(runner: Runner, job: Job, timeout: float) -> None:
-    entry = mounts_mod.mounted_at(job.mountpoint, mounts_mod.read_mounts())
+    entry = mount.mounted_at(job.mountpoint, mount.read_mounts())
     if entry is None:
         return
     if not is_our_tree(job, entry):
         log.warning("%s has %s mounted on it, which is not xenlvm's tree; left alone",
                     job.mountpoint, entry.source)
         return
-    mounts_mod.unmount_with_retry(runner, job.mountpoint, timeout)
+    mount.unmount_with_retry(runner, job.mountpoint, timeout)

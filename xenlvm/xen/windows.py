@@ -23,7 +23,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from xenlvm.config.model import WindowMode
-from xenlvm.host import mounts as mounts_mod
+from xenlvm.host import mount
 from xenlvm.host.fsutil import is_below
 from xenlvm.host.xl import Xl
 from xenlvm.xen import domains as xen
@@ -154,7 +154,7 @@ def domain_uses(domains: Sequence[xen.Domain], snapshots: Sequence[Snapshot]) ->
     for domain in domains:
         used = {s for s in snapshots if s.domain == domain.name}
         for path in domain.disks:
-            numbers = mounts_mod.device_numbers(path)
+            numbers = mount.device_numbers(path)
             if numbers in by_device:
                 used.add(by_device[numbers])
             used |= {s for mountpoint, s in below if is_below(path, mountpoint)}
