@@ -9,7 +9,7 @@ import copy
 
 import pytest
 
-from tests.unit.test_hooks import VMDISKS, XEN, context
+from tests.unit.phases.test_hooks import VMDISKS, XEN, context
 from xenlvm.phases import post, pre
 from xenlvm.vmdisks import expose as vmdisks
 from xenlvm.vmdisks import teardown as vmdisk_teardown

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from tests.unit.test_xen import job as xen_job
+from tests.unit.xen.test_domains import job as xen_job
 from xenlvm import logs
 from xenlvm.admin import check, install, rebuild
 from xenlvm.config.load import parse_config

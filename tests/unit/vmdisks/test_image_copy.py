@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from tests.unit.test_hooks import context
-from tests.unit.test_vmdisks import VGS, job
+from tests.unit.phases.test_hooks import context
+from tests.unit.vmdisks.test_vmdisks import VGS, job
 from xenlvm.config.model import Job
 from xenlvm.errors import PreflightFailed, SafetyRefusal
 from xenlvm.phases import pre

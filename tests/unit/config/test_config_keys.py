@@ -11,7 +11,7 @@ import pytest
 
 from xenlvm.config.load import sections
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 README = (REPO / "README.md").read_text()
 
 _SPEC = importlib.util.spec_from_file_location("generate", REPO / "doc" / "generate.py")

@@ -26,7 +26,7 @@ from xenlvm.watchdog import watch as watchdog
 from xenlvm.watchdog.sizing import limit_reason, next_size
 from xenlvm.watchdog.watch import Monitor, Summary, Watched
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 MiB = 1 << 20
 ORIGIN_SIZE = 320 * MiB  # system/xenvm in the recordings
 

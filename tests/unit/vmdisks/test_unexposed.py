@@ -11,7 +11,7 @@ import types
 
 import pytest
 
-from tests.unit.test_vmdisks import VGS, devices, discover, disk, job, probe_runner, xl_for
+from tests.unit.vmdisks.test_vmdisks import VGS, devices, discover, disk, job, probe_runner, xl_for
 from xenlvm.core.undo import UndoStack
 from xenlvm.errors import EXIT_PARTIAL, CommandFailed, PartialBackup
 from xenlvm.vmdisks import expose as vmdisks

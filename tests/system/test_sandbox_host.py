@@ -13,7 +13,7 @@ import pytest
 from sandbox import guest_paths, uml_host
 from sandbox.uml_host import Component, HostCpu, SandboxError
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "unit" / "data"
 
 
 def layout(*components: tuple[int, int, int]) -> tuple[Component, ...]:

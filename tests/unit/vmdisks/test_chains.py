@@ -11,7 +11,7 @@ import os
 import pytest
 
 from tests.unit.fakes import Answer, FakeRunner
-from tests.unit.test_bases import base, snapshot
+from tests.unit.increments.test_bases import base, snapshot
 from xenlvm.errors import XenlvmError
 from xenlvm.increments.thin_delta import ThinDeltaFailed
 from xenlvm.vmdisks import chains as expose

@@ -24,7 +24,7 @@ from xenlvm.host.lvm import VolumeGroup, parse_volume_group
 from xenlvm.host.mount import MountEntry
 from xenlvm.sizes import human_size
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 SPEC = SnapshotSpec(origin=Volume("system", "xenvm"), snapshot="vmbackup", mountpoint="/mnt/vmbackup",
                     size=parse_size("1G"))

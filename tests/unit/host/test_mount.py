@@ -25,7 +25,7 @@ from xenlvm.host.mount import (
     unmount_with_retry,
 )
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 # A host with the snapshot (254:3) mounted at a path with a space, a tmpfs stacked on top of it,
 # and the origin (254:0) mounted where the VMs run from.

@@ -9,7 +9,7 @@ from pathlib import Path
 from xenlvm.config.load import load_config, parse_config
 from xenlvm.config.model import AUTO, Settings
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.yaml"
+EXAMPLE = Path(__file__).resolve().parents[3] / "config.example.yaml"
 
 
 def test_example_configuration_loads_with_the_documented_defaults():

@@ -9,8 +9,8 @@ import os
 
 import pytest
 
+from tests.unit.config.test_config import PATH, config_error
 from tests.unit.fakes import Answer, FakeRunner
-from tests.unit.test_config import PATH, config_error
 from xenlvm.config.load import parse_config
 from xenlvm.core.context import Context
 from xenlvm.errors import SafetyRefusal

@@ -18,7 +18,7 @@ from xenlvm.errors import CommandFailed, PreflightFailed, SafetyRefusal, XenlvmE
 from xenlvm.host import cow, lvm, lvm_messages
 from xenlvm.host.lvm import LogicalVolume, Lvm, device_path, parse_lvs_json, parse_volume_group
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def recorded(name: str) -> str:

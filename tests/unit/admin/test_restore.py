@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-from tests.unit import test_chain
 from tests.unit.fakes import Answer, FakeRunner, lvs_with, recorded
+from tests.unit.increments import test_chain
 from xenlvm.admin import rebuild, restore
 from xenlvm.errors import CommandFailed, IncrementInvalid, LockTimeout, SafetyRefusal, UsageError
 from xenlvm.host import mount

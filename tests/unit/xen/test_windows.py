@@ -10,7 +10,7 @@ import signal
 import pytest
 
 from tests.unit.fakehost import FakeHost
-from tests.unit.test_vmdisks import lv
+from tests.unit.vmdisks.test_vmdisks import lv
 from xenlvm.admin import status
 from xenlvm.config.model import (
     AUTO,

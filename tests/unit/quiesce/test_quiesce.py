@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.unit.fakes import Answer, FakeRunner, Timeout
-from tests.unit.test_vmdisks import VGS, discover, disk, xl_for
-from tests.unit.test_vmdisks import devices as devices  # noqa: F401 (the fixture)
-from tests.unit.test_windows import per_domain_job
+from tests.unit.vmdisks.test_vmdisks import VGS, discover, disk, xl_for
+from tests.unit.vmdisks.test_vmdisks import devices as devices  # noqa: F401 (the fixture)
+from tests.unit.xen.test_windows import per_domain_job
 from xenlvm.admin import status
 from xenlvm.config.load import parse_config
 from xenlvm.config.model import (
@@ -392,7 +392,7 @@ def test_a_command_in_its_own_group_gives_its_output_and_status():
 
 
 # ---------------------------------------------------------------------------------------------
-# pre on the fake dom0 (tests/unit/test_windows.py's per-domain job), and check and status
+# pre on the fake dom0 (tests/unit/xen/test_windows.py's per-domain job), and check and status
 
 
 def quiesced_job(host, window: str, on_failure: str = "crash-consistent"):

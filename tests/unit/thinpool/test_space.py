@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from tests.unit.test_config import PATH, config_error, job_yaml
-from tests.unit.test_lvm_parsing import recorded, recorded_with
+from tests.unit.config.test_config import PATH, config_error, job_yaml
+from tests.unit.host.test_lvm import recorded, recorded_with
 from xenlvm.config.load import parse_config
 from xenlvm.config.model import SnapshotSpec, ThinPoolSettings, Volume, parse_size
 from xenlvm.host.lvm import parse_volume_group

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import types
 
-from tests.unit.test_vmdisks import VGS, job, lv
+from tests.unit.vmdisks.test_vmdisks import VGS, job, lv
 from xenlvm.admin import status
 from xenlvm.config.load import parse_config
 from xenlvm.config.model import SnapshotSpec, Volume
