@@ -34,13 +34,8 @@ from xenlvm.host.runner import Runner
 from xenlvm.sizes import human_size
 from xenlvm.watchdog.sizing import limit_reason, next_size, wanted_size
 
-TYPE_CHECKING = False  # xenlvm/__init__.py says why
-if TYPE_CHECKING:
-    pass
-
 log = logging.getLogger("xenlvm")
-
-MODULE = "xenlvm.watchdog"
+MODULE = "xenlvm.watchdog"  # python -m xenlvm.watchdog; post knows a running watchdog by it
 
 
 @dataclass(frozen=True)
