@@ -1,6 +1,6 @@
 """Increments from thin-pool metadata (issue 27), measured in the sandbox on real dm-thin with
-xenlvm's thin_delta.py and increment.py (driven by sandbox/guest/thin_chain.py, as the
-system test does; pre does not write increments yet):
+xenlvm's increments/thin_delta.py and increments/fileformat.py (driven by
+sandbox/guest/thin_chain.py, as the system test does), and pre through the hooks:
 
 - the increment's size against the bytes changed, for 1%, 10% and 50% of a 128 MiB thin disk
   changed in 256 KiB extents, and 1% changed as scattered 4 KiB writes (each costs a whole

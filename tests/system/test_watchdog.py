@@ -2,7 +2,7 @@
 when the VG has no room left, and never outlives its snapshot or its max_lifetime.
 
 The monitor is started and stopped from a small guest-side Python call, exactly as pre and
-post call xenlvm.watchdog_process.start and stop."""
+post call xenlvm.watchdog.process.start and stop."""
 
 from __future__ import annotations
 

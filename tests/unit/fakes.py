@@ -1,4 +1,4 @@
-"""The one stand-in for xenlvm.runner.Runner in the unit tests: the host's answers scripted by
+"""The one stand-in for xenlvm.host.runner.Runner in the unit tests: the host's answers scripted by
 argv, every call logged, a dry run and change_all as the real runner has them.
 
     runner = FakeRunner()

@@ -90,7 +90,7 @@ def _library_dirs(archive: str | None) -> list[str]:
 def trust_problems(python: str) -> list[str]:
     """Why the paths a hook names cannot be trusted with root's runs: the interpreter, its
     standard library, the directories of xenlvm and its libraries, the .pyz (each with every
-    directory above it: xenlvm.fsutil.trust_problem). Empty when all can be."""
+    directory above it: xenlvm.host.fsutil.trust_problem). Empty when all can be."""
     archive = _zipapp()
     paths = [python, os.path.dirname(os.__file__), *_library_dirs(archive), *([archive] if archive else [])]
     problems = [trust_problem(path) for path in dict.fromkeys(paths)]

@@ -2,7 +2,7 @@
 
 Nothing else in xenlvm looks at raw YAML. Every mistake is reported with the file, the line
 YAML gives for it, the key and what is wrong, before any command runs. Which keys exist, and
-how each is read, is declared on the dataclasses' fields (xenlvm.config.key).
+how each is read, is declared on the dataclasses' fields (xenlvm.config.model.key).
 """
 
 from __future__ import annotations

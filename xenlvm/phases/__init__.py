@@ -1,1 +1,2 @@
-"""The hooks' two phases, top to bottom: pre and post (with teardown)."""
+"""The hooks' two phases, top to bottom: pre and post, and the registry of the target kinds they
+loop over (kinds)."""

@@ -28,7 +28,7 @@ from xenlvm.vmdisks.image_copy import bind_read_only, private_staging
 from xenlvm.vmdisks.model import Exposure
 from xenlvm.vmdisks.target import VmDiskTarget
 
-TYPE_CHECKING = False  # typing costs the hooks' start-up an import: for annotations only
+TYPE_CHECKING = False  # xenlvm/__init__.py says why
 if TYPE_CHECKING:
     from typing import Any
 

@@ -1,7 +1,7 @@
 """Tearing down what pre exposed of a job's VM disks (post, and pre's sweep before it starts
 over): unmount below the job's tree only what is xenlvm's (by device numbers, loop devices,
 image binds) and detach the loop devices (release), so that the snapshots can be removed
-(by xenlvm.phases.teardown, with proof of ownership); then remove the image files and the
+(by the VM-disk kind, xenlvm.vmdisks.kind, with proof of ownership); then remove the image files and the
 tree (finish)."""
 
 from __future__ import annotations

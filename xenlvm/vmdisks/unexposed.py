@@ -2,7 +2,7 @@
 to mount (a feature dom0 lacks, a corrupt superblock, a 64 KiB block size), or btrfs, which
 xenlvm does not mount (see vmdisks.NOT_MOUNTED). One such disk does not stop the job: every
 other disk is exposed and pre succeeds. The disk's bytes are backed up as a raw image where
-possible (xenlvm.vmdisks.fall_back); either way a note in the tree says what was not exposed
+possible (xenlvm.vmdisks.expose.fall_back); either way a note in the tree says what was not exposed
 and why, and a record beside the job's lock tells ``status`` and post, which then exits 3
 (errors.PartialBackup): the backup holds everything but those files.
 
