@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from xenlvm.config.model import Job
 from xenlvm.core.context import Context
-from xenlvm.core.ownership import run_tag
+from xenlvm.core.ownership import RUN_TAG_PREFIX, depth_of, full_sha256_of, run_id_of, run_tag
 from xenlvm.core.undo import UndoStack
 from xenlvm.errors import XenlvmError
 from xenlvm.host.fsutil import remove_if_present
@@ -39,7 +39,7 @@ SPARSE_BLOCK = 64 << 10  # a full image's blocks of zeros this size are not writ
 
 def run_id(started: float, pid: int) -> str:
     """This run's id, as in its LV tag xenlvm_run_<run> and the chain's file names."""
-    return run_tag(started, pid)[len(bases.RUN_PREFIX):]
+    return run_tag(started, pid)[len(RUN_TAG_PREFIX):]
 
 
 def expose_chains(ctx: Context, job: Job, disks: Sequence[VmDiskTarget], undo: UndoStack) -> None:
@@ -85,9 +85,9 @@ def _expose(ctx: Context, job: Job, target: VmDiskTarget, run: str, undo: UndoSt
     device = device_path(snapshot.vg, snapshot.name)
     digest = None
     if chosen.base is not None and ranges is not None:
-        base_sha256 = bases.full_sha256_of(chosen.base) if bases.depth_of(chosen.base) == 0 else None
+        base_sha256 = full_sha256_of(chosen.base) if depth_of(chosen.base) == 0 else None
         written = fileformat.write_increment(image, device, disk=what, disk_size=size, run=run,
-                                             base=bases.run_of(chosen.base) or "", ranges=ranges,
+                                             base=run_id_of(chosen.base) or "", ranges=ranges,
                                              base_image_sha256=base_sha256)
     else:
         digest = write_image(device, image, size)
@@ -99,7 +99,7 @@ def _expose(ctx: Context, job: Job, target: VmDiskTarget, run: str, undo: UndoSt
              where, written, os.stat(image).st_blocks * 512 >> 20)
     return record.Exposed(target.domain, target.disk, str(spec.origin), run,
                           record.INCREMENT if chosen.base is not None else record.FULL, where, chosen.depth,
-                          bases.run_of(chosen.base) if chosen.base is not None else None, chosen.reason,
+                          run_id_of(chosen.base) if chosen.base is not None else None, chosen.reason,
                           written, digest.hex() if digest is not None else None)
 
 
