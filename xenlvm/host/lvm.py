@@ -229,6 +229,11 @@ class Lvm:
         """Grow lv to size bytes."""
         self.runner.change(["lvextend", "--size", f"{size}b", str(lv)])
 
+    def extend_pool(self, pool: LogicalVolume, size: int, *, metadata: bool = False) -> None:
+        """Grow the thin pool's data (or its metadata) to size bytes."""
+        part = "--poolmetadatasize" if metadata else "--size"
+        self.runner.change(["lvextend", part, f"{size}b", str(pool)])
+
     def add_tags(self, lv: LogicalVolume, tags: Sequence[str]) -> None:
         """Add tags to lv with one lvchange."""
         argv = ["lvchange"]

@@ -195,9 +195,3 @@ def decide(pool: LogicalVolume, vg: VolumeGroup, settings: ThinPoolSettings,
         actions.append(Action(f"extend-{part}", percent, size, new_size, ""))
     return actions
 
-
-def extend_argv(pool: LogicalVolume, action: Action) -> list[str]:
-    """The lvextend that carries out an extend action on pool."""
-    if action.kind == "extend-metadata":
-        return ["lvextend", "--poolmetadatasize", f"{action.new_size}b", str(pool)]
-    return ["lvextend", "--size", f"{action.new_size}b", str(pool)]
