@@ -249,6 +249,16 @@ class Lvm:
         """Deactivate the LV vg/name."""
         self.runner.change(["lvchange", "--activate", "n", f"{vg}/{name}"])
 
+    def thin_ids(self, vg: str, names: Sequence[str]) -> dict[str, int]:
+        """The thin device id of each named thin LV of vg that lvs shows, from ONE lvs; raise
+        XenlvmError when lvs prints no usable id."""
+        out = self.runner.query(["lvs", "--reportformat", "json", "--options", "lv_name,thin_id",
+                                 *(f"{vg}/{name}" for name in names)]).stdout
+        try:
+            return {str(row["lv_name"]): int(row["thin_id"]) for row in json.loads(out)["report"][0]["lv"]}
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise XenlvmError(f"lvs printed no thin_id for {', '.join(names)} ({exc})") from None
+
     def remove_tagged(self, lvs: Sequence[LogicalVolume], tag: str, *more: str) -> Result | None:
         """Remove those of lvs that carry tag (and each of more) at the moment of removal, with
         ONE lvremove: its --select makes LVM itself check the tags, so an LV replaced behind the

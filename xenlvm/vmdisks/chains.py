@@ -9,7 +9,6 @@ this run's snapshot as the next base, and for status."""
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -18,9 +17,9 @@ from xenlvm.config.model import Job
 from xenlvm.core.context import Context
 from xenlvm.core.ownership import RUN_TAG_PREFIX, depth_of, full_sha256_of, run_id_of, run_tag
 from xenlvm.core.undo import UndoStack
-from xenlvm.errors import XenlvmError
+from xenlvm.errors import CommandFailed, XenlvmError
 from xenlvm.host.fsutil import remove_if_present
-from xenlvm.host.lvm import LogicalVolume, device_path
+from xenlvm.host.lvm import LogicalVolume, Lvm, device_path
 from xenlvm.host.runner import Runner
 from xenlvm.increments import bases, chain, fileformat, record, thin_delta
 from xenlvm.increments.fileformat import Range
@@ -121,13 +120,12 @@ def changed_ranges(runner: Runner, base: LogicalVolume, snapshot: LogicalVolume,
 
 def thin_ids(runner: Runner, vg: str, names: Sequence[str]) -> dict[str, int]:
     """The thin device id of each named thin LV of vg, as the pool's metadata knows it."""
-    out = runner.query(["lvs", "--reportformat", "json", "--options", "lv_name,thin_id",
-                        *(f"{vg}/{name}" for name in names)]).stdout
     try:
-        rows = json.loads(out)["report"][0]["lv"]
-        ids = {str(row["lv_name"]): int(row["thin_id"]) for row in rows}
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise thin_delta.ThinDeltaFailed(f"lvs printed no thin_id for {', '.join(names)} ({exc})") from None
+        ids = Lvm(runner).thin_ids(vg, names)
+    except CommandFailed:
+        raise
+    except XenlvmError as exc:  # lvs printed no usable id
+        raise thin_delta.ThinDeltaFailed(str(exc)) from None
     missing = [name for name in names if name not in ids]
     if missing:
         raise thin_delta.ThinDeltaFailed(f"lvs does not show {', '.join(missing)} in {vg}")
