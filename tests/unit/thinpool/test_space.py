@@ -179,7 +179,9 @@ def test_a_chained_disks_snapshot_counts_at_its_origins_size_being_kept_until_th
     plain = parse_config("jobs:\n  disks:\n    mountpoint: /mnt/vmdisks\n    vmdisks:\n      domains: [vm]\n"
                          "      size: 16M\n" + growth, PATH).jobs["disks"]
     assert [f.level for f in check_thin_pools(plain, [DISK_SPEC], {"system": vg})] == ["ok"]
-    [finding] = check_thin_pools(chained_disks_job(growth), [DISK_SPEC], {"system": vg})
+    chained = chained_disks_job(growth)
+    assert [f.level for f in check_thin_pools(chained, [DISK_SPEC], {"system": vg})] == ["ok"]  # not kept
+    [finding] = check_thin_pools(chained, [DISK_SPEC], {"system": vg}, kept={DISK_SPEC})
     assert finding.level == "warn"
     assert finding.message.startswith("the snapshot(s) system/tvm.xenlvm (kept as a base until the next run) "
                                       "may take up to 256.0 MiB from thin pool system/tpool")
