@@ -98,7 +98,7 @@ def check_job(config: Config, runner: Runner, job: Job, try_quiesce: bool = Fals
         planned += targets
     specs = [t.spec for t in planned]  # a kind's targets found on the host: checked as pre does
     findings += preflight.check_job_volumes(job, host.vgs, specs)
-    findings += thinpool.check_thin_pools(job, specs, host.vgs)
+    findings += thinpool.check_thin_pools(job, specs, host.vgs, {t.spec for t in planned if t.kept_as_base()})
     if job.xen is not None:
         disk_domains = [d for d in (t.domain_of() for t in planned) if d]
         findings += _check_xen(config, runner, job, host, xl, disk_domains, try_quiesce)

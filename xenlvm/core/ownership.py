@@ -12,6 +12,10 @@ touches one, and the guarded removal. Every rule of "is this LV xenlvm's?" lives
   --select, so LVM checks it again at that very moment.
 - The monitors, which watch for hours (SameSnapshots): only the snapshot they first saw, not
   one re-created under its name.
+- A chain's base (is_base; xenlvm.increments.bases says which base a disk needs): a VM disk's
+  snapshot that post kept, with ``xenlvm_base``, ``xenlvm_depth_<n>`` and, at depth 0,
+  ``xenlvm_sha256_<hex>`` added (base_tags), renamed ``<origin>.xenlvm-base.<run>`` (base_name).
+  Its removal (remove_bases) is guarded as a snapshot's, with the base tag in the --select too.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ OWNER_TAG = "xenlvm"
 VMDISK_TAG = "xenlvm_vmdisk"  # beside the owner and job tags: the snapshot of a VM disk
 BASE_TAG = "xenlvm_base"  # a VM disk's snapshot kept as its chain's base (xenlvm.increments.bases)
 RUN_TAG_PREFIX = "xenlvm_run_"
+DEPTH_TAG_PREFIX = "xenlvm_depth_"  # on a base: how many increments its run's file was past the full image
+SHA256_TAG_PREFIX = "xenlvm_sha256_"  # on a depth-0 base: the SHA-256 of its run's full image
+BASE_NAME_INFIX = ".xenlvm-base."  # the base of VG/LV kept from run R is VG/LV.xenlvm-base.R
 VMDISK_SNAPSHOT_SUFFIX = ".xenlvm"  # the snapshot of the VM disk VG/LV is VG/LV.xenlvm
 
 
@@ -49,7 +56,7 @@ def tags_for(job: Job, run: str, *, vm_disk: bool = False) -> list[str]:
 
 
 def run_of(lv: LogicalVolume) -> str | None:
-    """The tag of the run that created lv, if it carries one."""
+    """The tag of the run that created lv, if it carries one (run_id_of: the run's id)."""
     return next((t for t in sorted(lv.tags) if t.startswith(RUN_TAG_PREFIX)), None)
 
 
@@ -206,3 +213,72 @@ def remove_one(lvm: Lvm, job: Job, spec: SnapshotSpec, snapshot: LogicalVolume, 
         if result is not None and lvm.still_exists(snapshot):
             raise lost_tags(snapshot)
         return
+
+
+# ---------------------------------------------------------------------------------------------
+# the chains' bases: a VM disk's snapshot kept until the next run
+
+
+def base_name(origin: str, run: str) -> str:
+    """The name of the base that run's snapshot of the LV origin becomes."""
+    return f"{origin}{BASE_NAME_INFIX}{run}"
+
+
+def _single(lv: LogicalVolume, prefix: str) -> str | None:
+    """What follows prefix in lv's one tag that starts with it, or None (none, or several)."""
+    found = [t[len(prefix):] for t in lv.tags if t.startswith(prefix)]
+    return found[0] if len(found) == 1 else None
+
+
+def run_id_of(lv: LogicalVolume) -> str | None:
+    """The run id (YYYYmmddTHHMMSS_<pid>) of lv's single run tag, or None (none, or several);
+    run_of gives the tag itself."""
+    return _single(lv, RUN_TAG_PREFIX)
+
+
+def depth_of(lv: LogicalVolume) -> int | None:
+    """How many increments past its full image the base's run was (its single depth tag)."""
+    depth = _single(lv, DEPTH_TAG_PREFIX)
+    return int(depth) if depth is not None and depth.isdigit() else None
+
+
+def full_sha256_of(lv: LogicalVolume) -> bytes | None:
+    """The SHA-256 of the full image a depth-0 base's run wrote, when its tag records one."""
+    try:
+        digest = bytes.fromhex(_single(lv, SHA256_TAG_PREFIX) or "")
+    except ValueError:
+        return None
+    return digest if len(digest) == 32 else None
+
+
+def base_tags(depth: int, full_sha256: bytes | None) -> list[str]:
+    """The tags a snapshot gets as it becomes a base (beside its owner, job and run tags)."""
+    tags = [BASE_TAG, f"{DEPTH_TAG_PREFIX}{depth}"]
+    return tags + ([f"{SHA256_TAG_PREFIX}{full_sha256.hex()}"] if depth == 0 and full_sha256 else [])
+
+
+def carries_base_tags(job_name: str, lv: LogicalVolume) -> bool:
+    """lv carries the base and job tags (a hint only: is_base proves a base)."""
+    return {BASE_TAG, job_tag(job_name)} <= lv.tags
+
+
+def is_base(lv: LogicalVolume, job: Job) -> bool:
+    """Whether lv is a base xenlvm kept for the job: its tags, a snapshot's origin, and the name
+    of its run's base."""
+    run = run_id_of(lv)
+    return (carries_job_tags(job.name, lv) and BASE_TAG in lv.tags and bool(lv.origin) and run is not None
+            and lv.name == base_name(lv.origin, run))
+
+
+def remove_bases(lvm: Lvm, job: Job, bases: Sequence[LogicalVolume]) -> None:
+    """Remove the job's bases with one lvremove, each proven the job's first, and again by LVM
+    itself at the moment of removal (--select on the base and job tags); refuse, naming it, a
+    base still there after (it lost its tags)."""
+    for lv in bases:
+        if not is_base(lv, job):
+            raise SafetyRefusal(f"{lv} is not a base xenlvm kept for job {job.name!r} (tags: "
+                                f"{','.join(sorted(lv.tags)) or 'none'}); it was left untouched")
+    if bases and lvm.remove_tagged(bases, BASE_TAG, job_tag(job.name)) is not None:
+        for lv in bases:
+            if lvm.still_exists(lv):
+                raise lost_tags(lv)

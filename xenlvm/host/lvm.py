@@ -229,12 +229,43 @@ class Lvm:
         """Grow lv to size bytes."""
         self.runner.change(["lvextend", "--size", f"{size}b", str(lv)])
 
-    def remove_tagged(self, lvs: Sequence[LogicalVolume], tag: str) -> Result | None:
-        """Remove those of lvs that carry tag at the moment of removal, with ONE lvremove: its
-        --select makes LVM itself check the tag, so an LV replaced behind the caller's back is
-        not touched. lvremove exits 0 also when the guard matched nothing (still_exists tells).
-        None in a dry run."""
-        return self.runner.change(["lvremove", "--force", "--select", f"lv_tags={tag}", *map(str, lvs)])
+    def extend_pool(self, pool: LogicalVolume, size: int, *, metadata: bool = False) -> None:
+        """Grow the thin pool's data (or its metadata) to size bytes."""
+        part = "--poolmetadatasize" if metadata else "--size"
+        self.runner.change(["lvextend", part, f"{size}b", str(pool)])
+
+    def add_tags(self, lv: LogicalVolume, tags: Sequence[str]) -> None:
+        """Add tags to lv with one lvchange."""
+        argv = ["lvchange"]
+        for tag in tags:
+            argv += ["--addtag", tag]
+        self.runner.change([*argv, str(lv)])
+
+    def rename(self, vg: str, old: str, new: str) -> None:
+        """Rename the LV vg/old to vg/new."""
+        self.runner.change(["lvrename", vg, old, new])
+
+    def deactivate(self, vg: str, name: str) -> None:
+        """Deactivate the LV vg/name."""
+        self.runner.change(["lvchange", "--activate", "n", f"{vg}/{name}"])
+
+    def thin_ids(self, vg: str, names: Sequence[str]) -> dict[str, int]:
+        """The thin device id of each named thin LV of vg that lvs shows, from ONE lvs; raise
+        XenlvmError when lvs prints no usable id."""
+        out = self.runner.query(["lvs", "--reportformat", "json", "--options", "lv_name,thin_id",
+                                 *(f"{vg}/{name}" for name in names)]).stdout
+        try:
+            return {str(row["lv_name"]): int(row["thin_id"]) for row in json.loads(out)["report"][0]["lv"]}
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise XenlvmError(f"lvs printed no thin_id for {', '.join(names)} ({exc})") from None
+
+    def remove_tagged(self, lvs: Sequence[LogicalVolume], tag: str, *more: str) -> Result | None:
+        """Remove those of lvs that carry tag (and each of more) at the moment of removal, with
+        ONE lvremove: its --select makes LVM itself check the tags, so an LV replaced behind the
+        caller's back is not touched. lvremove exits 0 also when the guard matched nothing
+        (still_exists tells). None in a dry run."""
+        select = " && ".join(f"lv_tags={t}" for t in (tag, *more))
+        return self.runner.change(["lvremove", "--force", "--select", select, *map(str, lvs)])
 
     def still_listed(self, lvs: Sequence[LogicalVolume]) -> list[LogicalVolume]:
         """Those of lvs that lvs still shows (all of them if lvs cannot tell)."""

@@ -7,7 +7,7 @@ A new kind is one module with its Kind and Target, and one line in KINDS."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 from xenlvm.config.model import AUTO, Job, SnapshotSpec, WindowMode
 from xenlvm.core import preflight
@@ -65,13 +65,15 @@ def vgs_in_play(job: Job, found: Iterable[Artefacts]) -> list[str]:
 
 def check_targets(job: Job, specs: Sequence[SnapshotSpec], vgs: dict[str, VolumeGroup],
                   mounts: list[MountEntry],
-                  own: Callable[[str], LogicalVolume | None] = lambda path: None) -> list[Finding]:
+                  own: Callable[[str], LogicalVolume | None] = lambda path: None,
+                  kept: Collection[SnapshotSpec] = ()) -> list[Finding]:
     """pre's checks of the snapshots it is about to make (and check's): the job's mountpoint,
     each origin, snapshot name and room, the thin pools, each snapshot's own mountpoint when it
-    exists and is not the job's. own(path): the job's snapshot expected mounted at path."""
+    exists and is not the job's. own(path): the job's snapshot expected mounted at path; kept:
+    the specs whose snapshot stays as a chain's base (Target.kept_as_base())."""
     findings = [preflight.check_mountpoint(job.mountpoint, mounts, own(job.mountpoint))]
     findings += preflight.check_job_volumes(job, vgs, specs)
-    findings += thinpool.check_thin_pools(job, specs, vgs)
+    findings += thinpool.check_thin_pools(job, specs, vgs, kept)
     findings += [preflight.check_mountpoint(spec.mountpoint, mounts, own(spec.mountpoint)) for spec in specs
                  if spec.mountpoint != job.mountpoint and os.path.lexists(spec.mountpoint)]
     return findings

@@ -75,7 +75,7 @@ def prepare_snapshots(ctx: Context, job: Job, undo: UndoStack) -> None:
         host = host.reread(ctx.runner, scope)  # the one re-read: the sweep changed the host
     planned_by = {kind: kind.plan(ctx, job, host) for kind in found}
     targets = [target for planned in planned_by.values() for target in planned]
-    _preflight(ctx, job, [t.spec for t in targets], host)
+    _preflight(ctx, job, targets, host)
     for target in targets:
         target.prepare(ctx, host.mounts)
     planned, pause = _prepare_xen(ctx, job, targets, host)
@@ -118,8 +118,9 @@ def _take_snapshots(ctx: Context, job: Job, targets: Sequence[Target], planned: 
     return consistent
 
 
-def _preflight(ctx: Context, job: Job, specs: Sequence[SnapshotSpec], host: Inventory) -> None:
-    findings = kinds.check_targets(job, specs, host.vgs, host.mounts)
+def _preflight(ctx: Context, job: Job, targets: Sequence[Target], host: Inventory) -> None:
+    findings = kinds.check_targets(job, [t.spec for t in targets], host.vgs, host.mounts,
+                                   kept={t.spec for t in targets if t.kept_as_base()})
     for finding in findings:
         if finding.check == "thin pool" and finding.level == "warn":
             log.warning("%s", finding.message)

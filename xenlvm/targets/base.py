@@ -58,6 +58,11 @@ class Target(ABC):
         """The Xen domain whose disk this is, if it is a VM disk."""
         return None
 
+    def kept_as_base(self) -> bool:
+        """Whether its thin snapshot stays after the backup, as its chain's base until the next
+        run (thinpool.check_thin_pools counts it at its origin's whole size)."""
+        return False
+
     def origin_mountpoints(self, mounts: Sequence[MountEntry]) -> list[str]:
         """Where the origin is mounted on the host (xen.domains auto looks for disks below)."""
         return []

@@ -145,7 +145,7 @@ class Guard:
         part = action.kind.split("-")[1]
         started = self.clock()
         try:
-            self.lvm.runner.change(thinpool.extend_argv(pool, action))
+            self.lvm.extend_pool(pool, action.new_size, metadata=part == "metadata")
             self.reaction = max(self.reaction, self.clock() - started)
         except CommandFailed as exc:
             self.problem(f"could not grow the {part} of thin pool {pool} at {action.fill:.1f}% full: {exc}")

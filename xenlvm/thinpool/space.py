@@ -6,11 +6,11 @@ the backup (``decide``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from xenlvm.config.model import Job, SnapshotSpec, ThinPoolSettings
-from xenlvm.core.ownership import BASE_TAG, job_tag
+from xenlvm.core.ownership import carries_base_tags
 from xenlvm.core.preflight import Finding
 from xenlvm.host.lvm import LogicalVolume, VolumeGroup
 from xenlvm.sizes import human_size
@@ -53,19 +53,14 @@ def expected_growth(spec: SnapshotSpec, origin: LogicalVolume, vg: VolumeGroup,
     return settings.expected_growth.resolve(origin.size, vg.free, vg.size)
 
 
-def kept_as_base(job: Job, spec: SnapshotSpec, origin: LogicalVolume) -> bool:
-    """Whether spec's snapshot stays after the backup, as its chain's base until the next run
-    (a thin VM disk of a job with vmdisks.incremental: thin; xenlvm.increments.bases)."""
-    return (job.vmdisks is not None and job.vmdisks.incremental == "thin" and origin.is_thin
-            and spec not in job.volumes)
-
-
-def check_thin_pools(job: Job, specs: Sequence[SnapshotSpec], vgs: dict[str, VolumeGroup]) -> list[Finding]:
+def check_thin_pools(job: Job, specs: Sequence[SnapshotSpec], vgs: dict[str, VolumeGroup],
+                     kept: Collection[SnapshotSpec] = ()) -> list[Finding]:
     """For each pool that one of specs' thin snapshots would live in: refuse at or above
     refuse_above (data or metadata), and warn when the pool (with the VG's free space, if the
     guard may extend it) could not absorb what the backup may need. A snapshot kept as a base
-    until the next run may take its origin's whole size by then, whatever expected_growth says
-    of the backup (the base before it is in the pool's use already, until post removes it)."""
+    until the next run (kept: the specs whose kind keeps their thin snapshot so) may take its
+    origin's whole size by then, whatever expected_growth says of the backup (the base before
+    it is in the pool's use already, until post removes it)."""
     settings = job.thin_pool
     needs: dict[str, tuple[LogicalVolume, VolumeGroup, int, list[str]]] = {}
     for spec in specs:
@@ -74,10 +69,10 @@ def check_thin_pools(job: Job, specs: Sequence[SnapshotSpec], vgs: dict[str, Vol
         pool = pool_of(origin, vg) if origin is not None and vg is not None and spec.size is None else None
         if pool is None or vg is None or origin is None:
             continue
-        kept = kept_as_base(job, spec, origin)
-        growth = origin.size if kept else expected_growth(spec, origin, vg, settings)
+        as_base = spec in kept and origin.is_thin
+        growth = origin.size if as_base else expected_growth(spec, origin, vg, settings)
         _, _, need, names = needs.get(str(pool), (pool, vg, 0, []))
-        name = f"{spec.snapshot_volume}{' (kept as a base until the next run)' * kept}"
+        name = f"{spec.snapshot_volume}{' (kept as a base until the next run)' * as_base}"
         needs[str(pool)] = (pool, vg, need + growth, [*names, name])
     return [_check_pool(job, pool, vg, need, names) for pool, vg, need, names in needs.values()]
 
@@ -114,7 +109,7 @@ def _check_pool(job: Job, pool: LogicalVolume, vg: VolumeGroup, need: int, names
 def _bases_hint(job: Job, pool: LogicalVolume, vg: VolumeGroup) -> str:
     """What the job's chain bases in pool hold, and how to free it, or ''."""
     held = sorted(str(lv) for lv in vg.lvs.values()
-                  if {BASE_TAG, job_tag(job.name)} <= lv.tags and lv.pool == pool.name)
+                  if carries_base_tags(job.name, lv) and lv.pool == pool.name)
     if not held:
         return ""
     return (f". The job's chain bases {', '.join(held)} hold every block their disks were overwritten in "
@@ -195,9 +190,3 @@ def decide(pool: LogicalVolume, vg: VolumeGroup, settings: ThinPoolSettings,
         actions.append(Action(f"extend-{part}", percent, size, new_size, ""))
     return actions
 
-
-def extend_argv(pool: LogicalVolume, action: Action) -> list[str]:
-    """The lvextend that carries out an extend action on pool."""
-    if action.kind == "extend-metadata":
-        return ["lvextend", "--poolmetadatasize", f"{action.new_size}b", str(pool)]
-    return ["lvextend", "--size", f"{action.new_size}b", str(pool)]

@@ -9,18 +9,17 @@ this run's snapshot as the next base, and for status."""
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Sequence
 
 from xenlvm.config.model import Job
 from xenlvm.core.context import Context
-from xenlvm.core.ownership import run_tag
+from xenlvm.core.ownership import RUN_TAG_PREFIX, depth_of, full_sha256_of, run_id_of, run_tag
 from xenlvm.core.undo import UndoStack
-from xenlvm.errors import XenlvmError
+from xenlvm.errors import CommandFailed, XenlvmError
 from xenlvm.host.fsutil import remove_if_present
-from xenlvm.host.lvm import LogicalVolume, device_path
+from xenlvm.host.lvm import LogicalVolume, Lvm, device_path
 from xenlvm.host.runner import Runner
 from xenlvm.increments import bases, chain, fileformat, record, thin_delta
 from xenlvm.increments.fileformat import Range
@@ -39,7 +38,7 @@ SPARSE_BLOCK = 64 << 10  # a full image's blocks of zeros this size are not writ
 
 def run_id(started: float, pid: int) -> str:
     """This run's id, as in its LV tag xenlvm_run_<run> and the chain's file names."""
-    return run_tag(started, pid)[len(bases.RUN_PREFIX):]
+    return run_tag(started, pid)[len(RUN_TAG_PREFIX):]
 
 
 def expose_chains(ctx: Context, job: Job, disks: Sequence[VmDiskTarget], undo: UndoStack) -> None:
@@ -85,9 +84,9 @@ def _expose(ctx: Context, job: Job, target: VmDiskTarget, run: str, undo: UndoSt
     device = device_path(snapshot.vg, snapshot.name)
     digest = None
     if chosen.base is not None and ranges is not None:
-        base_sha256 = bases.full_sha256_of(chosen.base) if bases.depth_of(chosen.base) == 0 else None
+        base_sha256 = full_sha256_of(chosen.base) if depth_of(chosen.base) == 0 else None
         written = fileformat.write_increment(image, device, disk=what, disk_size=size, run=run,
-                                             base=bases.run_of(chosen.base) or "", ranges=ranges,
+                                             base=run_id_of(chosen.base) or "", ranges=ranges,
                                              base_image_sha256=base_sha256)
     else:
         digest = write_image(device, image, size)
@@ -99,7 +98,7 @@ def _expose(ctx: Context, job: Job, target: VmDiskTarget, run: str, undo: UndoSt
              where, written, os.stat(image).st_blocks * 512 >> 20)
     return record.Exposed(target.domain, target.disk, str(spec.origin), run,
                           record.INCREMENT if chosen.base is not None else record.FULL, where, chosen.depth,
-                          bases.run_of(chosen.base) if chosen.base is not None else None, chosen.reason,
+                          run_id_of(chosen.base) if chosen.base is not None else None, chosen.reason,
                           written, digest.hex() if digest is not None else None)
 
 
@@ -121,13 +120,12 @@ def changed_ranges(runner: Runner, base: LogicalVolume, snapshot: LogicalVolume,
 
 def thin_ids(runner: Runner, vg: str, names: Sequence[str]) -> dict[str, int]:
     """The thin device id of each named thin LV of vg, as the pool's metadata knows it."""
-    out = runner.query(["lvs", "--reportformat", "json", "--options", "lv_name,thin_id",
-                        *(f"{vg}/{name}" for name in names)]).stdout
     try:
-        rows = json.loads(out)["report"][0]["lv"]
-        ids = {str(row["lv_name"]): int(row["thin_id"]) for row in rows}
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise thin_delta.ThinDeltaFailed(f"lvs printed no thin_id for {', '.join(names)} ({exc})") from None
+        ids = Lvm(runner).thin_ids(vg, names)
+    except CommandFailed:
+        raise
+    except XenlvmError as exc:  # lvs printed no usable id
+        raise thin_delta.ThinDeltaFailed(str(exc)) from None
     missing = [name for name in names if name not in ids]
     if missing:
         raise thin_delta.ThinDeltaFailed(f"lvs does not show {', '.join(missing)} in {vg}")

@@ -36,6 +36,10 @@ class VmDiskTarget(VmDisk, Target):
 
     vm_disk = True
 
+    def kept_as_base(self) -> bool:
+        """A chained disk's snapshot becomes its base (xenlvm.increments.bases)."""
+        return self.how is Exposure.CHAIN
+
     def domain_of(self) -> str | None:
         return self.domain
 

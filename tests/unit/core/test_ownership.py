@@ -4,10 +4,12 @@ one, and the guarded removal, on LVs as real lvs showed them (tests/unit/data)."
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
-from tests.unit.fakes import FakeRunner, lvs_with
+from tests.unit.fakes import Answer, FakeRunner, lvs_with
+from tests.unit.increments.test_bases import NO_LVS, RUN1, RUN2, SHA, base, chained_job
 from xenlvm.config.model import Job, SnapshotSpec, Volume, parse_size
 from xenlvm.core import ownership
 from xenlvm.errors import SafetyRefusal
@@ -107,3 +109,57 @@ def test_vm_disk_snapshots_are_found_by_tags_and_xenlvms_name_and_proven_by_its_
     ownership.prove(JOB, spec, disk)
     assert ownership.vm_disk_snapshots(dataclasses.replace(JOB, name="other"), vgs) == []
 
+
+
+# ---------------------------------------------------------------------------------------------
+# the chains' bases: which LV is one, and their guarded removal
+
+
+def test_a_base_is_proven_by_its_tags_its_origin_and_its_runs_name():
+    job = chained_job().jobs["disks"]
+    assert ownership.is_base(base(RUN1), job)
+    assert not ownership.is_base(base(RUN1, job="other"), job)
+    assert not ownership.is_base(base(RUN1, name="vm5-disk.keep"), job)  # renamed by an admin: kept
+    assert not ownership.is_base(base(RUN1, name=f"vm5-disk.xenlvm-base.{RUN2}"), job)  # name of another run
+    assert not ownership.is_base(base(RUN1, origin=""), job)  # its origin is gone
+    two_runs = base(RUN1)
+    assert not ownership.is_base(dataclasses.replace(two_runs, tags=two_runs.tags | {f"xenlvm_run_{RUN2}"}),
+                                 job)
+    assert ownership.full_sha256_of(base(RUN1)) == SHA and ownership.full_sha256_of(base(RUN1, 1)) is None
+    assert ownership.run_id_of(base(RUN1)) == RUN1 and ownership.run_of(base(RUN1)) == f"xenlvm_run_{RUN1}"
+    assert ownership.depth_of(base(RUN2, 3)) == 3
+
+
+@pytest.mark.parametrize("dropped", ["xenlvm", "xenlvm_job_disks", "xenlvm_base"])
+def test_an_lv_named_as_a_base_without_the_jobs_tags_is_no_base_and_is_not_removed(dropped):
+    job = chained_job().jobs["disks"]
+    named = base(RUN1)
+    named = dataclasses.replace(named, tags=named.tags - {dropped})
+    assert named.name == ownership.base_name("vm5-disk", RUN1) and not ownership.is_base(named, job)
+    runner = FakeRunner().on("lvremove", Answer())
+    with pytest.raises(SafetyRefusal, match="is not a base xenlvm kept for job 'disks'"):
+        ownership.remove_bases(Lvm(runner), job, [named])
+    assert runner.argvs == []
+
+
+def test_removing_bases_proves_each_and_lets_lvm_check_the_tags_again():
+    job = chained_job().jobs["disks"]
+    runner = FakeRunner().on("lvremove", Answer()).on("lvs", Answer(stdout=NO_LVS))
+    ownership.remove_bases(Lvm(runner), job, [base(RUN1), base(RUN2, 1)])
+    guard = "lv_tags=xenlvm_base && lv_tags=xenlvm_job_disks"
+    assert runner.argvs_of("lvremove") == [["lvremove", "--force", "--select", guard,
+                                            f"system/vm5-disk.xenlvm-base.{RUN1}",
+                                            f"system/vm5-disk.xenlvm-base.{RUN2}"]]
+    with pytest.raises(SafetyRefusal, match="is not a base xenlvm kept for job 'disks'"):
+        ownership.remove_bases(Lvm(runner), job, [base(RUN1), base(RUN2, job="other")])
+    assert len(runner.argvs_of("lvremove")) == 1  # nothing removed
+
+
+def test_a_base_that_lost_its_tags_just_before_removal_is_refused_by_name():
+    job = chained_job().jobs["disks"]
+    still = {"report": [{"lv": [{"lv_name": f"vm5-disk.xenlvm-base.{RUN1}", "vg_name": "system"}]}]}
+    runner = FakeRunner().on("lvremove", Answer()).on("lvs", Answer(stdout=json.dumps(still)))
+    with pytest.raises(SafetyRefusal, match=f"system/vm5-disk.xenlvm-base.{RUN1} lost xenlvm's tags just "
+                       "before removal; it was left untouched"):
+        ownership.remove_bases(Lvm(runner), job, [base(RUN1)])
+    assert len(runner.argvs_of("lvremove")) == 1  # lvremove's guard matched nothing; lvs still shows it

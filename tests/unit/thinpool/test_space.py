@@ -10,11 +10,12 @@ import json
 import pytest
 
 from tests.unit.config.test_config import PATH, config_error, job_yaml
+from tests.unit.fakes import Answer, FakeRunner
 from tests.unit.host.test_lvm import recorded, recorded_with
 from xenlvm.config.load import parse_config
 from xenlvm.config.model import SnapshotSpec, ThinPoolSettings, Volume, parse_size
-from xenlvm.host.lvm import parse_volume_group
-from xenlvm.thinpool.space import check_thin_pools, decide, extend_argv
+from xenlvm.host.lvm import LogicalVolume, Lvm, parse_volume_group
+from xenlvm.thinpool.space import Action, check_thin_pools, decide
 
 MiB = 1 << 20
 
@@ -104,21 +105,27 @@ def test_the_guard_does_nothing_below_protect_at():
     assert decide(vg.lvs["tpool"], vg, SETTINGS) == []
 
 
+def lvextend(pool: LogicalVolume, action: Action) -> list[str]:
+    """The lvextend the guard runs for action (xenlvm.thinpool.guard: Lvm.extend_pool)."""
+    runner = FakeRunner().on("lvextend", Answer())
+    Lvm(runner).extend_pool(pool, action.new_size, metadata=action.kind == "extend-metadata")
+    return runner.argvs[0]
+
+
 def test_the_guard_extends_the_pool_data_from_the_vgs_free_space_back_under_refuse_above():
     vg = pool_vg()
     [action] = decide(vg.lvs["tpool"], vg, SETTINGS)
     assert (action.kind, action.old_size) == ("extend-data", 64 * MiB)
     assert action.new_size * 80 // 100 >= 64 * MiB * 0.9531 and action.new_size % (4 * MiB) == 0
-    assert extend_argv(vg.lvs["tpool"], action) == ["lvextend", "--size", f"{action.new_size}b",
-                                                    "system/tpool"]
+    assert lvextend(vg.lvs["tpool"], action) == ["lvextend", "--size", f"{action.new_size}b", "system/tpool"]
 
 
 def test_the_guard_extends_the_metadata_with_poolmetadatasize():
     vg = pool_vg(data_percent="10.00", metadata_percent="92.00")
     [action] = decide(vg.lvs["tpool"], vg, SETTINGS)
     assert action.kind == "extend-metadata" and action.new_size > 4 * MiB
-    assert extend_argv(vg.lvs["tpool"], action) == ["lvextend", "--poolmetadatasize", f"{action.new_size}b",
-                                                    "system/tpool"]
+    assert lvextend(vg.lvs["tpool"], action) == ["lvextend", "--poolmetadatasize", f"{action.new_size}b",
+                                                 "system/tpool"]
 
 
 def test_the_guard_grows_by_less_when_the_vg_has_only_enough_to_get_under_refuse_above():
@@ -172,7 +179,9 @@ def test_a_chained_disks_snapshot_counts_at_its_origins_size_being_kept_until_th
     plain = parse_config("jobs:\n  disks:\n    mountpoint: /mnt/vmdisks\n    vmdisks:\n      domains: [vm]\n"
                          "      size: 16M\n" + growth, PATH).jobs["disks"]
     assert [f.level for f in check_thin_pools(plain, [DISK_SPEC], {"system": vg})] == ["ok"]
-    [finding] = check_thin_pools(chained_disks_job(growth), [DISK_SPEC], {"system": vg})
+    chained = chained_disks_job(growth)
+    assert [f.level for f in check_thin_pools(chained, [DISK_SPEC], {"system": vg})] == ["ok"]  # not kept
+    [finding] = check_thin_pools(chained, [DISK_SPEC], {"system": vg}, kept={DISK_SPEC})
     assert finding.level == "warn"
     assert finding.message.startswith("the snapshot(s) system/tvm.xenlvm (kept as a base until the next run) "
                                       "may take up to 256.0 MiB from thin pool system/tpool")

@@ -11,10 +11,13 @@ import os
 import pytest
 
 from tests.unit.fakes import Answer, FakeRunner
-from tests.unit.increments.test_bases import base, snapshot
+from tests.unit.increments.test_bases import DISK, base, snapshot
+from xenlvm.config.model import SnapshotSpec, Volume
 from xenlvm.errors import XenlvmError
 from xenlvm.increments.thin_delta import ThinDeltaFailed
 from xenlvm.vmdisks import chains as expose
+from xenlvm.vmdisks.model import Exposure
+from xenlvm.vmdisks.target import VmDiskTarget
 
 BLOCK = expose.SPARSE_BLOCK
 
@@ -62,3 +65,9 @@ def test_changes_that_cannot_be_read_give_the_full_image_and_say_why(tmp_path):
     assert ranges is None
     assert why.startswith("the changes since its base system/vm5-disk.xenlvm-base.20261206T010000_41 cannot "
                           "be read: ")
+
+
+@pytest.mark.parametrize("how", list(Exposure))
+def test_only_a_chained_disks_snapshot_is_kept_as_a_base_for_the_pool_check(how):
+    spec = SnapshotSpec(Volume("system", "vm5-disk"), "vm5-disk.xenlvm", "/mnt/vmdisks/vm5/xvda")
+    assert VmDiskTarget(spec, DISK, "vm5", "xvda", how).kept_as_base() is (how is Exposure.CHAIN)
