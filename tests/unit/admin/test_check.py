@@ -99,6 +99,21 @@ def test_vm_disks_when_xl_fails_is_a_failure(host):
     assert [p for p in failed(findings(host, jobs)) if p.startswith("vmdisks: ") and "did not finish" in p]
 
 
+def test_the_room_in_a_vg_is_counted_over_every_kinds_snapshots_as_pre_counts_it(host):
+    # system has 1724 MiB free: the volume's snapshot (1700M) or the VM disk's (64M) fits alone,
+    # not both; pre refuses the job, so check must say so.
+    host.lvs_rows.append({**host.lvs_rows[0], "lv_name": "vm1-disk", "lv_kernel_minor": "7",
+                          "lv_dm_path": "/dev/mapper/system-vm1--disk"})
+    mountpoint = host.root / "mnt" / "vmbackup"
+    volume = "    volumes:\n      - volume: system/xenvm\n        snapshot: vmbackup\n        size: 1700M\n"
+    disks = "    vmdisks:\n      domains: auto\n      size: 64M\n"
+    job = f"  both:\n    mountpoint: {mountpoint}\n    tasks: [xen_vm1]\n"
+    assert failed(findings(host, job + volume)) == []
+    assert failed(findings(host, job + disks)) == []
+    [problem] = failed(findings(host, job + volume + disks))
+    assert problem.startswith("space: ") and "system/vm1-disk" in problem and "after 1.7 GiB" in problem
+
+
 # ---------------------------------------------------------------------------------------------
 # The host: configuration, tools, hooks
 
