@@ -10,7 +10,7 @@ import pytest
 
 from tests.unit.fakes import Answer, Timeout, lvs_with, recorded
 from xenlvm.admin import check, install
-from xenlvm.vmdisks import layout
+from xenlvm.vmdisks import chains, layout
 
 XEN = "    xen:\n      domains: auto\n"
 VMDISKS = "    vmdisks:\n      domains: auto\n      size: 16M\n"
@@ -159,6 +159,29 @@ def test_check_must_find_every_tool_pre_and_post_run_and_the_layout_tools_for_vm
         (bin_dir / tool).chmod(0o755)
     found = [f for f in check.check_host(disks, str(tmp_path)) if f.check == "layout tools"]
     assert [f.level for f in found] == ["ok"]
+
+def test_a_job_with_incremental_thin_warns_without_the_tools_its_chains_need(host, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    settings = f"  path: {bin_dir}\n"
+    disks = f"  disks:\n    mountpoint: {host.root / 'mnt' / 'vmbackup'}\n{VMDISKS}"
+    chained = disks + (f"      expose: image-copy\n      image_dir: {tmp_path / 'images'}\n"
+                       "      incremental: thin\n")
+
+    def incremental(jobs: str) -> list[tuple[str, str]]:
+        found = check.check_host(host.config(jobs, settings=settings), str(tmp_path))
+        return [(f.level, f.message) for f in found if f.check == "incremental tools"]
+
+    assert incremental(disks) == []  # no chains: nothing to say
+    # pre still backs up every disk (its full image at every run): a warning, not a failure
+    [(level, message)] = incremental(chained)
+    assert level == "warn"
+    assert message.startswith(f"not found on {bin_dir}: thin_delta, dmsetup, lvchange, lvrename;")
+    for tool in chains.TOOLS:
+        (bin_dir / tool).write_text("#!/bin/sh\n")
+        (bin_dir / tool).chmod(0o755)
+    assert incremental(chained) == [("ok", "found thin_delta, dmsetup, lvchange, lvrename")]
+
 
 def test_hooks_that_are_not_xenlvms_or_bound_elsewhere_are_reported(tmp_path):
     (tmp_path / "sbc_pre").write_text("#!/bin/sh\nexit 0\n")
