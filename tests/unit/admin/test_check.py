@@ -114,6 +114,32 @@ def test_the_room_in_a_vg_is_counted_over_every_kinds_snapshots_as_pre_counts_it
     assert problem.startswith("space: ") and "system/vm1-disk" in problem and "after 1.7 GiB" in problem
 
 
+def test_a_thin_pools_need_is_counted_over_every_kinds_snapshots_as_pre_counts_it(host):
+    # tpool (1 GiB, half full) holds the volume and the VM disk (300 MiB each): the pool has room
+    # for either one's snapshot filling up, not both (thin_pool.extend: false, so the VG's free
+    # space does not count). pre warns of it, so check must too.
+    row = {**host.lvs_rows[0], "lv_size": str(300 << 20), "lv_attr": "Vwi-aotz--", "pool_lv": "tpool"}
+    host.lvs_rows[:] = [
+        {**row, "lv_name": "tpool", "lv_attr": "twi-aotz--", "pool_lv": "", "lv_size": str(1 << 30),
+         "data_percent": "50.00", "metadata_percent": "10.00", "lv_metadata_size": str(4 << 20),
+         "lv_kernel_minor": "2", "lv_dm_path": "/dev/mapper/system-tpool"},
+        row,
+        {**row, "lv_name": "vm1-disk", "lv_attr": "Vwi-a-tz--", "lv_kernel_minor": "7",
+         "lv_dm_path": "/dev/mapper/system-vm1--disk"}]
+    mountpoint = host.root / "mnt" / "vmbackup"
+    job = (f"  both:\n    mountpoint: {mountpoint}\n    tasks: [xen_vm1]\n"
+           "    thin_pool:\n      extend: false\n")
+    volume = "    volumes:\n      - volume: system/xenvm\n        snapshot: vmbackup\n"
+    disks = "    vmdisks:\n      domains: auto\n      size: 16M\n"
+
+    def pool(jobs: str) -> list[str]:
+        return [level for level, name, _ in findings(host, jobs) if name == "thin pool"]
+
+    assert pool(job + volume) == ["ok"]
+    assert pool(job + disks) == ["ok"]
+    assert pool(job + volume + disks) == ["warn"]
+
+
 # ---------------------------------------------------------------------------------------------
 # The host: configuration, tools, hooks
 
