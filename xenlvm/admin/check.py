@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
 
 from xenlvm.admin import install
 from xenlvm.config.load import permission_problem
-from xenlvm.config.model import Config, Job
-from xenlvm.core import ownership, preflight
+from xenlvm.config.model import Config, Job, SnapshotSpec
 from xenlvm.core.inventory import Inventory, read_tolerant, read_xl
 from xenlvm.core.preflight import Finding
 from xenlvm.errors import XenlvmError
-from xenlvm.host import mount
 from xenlvm.host.fsutil import closed_to_others
 from xenlvm.host.lvm import LogicalVolume, vg_not_found_message
 from xenlvm.host.runner import Runner, which
@@ -22,7 +19,6 @@ from xenlvm.host.xl import XlView
 from xenlvm.phases import kinds
 from xenlvm.quiesce import check as quiesce_check
 from xenlvm.targets.base import Target
-from xenlvm.thinpool import space as thinpool
 from xenlvm.xen import domains as xen
 
 # The programs pre and post run, which check must find on settings.path for every job (lvm2:
@@ -84,29 +80,32 @@ def check_job(config: Config, runner: Runner, job: Job, try_quiesce: bool = Fals
         return [Finding("fail", "origin", str(exc))]
     if host.missing_vgs:
         return [Finding("fail", "origin", vg_not_found_message(vg)) for vg in host.missing_vgs]
-    findings = kinds.check_targets(job, job.volumes, host.vgs, host.mounts, _own_snapshot(job, host))
-    findings += _check_reach(job)
     xl: XlView | XenlvmError | None = None
     try:
         xl = read_xl(runner, job, scope)
     except XenlvmError as exc:  # said by each check that needs xl
         xl = exc
+    kind_findings: list[Finding] = []
     planned: list[Target] = []
     for kind in kinds.of(job):
-        kind_findings, targets = kind.check(config, job, host, xl)
-        findings += kind_findings
+        found, targets = kind.check(config, job, host, xl)
+        kind_findings += found
         planned += targets
-    specs = [t.spec for t in planned]  # a kind's targets found on the host: checked as pre does
-    findings += preflight.check_job_volumes(job, host.vgs, specs)
-    findings += thinpool.check_thin_pools(job, specs, host.vgs, {t.spec for t in planned if t.kept_as_base()})
+    specs = [t.spec for t in planned]  # every kind's targets together, as pre checks them
+
+    def own(path: str) -> LogicalVolume | None:  # a snapshot pre's sweep would find mounted at path
+        return next((lv for kind in kinds.of(job) if (lv := kind.snapshot_at(job, host, path))), None)
+
+    findings = kinds.check_targets(job, specs, host.vgs, host.mounts, own,
+                                  {t.spec for t in planned if t.kept_as_base()})
+    findings += _check_reach(job, specs) + kind_findings
     if job.xen is not None:
-        disk_domains = [d for d in (t.domain_of() for t in planned) if d]
-        findings += _check_xen(config, runner, job, host, xl, disk_domains, try_quiesce)
+        findings += _check_xen(config, runner, job, host, xl, planned, try_quiesce)
     return findings
 
 
 def _check_xen(config: Config, runner: Runner, job: Job, host: Inventory, xl: xen.XlView | XenlvmError | None,
-               disk_domains: list[str], try_quiesce: bool) -> list[Finding]:
+               targets: list[Target], try_quiesce: bool) -> list[Finding]:
     """The domains pre would pause, freezing them (try_quiesce), what a killed run left."""
     assert job.xen is not None
     findings = []
@@ -114,9 +113,8 @@ def _check_xen(config: Config, runner: Runner, job: Job, host: Inventory, xl: xe
         if isinstance(xl, XenlvmError):
             raise xl
         assert xl is not None
-        origins = [host.vgs[s.origin.vg].lvs[s.origin.lv] for s in job.volumes
-                   if host.vgs[s.origin.vg].get(s.origin.lv)]
-        paths = [e.mountpoint for origin in origins for e in mount.mounts_of(origin, host.mounts)]
+        paths = [path for t in targets for path in t.origin_mountpoints(host.mounts)]
+        disk_domains = [d for d in (t.domain_of() for t in targets) if d]
         domains = xen.select_domains(job, xl, paths, disk_domains, kinds.excluded_domains(job))
         findings.append(Finding("ok", "xen", f"domains to {job.xen.mode}: "
                                 f"{', '.join(d.name for d in domains) or 'none'}"))
@@ -138,12 +136,13 @@ def _check_xen(config: Config, runner: Runner, job: Job, host: Inventory, xl: xe
     return findings
 
 
-def _check_reach(job: Job) -> list[Finding]:
-    """Whether dom0's other users can reach the job's volume snapshots. (VM disks are exposed on
-    a tmpfs of root's alone; a volume's snapshot is mounted where the admin said.)"""
-    if not job.volumes or kinds.mounts_tree(job):
+def _check_reach(job: Job, specs: list[SnapshotSpec]) -> list[Finding]:
+    """Whether dom0's other users can reach the job's snapshots where they are mounted: at the
+    job's mountpoint or below it (unless a kind mounts a tree of root's alone there first, as
+    the VM disks' kind does)."""
+    if not specs or kinds.mounts_tree(job):
         return []
-    several = job.volumes[0].mountpoint != job.mountpoint  # then mounted at <mountpoint>/<name>
+    several = specs[0].mountpoint != job.mountpoint  # then mounted at <mountpoint>/<name>
     way = job.mountpoint if several else os.path.dirname(job.mountpoint)
     if not os.path.isdir(way) or closed_to_others(way):  # missing: the mountpoint's check says so
         return []
@@ -154,17 +153,3 @@ def _check_reach(job: Job) -> list[Finding]:
                     "no folder on the way is closed to them. They read the VMs' files there as on the "
                     "volume itself, and a shell of theirs inside keeps post from unmounting it. To close "
                     f"it: {fix}")]
-
-
-def _own_snapshot(job: Job, host: Inventory) -> Callable[[str], LogicalVolume | None]:
-    """For check_targets: at a volume's own mountpoint, its snapshot (whoever's: the mountpoint's
-    check tells); at the job's mountpoint, the snapshot of the volume mounted there itself, when
-    it is the job's: a mount there is then expected, not a problem."""
-    def own(path: str) -> LogicalVolume | None:
-        for spec in job.volumes:
-            if spec.mountpoint == path:
-                snapshot = host.vgs[spec.origin.vg].get(spec.snapshot)
-                if path != job.mountpoint or (snapshot is not None and ownership.owns(job, spec, snapshot)):
-                    return snapshot
-        return None
-    return own

@@ -12,11 +12,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from xenlvm.config import values
+from xenlvm.config import commands, values
+from xenlvm.config.commands import DomainCommands
 from xenlvm.config.values import (
     AUTO,
     Auto,
-    DomainCommands,
     Size,
     Volume,
     WindowMode,
@@ -57,8 +57,8 @@ class QuiesceSettings:
     window, its thaw command just after, whatever fails in between (xenlvm.quiesce.freeze)."""
 
     # argv lists; an item that is exactly "{domain}" becomes the domain's name
-    freeze: tuple[str, ...] | None = field(default=None, metadata=key(values.command, null_disables=True))
-    thaw: tuple[str, ...] | None = field(default=None, metadata=key(values.command, null_disables=True))
+    freeze: tuple[str, ...] | None = field(default=None, metadata=key(commands.command, null_disables=True))
+    thaw: tuple[str, ...] | None = field(default=None, metadata=key(commands.command, null_disables=True))
     # for each freeze and each thaw; past it, the command and its process group are killed
     timeout: float = field(default=30.0, metadata=key(values.parse_duration))
     # a freeze that fails: "crash-consistent" (thaw it, warn, pause only) or "abort" (pre fails)
@@ -67,7 +67,7 @@ class QuiesceSettings:
     # the guard thaws a window's guests this long after its last freeze (pre records its deadline)
     max_frozen: float = field(default=600.0, metadata=key(values.parse_duration))
     # domains with commands of their own, instead of freeze/thaw
-    per_domain: tuple[DomainCommands, ...] = field(default=(), metadata=key(values.per_domain_commands))
+    per_domain: tuple[DomainCommands, ...] = field(default=(), metadata=key(commands.per_domain_commands))
 
     def commands(self, domain: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
         """The domain's freeze and thaw argv, {domain} replaced; None: it is not frozen."""
@@ -75,7 +75,7 @@ class QuiesceSettings:
         freeze, thaw = (own.freeze, own.thaw) if own is not None else (self.freeze, self.thaw)
         if freeze is None or thaw is None:
             return None
-        return values.substitute(freeze, domain), values.substitute(thaw, domain)
+        return commands.substitute(freeze, domain), commands.substitute(thaw, domain)
 
     def problem(self) -> str | None:
         """What is wrong with the section as a whole, or None."""

@@ -220,10 +220,15 @@ class Kind(ABC):
 
     def check(self, config: Config, job: Job, host: Inventory,
               xl: XlView | XenlvmError | None) -> tuple[list[Finding], list[Target]]:
-        """check's findings for it, and the targets pre would plan now that check does not know
-        from the configuration (their origins, snapshot names and pools are checked as pre
-        does). xl: the xl view, or the error asking xl raised."""
+        """check's findings for it, and the targets pre would plan now: check checks those of
+        every kind together as pre does (origins, snapshot names, room in each VG, thin pools,
+        mountpoints). xl: the xl view, or the error asking xl raised."""
         return [], []
+
+    def snapshot_at(self, job: Job, host: Inventory, path: str) -> LogicalVolume | None:
+        """For check: its snapshot that pre's sweep would find mounted at path (then expected
+        there, not a problem), or None."""
+        return None
 
 
 def collect(errors: list[XenlvmError], step: Callable[..., Any], *args: Any) -> Any:

@@ -14,12 +14,14 @@ from xenlvm.config.model import Config, Job, SnapshotSpec
 from xenlvm.core import ownership, preflight
 from xenlvm.core.context import Context
 from xenlvm.core.inventory import Inventory
+from xenlvm.core.preflight import Finding
 from xenlvm.core.undo import UndoStack
-from xenlvm.errors import FileError, MountError, PreflightFailed, SafetyRefusal
+from xenlvm.errors import FileError, MountError, PreflightFailed, SafetyRefusal, XenlvmError
 from xenlvm.host import mount
 from xenlvm.host.lvm import LogicalVolume, VolumeGroup, device_path
 from xenlvm.host.mount import UNDO_UNMOUNT_TIMEOUT, MountEntry
 from xenlvm.targets.base import Artefacts, Failures, Kind, Removal, Shown, Target, collect
+from xenlvm.xen.domains import XlView
 
 log = logging.getLogger("xenlvm")
 
@@ -139,6 +141,32 @@ class VolumeKind(Kind):
                         "removal%s", snapshot, fill, " - close to overflowing: consider a larger 'size:'"
                         if close else "")
             log.info("snapshot %s unmounted and removed", snapshot)
+
+    def check(self, config: Config, job: Job, host: Inventory,
+              xl: XlView | XenlvmError | None) -> tuple[list[Finding], list[Target]]:
+        """The volumes whose origins exist, as pre plans them; each missing origin a failure
+        (pre refuses it)."""
+        findings: list[Finding] = []
+        targets: list[Target] = []
+        for spec in job.volumes:
+            vg = host.vgs[spec.origin.vg]
+            origin = vg.get(spec.origin.lv)
+            if origin is None:
+                findings += preflight.check_volumes(job, spec, vg)
+            else:
+                targets.append(VolumeTarget(spec, origin))
+        return findings, targets
+
+    def snapshot_at(self, job: Job, host: Inventory, path: str) -> LogicalVolume | None:
+        """At a volume's own mountpoint, its snapshot (whoever's: the mountpoint's check tells);
+        at the job's mountpoint, the snapshot of the volume mounted there itself, when it is
+        the job's."""
+        for spec in job.volumes:
+            if spec.mountpoint == path:
+                snapshot = host.vgs[spec.origin.vg].get(spec.snapshot)
+                if path != job.mountpoint or (snapshot is not None and ownership.owns(job, spec, snapshot)):
+                    return snapshot
+        return None
 
     def shown(self, job: Job, host: Inventory, found: Artefacts) -> list[Shown]:
         """Every volume's snapshot by its name, xenlvm's or not, and where it is mounted."""

@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("xenlvm")
 
+# What a chain needs beyond a full image: thin_delta and dmsetup (the changes since the base, read
+# from the pool's metadata) in pre, lvchange and lvrename (the snapshot kept as the next base) in
+# post. Without them the backup still runs, each chained disk's file its full image (check warns).
+TOOLS = ("thin_delta", "dmsetup", "lvchange", "lvrename")
 SPARSE_BLOCK = 64 << 10  # a full image's blocks of zeros this size are not written: they read as zeros
 
 

@@ -27,7 +27,7 @@ from xenlvm.host import mount, processes
 from xenlvm.host.fsutil import read_small, remove_if_present, write_atomically
 from xenlvm.host.lvm import device_path
 from xenlvm.host.runner import Runner, which
-from xenlvm.vmdisks.model import VmDisk
+from xenlvm.vmdisks.model import Exposure, VmDisk
 
 log = logging.getLogger("xenlvm")
 
@@ -97,7 +97,8 @@ def _escape(value: str) -> str:
 
 def missing_program(job: Job, path: str) -> str | None:
     """For expose: image, what is missing to serve the images (the server program), or None."""
-    if job.vmdisks is None or job.vmdisks.expose != "image" or which(PROGRAM, path) is not None:
+    if job.vmdisks is None or Exposure(job.vmdisks.expose) is not Exposure.IMAGE \
+            or which(PROGRAM, path) is not None:
         return None
     return (f"vmdisks.expose: image needs {PROGRAM} (Debian package {PACKAGE}, with FUSE) on PATH "
             f"({path}): install it, or use expose: image-copy (a full copy into image_dir)")

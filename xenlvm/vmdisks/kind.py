@@ -222,7 +222,9 @@ class VmDiskKind(Kind):
         return lines + chains.describe(report)
 
     def host_findings(self, config: Config, job: Job) -> list[Finding]:
-        return [layout_tools_finding(config.settings.path)]
+        chained = job.vmdisks is not None and job.vmdisks.incremental is not None
+        return [layout_tools_finding(config.settings.path),
+                *([incremental_tools_finding(config.settings.path)] if chained else [])]
 
     def check(self, config: Config, job: Job, host: Inventory,
               xl: xen.XlView | XenlvmError | None) -> tuple[list[Finding], list[Target]]:
@@ -239,6 +241,19 @@ def layout_tools_finding(path: str) -> Finding:
     return Finding("warn", "layout tools", f"not found on {path}: {', '.join(missing)}; pre still backs up "
                    "the VM disks, but their layout.json lacks what these tools read, so restore-disk cannot "
                    "rebuild such a disk: install fdisk, e2fsprogs, xfsprogs (as the guests need)")
+
+
+def incremental_tools_finding(path: str) -> Finding:
+    """What vmdisks.incremental reads the changes with and keeps the bases with (chains.TOOLS):
+    without one pre still backs up every disk, each chained disk's file its full image at every
+    run, so a warning, not a failure."""
+    missing = [t for t in chains.TOOLS if which(t, path) is None]
+    if not missing:
+        return Finding("ok", "incremental tools", f"found {', '.join(chains.TOOLS)}")
+    return Finding("warn", "incremental tools", f"not found on {path}: {', '.join(missing)}; pre still backs "
+                   "up the VM disks, but vmdisks.incremental writes each chained disk's full image at every "
+                   "run (thin_delta and dmsetup read what changed since its base; lvchange and lvrename keep "
+                   "its snapshot as the next run's base): install thin-provisioning-tools, dmsetup and lvm2")
 
 
 def image_server_status(server: image_server.ServerState | None) -> dict[str, Any] | None:

@@ -160,7 +160,7 @@ def serve_images(ctx: Context, job: Job, disks: Sequence[VmDiskTarget], undo: Un
     fell back to an image: a server that does not start fails those disks alone (their bytes
     are not in the backup; the notes and post say so)."""
     lock_dir = ctx.config.settings.lock_dir
-    if job.vmdisks is None or job.vmdisks.expose == "image":
+    if job.vmdisks is None or Exposure(job.vmdisks.expose) is Exposure.IMAGE:
         image_server.serve(ctx.runner, lock_dir, job, disks, undo)
         return
     own = UndoStack()

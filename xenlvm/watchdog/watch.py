@@ -150,16 +150,7 @@ class Monitor:
         fill = 100.0 if lv.invalid else (lv.data_percent or 0.0)
         self.max_fill[key] = max(self.max_fill.get(key, 0.0), fill)
         if lv.invalid:
-            if invalidated_by_io_errors(lv):
-                log.error("%s became invalid because of I/O errors on its copy-on-write device; the "
-                          "backup of this run cannot be trusted", key)
-                self.problem(f"{key} became invalid because of I/O errors on its copy-on-write device: "
-                             "the backup of this run cannot be trusted")
-            else:
-                log.error("%s overflowed: its %s of copy-on-write space filled up and it became invalid; "
-                          "the backup of this run cannot be trusted", key, human_size(lv.size))
-                self.problem(f"{key} overflowed at {human_size(lv.size)} and became invalid: the backup of "
-                             "this run cannot be trusted")
+            self._invalid(key, lv)
             del self.watching[key]
             return
         if fill < self.settings.threshold:
@@ -180,6 +171,19 @@ class Monitor:
             log.error("%s", message)
             self.problem(message)
             self.stuck.add(key)
+
+    def _invalid(self, key: str, lv: LogicalVolume) -> None:
+        """Say why the snapshot became invalid: I/O errors, or an overflow."""
+        if invalidated_by_io_errors(lv):
+            log.error("%s became invalid because of I/O errors on its copy-on-write device; the "
+                      "backup of this run cannot be trusted", key)
+            self.problem(f"{key} became invalid because of I/O errors on its copy-on-write device: "
+                         "the backup of this run cannot be trusted")
+        else:
+            log.error("%s overflowed: its %s of copy-on-write space filled up and it became invalid; "
+                      "the backup of this run cannot be trusted", key, human_size(lv.size))
+            self.problem(f"{key} overflowed at {human_size(lv.size)} and became invalid: the backup of "
+                         "this run cannot be trusted")
 
     def _extend(self, lv: LogicalVolume, fill: float, new_size: int) -> bool:
         key = str(lv)

@@ -10,7 +10,7 @@ import pytest
 
 from tests.unit.fakes import Answer, Timeout, lvs_with, recorded
 from xenlvm.admin import check, install
-from xenlvm.vmdisks import layout
+from xenlvm.vmdisks import chains, layout
 
 XEN = "    xen:\n      domains: auto\n"
 VMDISKS = "    vmdisks:\n      domains: auto\n      size: 16M\n"
@@ -99,6 +99,47 @@ def test_vm_disks_when_xl_fails_is_a_failure(host):
     assert [p for p in failed(findings(host, jobs)) if p.startswith("vmdisks: ") and "did not finish" in p]
 
 
+def test_the_room_in_a_vg_is_counted_over_every_kinds_snapshots_as_pre_counts_it(host):
+    # system has 1724 MiB free: the volume's snapshot (1700M) or the VM disk's (64M) fits alone,
+    # not both; pre refuses the job, so check must say so.
+    host.lvs_rows.append({**host.lvs_rows[0], "lv_name": "vm1-disk", "lv_kernel_minor": "7",
+                          "lv_dm_path": "/dev/mapper/system-vm1--disk"})
+    mountpoint = host.root / "mnt" / "vmbackup"
+    volume = "    volumes:\n      - volume: system/xenvm\n        snapshot: vmbackup\n        size: 1700M\n"
+    disks = "    vmdisks:\n      domains: auto\n      size: 64M\n"
+    job = f"  both:\n    mountpoint: {mountpoint}\n    tasks: [xen_vm1]\n"
+    assert failed(findings(host, job + volume)) == []
+    assert failed(findings(host, job + disks)) == []
+    [problem] = failed(findings(host, job + volume + disks))
+    assert problem.startswith("space: ") and "system/vm1-disk" in problem and "after 1.7 GiB" in problem
+
+
+def test_a_thin_pools_need_is_counted_over_every_kinds_snapshots_as_pre_counts_it(host):
+    # tpool (1 GiB, half full) holds the volume and the VM disk (300 MiB each): the pool has room
+    # for either one's snapshot filling up, not both (thin_pool.extend: false, so the VG's free
+    # space does not count). pre warns of it, so check must too.
+    row = {**host.lvs_rows[0], "lv_size": str(300 << 20), "lv_attr": "Vwi-aotz--", "pool_lv": "tpool"}
+    host.lvs_rows[:] = [
+        {**row, "lv_name": "tpool", "lv_attr": "twi-aotz--", "pool_lv": "", "lv_size": str(1 << 30),
+         "data_percent": "50.00", "metadata_percent": "10.00", "lv_metadata_size": str(4 << 20),
+         "lv_kernel_minor": "2", "lv_dm_path": "/dev/mapper/system-tpool"},
+        row,
+        {**row, "lv_name": "vm1-disk", "lv_attr": "Vwi-a-tz--", "lv_kernel_minor": "7",
+         "lv_dm_path": "/dev/mapper/system-vm1--disk"}]
+    mountpoint = host.root / "mnt" / "vmbackup"
+    job = (f"  both:\n    mountpoint: {mountpoint}\n    tasks: [xen_vm1]\n"
+           "    thin_pool:\n      extend: false\n")
+    volume = "    volumes:\n      - volume: system/xenvm\n        snapshot: vmbackup\n"
+    disks = "    vmdisks:\n      domains: auto\n      size: 16M\n"
+
+    def pool(jobs: str) -> list[str]:
+        return [level for level, name, _ in findings(host, jobs) if name == "thin pool"]
+
+    assert pool(job + volume) == ["ok"]
+    assert pool(job + disks) == ["ok"]
+    assert pool(job + volume + disks) == ["warn"]
+
+
 # ---------------------------------------------------------------------------------------------
 # The host: configuration, tools, hooks
 
@@ -144,6 +185,29 @@ def test_check_must_find_every_tool_pre_and_post_run_and_the_layout_tools_for_vm
         (bin_dir / tool).chmod(0o755)
     found = [f for f in check.check_host(disks, str(tmp_path)) if f.check == "layout tools"]
     assert [f.level for f in found] == ["ok"]
+
+def test_a_job_with_incremental_thin_warns_without_the_tools_its_chains_need(host, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    settings = f"  path: {bin_dir}\n"
+    disks = f"  disks:\n    mountpoint: {host.root / 'mnt' / 'vmbackup'}\n{VMDISKS}"
+    chained = disks + (f"      expose: image-copy\n      image_dir: {tmp_path / 'images'}\n"
+                       "      incremental: thin\n")
+
+    def incremental(jobs: str) -> list[tuple[str, str]]:
+        found = check.check_host(host.config(jobs, settings=settings), str(tmp_path))
+        return [(f.level, f.message) for f in found if f.check == "incremental tools"]
+
+    assert incremental(disks) == []  # no chains: nothing to say
+    # pre still backs up every disk (its full image at every run): a warning, not a failure
+    [(level, message)] = incremental(chained)
+    assert level == "warn"
+    assert message.startswith(f"not found on {bin_dir}: thin_delta, dmsetup, lvchange, lvrename;")
+    for tool in chains.TOOLS:
+        (bin_dir / tool).write_text("#!/bin/sh\n")
+        (bin_dir / tool).chmod(0o755)
+    assert incremental(chained) == [("ok", "found thin_delta, dmsetup, lvchange, lvrename")]
+
 
 def test_hooks_that_are_not_xenlvms_or_bound_elsewhere_are_reported(tmp_path):
     (tmp_path / "sbc_pre").write_text("#!/bin/sh\nexit 0\n")
