@@ -10,11 +10,11 @@ from xenlvm.admin import install
 from xenlvm.config.load import permission_problem
 from xenlvm.config.model import Config, Job, SnapshotSpec
 from xenlvm.core.inventory import Inventory, read_tolerant, read_xl
-from xenlvm.core.preflight import Finding
+from xenlvm.core.preflight import Finding, tools_finding
 from xenlvm.errors import XenlvmError
 from xenlvm.host.fsutil import closed_to_others
 from xenlvm.host.lvm import LogicalVolume, vg_not_found_message
-from xenlvm.host.runner import Runner, which
+from xenlvm.host.runner import Runner, missing_programs
 from xenlvm.host.xl import XlView
 from xenlvm.phases import kinds
 from xenlvm.quiesce import check as quiesce_check
@@ -38,10 +38,9 @@ def check_host(config: Config, hook_dir: str) -> list[Finding]:
                                 "pre/post must run as root"))
     jobs = config.jobs.values()
     tools = [*HOST_TOOLS, *(["xl"] if any(kinds.scope(j).xl for j in jobs) else [])]
-    missing = [t for t in tools if which(t, config.settings.path) is None]
-    findings.append(Finding("fail", "tools", f"not found on {config.settings.path}: {', '.join(missing)}; "
-                            "install them (lvm2, util-linux, xen-utils) or set settings.path")
-                    if missing else Finding("ok", "tools", f"found {', '.join(tools)}"))
+    path = config.settings.path
+    findings.append(tools_finding("tools", tools, missing_programs(tools, path), path, "fail",
+                                  "install them (lvm2, util-linux, xen-utils) or set settings.path"))
     for finding in (f for job in jobs for kind in kinds.of(job) for f in kind.host_findings(config, job)):
         if finding not in findings:  # once for the host, however many jobs have the kind
             findings.append(finding)

@@ -24,6 +24,15 @@ class Finding:
     message: str
 
 
+def tools_finding(check: str, tools: Sequence[str], missing: Sequence[str], path: str, level: str,
+                  advice: str) -> Finding:
+    """check's finding on the programs tools (missing: those not on path): ok, or level with
+    what is missing and advice."""
+    if not missing:
+        return Finding("ok", check, f"found {', '.join(tools)}")
+    return Finding(level, check, f"not found on {path}: {', '.join(missing)}; {advice}")
+
+
 def check_volumes(job: Job, spec: SnapshotSpec, vg: VolumeGroup, reserved: int = 0) -> list[Finding]:
     """Origin present, active and not a snapshot; snapshot name free; room for the snapshot
     besides the reserved bytes that the job's other snapshots in this VG take."""

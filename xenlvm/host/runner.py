@@ -172,6 +172,11 @@ def _with_input(text: str | None) -> str:
     return "" if text is None else " <<'EOF'\n" + text + ("" if text.endswith("\n") else "\n") + "EOF"
 
 
+def missing_programs(programs: Sequence[str], path: str) -> list[str]:
+    """Those of programs that are not on the given PATH, in their order."""
+    return [program for program in programs if which(program, path) is None]
+
+
 def which(program: str, path: str) -> str | None:
     """Return the full path of program on the given PATH, or None."""
     for directory in path.split(os.pathsep):

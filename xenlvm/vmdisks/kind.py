@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from xenlvm.config.model import Config, Job, WindowMode
-from xenlvm.core import ownership
+from xenlvm.core import ownership, preflight
 from xenlvm.core.context import Context
 from xenlvm.core.inventory import Inventory
 from xenlvm.core.preflight import Finding
@@ -22,7 +22,7 @@ from xenlvm.errors import PreflightFailed, XenlvmError
 from xenlvm.host import mount
 from xenlvm.host.lvm import LogicalVolume, VolumeGroup, device_path
 from xenlvm.host.mount import UNDO_UNMOUNT_TIMEOUT, MountEntry
-from xenlvm.host.runner import which
+from xenlvm.host.runner import missing_programs
 from xenlvm.increments import bases, record
 from xenlvm.targets.base import Artefacts, Failures, Kind, Removal, Shown, Target, collect
 from xenlvm.vmdisks import chains, image_server, layout, unexposed
@@ -235,25 +235,21 @@ class VmDiskKind(Kind):
 def layout_tools_finding(path: str) -> Finding:
     """What pre reads a disk's layout with (layout.json): without one the backup still runs, but
     restore-disk cannot rebuild a disk it would describe, so a warning, not a failure."""
-    missing = [t for t in layout.TOOLS if which(t, path) is None]
-    if not missing:
-        return Finding("ok", "layout tools", f"found {', '.join(layout.TOOLS)}")
-    return Finding("warn", "layout tools", f"not found on {path}: {', '.join(missing)}; pre still backs up "
-                   "the VM disks, but their layout.json lacks what these tools read, so restore-disk cannot "
-                   "rebuild such a disk: install fdisk, e2fsprogs, xfsprogs (as the guests need)")
+    return preflight.tools_finding(
+        "layout tools", layout.TOOLS, missing_programs(layout.TOOLS, path), path, "warn",
+        "pre still backs up the VM disks, but their layout.json lacks what these tools read, so restore-disk "
+        "cannot rebuild such a disk: install fdisk, e2fsprogs, xfsprogs (as the guests need)")
 
 
 def incremental_tools_finding(path: str) -> Finding:
     """What vmdisks.incremental reads the changes with and keeps the bases with (chains.TOOLS):
     without one pre still backs up every disk, each chained disk's file its full image at every
     run, so a warning, not a failure."""
-    missing = [t for t in chains.TOOLS if which(t, path) is None]
-    if not missing:
-        return Finding("ok", "incremental tools", f"found {', '.join(chains.TOOLS)}")
-    return Finding("warn", "incremental tools", f"not found on {path}: {', '.join(missing)}; pre still backs "
-                   "up the VM disks, but vmdisks.incremental writes each chained disk's full image at every "
-                   "run (thin_delta and dmsetup read what changed since its base; lvchange and lvrename keep "
-                   "its snapshot as the next run's base): install thin-provisioning-tools, dmsetup and lvm2")
+    return preflight.tools_finding(
+        "incremental tools", chains.TOOLS, missing_programs(chains.TOOLS, path), path, "warn",
+        "pre still backs up the VM disks, but vmdisks.incremental writes each chained disk's full image at "
+        "every run (thin_delta and dmsetup read what changed since its base; lvchange and lvrename keep its "
+        "snapshot as the next run's base): install thin-provisioning-tools, dmsetup and lvm2")
 
 
 def image_server_status(server: image_server.ServerState | None) -> dict[str, Any] | None:
